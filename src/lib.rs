@@ -1,0 +1,1 @@
+//! Direct NVIDIA NVENC H.264 encoding with a software x264 fallback.
