@@ -1,1 +1,20 @@
-//! Direct NVIDIA NVENC H.264 encoding with a software x264 fallback.
+#![doc = include_str!("../README.md")]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod encoder;
+pub mod error;
+pub mod nvenc;
+mod select;
+pub mod testsrc;
+pub mod x264;
+
+pub use encoder::{
+    Codec, EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameRate, FrameType, PixelFormat,
+    Preset, Resolution, Tune, VideoEncoder,
+};
+pub use error::{ConfigError, Error};
+pub use select::{open_backend, open_encoder, EncoderChoice, PRIORITY};
+pub use x264::X264Encoder;

@@ -1,0 +1,292 @@
+//! The encoder contract every backend implements: [`VideoEncoder`], its input [`Frame`], its
+//! output [`EncodedChunk`], and the backend-neutral [`EncoderConfig`].
+//!
+//! # The contract
+//! - Every frame that [`VideoEncoder::encode`] accepts (returns `Ok` for) comes out, in order of
+//!   presentation timestamp, as exactly one [`EncodedChunk`] by the end of
+//!   [`VideoEncoder::flush`].
+//! - Output is appended to a caller-owned `Vec`, so one call may yield zero chunks (a frame held
+//!   for B-frame reordering or pipelining), one, or several (a flush; a pipelined encoder
+//!   catching up), and nothing is dropped because a call could return only one. Chunks appended
+//!   before an error are left in the `Vec`.
+//! - A rejected frame (wrong length, timestamp not increasing) is not encoded, and the encoder
+//!   stays usable.
+//! - After `flush` the stream has ended: `encode` returns [`Error::Finished`].
+
+mod config;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use config::{
+    Codec, EncoderConfig, FrameLayout, FrameRate, PixelFormat, Plane, Preset, Resolution, Tune,
+};
+
+use crate::error::{ConfigError, Error};
+
+/// The encoder backends this crate knows, in the order auto-selection prefers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum EncoderKind {
+    /// NVIDIA NVENC through the driver's `libnvidia-encode`.
+    Nvenc,
+    /// Software libx264.
+    X264,
+}
+
+impl EncoderKind {
+    /// Every name [`FromStr`] accepts.
+    pub const NAMES: &'static [&'static str] = &["nvenc", "x264"];
+
+    /// The short name used in logs, metrics labels and on the command line.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            EncoderKind::Nvenc => "nvenc",
+            EncoderKind::X264 => "x264",
+        }
+    }
+}
+
+impl fmt::Display for EncoderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for EncoderKind {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "nvenc" | "h264_nvenc" => Ok(EncoderKind::Nvenc),
+            "x264" | "libx264" => Ok(EncoderKind::X264),
+            _ => Err(ConfigError::UnknownEncoder {
+                name: s.to_owned(),
+                valid: Self::NAMES,
+            }),
+        }
+    }
+}
+
+/// One raw input frame: tightly packed pixels in the configured format, plus per-frame options.
+#[derive(Debug, Clone, Copy)]
+#[must_use]
+pub struct Frame<'a> {
+    /// The pixels: exactly [`EncoderConfig::validate`]'s frame length.
+    pub data: &'a [u8],
+    /// Presentation timestamp in units of `1 / frame_rate`; `None` numbers frames 0, 1, 2, ...
+    /// (continuing after the last given timestamp).
+    pub pts: Option<i64>,
+    /// Make this frame an IDR keyframe (with SPS/PPS before it).
+    pub force_keyframe: bool,
+}
+
+impl<'a> Frame<'a> {
+    /// A frame with automatic timestamp and no forced keyframe.
+    pub const fn new(data: &'a [u8]) -> Self {
+        Frame {
+            data,
+            pts: None,
+            force_keyframe: false,
+        }
+    }
+
+    /// Sets the presentation timestamp.
+    pub const fn with_pts(mut self, pts: i64) -> Self {
+        self.pts = Some(pts);
+        self
+    }
+
+    /// Asks for an IDR keyframe at this frame.
+    pub const fn with_force_keyframe(mut self) -> Self {
+        self.force_keyframe = true;
+        self
+    }
+}
+
+impl<'a> From<&'a [u8]> for Frame<'a> {
+    fn from(data: &'a [u8]) -> Self {
+        Frame::new(data)
+    }
+}
+
+/// The picture type of an encoded frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FrameType {
+    /// An IDR picture: decoding can start here.
+    Idr,
+    /// An intra picture that is not an IDR.
+    I,
+    /// A predicted picture.
+    P,
+    /// A bi-predicted picture (arrives after the frames it references).
+    B,
+}
+
+/// One encoded frame: an H.264 access unit in Annex B form.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedChunk {
+    /// The access unit: NAL units with 4- or 3-byte start codes. Keyframes carry SPS and PPS in
+    /// front, so a viewer can join at any keyframe.
+    pub data: Vec<u8>,
+    /// Presentation timestamp, in units of `1 / frame_rate` (see [`VideoEncoder::time_base`]).
+    pub pts: i64,
+    /// Decoding timestamp in the same units; may be negative with B-frames, and is never
+    /// greater than `pts`.
+    pub dts: i64,
+    /// Duration in the same units (1 for a constant frame rate).
+    pub duration: i64,
+    /// True for an IDR picture: a muxer marks it as a sync sample.
+    pub keyframe: bool,
+    /// Picture type.
+    pub frame_type: FrameType,
+    /// The position of the input frame this came from (0 for the first frame accepted).
+    pub frame_index: u64,
+}
+
+impl fmt::Debug for EncodedChunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncodedChunk")
+            .field("bytes", &self.data.len())
+            .field("pts", &self.pts)
+            .field("dts", &self.dts)
+            .field("duration", &self.duration)
+            .field("keyframe", &self.keyframe)
+            .field("frame_type", &self.frame_type)
+            .field("frame_index", &self.frame_index)
+            .finish()
+    }
+}
+
+/// A video encoder: raw frames in, H.264 chunks out. See the [module docs](self) for the
+/// contract.
+///
+/// ```no_run
+/// use nvenc::{EncoderChoice, EncoderConfig, VideoEncoder};
+///
+/// let config = EncoderConfig::new(1280, 720);
+/// let mut encoder = nvenc::open_encoder(EncoderChoice::Auto, &config)?;
+/// let frame = vec![128u8; config.validate()?];
+/// let mut chunks = Vec::new();
+/// for _ in 0..30 {
+///     encoder.encode_frame(&frame, &mut chunks)?;
+/// }
+/// encoder.flush(&mut chunks)?;
+/// assert_eq!(chunks.len(), 30);
+/// # Ok::<(), nvenc::Error>(())
+/// ```
+pub trait VideoEncoder: Send {
+    /// Encodes one frame, appending any chunks that became ready to `out`.
+    ///
+    /// # Errors
+    /// [`Error::FrameSize`] or [`Error::NonMonotonicPts`] for a rejected frame (the encoder stays
+    /// usable); [`Error::Finished`] after [`VideoEncoder::flush`]; a backend error otherwise.
+    fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error>;
+
+    /// Ends the stream, appending every chunk still held by the encoder to `out`.
+    ///
+    /// # Errors
+    /// A backend error; chunks drained before it are left in `out`.
+    fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error>;
+
+    /// Which backend this is.
+    fn kind(&self) -> EncoderKind;
+
+    /// The configuration the encoder was opened with.
+    fn config(&self) -> &EncoderConfig;
+
+    /// The SPS and PPS (Annex B), for containers that store them out of band (e.g. MP4's
+    /// `avcC`). Keyframes carry them in band as well.
+    fn sequence_headers(&self) -> &[u8];
+
+    /// Encodes one frame with an automatic timestamp: the seed's `encode_frame`.
+    ///
+    /// # Errors
+    /// As [`VideoEncoder::encode`].
+    fn encode_frame(&mut self, frame: &[u8], out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        self.encode(Frame::new(frame), out)
+    }
+
+    /// The unit of [`EncodedChunk::pts`] and [`EncodedChunk::dts`], as `(num, den)` seconds:
+    /// one frame at the configured rate.
+    fn time_base(&self) -> (u32, u32) {
+        let rate = self.config().frame_rate;
+        (rate.den, rate.num)
+    }
+}
+
+/// Bookkeeping every backend shares: frame length, timestamp order, frame numbering, and the
+/// finished flag. Keeps the checks of the contract in one place.
+#[derive(Debug)]
+pub(crate) struct InputGate {
+    kind: EncoderKind,
+    frame_len: usize,
+    resolution: Resolution,
+    format: PixelFormat,
+    accepted: u64,
+    last_pts: Option<i64>,
+    finished: bool,
+}
+
+impl InputGate {
+    pub(crate) fn new(kind: EncoderKind, config: &EncoderConfig) -> Result<Self, ConfigError> {
+        Ok(InputGate {
+            kind,
+            frame_len: config.validate()?,
+            resolution: config.resolution,
+            format: config.pixel_format,
+            accepted: 0,
+            last_pts: None,
+            finished: false,
+        })
+    }
+
+    /// Checks a frame without accepting it; returns `(frame_index, pts)` for it.
+    pub(crate) fn check(&self, frame: &Frame<'_>) -> Result<(u64, i64), Error> {
+        if self.finished {
+            return Err(Error::Finished { backend: self.kind });
+        }
+        if frame.data.len() != self.frame_len {
+            return Err(Error::FrameSize {
+                frame_index: self.accepted,
+                expected: self.frame_len,
+                actual: frame.data.len(),
+                resolution: self.resolution,
+                format: self.format,
+            });
+        }
+        let pts = match (frame.pts, self.last_pts) {
+            (Some(pts), Some(previous)) if pts <= previous => {
+                return Err(Error::NonMonotonicPts {
+                    frame_index: self.accepted,
+                    pts,
+                    previous,
+                })
+            }
+            (Some(pts), _) => pts,
+            (None, Some(previous)) => previous.saturating_add(1),
+            (None, None) => 0,
+        };
+        Ok((self.accepted, pts))
+    }
+
+    /// Records that the frame checked last was handed to the encoder.
+    pub(crate) fn accept(&mut self, pts: i64) {
+        self.accepted += 1;
+        self.last_pts = Some(pts);
+    }
+
+    pub(crate) fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted
+    }
+}

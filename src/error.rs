@@ -1,0 +1,223 @@
+//! Errors. Flow control (a frame buffered for reordering, no output yet) is not an error: it is an
+//! `Ok` with no chunks.
+
+use crate::encoder::{EncoderKind, PixelFormat, Resolution};
+
+/// A configuration value that no encoder accepts. Each variant names the bad value and what would
+/// be valid.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A zero width or height.
+    #[error("invalid resolution {width}x{height}: width and height must be at least 2")]
+    ZeroResolution {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+    },
+    /// An odd width or height for a 4:2:0 format.
+    #[error(
+        "invalid resolution {width}x{height} for {format}: 4:2:0 formats need an even width and \
+         height (try {}x{})",
+        width + width % 2,
+        height + height % 2
+    )]
+    OddResolution {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+        /// The 4:2:0 format.
+        format: PixelFormat,
+    },
+    /// A side larger than any backend accepts.
+    #[error("invalid resolution {width}x{height}: width and height must be at most {max}")]
+    ResolutionTooLarge {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+        /// Largest accepted side.
+        max: u32,
+    },
+    /// A frame whose byte count does not fit in memory.
+    #[error("a {width}x{height} {format} frame is too large: its byte count overflows usize")]
+    FrameSizeOverflow {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+        /// The pixel format.
+        format: PixelFormat,
+    },
+    /// Text that is not `WIDTHxHEIGHT`.
+    #[error("invalid size {text:?}: expected WIDTHxHEIGHT, e.g. 1920x1080")]
+    BadResolutionSyntax {
+        /// The text given.
+        text: String,
+    },
+    /// A zero numerator or denominator.
+    #[error("invalid frame rate {num}/{den}: numerator and denominator must both be at least 1")]
+    InvalidFrameRate {
+        /// Numerator.
+        num: u32,
+        /// Denominator.
+        den: u32,
+    },
+    /// Text that is not a frame rate.
+    #[error("invalid frame rate {text:?}: expected e.g. 30, 29.97 or 30000/1001")]
+    BadFrameRateSyntax {
+        /// The text given.
+        text: String,
+    },
+    /// CRF outside its range (or NaN).
+    #[error("crf {crf} is out of range: expected {min} to {max} (lower is better quality)")]
+    CrfOutOfRange {
+        /// Requested CRF.
+        crf: f32,
+        /// Lowest accepted.
+        min: f32,
+        /// Highest accepted.
+        max: f32,
+    },
+    /// GOP size zero or too large.
+    #[error("gop size {gop_size} is out of range: expected 1 to {max} frames")]
+    GopSizeOutOfRange {
+        /// Requested GOP size.
+        gop_size: u32,
+        /// Largest accepted.
+        max: u32,
+    },
+    /// Too many consecutive B-frames.
+    #[error("{bframes} B-frames is out of range: expected 0 to {max}")]
+    BframesOutOfRange {
+        /// Requested B-frames.
+        bframes: u32,
+        /// Largest accepted.
+        max: u32,
+    },
+    /// Too many threads.
+    #[error("{threads} threads is out of range: expected 0 (automatic) to {max}")]
+    ThreadsOutOfRange {
+        /// Requested threads.
+        threads: u32,
+        /// Largest accepted.
+        max: u32,
+    },
+    /// An unknown codec name.
+    #[error("unknown codec {name:?}: expected one of {}", valid.join(", "))]
+    UnknownCodec {
+        /// The name given.
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
+    /// An unknown preset name.
+    #[error("unknown preset {name:?}: expected one of {}", valid.join(", "))]
+    UnknownPreset {
+        /// The name given.
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
+    /// An unknown tune name.
+    #[error("unknown tune {name:?}: expected one of {}", valid.join(", "))]
+    UnknownTune {
+        /// The name given.
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
+    /// An unknown pixel-format name.
+    #[error("unknown pixel format {name:?}: expected one of {}", valid.join(", "))]
+    UnknownPixelFormat {
+        /// The name given.
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
+    /// An unknown encoder name.
+    #[error("unknown encoder {name:?}: expected one of {}", valid.join(", "))]
+    UnknownEncoder {
+        /// The name given.
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
+}
+
+/// Everything that can go wrong while opening an encoder or encoding with it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration was rejected before any encoder was opened.
+    #[error("invalid encoder configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A frame whose length does not match the configured size and format. The frame was not
+    /// encoded; the encoder is still usable.
+    #[error(
+        "frame {frame_index} is {actual} bytes, but one {resolution} {format} frame is {expected} \
+         bytes; the frame was rejected and the encoder is still usable"
+    )]
+    FrameSize {
+        /// Index the frame would have had (the count of frames accepted before it).
+        frame_index: u64,
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes given.
+        actual: usize,
+        /// Configured resolution.
+        resolution: Resolution,
+        /// Configured pixel format.
+        format: PixelFormat,
+    },
+    /// A caller-supplied timestamp that does not increase. The frame was not encoded; the
+    /// encoder is still usable.
+    #[error(
+        "frame {frame_index} has pts {pts}, which is not after the previous frame's pts \
+         {previous}; timestamps must strictly increase"
+    )]
+    NonMonotonicPts {
+        /// Index the frame would have had.
+        frame_index: u64,
+        /// The timestamp given.
+        pts: i64,
+        /// The previous frame's timestamp.
+        previous: i64,
+    },
+    /// `encode` after `flush`: a flushed encoder has ended its stream.
+    #[error("the {backend} encoder was already flushed; open a new encoder for a new stream")]
+    Finished {
+        /// The backend.
+        backend: EncoderKind,
+    },
+    /// A backend could not be used on this machine. `reason` says why and what would fix it.
+    #[error("the {backend} encoder is not available: {reason}")]
+    Unavailable {
+        /// The backend.
+        backend: EncoderKind,
+        /// Why, written for a "why won't this work on my machine" report.
+        reason: String,
+    },
+    /// No backend could be opened; each one tried is listed with its reason.
+    #[error("no encoder could be opened: {}", format_rejections(.0))]
+    NoEncoder(Vec<(EncoderKind, Box<Error>)>),
+    /// The backend library failed a call.
+    #[error("{backend}: {call} failed: {message}")]
+    Backend {
+        /// The backend.
+        backend: EncoderKind,
+        /// The library call that failed.
+        call: &'static str,
+        /// What the library reported.
+        message: String,
+    },
+}
+
+fn format_rejections(list: &[(EncoderKind, Box<Error>)]) -> String {
+    list.iter()
+        .map(|(kind, err)| format!("[{kind}] {err}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}

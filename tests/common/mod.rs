@@ -1,0 +1,477 @@
+//! Helpers shared by the integration tests: an independent decoder (FFmpeg), PSNR, and the
+//! contract checks every `VideoEncoder` backend must pass.
+
+#![allow(dead_code)] // Each test binary uses a different subset of these helpers.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use nvenc::testsrc::{nv12_to_i420, TestPattern};
+use nvenc::{EncodedChunk, EncoderConfig, PixelFormat, Resolution, VideoEncoder};
+
+/// Opens a backend under test.
+pub type Opener = fn(&EncoderConfig) -> Result<Box<dyn VideoEncoder>, nvenc::Error>;
+
+/// The `ffmpeg` binary. Tests that decode fail (not skip) without it: the README's test command
+/// installs it.
+pub fn ffmpeg() -> Command {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-nostdin", "-v", "error"]);
+    cmd
+}
+
+/// Decodes an Annex B H.264 stream with FFmpeg into I420 frames, in display order.
+pub fn decode_h264(stream: &[u8], resolution: Resolution) -> Vec<Vec<u8>> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("stream.h264");
+    std::fs::write(&path, stream).expect("write stream");
+    let output = ffmpeg()
+        .args(["-f", "h264", "-i"])
+        .arg(&path)
+        .args([
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ffmpeg must be installed to run these tests (apt-get install ffmpeg)");
+    assert!(
+        output.status.success(),
+        "ffmpeg failed to decode our stream: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let len = PixelFormat::I420.frame_len(resolution).expect("valid size");
+    assert_eq!(
+        output.stdout.len() % len,
+        0,
+        "decoded output is not a whole number of frames"
+    );
+    output.stdout.chunks(len).map(<[u8]>::to_vec).collect()
+}
+
+/// Peak signal-to-noise ratio of two 8-bit buffers of equal length, in dB (infinite if equal).
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let sse: u64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let d = i64::from(x) - i64::from(y);
+            (d * d) as u64
+        })
+        .sum();
+    if sse == 0 {
+        return f64::INFINITY;
+    }
+    let mse = sse as f64 / a.len() as f64;
+    10.0 * (255.0f64 * 255.0 / mse).log10()
+}
+
+/// The input frames of a synthetic clip, as handed to the encoder.
+pub fn clip(config: &EncoderConfig, frames: u64) -> Vec<Vec<u8>> {
+    let pattern = TestPattern::new(config.resolution, config.pixel_format).expect("pattern");
+    (0..frames).map(|i| pattern.frame(i)).collect()
+}
+
+/// The same frames as I420, for comparison with the decoder's output.
+pub fn as_i420(config: &EncoderConfig, frame: &[u8]) -> Vec<u8> {
+    match config.pixel_format {
+        PixelFormat::Nv12 => nv12_to_i420(frame, config.resolution)
+            .expect("valid size")
+            .expect("one frame"),
+        _ => frame.to_vec(),
+    }
+}
+
+/// Encodes `frames` and flushes, returning every chunk.
+pub fn encode_all(encoder: &mut dyn VideoEncoder, frames: &[Vec<u8>]) -> Vec<EncodedChunk> {
+    let mut chunks = Vec::new();
+    for frame in frames {
+        encoder.encode_frame(frame, &mut chunks).expect("encode");
+    }
+    encoder.flush(&mut chunks).expect("flush");
+    chunks
+}
+
+/// Checks the frame accounting of the contract: one chunk per accepted frame, each input frame
+/// exactly once, decode timestamps increasing and never after presentation.
+pub fn assert_accounting(chunks: &[EncodedChunk], frames: u64) {
+    assert_eq!(chunks.len() as u64, frames, "one chunk per frame");
+    let mut seen: Vec<u64> = chunks.iter().map(|c| c.frame_index).collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..frames).collect::<Vec<_>>(),
+        "every frame exactly once"
+    );
+    for c in chunks {
+        assert_eq!(c.pts, c.frame_index as i64, "automatic pts counts frames");
+        assert!(c.dts <= c.pts, "dts {} after pts {}", c.dts, c.pts);
+        assert!(!c.data.is_empty());
+    }
+    for pair in chunks.windows(2) {
+        assert!(pair[0].dts < pair[1].dts, "dts must strictly increase");
+    }
+    assert!(chunks[0].keyframe, "the stream starts with a keyframe");
+}
+
+/// Writes a stream to a file next to the test's temp dir (for debugging failures) and returns it.
+pub fn concat(chunks: &[EncodedChunk]) -> Vec<u8> {
+    let mut stream = Vec::new();
+    for c in chunks {
+        stream.write_all(&c.data).expect("write to vec");
+    }
+    stream
+}
+
+/// What [`assert_roundtrip`] measured.
+#[derive(Debug)]
+pub struct RoundTrip {
+    /// Mean PSNR over the frames (identical frames count as 99 dB).
+    pub mean_psnr: f64,
+    /// Lowest PSNR of any frame.
+    pub min_psnr: f64,
+    /// The encoder's output.
+    pub chunks: Vec<EncodedChunk>,
+}
+
+/// Encodes a clip, decodes it with FFmpeg, and checks frame count and PSNR.
+pub fn assert_roundtrip(
+    open: Opener,
+    config: &EncoderConfig,
+    frames: u64,
+    min_psnr: f64,
+) -> RoundTrip {
+    let input = clip(config, frames);
+    let mut encoder = open(config).expect("open encoder");
+    let chunks = encode_all(encoder.as_mut(), &input);
+    assert_accounting(&chunks, frames);
+    let decoded = decode_h264(&concat(&chunks), config.resolution);
+    assert_eq!(decoded.len() as u64, frames, "decoded frame count");
+    let mut total = 0.0;
+    let mut lowest = f64::INFINITY;
+    for (i, (want, got)) in input.iter().zip(&decoded).enumerate() {
+        let p = psnr(&as_i420(config, want), got);
+        assert!(
+            p >= min_psnr,
+            "frame {i}: PSNR {p:.2} dB below {min_psnr} dB"
+        );
+        total += p.min(99.0);
+        lowest = lowest.min(p);
+    }
+    RoundTrip {
+        mean_psnr: total / frames as f64,
+        min_psnr: lowest,
+        chunks,
+    }
+}
+
+/// The contract tests every backend must pass, as `#[test]` functions for the opener given.
+#[macro_export]
+macro_rules! contract_tests {
+    ($open:expr) => {
+        use nvenc::{ConfigError, Error, Frame, FrameType};
+
+        fn small() -> EncoderConfig {
+            EncoderConfig::new(320, 240)
+                .with_preset(nvenc::Preset::Veryfast)
+                .with_crf(18.0)
+                .with_gop_size(30)
+        }
+
+        #[test]
+        fn roundtrip_i420_with_bframes_decodes_with_ffmpeg() {
+            let config = small().with_bframes(Some(3));
+            let rt = common::assert_roundtrip($open, &config, 90, PSNR_FLOOR_DB);
+            eprintln!(
+                "PSNR mean {:.2} dB, min {:.2} dB",
+                rt.mean_psnr, rt.min_psnr
+            );
+            // Reordering really happened, so the accounting above covered it.
+            assert!(
+                rt.chunks.iter().any(|c| c.frame_type == FrameType::B),
+                "no B-frames"
+            );
+            assert!(rt.chunks.iter().any(|c| c.dts < c.pts), "no reordering");
+        }
+
+        #[test]
+        fn roundtrip_nv12_decodes_with_ffmpeg() {
+            let config = small().with_pixel_format(nvenc::PixelFormat::Nv12);
+            common::assert_roundtrip($open, &config, 45, PSNR_FLOOR_DB);
+        }
+
+        #[test]
+        fn roundtrip_zerolatency_outputs_every_frame_at_once() {
+            let config = small().with_tune(Some(nvenc::Tune::Zerolatency));
+            let input = common::clip(&config, 20);
+            let mut encoder = ($open)(&config).expect("open");
+            let mut chunks = Vec::new();
+            for (i, frame) in input.iter().enumerate() {
+                encoder.encode_frame(frame, &mut chunks).expect("encode");
+                assert_eq!(
+                    chunks.len(),
+                    i + 1,
+                    "zero latency: one chunk per frame, at once"
+                );
+            }
+            encoder.flush(&mut chunks).expect("flush");
+            common::assert_accounting(&chunks, 20);
+            // Without reordering, decode order is presentation order.
+            assert!(chunks
+                .iter()
+                .all(|c| c.dts == c.pts && c.frame_type != FrameType::B));
+        }
+
+        #[test]
+        fn keyframes_follow_gop_size_and_carry_sps_pps() {
+            let config = small().with_gop_size(10).with_bframes(Some(0));
+            let input = common::clip(&config, 35);
+            let mut encoder = ($open)(&config).expect("open");
+            let chunks = common::encode_all(encoder.as_mut(), &input);
+            let keyframes: Vec<u64> = chunks
+                .iter()
+                .filter(|c| c.keyframe)
+                .map(|c| c.frame_index)
+                .collect();
+            assert_eq!(keyframes.first(), Some(&0));
+            for pair in keyframes.windows(2) {
+                assert!(
+                    pair[1] - pair[0] <= 10,
+                    "IDR gap larger than gop size: {keyframes:?}"
+                );
+            }
+            for c in chunks.iter().filter(|c| c.keyframe) {
+                let types = common::nal_types(&c.data);
+                assert!(
+                    types.contains(&7) && types.contains(&8),
+                    "IDR without SPS/PPS: {types:?}"
+                );
+                assert!(
+                    types.contains(&5),
+                    "keyframe without an IDR slice: {types:?}"
+                );
+                assert_eq!(c.frame_type, FrameType::Idr);
+            }
+            let headers = common::nal_types(encoder.sequence_headers());
+            assert_eq!(headers, vec![7, 8], "out-of-band headers are SPS then PPS");
+        }
+
+        #[test]
+        fn forced_keyframe_is_an_idr() {
+            let config = small().with_gop_size(1000);
+            let input = common::clip(&config, 12);
+            let mut encoder = ($open)(&config).expect("open");
+            let mut chunks = Vec::new();
+            for (i, frame) in input.iter().enumerate() {
+                let mut f = Frame::new(frame);
+                if i == 7 {
+                    f = f.with_force_keyframe();
+                }
+                encoder.encode(f, &mut chunks).expect("encode");
+            }
+            encoder.flush(&mut chunks).expect("flush");
+            let forced = chunks.iter().find(|c| c.frame_index == 7).expect("frame 7");
+            assert!(
+                forced.keyframe && forced.frame_type == FrameType::Idr,
+                "{forced:?}"
+            );
+            assert!(common::nal_types(&forced.data).contains(&5));
+        }
+
+        #[test]
+        fn caller_timestamps_pass_through_and_must_increase() {
+            let config = small();
+            let input = common::clip(&config, 6);
+            let mut encoder = ($open)(&config).expect("open");
+            let mut chunks = Vec::new();
+            for (i, frame) in input.iter().enumerate() {
+                encoder
+                    .encode(Frame::new(frame).with_pts(1000 + 3 * i as i64), &mut chunks)
+                    .expect("encode");
+            }
+            let err = encoder
+                .encode(Frame::new(&input[0]).with_pts(1015), &mut chunks)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::NonMonotonicPts {
+                        frame_index: 6,
+                        pts: 1015,
+                        previous: 1015
+                    }
+                ),
+                "{err:?}"
+            );
+            encoder.flush(&mut chunks).expect("flush");
+            let mut pts: Vec<i64> = chunks.iter().map(|c| c.pts).collect();
+            pts.sort_unstable();
+            assert_eq!(pts, vec![1000, 1003, 1006, 1009, 1012, 1015]);
+        }
+
+        #[test]
+        fn wrong_frame_length_is_rejected_and_encoder_stays_usable() {
+            let config = small();
+            let input = common::clip(&config, 10);
+            let mut encoder = ($open)(&config).expect("open");
+            let mut chunks = Vec::new();
+            for frame in &input[..5] {
+                encoder.encode_frame(frame, &mut chunks).expect("encode");
+            }
+            let expected = 320 * 240 * 3 / 2;
+            for bad_len in [0, 1, expected - 1, expected + 1, expected * 2] {
+                let bad = vec![0u8; bad_len];
+                let err = encoder.encode_frame(&bad, &mut chunks).unwrap_err();
+                match err {
+                    Error::FrameSize {
+                        frame_index,
+                        expected: e,
+                        actual,
+                        ..
+                    } => {
+                        assert_eq!((frame_index, e, actual), (5, expected, bad_len));
+                    }
+                    other => panic!("expected FrameSize, got {other:?}"),
+                }
+            }
+            for frame in &input[5..] {
+                encoder
+                    .encode_frame(frame, &mut chunks)
+                    .expect("encode after a rejected frame");
+            }
+            encoder.flush(&mut chunks).expect("flush");
+            common::assert_accounting(&chunks, 10);
+            let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);
+            assert_eq!(decoded.len(), 10);
+        }
+
+        #[test]
+        fn encode_after_flush_is_finished_and_flush_is_idempotent() {
+            let config = small();
+            let input = common::clip(&config, 3);
+            let mut encoder = ($open)(&config).expect("open");
+            let chunks = common::encode_all(encoder.as_mut(), &input);
+            assert_eq!(chunks.len(), 3);
+            let mut more = Vec::new();
+            let err = encoder.encode_frame(&input[0], &mut more).unwrap_err();
+            assert!(matches!(err, Error::Finished { .. }), "{err:?}");
+            encoder.flush(&mut more).expect("second flush");
+            assert!(more.is_empty());
+        }
+
+        #[test]
+        fn invalid_configs_give_their_typed_errors() {
+            let base = small();
+            let cases: Vec<(EncoderConfig, fn(&ConfigError) -> bool)> = vec![
+                (
+                    base.clone().with_resolution(nvenc::Resolution::new(0, 240)),
+                    |e| {
+                        matches!(
+                            e,
+                            ConfigError::ZeroResolution {
+                                width: 0,
+                                height: 240
+                            }
+                        )
+                    },
+                ),
+                (
+                    base.clone()
+                        .with_resolution(nvenc::Resolution::new(321, 240)),
+                    |e| matches!(e, ConfigError::OddResolution { width: 321, .. }),
+                ),
+                (
+                    base.clone()
+                        .with_resolution(nvenc::Resolution::new(320, 241))
+                        .with_pixel_format(nvenc::PixelFormat::Nv12),
+                    |e| matches!(e, ConfigError::OddResolution { height: 241, .. }),
+                ),
+                (
+                    base.clone()
+                        .with_resolution(nvenc::Resolution::new(u32::MAX - 1, u32::MAX - 1)),
+                    |e| matches!(e, ConfigError::FrameSizeOverflow { .. }),
+                ),
+                (
+                    base.clone()
+                        .with_resolution(nvenc::Resolution::new(32768, 16)),
+                    |e| {
+                        matches!(
+                            e,
+                            ConfigError::ResolutionTooLarge {
+                                width: 32768,
+                                max: 16384,
+                                ..
+                            }
+                        )
+                    },
+                ),
+                (base.clone().with_crf(51.5), |e| {
+                    matches!(e, ConfigError::CrfOutOfRange { .. })
+                }),
+                (base.clone().with_crf(-1.0), |e| {
+                    matches!(e, ConfigError::CrfOutOfRange { .. })
+                }),
+                (base.clone().with_crf(f32::NAN), |e| {
+                    matches!(e, ConfigError::CrfOutOfRange { .. })
+                }),
+                (base.clone().with_gop_size(0), |e| {
+                    matches!(e, ConfigError::GopSizeOutOfRange { gop_size: 0, .. })
+                }),
+                (base.clone().with_bframes(Some(17)), |e| {
+                    matches!(
+                        e,
+                        ConfigError::BframesOutOfRange {
+                            bframes: 17,
+                            max: 16
+                        }
+                    )
+                }),
+                (base.clone().with_threads(129), |e| {
+                    matches!(
+                        e,
+                        ConfigError::ThreadsOutOfRange {
+                            threads: 129,
+                            max: 128
+                        }
+                    )
+                }),
+                (
+                    base.clone().with_frame_rate(nvenc::FrameRate::new(30, 0)),
+                    |e| matches!(e, ConfigError::InvalidFrameRate { num: 30, den: 0 }),
+                ),
+            ];
+            for (config, is_expected) in cases {
+                match ($open)(&config) {
+                    Err(Error::Config(e)) => {
+                        assert!(is_expected(&e), "unexpected error {e:?} for {config:?}")
+                    }
+                    Err(other) => panic!("expected a config error for {config:?}, got {other:?}"),
+                    Ok(_) => panic!("accepted invalid config {config:?}"),
+                }
+            }
+        }
+    };
+}
+
+/// The NAL unit types in an Annex B buffer, in order.
+pub fn nal_types(annexb: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut i = 0;
+    while i + 3 <= annexb.len() {
+        if annexb[i..i + 3] == [0, 0, 1] {
+            if let Some(&header) = annexb.get(i + 3) {
+                types.push(header & 0x1f);
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    types
+}
