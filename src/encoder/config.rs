@@ -591,3 +591,60 @@ impl EncoderConfig {
         Ok(frame_len)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes_rates_and_names() {
+        assert_eq!("1920x1080".parse(), Ok(Resolution::new(1920, 1080)));
+        assert!(matches!(
+            "1920*1080".parse::<Resolution>(),
+            Err(ConfigError::BadResolutionSyntax { .. })
+        ));
+        assert_eq!("30".parse(), Ok(FrameRate::new(30, 1)));
+        assert_eq!("30000/1001".parse(), Ok(FrameRate::new(30000, 1001)));
+        assert_eq!("29.97".parse(), Ok(FrameRate::new(2997, 100)));
+        assert!(matches!(
+            "fast".parse::<FrameRate>(),
+            Err(ConfigError::BadFrameRateSyntax { .. })
+        ));
+        assert_eq!("VeryFast".parse(), Ok(Preset::Veryfast));
+        assert_eq!("zerolatency".parse(), Ok(Tune::Zerolatency));
+        assert_eq!("yuv420p".parse(), Ok(PixelFormat::I420));
+        assert_eq!("NV12".parse(), Ok(PixelFormat::Nv12));
+        match "p4".parse::<Preset>() {
+            Err(ConfigError::UnknownPreset { name, valid }) => {
+                assert_eq!(name, "p4");
+                assert!(valid.contains(&"medium"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            "rgb24".parse::<PixelFormat>(),
+            Err(ConfigError::UnknownPixelFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn plane_layouts_cover_the_frame_exactly() {
+        for format in [PixelFormat::I420, PixelFormat::Nv12] {
+            let layout = format.plane_layout(Resolution::new(6, 4)).unwrap();
+            assert_eq!(layout.frame_len, 36);
+            let last = layout.planes.last().unwrap();
+            assert_eq!(last.offset + last.stride * last.rows, 36, "{format}");
+        }
+    }
+
+    #[test]
+    fn error_messages_name_value_and_valid_range() {
+        let err = EncoderConfig::new(320, 240).with_crf(60.0).validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "crf 60 is out of range: expected 0 to 51 (lower is better quality)"
+        );
+        let err = EncoderConfig::new(7, 8).validate().unwrap_err();
+        assert!(err.to_string().contains("try 8x8"), "{err}");
+    }
+}
