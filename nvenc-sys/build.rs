@@ -437,7 +437,8 @@ impl bindgen::callbacks::ParseCallbacks for Callbacks {
 
     /// The header's doc comments are Doxygen: `[in]:` would be read by rustdoc as a link and
     /// continuation lines indented by many spaces as code blocks (which `cargo test` would try
-    /// to compile as doctests). Keep the text, drop the indentation, escape the brackets.
+    /// to compile as doctests). Keep the text, drop the indentation, and escape the characters
+    /// Markdown would read as links, HTML, code, emphasis or headings.
     fn process_comment(&self, comment: &str) -> Option<String> {
         let mut out = String::with_capacity(comment.len());
         for (i, line) in comment.lines().enumerate() {
@@ -446,7 +447,7 @@ impl bindgen::callbacks::ParseCallbacks for Callbacks {
             }
             for c in line.trim().chars() {
                 match c {
-                    '[' | ']' | '<' | '>' | '`' | '*' | '_' | '#' => {
+                    '[' | ']' | '<' | '>' | '`' | '*' | '#' => {
                         out.push('\\');
                         out.push(c);
                     }

@@ -46,6 +46,11 @@
 //! from the fields of `NV_ENCODE_API_FUNCTION_LIST` in the same way, so no number, GUID or entry
 //! point of one SDK release is written down by hand.
 //!
+//! The header also declares the two exported functions, `NvEncodeAPIGetMaxSupportedVersion` and
+//! `NvEncodeAPICreateInstance`; they appear here as `extern` declarations for reference only.
+//! Calling them would need `libnvidia-encode` at link time; use [`load`], which resolves them at
+//! run time.
+//!
 //! C enums, and the status code [`NVENCSTATUS`] in particular, are `#[repr(transparent)]` newtypes
 //! over the integer with associated constants (`NVENCSTATUS::NV_ENC_SUCCESS`), never Rust enums:
 //! a driver may return a value this header does not know, and that must not be undefined behaviour.
