@@ -284,12 +284,8 @@ fn load_with_override(override_path: Option<&OsStr>) -> Result<Library, LoadErro
             let path = PathBuf::from(p);
             open_and_init(&path, || LoadError::OverrideNotFound { path: path.clone() })
         }
-        None => open_and_init(Path::new(DEFAULT_LIBRARY_NAME), || {
-            LoadError::LibraryNotFound {
-                tried: vec![DEFAULT_LIBRARY_NAME.to_owned()],
-                reason: "not found".to_owned(),
-            }
-        }),
+        // A bare name: the platform loader's search, whose failure is `LibraryNotFound`.
+        None => load_from(DEFAULT_LIBRARY_NAME),
     }
 }
 
@@ -300,7 +296,9 @@ fn is_bare_name(path: &Path) -> bool {
 
 fn open_and_init(path: &Path, missing: impl FnOnce() -> LoadError) -> Result<Library, LoadError> {
     let bare = is_bare_name(path);
-    if !bare && !path.try_exists().unwrap_or(false) {
+    // Only a definite "does not exist"; if existence cannot be checked (permissions), the
+    // platform loader's own message is more useful.
+    if !bare && matches!(path.try_exists(), Ok(false)) {
         return Err(missing());
     }
     let lib = open(path, bare).map_err(|e| {
