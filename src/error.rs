@@ -213,6 +213,9 @@ pub enum Error {
         /// What the library reported.
         message: String,
     },
+    /// Loading the NVIDIA encode library failed: no driver, an old driver, or a wrong library.
+    #[error(transparent)]
+    NvencLoad(#[from] nvenc_sys::LoadError),
 }
 
 fn format_rejections(list: &[(EncoderKind, Box<Error>)]) -> String {

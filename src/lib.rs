@@ -16,5 +16,6 @@ pub use encoder::{
     Preset, Resolution, Tune, VideoEncoder,
 };
 pub use error::{ConfigError, Error};
+pub use nvenc_sys::LoadError;
 pub use select::{open_backend, open_encoder, EncoderChoice, PRIORITY};
 pub use x264::X264Encoder;

@@ -639,7 +639,10 @@ mod tests {
 
     #[test]
     fn error_messages_name_value_and_valid_range() {
-        let err = EncoderConfig::new(320, 240).with_crf(60.0).validate().unwrap_err();
+        let err = EncoderConfig::new(320, 240)
+            .with_crf(60.0)
+            .validate()
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "crf 60 is out of range: expected 0 to 51 (lower is better quality)"
