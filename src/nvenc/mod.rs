@@ -37,3 +37,9 @@ pub fn open(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
         ),
     })
 }
+
+#[allow(dead_code)] // Used by the session layer, which lands next.
+mod api;
+mod error;
+
+pub use error::{NvencError, NvencErrorKind};
