@@ -7,6 +7,7 @@
 pub mod encoder;
 pub mod error;
 pub mod nvenc;
+pub mod ring_buffer;
 mod select;
 pub mod testsrc;
 pub mod x264;
