@@ -257,7 +257,16 @@ impl InputGate {
                 format: self.format,
             });
         }
-        let pts = match (frame.pts, self.last_pts) {
+        self.check_pts(frame.pts)
+    }
+
+    /// Checks the end of stream and a frame's timestamp (for frames whose bytes are not in
+    /// host memory); returns `(frame_index, pts)` for it.
+    pub(crate) fn check_pts(&self, pts: Option<i64>) -> Result<(u64, i64), Error> {
+        if self.finished {
+            return Err(Error::Finished { backend: self.kind });
+        }
+        let pts = match (pts, self.last_pts) {
             (Some(pts), Some(previous)) if pts <= previous => {
                 return Err(Error::NonMonotonicPts {
                     frame_index: self.accepted,

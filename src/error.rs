@@ -213,6 +213,23 @@ pub enum Error {
         /// What the library reported.
         message: String,
     },
+    /// An NVENC call failed. [`NvencError::kind`](crate::nvenc::NvencError::kind) says what it
+    /// means: no encode device, likely session limit, invalid parameter, device lost, ...
+    #[error(transparent)]
+    Nvenc(#[from] crate::nvenc::NvencError),
+    /// The GPU's NVENC lacks a capability the configuration needs.
+    #[error(
+        "this GPU's NVENC cannot encode the configured stream: {cap} is {value}, the \
+         configuration needs {required}"
+    )]
+    NvencCapability {
+        /// The capability (`NV_ENC_CAPS_*` name, or what was looked for).
+        cap: &'static str,
+        /// What the GPU reported.
+        value: i32,
+        /// What the configuration needs.
+        required: i64,
+    },
     /// Loading the NVIDIA encode library failed: no driver, an old driver, or a wrong library.
     #[error(transparent)]
     NvencLoad(#[from] nvenc_sys::LoadError),

@@ -497,6 +497,19 @@ impl RawEncoder {
         })
     }
 
+    /// `nvEncSetIOCudaStreams`: NVENC's input pre-processing and output post-processing run on
+    /// `stream` instead of the default stream, ordered after the uploads queued there.
+    ///
+    /// # Safety
+    /// `stream` must point at a live `CUstream` of the session's context that stays alive (and at
+    /// the same address) for the life of the session.
+    #[doc(alias = "nvEncSetIOCudaStreams")]
+    pub(crate) unsafe fn set_io_cuda_streams(&self, stream: *mut c_void) -> Result<(), NvencError> {
+        // SAFETY: live session; `stream` points at a live CUstream by this function's contract.
+        let status = unsafe { (self.lib.fns().set_io_cuda_streams)(self.raw(), stream, stream) };
+        self.check("nvEncSetIOCudaStreams", status)
+    }
+
     /// `nvEncGetSequenceParams`: the SPS and PPS, Annex B.
     #[doc(alias = "nvEncGetSequenceParams")]
     pub(crate) fn sequence_params(&self) -> Result<Vec<u8>, NvencError> {

@@ -1,9 +1,12 @@
 //! The direct NVENC backend.
 //!
-//! Today this module loads the driver's `libnvidia-encode` through [`nvenc_sys::load`] and checks
-//! its API version, so [`open`] says precisely why NVENC cannot be used on this machine (no
-//! driver, driver too old, wrong library). Encode sessions on CUDA surfaces are not built yet:
-//! where the driver loads, [`open`] reports [`Error::Unavailable`] saying so.
+//! [`NvencEncoder`] drives an NVENC session on CUDA surfaces that are slots of the
+//! [frame ring](crate::ring_buffer). The driver's `libnvidia-encode` and `libcuda` are loaded at
+//! run time, so [`open`] says precisely why NVENC cannot be used on a machine (no driver, driver
+//! too old, no CUDA device, a GPU without an encode engine, a session limit).
+//!
+//! Layers: `api` is the only code that calls through the driver's function table; `encoder`
+//! builds sessions, surfaces and the in-flight pipeline on top of it without raw NVENC pointers.
 
 use crate::encoder::{EncoderConfig, EncoderKind, VideoEncoder};
 use crate::error::Error;
@@ -26,20 +29,14 @@ pub fn open(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
             ),
         });
     }
-    let library = nvenc_sys::load()?;
-    Err(Error::Unavailable {
-        backend: EncoderKind::Nvenc,
-        reason: format!(
-            "the driver's libnvidia-encode loaded ({}, NVENC API up to {}), but this build of the \
-             crate cannot open encode sessions yet",
-            library.path().display(),
-            library.driver_max_version()
-        ),
-    })
+    Ok(Box::new(NvencEncoder::new(config)?))
 }
 
-#[allow(dead_code)] // Used by the session layer, which lands next.
 mod api;
+mod encoder;
 mod error;
+mod options;
 
+pub use encoder::{DeviceFrame, NvencEncoder};
 pub use error::{NvencError, NvencErrorKind};
+pub use options::{NvencOptions, NvencPreset, NvencTuning};

@@ -366,3 +366,56 @@ pub unsafe fn copy_pinned_to_device_async(
             source,
         })
 }
+
+/// Enqueues on `stream` a copy of `dst.rows` rows of `dst.width_bytes` bytes from device memory
+/// at `src` (rows `src_pitch` bytes apart) into the device surface `dst`: how a frame that is
+/// already on the GPU enters the ring without passing through the host.
+///
+/// # Errors
+/// [`RingError::InvalidLayout`] when `src_pitch < dst.width_bytes`; [`RingError::Cuda`] when the
+/// driver refuses (`cuMemcpy2DAsync`), e.g. for an address that is not device memory.
+///
+/// # Safety
+/// `src` must be device memory of `stream`'s context holding `dst.rows` rows of
+/// `dst.width_bytes` bytes at `src_pitch`, alive and unwritten until the stream has passed this
+/// copy; `dst` as for [`copy_pinned_to_device_async`].
+pub unsafe fn copy_device_to_device_async(
+    src: sys::CUdeviceptr,
+    src_pitch: usize,
+    dst: &DeviceSurface,
+    stream: &CudaStream,
+) -> Result<(), RingError> {
+    if src_pitch < dst.width_bytes {
+        return Err(RingError::InvalidLayout {
+            width_bytes: dst.width_bytes,
+            rows: dst.rows,
+        });
+    }
+    bind(stream.context())?;
+    let copy = sys::CUDA_MEMCPY2D {
+        srcXInBytes: 0,
+        srcY: 0,
+        srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        srcHost: std::ptr::null(),
+        srcDevice: src,
+        srcArray: std::ptr::null_mut(),
+        srcPitch: src_pitch,
+        dstXInBytes: 0,
+        dstY: 0,
+        dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        dstHost: std::ptr::null_mut(),
+        dstDevice: dst.device_ptr,
+        dstArray: std::ptr::null_mut(),
+        dstPitch: dst.pitch,
+        WidthInBytes: dst.width_bytes,
+        Height: dst.rows,
+    };
+    // SAFETY: the descriptor is fully initialized; both sides are device memory of the bound
+    // context, in bounds and alive until the copy has run, by the caller's contract.
+    unsafe { sys::cuMemcpy2DAsync_v2(&copy, stream.cu_stream()) }
+        .result()
+        .map_err(|source| RingError::Cuda {
+            call: "cuMemcpy2DAsync",
+            source,
+        })
+}

@@ -87,8 +87,8 @@ mod loom_tests;
 mod tests;
 
 pub use cuda::{
-    copy_pinned_to_device_async, cuda_available, open_context, CudaContext, CudaStream,
-    DeviceStorage, PinnedStorage,
+    copy_device_to_device_async, copy_pinned_to_device_async, cuda_available, open_context,
+    CudaContext, CudaStream, DeviceStorage, PinnedStorage,
 };
 pub use error::{CommitError, PopError, ReserveError, RingError};
 pub use ring::{Consumer, FrameFlags, FrameMeta, Producer, ReadSlot, RingStats, WriteSlot};

@@ -1,0 +1,900 @@
+//! [`NvencEncoder`]: an NVENC session on CUDA surfaces that are slots of the frame ring.
+//!
+//! # The data path
+//! A host frame is copied into a slot of a small pinned ring (page-locked, so the upload is a
+//! direct DMA), then copied asynchronously on the encoder's CUDA stream into the next free slot
+//! of the device ring, whose surfaces (`cuMemAllocPitch`) were registered with NVENC once, at
+//! open. NVENC's input processing runs on the same stream (`nvEncSetIOCudaStreams`), so it is
+//! ordered after the upload without a host wait. A frame already in device memory is copied
+//! device-to-device into the surface, with no host copy.
+//!
+//! Several frames are in flight: each submitted picture keeps its device slot, its staging slot,
+//! its mapping and its output buffer until its bitstream has been read back. Outputs are read in
+//! submission order, `extra_output_delay` frames behind the newest, so upload, encode and
+//! read-back overlap (Linux has synchronous mode only: `nvEncLockBitstream` waits).
+//!
+//! # Teardown
+//! In the order the API requires, on every path (flush, error, drop, unwinding): end of stream,
+//! read back or discard pending outputs, unmap, unregister, destroy bitstream buffers, destroy
+//! the session, free the surfaces, release the CUDA context.
+
+use std::collections::VecDeque;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use nvenc_sys as sys;
+
+use super::api::{BitstreamBuffer, Mapped, PictureInput, RawEncoder, Registered, Submitted};
+use super::options::{target_quality, NvencOptions, NvencPreset, NvencTuning};
+use super::NvencError;
+use crate::encoder::{
+    EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameType, InputGate, PixelFormat,
+    VideoEncoder,
+};
+use crate::error::Error;
+use crate::ring_buffer::{
+    self as ring_cuda, CudaContext, CudaStream, DeviceStorage, PinnedStorage,
+};
+use crate::ring_buffer::{
+    Consumer, DeviceSurface, EncoderDepth, FrameMeta, FrameRing, Producer, ReadSlot,
+};
+
+const KIND: EncoderKind = EncoderKind::Nvenc;
+
+/// A frame that is already in CUDA device memory, in the encoder's context: tightly laid out
+/// planes of the configured pixel format with rows `pitch` bytes apart (for I420 the chroma
+/// planes have pitch `pitch / 2`, as NVENC's IYUV layout has).
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceFrame {
+    /// Device address of the first luma row (`CUdeviceptr`).
+    pub device_ptr: u64,
+    /// Bytes between luma rows; at least the width, and even for I420.
+    pub pitch: usize,
+    /// Presentation timestamp, as [`Frame::pts`].
+    pub pts: Option<i64>,
+    /// Make this frame an IDR keyframe.
+    pub force_keyframe: bool,
+}
+
+/// A `CUstream` handle in a box, so the address given to `nvEncSetIOCudaStreams` stays put.
+struct IoStream(Box<sys::NV_ENC_CUSTREAM_PTR>);
+
+// SAFETY: the box holds an opaque CUDA stream handle that this crate never dereferences; CUDA
+// stream handles may be used from any thread, and the encoder owning it is not `Sync`.
+unsafe impl Send for IoStream {}
+
+/// One picture between submission and read-back.
+struct InFlight {
+    /// Held for its `Drop`: the surface goes back to the ring when the picture is read back.
+    #[allow(dead_code)]
+    device: ReadSlot<DeviceStorage>,
+    /// Held for its `Drop`: the staging slot must not be rewritten before the upload ran.
+    #[allow(dead_code)]
+    staging: Option<ReadSlot<PinnedStorage>>,
+    mapped: Option<Mapped>,
+    output: Option<BitstreamBuffer>,
+    frame_index: u64,
+}
+
+/// The direct NVENC encoder. See the [module docs](self).
+pub struct NvencEncoder {
+    // Field order is drop order, and `Drop` tears the session down first; what remains must go
+    // in this order: session, surfaces and rings, stream, context.
+    session: Option<Session>,
+    device_in: Producer<DeviceStorage>,
+    device_out: Consumer<DeviceStorage>,
+    staging_in: Producer<PinnedStorage>,
+    staging_out: Consumer<PinnedStorage>,
+    /// The stream handle whose address was given to `nvEncSetIOCudaStreams`; held so that the
+    /// address stays valid for the session.
+    #[allow(dead_code)]
+    io_stream: IoStream,
+    stream: Arc<CudaStream>,
+    context: Arc<CudaContext>,
+    config: EncoderConfig,
+    gate: InputGate,
+    headers: Vec<u8>,
+    extra_output_delay: usize,
+    /// Input timestamps in submission order; each output's dts is taken from here.
+    input_pts: VecDeque<i64>,
+    /// `(frame_index, pts)` of every submitted frame not yet read back.
+    unread: VecDeque<(u64, i64)>,
+    /// Frames of B-frame reordering delay (frameIntervalP - 1).
+    reorder_delay: usize,
+    chunks_out: u64,
+}
+
+impl std::fmt::Debug for NvencEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NvencEncoder")
+            .field("config", &self.config)
+            .field("in_flight", &self.session.as_ref().map(|s| s.pending.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The NVENC session and everything registered with or created by it.
+struct Session {
+    raw: RawEncoder,
+    /// One registration per device-ring slot, by slot index.
+    registered: Vec<Option<Registered>>,
+    free_outputs: Vec<BitstreamBuffer>,
+    pending: VecDeque<InFlight>,
+    /// How many of `pending` (from the front) have output ready to lock.
+    ready: usize,
+}
+
+fn nvenc_err(e: NvencError) -> Error {
+    Error::Nvenc(e)
+}
+
+fn ring_err(e: crate::ring_buffer::RingError) -> Error {
+    Error::Unavailable {
+        backend: KIND,
+        reason: e.to_string(),
+    }
+}
+
+impl NvencEncoder {
+    /// Opens NVENC on CUDA device 0 with default [`NvencOptions`].
+    ///
+    /// # Errors
+    /// As [`NvencEncoder::with_options`].
+    pub fn new(config: &EncoderConfig) -> Result<Self, Error> {
+        Self::with_options(config, &NvencOptions::default())
+    }
+
+    /// Opens NVENC for `config`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid configuration; [`Error::NvencLoad`] when the driver's
+    /// library cannot be loaded; [`Error::Unavailable`] without a CUDA driver or device;
+    /// [`Error::NvencCapability`] when the GPU lacks something the configuration needs;
+    /// [`Error::Nvenc`] when a call fails (see [`NvencError::kind`]: no encode device, likely
+    /// session limit, ...).
+    pub fn with_options(config: &EncoderConfig, options: &NvencOptions) -> Result<Self, Error> {
+        let gate = InputGate::new(KIND, config)?;
+        let library = nvenc_sys::load()?;
+        let context = ring_cuda::open_context(options.device).map_err(ring_err)?;
+        let stream = context.new_stream().map_err(|e| Error::Unavailable {
+            backend: KIND,
+            reason: format!("cuStreamCreate failed: {e}"),
+        })?;
+
+        let preset = options
+            .preset
+            .unwrap_or_else(|| NvencPreset::from_preset(config.preset));
+        let tuning = options
+            .tuning
+            .unwrap_or_else(|| NvencTuning::from_tune(config.tune));
+        let zero_latency = config.tune == Some(crate::Tune::Zerolatency);
+        let (width, height) = (config.resolution.width, config.resolution.height);
+        let format = match config.pixel_format {
+            PixelFormat::Nv12 => sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_NV12,
+            _ => sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_IYUV,
+        };
+
+        context.bind_to_thread().map_err(|e| Error::Unavailable {
+            backend: KIND,
+            reason: format!("cuCtxSetCurrent failed: {e}"),
+        })?;
+        // SAFETY: the context is live and is kept (in `NvencEncoder::context`) until after the
+        // session is destroyed.
+        let raw = unsafe { RawEncoder::open(library, context.cu_ctx().cast::<c_void>()) }
+            .map_err(nvenc_err)?;
+
+        let codec = sys::NV_ENC_CODEC_H264_GUID;
+        let guids = raw.encode_guids().map_err(nvenc_err)?;
+        if !guids.iter().any(|g| guid_eq(g, &codec)) {
+            return Err(Error::NvencCapability {
+                cap: "H.264 encode GUID",
+                value: 0,
+                required: 1,
+            });
+        }
+        let formats = raw.input_formats(codec).map_err(nvenc_err)?;
+        if !formats.contains(&format) {
+            return Err(Error::NvencCapability {
+                cap: "input format (nvEncGetInputFormats)",
+                value: 0,
+                required: 1,
+            });
+        }
+        let cap = |c, name| raw.cap(codec, c).map(|v| (name, v)).map_err(nvenc_err);
+        let (name, max_w) = cap(
+            sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MAX,
+            "NV_ENC_CAPS_WIDTH_MAX",
+        )?;
+        require_at_least(name, max_w, width)?;
+        let (name, max_h) = cap(
+            sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MAX,
+            "NV_ENC_CAPS_HEIGHT_MAX",
+        )?;
+        require_at_least(name, max_h, height)?;
+        let (name, min_w) = cap(
+            sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MIN,
+            "NV_ENC_CAPS_WIDTH_MIN",
+        )?;
+        require_at_most(name, min_w, width)?;
+        let (name, min_h) = cap(
+            sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MIN,
+            "NV_ENC_CAPS_HEIGHT_MIN",
+        )?;
+        require_at_most(name, min_h, height)?;
+
+        let mut preset_config = raw
+            .preset_config(codec, preset.guid(), tuning.raw())
+            .map_err(nvenc_err)?;
+        let enc = &mut preset_config.presetCfg;
+        enc.gopLength = config.gop_size;
+        let bframes = if zero_latency {
+            Some(0)
+        } else {
+            config.bframes
+        };
+        if let Some(b) = bframes {
+            enc.frameIntervalP = b as i32 + 1;
+        }
+        let frame_interval_p = enc.frameIntervalP.max(1) as u32;
+        if frame_interval_p > 1 {
+            let (name, max_b) = cap(
+                sys::NV_ENC_CAPS::NV_ENC_CAPS_NUM_MAX_BFRAMES,
+                "NV_ENC_CAPS_NUM_MAX_BFRAMES",
+            )?;
+            require_at_least(name, max_b, frame_interval_p - 1)?;
+        }
+        enc.rcParams.rateControlMode = sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_VBR;
+        enc.rcParams.averageBitRate = 0;
+        enc.rcParams.maxBitRate = 0;
+        enc.rcParams.targetQuality = target_quality(config.crf);
+        enc.rcParams.targetQualityLSB = 0;
+        // No lookahead: it would need more surfaces in flight and is what other wrappers found
+        // to lose frames and deadlock at end of stream when the ring was sized without it.
+        enc.rcParams.set_enableLookahead(0);
+        enc.rcParams.lookaheadDepth = 0;
+        // SAFETY: `h264Config` is the active member of the codec-config union for the H.264
+        // codec GUID, which is the only codec this backend opens.
+        let h264 = unsafe { &mut enc.encodeCodecConfig.h264Config };
+        h264.idrPeriod = config.gop_size;
+        h264.set_repeatSPSPPS(1);
+
+        let mut init = sys::NV_ENC_INITIALIZE_PARAMS {
+            version: sys::NV_ENC_INITIALIZE_PARAMS_VER,
+            encodeGUID: codec,
+            presetGUID: preset.guid(),
+            encodeWidth: width,
+            encodeHeight: height,
+            darWidth: width,
+            darHeight: height,
+            frameRateNum: config.frame_rate.num,
+            frameRateDen: config.frame_rate.den,
+            enableEncodeAsync: 0,
+            enablePTD: 1,
+            encodeConfig: enc,
+            maxEncodeWidth: width,
+            maxEncodeHeight: height,
+            tuningInfo: tuning.raw(),
+            ..Default::default()
+        };
+        raw.initialize(&mut init).map_err(nvenc_err)?;
+        let headers = raw.sequence_params().map_err(nvenc_err)?;
+
+        // Ring sizing: every picture held for reordering, plus the output delay, plus the one
+        // being submitted.
+        let extra_output_delay = options.extra_output_delay as usize;
+        let depth = EncoderDepth {
+            frame_interval_p,
+            lookahead: 0,
+            extra_output_delay: options.extra_output_delay + 1,
+        };
+        let slots = crate::ring_buffer::required_slots(depth);
+        let rows = height as usize * 3 / 2;
+        let device = DeviceStorage::new(&context, slots, width as usize, rows).map_err(ring_err)?;
+        let staging_len = gate_frame_len(config)?;
+        let pinned = PinnedStorage::new(&context, slots, staging_len).map_err(ring_err)?;
+        let mut registered = Vec::with_capacity(slots);
+        let mut free_outputs = Vec::with_capacity(slots);
+        let mut session = Session {
+            raw,
+            registered: Vec::new(),
+            free_outputs: Vec::new(),
+            pending: VecDeque::new(),
+            ready: 0,
+        };
+        for index in 0..slots {
+            let surface = crate::ring_buffer::DeviceSlots::surface(&device, index);
+            // SAFETY: the surface is a live `cuMemAllocPitch` allocation of `pitch * rows` bytes
+            // owned by `device`, which outlives the session (field order of `NvencEncoder`), and
+            // every registration is undone in `Session::teardown` before the session goes.
+            let reg = unsafe {
+                session.raw.register_cuda(
+                    surface.device_ptr,
+                    width,
+                    height,
+                    pitch_u32(surface.pitch)?,
+                    format,
+                )
+            };
+            match reg {
+                Ok(r) => registered.push(Some(r)),
+                Err(e) => {
+                    session.registered = registered;
+                    session.teardown();
+                    return Err(nvenc_err(e));
+                }
+            }
+            match session.raw.create_bitstream_buffer() {
+                Ok(b) => free_outputs.push(b),
+                Err(e) => {
+                    session.registered = registered;
+                    session.free_outputs = free_outputs;
+                    session.teardown();
+                    return Err(nvenc_err(e));
+                }
+            }
+        }
+        session.registered = registered;
+        session.free_outputs = free_outputs;
+        let mut io_stream = IoStream(Box::new(stream.cu_stream().cast::<c_void>()));
+        let io_ptr: *mut sys::NV_ENC_CUSTREAM_PTR = &mut *io_stream.0;
+        // SAFETY: `io_stream` holds the live CUstream of `stream`, both kept in the encoder for
+        // the life of the session, and the box keeps the address fixed.
+        if let Err(e) = unsafe { session.raw.set_io_cuda_streams(io_ptr.cast::<c_void>()) } {
+            session.teardown();
+            return Err(nvenc_err(e));
+        }
+        let (device_in, device_out) = FrameRing::for_encoder(device, depth).map_err(ring_err)?;
+        let (staging_in, staging_out) = FrameRing::with_storage(pinned).map_err(ring_err)?;
+        tracing::debug!(
+            %preset, %tuning, width, height, format = %config.pixel_format,
+            frame_interval_p, slots, "opened NVENC session"
+        );
+        Ok(NvencEncoder {
+            session: Some(session),
+            device_in,
+            device_out,
+            staging_in,
+            staging_out,
+            io_stream,
+            stream,
+            context,
+            config: config.clone(),
+            gate,
+            headers,
+            extra_output_delay,
+            input_pts: VecDeque::new(),
+            unread: VecDeque::new(),
+            reorder_delay: frame_interval_p as usize - 1,
+            chunks_out: 0,
+        })
+    }
+
+    fn session(&mut self) -> Result<&mut Session, Error> {
+        self.session
+            .as_mut()
+            .ok_or(Error::Finished { backend: KIND })
+    }
+
+    /// Encodes a frame that is already in device memory (see [`DeviceFrame`]): copied
+    /// device-to-device into an encoder surface, never through the host.
+    ///
+    /// # Errors
+    /// As [`VideoEncoder::encode`]; [`Error::FrameSize`] when `pitch` is smaller than a row.
+    ///
+    /// # Safety
+    /// `frame.device_ptr` must be a live allocation in this encoder's CUDA context holding the
+    /// whole frame at `frame.pitch`, and must stay unchanged until this call returns... and
+    /// until the stream has consumed it: keep it alive until the next `encode`/`flush` call.
+    pub unsafe fn encode_device(
+        &mut self,
+        frame: DeviceFrame,
+        out: &mut Vec<EncodedChunk>,
+    ) -> Result<(), Error> {
+        let width = self.config.resolution.width as usize;
+        let (frame_index, pts) = self.gate.check_pts(frame.pts)?;
+        if frame.pitch < width
+            || (self.config.pixel_format == PixelFormat::I420 && frame.pitch % 2 != 0)
+        {
+            return Err(Error::FrameSize {
+                frame_index,
+                expected: width,
+                actual: frame.pitch,
+                resolution: self.config.resolution,
+                format: self.config.pixel_format,
+            });
+        }
+        self.bind()?;
+        self.make_room(out)?;
+        let planes = self.planes(frame.pitch);
+        let slot = self.device_in.try_reserve().map_err(ring_flow)?;
+        let surface = slot.surface();
+        for (offset, pitch, dst) in planes.iter().map(|p| p.on(&surface)) {
+            // SAFETY: the caller guarantees the source frame at `device_ptr` with `pitch`, so
+            // `device_ptr + offset` is the start of a plane; `dst` is a plane of a surface of
+            // this encoder's device ring, reserved above and not in use by NVENC.
+            unsafe {
+                ring_cuda::copy_device_to_device_async(
+                    frame.device_ptr + offset as u64,
+                    pitch,
+                    &dst,
+                    &self.stream,
+                )
+            }
+            .map_err(ring_err)?;
+        }
+        let meta = FrameMeta {
+            len: 0,
+            pts,
+            seq: frame_index,
+            flags: Default::default(),
+        };
+        slot.commit(meta).map_err(ring_flow)?;
+        self.submit(frame_index, pts, frame.force_keyframe, None, out)
+    }
+
+    fn bind(&self) -> Result<(), Error> {
+        self.context
+            .bind_to_thread()
+            .map_err(|e| Error::Unavailable {
+                backend: KIND,
+                reason: format!("cuCtxSetCurrent failed: {e}"),
+            })
+    }
+
+    /// The planes of a frame whose luma rows are `src_pitch` bytes apart, as copies into a
+    /// device surface: one for NV12 (luma and interleaved chroma share the pitch), three for I420
+    /// (chroma at half the pitch, as NVENC's IYUV layout has).
+    fn planes(&self, src_pitch: usize) -> Vec<PlaneCopy> {
+        let w = self.config.resolution.width as usize;
+        let h = self.config.resolution.height as usize;
+        match self.config.pixel_format {
+            PixelFormat::Nv12 => vec![PlaneCopy {
+                src_offset: 0,
+                src_pitch,
+                width: w,
+                rows: h * 3 / 2,
+                dst_rows: (0, 0),
+                half_pitch: false,
+            }],
+            _ => vec![
+                PlaneCopy {
+                    src_offset: 0,
+                    src_pitch,
+                    width: w,
+                    rows: h,
+                    dst_rows: (0, 0),
+                    half_pitch: false,
+                },
+                PlaneCopy {
+                    src_offset: src_pitch * h,
+                    src_pitch: src_pitch / 2,
+                    width: w / 2,
+                    rows: h / 2,
+                    dst_rows: (h, 0),
+                    half_pitch: true,
+                },
+                PlaneCopy {
+                    src_offset: src_pitch * h + src_pitch / 2 * (h / 2),
+                    src_pitch: src_pitch / 2,
+                    width: w / 2,
+                    rows: h / 2,
+                    dst_rows: (h, h / 2),
+                    half_pitch: true,
+                },
+            ],
+        }
+    }
+
+    /// Reads back outputs until a device slot is free for the next frame.
+    fn make_room(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        let capacity = self.device_in.capacity();
+        while self.session()?.pending.len() >= capacity {
+            if self.session()?.ready == 0 {
+                // The ring was sized for every frame NVENC may hold; reaching this means the
+                // driver held more than it said it would.
+                return Err(Error::Backend {
+                    backend: KIND,
+                    call: "nvEncEncodePicture",
+                    message: "every input surface is in flight and no output is ready".into(),
+                });
+            }
+            self.read_one(out)?;
+        }
+        Ok(())
+    }
+
+    /// Pops the committed device slot, maps it and submits it.
+    fn submit(
+        &mut self,
+        frame_index: u64,
+        pts: i64,
+        force_idr: bool,
+        staging: Option<ReadSlot<PinnedStorage>>,
+        out: &mut Vec<EncodedChunk>,
+    ) -> Result<(), Error> {
+        let device = self.device_out.try_pop().map_err(ring_flow)?;
+        let (w, h) = (self.config.resolution.width, self.config.resolution.height);
+        let pitch = pitch_u32(device.surface().pitch)?;
+        let index = device.index();
+        let session = self.session()?;
+        let output = session.free_outputs.pop().ok_or_else(|| Error::Backend {
+            backend: KIND,
+            call: "nvEncEncodePicture",
+            message: "no free output buffer".into(),
+        })?;
+        let registered = session
+            .registered
+            .get(index)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Error::Backend {
+                backend: KIND,
+                call: "nvEncMapInputResource",
+                message: format!("surface {index} is not registered"),
+            })?;
+        let mapped = match session.raw.map(registered) {
+            Ok(m) => m,
+            Err(e) => {
+                session.free_outputs.push(output);
+                return Err(nvenc_err(e));
+            }
+        };
+        let picture = PictureInput {
+            input: &mapped,
+            output: &output,
+            width: w,
+            height: h,
+            pitch,
+            timestamp: frame_index,
+            force_idr,
+            output_spspps: force_idr,
+        };
+        let submitted = session.raw.encode_picture(&picture);
+        let flight = InFlight {
+            device,
+            staging,
+            mapped: Some(mapped),
+            output: Some(output),
+            frame_index,
+        };
+        match submitted {
+            Ok(state) => {
+                session.pending.push_back(flight);
+                if state == Submitted::OutputReady {
+                    session.ready = session.pending.len();
+                }
+            }
+            Err(e) => {
+                session.release(flight);
+                return Err(nvenc_err(e));
+            }
+        }
+        self.gate.accept(pts);
+        self.input_pts.push_back(pts);
+        self.unread.push_back((frame_index, pts));
+        while self.session()?.ready > 0 && self.session()?.pending.len() > self.extra_output_delay {
+            self.read_one(out)?;
+        }
+        Ok(())
+    }
+
+    /// Locks the oldest ready output, appends its chunk, and frees its slots.
+    fn read_one(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        let session = self
+            .session
+            .as_mut()
+            .ok_or(Error::Finished { backend: KIND })?;
+        let Some(mut flight) = session.pending.pop_front() else {
+            return Ok(());
+        };
+        session.ready = session.ready.saturating_sub(1);
+        let mut data = Vec::new();
+        let read = match flight.output.as_ref() {
+            Some(output) => session.raw.read_bitstream(output, &mut data),
+            None => Ok(super::api::LockedInfo {
+                timestamp: flight.frame_index,
+                picture_type: sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_UNKNOWN,
+            }),
+        };
+        // The frame's input is no longer needed once its bitstream was locked (or failed).
+        if let Some(mapped) = flight.mapped.take() {
+            if let Err(e) = session.raw.unmap(mapped) {
+                tracing::warn!(error = %e, "unmap after read-back failed");
+            }
+        }
+        let info = match read {
+            Ok(info) => info,
+            Err(e) => {
+                session.release(flight);
+                return Err(nvenc_err(e));
+            }
+        };
+        session.release(flight);
+        // The output carries the input's timestamp: our frame index. Its pts is looked up from
+        // what `encode` recorded (B-frames come out of order).
+        let frame_index = info.timestamp;
+        let pts = self.pts_of(frame_index);
+        let dts = self.next_dts();
+        let frame_type = match info.picture_type {
+            sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_IDR => FrameType::Idr,
+            sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_I
+            | sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_INTRA_REFRESH => FrameType::I,
+            sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_B
+            | sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_NONREF_P => FrameType::B,
+            _ => FrameType::P,
+        };
+        self.chunks_out += 1;
+        out.push(EncodedChunk {
+            data,
+            pts,
+            dts: dts.min(pts),
+            duration: 1,
+            keyframe: frame_type == FrameType::Idr,
+            frame_type,
+            frame_index,
+        });
+        Ok(())
+    }
+
+    /// The pts recorded for a submitted frame (outputs come back out of order with B-frames).
+    fn pts_of(&mut self, frame_index: u64) -> i64 {
+        match self.unread.iter().position(|&(i, _)| i == frame_index) {
+            Some(at) => self
+                .unread
+                .remove(at)
+                .map_or(frame_index as i64, |(_, pts)| pts),
+            None => {
+                tracing::warn!(
+                    frame_index,
+                    "NVENC returned a timestamp that was never submitted"
+                );
+                frame_index as i64
+            }
+        }
+    }
+
+    /// The decoding timestamp of the next output: output `k` in decode order gets the pts of
+    /// input `k - reorder_delay`, and the first `reorder_delay` outputs count down to the first
+    /// pts, so dts strictly increases and never passes pts.
+    fn next_dts(&mut self) -> i64 {
+        let k = self.chunks_out as usize;
+        let first = self.input_pts.front().copied().unwrap_or(0);
+        if k < self.reorder_delay {
+            first - (self.reorder_delay - k) as i64
+        } else {
+            self.input_pts.pop_front().unwrap_or(first)
+        }
+    }
+
+    fn read_all(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        while self.session.as_ref().is_some_and(|s| !s.pending.is_empty()) {
+            self.read_one(out)?;
+        }
+        Ok(())
+    }
+}
+
+impl VideoEncoder for NvencEncoder {
+    fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        let (frame_index, pts) = self.gate.check(&frame)?;
+        self.bind()?;
+        self.make_room(out)?;
+        let len = frame.data.len();
+        let mut staging = self.staging_in.try_reserve().map_err(ring_flow)?;
+        let dst = staging.get_mut(..len).ok_or_else(|| Error::Backend {
+            backend: KIND,
+            call: "staging",
+            message: format!("a {len}-byte frame does not fit a staging slot"),
+        })?;
+        dst.copy_from_slice(frame.data);
+        staging
+            .commit(FrameMeta::with_len(len))
+            .map_err(ring_flow)?;
+        let staged = self.staging_out.try_pop().map_err(ring_flow)?;
+        let planes = self.planes(self.config.resolution.width as usize);
+        let slot = self.device_in.try_reserve().map_err(ring_flow)?;
+        let surface = slot.surface();
+        for (offset, pitch, dst) in planes.iter().map(|p| p.on(&surface)) {
+            let src = staged.get(offset..).unwrap_or_default();
+            // SAFETY: `src` is a pinned staging slot whose lease travels with the picture until
+            // its bitstream is read back, which is after the stream ran this copy; `dst` is a
+            // plane of a surface of this encoder's device ring, reserved and not in use by NVENC.
+            unsafe { ring_cuda::copy_pinned_to_device_async(src, pitch, &dst, &self.stream) }
+                .map_err(ring_err)?;
+        }
+        let meta = FrameMeta {
+            len: 0,
+            pts,
+            seq: frame_index,
+            flags: Default::default(),
+        };
+        slot.commit(meta).map_err(ring_flow)?;
+        self.submit(frame_index, pts, frame.force_keyframe, Some(staged), out)
+    }
+
+    fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        if self.gate.is_finished() {
+            return Ok(());
+        }
+        self.bind()?;
+        let session = self.session()?;
+        session.raw.end_of_stream().map_err(nvenc_err)?;
+        session.ready = session.pending.len();
+        self.read_all(out)?;
+        self.gate.finish();
+        if self.chunks_out != self.gate.accepted() {
+            return Err(Error::Backend {
+                backend: KIND,
+                call: "nvEncLockBitstream",
+                message: format!(
+                    "{} frames were accepted but {} came out",
+                    self.gate.accepted(),
+                    self.chunks_out
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn kind(&self) -> EncoderKind {
+        KIND
+    }
+
+    fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+
+    fn sequence_headers(&self) -> &[u8] {
+        &self.headers
+    }
+}
+
+impl Drop for NvencEncoder {
+    fn drop(&mut self) {
+        // NVENC and the frees below run in the encoder's CUDA context; the session goes first
+        // (its `Drop` unmaps, unregisters and destroys in order), then the fields, in
+        // declaration order: surfaces, stream, context.
+        if let Err(e) = self.bind() {
+            tracing::warn!(error = %e, "tearing down NVENC without its CUDA context current");
+        }
+        self.session = None;
+    }
+}
+
+/// One plane copy, in bytes: where the plane starts in the source, its source pitch, and where
+/// it lands in a device surface.
+#[derive(Debug, Clone, Copy)]
+struct PlaneCopy {
+    src_offset: usize,
+    src_pitch: usize,
+    width: usize,
+    rows: usize,
+    /// Where the plane starts in the surface: after this many rows at the surface's pitch and
+    /// this many at half of it.
+    dst_rows: (usize, usize),
+    /// Chroma of I420 is laid out at half the surface pitch.
+    half_pitch: bool,
+}
+
+impl PlaneCopy {
+    /// `(source offset, source pitch, destination)` for a copy into `surface`.
+    fn on(&self, surface: &DeviceSurface) -> (usize, usize, DeviceSurface) {
+        let pitch = if self.half_pitch {
+            surface.pitch / 2
+        } else {
+            surface.pitch
+        };
+        let dst = DeviceSurface {
+            device_ptr: surface.device_ptr
+                + (surface.pitch * self.dst_rows.0 + surface.pitch / 2 * self.dst_rows.1) as u64,
+            pitch,
+            width_bytes: self.width,
+            rows: self.rows,
+        };
+        (self.src_offset, self.src_pitch, dst)
+    }
+}
+
+fn ring_flow(e: impl std::fmt::Display) -> Error {
+    Error::Backend {
+        backend: KIND,
+        call: "frame ring",
+        message: e.to_string(),
+    }
+}
+
+fn guid_eq(a: &sys::GUID, b: &sys::GUID) -> bool {
+    a.Data1 == b.Data1 && a.Data2 == b.Data2 && a.Data3 == b.Data3 && a.Data4 == b.Data4
+}
+
+fn pitch_u32(pitch: usize) -> Result<u32, Error> {
+    u32::try_from(pitch).map_err(|_| Error::Backend {
+        backend: KIND,
+        call: "cuMemAllocPitch",
+        message: format!("pitch {pitch} does not fit in 32 bits"),
+    })
+}
+
+fn gate_frame_len(config: &EncoderConfig) -> Result<usize, Error> {
+    Ok(config.validate()?)
+}
+
+fn require_at_least(cap: &'static str, value: i32, required: u32) -> Result<(), Error> {
+    if i64::from(value) >= i64::from(required) {
+        Ok(())
+    } else {
+        Err(Error::NvencCapability {
+            cap,
+            value,
+            required: i64::from(required),
+        })
+    }
+}
+
+fn require_at_most(cap: &'static str, value: i32, required: u32) -> Result<(), Error> {
+    if i64::from(value) <= i64::from(required) {
+        Ok(())
+    } else {
+        Err(Error::NvencCapability {
+            cap,
+            value,
+            required: i64::from(required),
+        })
+    }
+}
+
+impl Session {
+    /// Gives back what a picture held: unmap (if still mapped), its output buffer to the free
+    /// list, and its slots to the rings (by dropping the leases).
+    fn release(&mut self, mut flight: InFlight) {
+        if let Some(mapped) = flight.mapped.take() {
+            if let Err(e) = self.raw.unmap(mapped) {
+                tracing::warn!(error = %e, "nvEncUnmapInputResource failed");
+            }
+        }
+        if let Some(output) = flight.output.take() {
+            self.free_outputs.push(output);
+        }
+    }
+
+    /// Ends the session in the order the API requires. Best effort: failures are logged.
+    fn teardown(&mut self) {
+        if !self.pending.is_empty() {
+            // Drain what NVENC holds so every submitted output can be locked; a buffer that was
+            // never submitted is never locked (that would wait forever on some drivers).
+            if let Err(e) = self.raw.end_of_stream() {
+                tracing::warn!(error = %e, "end of stream at teardown failed");
+            }
+            while let Some(mut flight) = self.pending.pop_front() {
+                if let Some(output) = flight.output.as_ref() {
+                    let mut sink = Vec::new();
+                    if let Err(e) = self.raw.read_bitstream(output, &mut sink) {
+                        tracing::warn!(error = %e, "discarding an output at teardown failed");
+                    }
+                }
+                if let Some(mapped) = flight.mapped.take() {
+                    if let Err(e) = self.raw.unmap(mapped) {
+                        tracing::warn!(error = %e, "nvEncUnmapInputResource at teardown failed");
+                    }
+                }
+                self.release(flight);
+            }
+        }
+        for reg in self.registered.drain(..).flatten() {
+            if let Err(e) = self.raw.unregister(reg) {
+                tracing::warn!(error = %e, "nvEncUnregisterResource at teardown failed");
+            }
+        }
+        for output in self.free_outputs.drain(..) {
+            if let Err(e) = self.raw.destroy_bitstream_buffer(output) {
+                tracing::warn!(error = %e, "nvEncDestroyBitstreamBuffer at teardown failed");
+            }
+        }
+        // `raw` is destroyed when the session drops, after this.
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}

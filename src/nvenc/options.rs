@@ -1,0 +1,260 @@
+//! NVENC-only settings, kept beside the backend-neutral [`EncoderConfig`], and how the neutral
+//! settings map onto NVENC.
+//!
+//! | `EncoderConfig` | NVENC |
+//! |---|---|
+//! | `preset` ultrafast, superfast / veryfast / faster, fast / medium / slow / slower / veryslow, placebo | P1 / P2 / P3 / P4 / P5 / P6 / P7 (unless [`NvencOptions::preset`] is set) |
+//! | `tune` zerolatency | ultra-low-latency tuning, no B-frames, no lookahead |
+//! | `tune` fastdecode | low-latency tuning |
+//! | other tunes, or none | high-quality tuning (unless [`NvencOptions::tuning`] is set) |
+//! | `crf` c | constant-quality VBR: `targetQuality = round(c)` clamped to 1..=51, no bitrate cap (NVENC has no CRF; its quality scale is the same 0-51 QP-like scale, and 0 would mean "automatic") |
+//! | `gop_size` | `gopLength` and the H.264 `idrPeriod`: every keyframe is an IDR |
+//! | `bframes` | `frameIntervalP = bframes + 1`; `None` keeps the preset's |
+//! | `threads` | ignored (hardware) |
+//!
+//! SPS and PPS are repeated before every IDR (`repeatSPSPPS`), so a viewer can join at any
+//! keyframe, and are also available out of band.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::encoder::{Preset, Tune};
+use crate::error::ConfigError;
+
+/// NVENC's presets, fastest (P1) to best quality (P7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum NvencPreset {
+    /// Fastest.
+    P1,
+    /// Faster.
+    P2,
+    /// Fast.
+    P3,
+    /// Medium (NVENC's default).
+    P4,
+    /// Slow.
+    P5,
+    /// Slower.
+    P6,
+    /// Slowest, best quality.
+    P7,
+}
+
+impl NvencPreset {
+    /// Names [`FromStr`] accepts.
+    pub const NAMES: &'static [&'static str] = &["p1", "p2", "p3", "p4", "p5", "p6", "p7"];
+
+    /// The nearest NVENC preset to an x264-named preset (see the module table).
+    #[must_use]
+    pub fn from_preset(preset: Preset) -> Self {
+        match preset {
+            Preset::Ultrafast => NvencPreset::P1,
+            Preset::Superfast | Preset::Veryfast => NvencPreset::P2,
+            Preset::Faster | Preset::Fast => NvencPreset::P3,
+            Preset::Medium => NvencPreset::P4,
+            Preset::Slow => NvencPreset::P5,
+            Preset::Slower => NvencPreset::P6,
+            _ => NvencPreset::P7,
+        }
+    }
+
+    pub(crate) fn guid(self) -> nvenc_sys::GUID {
+        match self {
+            NvencPreset::P1 => nvenc_sys::NV_ENC_PRESET_P1_GUID,
+            NvencPreset::P2 => nvenc_sys::NV_ENC_PRESET_P2_GUID,
+            NvencPreset::P3 => nvenc_sys::NV_ENC_PRESET_P3_GUID,
+            NvencPreset::P4 => nvenc_sys::NV_ENC_PRESET_P4_GUID,
+            NvencPreset::P5 => nvenc_sys::NV_ENC_PRESET_P5_GUID,
+            NvencPreset::P6 => nvenc_sys::NV_ENC_PRESET_P6_GUID,
+            NvencPreset::P7 => nvenc_sys::NV_ENC_PRESET_P7_GUID,
+        }
+    }
+}
+
+impl fmt::Display for NvencPreset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "p{}", *self as u8 + 1)
+    }
+}
+
+impl FromStr for NvencPreset {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "p1" => Ok(NvencPreset::P1),
+            "p2" => Ok(NvencPreset::P2),
+            "p3" => Ok(NvencPreset::P3),
+            "p4" => Ok(NvencPreset::P4),
+            "p5" => Ok(NvencPreset::P5),
+            "p6" => Ok(NvencPreset::P6),
+            "p7" => Ok(NvencPreset::P7),
+            _ => Err(ConfigError::UnknownPreset {
+                name: s.to_owned(),
+                valid: Self::NAMES,
+            }),
+        }
+    }
+}
+
+/// NVENC's tuning information.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NvencTuning {
+    /// High quality (`hq`): for recording and offline work.
+    HighQuality,
+    /// Low latency (`ll`).
+    LowLatency,
+    /// Ultra-low latency (`ull`): no reordering, smallest delay.
+    UltraLowLatency,
+    /// Lossless (`lossless`), where the GPU supports it.
+    Lossless,
+}
+
+impl NvencTuning {
+    /// Names [`FromStr`] accepts.
+    pub const NAMES: &'static [&'static str] = &["hq", "ll", "ull", "lossless"];
+
+    /// The tuning an x264-named tune maps to (see the module table).
+    #[must_use]
+    pub fn from_tune(tune: Option<Tune>) -> Self {
+        match tune {
+            Some(Tune::Zerolatency) => NvencTuning::UltraLowLatency,
+            Some(Tune::Fastdecode) => NvencTuning::LowLatency,
+            _ => NvencTuning::HighQuality,
+        }
+    }
+
+    pub(crate) fn raw(self) -> nvenc_sys::NV_ENC_TUNING_INFO {
+        match self {
+            NvencTuning::HighQuality => {
+                nvenc_sys::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_HIGH_QUALITY
+            }
+            NvencTuning::LowLatency => {
+                nvenc_sys::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_LOW_LATENCY
+            }
+            NvencTuning::UltraLowLatency => {
+                nvenc_sys::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_ULTRA_LOW_LATENCY
+            }
+            NvencTuning::Lossless => nvenc_sys::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_LOSSLESS,
+        }
+    }
+}
+
+impl fmt::Display for NvencTuning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NvencTuning::HighQuality => "hq",
+            NvencTuning::LowLatency => "ll",
+            NvencTuning::UltraLowLatency => "ull",
+            NvencTuning::Lossless => "lossless",
+        })
+    }
+}
+
+impl FromStr for NvencTuning {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "hq" => Ok(NvencTuning::HighQuality),
+            "ll" => Ok(NvencTuning::LowLatency),
+            "ull" => Ok(NvencTuning::UltraLowLatency),
+            "lossless" => Ok(NvencTuning::Lossless),
+            _ => Err(ConfigError::UnknownTune {
+                name: s.to_owned(),
+                valid: Self::NAMES,
+            }),
+        }
+    }
+}
+
+/// Settings only NVENC has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NvencOptions {
+    /// CUDA device ordinal to encode on.
+    pub device: usize,
+    /// Overrides the preset mapped from [`EncoderConfig::preset`](crate::EncoderConfig::preset).
+    pub preset: Option<NvencPreset>,
+    /// Overrides the tuning mapped from [`EncoderConfig::tune`](crate::EncoderConfig::tune).
+    pub tuning: Option<NvencTuning>,
+    /// Frames submitted ahead of the one whose output is read back, so upload, encode and
+    /// read-back overlap (NVIDIA's sample encoder uses 3 and asks for at least 1). 0 reads each
+    /// frame back before the next is submitted: lowest latency, least throughput.
+    pub extra_output_delay: u32,
+}
+
+impl Default for NvencOptions {
+    fn default() -> Self {
+        NvencOptions {
+            device: 0,
+            preset: None,
+            tuning: None,
+            extra_output_delay: 3,
+        }
+    }
+}
+
+impl NvencOptions {
+    /// Sets [`NvencOptions::device`].
+    #[must_use]
+    pub fn with_device(mut self, device: usize) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// Sets [`NvencOptions::preset`].
+    #[must_use]
+    pub fn with_preset(mut self, preset: Option<NvencPreset>) -> Self {
+        self.preset = preset;
+        self
+    }
+
+    /// Sets [`NvencOptions::tuning`].
+    #[must_use]
+    pub fn with_tuning(mut self, tuning: Option<NvencTuning>) -> Self {
+        self.tuning = tuning;
+        self
+    }
+
+    /// Sets [`NvencOptions::extra_output_delay`].
+    #[must_use]
+    pub fn with_extra_output_delay(mut self, frames: u32) -> Self {
+        self.extra_output_delay = frames;
+        self
+    }
+}
+
+/// `targetQuality` for a CRF (see the module table).
+pub(crate) fn target_quality(crf: f32) -> u8 {
+    crf.round().clamp(1.0, 51.0) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neutral_settings_map_as_documented() {
+        assert_eq!(NvencPreset::from_preset(Preset::Ultrafast), NvencPreset::P1);
+        assert_eq!(NvencPreset::from_preset(Preset::Medium), NvencPreset::P4);
+        assert_eq!(NvencPreset::from_preset(Preset::Veryslow), NvencPreset::P7);
+        assert_eq!(
+            NvencTuning::from_tune(Some(Tune::Zerolatency)),
+            NvencTuning::UltraLowLatency
+        );
+        assert_eq!(NvencTuning::from_tune(None), NvencTuning::HighQuality);
+        assert_eq!(target_quality(23.4), 23);
+        assert_eq!(target_quality(0.0), 1);
+        assert_eq!(target_quality(51.0), 51);
+        assert_eq!("P5".parse(), Ok(NvencPreset::P5));
+        assert_eq!(NvencPreset::P7.to_string(), "p7");
+        assert!(matches!(
+            "p8".parse::<NvencPreset>(),
+            Err(ConfigError::UnknownPreset { .. })
+        ));
+        assert_eq!("ull".parse(), Ok(NvencTuning::UltraLowLatency));
+    }
+}
