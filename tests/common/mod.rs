@@ -174,7 +174,7 @@ pub fn assert_roundtrip(
 /// The contract tests every backend must pass, as `#[test]` functions for the opener given.
 #[macro_export]
 macro_rules! contract_tests {
-    ($open:expr) => {
+    ($open:expr $(, #[$attr:meta])*) => {
         use nvenc::{ConfigError, Error, Frame, FrameType};
 
         fn small() -> EncoderConfig {
@@ -185,6 +185,7 @@ macro_rules! contract_tests {
         }
 
         #[test]
+        $(#[$attr])*
         fn roundtrip_i420_with_bframes_decodes_with_ffmpeg() {
             let config = small().with_bframes(Some(3));
             let rt = common::assert_roundtrip($open, &config, 90, PSNR_FLOOR_DB);
@@ -201,12 +202,14 @@ macro_rules! contract_tests {
         }
 
         #[test]
+        $(#[$attr])*
         fn roundtrip_nv12_decodes_with_ffmpeg() {
             let config = small().with_pixel_format(nvenc::PixelFormat::Nv12);
             common::assert_roundtrip($open, &config, 45, PSNR_FLOOR_DB);
         }
 
         #[test]
+        $(#[$attr])*
         fn roundtrip_zerolatency_outputs_every_frame_at_once() {
             let config = small().with_tune(Some(nvenc::Tune::Zerolatency));
             let input = common::clip(&config, 20);
@@ -229,6 +232,7 @@ macro_rules! contract_tests {
         }
 
         #[test]
+        $(#[$attr])*
         fn keyframes_follow_gop_size_and_carry_sps_pps() {
             let config = small().with_gop_size(10).with_bframes(Some(0));
             let input = common::clip(&config, 35);
@@ -263,6 +267,7 @@ macro_rules! contract_tests {
         }
 
         #[test]
+        $(#[$attr])*
         fn forced_keyframe_is_an_idr() {
             let config = small().with_gop_size(1000);
             let input = common::clip(&config, 12);
@@ -285,6 +290,7 @@ macro_rules! contract_tests {
         }
 
         #[test]
+        $(#[$attr])*
         fn caller_timestamps_pass_through_and_must_increase() {
             let config = small();
             let input = common::clip(&config, 6);
@@ -316,6 +322,7 @@ macro_rules! contract_tests {
         }
 
         #[test]
+        $(#[$attr])*
         fn wrong_frame_length_is_rejected_and_encoder_stays_usable() {
             let config = small();
             let input = common::clip(&config, 10);
@@ -352,6 +359,7 @@ macro_rules! contract_tests {
         }
 
         #[test]
+        $(#[$attr])*
         fn encode_after_flush_is_finished_and_flush_is_idempotent() {
             let config = small();
             let input = common::clip(&config, 3);
@@ -366,6 +374,7 @@ macro_rules! contract_tests {
         }
 
         #[test]
+        $(#[$attr])*
         fn invalid_configs_give_their_typed_errors() {
             let base = small();
             let cases: Vec<(EncoderConfig, fn(&ConfigError) -> bool)> = vec![
