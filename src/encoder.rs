@@ -24,19 +24,59 @@ pub use config::{
 
 use crate::error::{ConfigError, Error};
 
-/// The encoder backends this crate knows, in the order auto-selection prefers them.
+/// The encoder backends this crate knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum EncoderKind {
-    /// NVIDIA NVENC through the driver's `libnvidia-encode`.
+    /// NVIDIA NVENC through the driver's `libnvidia-encode`, in process.
     Nvenc,
-    /// Software libx264.
+    /// One of FFmpeg's H.264 encoders, in an `ffmpeg` subprocess.
+    Ffmpeg(FfmpegCodec),
+    /// Software libx264, in process.
     X264,
+}
+
+/// The FFmpeg H.264 encoders the subprocess backend can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum FfmpegCodec {
+    /// `h264_nvenc`: NVIDIA NVENC, as a cross-check of the direct backend.
+    Nvenc,
+    /// `h264_qsv`: Intel Quick Sync Video.
+    Qsv,
+    /// `h264_videotoolbox`: Apple VideoToolbox.
+    VideoToolbox,
+    /// `h264_vaapi`: VA-API (Intel, AMD on Linux).
+    Vaapi,
+    /// `libx264`: software; what the subprocess backend is tested with where no GPU is.
+    Libx264,
+}
+
+impl FfmpegCodec {
+    /// FFmpeg's name for the encoder (`-c:v`).
+    #[must_use]
+    pub const fn ffmpeg_name(self) -> &'static str {
+        match self {
+            FfmpegCodec::Nvenc => "h264_nvenc",
+            FfmpegCodec::Qsv => "h264_qsv",
+            FfmpegCodec::VideoToolbox => "h264_videotoolbox",
+            FfmpegCodec::Vaapi => "h264_vaapi",
+            FfmpegCodec::Libx264 => "libx264",
+        }
+    }
 }
 
 impl EncoderKind {
     /// Every name [`FromStr`] accepts.
-    pub const NAMES: &'static [&'static str] = &["nvenc", "x264"];
+    pub const NAMES: &'static [&'static str] = &[
+        "nvenc",
+        "x264",
+        "ffmpeg-nvenc",
+        "qsv",
+        "videotoolbox",
+        "vaapi",
+        "ffmpeg-x264",
+    ];
 
     /// The short name used in logs, metrics labels and on the command line.
     #[must_use]
@@ -44,6 +84,11 @@ impl EncoderKind {
         match self {
             EncoderKind::Nvenc => "nvenc",
             EncoderKind::X264 => "x264",
+            EncoderKind::Ffmpeg(FfmpegCodec::Nvenc) => "ffmpeg-nvenc",
+            EncoderKind::Ffmpeg(FfmpegCodec::Qsv) => "qsv",
+            EncoderKind::Ffmpeg(FfmpegCodec::VideoToolbox) => "videotoolbox",
+            EncoderKind::Ffmpeg(FfmpegCodec::Vaapi) => "vaapi",
+            EncoderKind::Ffmpeg(FfmpegCodec::Libx264) => "ffmpeg-x264",
         }
     }
 }
@@ -59,8 +104,15 @@ impl FromStr for EncoderKind {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
-            "nvenc" | "h264_nvenc" => Ok(EncoderKind::Nvenc),
-            "x264" | "libx264" => Ok(EncoderKind::X264),
+            "nvenc" => Ok(EncoderKind::Nvenc),
+            "x264" => Ok(EncoderKind::X264),
+            "ffmpeg-nvenc" | "h264_nvenc" => Ok(EncoderKind::Ffmpeg(FfmpegCodec::Nvenc)),
+            "qsv" | "h264_qsv" => Ok(EncoderKind::Ffmpeg(FfmpegCodec::Qsv)),
+            "videotoolbox" | "h264_videotoolbox" => {
+                Ok(EncoderKind::Ffmpeg(FfmpegCodec::VideoToolbox))
+            }
+            "vaapi" | "h264_vaapi" => Ok(EncoderKind::Ffmpeg(FfmpegCodec::Vaapi)),
+            "ffmpeg-x264" | "libx264" => Ok(EncoderKind::Ffmpeg(FfmpegCodec::Libx264)),
             _ => Err(ConfigError::UnknownEncoder {
                 name: s.to_owned(),
                 valid: Self::NAMES,
@@ -214,6 +266,48 @@ pub trait VideoEncoder: Send {
     fn time_base(&self) -> (u32, u32) {
         let rate = self.config().frame_rate;
         (rate.den, rate.num)
+    }
+}
+
+/// Decoding timestamps for an encoder that reports only presentation order: output `k` in
+/// decoding order gets the pts of input `k - delay` (inputs in submission order), and the first
+/// `delay` outputs count down to the first pts, so dts strictly increases and, with `delay` at
+/// least the encoder's reordering depth, never passes pts.
+#[derive(Debug, Default)]
+pub(crate) struct DtsQueue {
+    input_pts: std::collections::VecDeque<i64>,
+    delay: usize,
+    emitted: usize,
+}
+
+impl DtsQueue {
+    pub(crate) fn new(delay: usize) -> Self {
+        DtsQueue {
+            delay,
+            ..DtsQueue::default()
+        }
+    }
+
+    /// Sets the reordering delay, before the first output.
+    pub(crate) fn set_delay(&mut self, delay: usize) {
+        self.delay = delay;
+    }
+
+    /// Records an input's pts, in submission order.
+    pub(crate) fn push(&mut self, pts: i64) {
+        self.input_pts.push_back(pts);
+    }
+
+    /// The dts of the next output, in decoding order.
+    pub(crate) fn next(&mut self) -> i64 {
+        let k = self.emitted;
+        self.emitted += 1;
+        let first = self.input_pts.front().copied().unwrap_or(0);
+        if k < self.delay {
+            first - (self.delay - k) as i64
+        } else {
+            self.input_pts.pop_front().unwrap_or(first)
+        }
     }
 }
 

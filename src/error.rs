@@ -230,9 +230,68 @@ pub enum Error {
         /// What the configuration needs.
         required: i64,
     },
+    /// A backend cannot do what a frame asked for; the frame was not encoded and the encoder is
+    /// still usable.
+    #[error("the {backend} encoder does not support {feature}; the frame was not encoded")]
+    Unsupported {
+        /// The backend.
+        backend: EncoderKind,
+        /// What it cannot do.
+        feature: &'static str,
+    },
+    /// The encoder's child process failed. `stderr` holds its last lines.
+    #[error("the {backend} encoder's ffmpeg process {problem}{}", stderr_text(.stderr))]
+    Subprocess {
+        /// The backend.
+        backend: EncoderKind,
+        /// What went wrong.
+        problem: SubprocessProblem,
+        /// The last lines ffmpeg wrote to its stderr.
+        stderr: String,
+    },
     /// Loading the NVIDIA encode library failed: no driver, an old driver, or a wrong library.
     #[error(transparent)]
     NvencLoad(#[from] nvenc_sys::LoadError),
+}
+
+/// How an encoder's child process failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubprocessProblem {
+    /// The program could not be started.
+    #[error("could not be started from {program:?}: {reason} (install ffmpeg, or set its path)")]
+    NotFound {
+        /// The program tried.
+        program: String,
+        /// The operating system's reason.
+        reason: String,
+    },
+    /// The process ended before the stream did, or with a failure status.
+    #[error("exited: {status}")]
+    Exited {
+        /// Its exit status, or what was seen of its end.
+        status: String,
+    },
+    /// The process stopped making progress; it was killed.
+    #[error("made no progress for {timeout:?} and was killed")]
+    Hung {
+        /// The limit that passed.
+        timeout: std::time::Duration,
+    },
+    /// The process wrote something that is not the expected stream; it was killed.
+    #[error("wrote an invalid stream ({what}) and was killed")]
+    Garbage {
+        /// What was wrong.
+        what: String,
+    },
+}
+
+fn stderr_text(stderr: &str) -> String {
+    if stderr.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ended with:\n{}", stderr.trim_end())
+    }
 }
 
 fn format_rejections(list: &[(EncoderKind, Box<Error>)]) -> String {

@@ -6,6 +6,7 @@
 
 pub mod encoder;
 pub mod error;
+pub mod ffmpeg;
 pub mod nvenc;
 pub mod ring_buffer;
 mod select;
@@ -13,10 +14,10 @@ pub mod testsrc;
 pub mod x264;
 
 pub use encoder::{
-    Codec, EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameRate, FrameType, PixelFormat,
-    Preset, Resolution, Tune, VideoEncoder,
+    Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegCodec, Frame, FrameRate, FrameType,
+    PixelFormat, Preset, Resolution, Tune, VideoEncoder,
 };
-pub use error::{ConfigError, Error};
+pub use error::{ConfigError, Error, SubprocessProblem};
 pub use nvenc_sys::LoadError;
 pub use select::{open_backend, open_encoder, EncoderChoice, PRIORITY};
 pub use x264::X264Encoder;

@@ -42,6 +42,10 @@ pub fn open_backend(
     match kind {
         EncoderKind::X264 => Ok(Box::new(X264Encoder::new(config)?)),
         EncoderKind::Nvenc => crate::nvenc::open(config),
+        EncoderKind::Ffmpeg(codec) => Ok(Box::new(crate::ffmpeg::FfmpegEncoder::new(
+            config,
+            &crate::ffmpeg::FfmpegOptions::new(codec),
+        )?)),
     }
 }
 

@@ -28,7 +28,7 @@ use super::api::{BitstreamBuffer, Mapped, PictureInput, RawEncoder, Registered, 
 use super::options::{target_quality, NvencOptions, NvencPreset, NvencTuning};
 use super::NvencError;
 use crate::encoder::{
-    EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameType, InputGate, PixelFormat,
+    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameType, InputGate, PixelFormat,
     VideoEncoder,
 };
 use crate::error::Error;
@@ -95,12 +95,10 @@ pub struct NvencEncoder {
     gate: InputGate,
     headers: Vec<u8>,
     extra_output_delay: usize,
-    /// Input timestamps in submission order; each output's dts is taken from here.
-    input_pts: VecDeque<i64>,
+    /// Decoding timestamps, from the input timestamps shifted by the B-frame delay.
+    dts: DtsQueue,
     /// `(frame_index, pts)` of every submitted frame not yet read back.
     unread: VecDeque<(u64, i64)>,
-    /// Frames of B-frame reordering delay (frameIntervalP - 1).
-    reorder_delay: usize,
     chunks_out: u64,
 }
 
@@ -362,9 +360,8 @@ impl NvencEncoder {
             gate,
             headers,
             extra_output_delay,
-            input_pts: VecDeque::new(),
+            dts: DtsQueue::new(frame_interval_p as usize - 1),
             unread: VecDeque::new(),
-            reorder_delay: frame_interval_p as usize - 1,
             chunks_out: 0,
         })
     }
@@ -569,7 +566,7 @@ impl NvencEncoder {
             }
         }
         self.gate.accept(pts);
-        self.input_pts.push_back(pts);
+        self.dts.push(pts);
         self.unread.push_back((frame_index, pts));
         while self.session()?.ready > 0 && self.session()?.pending.len() > self.extra_output_delay {
             self.read_one(out)?;
@@ -613,7 +610,7 @@ impl NvencEncoder {
         // what `encode` recorded (B-frames come out of order).
         let frame_index = info.timestamp;
         let pts = self.pts_of(frame_index);
-        let dts = self.next_dts();
+        let dts = self.dts.next();
         let frame_type = match info.picture_type {
             sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_IDR => FrameType::Idr,
             sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_I
@@ -649,19 +646,6 @@ impl NvencEncoder {
                 );
                 frame_index as i64
             }
-        }
-    }
-
-    /// The decoding timestamp of the next output: output `k` in decode order gets the pts of
-    /// input `k - reorder_delay`, and the first `reorder_delay` outputs count down to the first
-    /// pts, so dts strictly increases and never passes pts.
-    fn next_dts(&mut self) -> i64 {
-        let k = self.chunks_out as usize;
-        let first = self.input_pts.front().copied().unwrap_or(0);
-        if k < self.reorder_delay {
-            first - (self.reorder_delay - k) as i64
-        } else {
-            self.input_pts.pop_front().unwrap_or(first)
         }
     }
 

@@ -39,4 +39,5 @@ mod options;
 
 pub use encoder::{DeviceFrame, NvencEncoder};
 pub use error::{NvencError, NvencErrorKind};
+pub(crate) use options::target_quality;
 pub use options::{NvencOptions, NvencPreset, NvencTuning};

@@ -1,0 +1,794 @@
+//! The subprocess backend: one of FFmpeg's H.264 encoders (`h264_qsv`, `h264_videotoolbox`,
+//! `h264_vaapi`, `h264_nvenc`, `libx264`) in an `ffmpeg` child process.
+//!
+//! Raw frames go into ffmpeg's stdin from a writer thread; ffmpeg writes MPEG-TS to its stdout,
+//! which a reader thread demuxes into access units with their timestamps ([`ts`]); a third
+//! thread keeps the last lines of ffmpeg's stderr for error reports. Reading and writing run
+//! concurrently, so neither pipe can fill up and block the other side. Every wait is bounded by
+//! [`FfmpegOptions::timeout`]: a child that hangs is killed and reported, a child that dies or
+//! writes garbage gives a typed error with its last stderr lines, and the child is always reaped.
+//!
+//! Mapping of [`EncoderConfig`] (FFmpeg option names):
+//!
+//! | config | libx264 | h264_nvenc | h264_qsv | h264_videotoolbox | h264_vaapi |
+//! |---|---|---|---|---|---|
+//! | preset | `-preset` | `-preset p1..p7` (as the direct NVENC backend maps it) | `-preset` (veryfast..veryslow; ultrafast/superfast → veryfast, placebo → veryslow) | none | none |
+//! | tune | `-tune` | `-tune hq/ll/ull` | none | `-realtime 1` for zerolatency | none |
+//! | crf | `-crf` | `-rc vbr -cq` | `-global_quality` (ICQ) | `-q:v` (100 - 2 x crf) | `-rc_mode CQP -qp` |
+//! | gop_size | `-g` | `-g` | `-g` | `-g` | `-g` |
+//! | bframes | `-bf` | `-bf` | `-bf` | `-bf` | `-bf` |
+//! | threads | `-threads` | none | none | none | none |
+//!
+//! Per-frame forced keyframes cannot be passed through a raw-video pipe: a frame asking for one
+//! is rejected with [`Error::Unsupported`] (and not counted), so the caller can resend it plain.
+
+pub(crate) mod ts;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+
+use crate::encoder::{
+    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, FfmpegCodec, Frame, FrameType, InputGate,
+    Tune, VideoEncoder,
+};
+use crate::error::{Error, SubprocessProblem};
+use crate::nvenc::{NvencPreset, NvencTuning};
+use ts::{TsDemuxer, TsFrame};
+
+/// How many stderr lines an error report keeps.
+const STDERR_LINES: usize = 12;
+
+/// Settings of the subprocess backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FfmpegOptions {
+    /// Which FFmpeg encoder to run.
+    pub codec: FfmpegCodec,
+    /// The `ffmpeg` binary: a path, or a name looked up on `PATH`.
+    pub program: PathBuf,
+    /// The longest any single wait on the child may take (a frame written, the end of stream
+    /// drained) before the child is declared hung, killed and reported.
+    pub timeout: Duration,
+    /// The VA-API render node for `h264_vaapi`.
+    pub vaapi_device: PathBuf,
+}
+
+impl FfmpegOptions {
+    /// `codec` through `ffmpeg` on `PATH`, a 20 s timeout, and `/dev/dri/renderD128` for VA-API.
+    #[must_use]
+    pub fn new(codec: FfmpegCodec) -> Self {
+        FfmpegOptions {
+            codec,
+            program: PathBuf::from("ffmpeg"),
+            timeout: Duration::from_secs(20),
+            vaapi_device: PathBuf::from("/dev/dri/renderD128"),
+        }
+    }
+
+    /// Sets [`FfmpegOptions::program`].
+    #[must_use]
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = program.into();
+        self
+    }
+
+    /// Sets [`FfmpegOptions::timeout`].
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// The arguments after `-c:v <encoder>` for a configuration (see the module table).
+fn codec_args(config: &EncoderConfig, options: &FfmpegOptions) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |a: &str, b: String| {
+        args.push(a.to_owned());
+        args.push(b);
+    };
+    let crf = config.crf;
+    match options.codec {
+        FfmpegCodec::Libx264 => {
+            push("-preset", config.preset.name().to_owned());
+            if let Some(tune) = config.tune {
+                push("-tune", tune.name().to_owned());
+            }
+            push("-crf", format!("{crf}"));
+            push("-threads", config.threads.to_string());
+        }
+        FfmpegCodec::Nvenc => {
+            push(
+                "-preset",
+                NvencPreset::from_preset(config.preset).to_string(),
+            );
+            push("-tune", NvencTuning::from_tune(config.tune).to_string());
+            push("-rc", "vbr".into());
+            push("-cq", format!("{}", crate::nvenc::target_quality(crf)));
+        }
+        FfmpegCodec::Qsv => {
+            let preset = match config.preset.name() {
+                "ultrafast" | "superfast" => "veryfast",
+                "placebo" => "veryslow",
+                other => other,
+            };
+            push("-preset", preset.to_owned());
+            push(
+                "-global_quality",
+                format!("{}", crf.round().clamp(1.0, 51.0)),
+            );
+        }
+        FfmpegCodec::VideoToolbox => {
+            if config.tune == Some(Tune::Zerolatency) {
+                push("-realtime", "1".into());
+            }
+            push(
+                "-q:v",
+                format!("{}", (100.0 - 2.0 * crf).round().clamp(1.0, 100.0)),
+            );
+        }
+        FfmpegCodec::Vaapi => {
+            push("-rc_mode", "CQP".into());
+            push("-qp", format!("{}", crf.round().clamp(1.0, 51.0)));
+        }
+    }
+    push("-g", config.gop_size.to_string());
+    let bframes = if config.tune == Some(Tune::Zerolatency) {
+        Some(0)
+    } else {
+        config.bframes
+    };
+    if let Some(b) = bframes {
+        push("-bf", b.to_string());
+    }
+    args
+}
+
+/// What the reader thread reports.
+enum Event {
+    Frame(TsFrame),
+    Garbage(String),
+    Eof { truncated: usize },
+}
+
+/// An FFmpeg encoder in a child process. See the [module docs](self).
+pub struct FfmpegEncoder {
+    config: EncoderConfig,
+    options: FfmpegOptions,
+    kind: EncoderKind,
+    gate: InputGate,
+    child: Child,
+    frames_tx: Option<Sender<Vec<u8>>>,
+    events: Receiver<Event>,
+    writer_error: Arc<Mutex<Option<String>>>,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    threads: Vec<JoinHandle<()>>,
+    /// pts given to each accepted frame, by frame index, until its chunk comes out.
+    unread: BTreeMap<u64, i64>,
+    dts: DtsQueue,
+    /// PTS (90 kHz) of frame 0, the first access unit out.
+    base: Option<i64>,
+    headers: Vec<u8>,
+    chunks_out: u64,
+    failed: Option<SubprocessProblem>,
+}
+
+impl std::fmt::Debug for FfmpegEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FfmpegEncoder")
+            .field("codec", &self.options.codec)
+            .field("program", &self.options.program)
+            .field("pid", &self.child.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FfmpegEncoder {
+    /// Starts `ffmpeg` with the encoder and settings of `config` and `options`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid configuration; [`Error::Subprocess`] with
+    /// [`SubprocessProblem::NotFound`] when the program cannot be started.
+    pub fn new(config: &EncoderConfig, options: &FfmpegOptions) -> Result<Self, Error> {
+        let kind = EncoderKind::Ffmpeg(options.codec);
+        let gate = InputGate::new(kind, config)?;
+        let mut cmd = Command::new(&options.program);
+        cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error"]);
+        if options.codec == FfmpegCodec::Vaapi {
+            cmd.arg("-vaapi_device").arg(&options.vaapi_device);
+        }
+        cmd.args([
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            &config.pixel_format.to_string(),
+        ])
+        .args(["-s", &config.resolution.to_string()])
+        .args([
+            "-r",
+            &format!("{}/{}", config.frame_rate.num, config.frame_rate.den),
+        ])
+        .args(["-i", "pipe:0"]);
+        if options.codec == FfmpegCodec::Vaapi {
+            cmd.args(["-vf", "format=nv12,hwupload"]);
+        }
+        cmd.args(["-an", "-c:v", options.codec.ffmpeg_name()])
+            .args(codec_args(config, options))
+            .args([
+                "-f",
+                "mpegts",
+                "-muxdelay",
+                "0",
+                "-muxpreload",
+                "0",
+                "pipe:1",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        tracing::debug!(command = ?cmd, "starting ffmpeg");
+        let mut child = cmd.spawn().map_err(|e| Error::Subprocess {
+            backend: kind,
+            problem: SubprocessProblem::NotFound {
+                program: options.program.display().to_string(),
+                reason: e.to_string(),
+            },
+            stderr: String::new(),
+        })?;
+        let (stdin, stdout, stderr_pipe) =
+            match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+                (Some(i), Some(o), Some(e)) => (i, o, e),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(Error::Backend {
+                        backend: kind,
+                        call: "spawn",
+                        message: "the child's pipes were not created".into(),
+                    });
+                }
+            };
+        let (frames_tx, frames_rx) = bounded::<Vec<u8>>(2);
+        let (events_tx, events) = unbounded();
+        let writer_error = Arc::new(Mutex::new(None));
+        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        let threads = vec![
+            spawn_writer(stdin, frames_rx, Arc::clone(&writer_error)),
+            spawn_reader(stdout, events_tx),
+            spawn_stderr(stderr_pipe, Arc::clone(&stderr)),
+        ];
+        Ok(FfmpegEncoder {
+            config: config.clone(),
+            options: options.clone(),
+            kind,
+            gate,
+            child,
+            frames_tx: Some(frames_tx),
+            events,
+            writer_error,
+            stderr,
+            threads,
+            unread: BTreeMap::new(),
+            dts: DtsQueue::new(0),
+            base: None,
+            headers: Vec::new(),
+            chunks_out: 0,
+            failed: None,
+        })
+    }
+
+    /// The child's process id (for monitoring, or a test that kills it).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stderr_tail(&self) -> String {
+        self.stderr
+            .lock()
+            .map(|lines| lines.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+
+    /// Records a failure, kills and reaps the child, and returns the error.
+    fn fail(&mut self, problem: SubprocessProblem) -> Error {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.frames_tx = None;
+        self.failed = Some(problem.clone());
+        Error::Subprocess {
+            backend: self.kind,
+            problem,
+            stderr: self.stderr_tail(),
+        }
+    }
+
+    /// Why the child stopped, if it did.
+    fn exit_problem(&mut self) -> SubprocessProblem {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    return SubprocessProblem::Exited {
+                        status: status.to_string(),
+                    };
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    let write = self.writer_error.lock().ok().and_then(|e| e.clone());
+                    return SubprocessProblem::Exited {
+                        status: write.unwrap_or_else(|| "stopped reading its input".into()),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Turns every event already received into chunks.
+    fn drain_ready(&mut self, out: &mut Vec<EncodedChunk>) -> Result<bool, Error> {
+        loop {
+            match self.events.try_recv() {
+                Ok(event) => {
+                    if self.handle(event, out)? {
+                        return Ok(true);
+                    }
+                }
+                Err(_) => return Ok(false),
+            }
+        }
+    }
+
+    /// Handles one reader event; `Ok(true)` at end of stream.
+    fn handle(&mut self, event: Event, out: &mut Vec<EncodedChunk>) -> Result<bool, Error> {
+        match event {
+            Event::Frame(frame) => {
+                self.push_frame(frame, out)?;
+                Ok(false)
+            }
+            Event::Garbage(what) => Err(self.fail(SubprocessProblem::Garbage { what })),
+            Event::Eof { truncated } => {
+                if truncated > 0 {
+                    return Err(self.fail(SubprocessProblem::Garbage {
+                        what: format!("output ends in a partial {truncated}-byte packet"),
+                    }));
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    fn push_frame(&mut self, frame: TsFrame, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        let (Some(pts90), Some(dts90)) = (frame.pts, frame.dts) else {
+            return Err(self.fail(SubprocessProblem::Garbage {
+                what: "an access unit without a timestamp".into(),
+            }));
+        };
+        let rate = self.config.frame_rate;
+        let to_frames = |ticks: i64| -> i64 {
+            let num = i128::from(ticks) * i128::from(rate.num);
+            let den = 90_000i128 * i128::from(rate.den);
+            ((num + den / 2).div_euclid(den)) as i64
+        };
+        let base = *self.base.get_or_insert(pts90);
+        if self.chunks_out == 0 {
+            let delay = to_frames(pts90 - dts90).max(0) as usize;
+            self.dts.set_delay(delay);
+        }
+        let index = to_frames(pts90 - base);
+        let Some(pts) = u64::try_from(index)
+            .ok()
+            .and_then(|i| self.unread.remove(&i))
+        else {
+            return Err(self.fail(SubprocessProblem::Garbage {
+                what: format!("an access unit for frame {index}, which was not sent or came twice"),
+            }));
+        };
+        let types = nal_types(&frame.data);
+        let keyframe = types.contains(&5);
+        if keyframe && self.headers.is_empty() {
+            self.headers = parameter_sets(&frame.data);
+        }
+        let frame_type = if keyframe {
+            FrameType::Idr
+        } else {
+            match first_slice_type(&frame.data) {
+                Some(0 | 3) => FrameType::P,
+                Some(1) => FrameType::B,
+                Some(_) => FrameType::I,
+                None => FrameType::P,
+            }
+        };
+        let dts = self.dts.next();
+        self.chunks_out += 1;
+        out.push(EncodedChunk {
+            data: frame.data,
+            pts,
+            dts: dts.min(pts),
+            duration: 1,
+            keyframe,
+            frame_type,
+            frame_index: index as u64,
+        });
+        Ok(())
+    }
+}
+
+impl VideoEncoder for FfmpegEncoder {
+    fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        let (frame_index, pts) = self.gate.check(&frame)?;
+        if let Some(problem) = self.failed.clone() {
+            return Err(Error::Subprocess {
+                backend: self.kind,
+                problem,
+                stderr: self.stderr_tail(),
+            });
+        }
+        if frame.force_keyframe {
+            return Err(Error::Unsupported {
+                backend: self.kind,
+                feature: "per-frame forced keyframes (a raw-video pipe cannot carry the request)",
+            });
+        }
+        self.drain_ready(out)?;
+        let Some(tx) = self.frames_tx.as_ref() else {
+            return Err(Error::Finished { backend: self.kind });
+        };
+        match tx.send_timeout(frame.data.to_vec(), self.options.timeout) {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => {
+                let timeout = self.options.timeout;
+                return Err(self.fail(SubprocessProblem::Hung { timeout }));
+            }
+            Err(SendTimeoutError::Disconnected(_)) => {
+                let problem = self.exit_problem();
+                return Err(self.fail(problem));
+            }
+        }
+        self.gate.accept(pts);
+        self.unread.insert(frame_index, pts);
+        self.dts.push(pts);
+        self.drain_ready(out)?;
+        Ok(())
+    }
+
+    fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        if self.gate.is_finished() {
+            return Ok(());
+        }
+        if let Some(problem) = self.failed.clone() {
+            return Err(Error::Subprocess {
+                backend: self.kind,
+                problem,
+                stderr: self.stderr_tail(),
+            });
+        }
+        // Closing the channel makes the writer close ffmpeg's stdin: end of input.
+        self.frames_tx = None;
+        let deadline = Instant::now() + self.options.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    if self.handle(event, out)? {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let timeout = self.options.timeout;
+                    return Err(self.fail(SubprocessProblem::Hung { timeout }));
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => break,
+                Ok(Some(status)) => {
+                    return Err(self.fail(SubprocessProblem::Exited {
+                        status: status.to_string(),
+                    }));
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    let timeout = self.options.timeout;
+                    return Err(self.fail(SubprocessProblem::Hung { timeout }));
+                }
+            }
+        }
+        self.gate.finish();
+        if self.chunks_out != self.gate.accepted() {
+            let what = format!(
+                "{} frames were sent but {} came out",
+                self.gate.accepted(),
+                self.chunks_out
+            );
+            return Err(self.fail(SubprocessProblem::Garbage { what }));
+        }
+        Ok(())
+    }
+
+    fn kind(&self) -> EncoderKind {
+        self.kind
+    }
+
+    fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+
+    /// Empty until the first keyframe has come out: ffmpeg reports the parameter sets only in
+    /// band.
+    fn sequence_headers(&self) -> &[u8] {
+        &self.headers
+    }
+}
+
+impl Drop for FfmpegEncoder {
+    fn drop(&mut self) {
+        self.frames_tx = None;
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        // Reap the child, so no zombie is left; its pipes close, so the threads end.
+        let _ = self.child.wait();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn spawn_writer(
+    mut stdin: ChildStdin,
+    frames: Receiver<Vec<u8>>,
+    error: Arc<Mutex<Option<String>>>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for frame in frames {
+            if let Err(e) = stdin.write_all(&frame) {
+                if let Ok(mut slot) = error.lock() {
+                    *slot = Some(format!("writing a frame to ffmpeg failed: {e}"));
+                }
+                return;
+            }
+        }
+        // `stdin` drops here: ffmpeg sees the end of its input.
+    })
+}
+
+fn spawn_reader(mut stdout: std::process::ChildStdout, events: Sender<Event>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut demux = TsDemuxer::default();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut frames = Vec::new();
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Err(e) = demux.push(&buf[..n], &mut frames) {
+                        let _ = events.send(Event::Garbage(e.to_string()));
+                        return;
+                    }
+                    for frame in frames.drain(..) {
+                        let _ = events.send(Event::Frame(frame));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = events.send(Event::Garbage(format!(
+                        "reading ffmpeg's output failed: {e}"
+                    )));
+                    return;
+                }
+            }
+        }
+        demux.finish(&mut frames);
+        for frame in frames.drain(..) {
+            let _ = events.send(Event::Frame(frame));
+        }
+        let _ = events.send(Event::Eof {
+            truncated: demux.leftover(),
+        });
+    })
+}
+
+fn spawn_stderr(
+    stderr: std::process::ChildStderr,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            tracing::debug!(target: "nvenc::ffmpeg", "{line}");
+            if let Ok(mut tail) = tail.lock() {
+                if tail.len() == STDERR_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        }
+    })
+}
+
+/// NAL unit types in an Annex B buffer.
+fn nal_types(data: &[u8]) -> Vec<u8> {
+    nal_units(data)
+        .filter_map(|nal| nal.first().map(|h| h & 0x1f))
+        .collect()
+}
+
+/// The NAL units (without start codes) of an Annex B buffer.
+fn nal_units(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i..i + 3] == [0, 0, 1] {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let ends: Vec<usize> = starts
+        .iter()
+        .skip(1)
+        .map(|&s| {
+            let mut e = s - 3;
+            // A 4-byte start code's leading zero belongs to the next start code.
+            while e > 0 && data[e - 1] == 0 {
+                e -= 1;
+            }
+            e
+        })
+        .chain(std::iter::once(data.len()))
+        .collect();
+    starts
+        .into_iter()
+        .zip(ends)
+        .map(move |(s, e)| &data[s..e.max(s)])
+}
+
+/// The SPS and PPS units of an access unit, with 4-byte start codes.
+fn parameter_sets(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for nal in nal_units(data) {
+        if matches!(nal.first().map(|h| h & 0x1f), Some(7 | 8)) {
+            out.extend_from_slice(&[0, 0, 0, 1]);
+            out.extend_from_slice(nal);
+        }
+    }
+    out
+}
+
+/// `slice_type % 5` of the first slice of an access unit (0 P, 1 B, 2 I, 3 SP, 4 SI).
+fn first_slice_type(data: &[u8]) -> Option<u32> {
+    let nal = nal_units(data).find(|n| matches!(n.first().map(|h| h & 0x1f), Some(1 | 5)))?;
+    let mut bits = BitReader::new(nal.get(1..)?);
+    bits.exp_golomb()?; // first_mb_in_slice
+    Some(bits.exp_golomb()? % 5)
+}
+
+/// Reads Exp-Golomb codes from RBSP bytes, skipping emulation-prevention bytes.
+struct BitReader<'a> {
+    data: &'a [u8],
+    byte: usize,
+    bit: u32,
+    zeros: u32,
+}
+
+impl<'a> BitReader<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        BitReader {
+            data,
+            byte: 0,
+            bit: 0,
+            zeros: 0,
+        }
+    }
+
+    fn read_bit(&mut self) -> Option<u32> {
+        if self.bit == 0 {
+            // 0x000003: the 03 is an emulation-prevention byte, not data.
+            if self.zeros >= 2 && self.data.get(self.byte) == Some(&3) {
+                self.byte += 1;
+                self.zeros = 0;
+            }
+            let b = *self.data.get(self.byte)?;
+            self.zeros = if b == 0 { self.zeros + 1 } else { 0 };
+        }
+        let b = *self.data.get(self.byte)?;
+        let v = u32::from(b >> (7 - self.bit) & 1);
+        self.bit += 1;
+        if self.bit == 8 {
+            self.bit = 0;
+            self.byte += 1;
+        }
+        Some(v)
+    }
+
+    fn exp_golomb(&mut self) -> Option<u32> {
+        let mut leading = 0;
+        while self.read_bit()? == 0 {
+            leading += 1;
+            if leading > 31 {
+                return None;
+            }
+        }
+        let mut value = 1u32;
+        for _ in 0..leading {
+            value = value << 1 | self.read_bit()?;
+        }
+        Some(value - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_type_and_parameter_sets() {
+        // SPS, PPS, IDR slice with first_mb 0 (bit 1) and slice_type 7 (I, 0001000).
+        let au = [
+            0,
+            0,
+            0,
+            1,
+            0x67,
+            0xaa,
+            0,
+            0,
+            1,
+            0x68,
+            0xbb,
+            0,
+            0,
+            1,
+            0x65,
+            0b1000_1000,
+            0,
+        ];
+        assert_eq!(nal_types(&au), vec![7, 8, 5]);
+        assert_eq!(
+            parameter_sets(&au),
+            vec![0, 0, 0, 1, 0x67, 0xaa, 0, 0, 0, 1, 0x68, 0xbb]
+        );
+        assert_eq!(first_slice_type(&au), Some(2));
+        // A B slice: first_mb 0 (1), slice_type 6 (00111) → 1 % 5... 6 % 5 = 1.
+        let b = [0, 0, 1, 0x01, 0b1001_1100];
+        assert_eq!(first_slice_type(&b), Some(1));
+    }
+
+    #[test]
+    fn arguments_follow_the_mapping_table() {
+        let config = EncoderConfig::new(64, 64)
+            .with_crf(20.0)
+            .with_gop_size(30)
+            .with_bframes(Some(2));
+        let args = codec_args(&config, &FfmpegOptions::new(FfmpegCodec::Nvenc));
+        assert_eq!(
+            args,
+            ["-preset", "p4", "-tune", "hq", "-rc", "vbr", "-cq", "20", "-g", "30", "-bf", "2"]
+        );
+        let args = codec_args(
+            &config.with_tune(Some(Tune::Zerolatency)),
+            &FfmpegOptions::new(FfmpegCodec::Qsv),
+        );
+        assert!(args.ends_with(&[
+            "-g".to_owned(),
+            "30".to_owned(),
+            "-bf".to_owned(),
+            "0".to_owned()
+        ]));
+    }
+}

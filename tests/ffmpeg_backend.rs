@@ -1,0 +1,103 @@
+//! The encoder contract, run against the ffmpeg-subprocess backend with `libx264` (the one
+//! FFmpeg encoder every machine here has), plus the subprocess failure modes: a missing ffmpeg,
+//! a killed ffmpeg, and a hung ffmpeg each give their typed error within the timeout.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use nvenc::ffmpeg::{FfmpegEncoder, FfmpegOptions};
+use nvenc::{EncoderConfig, FfmpegCodec, SubprocessProblem, VideoEncoder};
+
+/// The same settings as the in-process x264 contract tests, through ffmpeg's libx264 (lowest
+/// frame measured 46.7 dB there; ffmpeg's libx264 wrapper changes nothing that matters here).
+const PSNR_FLOOR_DB: f64 = 38.0;
+
+fn open_ffmpeg_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, nvenc::Error> {
+    Ok(Box::new(FfmpegEncoder::new(
+        config,
+        &FfmpegOptions::new(FfmpegCodec::Libx264),
+    )?))
+}
+
+contract_tests!(open_ffmpeg_x264);
+
+fn subprocess_problem(err: nvenc::Error) -> SubprocessProblem {
+    match err {
+        nvenc::Error::Subprocess { problem, .. } => problem,
+        other => panic!("expected a subprocess error, got {other:?}"),
+    }
+}
+
+#[test]
+fn missing_ffmpeg_is_not_found() {
+    let options = FfmpegOptions::new(FfmpegCodec::Libx264).with_program("/nonexistent/bin/ffmpeg");
+    let err = FfmpegEncoder::new(&EncoderConfig::new(64, 64), &options).unwrap_err();
+    match subprocess_problem(err) {
+        SubprocessProblem::NotFound { program, .. } => assert!(program.contains("nonexistent")),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+}
+
+#[test]
+fn killed_ffmpeg_is_reported_as_exited() {
+    let config = EncoderConfig::new(320, 240);
+    let frames = common::clip(&config, 4);
+    let options = FfmpegOptions::new(FfmpegCodec::Libx264).with_timeout(Duration::from_secs(5));
+    let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
+    let mut chunks = Vec::new();
+    encoder
+        .encode_frame(&frames[0], &mut chunks)
+        .expect("first frame");
+    let status = std::process::Command::new("kill")
+        .args(["-9", &encoder.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let started = Instant::now();
+    // The pipe may still take a frame or two before the writer sees the closed end.
+    let err = (0..50)
+        .find_map(|i| encoder.encode_frame(&frames[i % 4], &mut chunks).err())
+        .expect("writing to a killed ffmpeg must fail");
+    let problem = subprocess_problem(err);
+    assert!(
+        matches!(
+            problem,
+            SubprocessProblem::Exited { .. } | SubprocessProblem::Garbage { .. }
+        ),
+        "{problem:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Once failed, the encoder keeps saying so instead of pretending.
+    assert!(encoder.flush(&mut chunks).is_err());
+}
+
+#[test]
+fn hung_ffmpeg_is_killed_after_the_timeout() {
+    // A stand-in that never reads its input nor writes output.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("ffmpeg");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").expect("write script");
+    let mut perms = std::fs::metadata(&script).expect("metadata").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).expect("chmod");
+
+    let config = EncoderConfig::new(1920, 1080);
+    let frame = vec![16u8; config.validate().expect("valid")];
+    let timeout = Duration::from_millis(700);
+    let options = FfmpegOptions::new(FfmpegCodec::Libx264)
+        .with_program(&script)
+        .with_timeout(timeout);
+    let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
+    let mut chunks = Vec::new();
+    let started = Instant::now();
+    let err = (0..10)
+        .find_map(|_| encoder.encode_frame(&frame, &mut chunks).err())
+        .expect("a hung ffmpeg must fail an encode");
+    assert_eq!(subprocess_problem(err), SubprocessProblem::Hung { timeout });
+    assert!(
+        started.elapsed() < timeout * 4,
+        "took {:?}",
+        started.elapsed()
+    );
+}
