@@ -137,6 +137,14 @@ pub enum ConfigError {
         /// Accepted names.
         valid: &'static [&'static str],
     },
+    /// A ring buffer size out of range.
+    #[error("ring buffer size {frames} is out of range: expected 1 to {max} frames")]
+    RingSizeOutOfRange {
+        /// Requested frames.
+        frames: usize,
+        /// Largest accepted.
+        max: usize,
+    },
     /// An unknown encoder name.
     #[error("unknown encoder {name:?}: expected one of {}", valid.join(", "))]
     UnknownEncoder {

@@ -7,6 +7,7 @@
 pub mod encoder;
 pub mod error;
 pub mod ffmpeg;
+mod gpu_config;
 pub mod nvenc;
 pub mod ring_buffer;
 mod select;
@@ -18,6 +19,7 @@ pub use encoder::{
     PixelFormat, Preset, Resolution, Tune, VideoEncoder,
 };
 pub use error::{ConfigError, Error, SubprocessProblem};
+pub use gpu_config::GpuEncoderConfig;
 pub use nvenc_sys::LoadError;
 pub use select::{open_backend, open_encoder, EncoderChoice, PRIORITY};
 pub use x264::X264Encoder;

@@ -1,0 +1,171 @@
+//! [`GpuEncoderConfig`]: the pipeline-level settings of the seed (which encoder to prefer, the
+//! ring buffer, NVENC's preset and tune), as a pipeline keeps them in its configuration file.
+//!
+//! ```
+//! let text = r#"
+//!     preferred_encoder = "nvenc"
+//!     enable_ring_buffer = true
+//!     ring_buffer_size = 16
+//!     nvenc_preset = "p4"
+//!     nvenc_tune = "ll"
+//! "#;
+//! let config: nvenc::GpuEncoderConfig = toml::from_str(text)?;
+//! config.validate()?;
+//! assert_eq!(config.nvenc_preset, nvenc::nvenc::NvencPreset::P4);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::encoder::EncoderKind;
+use crate::error::ConfigError;
+use crate::nvenc::{NvencOptions, NvencPreset, NvencTuning};
+use crate::ring_buffer::MAX_SLOTS;
+
+/// Pipeline-level encoder settings. Every field has a default, so a configuration file names
+/// only what it changes; unknown fields are an error (a misspelt option must not be ignored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct GpuEncoderConfig {
+    /// The backend to try first; `None` follows the priority order.
+    #[serde(with = "by_name_opt")]
+    pub preferred_encoder: Option<EncoderKind>,
+    /// Whether frames pass through the frame ring between the pipeline and the encoder.
+    pub enable_ring_buffer: bool,
+    /// Frames the ring holds (1 to 65,536).
+    pub ring_buffer_size: usize,
+    /// NVENC preset, `p1` (fastest) to `p7` (best).
+    #[serde(with = "by_name")]
+    pub nvenc_preset: NvencPreset,
+    /// NVENC tuning: `hq`, `ll`, `ull` (or `lossless`).
+    #[serde(with = "by_name")]
+    pub nvenc_tune: NvencTuning,
+}
+
+impl Default for GpuEncoderConfig {
+    fn default() -> Self {
+        GpuEncoderConfig {
+            preferred_encoder: None,
+            enable_ring_buffer: true,
+            ring_buffer_size: 8,
+            nvenc_preset: NvencPreset::P4,
+            nvenc_tune: NvencTuning::HighQuality,
+        }
+    }
+}
+
+impl GpuEncoderConfig {
+    /// Checks the values the types do not already constrain.
+    ///
+    /// # Errors
+    /// [`ConfigError::RingSizeOutOfRange`] for a ring of 0 or more than 65,536 frames.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ring_buffer_size == 0 || self.ring_buffer_size > MAX_SLOTS {
+            return Err(ConfigError::RingSizeOutOfRange {
+                frames: self.ring_buffer_size,
+                max: MAX_SLOTS,
+            });
+        }
+        Ok(())
+    }
+
+    /// The NVENC options these settings choose.
+    #[must_use]
+    pub fn nvenc_options(&self) -> NvencOptions {
+        NvencOptions::default()
+            .with_preset(Some(self.nvenc_preset))
+            .with_tuning(Some(self.nvenc_tune))
+    }
+}
+
+/// (De)serializes a type through its `Display`/`FromStr` names, so a bad value's error is the
+/// crate's own, naming the value and the valid ones.
+mod by_name {
+    use super::*;
+
+    pub(super) fn serialize<T: fmt::Display, S: Serializer>(
+        v: &T,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub(super) fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr<Err = ConfigError>,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+mod by_name_opt {
+    use super::*;
+
+    pub(super) fn serialize<T: fmt::Display, S: Serializer>(
+        v: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+    where
+        T: FromStr<Err = ConfigError>,
+        D: Deserializer<'de>,
+    {
+        match Option::<String>::deserialize(d)? {
+            Some(text) if text.eq_ignore_ascii_case("auto") => Ok(None),
+            Some(text) => text.parse().map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_toml_with_defaults_and_round_trips() {
+        let config: GpuEncoderConfig = toml::from_str("nvenc_tune = \"ull\"").unwrap();
+        assert_eq!(config.nvenc_tune, NvencTuning::UltraLowLatency);
+        assert_eq!(config.ring_buffer_size, 8);
+        assert_eq!(config.preferred_encoder, None);
+        let full = GpuEncoderConfig {
+            preferred_encoder: Some(EncoderKind::X264),
+            ..GpuEncoderConfig::default()
+        };
+        let text = toml::to_string(&full).unwrap();
+        assert_eq!(toml::from_str::<GpuEncoderConfig>(&text).unwrap(), full);
+    }
+
+    #[test]
+    fn bad_values_name_the_value_and_the_valid_ones() {
+        let err = toml::from_str::<GpuEncoderConfig>("nvenc_preset = \"p9\"").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("\"p9\"") && text.contains("p1, p2"), "{text}");
+        let err = toml::from_str::<GpuEncoderConfig>("nvenc_tune = \"fast\"").unwrap_err();
+        assert!(err.to_string().contains("hq, ll, ull"), "{err}");
+        let err = toml::from_str::<GpuEncoderConfig>("preferred_encoder = \"amf\"").unwrap_err();
+        assert!(err.to_string().contains("unknown encoder \"amf\""), "{err}");
+        let err = toml::from_str::<GpuEncoderConfig>("ring_size = 4").unwrap_err();
+        assert!(err.to_string().contains("ring_size"), "{err}");
+        let zero: GpuEncoderConfig = toml::from_str("ring_buffer_size = 0").unwrap();
+        assert!(matches!(
+            zero.validate(),
+            Err(ConfigError::RingSizeOutOfRange {
+                frames: 0,
+                max: 65536
+            })
+        ));
+    }
+}
