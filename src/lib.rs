@@ -4,6 +4,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod detect;
 pub mod encoder;
 pub mod error;
 pub mod ffmpeg;
@@ -14,6 +15,7 @@ mod select;
 pub mod testsrc;
 pub mod x264;
 
+pub use detect::{detect, detect_available_encoders, DetectionReport};
 pub use encoder::{
     Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegCodec, Frame, FrameRate, FrameType,
     PixelFormat, Preset, Resolution, Tune, VideoEncoder,
@@ -21,5 +23,5 @@ pub use encoder::{
 pub use error::{ConfigError, Error, SubprocessProblem};
 pub use gpu_config::GpuEncoderConfig;
 pub use nvenc_sys::LoadError;
-pub use select::{open_backend, open_encoder, EncoderChoice, PRIORITY};
+pub use select::{open_backend, open_encoder, EncoderChoice, AUTO_ORDER};
 pub use x264::X264Encoder;

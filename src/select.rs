@@ -27,8 +27,10 @@ impl std::str::FromStr for EncoderChoice {
     }
 }
 
-/// The order [`EncoderChoice::Auto`] tries backends in.
-pub const PRIORITY: &[EncoderKind] = &[EncoderKind::Nvenc, EncoderKind::X264];
+/// The order [`EncoderChoice::Auto`] tries backends in: the in-process backends, whose open
+/// proves they work. (The ffmpeg-subprocess backends start a child that may only fail at the
+/// first frame, so they are chosen through [`crate::detect`], which probes them.)
+pub const AUTO_ORDER: &[EncoderKind] = &[EncoderKind::Nvenc, EncoderKind::X264];
 
 /// Opens one backend.
 ///
@@ -49,7 +51,7 @@ pub fn open_backend(
     }
 }
 
-/// Opens an encoder: the one named, or with [`EncoderChoice::Auto`] the first of [`PRIORITY`]
+/// Opens an encoder: the one named, or with [`EncoderChoice::Auto`] the first of [`AUTO_ORDER`]
 /// that opens. Every rejected backend is logged at `debug` with its reason, and kept in
 /// [`Error::NoEncoder`] if none opens.
 ///
@@ -63,7 +65,7 @@ pub fn open_encoder(
     config.validate()?;
     let kinds = match choice {
         EncoderChoice::Only(kind) => return open_backend(kind, config),
-        EncoderChoice::Auto => PRIORITY,
+        EncoderChoice::Auto => AUTO_ORDER,
     };
     let mut rejected = Vec::new();
     for &kind in kinds {

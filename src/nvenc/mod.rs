@@ -36,8 +36,10 @@ mod api;
 mod encoder;
 mod error;
 mod options;
+mod probe;
 
 pub use encoder::{DeviceFrame, NvencEncoder};
 pub use error::{NvencError, NvencErrorKind};
 pub(crate) use options::target_quality;
 pub use options::{NvencOptions, NvencPreset, NvencTuning};
+pub use probe::{probe, NvencCaps};

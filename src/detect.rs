@@ -1,0 +1,336 @@
+//! Which encoders this machine can use, and why each of the others cannot.
+//!
+//! [`detect`] checks, in this order: the NVIDIA driver (`nvidia-smi` on `PATH`, and NVML through
+//! `nvml-wrapper`, loaded at run time: GPU names, UUIDs, driver version, encoder utilization and
+//! capacity); the CUDA driver (without panicking where it is missing); NVENC itself, by a probe
+//! session on every CUDA device ([`crate::nvenc::probe`], cached per device and driver); and
+//! FFmpeg's encoders (`ffmpeg -hide_banner -encoders`), with a one-frame probe encode under a
+//! time limit for every hardware encoder listed, because Debian's ffmpeg lists `h264_nvenc` and
+//! `h264_qsv` on machines that have neither. The report is computed once per process.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::encoder::{EncoderConfig, EncoderKind, FfmpegCodec, VideoEncoder};
+use crate::ffmpeg::{FfmpegEncoder, FfmpegOptions};
+use crate::nvenc::NvencCaps;
+
+/// Auto-selection's order, best first: the seed's `h264_nvenc` > `h264_qsv` >
+/// `h264_videotoolbox` > (VA-API) > `libx264`.
+pub const PRIORITY: &[EncoderKind] = &[
+    EncoderKind::Nvenc,
+    EncoderKind::Ffmpeg(FfmpegCodec::Qsv),
+    EncoderKind::Ffmpeg(FfmpegCodec::VideoToolbox),
+    EncoderKind::Ffmpeg(FfmpegCodec::Vaapi),
+    EncoderKind::X264,
+];
+
+/// One encoder and whether it can be used here.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Candidate {
+    /// The encoder.
+    #[serde(serialize_with = "by_name")]
+    pub kind: EncoderKind,
+    /// Whether it can be opened here.
+    pub available: bool,
+    /// Why not, when it cannot.
+    pub reason: Option<String>,
+}
+
+/// One NVIDIA GPU, as NVML reports it.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct NvidiaGpu {
+    /// NVML index.
+    pub index: u32,
+    /// Marketing name.
+    pub name: String,
+    /// GPU UUID.
+    pub uuid: String,
+    /// Encoder utilization, percent, over NVML's last sampling period.
+    pub encoder_utilization: Option<u32>,
+    /// Remaining H.264 encoder capacity, percent.
+    pub encoder_capacity_h264: Option<u32>,
+}
+
+/// What was found of the NVIDIA driver stack.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct NvidiaReport {
+    /// Where `nvidia-smi` is, if on `PATH`.
+    pub nvidia_smi: Option<PathBuf>,
+    /// Driver version from NVML.
+    pub driver_version: Option<String>,
+    /// GPUs from NVML.
+    pub gpus: Vec<NvidiaGpu>,
+    /// Why NVML could not be used, if it could not.
+    pub nvml_error: Option<String>,
+    /// CUDA devices, if the CUDA driver loaded.
+    pub cuda_devices: Option<i32>,
+    /// Why CUDA could not be used, if it could not.
+    pub cuda_error: Option<String>,
+    /// One NVENC probe per CUDA device: its caps, or why the session did not open.
+    pub nvenc: Vec<Result<NvencCaps, String>>,
+    /// Why NVENC was not probed at all (no driver library, no CUDA), if it was not.
+    pub nvenc_error: Option<String>,
+}
+
+/// What was found of FFmpeg.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct FfmpegReport {
+    /// The program run.
+    pub program: PathBuf,
+    /// Its version line, if it ran.
+    pub version: Option<String>,
+    /// The H.264 encoders it lists.
+    pub encoders: Vec<String>,
+    /// Why it could not be run, if it could not.
+    pub error: Option<String>,
+}
+
+/// Everything [`detect`] found.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct DetectionReport {
+    /// Every encoder in [`PRIORITY`] order, with its availability.
+    pub candidates: Vec<Candidate>,
+    /// The NVIDIA side.
+    pub nvidia: NvidiaReport,
+    /// The FFmpeg side.
+    pub ffmpeg: FfmpegReport,
+}
+
+impl DetectionReport {
+    /// The encoders that can be used, best first.
+    #[must_use]
+    pub fn available(&self) -> Vec<EncoderKind> {
+        self.candidates
+            .iter()
+            .filter(|c| c.available)
+            .map(|c| c.kind)
+            .collect()
+    }
+
+    /// The candidate entry of `kind`.
+    #[must_use]
+    pub fn candidate(&self, kind: EncoderKind) -> Option<&Candidate> {
+        self.candidates.iter().find(|c| c.kind == kind)
+    }
+}
+
+fn by_name<S: serde::Serializer>(kind: &EncoderKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(kind.name())
+}
+
+/// The encoders available on this machine, best first (see [`detect`]).
+#[must_use]
+pub fn detect_available_encoders() -> Vec<EncoderKind> {
+    detect().available()
+}
+
+/// The detection report for this machine, computed on the first call and cached.
+pub fn detect() -> &'static DetectionReport {
+    static REPORT: OnceLock<DetectionReport> = OnceLock::new();
+    REPORT.get_or_init(|| detect_with(Path::new("ffmpeg")))
+}
+
+/// Runs every check now, with `ffmpeg` as the FFmpeg program. Uncached.
+#[must_use]
+pub fn detect_with(ffmpeg: &Path) -> DetectionReport {
+    let nvidia = nvidia_report();
+    let ffmpeg = ffmpeg_report(ffmpeg);
+    let mut candidates = Vec::new();
+    for &kind in PRIORITY {
+        let verdict: Result<(), String> = match kind {
+            EncoderKind::Nvenc => nvenc_verdict(&nvidia),
+            EncoderKind::Ffmpeg(codec) => ffmpeg_verdict(&ffmpeg, codec),
+            _ => x264_verdict(),
+        };
+        match &verdict {
+            Ok(()) => tracing::debug!(encoder = %kind, "available"),
+            Err(reason) => tracing::debug!(encoder = %kind, reason, "unavailable"),
+        }
+        candidates.push(Candidate {
+            kind,
+            available: verdict.is_ok(),
+            reason: verdict.err(),
+        });
+    }
+    DetectionReport {
+        candidates,
+        nvidia,
+        ffmpeg,
+    }
+}
+
+fn nvenc_verdict(nvidia: &NvidiaReport) -> Result<(), String> {
+    if let Some(e) = &nvidia.nvenc_error {
+        return Err(e.clone());
+    }
+    let mut reasons = Vec::new();
+    for (device, probe) in nvidia.nvenc.iter().enumerate() {
+        match probe {
+            Ok(caps) if caps.h264 => return Ok(()),
+            Ok(_) => reasons.push(format!("GPU {device}: NVENC lists no H.264 codec")),
+            Err(e) => reasons.push(format!("GPU {device}: {e}")),
+        }
+    }
+    if reasons.is_empty() {
+        reasons.push("no CUDA device to probe".into());
+    }
+    Err(reasons.join("; "))
+}
+
+fn ffmpeg_verdict(ffmpeg: &FfmpegReport, codec: FfmpegCodec) -> Result<(), String> {
+    if let Some(e) = &ffmpeg.error {
+        return Err(e.clone());
+    }
+    let name = codec.ffmpeg_name();
+    if !ffmpeg.encoders.iter().any(|e| e == name) {
+        return Err(format!("{} does not list {name}", ffmpeg.program.display()));
+    }
+    probe_encode(&ffmpeg.program, codec)
+}
+
+/// Encodes one frame with `codec` through ffmpeg, within a time limit.
+fn probe_encode(program: &Path, codec: FfmpegCodec) -> Result<(), String> {
+    let config = EncoderConfig::new(256, 256);
+    let options = FfmpegOptions::new(codec)
+        .with_program(program)
+        .with_timeout(Duration::from_secs(10));
+    let frame = vec![128u8; config.validate().map_err(|e| e.to_string())?];
+    let mut encoder = FfmpegEncoder::new(&config, &options).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    encoder
+        .encode_frame(&frame, &mut out)
+        .map_err(|e| one_line(&e.to_string()))?;
+    encoder
+        .flush(&mut out)
+        .map_err(|e| one_line(&e.to_string()))?;
+    if out.len() == 1 {
+        Ok(())
+    } else {
+        Err(format!(
+            "a one-frame probe encode produced {} frames",
+            out.len()
+        ))
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn x264_verdict() -> Result<(), String> {
+    crate::X264Encoder::new(&EncoderConfig::new(64, 64))
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn nvidia_report() -> NvidiaReport {
+    let mut report = NvidiaReport {
+        nvidia_smi: find_on_path("nvidia-smi"),
+        driver_version: None,
+        gpus: Vec::new(),
+        nvml_error: None,
+        cuda_devices: None,
+        cuda_error: None,
+        nvenc: Vec::new(),
+        nvenc_error: None,
+    };
+    match nvml_wrapper::Nvml::init() {
+        Ok(nvml) => {
+            report.driver_version = nvml.sys_driver_version().ok();
+            let count = nvml.device_count().unwrap_or(0);
+            for index in 0..count {
+                let Ok(device) = nvml.device_by_index(index) else {
+                    continue;
+                };
+                report.gpus.push(NvidiaGpu {
+                    index,
+                    name: device.name().unwrap_or_default(),
+                    uuid: device.uuid().unwrap_or_default(),
+                    encoder_utilization: device.encoder_utilization().ok().map(|u| u.utilization),
+                    encoder_capacity_h264: device
+                        .encoder_capacity(nvml_wrapper::enum_wrappers::device::EncoderType::H264)
+                        .ok(),
+                });
+            }
+        }
+        Err(e) => report.nvml_error = Some(format!("NVML (libnvidia-ml) unavailable: {e}")),
+    }
+    match crate::ring_buffer::cuda_available() {
+        Ok(()) => match cudarc::driver::CudaContext::device_count() {
+            Ok(n) => report.cuda_devices = Some(n),
+            Err(e) => report.cuda_error = Some(format!("cuInit/cuDeviceGetCount failed: {e}")),
+        },
+        Err(e) => report.cuda_error = Some(e.to_string()),
+    }
+    if let Err(e) = nvenc_sys::load() {
+        report.nvenc_error = Some(e.to_string());
+    } else if let Some(e) = &report.cuda_error {
+        report.nvenc_error = Some(format!("NVENC needs CUDA: {e}"));
+    } else {
+        for device in 0..report.cuda_devices.unwrap_or(0).max(0) as usize {
+            report
+                .nvenc
+                .push(crate::nvenc::probe(device).map_err(|e| e.to_string()));
+        }
+    }
+    report
+}
+
+fn ffmpeg_report(program: &Path) -> FfmpegReport {
+    let mut report = FfmpegReport {
+        program: program.to_path_buf(),
+        version: None,
+        encoders: Vec::new(),
+        error: None,
+    };
+    let run = |args: &[&str]| -> Result<String, String> {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} {} exited with {}",
+                program.display(),
+                args.join(" "),
+                out.status
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    match run(&["-hide_banner", "-encoders"]) {
+        Ok(text) => {
+            report.encoders = text
+                .lines()
+                .filter_map(|l| {
+                    let mut words = l.split_whitespace();
+                    let flags = words.next()?;
+                    let name = words.next()?;
+                    (flags.starts_with('V') && (name.starts_with("h264_") || name == "libx264"))
+                        .then(|| name.to_owned())
+                })
+                .collect();
+            report.version = run(&["-version"])
+                .ok()
+                .and_then(|v| v.lines().next().map(str::to_owned));
+        }
+        Err(e) => report.error = Some(e),
+    }
+    report
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}

@@ -1,0 +1,100 @@
+//! Probing a GPU's NVENC: open a session, read codecs and caps, destroy it.
+//!
+//! Compute capability says nothing about NVENC (an A100 or H100 passes any such check and has no
+//! encode engine), so the only reliable test is a real session. The probe session is always
+//! destroyed (a leaked one costs video memory per probe), and results are cached per device and
+//! driver version for the life of the process, so asking twice costs nothing.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Mutex, OnceLock};
+
+use nvenc_sys as sys;
+use serde::Serialize;
+
+use super::api::RawEncoder;
+use crate::error::Error;
+
+/// What one GPU's NVENC can do for H.264.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct NvencCaps {
+    /// CUDA device ordinal.
+    pub device: usize,
+    /// Whether the engine lists the H.264 codec.
+    pub h264: bool,
+    /// Largest frame width (`NV_ENC_CAPS_WIDTH_MAX`).
+    pub max_width: i32,
+    /// Largest frame height (`NV_ENC_CAPS_HEIGHT_MAX`).
+    pub max_height: i32,
+    /// Most consecutive B-frames (`NV_ENC_CAPS_NUM_MAX_BFRAMES`).
+    pub max_bframes: i32,
+    /// Whether lookahead is supported (`NV_ENC_CAPS_SUPPORT_LOOKAHEAD`).
+    pub lookahead: bool,
+    /// Encode engines on the GPU (`NV_ENC_CAPS_NUM_ENCODER_ENGINES`, 0 where the driver does not
+    /// say).
+    pub engines: i32,
+    /// The driver's highest NVENC API version, e.g. `"12.2"`.
+    pub driver_api: String,
+}
+
+type Cache = Mutex<HashMap<(usize, String), NvencCaps>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(Cache::default)
+}
+
+/// Probes NVENC on CUDA device `device`, or returns the cached result of an earlier probe of the
+/// same device under the same driver.
+///
+/// # Errors
+/// [`Error::NvencLoad`] without the driver's library; [`Error::Unavailable`] without CUDA or the
+/// device; [`Error::Nvenc`] from the session open (no encode device, session limit, ...).
+pub fn probe(device: usize) -> Result<NvencCaps, Error> {
+    let library = nvenc_sys::load()?;
+    let key = (device, library.driver_max_version().to_string());
+    if let Some(hit) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(hit);
+    }
+    let context = crate::ring_buffer::open_context(device).map_err(|e| Error::Unavailable {
+        backend: crate::EncoderKind::Nvenc,
+        reason: e.to_string(),
+    })?;
+    context.bind_to_thread().map_err(|e| Error::Unavailable {
+        backend: crate::EncoderKind::Nvenc,
+        reason: format!("cuCtxSetCurrent failed: {e}"),
+    })?;
+    // SAFETY: the context lives until the end of this function, after the session (dropped
+    // first, as it is declared later).
+    let raw = unsafe { RawEncoder::open(library, context.cu_ctx().cast::<c_void>()) }?;
+    let codec = sys::NV_ENC_CODEC_H264_GUID;
+    let h264 = raw.encode_guids()?.iter().any(|g| {
+        g.Data1 == codec.Data1
+            && g.Data2 == codec.Data2
+            && g.Data3 == codec.Data3
+            && g.Data4 == codec.Data4
+    });
+    let cap = |c| {
+        if h264 {
+            raw.cap(codec, c).unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    let caps = NvencCaps {
+        device,
+        h264,
+        max_width: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MAX),
+        max_height: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MAX),
+        max_bframes: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_NUM_MAX_BFRAMES),
+        lookahead: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_SUPPORT_LOOKAHEAD) != 0,
+        engines: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_NUM_ENCODER_ENGINES),
+        driver_api: key.1.clone(),
+    };
+    drop(raw);
+    if let Ok(mut c) = cache().lock() {
+        c.insert(key, caps.clone());
+    }
+    Ok(caps)
+}
