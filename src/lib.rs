@@ -7,6 +7,7 @@
 pub mod detect;
 pub mod encoder;
 pub mod error;
+pub mod fallback;
 pub mod ffmpeg;
 mod gpu_config;
 pub mod nvenc;
@@ -21,6 +22,7 @@ pub use encoder::{
     PixelFormat, Preset, Resolution, Tune, VideoEncoder,
 };
 pub use error::{ConfigError, Error, SubprocessProblem};
+pub use fallback::FallbackEncoder;
 pub use gpu_config::GpuEncoderConfig;
 pub use nvenc_sys::LoadError;
 pub use select::{open_backend, open_encoder, EncoderChoice, AUTO_ORDER};

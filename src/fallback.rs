@@ -1,0 +1,384 @@
+//! The fallback chain: open the best encoder that works, and keep the stream going on the next
+//! one if it fails mid-stream.
+//!
+//! # Opening
+//! Candidates are tried in order (the preferred encoder first, then [`crate::detect::PRIORITY`]);
+//! each failure is logged with its reason and kept for [`Error::NoEncoder`]. NVENC failures that
+//! cannot change while the process runs (no driver library, driver too old, no encode engine)
+//! disable NVENC for the process; a likely session limit only skips it for this stream.
+//! The ffmpeg-subprocess backends are tried only where [`crate::detect`] found them working,
+//! since starting ffmpeg proves nothing until a frame has gone through.
+//!
+//! # Failing over mid-stream
+//! Chunks are handed to the caller only in groups that complete a prefix of the input in display
+//! order, so at any moment everything delivered is a whole, decodable stream up to some frame
+//! `k`. When the encoder fails (device lost, session killed, subprocess died), the next candidate
+//! opens and every accepted frame after `k` is encoded again on it, starting with an IDR with
+//! fresh SPS/PPS: no accepted frame is lost, and the delivered stream stays in display order.
+//! With B-frames this holds chunks back by at most the reordering depth; without B-frames
+//! (`zerolatency`) nothing is held back.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::encoder::{EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, VideoEncoder};
+use crate::error::Error;
+use crate::nvenc::NvencErrorKind;
+
+/// Set once NVENC failed in a way that cannot change while the process runs.
+static NVENC_DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// Opens one encoder of a chain.
+pub type Opener = Box<dyn FnMut(&EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> + Send>;
+
+/// A frame accepted but not yet delivered: kept so it can be encoded again after a failover.
+struct Held {
+    data: Vec<u8>,
+    pts: i64,
+    force_keyframe: bool,
+}
+
+/// An encoder that fails over to the next backend. See the [module docs](self).
+pub struct FallbackEncoder {
+    config: EncoderConfig,
+    gate: InputGate,
+    chain: VecDeque<(EncoderKind, Opener)>,
+    current: Box<dyn VideoEncoder>,
+    /// Frames accepted and not yet delivered, by outer frame index.
+    held: BTreeMap<u64, Held>,
+    /// The current encoder's frame index 0 is this outer index.
+    inner_base: u64,
+    /// Chunks out of the encoder, in decoding order, not yet delivered.
+    waiting: VecDeque<EncodedChunk>,
+    /// Every frame below this outer index has been delivered.
+    delivered_below: u64,
+    last_dts: Option<i64>,
+    switches: u32,
+    rejected: Vec<(EncoderKind, Box<Error>)>,
+}
+
+impl std::fmt::Debug for FallbackEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FallbackEncoder")
+            .field("current", &self.current.kind())
+            .field("switches", &self.switches)
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default chain: `preferred` first (if any), then every available encoder in
+/// [`crate::detect::PRIORITY`] order.
+#[must_use]
+pub fn default_chain(preferred: Option<EncoderKind>) -> Vec<(EncoderKind, Opener)> {
+    let mut kinds: Vec<EncoderKind> = preferred.into_iter().collect();
+    kinds.extend(
+        crate::detect::PRIORITY
+            .iter()
+            .copied()
+            .filter(|k| Some(*k) != preferred),
+    );
+    kinds
+        .into_iter()
+        .map(|kind| {
+            let opener: Opener = Box::new(move |config: &EncoderConfig| open_checked(kind, config));
+            (kind, opener)
+        })
+        .collect()
+}
+
+/// Opens `kind`, skipping what is known not to work here.
+fn open_checked(kind: EncoderKind, config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
+    match kind {
+        EncoderKind::Nvenc if NVENC_DISABLED.load(Ordering::Relaxed) => Err(Error::Unavailable {
+            backend: kind,
+            reason: "disabled for this process after an earlier permanent failure".into(),
+        }),
+        EncoderKind::Ffmpeg(_) => match crate::detect::detect().candidate(kind) {
+            Some(c) if c.available => crate::open_backend(kind, config),
+            Some(c) => Err(Error::Unavailable {
+                backend: kind,
+                reason: c.reason.clone().unwrap_or_else(|| "not detected".into()),
+            }),
+            None => Err(Error::Unavailable {
+                backend: kind,
+                reason: "not detected".into(),
+            }),
+        },
+        _ => {
+            let result = crate::open_backend(kind, config);
+            if let Err(e) = &result {
+                if kind == EncoderKind::Nvenc && nvenc_failure_is_permanent(e) {
+                    NVENC_DISABLED.store(true, Ordering::Relaxed);
+                    tracing::info!(error = %e, "NVENC disabled for this process");
+                }
+            }
+            result
+        }
+    }
+}
+
+/// Whether an NVENC error cannot go away while the process runs.
+fn nvenc_failure_is_permanent(e: &Error) -> bool {
+    match e {
+        Error::NvencLoad(_) => true,
+        Error::Nvenc(n) => matches!(
+            n.kind(),
+            NvencErrorKind::NoEncodeDevice | NvencErrorKind::InvalidVersion
+        ),
+        Error::Unavailable { .. } => true,
+        _ => false,
+    }
+}
+
+/// Whether an error means the encoder is broken (fail over), not that the caller erred.
+fn is_encoder_failure(e: &Error) -> bool {
+    !matches!(
+        e,
+        Error::Config(_)
+            | Error::FrameSize { .. }
+            | Error::NonMonotonicPts { .. }
+            | Error::Finished { .. }
+            | Error::Unsupported { .. }
+    )
+}
+
+impl FallbackEncoder {
+    /// Opens the first encoder of [`default_chain`] that works.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid configuration; [`Error::NoEncoder`] with every
+    /// candidate's reason when none opens.
+    pub fn new(config: &EncoderConfig, preferred: Option<EncoderKind>) -> Result<Self, Error> {
+        Self::with_chain(config, default_chain(preferred))
+    }
+
+    /// Opens the first encoder of `chain` that works; the rest stay as fallbacks.
+    ///
+    /// # Errors
+    /// As [`FallbackEncoder::new`].
+    pub fn with_chain(
+        config: &EncoderConfig,
+        chain: Vec<(EncoderKind, Opener)>,
+    ) -> Result<Self, Error> {
+        let mut chain: VecDeque<_> = chain.into();
+        let mut rejected = Vec::new();
+        let current = open_next(&mut chain, config, &mut rejected)?;
+        let gate = InputGate::new(current.kind(), config)?;
+        Ok(FallbackEncoder {
+            config: config.clone(),
+            gate,
+            chain,
+            current,
+            held: BTreeMap::new(),
+            inner_base: 0,
+            waiting: VecDeque::new(),
+            delivered_below: 0,
+            last_dts: None,
+            switches: 0,
+            rejected,
+        })
+    }
+
+    /// The backend encoding now.
+    #[must_use]
+    pub fn current_kind(&self) -> EncoderKind {
+        self.current.kind()
+    }
+
+    /// How many times the stream moved to another encoder.
+    #[must_use]
+    pub fn switches(&self) -> u32 {
+        self.switches
+    }
+
+    /// The encoders that were passed over or failed, with their reasons.
+    #[must_use]
+    pub fn rejected(&self) -> &[(EncoderKind, Box<Error>)] {
+        &self.rejected
+    }
+
+    /// Accepts a frame and keeps a copy until it is delivered.
+    fn hold(&mut self, index: u64, pts: i64, frame: &Frame<'_>) {
+        self.gate.accept(pts);
+        self.held.insert(
+            index,
+            Held {
+                data: frame.data.to_vec(),
+                pts,
+                force_keyframe: frame.force_keyframe,
+            },
+        );
+    }
+
+    /// Takes chunks from the encoder's output, maps them to outer frame indices and delivers
+    /// every group that completes a display-order prefix.
+    fn collect(&mut self, inner: Vec<EncodedChunk>, out: &mut Vec<EncodedChunk>) {
+        for mut chunk in inner {
+            chunk.frame_index += self.inner_base;
+            self.waiting.push_back(chunk);
+        }
+        // Deliver the longest decode-order prefix of `waiting` whose frames, with everything
+        // delivered before, cover 0..k exactly.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut cut = 0;
+        for (i, chunk) in self.waiting.iter().enumerate() {
+            seen.insert(chunk.frame_index);
+            let mut below = self.delivered_below;
+            while seen.contains(&below) {
+                below += 1;
+            }
+            if below - self.delivered_below == seen.len() as u64 {
+                cut = i + 1;
+            }
+        }
+        for mut chunk in self.waiting.drain(..cut) {
+            self.held.remove(&chunk.frame_index);
+            // Keep dts strictly increasing across a switch of encoders.
+            if let Some(last) = self.last_dts {
+                chunk.dts = chunk.dts.max(last + 1);
+            }
+            self.last_dts = Some(chunk.dts);
+            out.push(chunk);
+        }
+        while !self.held.contains_key(&self.delivered_below)
+            && self.delivered_below < self.gate.accepted()
+        {
+            self.delivered_below += 1;
+        }
+    }
+
+    /// Moves the stream to the next encoder and encodes again every frame not delivered.
+    fn fail_over(&mut self, cause: Error, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        let from = self.current.kind();
+        tracing::warn!(from = %from, error = %cause, "encoder failed mid-stream; failing over");
+        self.rejected.push((from, Box::new(cause)));
+        self.waiting.clear();
+        loop {
+            let next = open_next(&mut self.chain, &self.config, &mut self.rejected)
+                .map_err(|_| Error::NoEncoder(std::mem::take(&mut self.rejected)))?;
+            self.current = next;
+            self.switches += 1;
+            self.inner_base = self.delivered_below;
+            tracing::warn!(from = %from, to = %self.current.kind(), replay = self.held.len(), "switched encoder");
+            let mut inner = Vec::new();
+            let mut failed = None;
+            for (i, (_, held)) in self.held.iter().enumerate() {
+                let mut frame = Frame::new(&held.data).with_pts(held.pts);
+                // The new encoder starts with an IDR (and SPS/PPS) anyway; a frame that asked
+                // for one keeps asking.
+                if held.force_keyframe && i > 0 {
+                    frame = frame.with_force_keyframe();
+                }
+                if let Err(e) = self.current.encode(frame, &mut inner) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            match failed {
+                None => {
+                    self.collect(inner, out);
+                    return Ok(());
+                }
+                Some(e) => {
+                    self.rejected.push((self.current.kind(), Box::new(e)));
+                }
+            }
+        }
+    }
+}
+
+fn open_next(
+    chain: &mut VecDeque<(EncoderKind, Opener)>,
+    config: &EncoderConfig,
+    rejected: &mut Vec<(EncoderKind, Box<Error>)>,
+) -> Result<Box<dyn VideoEncoder>, Error> {
+    config.validate()?;
+    while let Some((kind, mut open)) = chain.pop_front() {
+        match open(config) {
+            Ok(encoder) => {
+                tracing::info!(encoder = %kind, passed_over = rejected.len(), "encoder selected");
+                return Ok(encoder);
+            }
+            Err(e @ Error::Config(_)) => return Err(e),
+            Err(e) => {
+                tracing::debug!(encoder = %kind, error = %e, "encoder rejected");
+                rejected.push((kind, Box::new(e)));
+            }
+        }
+    }
+    Err(Error::NoEncoder(std::mem::take(rejected)))
+}
+
+impl VideoEncoder for FallbackEncoder {
+    fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        let (index, pts) = self.gate.check(&frame)?;
+        let mut inner = Vec::new();
+        let result = self.current.encode(
+            Frame {
+                pts: Some(pts),
+                ..frame
+            },
+            &mut inner,
+        );
+        match result {
+            Ok(()) => {
+                self.hold(index, pts, &frame);
+                self.collect(inner, out);
+                Ok(())
+            }
+            Err(e) if is_encoder_failure(&e) => {
+                // The failed encoder did not take the frame; accept it here and let the failover
+                // encode it with the others not yet delivered.
+                self.hold(index, pts, &frame);
+                self.collect(inner, out);
+                self.fail_over(e, out)
+            }
+            Err(e) => {
+                self.collect(inner, out);
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        if self.gate.is_finished() {
+            return Ok(());
+        }
+        loop {
+            let mut inner = Vec::new();
+            match self.current.flush(&mut inner) {
+                Ok(()) => {
+                    self.collect(inner, out);
+                    break;
+                }
+                Err(e) if is_encoder_failure(&e) => {
+                    self.collect(inner, out);
+                    self.fail_over(e, out)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.gate.finish();
+        if !self.held.is_empty() || !self.waiting.is_empty() {
+            return Err(Error::Backend {
+                backend: self.current.kind(),
+                call: "flush",
+                message: format!("{} frames were not delivered", self.held.len()),
+            });
+        }
+        Ok(())
+    }
+
+    fn kind(&self) -> EncoderKind {
+        self.current.kind()
+    }
+
+    fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+
+    fn sequence_headers(&self) -> &[u8] {
+        self.current.sequence_headers()
+    }
+}
