@@ -56,7 +56,8 @@ struct Args {
     /// Encoder threads (0 = automatic; software encoders only).
     #[arg(long, default_value_t = 0)]
     threads: u32,
-    /// Encoder: auto (NVENC if it works here, else x264), nvenc or x264.
+    /// Encoder: auto (the best that works here, with failover), nvenc, qsv, videotoolbox, vaapi,
+    /// ffmpeg-nvenc, ffmpeg-x264 or x264.
     #[arg(short = 'e', long, default_value = "auto", value_parser = parse::<EncoderChoice>)]
     encoder: EncoderChoice,
     /// Frames of the built-in clip (ignored with an input file).

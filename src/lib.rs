@@ -25,5 +25,5 @@ pub use error::{ConfigError, Error, SubprocessProblem};
 pub use fallback::FallbackEncoder;
 pub use gpu_config::GpuEncoderConfig;
 pub use nvenc_sys::LoadError;
-pub use select::{open_backend, open_encoder, EncoderChoice, AUTO_ORDER};
+pub use select::{open_backend, open_encoder, EncoderChoice};
 pub use x264::X264Encoder;

@@ -8,7 +8,7 @@ use crate::x264::X264Encoder;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum EncoderChoice {
-    /// The first backend that opens, in priority order: NVENC, then x264.
+    /// The best backend available here, with failover (see [`open_encoder`]).
     #[default]
     Auto,
     /// Exactly this backend, or an error saying why it cannot be used.
@@ -26,11 +26,6 @@ impl std::str::FromStr for EncoderChoice {
         }
     }
 }
-
-/// The order [`EncoderChoice::Auto`] tries backends in: the in-process backends, whose open
-/// proves they work. (The ffmpeg-subprocess backends start a child that may only fail at the
-/// first frame, so they are chosen through [`crate::detect`], which probes them.)
-pub const AUTO_ORDER: &[EncoderKind] = &[EncoderKind::Nvenc, EncoderKind::X264];
 
 /// Opens one backend.
 ///
@@ -51,9 +46,10 @@ pub fn open_backend(
     }
 }
 
-/// Opens an encoder: the one named, or with [`EncoderChoice::Auto`] the first of [`AUTO_ORDER`]
-/// that opens. Every rejected backend is logged at `debug` with its reason, and kept in
-/// [`Error::NoEncoder`] if none opens.
+/// Opens an encoder: exactly the one named, or with [`EncoderChoice::Auto`] a
+/// [`FallbackEncoder`](crate::FallbackEncoder) over every encoder available here, best first
+/// (see [`crate::fallback`]): it keeps each rejected backend's reason, and fails over to the next
+/// backend if the one encoding fails mid-stream.
 ///
 /// # Errors
 /// [`Error::Config`] at once for an invalid configuration (no backend would accept it); the
@@ -63,22 +59,8 @@ pub fn open_encoder(
     config: &EncoderConfig,
 ) -> Result<Box<dyn VideoEncoder>, Error> {
     config.validate()?;
-    let kinds = match choice {
-        EncoderChoice::Only(kind) => return open_backend(kind, config),
-        EncoderChoice::Auto => AUTO_ORDER,
-    };
-    let mut rejected = Vec::new();
-    for &kind in kinds {
-        match open_backend(kind, config) {
-            Ok(encoder) => {
-                tracing::info!(encoder = %kind, skipped = rejected.len(), "encoder selected");
-                return Ok(encoder);
-            }
-            Err(err) => {
-                tracing::debug!(encoder = %kind, error = %err, "encoder rejected");
-                rejected.push((kind, Box::new(err)));
-            }
-        }
+    match choice {
+        EncoderChoice::Only(kind) => open_backend(kind, config),
+        EncoderChoice::Auto => Ok(Box::new(crate::FallbackEncoder::new(config, None)?)),
     }
-    Err(Error::NoEncoder(rejected))
 }

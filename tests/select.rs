@@ -51,12 +51,22 @@ fn invalid_config_fails_before_any_backend_is_tried() {
 fn choice_parses_auto_and_backend_names() {
     assert_eq!("auto".parse(), Ok(EncoderChoice::Auto));
     assert_eq!("x264".parse(), Ok(EncoderChoice::Only(EncoderKind::X264)));
+    assert_eq!("nvenc".parse(), Ok(EncoderChoice::Only(EncoderKind::Nvenc)));
+    // FFmpeg's encoder names select the subprocess backend.
     assert_eq!(
         "h264_nvenc".parse(),
-        Ok(EncoderChoice::Only(EncoderKind::Nvenc))
+        Ok(EncoderChoice::Only(EncoderKind::Ffmpeg(
+            nvenc::FfmpegCodec::Nvenc
+        )))
+    );
+    assert_eq!(
+        "qsv".parse(),
+        Ok(EncoderChoice::Only(EncoderKind::Ffmpeg(
+            nvenc::FfmpegCodec::Qsv
+        )))
     );
     assert!(matches!(
-        "qsv".parse::<EncoderChoice>(),
+        "amf".parse::<EncoderChoice>(),
         Err(nvenc::ConfigError::UnknownEncoder { .. })
     ));
 }
