@@ -366,6 +366,12 @@ impl NvencEncoder {
         })
     }
 
+    /// Frames submitted to NVENC whose bitstream has not been read back yet.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.session.as_ref().map_or(0, |s| s.pending.len())
+    }
+
     fn session(&mut self) -> Result<&mut Session, Error> {
         self.session
             .as_mut()
