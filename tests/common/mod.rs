@@ -175,6 +175,9 @@ pub fn assert_roundtrip(
 #[macro_export]
 macro_rules! contract_tests {
     ($open:expr $(, #[$attr:meta])*) => {
+        mod contract {
+        #[allow(unused_imports)]
+        use super::*;
         use nvenc::{ConfigError, Error, Frame, FrameType};
 
         fn small() -> EncoderConfig {
@@ -471,6 +474,7 @@ macro_rules! contract_tests {
                     Ok(_) => panic!("accepted invalid config {config:?}"),
                 }
             }
+        }
         }
     };
 }
