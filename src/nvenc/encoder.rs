@@ -279,12 +279,14 @@ impl NvencEncoder {
 
         // Ring sizing: every picture held for reordering, plus the output delay, plus the one
         // being submitted.
-        let extra_output_delay = options.extra_output_delay as usize;
+        // Zero latency means every frame's output is read back in the call that submitted it.
+        let extra_output_delay = if zero_latency { 0 } else { options.extra_output_delay };
         let depth = EncoderDepth {
             frame_interval_p,
             lookahead: 0,
-            extra_output_delay: options.extra_output_delay + 1,
+            extra_output_delay: extra_output_delay + 1,
         };
+        let extra_output_delay = extra_output_delay as usize;
         let slots = crate::ring_buffer::required_slots(depth);
         let rows = height as usize * 3 / 2;
         let device = DeviceStorage::new(&context, slots, width as usize, rows).map_err(ring_err)?;

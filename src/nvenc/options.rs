@@ -4,7 +4,7 @@
 //! | `EncoderConfig` | NVENC |
 //! |---|---|
 //! | `preset` ultrafast, superfast / veryfast / faster, fast / medium / slow / slower / veryslow, placebo | P1 / P2 / P3 / P4 / P5 / P6 / P7 (unless [`NvencOptions::preset`] is set) |
-//! | `tune` zerolatency | ultra-low-latency tuning, no B-frames, no lookahead |
+//! | `tune` zerolatency | ultra-low-latency tuning, no B-frames, no lookahead, no output delay (each frame's bitstream is read back in the call that submitted it) |
 //! | `tune` fastdecode | low-latency tuning |
 //! | other tunes, or none | high-quality tuning (unless [`NvencOptions::tuning`] is set) |
 //! | `crf` c | constant-quality VBR: `targetQuality = round(c)` clamped to 1..=51, no bitrate cap (NVENC has no CRF; its quality scale is the same 0-51 QP-like scale, and 0 would mean "automatic") |
@@ -182,7 +182,8 @@ pub struct NvencOptions {
     pub tuning: Option<NvencTuning>,
     /// Frames submitted ahead of the one whose output is read back, so upload, encode and
     /// read-back overlap (NVIDIA's sample encoder uses 3 and asks for at least 1). 0 reads each
-    /// frame back before the next is submitted: lowest latency, least throughput.
+    /// frame back before the next is submitted: lowest latency, least throughput. The
+    /// `zerolatency` tune forces 0.
     pub extra_output_delay: u32,
 }
 
