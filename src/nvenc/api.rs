@@ -299,15 +299,17 @@ impl RawEncoder {
 
     /// `nvEncDestroyBitstreamBuffer`.
     #[doc(alias = "nvEncDestroyBitstreamBuffer")]
+    /// On failure the buffer is given back, so the caller can try again.
     pub(crate) fn destroy_bitstream_buffer(
         &self,
         buffer: BitstreamBuffer,
-    ) -> Result<(), NvencError> {
-        // SAFETY: live session; the buffer was created by it and is consumed here, so it is not
-        // used again.
+    ) -> Result<(), (BitstreamBuffer, NvencError)> {
+        // SAFETY: live session; the buffer was created by it; on success it is consumed here and
+        // never used again, on failure it is handed back still owned.
         let status =
             unsafe { (self.lib.fns().destroy_bitstream_buffer)(self.raw(), buffer.0.as_ptr()) };
         self.check("nvEncDestroyBitstreamBuffer", status)
+            .map_err(|e| (buffer, e))
     }
 
     /// `nvEncRegisterResource` for a pitched CUDA device allocation.
@@ -354,11 +356,14 @@ impl RawEncoder {
 
     /// `nvEncUnregisterResource`.
     #[doc(alias = "nvEncUnregisterResource")]
-    pub(crate) fn unregister(&self, resource: Registered) -> Result<(), NvencError> {
-        // SAFETY: live session; the resource was registered by it and is consumed here.
+    /// On failure the resource is given back, so the caller can try again.
+    pub(crate) fn unregister(&self, resource: Registered) -> Result<(), (Registered, NvencError)> {
+        // SAFETY: live session; the resource was registered by it; consumed on success, handed
+        // back on failure.
         let status =
             unsafe { (self.lib.fns().unregister_resource)(self.raw(), resource.0.as_ptr()) };
         self.check("nvEncUnregisterResource", status)
+            .map_err(|e| (resource, e))
     }
 
     /// `nvEncMapInputResource`.
@@ -388,11 +393,14 @@ impl RawEncoder {
 
     /// `nvEncUnmapInputResource`.
     #[doc(alias = "nvEncUnmapInputResource")]
-    pub(crate) fn unmap(&self, mapped: Mapped) -> Result<(), NvencError> {
-        // SAFETY: live session; the mapping was made by it and is consumed here.
+    /// On failure the mapping is given back, so the caller can try again.
+    pub(crate) fn unmap(&self, mapped: Mapped) -> Result<(), (Mapped, NvencError)> {
+        // SAFETY: live session; the mapping was made by it; consumed on success, handed back on
+        // failure.
         let status =
             unsafe { (self.lib.fns().unmap_input_resource)(self.raw(), mapped.ptr.as_ptr()) };
         self.check("nvEncUnmapInputResource", status)
+            .map_err(|e| (mapped, e))
     }
 
     fn submit(&self, params: &mut sys::NV_ENC_PIC_PARAMS) -> Result<Submitted, NvencError> {
@@ -533,11 +541,17 @@ impl RawEncoder {
 
 impl Drop for RawEncoder {
     fn drop(&mut self) {
-        // SAFETY: the session handle is live and never used after this; the owner frees its
-        // buffers, registrations and mappings before dropping the session (session.rs).
-        let status = unsafe { (self.lib.fns().destroy_encoder)(self.raw()) };
-        if !status.is_success() {
-            tracing::warn!(%status, "nvEncDestroyEncoder failed");
+        // A failed destroy is tried once more: a session left open holds video memory (and a
+        // GeForce session slot) until the process ends.
+        for attempt in 1..=2 {
+            // SAFETY: the session handle is live (a failed destroy leaves it so) and never used
+            // after a successful one; the owner frees its buffers, registrations and mappings
+            // before dropping the session (encoder.rs).
+            let status = unsafe { (self.lib.fns().destroy_encoder)(self.raw()) };
+            if status.is_success() {
+                return;
+            }
+            tracing::warn!(%status, attempt, "nvEncDestroyEncoder failed");
         }
     }
 }

@@ -120,6 +120,13 @@ struct Session {
     pending: VecDeque<InFlight>,
     /// How many of `pending` (from the front) have output ready to lock.
     ready: usize,
+    /// A read-back failed: the driver's view of the pending outputs is unknown, so teardown
+    /// destroys without locking or unmapping them.
+    broken: bool,
+    /// The most pictures that were submitted and not yet read back at once.
+    peak_in_flight: usize,
+    /// Mappings whose unmap failed, tried again at teardown.
+    unmapped_later: Vec<Mapped>,
 }
 
 fn nvenc_err(e: NvencError) -> Error {
@@ -280,7 +287,11 @@ impl NvencEncoder {
         // Ring sizing: every picture held for reordering, plus the output delay, plus the one
         // being submitted.
         // Zero latency means every frame's output is read back in the call that submitted it.
-        let extra_output_delay = if zero_latency { 0 } else { options.extra_output_delay };
+        let extra_output_delay = if zero_latency {
+            0
+        } else {
+            options.extra_output_delay
+        };
         let depth = EncoderDepth {
             frame_interval_p,
             lookahead: 0,
@@ -292,57 +303,38 @@ impl NvencEncoder {
         let device = DeviceStorage::new(&context, slots, width as usize, rows).map_err(ring_err)?;
         let staging_len = gate_frame_len(config)?;
         let pinned = PinnedStorage::new(&context, slots, staging_len).map_err(ring_err)?;
-        let mut registered = Vec::with_capacity(slots);
-        let mut free_outputs = Vec::with_capacity(slots);
         let mut session = Session {
             raw,
-            registered: Vec::new(),
-            free_outputs: Vec::new(),
+            registered: Vec::with_capacity(slots),
+            free_outputs: Vec::with_capacity(slots),
             pending: VecDeque::new(),
             ready: 0,
+            broken: false,
+            peak_in_flight: 0,
+            unmapped_later: Vec::new(),
         };
         for index in 0..slots {
             let surface = crate::ring_buffer::DeviceSlots::surface(&device, index);
+            let pitch = pitch_u32(surface.pitch)?;
             // SAFETY: the surface is a live `cuMemAllocPitch` allocation of `pitch * rows` bytes
             // owned by `device`, which outlives the session (field order of `NvencEncoder`), and
             // every registration is undone in `Session::teardown` before the session goes.
             let reg = unsafe {
-                session.raw.register_cuda(
-                    surface.device_ptr,
-                    width,
-                    height,
-                    pitch_u32(surface.pitch)?,
-                    format,
-                )
+                session
+                    .raw
+                    .register_cuda(surface.device_ptr, width, height, pitch, format)
             };
-            match reg {
-                Ok(r) => registered.push(Some(r)),
-                Err(e) => {
-                    session.registered = registered;
-                    session.teardown();
-                    return Err(nvenc_err(e));
-                }
-            }
-            match session.raw.create_bitstream_buffer() {
-                Ok(b) => free_outputs.push(b),
-                Err(e) => {
-                    session.registered = registered;
-                    session.free_outputs = free_outputs;
-                    session.teardown();
-                    return Err(nvenc_err(e));
-                }
-            }
+            // On an error `session` drops here, which undoes what was done so far.
+            session.registered.push(Some(reg.map_err(nvenc_err)?));
+            let output = session.raw.create_bitstream_buffer().map_err(nvenc_err)?;
+            session.free_outputs.push(output);
         }
-        session.registered = registered;
-        session.free_outputs = free_outputs;
         let mut io_stream = IoStream(Box::new(stream.cu_stream().cast::<c_void>()));
         let io_ptr: *mut sys::NV_ENC_CUSTREAM_PTR = &mut *io_stream.0;
         // SAFETY: `io_stream` holds the live CUstream of `stream`, both kept in the encoder for
         // the life of the session, and the box keeps the address fixed.
-        if let Err(e) = unsafe { session.raw.set_io_cuda_streams(io_ptr.cast::<c_void>()) } {
-            session.teardown();
-            return Err(nvenc_err(e));
-        }
+        // On an error `session` drops, undoing the registrations.
+        unsafe { session.raw.set_io_cuda_streams(io_ptr.cast::<c_void>()) }.map_err(nvenc_err)?;
         let (device_in, device_out) = FrameRing::for_encoder(device, depth).map_err(ring_err)?;
         let (staging_in, staging_out) = FrameRing::with_storage(pinned).map_err(ring_err)?;
         tracing::debug!(
@@ -372,6 +364,13 @@ impl NvencEncoder {
     #[must_use]
     pub fn in_flight(&self) -> usize {
         self.session.as_ref().map_or(0, |s| s.pending.len())
+    }
+
+    /// The most frames that were in flight at once so far (submitted to NVENC, bitstream not yet
+    /// read back).
+    #[must_use]
+    pub fn peak_in_flight(&self) -> usize {
+        self.session.as_ref().map_or(0, |s| s.peak_in_flight)
     }
 
     fn session(&mut self) -> Result<&mut Session, Error> {
@@ -564,6 +563,7 @@ impl NvencEncoder {
         match submitted {
             Ok(state) => {
                 session.pending.push_back(flight);
+                session.peak_in_flight = session.peak_in_flight.max(session.pending.len());
                 if state == Submitted::OutputReady {
                     session.ready = session.pending.len();
                 }
@@ -588,7 +588,7 @@ impl NvencEncoder {
             .session
             .as_mut()
             .ok_or(Error::Finished { backend: KIND })?;
-        let Some(mut flight) = session.pending.pop_front() else {
+        let Some(flight) = session.pending.pop_front() else {
             return Ok(());
         };
         session.ready = session.ready.saturating_sub(1);
@@ -600,19 +600,16 @@ impl NvencEncoder {
                 picture_type: sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_UNKNOWN,
             }),
         };
-        // The frame's input is no longer needed once its bitstream was locked (or failed).
-        if let Some(mapped) = flight.mapped.take() {
-            if let Err(e) = session.raw.unmap(mapped) {
-                tracing::warn!(error = %e, "unmap after read-back failed");
-            }
-        }
         let info = match read {
             Ok(info) => info,
             Err(e) => {
-                session.release(flight);
+                // Its input may still be in use by the driver: keep everything as it is.
+                session.broken = true;
+                session.pending.push_front(flight);
                 return Err(nvenc_err(e));
             }
         };
+        // The frame's input is no longer needed once its bitstream was locked.
         session.release(flight);
         // The output carries the input's timestamp: our frame index. Its pts is looked up from
         // what `encode` recorded (B-frames come out of order).
@@ -839,8 +836,9 @@ impl Session {
     /// list, and its slots to the rings (by dropping the leases).
     fn release(&mut self, mut flight: InFlight) {
         if let Some(mapped) = flight.mapped.take() {
-            if let Err(e) = self.raw.unmap(mapped) {
-                tracing::warn!(error = %e, "nvEncUnmapInputResource failed");
+            if let Err((mapped, e)) = self.raw.unmap(mapped) {
+                tracing::warn!(error = %e, "nvEncUnmapInputResource failed; retrying at teardown");
+                self.unmapped_later.push(mapped);
             }
         }
         if let Some(output) = flight.output.take() {
@@ -848,37 +846,60 @@ impl Session {
         }
     }
 
-    /// Ends the session in the order the API requires. Best effort: failures are logged.
+    /// Ends the session in the order the API requires. Best effort: failures are logged, and
+    /// each release that fails is tried once more, since anything left behind holds video
+    /// memory until the process ends.
     fn teardown(&mut self) {
-        if !self.pending.is_empty() {
+        if self.broken {
+            // A read-back failed: the pending pictures cannot be locked, and their inputs may
+            // still be in use, so they are left to nvEncDestroyEncoder, which frees them.
+            tracing::warn!(
+                pending = self.pending.len(),
+                "tearing down a failed NVENC session"
+            );
+            self.pending.clear();
+        } else if !self.pending.is_empty() {
             // Drain what NVENC holds so every submitted output can be locked; a buffer that was
             // never submitted is never locked (that would wait forever on some drivers).
             if let Err(e) = self.raw.end_of_stream() {
                 tracing::warn!(error = %e, "end of stream at teardown failed");
             }
-            while let Some(mut flight) = self.pending.pop_front() {
+            while let Some(flight) = self.pending.pop_front() {
                 if let Some(output) = flight.output.as_ref() {
                     let mut sink = Vec::new();
                     if let Err(e) = self.raw.read_bitstream(output, &mut sink) {
                         tracing::warn!(error = %e, "discarding an output at teardown failed");
                     }
                 }
-                if let Some(mapped) = flight.mapped.take() {
-                    if let Err(e) = self.raw.unmap(mapped) {
-                        tracing::warn!(error = %e, "nvEncUnmapInputResource at teardown failed");
-                    }
-                }
                 self.release(flight);
             }
         }
-        for reg in self.registered.drain(..).flatten() {
-            if let Err(e) = self.raw.unregister(reg) {
-                tracing::warn!(error = %e, "nvEncUnregisterResource at teardown failed");
+        let mut again = Vec::new();
+        for mapped in self.unmapped_later.drain(..) {
+            if let Err((mapped, e)) = self.raw.unmap(mapped) {
+                tracing::warn!(error = %e, "nvEncUnmapInputResource failed at teardown");
+                again.push(mapped);
             }
         }
-        for output in self.free_outputs.drain(..) {
-            if let Err(e) = self.raw.destroy_bitstream_buffer(output) {
-                tracing::warn!(error = %e, "nvEncDestroyBitstreamBuffer at teardown failed");
+        for mapped in again {
+            if let Err((_, e)) = self.raw.unmap(mapped) {
+                tracing::warn!(error = %e, "nvEncUnmapInputResource failed twice; left to nvEncDestroyEncoder");
+            }
+        }
+        for reg in std::mem::take(&mut self.registered).into_iter().flatten() {
+            if let Err((reg, e)) = self.raw.unregister(reg) {
+                tracing::warn!(error = %e, "nvEncUnregisterResource failed at teardown; trying again");
+                if let Err((_, e)) = self.raw.unregister(reg) {
+                    tracing::warn!(error = %e, "nvEncUnregisterResource failed twice; left to nvEncDestroyEncoder");
+                }
+            }
+        }
+        for output in std::mem::take(&mut self.free_outputs) {
+            if let Err((output, e)) = self.raw.destroy_bitstream_buffer(output) {
+                tracing::warn!(error = %e, "nvEncDestroyBitstreamBuffer failed at teardown; trying again");
+                if let Err((_, e)) = self.raw.destroy_bitstream_buffer(output) {
+                    tracing::warn!(error = %e, "nvEncDestroyBitstreamBuffer failed twice; left to nvEncDestroyEncoder");
+                }
             }
         }
         // `raw` is destroyed when the session drops, after this.
