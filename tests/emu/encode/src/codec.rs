@@ -2,6 +2,7 @@
 
 use std::ffi::{c_int, c_void, CString};
 use std::ptr::{self, NonNull};
+use std::sync::Arc;
 
 use x264_sys as x;
 
@@ -70,6 +71,94 @@ pub struct Coded {
     pub pic_type: u32,
     /// Serial number of the input picture this carries.
     pub serial: u64,
+    /// SPS and PPS of the encoder that coded it.
+    pub headers: Arc<Vec<u8>>,
+    /// The first picture of a (re)opened encoder: its SPS/PPS must precede it.
+    pub first: bool,
+}
+
+/// libx264 as a continuous stream: reopened (with an IDR) when more pictures follow a drain.
+///
+/// x264 cannot take new pictures once drained, and it holds `bframes` pictures longer than
+/// NVENC's "all pending outputs are ready on SUCCESS" promise allows. A client that locks an
+/// output before x264 produced it makes the session drain x264 mid-stream; from then on the
+/// stream continues with a fresh encoder without B-frames (zero delay), so no further drains are
+/// needed. Clients that lock late (FFmpeg keeps several frames in flight) never trigger this and
+/// get real B-frames throughout.
+#[derive(Debug)]
+pub struct X264Stream {
+    params: Params,
+    enc: X264,
+    headers: Arc<Vec<u8>>,
+    drained: bool,
+    zero_lag: bool,
+    first: bool,
+}
+
+impl X264Stream {
+    /// Opens the first encoder.
+    pub fn open(params: &Params) -> Result<Self, String> {
+        let enc = X264::open(params)?;
+        Ok(Self {
+            headers: Arc::new(enc.headers().to_vec()),
+            params: params.clone(),
+            enc,
+            drained: false,
+            zero_lag: false,
+            first: true,
+        })
+    }
+
+    /// SPS/PPS of the current encoder.
+    pub fn headers(&self) -> &[u8] {
+        &self.headers
+    }
+
+    fn wrap(&mut self, c: Option<(Vec<u8>, u32, u64)>) -> Option<Coded> {
+        let (nals, pic_type, serial) = c?;
+        let first = std::mem::take(&mut self.first);
+        Some(Coded {
+            nals,
+            pic_type,
+            serial,
+            headers: self.headers.clone(),
+            first,
+        })
+    }
+
+    /// Feeds one picture; returns what x264 emitted.
+    pub fn encode(
+        &mut self,
+        pic: &Picture<'_>,
+        serial: u64,
+        force_idr: bool,
+    ) -> Result<Option<Coded>, String> {
+        let mut force_idr = force_idr;
+        if self.drained {
+            let mut p = self.params.clone();
+            if self.zero_lag {
+                p.bframes = 0;
+            }
+            self.enc = X264::open(&p)?;
+            self.headers = Arc::new(self.enc.headers().to_vec());
+            self.drained = false;
+            self.first = true;
+            force_idr = true;
+        }
+        let c = self.enc.encode(Some((pic, serial, force_idr)))?;
+        Ok(self.wrap(c))
+    }
+
+    /// Drains one picture; `mid_stream` when the client is not flushing (EOS).
+    pub fn drain_one(&mut self, mid_stream: bool) -> Result<Option<Coded>, String> {
+        if self.enc.delayed() == 0 {
+            return Ok(None);
+        }
+        self.drained = true;
+        self.zero_lag |= mid_stream;
+        let c = self.enc.encode(None)?;
+        Ok(self.wrap(c))
+    }
 }
 
 /// libx264 behind the emulated hardware.
@@ -204,11 +293,13 @@ impl X264 {
         unsafe { x::x264_encoder_delayed_frames(self.h.as_ptr()) }.max(0) as usize
     }
 
-    /// Feeds one picture (or drains one with `None`); returns the picture x264 emitted, if any.
-    pub fn encode(
+    /// Feeds one picture (or drains one with `None`); returns (NAL units without SPS/PPS, NVENC
+    /// picture type, serial) of the picture x264 emitted, if any.
+    #[allow(clippy::type_complexity)]
+    fn encode(
         &mut self,
         pic: Option<(&Picture<'_>, u64, bool)>,
-    ) -> Result<Option<Coded>, String> {
+    ) -> Result<Option<(Vec<u8>, u32, u64)>, String> {
         // SAFETY: all-zero is a valid x264_picture_t; x264_picture_init sets the defaults.
         let mut pin: x::x264_picture_t = unsafe { std::mem::zeroed() };
         // SAFETY: as above; x264 fills the output picture.
@@ -259,11 +350,7 @@ impl X264 {
                 out.extend_from_slice(bytes);
             }
         }
-        Ok(Some(Coded {
-            nals: out,
-            pic_type: pic_type(pout.i_type),
-            serial: pout.i_pts as u64,
-        }))
+        Ok(Some((out, pic_type(pout.i_type), pout.i_pts as u64)))
     }
 }
 

@@ -72,7 +72,7 @@ use nvenc_emu_common::{guard, lock, Emu};
 use nvenc_sys as nv;
 use nvenc_sys::{GUID, NVENCSTATUS};
 
-use codec::{Coded, Picture, Rc, X264};
+use codec::{Coded, Picture, Rc, X264Stream};
 
 static EMU: LazyLock<Emu> = LazyLock::new(|| Emu::from_env("encode"));
 static G: LazyLock<Mutex<Global>> = LazyLock::new(|| Mutex::new(Global::default()));
@@ -381,7 +381,7 @@ struct Init {
 
 #[derive(Debug)]
 enum Engine {
-    X264(X264),
+    X264(X264Stream),
     Fast,
 }
 
@@ -1203,7 +1203,7 @@ fn open_engine(init: &Init) -> Result<Engine, Fail> {
     if fast_mode() {
         Ok(Engine::Fast)
     } else {
-        X264::open(&init.params)
+        X264Stream::open(&init.params)
             .map(Engine::X264)
             .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))
     }
@@ -1723,6 +1723,19 @@ unsafe extern "C" fn nvEncEncodePicture(
                 ),
             ));
         }
+        let out_h = p.outputBitstream as u64;
+        let bs = s.bitstreams.get(&out_h).ok_or_else(|| {
+            v(
+                INVALID_PARAM,
+                format!("outputBitstream {out_h:#x} is not a bitstream buffer of this session"),
+            )
+        })?;
+        if bs.state != BsState::Idle {
+            return Err(v(
+                INVALID_CALL,
+                "outputBitstream is still pending or locked from an earlier frame",
+            ));
+        }
         let in_h = p.inputBuffer as u64;
         let (input, width, height, pitch, fmt) = if let Some(b) = s.inputs.get(&in_h) {
             if b.locked {
@@ -1752,7 +1765,10 @@ unsafe extern "C" fn nvEncEncodePicture(
         } else {
             return Err(v(INVALID_PARAM, format!("inputBuffer {in_h:#x} is neither a mapped resource nor an input buffer of this session")));
         };
-        if p.inputWidth != width || p.inputHeight != height {
+        // 0x0 means "the input's own size": FFmpeg 5.1 leaves both 0 for mapped CUDA frames
+        // and works on real drivers, so only a non-zero size that disagrees is refused.
+        let sized = p.inputWidth != 0 || p.inputHeight != 0;
+        if sized && (p.inputWidth != width || p.inputHeight != height) {
             return Err(v(
                 INVALID_PARAM,
                 format!(
@@ -1786,19 +1802,6 @@ unsafe extern "C" fn nvEncEncodePicture(
                     "input {width}x{height} is smaller than the encode size {}x{}",
                     init.width, init.height
                 ),
-            ));
-        }
-        let out_h = p.outputBitstream as u64;
-        let bs = s.bitstreams.get(&out_h).ok_or_else(|| {
-            v(
-                INVALID_PARAM,
-                format!("outputBitstream {out_h:#x} is not a bitstream buffer of this session"),
-            )
-        })?;
-        if bs.state != BsState::Idle {
-            return Err(v(
-                INVALID_CALL,
-                "outputBitstream is still pending or locked from an earlier frame",
             ));
         }
         // Decide NVENC's picture structure.
@@ -1841,17 +1844,9 @@ unsafe extern "C" fn nvEncEncodePicture(
                 if anchor {
                     // NVENC's decode order: the anchor, then the B-pictures before it.
                     let a = s.fast_pending.pop().unwrap_or(serial);
-                    produced.push(Coded {
-                        nals: codec::FAST_AU.to_vec(),
-                        pic_type: display_type,
-                        serial: a,
-                    });
+                    produced.push(fast_coded(display_type, a));
                     for b in s.fast_pending.drain(..) {
-                        produced.push(Coded {
-                            nals: codec::FAST_AU.to_vec(),
-                            pic_type: codec::PIC_B,
-                            serial: b,
-                        });
+                        produced.push(fast_coded(codec::PIC_B, b));
                     }
                 }
             }
@@ -1865,7 +1860,7 @@ unsafe extern "C" fn nvEncEncodePicture(
                 };
                 if let Some(Engine::X264(x)) = s.engine.as_mut() {
                     if let Some(c) = x
-                        .encode(Some((&pic, serial, force_idr)))
+                        .encode(&pic, serial, force_idr)
                         .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?
                     {
                         produced.push(c);
@@ -1906,28 +1901,34 @@ unsafe extern "C" fn nvEncEncodePicture(
     })
 }
 
+/// A fast-mode picture.
+fn fast_coded(pic_type: u32, serial: u64) -> Coded {
+    static HDR: LazyLock<std::sync::Arc<Vec<u8>>> =
+        LazyLock::new(|| std::sync::Arc::new(codec::FAST_HEADERS.to_vec()));
+    Coded {
+        nals: codec::FAST_AU.to_vec(),
+        pic_type,
+        serial,
+        headers: HDR.clone(),
+        first: false,
+    }
+}
+
 /// EOS: everything pending becomes ready; x264 is drained.
 fn flush(s: &mut Session) -> Result<(), Fail> {
     let mut produced = Vec::new();
     match s.engine.as_mut() {
         Some(Engine::Fast) => {
             for b in s.fast_pending.drain(..) {
-                produced.push(Coded {
-                    nals: codec::FAST_AU.to_vec(),
-                    pic_type: codec::PIC_P,
-                    serial: b,
-                });
+                produced.push(fast_coded(codec::PIC_P, b));
             }
         }
         Some(Engine::X264(x)) => {
-            while x.delayed() > 0 {
-                match x
-                    .encode(None)
-                    .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?
-                {
-                    Some(c) => produced.push(c),
-                    None => break,
-                }
+            while let Some(c) = x
+                .drain_one(false)
+                .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?
+            {
+                produced.push(c);
             }
         }
         None => {}
@@ -1998,7 +1999,7 @@ unsafe extern "C" fn nvEncLockBitstream(
                 ));
             };
             match x
-                .encode(None)
+                .drain_one(true)
                 .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?
             {
                 Some(c) => assign(s, [c]),
@@ -2036,13 +2037,11 @@ unsafe extern "C" fn nvEncLockBitstream(
         });
         let keyframe = coded.pic_type == codec::PIC_IDR;
         let repeat = s.init.as_ref().is_some_and(|i| i.repeat_sps_pps);
-        let need_headers = !s.headers_sent || s.force_headers || (repeat && keyframe);
+        let need_headers =
+            !s.headers_sent || s.force_headers || coded.first || (repeat && keyframe);
         let mut data = Vec::with_capacity(coded.nals.len() + 64);
         if need_headers {
-            match s.engine.as_ref() {
-                Some(Engine::X264(x)) => data.extend_from_slice(x.headers()),
-                _ => data.extend_from_slice(codec::FAST_HEADERS),
-            }
+            data.extend_from_slice(&coded.headers);
             s.headers_sent = true;
             s.force_headers = false;
         }
