@@ -343,6 +343,82 @@ impl Report {
     }
 }
 
+/// Helpers for checking encoded video with the system's `ffmpeg`.
+pub mod video {
+    use std::path::Path;
+    use std::process::Command;
+
+    /// Whether `ffmpeg` is on `PATH` and has the `h264_nvenc` encoder. Tests that need it print
+    /// why they skip, and fail instead when `NVENC_EMU_REQUIRE_FFMPEG=1` (set it in CI).
+    #[must_use]
+    pub fn ffmpeg_with_nvenc() -> bool {
+        let ok = Command::new("ffmpeg")
+            .args(["-hide_banner", "-encoders"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("h264_nvenc"));
+        if !ok {
+            assert!(
+                std::env::var("NVENC_EMU_REQUIRE_FFMPEG").is_err(),
+                "NVENC_EMU_REQUIRE_FFMPEG is set but ffmpeg with h264_nvenc is not available"
+            );
+            eprintln!(
+                "SKIPPED: ffmpeg with h264_nvenc is not installed (Debian: apt install ffmpeg)"
+            );
+        }
+        ok
+    }
+
+    /// Decodes `input` (any format ffmpeg reads) to raw 8-bit 4:2:0 frames.
+    ///
+    /// # Panics
+    ///
+    /// If ffmpeg fails.
+    #[must_use]
+    pub fn decode_yuv420(input: &Path) -> Vec<u8> {
+        let out = Command::new("ffmpeg")
+            .args(["-hide_banner", "-v", "error", "-i"])
+            .arg(input)
+            .args(["-f", "rawvideo", "-pix_fmt", "yuv420p", "-"])
+            .output()
+            .expect("run ffmpeg");
+        assert!(
+            out.status.success(),
+            "ffmpeg could not decode {}: {}",
+            input.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Per-frame PSNR (dB, over all three planes) of two raw 4:2:0 clips of `w`x`h`.
+    ///
+    /// # Panics
+    ///
+    /// If the clips have different lengths or are not whole frames.
+    #[must_use]
+    pub fn psnr_yuv420(a: &[u8], b: &[u8], w: usize, h: usize) -> Vec<f64> {
+        let frame = w * h + 2 * w.div_ceil(2) * h.div_ceil(2);
+        assert_eq!(a.len(), b.len(), "clips differ in length");
+        assert_eq!(a.len() % frame, 0, "not a whole number of frames");
+        a.chunks(frame)
+            .zip(b.chunks(frame))
+            .map(|(x, y)| {
+                let se: f64 = x
+                    .iter()
+                    .zip(y)
+                    .map(|(&p, &q)| (f64::from(p) - f64::from(q)).powi(2))
+                    .sum();
+                let mse = se / frame as f64;
+                if mse == 0.0 {
+                    99.0
+                } else {
+                    10.0 * (255.0f64 * 255.0 / mse).log10()
+                }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -510,14 +510,9 @@ fn scenario_misuse() -> Result<(), String> {
 
 /// Encodes `frames` NV12 frames from CUDA memory with frameIntervalP = `interval`, using a ring of
 /// `interval + 3` surfaces, checks NVENC's NEED_MORE_INPUT pattern and writes the stream to `out`.
-/// With `stop_on_error`, the first failing call ends the encode and everything is torn down in
-/// order (for the fault tests), and the exit status is 0.
-fn scenario_encode(
-    path: &str,
-    frames: u64,
-    interval: u32,
-    stop_on_error: bool,
-) -> Result<(), String> {
+/// The first failing call ends the encode and everything made so far is torn down in order
+/// (`stop-on-error` on the command line then makes that exit status 0, for the fault tests).
+fn scenario_encode(path: &str, frames: u64, interval: u32) -> Result<(), String> {
     let lib = lib()?;
     let cu = Cu::open()?;
     let ctx = cu.context()?;
@@ -645,13 +640,7 @@ fn scenario_encode(
     unsafe { (cu.ctx_destroy)(ctx) };
     std::fs::write(path, &stream).map_err(|e| e.to_string())?;
     println!("log {}", log.join(" "));
-    match result {
-        Err(e) if stop_on_error => {
-            println!("stopped: {e}");
-            Ok(())
-        }
-        r => r,
-    }
+    result
 }
 
 fn main() -> ExitCode {
@@ -660,12 +649,20 @@ fn main() -> ExitCode {
         Some("load") => scenario_load(),
         Some("sessions") => scenario_sessions(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3)),
         Some("misuse") => scenario_misuse(),
-        Some("encode") => scenario_encode(
-            args.get(1).map_or("out.h264", String::as_str),
-            args.get(2).and_then(|n| n.parse().ok()).unwrap_or(30),
-            args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
-            args.get(4).is_some_and(|a| a == "stop-on-error"),
-        ),
+        Some("encode") => {
+            let stop_on_error = args.get(4).is_some_and(|a| a == "stop-on-error");
+            match scenario_encode(
+                args.get(1).map_or("out.h264", String::as_str),
+                args.get(2).and_then(|n| n.parse().ok()).unwrap_or(30),
+                args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
+            ) {
+                Err(e) if stop_on_error => {
+                    println!("stopped: {e}");
+                    Ok(())
+                }
+                r => r,
+            }
+        }
         _ => Err("usage: nvenc-emu-client load | sessions N | misuse | encode OUT FRAMES INTERVAL [stop-on-error]".into()),
     };
     let _ = std::io::stdout().flush();
