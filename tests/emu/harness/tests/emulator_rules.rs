@@ -228,3 +228,22 @@ fn cuda_without_a_device() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cuInit: 100"));
     assert!(report.violations.is_empty());
 }
+
+/// cudarc (context, stream, plain/pitched/pinned memory, copies) runs unchanged on the emulated
+/// libcuda, and releases everything it took.
+#[test]
+fn cudarc_runs_on_the_emulated_libcuda() {
+    let emu = EmuDriver::new();
+    let out = emu
+        .command(env!("CARGO_BIN_EXE_nvenc-emu-cudarc"))
+        .output()
+        .unwrap();
+    let report = emu.report();
+    assert_ok(&out, &report);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("cudarc ok device=\"Emulated NVENC GPU\" pitch=1024"),
+        "{stdout}"
+    );
+    report.assert_clean();
+}
