@@ -180,7 +180,9 @@ pub unsafe fn write_c_buffer(text: &str, buf: *mut u8, len: usize) -> usize {
         // source is a live &str of at least `n` bytes, and the two cannot overlap.
         unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), buf, n) };
         // SAFETY: `n < len`, so this byte is inside the caller's buffer.
-        unsafe { buf.add(n).write(0) };
+        let end = unsafe { buf.add(n) };
+        // SAFETY: `end` points inside the caller's writable buffer (see above).
+        unsafe { end.write(0) };
     }
     text.len()
 }

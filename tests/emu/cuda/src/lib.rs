@@ -299,7 +299,7 @@ macro_rules! out {
 
 /// `cuInit`.
 #[no_mangle]
-pub extern "C" fn cuInit(flags: c_uint) -> i32 {
+pub unsafe extern "C" fn cuInit(flags: c_uint) -> i32 {
     guard(&EMU, "cuInit", UNKNOWN, || {
         if let Some(st) = EMU.enter("cuInit") {
             return st;
@@ -317,7 +317,7 @@ pub extern "C" fn cuInit(flags: c_uint) -> i32 {
 
 /// `cuDriverGetVersion` (works before `cuInit`, like the real one).
 #[no_mangle]
-pub extern "C" fn cuDriverGetVersion(v: *mut c_int) -> i32 {
+pub unsafe extern "C" fn cuDriverGetVersion(v: *mut c_int) -> i32 {
     guard(&EMU, "cuDriverGetVersion", UNKNOWN, || {
         if let Some(st) = EMU.enter("cuDriverGetVersion") {
             return st;
@@ -337,7 +337,7 @@ fn check_dev(entry: &'static str, dev: c_int) -> Result<(), i32> {
 
 /// `cuDeviceGetCount`.
 #[no_mangle]
-pub extern "C" fn cuDeviceGetCount(n: *mut c_int) -> i32 {
+pub unsafe extern "C" fn cuDeviceGetCount(n: *mut c_int) -> i32 {
     entry!("cuDeviceGetCount", {
         out!("cuDeviceGetCount", n, 1);
         SUCCESS
@@ -346,7 +346,7 @@ pub extern "C" fn cuDeviceGetCount(n: *mut c_int) -> i32 {
 
 /// `cuDeviceGet`.
 #[no_mangle]
-pub extern "C" fn cuDeviceGet(dev: *mut c_int, ordinal: c_int) -> i32 {
+pub unsafe extern "C" fn cuDeviceGet(dev: *mut c_int, ordinal: c_int) -> i32 {
     entry!("cuDeviceGet", {
         if ordinal != 0 {
             return bad(
@@ -362,7 +362,7 @@ pub extern "C" fn cuDeviceGet(dev: *mut c_int, ordinal: c_int) -> i32 {
 
 /// `cuDeviceGetName`.
 #[no_mangle]
-pub extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: c_int) -> i32 {
+pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: c_int) -> i32 {
     entry!("cuDeviceGetName", {
         if let Err(e) = check_dev("cuDeviceGetName", dev) {
             return e;
@@ -396,13 +396,13 @@ fn uuid(entry: &'static str, out: *mut [u8; 16], dev: c_int) -> i32 {
 
 /// `cuDeviceGetUuid`.
 #[no_mangle]
-pub extern "C" fn cuDeviceGetUuid(out: *mut [u8; 16], dev: c_int) -> i32 {
+pub unsafe extern "C" fn cuDeviceGetUuid(out: *mut [u8; 16], dev: c_int) -> i32 {
     entry!("cuDeviceGetUuid", { uuid("cuDeviceGetUuid", out, dev) })
 }
 
 /// `cuDeviceGetUuid_v2`.
 #[no_mangle]
-pub extern "C" fn cuDeviceGetUuid_v2(out: *mut [u8; 16], dev: c_int) -> i32 {
+pub unsafe extern "C" fn cuDeviceGetUuid_v2(out: *mut [u8; 16], dev: c_int) -> i32 {
     entry!("cuDeviceGetUuid_v2", {
         uuid("cuDeviceGetUuid_v2", out, dev)
     })
@@ -410,7 +410,7 @@ pub extern "C" fn cuDeviceGetUuid_v2(out: *mut [u8; 16], dev: c_int) -> i32 {
 
 /// `cuDeviceComputeCapability`.
 #[no_mangle]
-pub extern "C" fn cuDeviceComputeCapability(
+pub unsafe extern "C" fn cuDeviceComputeCapability(
     major: *mut c_int,
     minor: *mut c_int,
     dev: c_int,
@@ -470,7 +470,7 @@ fn attribute(attr: c_int) -> Option<c_int> {
 
 /// `cuDeviceGetAttribute`.
 #[no_mangle]
-pub extern "C" fn cuDeviceGetAttribute(v: *mut c_int, attr: c_int, dev: c_int) -> i32 {
+pub unsafe extern "C" fn cuDeviceGetAttribute(v: *mut c_int, attr: c_int, dev: c_int) -> i32 {
     entry!("cuDeviceGetAttribute", {
         if let Err(e) = check_dev("cuDeviceGetAttribute", dev) {
             return e;
@@ -491,7 +491,7 @@ pub extern "C" fn cuDeviceGetAttribute(v: *mut c_int, attr: c_int, dev: c_int) -
 
 /// `cuDeviceTotalMem_v2`.
 #[no_mangle]
-pub extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: c_int) -> i32 {
+pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: c_int) -> i32 {
     entry!("cuDeviceTotalMem_v2", {
         if let Err(e) = check_dev("cuDeviceTotalMem_v2", dev) {
             return e;
@@ -504,7 +504,7 @@ pub extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: c_int) -> i32 {
 
 /// `cuMemGetInfo_v2`.
 #[no_mangle]
-pub extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> i32 {
+pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> i32 {
     entry!("cuMemGetInfo_v2", {
         let st = state();
         if let Err(e) = need_ctx("cuMemGetInfo_v2", &st) {
@@ -560,7 +560,7 @@ fn primary_retain(out: *mut *mut c_void, dev: c_int) -> i32 {
 
 /// `cuDevicePrimaryCtxRetain`.
 #[no_mangle]
-pub extern "C" fn cuDevicePrimaryCtxRetain(out: *mut *mut c_void, dev: c_int) -> i32 {
+pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(out: *mut *mut c_void, dev: c_int) -> i32 {
     entry!("cuDevicePrimaryCtxRetain", { primary_retain(out, dev) })
 }
 
@@ -602,7 +602,7 @@ fn primary_release(entry: &'static str, dev: c_int) -> i32 {
 
 /// `cuDevicePrimaryCtxRelease`.
 #[no_mangle]
-pub extern "C" fn cuDevicePrimaryCtxRelease(dev: c_int) -> i32 {
+pub unsafe extern "C" fn cuDevicePrimaryCtxRelease(dev: c_int) -> i32 {
     entry!("cuDevicePrimaryCtxRelease", {
         primary_release("cuDevicePrimaryCtxRelease", dev)
     })
@@ -610,7 +610,7 @@ pub extern "C" fn cuDevicePrimaryCtxRelease(dev: c_int) -> i32 {
 
 /// `cuDevicePrimaryCtxRelease_v2`.
 #[no_mangle]
-pub extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: c_int) -> i32 {
+pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: c_int) -> i32 {
     entry!("cuDevicePrimaryCtxRelease_v2", {
         primary_release("cuDevicePrimaryCtxRelease_v2", dev)
     })
@@ -626,7 +626,7 @@ fn primary_set_flags(entry: &'static str, dev: c_int, flags: c_uint) -> i32 {
 
 /// `cuDevicePrimaryCtxSetFlags`.
 #[no_mangle]
-pub extern "C" fn cuDevicePrimaryCtxSetFlags(dev: c_int, flags: c_uint) -> i32 {
+pub unsafe extern "C" fn cuDevicePrimaryCtxSetFlags(dev: c_int, flags: c_uint) -> i32 {
     entry!("cuDevicePrimaryCtxSetFlags", {
         primary_set_flags("cuDevicePrimaryCtxSetFlags", dev, flags)
     })
@@ -634,7 +634,7 @@ pub extern "C" fn cuDevicePrimaryCtxSetFlags(dev: c_int, flags: c_uint) -> i32 {
 
 /// `cuDevicePrimaryCtxSetFlags_v2`.
 #[no_mangle]
-pub extern "C" fn cuDevicePrimaryCtxSetFlags_v2(dev: c_int, flags: c_uint) -> i32 {
+pub unsafe extern "C" fn cuDevicePrimaryCtxSetFlags_v2(dev: c_int, flags: c_uint) -> i32 {
     entry!("cuDevicePrimaryCtxSetFlags_v2", {
         primary_set_flags("cuDevicePrimaryCtxSetFlags_v2", dev, flags)
     })
@@ -642,7 +642,7 @@ pub extern "C" fn cuDevicePrimaryCtxSetFlags_v2(dev: c_int, flags: c_uint) -> i3
 
 /// `cuDevicePrimaryCtxGetState`.
 #[no_mangle]
-pub extern "C" fn cuDevicePrimaryCtxGetState(
+pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(
     dev: c_int,
     flags: *mut c_uint,
     active: *mut c_int,
@@ -678,7 +678,7 @@ fn primary_reset(entry: &'static str, dev: c_int) -> i32 {
 
 /// `cuDevicePrimaryCtxReset`.
 #[no_mangle]
-pub extern "C" fn cuDevicePrimaryCtxReset(dev: c_int) -> i32 {
+pub unsafe extern "C" fn cuDevicePrimaryCtxReset(dev: c_int) -> i32 {
     entry!("cuDevicePrimaryCtxReset", {
         primary_reset("cuDevicePrimaryCtxReset", dev)
     })
@@ -686,7 +686,7 @@ pub extern "C" fn cuDevicePrimaryCtxReset(dev: c_int) -> i32 {
 
 /// `cuDevicePrimaryCtxReset_v2`.
 #[no_mangle]
-pub extern "C" fn cuDevicePrimaryCtxReset_v2(dev: c_int) -> i32 {
+pub unsafe extern "C" fn cuDevicePrimaryCtxReset_v2(dev: c_int) -> i32 {
     entry!("cuDevicePrimaryCtxReset_v2", {
         primary_reset("cuDevicePrimaryCtxReset_v2", dev)
     })
@@ -694,7 +694,7 @@ pub extern "C" fn cuDevicePrimaryCtxReset_v2(dev: c_int) -> i32 {
 
 /// `cuCtxCreate_v2`: creates a context and makes it current.
 #[no_mangle]
-pub extern "C" fn cuCtxCreate_v2(out: *mut *mut c_void, _flags: c_uint, dev: c_int) -> i32 {
+pub unsafe extern "C" fn cuCtxCreate_v2(out: *mut *mut c_void, _flags: c_uint, dev: c_int) -> i32 {
     entry!("cuCtxCreate_v2", {
         if let Err(e) = check_dev("cuCtxCreate_v2", dev) {
             return e;
@@ -722,7 +722,7 @@ pub extern "C" fn cuCtxCreate_v2(out: *mut *mut c_void, _flags: c_uint, dev: c_i
 
 /// `cuCtxDestroy_v2`.
 #[no_mangle]
-pub extern "C" fn cuCtxDestroy_v2(ctx: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: *mut c_void) -> i32 {
     entry!("cuCtxDestroy_v2", {
         let h = ctx as u64;
         let mut st = state();
@@ -775,7 +775,7 @@ fn check_live_ctx(entry: &'static str, h: u64) -> Result<(), i32> {
 
 /// `cuCtxPushCurrent_v2`.
 #[no_mangle]
-pub extern "C" fn cuCtxPushCurrent_v2(ctx: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuCtxPushCurrent_v2(ctx: *mut c_void) -> i32 {
     entry!("cuCtxPushCurrent_v2", {
         if let Err(e) = check_live_ctx("cuCtxPushCurrent_v2", ctx as u64) {
             return e;
@@ -787,7 +787,7 @@ pub extern "C" fn cuCtxPushCurrent_v2(ctx: *mut c_void) -> i32 {
 
 /// `cuCtxPopCurrent_v2`.
 #[no_mangle]
-pub extern "C" fn cuCtxPopCurrent_v2(out: *mut *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuCtxPopCurrent_v2(out: *mut *mut c_void) -> i32 {
     entry!("cuCtxPopCurrent_v2", {
         match CTX_STACK.with(|s| s.borrow_mut().pop()) {
             Some(h) => {
@@ -808,7 +808,7 @@ pub extern "C" fn cuCtxPopCurrent_v2(out: *mut *mut c_void) -> i32 {
 
 /// `cuCtxSetCurrent`: replaces the top of the stack (NULL empties it).
 #[no_mangle]
-pub extern "C" fn cuCtxSetCurrent(ctx: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuCtxSetCurrent(ctx: *mut c_void) -> i32 {
     entry!("cuCtxSetCurrent", {
         let h = ctx as u64;
         if h != 0 {
@@ -829,7 +829,7 @@ pub extern "C" fn cuCtxSetCurrent(ctx: *mut c_void) -> i32 {
 
 /// `cuCtxGetCurrent`.
 #[no_mangle]
-pub extern "C" fn cuCtxGetCurrent(out: *mut *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuCtxGetCurrent(out: *mut *mut c_void) -> i32 {
     entry!("cuCtxGetCurrent", {
         let h = current_ctx().unwrap_or(0);
         out!("cuCtxGetCurrent", out, h as *mut c_void);
@@ -839,7 +839,7 @@ pub extern "C" fn cuCtxGetCurrent(out: *mut *mut c_void) -> i32 {
 
 /// `cuCtxGetDevice`.
 #[no_mangle]
-pub extern "C" fn cuCtxGetDevice(out: *mut c_int) -> i32 {
+pub unsafe extern "C" fn cuCtxGetDevice(out: *mut c_int) -> i32 {
     entry!("cuCtxGetDevice", {
         if let Err(e) = need_ctx("cuCtxGetDevice", &state()) {
             return e;
@@ -851,7 +851,7 @@ pub extern "C" fn cuCtxGetDevice(out: *mut c_int) -> i32 {
 
 /// `cuCtxSynchronize`: everything is synchronous already.
 #[no_mangle]
-pub extern "C" fn cuCtxSynchronize() -> i32 {
+pub unsafe extern "C" fn cuCtxSynchronize() -> i32 {
     entry!("cuCtxSynchronize", {
         match need_ctx("cuCtxSynchronize", &state()) {
             Ok(_) => SUCCESS,
@@ -862,7 +862,7 @@ pub extern "C" fn cuCtxSynchronize() -> i32 {
 
 /// `cuCtxSetLimit`: accepted and ignored.
 #[no_mangle]
-pub extern "C" fn cuCtxSetLimit(_limit: c_int, _value: usize) -> i32 {
+pub unsafe extern "C" fn cuCtxSetLimit(_limit: c_int, _value: usize) -> i32 {
     entry!("cuCtxSetLimit", {
         match need_ctx("cuCtxSetLimit", &state()) {
             Ok(_) => SUCCESS,
@@ -873,7 +873,10 @@ pub extern "C" fn cuCtxSetLimit(_limit: c_int, _value: usize) -> i32 {
 
 /// `cuCtxGetStreamPriorityRange`.
 #[no_mangle]
-pub extern "C" fn cuCtxGetStreamPriorityRange(least: *mut c_int, greatest: *mut c_int) -> i32 {
+pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(
+    least: *mut c_int,
+    greatest: *mut c_int,
+) -> i32 {
     entry!("cuCtxGetStreamPriorityRange", {
         if !least.is_null() {
             // SAFETY: non-null out-pointer to an int (API contract).
@@ -923,13 +926,13 @@ fn alloc(entry: &'static str, out: *mut u64, bytes: usize) -> i32 {
 
 /// `cuMemAlloc_v2`.
 #[no_mangle]
-pub extern "C" fn cuMemAlloc_v2(out: *mut u64, bytes: usize) -> i32 {
+pub unsafe extern "C" fn cuMemAlloc_v2(out: *mut u64, bytes: usize) -> i32 {
     entry!("cuMemAlloc_v2", { alloc("cuMemAlloc_v2", out, bytes) })
 }
 
 /// `cuMemAllocPitch_v2`: the pitch is the width rounded up to 512 bytes.
 #[no_mangle]
-pub extern "C" fn cuMemAllocPitch_v2(
+pub unsafe extern "C" fn cuMemAllocPitch_v2(
     out: *mut u64,
     pitch: *mut usize,
     width_bytes: usize,
@@ -963,7 +966,7 @@ pub extern "C" fn cuMemAllocPitch_v2(
 
 /// `cuMemFree_v2`.
 #[no_mangle]
-pub extern "C" fn cuMemFree_v2(ptr: u64) -> i32 {
+pub unsafe extern "C" fn cuMemFree_v2(ptr: u64) -> i32 {
     entry!("cuMemFree_v2", {
         let mut st = state();
         if let Err(e) = need_ctx("cuMemFree_v2", &st) {
@@ -1016,7 +1019,11 @@ fn host_alloc(entry: &'static str, out: *mut *mut c_void, bytes: usize) -> i32 {
 
 /// `cuMemHostAlloc`: page-aligned host memory, tracked so leaks are counted.
 #[no_mangle]
-pub extern "C" fn cuMemHostAlloc(out: *mut *mut c_void, bytes: usize, _flags: c_uint) -> i32 {
+pub unsafe extern "C" fn cuMemHostAlloc(
+    out: *mut *mut c_void,
+    bytes: usize,
+    _flags: c_uint,
+) -> i32 {
     entry!("cuMemHostAlloc", {
         host_alloc("cuMemHostAlloc", out, bytes)
     })
@@ -1024,7 +1031,7 @@ pub extern "C" fn cuMemHostAlloc(out: *mut *mut c_void, bytes: usize, _flags: c_
 
 /// `cuMemAllocHost_v2`.
 #[no_mangle]
-pub extern "C" fn cuMemAllocHost_v2(out: *mut *mut c_void, bytes: usize) -> i32 {
+pub unsafe extern "C" fn cuMemAllocHost_v2(out: *mut *mut c_void, bytes: usize) -> i32 {
     entry!("cuMemAllocHost_v2", {
         host_alloc("cuMemAllocHost_v2", out, bytes)
     })
@@ -1032,7 +1039,7 @@ pub extern "C" fn cuMemAllocHost_v2(out: *mut *mut c_void, bytes: usize) -> i32 
 
 /// `cuMemFreeHost`.
 #[no_mangle]
-pub extern "C" fn cuMemFreeHost(p: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> i32 {
     entry!("cuMemFreeHost", {
         let mut st = state();
         match st.host_allocs.remove(&(p as usize)) {
@@ -1177,7 +1184,7 @@ fn copy_linear(
 
 /// `cuMemcpy` (unified addressing).
 #[no_mangle]
-pub extern "C" fn cuMemcpy(dst: u64, src: u64, n: usize) -> i32 {
+pub unsafe extern "C" fn cuMemcpy(dst: u64, src: u64, n: usize) -> i32 {
     entry!("cuMemcpy", {
         let (d, s) = {
             let st = state();
@@ -1189,7 +1196,7 @@ pub extern "C" fn cuMemcpy(dst: u64, src: u64, n: usize) -> i32 {
 
 /// `cuMemcpyAsync` (unified addressing; runs synchronously).
 #[no_mangle]
-pub extern "C" fn cuMemcpyAsync(dst: u64, src: u64, n: usize, stream: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuMemcpyAsync(dst: u64, src: u64, n: usize, stream: *mut c_void) -> i32 {
     entry!("cuMemcpyAsync", {
         let (d, s) = {
             let st = state();
@@ -1201,7 +1208,7 @@ pub extern "C" fn cuMemcpyAsync(dst: u64, src: u64, n: usize, stream: *mut c_voi
 
 /// `cuMemcpyHtoD_v2`.
 #[no_mangle]
-pub extern "C" fn cuMemcpyHtoD_v2(dst: u64, src: *const c_void, n: usize) -> i32 {
+pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: u64, src: *const c_void, n: usize) -> i32 {
     entry!("cuMemcpyHtoD_v2", {
         copy_linear(
             "cuMemcpyHtoD_v2",
@@ -1215,7 +1222,7 @@ pub extern "C" fn cuMemcpyHtoD_v2(dst: u64, src: *const c_void, n: usize) -> i32
 
 /// `cuMemcpyHtoDAsync_v2`.
 #[no_mangle]
-pub extern "C" fn cuMemcpyHtoDAsync_v2(
+pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
     dst: u64,
     src: *const c_void,
     n: usize,
@@ -1234,7 +1241,7 @@ pub extern "C" fn cuMemcpyHtoDAsync_v2(
 
 /// `cuMemcpyDtoH_v2`.
 #[no_mangle]
-pub extern "C" fn cuMemcpyDtoH_v2(dst: *mut c_void, src: u64, n: usize) -> i32 {
+pub unsafe extern "C" fn cuMemcpyDtoH_v2(dst: *mut c_void, src: u64, n: usize) -> i32 {
     entry!("cuMemcpyDtoH_v2", {
         copy_linear(
             "cuMemcpyDtoH_v2",
@@ -1248,7 +1255,7 @@ pub extern "C" fn cuMemcpyDtoH_v2(dst: *mut c_void, src: u64, n: usize) -> i32 {
 
 /// `cuMemcpyDtoHAsync_v2`.
 #[no_mangle]
-pub extern "C" fn cuMemcpyDtoHAsync_v2(
+pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
     dst: *mut c_void,
     src: u64,
     n: usize,
@@ -1267,7 +1274,7 @@ pub extern "C" fn cuMemcpyDtoHAsync_v2(
 
 /// `cuMemcpyDtoD_v2`.
 #[no_mangle]
-pub extern "C" fn cuMemcpyDtoD_v2(dst: u64, src: u64, n: usize) -> i32 {
+pub unsafe extern "C" fn cuMemcpyDtoD_v2(dst: u64, src: u64, n: usize) -> i32 {
     entry!("cuMemcpyDtoD_v2", {
         copy_linear("cuMemcpyDtoD_v2", Side::Dev(dst), Side::Dev(src), n, None)
     })
@@ -1275,7 +1282,7 @@ pub extern "C" fn cuMemcpyDtoD_v2(dst: u64, src: u64, n: usize) -> i32 {
 
 /// `cuMemcpyDtoDAsync_v2`.
 #[no_mangle]
-pub extern "C" fn cuMemcpyDtoDAsync_v2(dst: u64, src: u64, n: usize, s: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(dst: u64, src: u64, n: usize, s: *mut c_void) -> i32 {
     entry!("cuMemcpyDtoDAsync_v2", {
         copy_linear(
             "cuMemcpyDtoDAsync_v2",
@@ -1407,26 +1414,25 @@ fn copy_2d(entry: &'static str, p: *const CudaMemcpy2D, stream: Option<*mut c_vo
         // SAFETY: both footprints were bounds-checked above (device) or are the caller's buffers
         // described by the same parameters (host); row `row` starts `row * pitch` bytes in and is
         // `WidthInBytes` long, inside the checked span. `copy` tolerates overlap.
-        unsafe {
-            std::ptr::copy(
-                src_ptr.add(row * c.srcPitch),
-                dst_ptr.add(row * c.dstPitch),
-                c.WidthInBytes,
-            );
-        }
+        let (from, to) = (
+            src_ptr.wrapping_add(row * c.srcPitch),
+            dst_ptr.wrapping_add(row * c.dstPitch),
+        );
+        // SAFETY: as above: `from` and `to` are row starts inside the checked spans.
+        unsafe { std::ptr::copy(from, to, c.WidthInBytes) };
     }
     SUCCESS
 }
 
 /// `cuMemcpy2D_v2`.
 #[no_mangle]
-pub extern "C" fn cuMemcpy2D_v2(p: *const CudaMemcpy2D) -> i32 {
+pub unsafe extern "C" fn cuMemcpy2D_v2(p: *const CudaMemcpy2D) -> i32 {
     entry!("cuMemcpy2D_v2", { copy_2d("cuMemcpy2D_v2", p, None) })
 }
 
 /// `cuMemcpy2DUnaligned_v2`.
 #[no_mangle]
-pub extern "C" fn cuMemcpy2DUnaligned_v2(p: *const CudaMemcpy2D) -> i32 {
+pub unsafe extern "C" fn cuMemcpy2DUnaligned_v2(p: *const CudaMemcpy2D) -> i32 {
     entry!("cuMemcpy2DUnaligned_v2", {
         copy_2d("cuMemcpy2DUnaligned_v2", p, None)
     })
@@ -1434,7 +1440,7 @@ pub extern "C" fn cuMemcpy2DUnaligned_v2(p: *const CudaMemcpy2D) -> i32 {
 
 /// `cuMemcpy2DAsync_v2` (runs synchronously).
 #[no_mangle]
-pub extern "C" fn cuMemcpy2DAsync_v2(p: *const CudaMemcpy2D, s: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuMemcpy2DAsync_v2(p: *const CudaMemcpy2D, s: *mut c_void) -> i32 {
     entry!("cuMemcpy2DAsync_v2", {
         copy_2d("cuMemcpy2DAsync_v2", p, Some(s))
     })
@@ -1462,7 +1468,7 @@ fn memset(entry: &'static str, dst: u64, v: u8, n: usize, stream: Option<*mut c_
 
 /// `cuMemsetD8_v2`.
 #[no_mangle]
-pub extern "C" fn cuMemsetD8_v2(dst: u64, v: u8, n: usize) -> i32 {
+pub unsafe extern "C" fn cuMemsetD8_v2(dst: u64, v: u8, n: usize) -> i32 {
     entry!("cuMemsetD8_v2", {
         memset("cuMemsetD8_v2", dst, v, n, None)
     })
@@ -1470,7 +1476,7 @@ pub extern "C" fn cuMemsetD8_v2(dst: u64, v: u8, n: usize) -> i32 {
 
 /// `cuMemsetD8Async`.
 #[no_mangle]
-pub extern "C" fn cuMemsetD8Async(dst: u64, v: u8, n: usize, s: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuMemsetD8Async(dst: u64, v: u8, n: usize, s: *mut c_void) -> i32 {
     entry!("cuMemsetD8Async", {
         memset("cuMemsetD8Async", dst, v, n, Some(s))
     })
@@ -1479,7 +1485,7 @@ pub extern "C" fn cuMemsetD8Async(dst: u64, v: u8, n: usize, s: *mut c_void) -> 
 /// `cuPointerGetAttribute`: CONTEXT (1), MEMORY_TYPE (2), DEVICE_POINTER (3), DEVICE_ORDINAL (9),
 /// RANGE_START_ADDR (11), RANGE_SIZE (12) of a device pointer.
 #[no_mangle]
-pub extern "C" fn cuPointerGetAttribute(data: *mut c_void, attr: c_int, ptr: u64) -> i32 {
+pub unsafe extern "C" fn cuPointerGetAttribute(data: *mut c_void, attr: c_int, ptr: u64) -> i32 {
     entry!("cuPointerGetAttribute", {
         if data.is_null() {
             return bad("cuPointerGetAttribute", INVALID_VALUE, "NULL data pointer");
@@ -1492,14 +1498,28 @@ pub extern "C" fn cuPointerGetAttribute(data: *mut c_void, attr: c_int, ptr: u64
         let Some(a) = st.allocs.get(&base) else {
             return UNKNOWN;
         };
-        // SAFETY (all writes below): `data` is non-null and, per the API, points at storage of
-        // the attribute's type (CUcontext, unsigned int, CUdeviceptr, int or size_t).
+        /// Writes the attribute value.
+        ///
+        /// # Safety
+        ///
+        /// `data` must be non-null and point at writable storage for a `T`.
+        unsafe fn put<T>(data: *mut c_void, v: T) {
+            // SAFETY: forwarded contract.
+            unsafe { data.cast::<T>().write(v) }
+        }
+        // SAFETY (each arm): `data` is non-null (checked above) and, per the API, points at
+        // storage of the attribute's type (CUcontext, unsigned int, CUdeviceptr, int, size_t).
         match attr {
-            1 => unsafe { data.cast::<*mut c_void>().write(a.ctx as *mut c_void) },
-            2 => unsafe { data.cast::<c_uint>().write(MEMORYTYPE_DEVICE) },
-            3 | 11 => unsafe { data.cast::<u64>().write(if attr == 3 { ptr } else { base }) },
-            9 => unsafe { data.cast::<c_int>().write(0) },
-            12 => unsafe { data.cast::<usize>().write(a.data.len()) },
+            // SAFETY: see above.
+            1 => unsafe { put(data, a.ctx as *mut c_void) },
+            // SAFETY: see above.
+            2 => unsafe { put::<c_uint>(data, MEMORYTYPE_DEVICE) },
+            // SAFETY: see above.
+            3 | 11 => unsafe { put::<u64>(data, if attr == 3 { ptr } else { base }) },
+            // SAFETY: see above.
+            9 => unsafe { put::<c_int>(data, 0) },
+            // SAFETY: see above.
+            12 => unsafe { put::<usize>(data, a.data.len()) },
             _ => return NOT_SUPPORTED,
         }
         SUCCESS
@@ -1528,13 +1548,13 @@ fn stream_create(entry: &'static str, out: *mut *mut c_void) -> i32 {
 
 /// `cuStreamCreate`.
 #[no_mangle]
-pub extern "C" fn cuStreamCreate(out: *mut *mut c_void, _flags: c_uint) -> i32 {
+pub unsafe extern "C" fn cuStreamCreate(out: *mut *mut c_void, _flags: c_uint) -> i32 {
     entry!("cuStreamCreate", { stream_create("cuStreamCreate", out) })
 }
 
 /// `cuStreamCreateWithPriority`.
 #[no_mangle]
-pub extern "C" fn cuStreamCreateWithPriority(
+pub unsafe extern "C" fn cuStreamCreateWithPriority(
     out: *mut *mut c_void,
     _flags: c_uint,
     _prio: c_int,
@@ -1546,7 +1566,7 @@ pub extern "C" fn cuStreamCreateWithPriority(
 
 /// `cuStreamDestroy_v2`.
 #[no_mangle]
-pub extern "C" fn cuStreamDestroy_v2(s: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuStreamDestroy_v2(s: *mut c_void) -> i32 {
     entry!("cuStreamDestroy_v2", {
         if state().streams.remove(&(s as u64)).is_some() {
             SUCCESS
@@ -1569,7 +1589,7 @@ fn stream_noop(entry: &'static str, s: *mut c_void) -> i32 {
 
 /// `cuStreamSynchronize`.
 #[no_mangle]
-pub extern "C" fn cuStreamSynchronize(s: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuStreamSynchronize(s: *mut c_void) -> i32 {
     entry!("cuStreamSynchronize", {
         stream_noop("cuStreamSynchronize", s)
     })
@@ -1577,13 +1597,13 @@ pub extern "C" fn cuStreamSynchronize(s: *mut c_void) -> i32 {
 
 /// `cuStreamQuery`: always complete.
 #[no_mangle]
-pub extern "C" fn cuStreamQuery(s: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuStreamQuery(s: *mut c_void) -> i32 {
     entry!("cuStreamQuery", { stream_noop("cuStreamQuery", s) })
 }
 
 /// `cuStreamWaitEvent`.
 #[no_mangle]
-pub extern "C" fn cuStreamWaitEvent(s: *mut c_void, ev: *mut c_void, _flags: c_uint) -> i32 {
+pub unsafe extern "C" fn cuStreamWaitEvent(s: *mut c_void, ev: *mut c_void, _flags: c_uint) -> i32 {
     entry!("cuStreamWaitEvent", {
         let st = state();
         if let Err(e) = check_stream("cuStreamWaitEvent", &st, s) {
@@ -1603,7 +1623,7 @@ pub extern "C" fn cuStreamWaitEvent(s: *mut c_void, ev: *mut c_void, _flags: c_u
 
 /// `cuEventCreate`.
 #[no_mangle]
-pub extern "C" fn cuEventCreate(out: *mut *mut c_void, _flags: c_uint) -> i32 {
+pub unsafe extern "C" fn cuEventCreate(out: *mut *mut c_void, _flags: c_uint) -> i32 {
     entry!("cuEventCreate", {
         if out.is_null() {
             return bad("cuEventCreate", INVALID_VALUE, "NULL output pointer");
@@ -1649,7 +1669,7 @@ fn with_event<R>(
 
 /// `cuEventRecord`.
 #[no_mangle]
-pub extern "C" fn cuEventRecord(ev: *mut c_void, s: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuEventRecord(ev: *mut c_void, s: *mut c_void) -> i32 {
     entry!("cuEventRecord", {
         if let Err(e) = check_stream("cuEventRecord", &state(), s) {
             return e;
@@ -1665,7 +1685,7 @@ pub extern "C" fn cuEventRecord(ev: *mut c_void, s: *mut c_void) -> i32 {
 
 /// `cuEventSynchronize`.
 #[no_mangle]
-pub extern "C" fn cuEventSynchronize(ev: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuEventSynchronize(ev: *mut c_void) -> i32 {
     entry!("cuEventSynchronize", {
         with_event("cuEventSynchronize", ev, |_| SUCCESS).unwrap_or_else(|e| e)
     })
@@ -1673,7 +1693,7 @@ pub extern "C" fn cuEventSynchronize(ev: *mut c_void) -> i32 {
 
 /// `cuEventQuery`.
 #[no_mangle]
-pub extern "C" fn cuEventQuery(ev: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuEventQuery(ev: *mut c_void) -> i32 {
     entry!("cuEventQuery", {
         with_event("cuEventQuery", ev, |_| SUCCESS).unwrap_or_else(|e| e)
     })
@@ -1681,7 +1701,7 @@ pub extern "C" fn cuEventQuery(ev: *mut c_void) -> i32 {
 
 /// `cuEventDestroy_v2`.
 #[no_mangle]
-pub extern "C" fn cuEventDestroy_v2(ev: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuEventDestroy_v2(ev: *mut c_void) -> i32 {
     entry!("cuEventDestroy_v2", {
         if state().events.remove(&(ev as u64)).is_some() {
             SUCCESS
@@ -1716,7 +1736,7 @@ fn elapsed(entry: &'static str, ms: *mut f32, a: *mut c_void, b: *mut c_void) ->
 
 /// `cuEventElapsedTime`.
 #[no_mangle]
-pub extern "C" fn cuEventElapsedTime(ms: *mut f32, a: *mut c_void, b: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, a: *mut c_void, b: *mut c_void) -> i32 {
     entry!("cuEventElapsedTime", {
         elapsed("cuEventElapsedTime", ms, a, b)
     })
@@ -1724,7 +1744,11 @@ pub extern "C" fn cuEventElapsedTime(ms: *mut f32, a: *mut c_void, b: *mut c_voi
 
 /// `cuEventElapsedTime_v2`.
 #[no_mangle]
-pub extern "C" fn cuEventElapsedTime_v2(ms: *mut f32, a: *mut c_void, b: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cuEventElapsedTime_v2(
+    ms: *mut f32,
+    a: *mut c_void,
+    b: *mut c_void,
+) -> i32 {
     entry!("cuEventElapsedTime_v2", {
         elapsed("cuEventElapsedTime_v2", ms, a, b)
     })
@@ -1767,7 +1791,7 @@ fn error_text(e: i32) -> &'static [u8] {
 
 /// `cuGetErrorName` (works before `cuInit`).
 #[no_mangle]
-pub extern "C" fn cuGetErrorName(e: i32, out: *mut *const c_char) -> i32 {
+pub unsafe extern "C" fn cuGetErrorName(e: i32, out: *mut *const c_char) -> i32 {
     guard(&EMU, "cuGetErrorName", UNKNOWN, || {
         out!("cuGetErrorName", out, error_name(e).as_ptr().cast());
         SUCCESS
@@ -1776,7 +1800,7 @@ pub extern "C" fn cuGetErrorName(e: i32, out: *mut *const c_char) -> i32 {
 
 /// `cuGetErrorString` (works before `cuInit`).
 #[no_mangle]
-pub extern "C" fn cuGetErrorString(e: i32, out: *mut *const c_char) -> i32 {
+pub unsafe extern "C" fn cuGetErrorString(e: i32, out: *mut *const c_char) -> i32 {
     guard(&EMU, "cuGetErrorString", UNKNOWN, || {
         out!("cuGetErrorString", out, error_text(e).as_ptr().cast());
         SUCCESS

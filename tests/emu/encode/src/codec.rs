@@ -177,7 +177,7 @@ fn nal_units(nals: *mut x::x264_nal_t, count: c_int) -> Vec<(c_int, &'static [u8
     for i in 0..count.max(0) as usize {
         // SAFETY: x264 returned `count` NAL descriptors at `nals`, valid until its next call; the
         // caller copies the payloads before calling x264 again.
-        let n = unsafe { &*nals.add(i) };
+        let n = unsafe { &*nals.wrapping_add(i) };
         // SAFETY: each descriptor's payload is `i_payload` initialised bytes owned by x264.
         let bytes = unsafe { std::slice::from_raw_parts(n.p_payload, n.i_payload as usize) };
         out.push((n.i_type, bytes));

@@ -750,7 +750,7 @@ unsafe fn fill<T: Copy>(items: &[T], arr: *mut T, size: u32, count: *mut u32) ->
     }
     for (i, it) in items.iter().enumerate() {
         // SAFETY: `i < items.len() <= size` and the client's array holds `size` entries.
-        unsafe { arr.add(i).write(*it) };
+        unsafe { arr.wrapping_add(i).write(*it) };
     }
     // SAFETY: forwarded contract.
     unsafe { put(count, items.len() as u32, "count") }?;

@@ -114,10 +114,9 @@ fn init_params(
     cfg.frameIntervalP = interval;
     cfg.gopLength = 30;
     // SAFETY: the H.264 member of the union of an H.264 config.
-    unsafe {
-        cfg.encodeCodecConfig.h264Config.idrPeriod = 30;
-        cfg.encodeCodecConfig.h264Config.set_repeatSPSPPS(1);
-    }
+    let h264 = unsafe { &mut cfg.encodeCodecConfig.h264Config };
+    h264.idrPeriod = 30;
+    h264.set_repeatSPSPPS(1);
     nv::NV_ENC_INITIALIZE_PARAMS {
         version: nv::NV_ENC_INITIALIZE_PARAMS_VER,
         encodeGUID: nv::NV_ENC_CODEC_H264_GUID,
@@ -530,11 +529,8 @@ fn scenario_encode(path: &str, frames: u64, interval: u32) -> Result<(), String>
         let mut cfg = s.preset()?;
         let mut ip = init_params(&mut cfg, w, h, interval as i32);
         // SAFETY: live session, valid struct.
-        expect(
-            "init",
-            unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) },
-            S::NV_ENC_SUCCESS,
-        )?;
+        let st = unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) };
+        expect("init", st, S::NV_ENC_SUCCESS)?;
         for _ in 0..ring {
             let (mut d, mut p) = (0u64, 0usize);
             // SAFETY: valid out-pointers, context current.
@@ -561,11 +557,8 @@ fn scenario_encode(path: &str, frames: u64, interval: u32) -> Result<(), String>
                 log.push(format!("{ts}:{ty}"));
                 if let Some(m) = maps[k].take() {
                     // SAFETY: unmapping the mapping whose frame was just locked.
-                    expect(
-                        "unmap",
-                        unsafe { (s.f.unmap_input_resource)(s.enc, m) },
-                        S::NV_ENC_SUCCESS,
-                    )?;
+                    let st = unsafe { (s.f.unmap_input_resource)(s.enc, m) };
+                    expect("unmap", st, S::NV_ENC_SUCCESS)?;
                 }
             }
             Ok(())
@@ -602,9 +595,10 @@ fn scenario_encode(path: &str, frames: u64, interval: u32) -> Result<(), String>
                 S::NV_ENC_SUCCESS => drain(&mut pending, &mut maps, &mut log)?,
                 S::NV_ENC_ERR_NEED_MORE_INPUT => {}
                 other => {
-                    // SAFETY: live session; the driver's string stays valid until its next call.
-                    let why =
-                        unsafe { std::ffi::CStr::from_ptr((s.f.get_last_error_string)(s.enc)) };
+                    // SAFETY: live session.
+                    let text = unsafe { (s.f.get_last_error_string)(s.enc) };
+                    // SAFETY: the driver's NUL-terminated string stays valid until its next call.
+                    let why = unsafe { std::ffi::CStr::from_ptr(text) };
                     return fail(format!("encode {n}: {other}: {}", why.to_string_lossy()));
                 }
             }
