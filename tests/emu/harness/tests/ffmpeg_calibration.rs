@@ -43,11 +43,17 @@ fn reference(dir: &Path) -> Vec<u8> {
 
 /// Runs one ffmpeg encode against the emulator and checks everything about it.
 fn calibrate(name: &str, pre_input: &[&str], encode: &[&str]) {
+    let _ = calibrate_into(&format!("{name}.h264"), pre_input, encode);
+}
+
+/// As [`calibrate`], writing `file` (the extension picks the container); returns the folder.
+fn calibrate_into(file: &str, pre_input: &[&str], encode: &[&str]) -> Option<tempfile::TempDir> {
+    let name = file;
     if !ffmpeg_with_nvenc() {
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join(format!("{name}.h264"));
+    let out = dir.path().join(file);
     let emu = EmuDriver::new();
     let output = emu
         .command("ffmpeg")
@@ -91,6 +97,7 @@ fn calibrate(name: &str, pre_input: &[&str], encode: &[&str]) {
         min >= MIN_FRAME_PSNR,
         "{name}: a frame has PSNR {min:.2} dB < {MIN_FRAME_PSNR}"
     );
+    Some(dir)
 }
 
 #[test]
@@ -137,6 +144,57 @@ fn ffmpeg_forced_idr() {
             "expr:eq(n,7)",
         ],
     );
+}
+
+/// In a container, FFmpeg derives pts from `outputTimeStamp` and dts from the submission order:
+/// with B-frames the pts must come out reordered (anchor before its B-pictures), every frame's
+/// pts exactly once, dts increasing and never after pts.
+#[test]
+fn ffmpeg_mp4_timestamps_with_b_frames() {
+    let Some(dir) = calibrate_into("ts.mp4", &[], &["-preset", "p4", "-bf", "2"]) else {
+        return;
+    };
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=pts,dts",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(dir.path().join("ts.mp4"))
+        .output()
+        .unwrap();
+    let packets: Vec<(i64, i64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (p, d) = l.split_once(',')?;
+            Some((p.trim().parse().ok()?, d.trim().parse().ok()?))
+        })
+        .collect();
+    assert_eq!(packets.len(), FRAMES);
+    let step = packets
+        .iter()
+        .map(|p| p.0)
+        .filter(|&p| p > 0)
+        .min()
+        .unwrap();
+    let mut pts: Vec<i64> = packets.iter().map(|p| p.0).collect();
+    assert!(
+        pts.windows(2).any(|w| w[1] < w[0]),
+        "no reordering: {pts:?}"
+    );
+    pts.sort_unstable();
+    assert_eq!(
+        pts,
+        (0..FRAMES as i64).map(|i| i * step).collect::<Vec<_>>()
+    );
+    assert!(
+        packets.windows(2).all(|w| w[1].1 > w[0].1),
+        "dts not increasing"
+    );
+    assert!(packets.iter().all(|(p, d)| d <= p), "dts after pts");
 }
 
 /// FFmpeg's CUDA frame path: `hwupload` into device memory (cuMemAlloc, cuMemcpy2DAsync), then
