@@ -29,8 +29,11 @@ pub use nvenc_sys::ApiVersion;
 /// Where the emulated libraries are, under the driver's names.
 #[derive(Debug)]
 pub struct Libs {
-    /// The folder to put on `LD_LIBRARY_PATH`.
+    /// The folder to put on `LD_LIBRARY_PATH`: both emulated libraries.
     pub dir: PathBuf,
+    /// A folder holding only the emulated `libnvidia-encode.so.1`, for running the emulated
+    /// NVENC on top of the machine's real `libcuda` (GPU machines).
+    pub encode_only_dir: PathBuf,
     /// The built `libnvenc_emu_cuda.so`.
     pub cuda: PathBuf,
     /// The built `libnvenc_emu_encode.so`.
@@ -92,18 +95,24 @@ fn build() -> Result<Libs, String> {
         .prefix("nvenc-emu-libs")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let dir = keep.path().to_path_buf();
-    for (link, target) in [
-        ("libcuda.so.1", &cuda),
-        ("libcuda.so", &cuda),
-        ("libnvidia-encode.so.1", &encode),
+    let dir = keep.path().join("pair");
+    let encode_only_dir = keep.path().join("encode-only");
+    for d in [&dir, &encode_only_dir] {
+        std::fs::create_dir(d).map_err(|e| e.to_string())?;
+    }
+    for (d, link, target) in [
+        (&dir, "libcuda.so.1", &cuda),
+        (&dir, "libcuda.so", &cuda),
+        (&dir, "libnvidia-encode.so.1", &encode),
+        (&encode_only_dir, "libnvidia-encode.so.1", &encode),
     ] {
         // A copy, not a link: the child keeps working even if cargo rebuilds the artifact
         // while it runs.
-        std::fs::copy(target, dir.join(link)).map_err(|e| format!("copying {link}: {e}"))?;
+        std::fs::copy(target, d.join(link)).map_err(|e| format!("copying {link}: {e}"))?;
     }
     Ok(Libs {
         dir,
+        encode_only_dir,
         cuda,
         encode,
         _keep: keep,
@@ -123,10 +132,21 @@ pub fn libs() -> &'static Libs {
     }
 }
 
+/// Whether the machine has a real CUDA driver (`libcuda.so.1` loads). Checked in a child process,
+/// so the test process itself never loads a driver.
+#[must_use]
+pub fn real_cuda_available() -> bool {
+    Command::new("sh")
+        .args(["-c", "ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1 '"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// How the emulated device should misbehave, and where it reports; makes child commands.
 #[derive(Debug)]
 pub struct EmuDriver {
     env: BTreeMap<String, String>,
+    real_cuda: bool,
     faults: Vec<String>,
     report: PathBuf,
     _dir: tempfile::TempDir,
@@ -152,6 +172,7 @@ impl EmuDriver {
             .expect("temporary folder for the emulator report");
         Self {
             env: BTreeMap::new(),
+            real_cuda: false,
             faults: Vec::new(),
             report: dir.path().join("report.txt"),
             _dir: dir,
@@ -202,6 +223,15 @@ impl EmuDriver {
         self.env("NVENC_EMU_FAST", "1")
     }
 
+    /// Emulate only NVENC and let the child load the machine's real `libcuda` (GPU machines):
+    /// surfaces then live in real device memory and the emulator reads them through the real
+    /// driver. See [`real_cuda_available`].
+    #[must_use]
+    pub fn real_cuda(mut self) -> Self {
+        self.real_cuda = true;
+        self
+    }
+
     /// Any other variable for the child.
     #[must_use]
     pub fn env(mut self, k: &str, v: impl Into<String>) -> Self {
@@ -220,7 +250,16 @@ impl EmuDriver {
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let libs = libs();
         let mut c = Command::new(program);
-        c.env("LD_LIBRARY_PATH", &libs.dir)
+        let dir = if self.real_cuda {
+            let mut path =
+                std::env::split_paths(&std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default())
+                    .collect::<Vec<_>>();
+            path.insert(0, libs.encode_only_dir.clone());
+            std::env::join_paths(path).unwrap_or_else(|_| libs.encode_only_dir.clone().into())
+        } else {
+            libs.dir.clone().into()
+        };
+        c.env("LD_LIBRARY_PATH", dir)
             .env("NVENC_EMU_REPORT", &self.report)
             .env_remove("NVENC_LIBRARY_PATH")
             .env_remove("NVENC_EMU_FAULTS");

@@ -247,3 +247,45 @@ fn cudarc_runs_on_the_emulated_libcuda() {
     );
     report.assert_clean();
 }
+
+/// The build never produces a file under a driver's name, so `cargo test` (which puts
+/// `target/<profile>` on `LD_LIBRARY_PATH`) cannot make other tests load an emulator.
+#[test]
+fn artifacts_never_shadow_a_driver() {
+    let libs = nvenc_emu_harness::libs();
+    for artifact in [&libs.cuda, &libs.encode] {
+        let name = artifact.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("libnvenc_emu_"), "{name}");
+        let dir = artifact.parent().unwrap();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let n = entry.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                !n.starts_with("libcuda.so") && !n.starts_with("libnvidia-encode.so"),
+                "{} holds {n}",
+                dir.display()
+            );
+        }
+    }
+}
+
+/// On a GPU machine: the emulated NVENC on top of the real libcuda (real device memory, read back
+/// through the real driver). Skips loudly elsewhere; `NVENC_EMU_REQUIRE_GPU=1` makes it fail.
+#[test]
+fn emulated_nvenc_on_a_real_libcuda() {
+    if !nvenc_emu_harness::real_cuda_available() {
+        assert!(
+            std::env::var("NVENC_EMU_REQUIRE_GPU").is_err(),
+            "NVENC_EMU_REQUIRE_GPU is set but no libcuda.so.1 is installed"
+        );
+        eprintln!("SKIPPED: no real libcuda.so.1 on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("gpu.h264");
+    let emu = EmuDriver::new().real_cuda();
+    let (out, stdout, report) = run(&emu, &["encode", p.to_str().unwrap(), "30", "3"]);
+    assert_ok(&out, &report);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert!(stdout.contains("log "));
+    assert!(std::fs::metadata(&p).unwrap().len() > 1000);
+}
