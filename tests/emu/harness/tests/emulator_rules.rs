@@ -60,6 +60,8 @@ fn misuse_is_refused_with_the_drivers_status_and_recorded() {
         ("nvEncInitializeEncoder", "enableEncodeAsync"),
         ("nvEncInitializeEncoder", "outside caps"),
         ("nvEncInitializeEncoder", "already initialized"),
+        ("nvEncReconfigureEncoder", "exceeds maxEncodeWidth"),
+        ("nvEncReconfigureEncoder", "version is"),
         ("nvEncRegisterResource", "less than the width"),
         ("nvEncRegisterResource", "remain in the allocation"),
         ("nvEncRegisterResource", "not a device allocation"),

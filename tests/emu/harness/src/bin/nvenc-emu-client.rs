@@ -372,6 +372,37 @@ fn scenario_misuse() -> Result<(), String> {
     // SAFETY: as above.
     let st = unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) };
     expect("init twice", st, S::NV_ENC_ERR_INVALID_CALL)?;
+    // Reconfiguration: a size beyond the init's maximum, a wrong version, then a valid bitrate
+    // change with an encoder reset.
+    let mut rc = nv::NV_ENC_RECONFIGURE_PARAMS {
+        version: nv::NV_ENC_RECONFIGURE_PARAMS_VER,
+        reInitEncodeParams: init_params(&mut cfg, w * 2, h, 1),
+        ..Default::default()
+    };
+    // SAFETY: live session, valid struct (its encodeConfig points at `cfg`, alive here).
+    let st = unsafe { (s.f.reconfigure_encoder)(s.enc, &mut rc) };
+    expect(
+        "reconfigure beyond maxEncodeWidth",
+        st,
+        S::NV_ENC_ERR_INVALID_PARAM,
+    )?;
+    rc.reInitEncodeParams = init_params(&mut cfg, w, h, 1);
+    rc.version = nv::NV_ENC_RECONFIGURE_PARAMS_VER + 1;
+    // SAFETY: as above.
+    let st = unsafe { (s.f.reconfigure_encoder)(s.enc, &mut rc) };
+    expect(
+        "reconfigure with a wrong version",
+        st,
+        S::NV_ENC_ERR_INVALID_VERSION,
+    )?;
+    rc.version = nv::NV_ENC_RECONFIGURE_PARAMS_VER;
+    cfg.rcParams.averageBitRate = 1_000_000;
+    rc.reInitEncodeParams = init_params(&mut cfg, w, h, 1);
+    rc.set_resetEncoder(1);
+    rc.set_forceIDR(1);
+    // SAFETY: as above.
+    let st = unsafe { (s.f.reconfigure_encoder)(s.enc, &mut rc) };
+    expect("reconfigure the bitrate", st, S::NV_ENC_SUCCESS)?;
 
     // A pitched surface, registered and mapped.
     let (mut dptr, mut pitch) = (0u64, 0usize);
