@@ -1984,6 +1984,13 @@ unsafe extern "C" fn nvEncLockBitstream(
         if pos != 0 {
             return Err(v(INVALID_CALL, format!("outputs must be locked in submission order: {pos} earlier output(s) are still unlocked")));
         }
+        if !s.queue[0].ready && p.doNotWait() != 0 {
+            // Polling is allowed; the frame is simply not done yet.
+            return Err(f(
+                NVENCSTATUS::NV_ENC_ERR_LOCK_BUSY,
+                "frame not ready yet (doNotWait)",
+            ));
+        }
         if !s.queue[0].ready {
             return Err(v(
                 INVALID_CALL,

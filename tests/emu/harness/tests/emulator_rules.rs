@@ -97,6 +97,17 @@ fn misuse_is_refused_with_the_drivers_status_and_recorded() {
         "{:#?}",
         report.violations
     );
+    // The in-process control API agrees with the report (NVENC's share of the violations).
+    let nvenc = report
+        .violations
+        .iter()
+        .filter(|v| v.lib == "encode")
+        .count();
+    let control = format!(
+        "control violations={nvenc} live_handles sessions=0 input_buffers=0 \
+         bitstream_buffers=0 registered=0 mapped=0"
+    );
+    assert!(stdout.contains(&control), "{stdout}");
     // The leaky destroy was cleaned up by the emulator, so nothing is left at exit.
     assert!(report.leaks().is_empty(), "{:?}", report.leaks());
 }

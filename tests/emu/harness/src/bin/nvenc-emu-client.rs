@@ -535,6 +535,26 @@ fn scenario_misuse() -> Result<(), String> {
     let _ = (cu.ctx_pop, cu.ctx_push);
     // SAFETY: destroying the context created above.
     unsafe { (cu.ctx_destroy)(ctx) };
+    // The emulator's in-process control API, from the library the loader opened.
+    // SAFETY: the library is already loaded (by nvenc_sys::load); opening it again only takes a
+    // reference.
+    let enc =
+        unsafe { libloading::Library::new("libnvidia-encode.so.1") }.map_err(|e| e.to_string())?;
+    // SAFETY: the emulator exports these with exactly these C signatures.
+    let violations: libloading::Symbol<'_, unsafe extern "C" fn() -> u64> =
+        unsafe { enc.get(b"nvenc_emu_violations\0") }.map_err(|e| e.to_string())?;
+    // SAFETY: as above.
+    let live: libloading::Symbol<'_, unsafe extern "C" fn(*mut u8, usize) -> usize> =
+        unsafe { enc.get(b"nvenc_emu_live_handles\0") }.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its length.
+    let n = unsafe { live(buf.as_mut_ptr(), buf.len()) };
+    // SAFETY: no arguments.
+    let count = unsafe { violations() };
+    println!(
+        "control violations={count} {}",
+        String::from_utf8_lossy(&buf[..n.min(buf.len() - 1)])
+    );
     Ok(())
 }
 
