@@ -17,6 +17,11 @@
 //! reconfiguration, encode stats and per-session last-error strings. Async mode, motion-estimation
 //! only mode, CUDA arrays and D3D/OpenGL resources are not emulated (`NV_ENC_ERR_UNIMPLEMENTED`).
 //!
+//! The caps are those of a recent consumer GPU for H.264 (temporal AQ, B-frames as reference,
+//! weighted prediction, intra refresh, constrained encoding and dynamic slices are reported as
+//! supported so clients can enable them); those features are accepted but not reproduced by the
+//! software encoder. YUV 4:4:4, 10-bit, lossless, LTR, async and ME-only are reported unsupported.
+//!
 //! Pixels are read through the CUDA driver API (`dlopen("libcuda.so.1")`: context push,
 //! `cuMemcpyDtoH_v2`, `cuPointerGetAttribute`), so this library also runs on top of a *real*
 //! libcuda. They are encoded by libx264 (one thread, fixed B-frame pattern, no lookahead) into a
@@ -853,10 +858,10 @@ fn cap_value(cap: u32) -> Option<c_int> {
         21 => 1,                                               // DYN_FORCE_CONSTQP
         22 => 1,                                               // DYN_RCMODE_CHANGE
         23 => 0,                                               // SUBFRAME_READBACK
-        24 => 0,                                               // CONSTRAINED_ENCODING
-        25 => 0,                                               // INTRA_REFRESH
+        24 => 1,                                               // CONSTRAINED_ENCODING
+        25 => 1,                                               // INTRA_REFRESH
         26 => 1,                                               // CUSTOM_VBV_BUF_SIZE
-        27 => 0,                                               // DYNAMIC_SLICE_MODE
+        27 => 1,                                               // DYNAMIC_SLICE_MODE
         28 => 0,                                               // REF_PIC_INVALIDATION
         29 => 0,                                               // PREPROC_SUPPORT
         30 => 0,                                               // ASYNC_ENCODE_SUPPORT (Linux)
@@ -867,12 +872,12 @@ fn cap_value(cap: u32) -> Option<c_int> {
         35 => 0,                                               // SAO (HEVC)
         36 => 0,                                               // MEONLY_MODE
         37 => 1,                                               // LOOKAHEAD
-        38 => 0,                                               // TEMPORAL_AQ
+        38 => 1,                                               // TEMPORAL_AQ
         39 => 0,                                               // 10BIT_ENCODE
         40 => 0,                                               // NUM_MAX_LTR_FRAMES
-        41 => 0,                                               // WEIGHTED_PREDICTION
+        41 => 1,                                               // WEIGHTED_PREDICTION
         42 => 100,                                             // DYNAMIC_QUERY_ENCODER_CAPACITY
-        43 => 0,                                               // BFRAME_REF_MODE
+        43 => 1,                                               // BFRAME_REF_MODE
         44 => 0,                                               // EMPHASIS_LEVEL_MAP
         45 => WIDTH_MIN as c_int,                              // WIDTH_MIN
         46 => HEIGHT_MIN as c_int,                             // HEIGHT_MIN
@@ -1112,6 +1117,12 @@ fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fail> {
                 config.frameIntervalP,
                 config.frameIntervalP - 1
             ),
+        ));
+    }
+    if p.enableWeightedPrediction() != 0 && config.frameIntervalP > 1 {
+        return Err(v(
+            INVALID_PARAM,
+            "weighted prediction is not supported together with B-frames",
         ));
     }
     if config.monoChromeEncoding != 0 {

@@ -248,3 +248,25 @@ fn ffmpeg_session_limit() {
     let report = emu.report();
     report.assert_clean();
 }
+
+/// Options users commonly pass: each must run clean and decode well.
+#[test]
+fn ffmpeg_option_sweep() {
+    let sweep: &[&[&str]] = &[
+        &["-tune", "ull", "-zerolatency", "1", "-delay", "0"],
+        &["-rc-lookahead", "8", "-bf", "3"],
+        &["-profile:v", "high", "-bf", "4", "-g", "30"],
+        &["-profile:v", "baseline"],
+        &["-b_ref_mode", "middle", "-bf", "2"],
+        &["-rc", "vbr", "-cq", "23"],
+        &[
+            "-rc", "cbr", "-b:v", "2M", "-maxrate", "2M", "-bufsize", "1M",
+        ],
+        &["-spatial-aq", "1", "-temporal-aq", "1"],
+        &["-multipass", "fullres", "-preset", "p7"],
+        &["-coder", "cavlc", "-aud", "1", "-level", "4.1"],
+    ];
+    for (i, opts) in sweep.iter().enumerate() {
+        calibrate(&format!("sweep{i}"), &[], opts);
+    }
+}
