@@ -129,6 +129,19 @@ impl Emu {
         lock(&self.calls).get(entry).copied().unwrap_or(0)
     }
 
+    /// `calls entry=count ...`, sorted by name: every entry point called so far and how often
+    /// (a fault matrix can be generated from it).
+    pub fn calls_line(&self) -> String {
+        let calls = lock(&self.calls);
+        let mut v: Vec<_> = calls.iter().collect();
+        v.sort();
+        let mut line = String::from("calls");
+        for (k, n) in v {
+            line.push_str(&format!(" {k}={n}"));
+        }
+        line
+    }
+
     /// Records an API-rule violation of `entry`.
     pub fn violation(&self, entry: &str, reason: &str) {
         self.violations.fetch_add(1, Ordering::SeqCst);

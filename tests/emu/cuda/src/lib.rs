@@ -1905,6 +1905,7 @@ extern "C" fn at_exit() {
         if let Ok(st) = STATE.try_lock() {
             let line = st.live_line();
             drop(st);
+            EMU.line(&EMU.calls_line());
             EMU.line(&format!("{line} at=exit"));
         }
     });

@@ -367,7 +367,6 @@ struct FrameMeta {
     ts: u64,
     dur: u64,
     frame_idx: u32,
-    display_type: u32,
 }
 
 #[derive(Debug)]
@@ -1840,7 +1839,6 @@ unsafe extern "C" fn nvEncEncodePicture(
                 ts: p.inputTimeStamp,
                 dur: p.inputDuration,
                 frame_idx: p.frameIdx,
-                display_type,
             },
         );
         // Encode.
@@ -2051,7 +2049,6 @@ unsafe extern "C" fn nvEncLockBitstream(
             ts: 0,
             dur: 0,
             frame_idx: 0,
-            display_type: 0,
         });
         let keyframe = coded.pic_type == codec::PIC_IDR;
         let repeat = s.init.as_ref().is_some_and(|i| i.repeat_sps_pps);
@@ -2080,7 +2077,6 @@ unsafe extern "C" fn nvEncLockBitstream(
         p.hwEncodeStatus = 0;
         p.numSlices = 1;
         p.frameAvgQP = 26;
-        let _ = meta.display_type;
         s.last_stats = Some((b.data.len() as u32, coded.pic_type));
         Ok(ST_SUCCESS)
     })
@@ -2376,6 +2372,7 @@ extern "C" fn at_exit() {
         if let Ok(g) = G.try_lock() {
             let line = g.live_line();
             drop(g);
+            EMU.line(&EMU.calls_line());
             EMU.line(&format!("{line} at=exit"));
         }
     });

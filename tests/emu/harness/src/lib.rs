@@ -239,6 +239,13 @@ impl EmuDriver {
         self
     }
 
+    /// Uses `path` as the report file (default: a fresh file in a private temporary folder).
+    #[must_use]
+    pub fn report_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.report = path.into();
+        self
+    }
+
     /// The report file the child's emulators append to.
     #[must_use]
     pub fn report_path(&self) -> &Path {
@@ -307,6 +314,9 @@ pub struct Report {
     pub faults: Vec<String>,
     /// The last `live_handles` counts per library (`cuda`, `encode`).
     pub live: BTreeMap<String, BTreeMap<String, u64>>,
+    /// How often each entry point was called, per library (written at exit): the list to build
+    /// a fault matrix from.
+    pub calls: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl Report {
@@ -328,6 +338,13 @@ impl Report {
                 });
             } else if let Some(v) = rest.strip_prefix("fault ") {
                 r.faults.push(v.into());
+            } else if let Some(v) = rest.strip_prefix("calls") {
+                let counts = v
+                    .split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+                    .collect();
+                r.calls.insert(lib.into(), counts);
             } else if let Some(v) = rest.strip_prefix("live_handles ") {
                 let counts = v
                     .split_whitespace()

@@ -122,6 +122,10 @@ fn encode_with_b_frames_from_cuda_memory() {
     let (out, stdout, report) = run(&emu, &["encode", out_path.to_str().unwrap(), "30", "3"]);
     assert_ok(&out, &report);
     report.assert_clean();
+    // Every entry point called is listed with its count, for building fault matrices.
+    assert_eq!(report.calls["encode"]["nvEncEncodePicture"], 31);
+    assert_eq!(report.calls["encode"]["nvEncLockBitstream"], 30);
+    assert!(report.calls["cuda"]["cuMemAllocPitch_v2"] >= 6);
     let log = stdout.lines().find_map(|l| l.strip_prefix("log ")).unwrap();
     let signals: String = log.split(' ').filter(|t| *t == "S" || *t == "N").collect();
     assert_eq!(signals, "SNNSNNSNNSNNSNNSNNSNNSNNSNNSNN");
