@@ -8,6 +8,25 @@
 //! process, not other tests) can pick them up by accident, because the build artifacts keep
 //! their crate names (`libnvenc_emu_*.so`) and the driver-named links live only in that folder.
 //!
+//! A test can also run its own body in the child, with the production code loading the emulator
+//! through the real loader:
+//!
+//! ```no_run
+//! # fn backend_encodes() {
+//! use nvenc_emu_harness::{in_child, EmuDriver};
+//!
+//! if in_child() {
+//!     // ... the code under test: nvenc_sys::load(), cudarc, the backend ...
+//!     return;
+//! }
+//! let emu = EmuDriver::new().fast();
+//! assert!(emu.command_self("backend_encodes").status().unwrap().success());
+//! emu.report().assert_clean();
+//! # }
+//! ```
+//!
+//! Or run any program against it:
+//!
 //! ```no_run
 //! use nvenc_emu_harness::EmuDriver;
 //!
@@ -140,6 +159,16 @@ pub fn real_cuda_available() -> bool {
         .args(["-c", "ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1 '"])
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Env var set in processes started by [`EmuDriver::command_self`].
+pub const CHILD_ENV: &str = "NVENC_EMU_CHILD";
+
+/// Whether this process is a child started by [`EmuDriver::command_self`] (so the emulated driver
+/// is the one the loader finds).
+#[must_use]
+pub fn in_child() -> bool {
+    std::env::var_os(CHILD_ENV).is_some()
 }
 
 /// How the emulated device should misbehave, and where it reports; makes child commands.
@@ -276,6 +305,24 @@ impl EmuDriver {
         for (k, v) in &self.env {
             c.env(k, v);
         }
+        c
+    }
+
+    /// A command that re-runs the current test binary, filtered to exactly `test` (its full
+    /// path inside the binary, e.g. `"backend_encodes"` or `"module::backend_encodes"`), against
+    /// the emulated driver, with [`CHILD_ENV`] set so the test knows it is the child (see
+    /// [`in_child`]). This runs a test body in a process whose driver is the emulator, without a
+    /// separate binary.
+    ///
+    /// # Panics
+    ///
+    /// If the path of the running executable cannot be found.
+    #[must_use]
+    pub fn command_self(&self, test: &str) -> Command {
+        let exe = std::env::current_exe().expect("path of the running test binary");
+        let mut c = self.command(exe);
+        c.args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, "1");
         c
     }
 

@@ -306,3 +306,23 @@ fn emulated_nvenc_on_a_real_libcuda() {
     assert!(stdout.contains("log "));
     assert!(std::fs::metadata(&p).unwrap().len() > 1000);
 }
+
+/// A test body run in a child against the emulator (the pattern for backend tests): the
+/// production loader finds the emulated driver there, and the report shows the session.
+#[test]
+fn test_body_in_a_child_process() {
+    if nvenc_emu_harness::in_child() {
+        let lib = nvenc_sys::load().expect("the emulated driver loads");
+        assert_eq!(lib.driver_max_version(), ApiVersion::new(11, 1));
+        return;
+    }
+    let emu = EmuDriver::new();
+    let out = emu
+        .command_self("test_body_in_a_child_process")
+        .output()
+        .unwrap();
+    let report = emu.report();
+    assert_ok(&out, &report);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    assert_eq!(report.calls["encode"]["NvEncodeAPICreateInstance"], 1);
+}
