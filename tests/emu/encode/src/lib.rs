@@ -27,9 +27,13 @@
 //! libcuda. They are encoded by libx264 (one thread, fixed B-frame pattern, no lookahead) into a
 //! real, decodable H.264 stream; every output buffer receives the next picture x264 emits in
 //! decode order, with the picture type and timestamp of the picture it carries. x264 holds
-//! `frameIntervalP - 1` pictures more than NVENC would; when a client locks an output that x264
-//! has not produced yet, the emulator drains x264, after which x264 may code later would-be
-//! B-pictures as P (the stream stays valid; the reported types follow what was coded).
+//! `frameIntervalP - 1` pictures longer than NVENC would. A client that keeps at least
+//! `frameIntervalP` outputs unlocked (FFmpeg does) never notices and gets real B-frames. A client
+//! that locks an output before x264 produced it makes the emulator drain x264 (x264 cannot take
+//! pictures after a drain); the stream then continues with a fresh x264 without B-frames, starting
+//! with an IDR that carries new SPS/PPS. The NEED_MORE_INPUT/SUCCESS signalling is NVENC's either
+//! way, the stream stays valid, and each output's type and timestamp are those of the picture it
+//! actually carries.
 //! `NVENC_EMU_FAST=1` skips reading and encoding: every output is a fixed 20-byte access unit, and
 //! the order and types follow NVENC's pattern exactly (anchor first, then its B-pictures).
 //!
