@@ -1,0 +1,721 @@
+//! A small NVENC client for the emulator tests: it loads the driver through the production loader
+//! (`nvenc_sys::load`) and CUDA through `dlopen("libcuda.so.1")`, then runs one scenario, named by
+//! the first argument, that uses the API correctly or deliberately wrongly. It checks the statuses
+//! itself and exits non-zero on the first unexpected one; the test then checks the emulator's
+//! report. Test infrastructure, not product.
+//!
+//! Scenarios: `load`, `sessions N`, `misuse`, `encode OUT FRAMES INTERVAL [stop-on-error]`.
+
+// A test client talking to C APIs: the unsafe blocks are FFI calls whose contracts are NVENC's
+// and CUDA's; each still carries a SAFETY note.
+#![allow(clippy::missing_safety_doc)]
+
+use std::ffi::{c_int, c_uint, c_void};
+use std::io::Write;
+use std::process::ExitCode;
+
+use nvenc_sys as nv;
+use nvenc_sys::NVENCSTATUS as S;
+
+/// The CUDA driver entry points this client needs.
+struct Cu {
+    _lib: libloading::Library,
+    init: unsafe extern "C" fn(c_uint) -> c_int,
+    ctx_create: unsafe extern "C" fn(*mut *mut c_void, c_uint, c_int) -> c_int,
+    ctx_destroy: unsafe extern "C" fn(*mut c_void) -> c_int,
+    ctx_pop: unsafe extern "C" fn(*mut *mut c_void) -> c_int,
+    ctx_push: unsafe extern "C" fn(*mut c_void) -> c_int,
+    alloc_pitch: unsafe extern "C" fn(*mut u64, *mut usize, usize, usize, c_uint) -> c_int,
+    free: unsafe extern "C" fn(u64) -> c_int,
+    htod: unsafe extern "C" fn(u64, *const c_void, usize) -> c_int,
+}
+
+impl Cu {
+    fn open() -> Result<Self, String> {
+        // SAFETY: loading the CUDA driver library runs its initialisers only.
+        let lib = unsafe { libloading::Library::new("libcuda.so.1") }.map_err(|e| e.to_string())?;
+        macro_rules! sym {
+            ($n:literal) => {
+                // SAFETY: the field type is the C signature of the CUDA function of this name.
+                *unsafe { lib.get($n) }.map_err(|e| e.to_string())?
+            };
+        }
+        Ok(Self {
+            init: sym!(b"cuInit\0"),
+            ctx_create: sym!(b"cuCtxCreate_v2\0"),
+            ctx_destroy: sym!(b"cuCtxDestroy_v2\0"),
+            ctx_pop: sym!(b"cuCtxPopCurrent_v2\0"),
+            ctx_push: sym!(b"cuCtxPushCurrent_v2\0"),
+            alloc_pitch: sym!(b"cuMemAllocPitch_v2\0"),
+            free: sym!(b"cuMemFree_v2\0"),
+            htod: sym!(b"cuMemcpyHtoD_v2\0"),
+            _lib: lib,
+        })
+    }
+
+    /// cuInit + a context, left current.
+    fn context(&self) -> Result<*mut c_void, String> {
+        let mut ctx = std::ptr::null_mut();
+        // SAFETY: plain CUDA calls with valid out-pointers.
+        let rc = unsafe { (self.init)(0) };
+        if rc != 0 {
+            return Err(format!("cuInit: {rc}"));
+        }
+        // SAFETY: as above.
+        let rc = unsafe { (self.ctx_create)(&mut ctx, 0, 0) };
+        if rc != 0 {
+            return Err(format!("cuCtxCreate: {rc}"));
+        }
+        Ok(ctx)
+    }
+}
+
+fn fail(msg: String) -> Result<(), String> {
+    Err(msg)
+}
+
+/// Compares a status with the expected one.
+fn expect(what: &str, got: S, want: S) -> Result<(), String> {
+    if got == want {
+        println!("ok {what}: {got}");
+        Ok(())
+    } else {
+        fail(format!("{what}: got {got}, expected {want}"))
+    }
+}
+
+struct Session {
+    f: nv::FunctionTable,
+    enc: *mut c_void,
+}
+
+fn open(lib: &nv::Library, ctx: *mut c_void) -> (S, Session) {
+    let f = lib.fns().clone();
+    let mut p = nv::NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS {
+        version: nv::NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS_VER,
+        deviceType: nv::NV_ENC_DEVICE_TYPE::NV_ENC_DEVICE_TYPE_CUDA,
+        device: ctx,
+        apiVersion: nv::NVENCAPI_VERSION,
+        ..Default::default()
+    };
+    let mut enc = std::ptr::null_mut();
+    // SAFETY: a zero-initialised params struct and a valid out-pointer.
+    let st = unsafe { (f.open_encode_session_ex)(&mut p, &mut enc) };
+    (st, Session { f, enc })
+}
+
+/// Initialize params: H.264, P4 low latency tuning, `interval` = frameIntervalP.
+fn init_params(
+    cfg: &mut nv::NV_ENC_CONFIG,
+    w: u32,
+    h: u32,
+    interval: i32,
+) -> nv::NV_ENC_INITIALIZE_PARAMS {
+    cfg.frameIntervalP = interval;
+    cfg.gopLength = 30;
+    // SAFETY: the H.264 member of the union of an H.264 config.
+    let h264 = unsafe { &mut cfg.encodeCodecConfig.h264Config };
+    h264.idrPeriod = 30;
+    h264.set_repeatSPSPPS(1);
+    nv::NV_ENC_INITIALIZE_PARAMS {
+        version: nv::NV_ENC_INITIALIZE_PARAMS_VER,
+        encodeGUID: nv::NV_ENC_CODEC_H264_GUID,
+        presetGUID: nv::NV_ENC_PRESET_P4_GUID,
+        tuningInfo: nv::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_HIGH_QUALITY,
+        encodeWidth: w,
+        encodeHeight: h,
+        darWidth: w,
+        darHeight: h,
+        frameRateNum: 30,
+        frameRateDen: 1,
+        enablePTD: 1,
+        encodeConfig: cfg,
+        ..Default::default()
+    }
+}
+
+impl Session {
+    fn preset(&self) -> Result<nv::NV_ENC_CONFIG, String> {
+        let mut pc = nv::NV_ENC_PRESET_CONFIG {
+            version: nv::NV_ENC_PRESET_CONFIG_VER,
+            ..Default::default()
+        };
+        pc.presetCfg.version = nv::NV_ENC_CONFIG_VER;
+        // SAFETY: live session, versioned zeroed struct.
+        let st = unsafe {
+            (self.f.get_encode_preset_config_ex)(
+                self.enc,
+                nv::NV_ENC_CODEC_H264_GUID,
+                nv::NV_ENC_PRESET_P4_GUID,
+                nv::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_HIGH_QUALITY,
+                &mut pc,
+            )
+        };
+        expect("preset config", st, S::NV_ENC_SUCCESS)?;
+        Ok(pc.presetCfg)
+    }
+
+    fn bitstream(&self) -> Result<*mut c_void, String> {
+        let mut b = nv::NV_ENC_CREATE_BITSTREAM_BUFFER {
+            version: nv::NV_ENC_CREATE_BITSTREAM_BUFFER_VER,
+            ..Default::default()
+        };
+        // SAFETY: live session, versioned zeroed struct.
+        let st = unsafe { (self.f.create_bitstream_buffer)(self.enc, &mut b) };
+        expect("create bitstream", st, S::NV_ENC_SUCCESS)?;
+        Ok(b.bitstreamBuffer)
+    }
+
+    fn register(&self, ptr: u64, w: u32, h: u32, pitch: u32) -> (S, *mut c_void) {
+        let mut r = nv::NV_ENC_REGISTER_RESOURCE {
+            version: nv::NV_ENC_REGISTER_RESOURCE_VER,
+            resourceType: nv::NV_ENC_INPUT_RESOURCE_TYPE::NV_ENC_INPUT_RESOURCE_TYPE_CUDADEVICEPTR,
+            width: w,
+            height: h,
+            pitch,
+            resourceToRegister: ptr as *mut c_void,
+            bufferFormat: nv::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_NV12,
+            bufferUsage: nv::NV_ENC_BUFFER_USAGE::NV_ENC_INPUT_IMAGE,
+            ..Default::default()
+        };
+        // SAFETY: live session, versioned zeroed struct.
+        let st = unsafe { (self.f.register_resource)(self.enc, &mut r) };
+        (st, r.registeredResource)
+    }
+
+    fn map(&self, reg: *mut c_void) -> (S, *mut c_void) {
+        let mut m = nv::NV_ENC_MAP_INPUT_RESOURCE {
+            version: nv::NV_ENC_MAP_INPUT_RESOURCE_VER,
+            registeredResource: reg,
+            ..Default::default()
+        };
+        // SAFETY: live session, versioned zeroed struct.
+        let st = unsafe { (self.f.map_input_resource)(self.enc, &mut m) };
+        (st, m.mappedResource)
+    }
+
+    fn encode(
+        &self,
+        input: *mut c_void,
+        out: *mut c_void,
+        w: u32,
+        h: u32,
+        pitch: u32,
+        ts: u64,
+    ) -> S {
+        let mut p = nv::NV_ENC_PIC_PARAMS {
+            version: nv::NV_ENC_PIC_PARAMS_VER,
+            inputWidth: w,
+            inputHeight: h,
+            inputPitch: pitch,
+            inputBuffer: input,
+            outputBitstream: out,
+            bufferFmt: nv::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_NV12,
+            pictureStruct: nv::NV_ENC_PIC_STRUCT::NV_ENC_PIC_STRUCT_FRAME,
+            inputTimeStamp: ts,
+            inputDuration: 1,
+            ..Default::default()
+        };
+        // SAFETY: live session, versioned zeroed struct.
+        unsafe { (self.f.encode_picture)(self.enc, &mut p) }
+    }
+
+    fn eos(&self) -> S {
+        let mut p = nv::NV_ENC_PIC_PARAMS {
+            version: nv::NV_ENC_PIC_PARAMS_VER,
+            encodePicFlags: nv::NV_ENC_PIC_FLAGS::NV_ENC_PIC_FLAG_EOS.0,
+            ..Default::default()
+        };
+        // SAFETY: live session, versioned zeroed struct.
+        unsafe { (self.f.encode_picture)(self.enc, &mut p) }
+    }
+
+    /// Locks, copies out, unlocks: (status, bytes, timestamp, picture type).
+    fn take(&self, out: *mut c_void) -> (S, Vec<u8>, u64, u32) {
+        let mut l = nv::NV_ENC_LOCK_BITSTREAM {
+            version: nv::NV_ENC_LOCK_BITSTREAM_VER,
+            outputBitstream: out,
+            ..Default::default()
+        };
+        // SAFETY: live session, versioned zeroed struct.
+        let st = unsafe { (self.f.lock_bitstream)(self.enc, &mut l) };
+        if st != S::NV_ENC_SUCCESS {
+            return (st, Vec::new(), 0, 0);
+        }
+        // SAFETY: after a successful lock the driver's buffer holds bitstreamSizeInBytes bytes
+        // until the unlock below.
+        let data = unsafe {
+            std::slice::from_raw_parts(
+                l.bitstreamBufferPtr.cast::<u8>(),
+                l.bitstreamSizeInBytes as usize,
+            )
+        }
+        .to_vec();
+        // SAFETY: unlocking the buffer locked above.
+        let st = unsafe { (self.f.unlock_bitstream)(self.enc, out) };
+        (st, data, l.outputTimeStamp, l.pictureType.0)
+    }
+
+    fn destroy(&self) -> S {
+        // SAFETY: destroying this client's session once.
+        unsafe { (self.f.destroy_encoder)(self.enc) }
+    }
+}
+
+fn scenario_load() -> Result<(), String> {
+    match nv::load() {
+        Ok(l) => println!("load ok {}", l.driver_max_version()),
+        Err(e) => {
+            let kind = format!("{e:?}");
+            println!(
+                "load err {}: {e}",
+                kind.split([' ', '{', '(']).next().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn lib() -> Result<std::sync::Arc<nv::Library>, String> {
+    nv::load().map_err(|e| format!("load: {e}"))
+}
+
+fn scenario_sessions(n: usize) -> Result<(), String> {
+    let lib = lib()?;
+    let cu = Cu::open()?;
+    let ctx = cu.context()?;
+    let mut statuses = Vec::new();
+    let mut sessions = Vec::new();
+    for _ in 0..n {
+        let (st, s) = open(&lib, ctx);
+        statuses.push(st.0.to_string());
+        sessions.push(s);
+    }
+    for s in &sessions {
+        // Also after a failed open, as the API asks (the handle is then NULL).
+        s.destroy();
+    }
+    // SAFETY: destroying the context created above.
+    unsafe { (cu.ctx_destroy)(ctx) };
+    println!("sessions {}", statuses.join(","));
+    Ok(())
+}
+
+/// Deliberate API misuse; each call must fail with the real driver's status.
+fn scenario_misuse() -> Result<(), String> {
+    let lib = lib()?;
+    let cu = Cu::open()?;
+    let ctx = cu.context()?;
+    let f = lib.fns().clone();
+
+    // Wrong struct version on open.
+    let mut p = nv::NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS {
+        version: nv::NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS_VER ^ (1 << 16),
+        deviceType: nv::NV_ENC_DEVICE_TYPE::NV_ENC_DEVICE_TYPE_CUDA,
+        device: ctx,
+        apiVersion: nv::NVENCAPI_VERSION,
+        ..Default::default()
+    };
+    let mut enc = std::ptr::null_mut();
+    // SAFETY: valid struct and out-pointer.
+    let st = unsafe { (f.open_encode_session_ex)(&mut p, &mut enc) };
+    expect("open with wrong version", st, S::NV_ENC_ERR_INVALID_VERSION)?;
+    // Non-zero reserved field.
+    p.version = nv::NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS_VER;
+    p.reserved1[3] = 7;
+    // SAFETY: as above.
+    let st = unsafe { (f.open_encode_session_ex)(&mut p, &mut enc) };
+    expect(
+        "open with reserved field set",
+        st,
+        S::NV_ENC_ERR_INVALID_PARAM,
+    )?;
+
+    let (st, s) = open(&lib, ctx);
+    expect("open", st, S::NV_ENC_SUCCESS)?;
+    let (w, h) = (160u32, 96u32);
+    // Buffers before initialization.
+    let mut b = nv::NV_ENC_CREATE_BITSTREAM_BUFFER {
+        version: nv::NV_ENC_CREATE_BITSTREAM_BUFFER_VER,
+        ..Default::default()
+    };
+    // SAFETY: live session, valid struct.
+    let st = unsafe { (s.f.create_bitstream_buffer)(s.enc, &mut b) };
+    expect(
+        "bitstream before init",
+        st,
+        S::NV_ENC_ERR_ENCODER_NOT_INITIALIZED,
+    )?;
+    let mut cfg = s.preset()?;
+    let mut ip = init_params(&mut cfg, w, h, 1);
+    ip.presetGUID = {
+        #[allow(deprecated)]
+        let g = nv::NV_ENC_PRESET_HQ_GUID;
+        g
+    };
+    // SAFETY: live session, valid struct.
+    let st = unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) };
+    expect("init with a legacy preset", st, S::NV_ENC_ERR_INVALID_PARAM)?;
+    let mut ip = init_params(&mut cfg, w, h, 1);
+    ip.enableEncodeAsync = 1;
+    // SAFETY: as above.
+    let st = unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) };
+    expect("init with async", st, S::NV_ENC_ERR_UNSUPPORTED_PARAM)?;
+    let mut ip = init_params(&mut cfg, 8192, h, 1);
+    // SAFETY: as above.
+    let st = unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) };
+    expect("init wider than WIDTH_MAX", st, S::NV_ENC_ERR_INVALID_PARAM)?;
+    let mut ip = init_params(&mut cfg, w, h, 1);
+    // SAFETY: as above.
+    let st = unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) };
+    expect("init", st, S::NV_ENC_SUCCESS)?;
+    // SAFETY: as above.
+    let st = unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) };
+    expect("init twice", st, S::NV_ENC_ERR_INVALID_CALL)?;
+    // Reconfiguration: a size beyond the init's maximum, a wrong version, then a valid bitrate
+    // change with an encoder reset.
+    let mut rc = nv::NV_ENC_RECONFIGURE_PARAMS {
+        version: nv::NV_ENC_RECONFIGURE_PARAMS_VER,
+        reInitEncodeParams: init_params(&mut cfg, w * 2, h, 1),
+        ..Default::default()
+    };
+    // SAFETY: live session, valid struct (its encodeConfig points at `cfg`, alive here).
+    let st = unsafe { (s.f.reconfigure_encoder)(s.enc, &mut rc) };
+    expect(
+        "reconfigure beyond maxEncodeWidth",
+        st,
+        S::NV_ENC_ERR_INVALID_PARAM,
+    )?;
+    rc.reInitEncodeParams = init_params(&mut cfg, w, h, 1);
+    rc.version = nv::NV_ENC_RECONFIGURE_PARAMS_VER + 1;
+    // SAFETY: as above.
+    let st = unsafe { (s.f.reconfigure_encoder)(s.enc, &mut rc) };
+    expect(
+        "reconfigure with a wrong version",
+        st,
+        S::NV_ENC_ERR_INVALID_VERSION,
+    )?;
+    rc.version = nv::NV_ENC_RECONFIGURE_PARAMS_VER;
+    cfg.rcParams.averageBitRate = 1_000_000;
+    rc.reInitEncodeParams = init_params(&mut cfg, w, h, 1);
+    rc.set_resetEncoder(1);
+    rc.set_forceIDR(1);
+    // SAFETY: as above.
+    let st = unsafe { (s.f.reconfigure_encoder)(s.enc, &mut rc) };
+    expect("reconfigure the bitrate", st, S::NV_ENC_SUCCESS)?;
+
+    // A pitched surface, registered and mapped.
+    let (mut dptr, mut pitch) = (0u64, 0usize);
+    // SAFETY: valid out-pointers; the context is current.
+    let rc =
+        unsafe { (cu.alloc_pitch)(&mut dptr, &mut pitch, w as usize, (h * 3 / 2) as usize, 4) };
+    if rc != 0 {
+        return fail(format!("cuMemAllocPitch: {rc}"));
+    }
+    let pitch = pitch as u32;
+    let (st, _) = s.register(dptr, w, h, w - 4);
+    expect(
+        "register with pitch < width",
+        st,
+        S::NV_ENC_ERR_INVALID_PARAM,
+    )?;
+    let (st, _) = s.register(dptr, w, h * 4, pitch);
+    expect(
+        "register past the allocation",
+        st,
+        S::NV_ENC_ERR_RESOURCE_REGISTER_FAILED,
+    )?;
+    let (st, _) = s.register(0x1234_5678, w, h, pitch);
+    expect(
+        "register a host-looking pointer",
+        st,
+        S::NV_ENC_ERR_RESOURCE_REGISTER_FAILED,
+    )?;
+    let (st, reg) = s.register(dptr, w, h, pitch);
+    expect("register", st, S::NV_ENC_SUCCESS)?;
+    let (st, mapped) = s.map(reg);
+    expect("map", st, S::NV_ENC_SUCCESS)?;
+    // SAFETY: live session; `reg` is the registration above.
+    let st = unsafe { (s.f.unregister_resource)(s.enc, reg) };
+    expect("unregister while mapped", st, S::NV_ENC_ERR_INVALID_CALL)?;
+
+    let out0 = s.bitstream()?;
+    let out1 = s.bitstream()?;
+    expect(
+        "encode with a wrong pitch",
+        s.encode(mapped, out0, w, h, pitch + 64, 0),
+        S::NV_ENC_ERR_INVALID_PARAM,
+    )?;
+    expect(
+        "encode the registration, not the mapping",
+        s.encode(reg, out0, w, h, pitch, 0),
+        S::NV_ENC_ERR_RESOURCE_NOT_MAPPED,
+    )?;
+    let (st, ..) = s.take(out0);
+    expect(
+        "lock a never-submitted buffer",
+        st,
+        S::NV_ENC_ERR_INVALID_CALL,
+    )?;
+    expect(
+        "encode 0",
+        s.encode(mapped, out0, w, h, pitch, 0),
+        S::NV_ENC_SUCCESS,
+    )?;
+    // SAFETY: live session; the mapping is in flight.
+    let st = unsafe { (s.f.unmap_input_resource)(s.enc, mapped) };
+    expect(
+        "unmap before the output was locked",
+        st,
+        S::NV_ENC_ERR_INVALID_CALL,
+    )?;
+    expect(
+        "encode 1 reusing an in-flight input",
+        s.encode(mapped, out1, w, h, pitch, 1),
+        S::NV_ENC_ERR_INVALID_CALL,
+    )?;
+    expect(
+        "encode into a pending output",
+        s.encode(mapped, out0, w, h, pitch, 1),
+        S::NV_ENC_ERR_INVALID_CALL,
+    )?;
+    let (st, data, ..) = s.take(out0);
+    expect("lock 0", st, S::NV_ENC_SUCCESS)?;
+    if data.is_empty() {
+        return fail("empty bitstream".into());
+    }
+    // A second input so two frames are in flight, then lock out of order.
+    let (mut dptr2, mut pitch2) = (0u64, 0usize);
+    // SAFETY: valid out-pointers; the context is current.
+    unsafe { (cu.alloc_pitch)(&mut dptr2, &mut pitch2, w as usize, (h * 3 / 2) as usize, 4) };
+    let (_, reg2) = s.register(dptr2, w, h, pitch2 as u32);
+    let (_, mapped2) = s.map(reg2);
+    expect(
+        "encode 1",
+        s.encode(mapped, out0, w, h, pitch, 1),
+        S::NV_ENC_SUCCESS,
+    )?;
+    expect(
+        "encode 2",
+        s.encode(mapped2, out1, w, h, pitch, 2),
+        S::NV_ENC_SUCCESS,
+    )?;
+    let (st, ..) = s.take(out1);
+    expect(
+        "lock out of submission order",
+        st,
+        S::NV_ENC_ERR_INVALID_CALL,
+    )?;
+    expect("lock 1", s.take(out0).0, S::NV_ENC_SUCCESS)?;
+    expect("lock 2", s.take(out1).0, S::NV_ENC_SUCCESS)?;
+    // SAFETY: live session; unmapping the mapping whose frame was locked.
+    let st = unsafe { (s.f.unmap_input_resource)(s.enc, mapped) };
+    expect("unmap", st, S::NV_ENC_SUCCESS)?;
+    // SAFETY: as above.
+    let st = unsafe { (s.f.unmap_input_resource)(s.enc, mapped) };
+    expect("unmap twice", st, S::NV_ENC_ERR_RESOURCE_NOT_MAPPED)?;
+    // Teardown that forgets buffers: destroy still succeeds, the emulator records the leak.
+    expect("destroy with live buffers", s.destroy(), S::NV_ENC_SUCCESS)?;
+    expect("use after destroy", s.eos(), S::NV_ENC_ERR_INVALID_PARAM)?;
+    // SAFETY: freeing the allocations made above, in the current context.
+    unsafe {
+        (cu.free)(dptr);
+    }
+    // SAFETY: as above.
+    unsafe {
+        (cu.free)(dptr2);
+    }
+    // SAFETY: as above (second free of the same pointer: the emulated CUDA records it).
+    let rc = unsafe { (cu.free)(dptr) };
+    if rc != 1 {
+        return fail(format!(
+            "double cuMemFree returned {rc}, expected CUDA_ERROR_INVALID_VALUE"
+        ));
+    }
+    let _ = (cu.ctx_pop, cu.ctx_push);
+    // SAFETY: destroying the context created above.
+    unsafe { (cu.ctx_destroy)(ctx) };
+    // The emulator's in-process control API, from the library the loader opened.
+    // SAFETY: the library is already loaded (by nvenc_sys::load); opening it again only takes a
+    // reference.
+    let enc =
+        unsafe { libloading::Library::new("libnvidia-encode.so.1") }.map_err(|e| e.to_string())?;
+    // SAFETY: the emulator exports these with exactly these C signatures.
+    let violations: libloading::Symbol<'_, unsafe extern "C" fn() -> u64> =
+        unsafe { enc.get(b"nvenc_emu_violations\0") }.map_err(|e| e.to_string())?;
+    // SAFETY: as above.
+    let live: libloading::Symbol<'_, unsafe extern "C" fn(*mut u8, usize) -> usize> =
+        unsafe { enc.get(b"nvenc_emu_live_handles\0") }.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its length.
+    let n = unsafe { live(buf.as_mut_ptr(), buf.len()) };
+    // SAFETY: no arguments.
+    let count = unsafe { violations() };
+    println!(
+        "control violations={count} {}",
+        String::from_utf8_lossy(&buf[..n.min(buf.len() - 1)])
+    );
+    Ok(())
+}
+
+/// Encodes `frames` NV12 frames from CUDA memory with frameIntervalP = `interval`, using a ring of
+/// `interval + 3` surfaces, checks NVENC's NEED_MORE_INPUT pattern and writes the stream to `out`.
+/// The first failing call ends the encode and everything made so far is torn down in order
+/// (`stop-on-error` on the command line then makes that exit status 0, for the fault tests).
+fn scenario_encode(path: &str, frames: u64, interval: u32) -> Result<(), String> {
+    let lib = lib()?;
+    let cu = Cu::open()?;
+    let ctx = cu.context()?;
+    let (w, h) = (320u32, 192u32);
+    let ring = (interval + 3) as usize;
+    let mut allocs = Vec::new();
+    let mut regs = Vec::new();
+    let mut outs = Vec::new();
+    let mut maps: Vec<Option<*mut c_void>> = vec![None; ring];
+    let mut stream = Vec::new();
+    let mut log = Vec::new();
+    let (st, s) = open(&lib, ctx);
+    let result = (|| -> Result<(), String> {
+        expect("open", st, S::NV_ENC_SUCCESS)?;
+        let mut cfg = s.preset()?;
+        let mut ip = init_params(&mut cfg, w, h, interval as i32);
+        // SAFETY: live session, valid struct.
+        let st = unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) };
+        expect("init", st, S::NV_ENC_SUCCESS)?;
+        for _ in 0..ring {
+            let (mut d, mut p) = (0u64, 0usize);
+            // SAFETY: valid out-pointers, context current.
+            let rc =
+                unsafe { (cu.alloc_pitch)(&mut d, &mut p, w as usize, (h * 3 / 2) as usize, 4) };
+            if rc != 0 {
+                return fail(format!("cuMemAllocPitch_v2: {rc}"));
+            }
+            allocs.push((d, p as u32));
+            let (st, r) = s.register(d, w, h, p as u32);
+            expect("register", st, S::NV_ENC_SUCCESS)?;
+            regs.push(r);
+            outs.push(s.bitstream()?);
+        }
+        let mut pending: std::collections::VecDeque<usize> = Default::default();
+        let mut drain = |pending: &mut std::collections::VecDeque<usize>,
+                         maps: &mut Vec<Option<*mut c_void>>,
+                         log: &mut Vec<String>|
+         -> Result<(), String> {
+            while let Some(k) = pending.pop_front() {
+                let (st, data, ts, ty) = s.take(outs[k]);
+                expect("lock", st, S::NV_ENC_SUCCESS)?;
+                stream.extend_from_slice(&data);
+                log.push(format!("{ts}:{ty}"));
+                if let Some(m) = maps[k].take() {
+                    // SAFETY: unmapping the mapping whose frame was just locked.
+                    let st = unsafe { (s.f.unmap_input_resource)(s.enc, m) };
+                    expect("unmap", st, S::NV_ENC_SUCCESS)?;
+                }
+            }
+            Ok(())
+        };
+        let mut frame = vec![0u8; 0];
+        for n in 0..frames {
+            let k = (n as usize) % ring;
+            if pending.len() == ring {
+                return fail("ring full while frames are still buffered".into());
+            }
+            let (d, p) = allocs[k];
+            frame.clear();
+            for y in 0..h * 3 / 2 {
+                for x in 0..p {
+                    let v = if y < h {
+                        (x + y + n as u32 * 4) & 0xff
+                    } else {
+                        128 + ((x / 2 + n as u32) & 31)
+                    };
+                    frame.push(v as u8);
+                }
+            }
+            // SAFETY: `frame` holds pitch * rows bytes, the size of the allocation.
+            let rc = unsafe { (cu.htod)(d, frame.as_ptr().cast(), frame.len()) };
+            if rc != 0 {
+                return fail(format!("cuMemcpyHtoD_v2: {rc}"));
+            }
+            let (st, m) = s.map(regs[k]);
+            expect("map", st, S::NV_ENC_SUCCESS)?;
+            maps[k] = Some(m);
+            let st = s.encode(m, outs[k], w, h, p, n * 1000);
+            pending.push_back(k);
+            match st {
+                S::NV_ENC_SUCCESS => drain(&mut pending, &mut maps, &mut log)?,
+                S::NV_ENC_ERR_NEED_MORE_INPUT => {}
+                other => {
+                    // SAFETY: live session.
+                    let text = unsafe { (s.f.get_last_error_string)(s.enc) };
+                    // SAFETY: the driver's NUL-terminated string stays valid until its next call.
+                    let why = unsafe { std::ffi::CStr::from_ptr(text) };
+                    return fail(format!("encode {n}: {other}: {}", why.to_string_lossy()));
+                }
+            }
+            log.push(if st == S::NV_ENC_SUCCESS {
+                "S".into()
+            } else {
+                "N".into()
+            });
+        }
+        expect("eos", s.eos(), S::NV_ENC_SUCCESS)?;
+        drain(&mut pending, &mut maps, &mut log)?;
+        Ok(())
+    })();
+    // Teardown in the order the API requires, whatever happened above.
+    for m in maps.iter_mut().filter_map(Option::take) {
+        // SAFETY: unmapping mappings this client made.
+        unsafe { (s.f.unmap_input_resource)(s.enc, m) };
+    }
+    for r in regs {
+        // SAFETY: unregistering registrations this client made.
+        unsafe { (s.f.unregister_resource)(s.enc, r) };
+    }
+    for o in outs {
+        // SAFETY: destroying buffers this client made.
+        unsafe { (s.f.destroy_bitstream_buffer)(s.enc, o) };
+    }
+    s.destroy();
+    for (d, _) in allocs {
+        // SAFETY: freeing allocations this client made, context current.
+        unsafe { (cu.free)(d) };
+    }
+    // SAFETY: destroying the context created above.
+    unsafe { (cu.ctx_destroy)(ctx) };
+    std::fs::write(path, &stream).map_err(|e| e.to_string())?;
+    println!("log {}", log.join(" "));
+    result
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("load") => scenario_load(),
+        Some("sessions") => scenario_sessions(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3)),
+        Some("misuse") => scenario_misuse(),
+        Some("encode") => {
+            let stop_on_error = args.get(4).is_some_and(|a| a == "stop-on-error");
+            match scenario_encode(
+                args.get(1).map_or("out.h264", String::as_str),
+                args.get(2).and_then(|n| n.parse().ok()).unwrap_or(30),
+                args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
+            ) {
+                Err(e) if stop_on_error => {
+                    println!("stopped: {e}");
+                    Ok(())
+                }
+                r => r,
+            }
+        }
+        _ => Err("usage: nvenc-emu-client load | sessions N | misuse | encode OUT FRAMES INTERVAL [stop-on-error]".into()),
+    };
+    let _ = std::io::stdout().flush();
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nvenc-emu-client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The emulator's validation rules, faults and limits, exercised by `nvenc-emu-client` (which
+//! loads the driver through the production loader, `nvenc_sys::load`).
+
+use std::process::Output;
+
+use nvenc_emu_harness::{ApiVersion, EmuDriver, Report};
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_nvenc-emu-client");
+
+fn run(emu: &EmuDriver, args: &[&str]) -> (Output, String, Report) {
+    let out = emu
+        .command(CLIENT)
+        .args(args)
+        .env("NVENC_EMU_QUIET", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = emu.report();
+    (out, stdout, report)
+}
+
+fn assert_ok(out: &Output, report: &Report) {
+    assert!(
+        out.status.success(),
+        "client failed: {}\n{}\nreport:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout),
+        report.lines.join("\n")
+    );
+}
+
+#[test]
+fn loads_through_the_production_loader() {
+    let (out, stdout, report) = run(&EmuDriver::new(), &["load"]);
+    assert_ok(&out, &report);
+    assert!(stdout.contains("load ok 11.1"), "{stdout}");
+}
+
+#[test]
+fn driver_older_than_our_api_is_refused_by_the_loader() {
+    let emu = EmuDriver::new().max_api(ApiVersion::new(10, 0));
+    let (out, stdout, report) = run(&emu, &["load"]);
+    assert_ok(&out, &report);
+    assert!(stdout.contains("load err DriverTooOld"), "{stdout}");
+}
+
+#[test]
+fn misuse_is_refused_with_the_drivers_status_and_recorded() {
+    let (out, stdout, report) = run(&EmuDriver::new(), &["misuse"]);
+    assert_ok(&out, &report);
+    assert!(stdout.contains("ok lock out of submission order"));
+    let expect = [
+        ("nvEncOpenEncodeSessionEx", "version is"),
+        ("nvEncOpenEncodeSessionEx", "reserved1[3]"),
+        (
+            "nvEncCreateBitstreamBuffer",
+            "nvEncInitializeEncoder has not succeeded",
+        ),
+        ("nvEncInitializeEncoder", "not one of P1..P7"),
+        ("nvEncInitializeEncoder", "enableEncodeAsync"),
+        ("nvEncInitializeEncoder", "outside caps"),
+        ("nvEncInitializeEncoder", "already initialized"),
+        ("nvEncReconfigureEncoder", "exceeds maxEncodeWidth"),
+        ("nvEncReconfigureEncoder", "version is"),
+        ("nvEncRegisterResource", "less than the width"),
+        ("nvEncRegisterResource", "remain in the allocation"),
+        ("nvEncRegisterResource", "not a device allocation"),
+        ("nvEncUnregisterResource", "still mapped"),
+        ("nvEncEncodePicture", "inputPitch"),
+        ("nvEncEncodePicture", "pass the mappedResource"),
+        ("nvEncLockBitstream", "no submitted frame"),
+        (
+            "nvEncUnmapInputResource",
+            "before nvEncLockBitstream returned",
+        ),
+        ("nvEncEncodePicture", "reused before the output"),
+        ("nvEncEncodePicture", "still pending or locked"),
+        ("nvEncLockBitstream", "submission order"),
+        ("nvEncUnmapInputResource", "not a mapped resource"),
+        ("nvEncDestroyEncoder", "destroyed with live"),
+        ("nvEncEncodePicture", "not a live encoder session"),
+        ("cuMemFree_v2", "double free"),
+    ];
+    for (entry, text) in expect {
+        assert!(
+            report
+                .violations_of(entry)
+                .iter()
+                .any(|v| v.reason.contains(text)),
+            "no violation of {entry} mentioning {text:?}; got:\n{}",
+            report.lines.join("\n")
+        );
+    }
+    assert_eq!(
+        report.violations.len(),
+        expect.len(),
+        "{:#?}",
+        report.violations
+    );
+    // The in-process control API agrees with the report (NVENC's share of the violations).
+    let nvenc = report
+        .violations
+        .iter()
+        .filter(|v| v.lib == "encode")
+        .count();
+    let control = format!(
+        "control violations={nvenc} live_handles sessions=0 input_buffers=0 \
+         bitstream_buffers=0 registered=0 mapped=0"
+    );
+    assert!(stdout.contains(&control), "{stdout}");
+    // The leaky destroy was cleaned up by the emulator, so nothing is left at exit.
+    assert!(report.leaks().is_empty(), "{:?}", report.leaks());
+}
+
+/// B-frames through the CUDA path: NVENC's NEED_MORE_INPUT pattern, outputs locked in submission
+/// order, and a stream that decodes to every frame.
+#[test]
+fn encode_with_b_frames_from_cuda_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("b.h264");
+    let emu = EmuDriver::new();
+    let (out, stdout, report) = run(&emu, &["encode", out_path.to_str().unwrap(), "30", "3"]);
+    assert_ok(&out, &report);
+    report.assert_clean();
+    // Every entry point called is listed with its count, for building fault matrices.
+    assert_eq!(report.calls["encode"]["nvEncEncodePicture"], 31);
+    assert_eq!(report.calls["encode"]["nvEncLockBitstream"], 30);
+    assert!(report.calls["cuda"]["cuMemAllocPitch_v2"] >= 6);
+    let log = stdout.lines().find_map(|l| l.strip_prefix("log ")).unwrap();
+    let signals: String = log.split(' ').filter(|t| *t == "S" || *t == "N").collect();
+    assert_eq!(signals, "SNNSNNSNNSNNSNNSNNSNNSNNSNNSNN");
+    if nvenc_emu_harness::video::ffmpeg_with_nvenc() {
+        let yuv = nvenc_emu_harness::video::decode_yuv420(&out_path);
+        assert_eq!(yuv.len(), 30 * 320 * 192 * 3 / 2);
+    }
+}
+
+/// Fast mode reproduces NVENC's output order exactly: each anchor's output comes before the
+/// B-pictures it follows in display order.
+#[test]
+fn fast_mode_reorders_like_nvenc() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("f.h264");
+    let emu = EmuDriver::new().fast();
+    let (out, stdout, report) = run(&emu, &["encode", out_path.to_str().unwrap(), "7", "3"]);
+    assert_ok(&out, &report);
+    report.assert_clean();
+    let log = stdout.lines().find_map(|l| l.strip_prefix("log ")).unwrap();
+    let locked: Vec<&str> = log.split(' ').filter(|t| t.contains(':')).collect();
+    // (timestamp:picture type) in lock order: IDR 0, then P 3 before B 1 and B 2, ...
+    assert_eq!(
+        locked,
+        ["0:3", "3000:0", "1000:1", "2000:1", "6000:0", "4000:1", "5000:1"]
+    );
+}
+
+#[test]
+fn session_limit_like_geforce() {
+    let emu = EmuDriver::new().max_sessions(2);
+    let (out, stdout, report) = run(&emu, &["sessions", "3"]);
+    assert_ok(&out, &report);
+    assert!(stdout.contains("sessions 0,0,10"), "{stdout}");
+    report.assert_clean();
+}
+
+#[test]
+fn no_encode_device() {
+    let (out, stdout, report) = run(&EmuDriver::new().no_device(), &["sessions", "1"]);
+    assert_ok(&out, &report);
+    assert!(stdout.contains("sessions 1"), "{stdout}");
+    let (out, stdout, report) = run(&EmuDriver::new().unsupported_device(), &["sessions", "1"]);
+    assert_ok(&out, &report);
+    assert!(stdout.contains("sessions 2"), "{stdout}");
+    report.assert_clean();
+}
+
+#[test]
+fn fault_fires_on_the_nth_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.h264");
+    let emu = EmuDriver::new().fault("nvEncEncodePicture", 5, 8);
+    let (out, stdout, report) = run(
+        &emu,
+        &["encode", p.to_str().unwrap(), "10", "1", "stop-on-error"],
+    );
+    assert_ok(&out, &report);
+    assert!(
+        stdout.contains("stopped: encode 4: NV_ENC_ERR_INVALID_PARAM (8)"),
+        "{stdout}"
+    );
+    assert_eq!(report.faults, ["entry=nvEncEncodePicture call=5 status=8"]);
+}
+
+/// Every NVENC and CUDA entry point the client's encode path calls, failing on its first and on
+/// a later call: the client stops, tears down, and no handle is left in either library.
+#[test]
+fn fault_matrix_leaves_no_handles() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.h264");
+    let cases: &[(&str, &[u64], i32)] = &[
+        ("nvEncOpenEncodeSessionEx", &[1], 10),
+        ("nvEncGetEncodePresetConfigEx", &[1], 8),
+        ("nvEncInitializeEncoder", &[1], 8),
+        ("nvEncRegisterResource", &[1, 3], 23),
+        ("nvEncCreateBitstreamBuffer", &[1, 3], 10),
+        ("nvEncMapInputResource", &[1, 4], 16),
+        ("nvEncEncodePicture", &[1, 4], 5),
+        ("nvEncLockBitstream", &[1, 2], 20),
+        ("nvEncUnlockBitstream", &[1], 20),
+        ("cuInit", &[1], 100),
+        ("cuCtxCreate_v2", &[1], 2),
+        ("cuMemAllocPitch_v2", &[1, 3], 2),
+        ("cuMemcpyHtoD_v2", &[1, 5], 1),
+    ];
+    for &(entry, nths, status) in cases {
+        for &nth in nths {
+            let emu = EmuDriver::new().fault(entry, nth, status);
+            let (out, stdout, report) = run(
+                &emu,
+                &["encode", p.to_str().unwrap(), "8", "2", "stop-on-error"],
+            );
+            assert_ok(&out, &report);
+            assert_eq!(
+                report.faults.len(),
+                1,
+                "{entry}#{nth} did not fire:\n{stdout}"
+            );
+            assert!(
+                stdout.contains("stopped:"),
+                "{entry}#{nth}: the client did not see the failure:\n{stdout}"
+            );
+            assert!(
+                report.leaks().is_empty(),
+                "{entry}#{nth}: leaked {:?}",
+                report.leaks()
+            );
+        }
+    }
+}
+
+#[test]
+fn cuda_without_a_device() {
+    let (out, _stdout, report) = run(&EmuDriver::new().no_cuda_device(), &["sessions", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cuInit: 100"));
+    assert!(report.violations.is_empty());
+}
+
+/// cudarc (context, stream, plain/pitched/pinned memory, copies) runs unchanged on the emulated
+/// libcuda, and releases everything it took.
+#[test]
+fn cudarc_runs_on_the_emulated_libcuda() {
+    let emu = EmuDriver::new();
+    let out = emu
+        .command(env!("CARGO_BIN_EXE_nvenc-emu-cudarc"))
+        .output()
+        .unwrap();
+    let report = emu.report();
+    assert_ok(&out, &report);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("cudarc ok device=\"Emulated NVENC GPU\" pitch=1024"),
+        "{stdout}"
+    );
+    report.assert_clean();
+}
+
+/// The build never produces a file under a driver's name, so `cargo test` (which puts
+/// `target/<profile>` on `LD_LIBRARY_PATH`) cannot make other tests load an emulator.
+#[test]
+fn artifacts_never_shadow_a_driver() {
+    let libs = nvenc_emu_harness::libs();
+    for artifact in [&libs.cuda, &libs.encode] {
+        let name = artifact.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("libnvenc_emu_"), "{name}");
+        let dir = artifact.parent().unwrap();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let n = entry.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                !n.starts_with("libcuda.so") && !n.starts_with("libnvidia-encode.so"),
+                "{} holds {n}",
+                dir.display()
+            );
+        }
+    }
+}
+
+/// On a GPU machine: the emulated NVENC on top of the real libcuda (real device memory, read back
+/// through the real driver). Skips loudly elsewhere; `NVENC_EMU_REQUIRE_GPU=1` makes it fail.
+#[test]
+fn emulated_nvenc_on_a_real_libcuda() {
+    if !nvenc_emu_harness::real_cuda_available() {
+        assert!(
+            std::env::var("NVENC_EMU_REQUIRE_GPU").is_err(),
+            "NVENC_EMU_REQUIRE_GPU is set but no libcuda.so.1 is installed"
+        );
+        eprintln!("SKIPPED: no real libcuda.so.1 on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("gpu.h264");
+    let emu = EmuDriver::new().real_cuda();
+    let (out, stdout, report) = run(&emu, &["encode", p.to_str().unwrap(), "30", "3"]);
+    assert_ok(&out, &report);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert!(stdout.contains("log "));
+    assert!(std::fs::metadata(&p).unwrap().len() > 1000);
+}
+
+/// A test body run in a child against the emulator (the pattern for backend tests): the
+/// production loader finds the emulated driver there, and the report shows the session.
+#[test]
+fn test_body_in_a_child_process() {
+    if nvenc_emu_harness::in_child() {
+        let lib = nvenc_sys::load().expect("the emulated driver loads");
+        assert_eq!(lib.driver_max_version(), ApiVersion::new(11, 1));
+        return;
+    }
+    let emu = EmuDriver::new();
+    let out = emu
+        .command_self("test_body_in_a_child_process")
+        .output()
+        .unwrap();
+    let report = emu.report();
+    assert_ok(&out, &report);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    assert_eq!(report.calls["encode"]["NvEncodeAPICreateInstance"], 1);
+}
