@@ -119,16 +119,20 @@ fn build() -> Result<Libs, String> {
     for d in [&dir, &encode_only_dir] {
         std::fs::create_dir(d).map_err(|e| e.to_string())?;
     }
-    for (d, link, target) in [
+    for (d, name, target) in [
         (&dir, "libcuda.so.1", &cuda),
-        (&dir, "libcuda.so", &cuda),
         (&dir, "libnvidia-encode.so.1", &encode),
         (&encode_only_dir, "libnvidia-encode.so.1", &encode),
     ] {
-        // A copy, not a link: the child keeps working even if cargo rebuilds the artifact
-        // while it runs.
-        std::fs::copy(target, d.join(link)).map_err(|e| format!("copying {link}: {e}"))?;
+        // A copy, not a link to the artifact: the child keeps working even if cargo rebuilds
+        // the artifact while it runs.
+        std::fs::copy(target, d.join(name)).map_err(|e| format!("copying {name}: {e}"))?;
     }
+    // `libcuda.so` links to `libcuda.so.1`, as a driver installs it: cudarc opens the first name
+    // and the emulated NVENC the second, and both must reach the same loaded library (one file,
+    // one inode), or the process would hold two emulated CUDAs that know nothing of each other.
+    std::os::unix::fs::symlink("libcuda.so.1", dir.join("libcuda.so"))
+        .map_err(|e| format!("linking libcuda.so: {e}"))?;
     Ok(Libs {
         dir,
         encode_only_dir,
