@@ -375,3 +375,57 @@ fn nvenc_chosen_and_failover_on_device_loss() {
         .any(|f| f.contains("nvEncEncodePicture")));
     assert!(report.leaks().is_empty(), "{:?}", report.leaks());
 }
+
+#[test]
+#[ignore = "child half of device_frames_are_encoded_without_a_host_copy"]
+fn child_device_frames() {
+    assert_child();
+    for format in [nvenc::PixelFormat::Nv12, nvenc::PixelFormat::I420] {
+        let config = EncoderConfig::new(320, 240)
+            .with_pixel_format(format)
+            .with_crf(18.0)
+            .with_bframes(Some(2));
+        let mut encoder = NvencEncoder::new(&config).expect("open");
+        let input = common::clip(&config, 30);
+        let len = config.validate().expect("valid");
+        let ctx = cudarc::driver::CudaContext::new(0).expect("CUDA context");
+        ctx.bind_to_thread().expect("bind");
+        // SAFETY: the primary context is current; `len` bytes are allocated and freed below,
+        // after the encoder has been flushed.
+        let dptr = unsafe { cudarc::driver::result::malloc_sync(len) }.expect("cuMemAlloc");
+        let mut chunks = Vec::new();
+        for frame in &input {
+            // SAFETY: `dptr` holds `len` bytes and `frame` is `len` bytes long.
+            unsafe { cudarc::driver::result::memcpy_htod_sync(dptr, frame) }.expect("upload");
+            let device = nvenc::nvenc::DeviceFrame {
+                device_ptr: dptr,
+                pitch: 320,
+                pts: None,
+                force_keyframe: false,
+            };
+            // SAFETY: `dptr` is a live allocation of the encoder's (primary) context holding
+            // the whole frame at pitch 320, and stays alive until after the flush below.
+            unsafe { encoder.encode_device(device, &mut chunks) }.expect("encode_device");
+            // The next upload overwrites the buffer: wait until the encoder's stream has read it.
+            encoder.synchronize().expect("synchronize");
+        }
+        encoder.flush(&mut chunks).expect("flush");
+        // SAFETY: allocated above; the encoder no longer reads it.
+        unsafe { cudarc::driver::result::free_sync(dptr) }.expect("free");
+        common::assert_accounting(&chunks, 30);
+        let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);
+        assert_eq!(decoded.len(), 30);
+        for (i, (want, got)) in input.iter().zip(&decoded).enumerate() {
+            let p = common::psnr(&common::as_i420(&config, want), got);
+            assert!(p >= PSNR_FLOOR_DB, "{format} frame {i}: PSNR {p:.2} dB");
+        }
+    }
+}
+
+#[test]
+fn device_frames_are_encoded_without_a_host_copy() {
+    let emu = EmuDriver::new();
+    let out = run_child(&emu, "child_device_frames");
+    assert_child_passed(&out, "child_device_frames");
+    emu.report().assert_clean();
+}

@@ -360,6 +360,18 @@ impl NvencEncoder {
         })
     }
 
+    /// Waits until every copy queued on the encoder's CUDA stream has run: after this, the
+    /// source of a [`DeviceFrame`] given to [`NvencEncoder::encode_device`] may be reused.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the driver reports a failure of the stream.
+    pub fn synchronize(&self) -> Result<(), Error> {
+        self.stream.synchronize().map_err(|e| Error::Unavailable {
+            backend: KIND,
+            reason: format!("cuStreamSynchronize failed: {e}"),
+        })
+    }
+
     /// Frames submitted to NVENC whose bitstream has not been read back yet.
     #[must_use]
     pub fn in_flight(&self) -> usize {
@@ -387,8 +399,9 @@ impl NvencEncoder {
     ///
     /// # Safety
     /// `frame.device_ptr` must be a live allocation in this encoder's CUDA context holding the
-    /// whole frame at `frame.pitch`, and must stay unchanged until this call returns... and
-    /// until the stream has consumed it: keep it alive until the next `encode`/`flush` call.
+    /// whole frame at `frame.pitch`, left unchanged and allocated until the copy queued here has
+    /// run: until [`NvencEncoder::synchronize`], [`VideoEncoder::flush`], or the drop of the
+    /// encoder.
     pub unsafe fn encode_device(
         &mut self,
         frame: DeviceFrame,
