@@ -745,6 +745,12 @@ impl<S: SlotStorage> Drop for Consumer<S> {
 /// hold several at once — one per input surface in flight — and release them in any order, from any
 /// thread. The producer gets slots back in ring order: a slot released early stays reserved until
 /// every older lease is released too, so a slot is never rewritten while any lease on it is alive.
+///
+/// Hence the one way to wait on yourself: a consumer thread that blocks in
+/// [`Consumer::pop`] while its own leases, counted from the oldest one it still holds, cover the
+/// whole ring waits until some other thread releases one. Release (at least the oldest) before
+/// blocking, or use `try_pop`/`pop_timeout`; [`Consumer::in_flight`] shows how many slots the
+/// consumer's leases keep from the producer.
 #[must_use = "dropping a lease releases its slot at once"]
 pub struct ReadSlot<S: SlotStorage> {
     shared: Arc<Shared<S>>,
