@@ -10,8 +10,9 @@
 //! `tail % capacity` while it is free (`tail - released < capacity`); the consumer owns slots
 //! `[released, tail)`: queued ones `[head, tail)` and leased ones `[released, head)`.
 //!
-//! Fast paths are lock-free (one acquire load, one release store). A side takes `lock` only to
-//! sleep, to release a slot, or to change the peer state. Lost wake-ups are excluded as follows:
+//! Fast paths are lock-free (one acquire load, one release store). A side polls briefly, then
+//! takes `lock` only to sleep; the lock is also taken to release a slot (cheap when uncontended)
+//! and to record a peer's end. Lost wake-ups are excluded as follows:
 //! the producer sleeps only after re-reading `released` under the lock, and `released` only moves
 //! under the lock, which also reads the producer's waiting flag; the consumer publishes its waiting
 //! flag and re-reads `tail` with a `SeqCst` fence between, and the producer stores `tail` and reads
@@ -150,6 +151,20 @@ impl<S> Shared<S> {
         self.state.fetch_or(bits, Ordering::AcqRel);
         self.not_empty.notify_all();
         self.not_full.notify_all();
+    }
+}
+
+/// Polls before a blocking call sleeps: a few spins, then a few yields (under loom, none: the
+/// model explores the sleeping path).
+const SPIN_STEPS: u32 = if cfg!(all(test, loom)) { 0 } else { 20 };
+
+fn backoff(step: u32) {
+    if step < 10 {
+        for _ in 0..(1u32 << step) {
+            std::hint::spin_loop();
+        }
+    } else {
+        std::thread::yield_now();
     }
 }
 
@@ -350,7 +365,9 @@ impl<S: SlotStorage> Producer<S> {
                 if matches!(wait, Wait::No) {
                     return Err(ReserveError::Full);
                 }
-                self.wait_for_space(wait)?;
+                if !self.spin_for_space() {
+                    self.wait_for_space(wait)?;
+                }
             }
         }
         let index = self.tail % self.shared.counters.capacity;
@@ -358,6 +375,22 @@ impl<S: SlotStorage> Producer<S> {
             producer: self,
             index,
         })
+    }
+
+    /// Polls briefly before sleeping: the consumer usually frees a slot within microseconds, and
+    /// a futex sleep and wake-up cost more than that.
+    fn spin_for_space(&mut self) -> bool {
+        for step in 0..SPIN_STEPS {
+            backoff(step);
+            self.released = self.shared.counters.released.0.load(Ordering::Acquire);
+            if self.has_space() {
+                return true;
+            }
+            if self.consumer_gone().is_some() {
+                return false;
+            }
+        }
+        false
     }
 
     #[cold]
@@ -628,11 +661,26 @@ impl<S: SlotStorage> Consumer<S> {
                 }
             } else if matches!(wait, Wait::No) {
                 return Err(PopError::Empty);
-            } else {
+            } else if !self.spin_for_frame() {
                 self.wait_for_frame(wait)?;
             }
         }
         Ok(self.take())
+    }
+
+    /// Polls briefly before sleeping (as the producer does); an end of the producer is left to
+    /// `wait_for_frame`, which reports it.
+    fn spin_for_frame(&mut self) -> bool {
+        for step in 0..SPIN_STEPS {
+            backoff(step);
+            if self.refresh_tail() {
+                return true;
+            }
+            if self.shared.state.load(Ordering::Acquire) & PRODUCER_GONE != 0 {
+                return false;
+            }
+        }
+        false
     }
 
     #[cold]
