@@ -156,7 +156,13 @@ impl<S> Shared<S> {
 
 /// Polls before a blocking call sleeps: a few spins, then a few yields (under loom, none: the
 /// model explores the sleeping path).
-const SPIN_STEPS: u32 = if cfg!(all(test, loom)) { 0 } else { 20 };
+fn spin_steps() -> u32 {
+    if cfg!(all(test, loom)) {
+        0
+    } else {
+        20
+    }
+}
 
 fn backoff(step: u32) {
     if step < 10 {
@@ -380,7 +386,7 @@ impl<S: SlotStorage> Producer<S> {
     /// Polls briefly before sleeping: the consumer usually frees a slot within microseconds, and
     /// a futex sleep and wake-up cost more than that.
     fn spin_for_space(&mut self) -> bool {
-        for step in 0..SPIN_STEPS {
+        for step in 0..spin_steps() {
             backoff(step);
             self.released = self.shared.counters.released.0.load(Ordering::Acquire);
             if self.has_space() {
@@ -671,7 +677,7 @@ impl<S: SlotStorage> Consumer<S> {
     /// Polls briefly before sleeping (as the producer does); an end of the producer is left to
     /// `wait_for_frame`, which reports it.
     fn spin_for_frame(&mut self) -> bool {
-        for step in 0..SPIN_STEPS {
+        for step in 0..spin_steps() {
             backoff(step);
             if self.refresh_tail() {
                 return true;
