@@ -209,8 +209,17 @@ fn main() {
     println!(
         "\n1. 1080p I420 frames ({FRAME} bytes), {frames} frames, {SLOTS} slots, median of {runs}"
     );
-    let memcpy = median(runs, || memcpy_frames(&src, frames));
-    let ring = median(runs, || ring_frames(&src, frames));
+    // Alternate the two, so both see the same background load (other builds share the machine).
+    let mut memcpy_runs = Vec::new();
+    let mut ring_runs = Vec::new();
+    for _ in 0..runs {
+        memcpy_runs.push(memcpy_frames(&src, frames));
+        ring_runs.push(ring_frames(&src, frames));
+    }
+    let mut it = memcpy_runs.into_iter();
+    let memcpy = median(runs, || it.next().unwrap_or_default());
+    let mut it = ring_runs.into_iter();
+    let ring = median(runs, || it.next().unwrap_or_default());
     let gbs = |t: Duration| (FRAME * frames) as f64 / t.as_secs_f64() / 1e9;
     println!("   {:<44} {:>8} {:>8}", "", "GB/s", "ratio");
     println!(

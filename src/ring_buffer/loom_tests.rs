@@ -137,3 +137,23 @@ fn concurrent_releases_return_every_slot() {
         assert_eq!(c.queue_depth(), 3);
     });
 }
+
+/// One lease released on another thread while the main thread releases the two newer ones: the
+/// release bookkeeping alone (no blocked producer) returns all three slots.
+#[test]
+fn concurrent_release_bookkeeping() {
+    model(|| {
+        let (mut p, mut c) = FrameRing::new(3, 1).unwrap();
+        for seq in 0..3 {
+            p.try_reserve().unwrap().commit(meta(seq)).unwrap();
+        }
+        let a = c.try_pop().unwrap();
+        let b = c.try_pop().unwrap();
+        let d = c.try_pop().unwrap();
+        let t1 = thread::spawn(move || drop(a));
+        drop(b);
+        drop(d);
+        t1.join().unwrap();
+        assert_eq!(c.in_flight(), 0, "{:?}", c.stats());
+    });
+}

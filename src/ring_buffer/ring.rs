@@ -4,20 +4,20 @@
 //!
 //! - `tail`: frames committed by the producer (written only by the producer);
 //! - `head`: frames popped by the consumer (written only by the consumer);
-//! - `released`: popped frames whose slots were given back, in ring order (written under `lock`).
+//! - `released`: popped frames whose slots were given back, in ring order (written by whichever
+//!   thread releases the oldest lease, see `ReadSlot::drop`).
 //!
 //! `released <= head <= tail` and `tail - released <= capacity`. The producer owns slot
 //! `tail % capacity` while it is free (`tail - released < capacity`); the consumer owns slots
 //! `[released, tail)`: queued ones `[head, tail)` and leased ones `[released, head)`.
 //!
-//! Fast paths are lock-free (one acquire load, one release store). A side polls briefly, then
-//! takes `lock` only to sleep; the lock is also taken to release a slot (cheap when uncontended)
-//! and to record a peer's end. Lost wake-ups are excluded as follows:
-//! the producer sleeps only after re-reading `released` under the lock, and `released` only moves
-//! under the lock, which also reads the producer's waiting flag; the consumer publishes its waiting
-//! flag and re-reads `tail` with a `SeqCst` fence between, and the producer stores `tail` and reads
-//! the flag with a `SeqCst` fence between (the store-buffering pattern), so at least one of the
-//! two sees the other.
+//! Fast paths are lock-free. A side polls briefly, then takes `lock` only to sleep on a condition
+//! variable; the other side takes it only to notify a side that said it sleeps, or to record its
+//! own end. Lost wake-ups are excluded by the store-buffering pattern: a sleeper stores its
+//! waiting flag, issues a `SeqCst` fence and re-reads the counter it waits on (under the lock);
+//! the waker stores the counter, issues a `SeqCst` fence and reads the flag; at least one of the
+//! two sees the other, and the waker notifies under the lock, so it cannot slip in between the
+//! sleeper's check and its wait.
 
 use std::cell::UnsafeCell;
 use std::fmt;
@@ -109,12 +109,8 @@ struct Counters {
     released: Padded<AtomicUsize>,
 }
 
-/// State guarded by `Shared::lock`.
-struct Locked {
-    /// `pending[i]`: slot `i` was released out of ring order and waits for older slots.
-    pending: Box<[bool]>,
-    producer_waiting: bool,
-}
+/// Nothing is guarded by `Shared::lock` itself: it only orders sleeping against waking.
+type Locked = ();
 
 struct Shared<S> {
     storage: S,
@@ -122,6 +118,9 @@ struct Shared<S> {
     counters: Arc<Counters>,
     state: AtomicU8,
     consumer_waiting: AtomicBool,
+    producer_waiting: AtomicBool,
+    /// `pending[i]`: slot `i` was released out of ring order and waits for the older slots.
+    pending: Box<[AtomicBool]>,
     lock: Mutex<Locked>,
     not_empty: Condvar,
     not_full: Condvar,
@@ -130,7 +129,7 @@ struct Shared<S> {
 // SAFETY: the only field that is not Sync is `meta`; `meta[i]` is written by the producer only while
 // it owns slot `i` (before the release store of `tail` that publishes it) and read by the consumer
 // only after the acquire load of `tail` that shows it, and never written again until the slot is
-// released under `lock` and `released` is acquired by the producer. So no access to one `meta[i]`
+// released and the producer has acquired the new `released`. So no access to one `meta[i]`
 // races with a write.
 unsafe impl<S: SlotStorage> Sync for Shared<S> {}
 // SAFETY: all fields are Send when S is (UnsafeCell<FrameMeta> holds plain data).
@@ -235,10 +234,9 @@ pub(crate) fn split<S: SlotStorage>(storage: S) -> (Producer<S>, Consumer<S>) {
         counters,
         state: AtomicU8::new(0),
         consumer_waiting: AtomicBool::new(false),
-        lock: Mutex::new(Locked {
-            pending: vec![false; n].into_boxed_slice(),
-            producer_waiting: false,
-        }),
+        producer_waiting: AtomicBool::new(false),
+        pending: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        lock: Mutex::new(()),
         not_empty: Condvar::new(),
         not_full: Condvar::new(),
     });
@@ -407,14 +405,17 @@ impl<S: SlotStorage> Producer<S> {
             if let Some(gone) = self.consumer_gone() {
                 return Err(gone);
             }
+            shared.producer_waiting.store(true, Ordering::Relaxed);
+            // Store-buffering pairing with the release of a slot (`ReadSlot::drop`).
+            fence(Ordering::SeqCst);
             self.released = shared.counters.released.0.load(Ordering::Acquire);
             if self.has_space() {
+                shared.producer_waiting.store(false, Ordering::Relaxed);
                 return Ok(());
             }
-            guard.producer_waiting = true;
             let (g, timed_out) = sleep(&shared.not_full, guard, wait);
             guard = g;
-            guard.producer_waiting = false;
+            shared.producer_waiting.store(false, Ordering::Relaxed);
             if timed_out {
                 self.released = shared.counters.released.0.load(Ordering::Acquire);
                 if self.has_space() {
@@ -674,7 +675,7 @@ impl<S: SlotStorage> Consumer<S> {
         Ok(self.take())
     }
 
-    /// Polls briefly before sleeping (as the producer does); an end of the producer is left to
+    /// Polls briefly before sleeping (see [`Producer`]'s twin); an end of the producer is left to
     /// `wait_for_frame`, which reports it.
     fn spin_for_frame(&mut self) -> bool {
         for step in 0..spin_steps() {
@@ -868,32 +869,49 @@ impl<S: DeviceSlots> ReadSlot<S> {
 }
 
 impl<S: SlotStorage> Drop for ReadSlot<S> {
+    /// Gives the slot back. `released` moves only from the oldest lease forward; whoever moves it
+    /// past position `p` (the holder of lease `p`, or the thread that claims `pending[p]`) is the
+    /// only one that may move it, so no lock is needed. A lease released early marks itself
+    /// pending; a store-buffering pair of `SeqCst` fences guarantees that either it sees that the
+    /// older slots are back (and claims itself) or the thread that brought them back sees its mark.
     fn drop(&mut self) {
         let shared = &self.shared;
         let capacity = shared.counters.capacity;
-        let mut guard = shared.locked();
-        let mut released = shared.counters.released.0.load(Ordering::Relaxed);
-        if self.position != released {
-            // An older lease is still out: remember this one until that one comes back.
-            if let Some(p) = guard.pending.get_mut(self.index) {
-                *p = true;
+        let released = &shared.counters.released.0;
+        let mut position = self.position;
+        if released.load(Ordering::Acquire) != position {
+            let Some(mark) = shared.pending.get(self.index) else {
+                return;
+            };
+            mark.store(true, Ordering::Release);
+            fence(Ordering::SeqCst);
+            // A compare-exchange, not a swap: it writes nothing when the mark is already taken.
+            if released.load(Ordering::Acquire) != position
+                || mark
+                    .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                // The older slots are still out, or their releaser claimed this one too.
+                return;
             }
-            return;
         }
-        released = released.wrapping_add(1);
-        while let Some(p) = guard.pending.get_mut(released % capacity) {
-            if !*p {
-                break;
+        // This thread now owns the advance past `position`.
+        loop {
+            position = position.wrapping_add(1);
+            released.store(position, Ordering::Release);
+            // Pairs with an early releaser's mark + fence + load, and with the producer's waiting
+            // flag + fence + load.
+            fence(Ordering::SeqCst);
+            match shared.pending.get(position % capacity) {
+                Some(mark)
+                    if mark
+                        .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok() => {}
+                _ => break,
             }
-            *p = false;
-            released = released.wrapping_add(1);
         }
-        shared
-            .counters
-            .released
-            .0
-            .store(released, Ordering::Release);
-        if guard.producer_waiting {
+        if shared.producer_waiting.load(Ordering::Relaxed) {
+            let _guard = shared.locked();
             shared.not_full.notify_one();
         }
     }
