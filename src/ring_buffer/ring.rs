@@ -173,6 +173,15 @@ fn backoff(step: u32) {
     }
 }
 
+/// The slot after `index` in a ring of `capacity` slots.
+fn next_index(index: usize, capacity: usize) -> usize {
+    if index + 1 == capacity {
+        0
+    } else {
+        index + 1
+    }
+}
+
 /// How long a blocking call may wait.
 #[derive(Clone, Copy)]
 enum Wait {
@@ -243,12 +252,14 @@ pub(crate) fn split<S: SlotStorage>(storage: S) -> (Producer<S>, Consumer<S>) {
     let producer = Producer {
         shared: Arc::clone(&shared),
         tail: 0,
+        index: 0,
         released: 0,
         _not_sync: PhantomData,
     };
     let consumer = Consumer {
         shared,
         head: 0,
+        index: 0,
         tail: 0,
         _not_sync: PhantomData,
     };
@@ -308,6 +319,8 @@ pub struct Producer<S: SlotStorage> {
     shared: Arc<Shared<S>>,
     /// Local copy of `tail` (only this end writes it).
     tail: usize,
+    /// `tail % capacity`, kept alongside so the hot path has no division.
+    index: usize,
     /// Last `released` seen; refreshed only when the ring looks full.
     released: usize,
     _not_sync: PhantomData<std::cell::Cell<()>>,
@@ -374,7 +387,7 @@ impl<S: SlotStorage> Producer<S> {
                 }
             }
         }
-        let index = self.tail % self.shared.counters.capacity;
+        let index = self.index;
         Ok(WriteSlot {
             producer: self,
             index,
@@ -480,6 +493,7 @@ impl<S: SlotStorage> Producer<S> {
         // below, so this write does not race.
         unsafe { *self.shared.meta[index].get() = meta };
         self.tail = self.tail.wrapping_add(1);
+        self.index = next_index(index, self.shared.counters.capacity);
         self.shared
             .counters
             .tail
@@ -600,6 +614,8 @@ pub struct Consumer<S: SlotStorage> {
     shared: Arc<Shared<S>>,
     /// Local copy of `head` (only this end writes it).
     head: usize,
+    /// `head % capacity`, kept alongside so the hot path has no division.
+    index: usize,
     /// Last `tail` seen; refreshed only when the ring looks empty.
     tail: usize,
     _not_sync: PhantomData<std::cell::Cell<()>>,
@@ -726,7 +742,8 @@ impl<S: SlotStorage> Consumer<S> {
     fn take(&mut self) -> ReadSlot<S> {
         let capacity = self.shared.counters.capacity;
         let position = self.head;
-        let index = position % capacity;
+        let index = self.index;
+        self.index = next_index(index, capacity);
         // SAFETY: position < tail (acquired), so the producer's write of meta[index] happened before
         // and it will not write it again until this slot is released.
         let meta = unsafe { *self.shared.meta[index].get() };
@@ -879,6 +896,7 @@ impl<S: SlotStorage> Drop for ReadSlot<S> {
         let capacity = shared.counters.capacity;
         let released = &shared.counters.released.0;
         let mut position = self.position;
+        let mut index = self.index;
         if released.load(Ordering::Acquire) != position {
             let Some(mark) = shared.pending.get(self.index) else {
                 return;
@@ -898,11 +916,12 @@ impl<S: SlotStorage> Drop for ReadSlot<S> {
         // This thread now owns the advance past `position`.
         loop {
             position = position.wrapping_add(1);
+            index = next_index(index, capacity);
             released.store(position, Ordering::Release);
             // Pairs with an early releaser's mark + fence + load, and with the producer's waiting
             // flag + fence + load.
             fence(Ordering::SeqCst);
-            match shared.pending.get(position % capacity) {
+            match shared.pending.get(index) {
                 Some(mark)
                     if mark
                         .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
