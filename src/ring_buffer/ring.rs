@@ -113,6 +113,10 @@ struct Counters {
 type Locked = ();
 
 struct Shared<S> {
+    /// Aligns `Shared` to 128 bytes, which puts it on other cache lines than the `Arc` reference
+    /// counts before it: the consumer changes those for every lease, the producer reads the
+    /// fields here for every frame.
+    _align: Padded<()>,
     storage: S,
     meta: Box<[UnsafeCell<FrameMeta>]>,
     counters: Arc<Counters>,
@@ -238,6 +242,7 @@ pub(crate) fn split<S: SlotStorage>(storage: S) -> (Producer<S>, Consumer<S>) {
         released: Padded(AtomicUsize::new(0)),
     });
     let shared = Arc::new(Shared {
+        _align: Padded(()),
         storage,
         meta,
         counters,
@@ -922,10 +927,13 @@ impl<S: SlotStorage> Drop for ReadSlot<S> {
             // flag + fence + load.
             fence(Ordering::SeqCst);
             match shared.pending.get(index) {
+                // A plain load first: the next slot is rarely marked, and a compare-exchange is a
+                // locked instruction even when it fails.
                 Some(mark)
-                    if mark
-                        .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok() => {}
+                    if mark.load(Ordering::Acquire)
+                        && mark
+                            .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok() => {}
                 _ => break,
             }
         }
