@@ -54,7 +54,7 @@
 //!
 //! # Storage
 //!
-//! The index logic ([`ring`](self) core, no FFI) runs over any [`SlotStorage`]: [`HostStorage`]
+//! The index logic (the `ring` submodule, no FFI) runs over any [`SlotStorage`]: [`HostStorage`]
 //! (plain memory), [`PinnedStorage`] (CUDA page-locked host memory, so an upload is a direct DMA)
 //! and [`DeviceStorage`] (pitched CUDA device memory from `cuMemAllocPitch`, which NVENC can
 //! register; not stream-ordered memory, which it cannot). CUDA storage needs the CUDA driver at run

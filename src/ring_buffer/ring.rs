@@ -4,19 +4,20 @@
 //!
 //! - `tail`: frames committed by the producer (written only by the producer);
 //! - `head`: frames popped by the consumer (written only by the consumer);
-//! - `released`: popped frames whose slots were given back, in ring order (written under `lock`).
+//! - `released`: popped frames whose slots were given back, in ring order (written by whichever
+//!   thread releases the oldest lease, see `ReadSlot::drop`).
 //!
 //! `released <= head <= tail` and `tail - released <= capacity`. The producer owns slot
 //! `tail % capacity` while it is free (`tail - released < capacity`); the consumer owns slots
 //! `[released, tail)`: queued ones `[head, tail)` and leased ones `[released, head)`.
 //!
-//! Fast paths are lock-free (one acquire load, one release store). A side takes `lock` only to
-//! sleep, to release a slot, or to change the peer state. Lost wake-ups are excluded as follows:
-//! the producer sleeps only after re-reading `released` under the lock, and `released` only moves
-//! under the lock, which also reads the producer's waiting flag; the consumer publishes its waiting
-//! flag and re-reads `tail` with a `SeqCst` fence between, and the producer stores `tail` and reads
-//! the flag with a `SeqCst` fence between (the store-buffering pattern), so at least one of the
-//! two sees the other.
+//! Fast paths are lock-free. A side polls briefly, then takes `lock` only to sleep on a condition
+//! variable; the other side takes it only to notify a side that said it sleeps, or to record its
+//! own end. Lost wake-ups are excluded by the store-buffering pattern: a sleeper stores its
+//! waiting flag, issues a `SeqCst` fence and re-reads the counter it waits on (under the lock);
+//! the waker stores the counter, issues a `SeqCst` fence and reads the flag; at least one of the
+//! two sees the other, and the waker notifies under the lock, so it cannot slip in between the
+//! sleeper's check and its wait.
 
 use std::cell::UnsafeCell;
 use std::fmt;
@@ -108,19 +109,22 @@ struct Counters {
     released: Padded<AtomicUsize>,
 }
 
-/// State guarded by `Shared::lock`.
-struct Locked {
-    /// `pending[i]`: slot `i` was released out of ring order and waits for older slots.
-    pending: Box<[bool]>,
-    producer_waiting: bool,
-}
+/// Nothing is guarded by `Shared::lock` itself: it only orders sleeping against waking.
+type Locked = ();
 
 struct Shared<S> {
+    /// Aligns `Shared` to 128 bytes, which puts it on other cache lines than the `Arc` reference
+    /// counts before it: the consumer changes those for every lease, the producer reads the
+    /// fields here for every frame.
+    _align: Padded<()>,
     storage: S,
     meta: Box<[UnsafeCell<FrameMeta>]>,
     counters: Arc<Counters>,
     state: AtomicU8,
     consumer_waiting: AtomicBool,
+    producer_waiting: AtomicBool,
+    /// `pending[i]`: slot `i` was released out of ring order and waits for the older slots.
+    pending: Box<[AtomicBool]>,
     lock: Mutex<Locked>,
     not_empty: Condvar,
     not_full: Condvar,
@@ -129,7 +133,7 @@ struct Shared<S> {
 // SAFETY: the only field that is not Sync is `meta`; `meta[i]` is written by the producer only while
 // it owns slot `i` (before the release store of `tail` that publishes it) and read by the consumer
 // only after the acquire load of `tail` that shows it, and never written again until the slot is
-// released under `lock` and `released` is acquired by the producer. So no access to one `meta[i]`
+// released and the producer has acquired the new `released`. So no access to one `meta[i]`
 // races with a write.
 unsafe impl<S: SlotStorage> Sync for Shared<S> {}
 // SAFETY: all fields are Send when S is (UnsafeCell<FrameMeta> holds plain data).
@@ -150,6 +154,35 @@ impl<S> Shared<S> {
         self.state.fetch_or(bits, Ordering::AcqRel);
         self.not_empty.notify_all();
         self.not_full.notify_all();
+    }
+}
+
+/// Polls before a blocking call sleeps: a few spins, then a few yields (under loom, none: the
+/// model explores the sleeping path).
+fn spin_steps() -> u32 {
+    if cfg!(all(test, loom)) {
+        0
+    } else {
+        20
+    }
+}
+
+fn backoff(step: u32) {
+    if step < 10 {
+        for _ in 0..(1u32 << step) {
+            std::hint::spin_loop();
+        }
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// The slot after `index` in a ring of `capacity` slots.
+fn next_index(index: usize, capacity: usize) -> usize {
+    if index + 1 == capacity {
+        0
+    } else {
+        index + 1
     }
 }
 
@@ -209,27 +242,29 @@ pub(crate) fn split<S: SlotStorage>(storage: S) -> (Producer<S>, Consumer<S>) {
         released: Padded(AtomicUsize::new(0)),
     });
     let shared = Arc::new(Shared {
+        _align: Padded(()),
         storage,
         meta,
         counters,
         state: AtomicU8::new(0),
         consumer_waiting: AtomicBool::new(false),
-        lock: Mutex::new(Locked {
-            pending: vec![false; n].into_boxed_slice(),
-            producer_waiting: false,
-        }),
+        producer_waiting: AtomicBool::new(false),
+        pending: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        lock: Mutex::new(()),
         not_empty: Condvar::new(),
         not_full: Condvar::new(),
     });
     let producer = Producer {
         shared: Arc::clone(&shared),
         tail: 0,
+        index: 0,
         released: 0,
         _not_sync: PhantomData,
     };
     let consumer = Consumer {
         shared,
         head: 0,
+        index: 0,
         tail: 0,
         _not_sync: PhantomData,
     };
@@ -289,6 +324,8 @@ pub struct Producer<S: SlotStorage> {
     shared: Arc<Shared<S>>,
     /// Local copy of `tail` (only this end writes it).
     tail: usize,
+    /// `tail % capacity`, kept alongside so the hot path has no division.
+    index: usize,
     /// Last `released` seen; refreshed only when the ring looks full.
     released: usize,
     _not_sync: PhantomData<std::cell::Cell<()>>,
@@ -350,14 +387,32 @@ impl<S: SlotStorage> Producer<S> {
                 if matches!(wait, Wait::No) {
                     return Err(ReserveError::Full);
                 }
-                self.wait_for_space(wait)?;
+                if !self.spin_for_space() {
+                    self.wait_for_space(wait)?;
+                }
             }
         }
-        let index = self.tail % self.shared.counters.capacity;
+        let index = self.index;
         Ok(WriteSlot {
             producer: self,
             index,
         })
+    }
+
+    /// Polls briefly before sleeping: the consumer usually frees a slot within microseconds, and
+    /// a futex sleep and wake-up cost more than that.
+    fn spin_for_space(&mut self) -> bool {
+        for step in 0..spin_steps() {
+            backoff(step);
+            self.released = self.shared.counters.released.0.load(Ordering::Acquire);
+            if self.has_space() {
+                return true;
+            }
+            if self.consumer_gone().is_some() {
+                return false;
+            }
+        }
+        false
     }
 
     #[cold]
@@ -368,14 +423,17 @@ impl<S: SlotStorage> Producer<S> {
             if let Some(gone) = self.consumer_gone() {
                 return Err(gone);
             }
+            shared.producer_waiting.store(true, Ordering::Relaxed);
+            // Store-buffering pairing with the release of a slot (`ReadSlot::drop`).
+            fence(Ordering::SeqCst);
             self.released = shared.counters.released.0.load(Ordering::Acquire);
             if self.has_space() {
+                shared.producer_waiting.store(false, Ordering::Relaxed);
                 return Ok(());
             }
-            guard.producer_waiting = true;
             let (g, timed_out) = sleep(&shared.not_full, guard, wait);
             guard = g;
-            guard.producer_waiting = false;
+            shared.producer_waiting.store(false, Ordering::Relaxed);
             if timed_out {
                 self.released = shared.counters.released.0.load(Ordering::Acquire);
                 if self.has_space() {
@@ -440,6 +498,7 @@ impl<S: SlotStorage> Producer<S> {
         // below, so this write does not race.
         unsafe { *self.shared.meta[index].get() = meta };
         self.tail = self.tail.wrapping_add(1);
+        self.index = next_index(index, self.shared.counters.capacity);
         self.shared
             .counters
             .tail
@@ -560,6 +619,8 @@ pub struct Consumer<S: SlotStorage> {
     shared: Arc<Shared<S>>,
     /// Local copy of `head` (only this end writes it).
     head: usize,
+    /// `head % capacity`, kept alongside so the hot path has no division.
+    index: usize,
     /// Last `tail` seen; refreshed only when the ring looks empty.
     tail: usize,
     _not_sync: PhantomData<std::cell::Cell<()>>,
@@ -628,11 +689,26 @@ impl<S: SlotStorage> Consumer<S> {
                 }
             } else if matches!(wait, Wait::No) {
                 return Err(PopError::Empty);
-            } else {
+            } else if !self.spin_for_frame() {
                 self.wait_for_frame(wait)?;
             }
         }
         Ok(self.take())
+    }
+
+    /// Polls briefly before sleeping (see [`Producer`]'s twin); an end of the producer is left to
+    /// `wait_for_frame`, which reports it.
+    fn spin_for_frame(&mut self) -> bool {
+        for step in 0..spin_steps() {
+            backoff(step);
+            if self.refresh_tail() {
+                return true;
+            }
+            if self.shared.state.load(Ordering::Acquire) & PRODUCER_GONE != 0 {
+                return false;
+            }
+        }
+        false
     }
 
     #[cold]
@@ -671,7 +747,8 @@ impl<S: SlotStorage> Consumer<S> {
     fn take(&mut self) -> ReadSlot<S> {
         let capacity = self.shared.counters.capacity;
         let position = self.head;
-        let index = position % capacity;
+        let index = self.index;
+        self.index = next_index(index, capacity);
         // SAFETY: position < tail (acquired), so the producer's write of meta[index] happened before
         // and it will not write it again until this slot is released.
         let meta = unsafe { *self.shared.meta[index].get() };
@@ -745,6 +822,12 @@ impl<S: SlotStorage> Drop for Consumer<S> {
 /// hold several at once — one per input surface in flight — and release them in any order, from any
 /// thread. The producer gets slots back in ring order: a slot released early stays reserved until
 /// every older lease is released too, so a slot is never rewritten while any lease on it is alive.
+///
+/// Hence the one way to wait on yourself: a consumer thread that blocks in
+/// [`Consumer::pop`] while its own leases, counted from the oldest one it still holds, cover the
+/// whole ring waits until some other thread releases one. Release (at least the oldest) before
+/// blocking, or use `try_pop`/`pop_timeout`; [`Consumer::in_flight`] shows how many slots the
+/// consumer's leases keep from the producer.
 #[must_use = "dropping a lease releases its slot at once"]
 pub struct ReadSlot<S: SlotStorage> {
     shared: Arc<Shared<S>>,
@@ -808,32 +891,54 @@ impl<S: DeviceSlots> ReadSlot<S> {
 }
 
 impl<S: SlotStorage> Drop for ReadSlot<S> {
+    /// Gives the slot back. `released` moves only from the oldest lease forward; whoever moves it
+    /// past position `p` (the holder of lease `p`, or the thread that claims `pending[p]`) is the
+    /// only one that may move it, so no lock is needed. A lease released early marks itself
+    /// pending; a store-buffering pair of `SeqCst` fences guarantees that either it sees that the
+    /// older slots are back (and claims itself) or the thread that brought them back sees its mark.
     fn drop(&mut self) {
         let shared = &self.shared;
         let capacity = shared.counters.capacity;
-        let mut guard = shared.locked();
-        let mut released = shared.counters.released.0.load(Ordering::Relaxed);
-        if self.position != released {
-            // An older lease is still out: remember this one until that one comes back.
-            if let Some(p) = guard.pending.get_mut(self.index) {
-                *p = true;
+        let released = &shared.counters.released.0;
+        let mut position = self.position;
+        let mut index = self.index;
+        if released.load(Ordering::Acquire) != position {
+            let Some(mark) = shared.pending.get(self.index) else {
+                return;
+            };
+            mark.store(true, Ordering::Release);
+            fence(Ordering::SeqCst);
+            // A compare-exchange, not a swap: it writes nothing when the mark is already taken.
+            if released.load(Ordering::Acquire) != position
+                || mark
+                    .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                // The older slots are still out, or their releaser claimed this one too.
+                return;
             }
-            return;
         }
-        released = released.wrapping_add(1);
-        while let Some(p) = guard.pending.get_mut(released % capacity) {
-            if !*p {
-                break;
+        // This thread now owns the advance past `position`.
+        loop {
+            position = position.wrapping_add(1);
+            index = next_index(index, capacity);
+            released.store(position, Ordering::Release);
+            // Pairs with an early releaser's mark + fence + load, and with the producer's waiting
+            // flag + fence + load.
+            fence(Ordering::SeqCst);
+            match shared.pending.get(index) {
+                // A plain load first: the next slot is rarely marked, and a compare-exchange is a
+                // locked instruction even when it fails.
+                Some(mark)
+                    if mark.load(Ordering::Acquire)
+                        && mark
+                            .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok() => {}
+                _ => break,
             }
-            *p = false;
-            released = released.wrapping_add(1);
         }
-        shared
-            .counters
-            .released
-            .0
-            .store(released, Ordering::Release);
-        if guard.producer_waiting {
+        if shared.producer_waiting.load(Ordering::Relaxed) {
+            let _guard = shared.locked();
             shared.not_full.notify_one();
         }
     }

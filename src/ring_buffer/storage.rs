@@ -53,7 +53,10 @@ pub struct DeviceSurface {
 
 /// Storage whose slots live in device memory: no host access, only addresses.
 pub trait DeviceSlots: SlotStorage {
-    /// The surface of slot `index` (`index < slot_count()`); the same for the storage's life.
+    /// The surface of slot `index`; the same for the storage's life.
+    ///
+    /// # Panics
+    /// May panic when `index >= slot_count()`; the ring never asks for such an index.
     fn surface(&self, index: usize) -> DeviceSurface;
 }
 
