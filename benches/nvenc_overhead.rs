@@ -22,12 +22,10 @@ use nvenc_emu_harness::EmuDriver;
 const CHILD: &str = "NVENC_BENCH_CHILD";
 
 fn children_cpu() -> Duration {
-    // SAFETY: `getrusage` writes one `rusage` into the zeroed local it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
-        usage
-    };
+    // SAFETY: `rusage` is a plain C struct of integers, for which all-zero bytes are valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `getrusage` writes one `rusage` into the valid local it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
