@@ -304,7 +304,7 @@ impl DtsQueue {
         self.emitted += 1;
         let first = self.input_pts.front().copied().unwrap_or(0);
         if k < self.delay {
-            first - (self.delay - k) as i64
+            first.saturating_sub((self.delay - k) as i64)
         } else {
             self.input_pts.pop_front().unwrap_or(first)
         }
@@ -369,7 +369,11 @@ impl InputGate {
                 })
             }
             (Some(pts), _) => pts,
-            (None, Some(previous)) => previous.saturating_add(1),
+            (None, Some(previous)) => previous.checked_add(1).ok_or(Error::NonMonotonicPts {
+                frame_index: self.accepted,
+                pts: previous,
+                previous,
+            })?,
             (None, None) => 0,
         };
         Ok((self.accepted, pts))

@@ -137,6 +137,14 @@ pub enum ConfigError {
         /// Accepted names.
         valid: &'static [&'static str],
     },
+    /// An NVENC output delay out of range.
+    #[error("NVENC output delay {frames} is out of range: expected 0 to {max} frames")]
+    OutputDelayOutOfRange {
+        /// Requested frames.
+        frames: u32,
+        /// Largest accepted.
+        max: u32,
+    },
     /// A ring buffer size out of range.
     #[error("ring buffer size {frames} is out of range: expected 1 to {max} frames")]
     RingSizeOutOfRange {

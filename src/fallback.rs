@@ -21,7 +21,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::encoder::{EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, VideoEncoder};
+use crate::encoder::{
+    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, Tune, VideoEncoder,
+};
 use crate::error::Error;
 use crate::nvenc::NvencErrorKind;
 
@@ -38,12 +40,19 @@ struct Held {
     force_keyframe: bool,
 }
 
+/// At most this many chunks may wait for an earlier frame before the encoder is judged to be
+/// withholding one (the deepest B-frame reordering of any backend is far below this).
+const MAX_WAITING: usize = 256;
+
 /// An encoder that fails over to the next backend. See the [module docs](self).
 pub struct FallbackEncoder {
     config: EncoderConfig,
     gate: InputGate,
     chain: VecDeque<(EncoderKind, Opener)>,
-    current: Box<dyn VideoEncoder>,
+    /// `None` only while failing over, or after every encoder of the chain failed.
+    current: Option<Box<dyn VideoEncoder>>,
+    /// The kind of the encoder in use, or of the last one.
+    kind: EncoderKind,
     /// Frames accepted and not yet delivered, by outer frame index.
     held: BTreeMap<u64, Held>,
     /// The current encoder's frame index 0 is this outer index.
@@ -52,7 +61,9 @@ pub struct FallbackEncoder {
     waiting: VecDeque<EncodedChunk>,
     /// Every frame below this outer index has been delivered.
     delivered_below: u64,
-    last_dts: Option<i64>,
+    /// Decoding timestamps for the whole stream, whichever encoder made each chunk: the inner
+    /// encoders' own dts cannot be stitched across a switch between different reorder depths.
+    dts: DtsQueue,
     switches: u32,
     rejected: Vec<(EncoderKind, Box<Error>)>,
 }
@@ -60,10 +71,24 @@ pub struct FallbackEncoder {
 impl std::fmt::Debug for FallbackEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FallbackEncoder")
-            .field("current", &self.current.kind())
+            .field("current", &self.kind)
             .field("switches", &self.switches)
             .field("held", &self.held.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Reordering depth to assume for dts: enough for any backend's B-frames at this configuration
+/// (none with zero latency or no B-frames; one more than the B-frames otherwise, which covers
+/// B-pyramids; the most any encoder allows when the preset decides).
+fn reorder_depth(config: &EncoderConfig) -> usize {
+    if config.tune == Some(Tune::Zerolatency) {
+        return 0;
+    }
+    match config.bframes {
+        Some(0) => 0,
+        Some(b) => b as usize + 1,
+        None => EncoderConfig::BFRAMES_MAX as usize + 1,
     }
 }
 
@@ -126,6 +151,8 @@ fn nvenc_failure_is_permanent(e: &Error) -> bool {
             n.kind(),
             NvencErrorKind::NoEncodeDevice | NvencErrorKind::InvalidVersion
         ),
+        // No driver library, no device: cannot change. (Transient CUDA failures such as an out of
+        // memory come back as `Error::Backend`, which is not permanent.)
         Error::Unavailable { .. } => true,
         _ => false,
     }
@@ -164,26 +191,28 @@ impl FallbackEncoder {
         let mut chain: VecDeque<_> = chain.into();
         let mut rejected = Vec::new();
         let current = open_next(&mut chain, config, &mut rejected)?;
-        let gate = InputGate::new(current.kind(), config)?;
+        let kind = current.kind();
+        let gate = InputGate::new(kind, config)?;
         Ok(FallbackEncoder {
             config: config.clone(),
             gate,
             chain,
-            current,
+            current: Some(current),
+            kind,
             held: BTreeMap::new(),
             inner_base: 0,
             waiting: VecDeque::new(),
             delivered_below: 0,
-            last_dts: None,
+            dts: DtsQueue::new(reorder_depth(config)),
             switches: 0,
             rejected,
         })
     }
 
-    /// The backend encoding now.
+    /// The backend encoding now (or the last one, if every encoder failed).
     #[must_use]
     pub fn current_kind(&self) -> EncoderKind {
-        self.current.kind()
+        self.kind
     }
 
     /// How many times the stream moved to another encoder.
@@ -198,9 +227,17 @@ impl FallbackEncoder {
         &self.rejected
     }
 
+    fn dead(&self) -> Error {
+        Error::Unavailable {
+            backend: self.kind,
+            reason: "every encoder of the fallback chain failed; see rejected()".into(),
+        }
+    }
+
     /// Accepts a frame and keeps a copy until it is delivered.
     fn hold(&mut self, index: u64, pts: i64, frame: &Frame<'_>) {
         self.gate.accept(pts);
+        self.dts.push(pts);
         self.held.insert(
             index,
             Held {
@@ -213,18 +250,36 @@ impl FallbackEncoder {
 
     /// Takes chunks from the encoder's output, maps them to outer frame indices and delivers
     /// every group that completes a display-order prefix.
-    fn collect(&mut self, inner: Vec<EncodedChunk>, out: &mut Vec<EncodedChunk>) {
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the encoder returned a frame it was not given, a frame twice, or
+    /// kept a frame back longer than any reordering explains: the caller fails over.
+    fn collect(
+        &mut self,
+        inner: Vec<EncodedChunk>,
+        out: &mut Vec<EncodedChunk>,
+    ) -> Result<(), Error> {
+        let accepted = self.gate.accepted();
         for mut chunk in inner {
             chunk.frame_index += self.inner_base;
+            let index = chunk.frame_index;
+            let duplicate = self.waiting.iter().any(|c| c.frame_index == index);
+            if index < self.delivered_below || index >= accepted || duplicate {
+                return Err(Error::Backend {
+                    backend: self.kind,
+                    call: "encode",
+                    message: format!("the encoder returned frame {index}, which was not pending"),
+                });
+            }
             self.waiting.push_back(chunk);
         }
         // Deliver the longest decode-order prefix of `waiting` whose frames, with everything
         // delivered before, cover 0..k exactly.
         let mut seen = std::collections::BTreeSet::new();
         let mut cut = 0;
+        let mut below = self.delivered_below;
         for (i, chunk) in self.waiting.iter().enumerate() {
             seen.insert(chunk.frame_index);
-            let mut below = self.delivered_below;
             while seen.contains(&below) {
                 below += 1;
             }
@@ -234,57 +289,115 @@ impl FallbackEncoder {
         }
         for mut chunk in self.waiting.drain(..cut) {
             self.held.remove(&chunk.frame_index);
-            // Keep dts strictly increasing across a switch of encoders.
-            if let Some(last) = self.last_dts {
-                chunk.dts = chunk.dts.max(last + 1);
-            }
-            self.last_dts = Some(chunk.dts);
+            chunk.dts = self.dts.next().min(chunk.pts);
             out.push(chunk);
         }
-        while !self.held.contains_key(&self.delivered_below)
-            && self.delivered_below < self.gate.accepted()
-        {
+        while !self.held.contains_key(&self.delivered_below) && self.delivered_below < accepted {
             self.delivered_below += 1;
         }
+        if self.waiting.len() > MAX_WAITING {
+            return Err(Error::Backend {
+                backend: self.kind,
+                call: "encode",
+                message: format!(
+                    "the encoder held frame {} back for {MAX_WAITING} frames",
+                    self.delivered_below
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Moves the stream to the next encoder and encodes again every frame not delivered.
     fn fail_over(&mut self, cause: Error, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        let from = self.current.kind();
+        let from = self.kind;
         tracing::warn!(from = %from, error = %cause, "encoder failed mid-stream; failing over");
         self.rejected.push((from, Box::new(cause)));
         self.waiting.clear();
+        // Close the failed encoder before opening the next: on GeForce cards a second session
+        // could hit the concurrent-session limit.
+        self.current = None;
         loop {
-            let next = open_next(&mut self.chain, &self.config, &mut self.rejected)
-                .map_err(|_| Error::NoEncoder(std::mem::take(&mut self.rejected)))?;
-            self.current = next;
+            let Some(next) = open_next_keep(&mut self.chain, &self.config, &mut self.rejected)
+            else {
+                return Err(Error::NoEncoder(self.rejected.clone_reasons()));
+            };
+            self.kind = next.kind();
+            self.current = Some(next);
             self.switches += 1;
             self.inner_base = self.delivered_below;
-            tracing::warn!(from = %from, to = %self.current.kind(), replay = self.held.len(), "switched encoder");
-            let mut inner = Vec::new();
-            let mut failed = None;
-            for (i, (_, held)) in self.held.iter().enumerate() {
-                let mut frame = Frame::new(&held.data).with_pts(held.pts);
-                // The new encoder starts with an IDR (and SPS/PPS) anyway; a frame that asked
-                // for one keeps asking.
-                if held.force_keyframe && i > 0 {
-                    frame = frame.with_force_keyframe();
-                }
-                if let Err(e) = self.current.encode(frame, &mut inner) {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            match failed {
-                None => {
-                    self.collect(inner, out);
-                    return Ok(());
-                }
-                Some(e) => {
-                    self.rejected.push((self.current.kind(), Box::new(e)));
+            tracing::warn!(from = %from, to = %self.kind, replay = self.held.len(), "switched encoder");
+            match self.replay(out) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.rejected.push((self.kind, Box::new(e)));
+                    self.current = None;
                 }
             }
         }
+    }
+
+    /// Encodes every held frame on the current encoder.
+    fn replay(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        let Some(current) = self.current.as_mut() else {
+            return Err(self.dead());
+        };
+        let mut inner = Vec::new();
+        for (i, held) in self.held.values().enumerate() {
+            let frame = Frame::new(&held.data).with_pts(held.pts);
+            // The new encoder starts with an IDR (and SPS/PPS) anyway; a later frame that asked
+            // for one keeps asking, or goes plain where the encoder cannot force keyframes.
+            let result = if held.force_keyframe && i > 0 {
+                match current.encode(frame.with_force_keyframe(), &mut inner) {
+                    Err(Error::Unsupported { .. }) => current.encode(frame, &mut inner),
+                    other => other,
+                }
+            } else {
+                current.encode(frame, &mut inner)
+            };
+            result?;
+        }
+        self.collect(inner, out)
+    }
+}
+
+/// What `open_next` does, but leaving the rejections in place: `None` when the chain is spent.
+fn open_next_keep(
+    chain: &mut VecDeque<(EncoderKind, Opener)>,
+    config: &EncoderConfig,
+    rejected: &mut Vec<(EncoderKind, Box<Error>)>,
+) -> Option<Box<dyn VideoEncoder>> {
+    while let Some((kind, mut open)) = chain.pop_front() {
+        match open(config) {
+            Ok(encoder) => {
+                tracing::info!(encoder = %kind, "fallback encoder opened");
+                return Some(encoder);
+            }
+            Err(e) => {
+                tracing::debug!(encoder = %kind, error = %e, "fallback encoder rejected");
+                rejected.push((kind, Box::new(e)));
+            }
+        }
+    }
+    None
+}
+
+/// A copy of the rejection list for an error, keeping the original for `rejected()`.
+trait CloneReasons {
+    fn clone_reasons(&self) -> Vec<(EncoderKind, Box<Error>)>;
+}
+
+impl CloneReasons for Vec<(EncoderKind, Box<Error>)> {
+    fn clone_reasons(&self) -> Vec<(EncoderKind, Box<Error>)> {
+        self.iter()
+            .map(|(k, e)| {
+                let copy = Error::Unavailable {
+                    backend: *k,
+                    reason: e.to_string(),
+                };
+                (*k, Box::new(copy))
+            })
+            .collect()
     }
 }
 
@@ -313,8 +426,11 @@ fn open_next(
 impl VideoEncoder for FallbackEncoder {
     fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
         let (index, pts) = self.gate.check(&frame)?;
+        let Some(current) = self.current.as_mut() else {
+            return Err(self.dead());
+        };
         let mut inner = Vec::new();
-        let result = self.current.encode(
+        let result = current.encode(
             Frame {
                 pts: Some(pts),
                 ..frame
@@ -324,20 +440,25 @@ impl VideoEncoder for FallbackEncoder {
         match result {
             Ok(()) => {
                 self.hold(index, pts, &frame);
-                self.collect(inner, out);
-                Ok(())
+                match self.collect(inner, out) {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.fail_over(e, out),
+                }
             }
             Err(e) if is_encoder_failure(&e) => {
                 // The failed encoder did not take the frame; accept it here and let the failover
                 // encode it with the others not yet delivered.
                 self.hold(index, pts, &frame);
-                self.collect(inner, out);
+                let _ = self.collect(inner, out);
                 self.fail_over(e, out)
             }
-            Err(e) => {
-                self.collect(inner, out);
-                Err(e)
-            }
+            Err(e) => match self.collect(inner, out) {
+                Ok(()) => Err(e),
+                Err(bad) => {
+                    self.fail_over(bad, out)?;
+                    Err(e)
+                }
+            },
         }
     }
 
@@ -346,23 +467,22 @@ impl VideoEncoder for FallbackEncoder {
             return Ok(());
         }
         loop {
+            let Some(current) = self.current.as_mut() else {
+                return Err(self.dead());
+            };
             let mut inner = Vec::new();
-            match self.current.flush(&mut inner) {
-                Ok(()) => {
-                    self.collect(inner, out);
-                    break;
-                }
-                Err(e) if is_encoder_failure(&e) => {
-                    self.collect(inner, out);
-                    self.fail_over(e, out)?;
-                }
-                Err(e) => return Err(e),
+            let flushed = current.flush(&mut inner);
+            let collected = self.collect(inner, out);
+            match (flushed, collected) {
+                (Ok(()), Ok(())) => break,
+                (Err(e), _) if !is_encoder_failure(&e) => return Err(e),
+                (Err(e), _) | (Ok(()), Err(e)) => self.fail_over(e, out)?,
             }
         }
         self.gate.finish();
         if !self.held.is_empty() || !self.waiting.is_empty() {
             return Err(Error::Backend {
-                backend: self.current.kind(),
+                backend: self.kind,
                 call: "flush",
                 message: format!("{} frames were not delivered", self.held.len()),
             });
@@ -371,7 +491,7 @@ impl VideoEncoder for FallbackEncoder {
     }
 
     fn kind(&self) -> EncoderKind {
-        self.current.kind()
+        self.kind
     }
 
     fn config(&self) -> &EncoderConfig {
@@ -379,6 +499,6 @@ impl VideoEncoder for FallbackEncoder {
     }
 
     fn sequence_headers(&self) -> &[u8] {
-        self.current.sequence_headers()
+        self.current.as_ref().map_or(&[], |c| c.sequence_headers())
     }
 }

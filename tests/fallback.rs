@@ -98,3 +98,123 @@ fn failover_mid_stream_loses_no_frame() {
         assert!(p >= 38.0, "frame {i}: PSNR {p:.2} dB after the switch");
     }
 }
+
+/// An encoder that works until its `fail_at`-th frame, then reports a device failure.
+struct Failing {
+    inner: Box<dyn VideoEncoder>,
+    fail_at: u64,
+    seen: u64,
+}
+
+impl VideoEncoder for Failing {
+    fn encode(
+        &mut self,
+        frame: nvenc::Frame<'_>,
+        out: &mut Vec<nvenc::EncodedChunk>,
+    ) -> Result<(), Error> {
+        self.seen += 1;
+        if self.seen >= self.fail_at {
+            return Err(Error::Backend {
+                backend: self.inner.kind(),
+                call: "test",
+                message: "simulated device loss".into(),
+            });
+        }
+        self.inner.encode(frame, out)
+    }
+    fn flush(&mut self, out: &mut Vec<nvenc::EncodedChunk>) -> Result<(), Error> {
+        self.inner.flush(out)
+    }
+    fn kind(&self) -> EncoderKind {
+        self.inner.kind()
+    }
+    fn config(&self) -> &EncoderConfig {
+        self.inner.config()
+    }
+    fn sequence_headers(&self) -> &[u8] {
+        self.inner.sequence_headers()
+    }
+}
+
+/// A switch from an encoder without B-frames to one with three: the deeper reordering after the
+/// switch must not push dts past pts (decode timestamps are the chain's own, not stitched).
+#[test]
+fn failover_to_deeper_reordering_keeps_dts_valid() {
+    let config = EncoderConfig::new(320, 240)
+        .with_preset(nvenc::Preset::Veryfast)
+        .with_crf(18.0);
+    let shallow: Opener = Box::new(|c: &EncoderConfig| {
+        let inner = X264Encoder::new(&c.clone().with_bframes(Some(0)))?;
+        Ok(Box::new(Failing {
+            inner: Box::new(inner),
+            fail_at: 17,
+            seen: 0,
+        }) as Box<dyn VideoEncoder>)
+    });
+    let deep: Opener = Box::new(|c: &EncoderConfig| {
+        Ok(Box::new(X264Encoder::new(&c.clone().with_bframes(Some(3)))?) as Box<dyn VideoEncoder>)
+    });
+    let chain = vec![(EncoderKind::X264, shallow), (EncoderKind::X264, deep)];
+    let mut encoder = FallbackEncoder::with_chain(&config, chain).expect("open");
+    let input = common::clip(&config, 50);
+    let chunks = common::encode_all(&mut encoder, &input);
+    assert_eq!(encoder.switches(), 1);
+    common::assert_accounting(&chunks, 50);
+    assert!(
+        chunks.iter().any(|c| c.frame_type == nvenc::FrameType::B),
+        "no B-frames after the switch"
+    );
+    let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);
+    assert_eq!(decoded.len(), 50);
+    for (i, (want, got)) in input.iter().zip(&decoded).enumerate() {
+        let p = common::psnr(want, got);
+        assert!(p >= 38.0, "frame {i}: PSNR {p:.2} dB");
+    }
+}
+
+#[test]
+fn chain_running_out_reports_every_reason_and_stays_failed() {
+    let config = EncoderConfig::new(320, 240).with_bframes(Some(0));
+    let failing: Opener = Box::new(|c: &EncoderConfig| {
+        let inner = X264Encoder::new(c)?;
+        Ok(Box::new(Failing {
+            inner: Box::new(inner),
+            fail_at: 3,
+            seen: 0,
+        }) as Box<dyn VideoEncoder>)
+    });
+    let refusing: Opener = Box::new(|_: &EncoderConfig| {
+        Err(Error::Unavailable {
+            backend: EncoderKind::Nvenc,
+            reason: "test: no device".into(),
+        })
+    });
+    let chain = vec![(EncoderKind::X264, failing), (EncoderKind::Nvenc, refusing)];
+    let mut encoder = FallbackEncoder::with_chain(&config, chain).expect("open");
+    let input = common::clip(&config, 5);
+    let mut chunks = Vec::new();
+    encoder
+        .encode_frame(&input[0], &mut chunks)
+        .expect("frame 0");
+    encoder
+        .encode_frame(&input[1], &mut chunks)
+        .expect("frame 1");
+    match encoder.encode_frame(&input[2], &mut chunks) {
+        Err(Error::NoEncoder(reasons)) => {
+            let text: Vec<String> = reasons.iter().map(|(_, e)| e.to_string()).collect();
+            assert!(
+                text.iter().any(|t| t.contains("simulated device loss")),
+                "{text:?}"
+            );
+            assert!(
+                text.iter().any(|t| t.contains("test: no device")),
+                "{text:?}"
+            );
+        }
+        other => panic!("expected NoEncoder with the reasons, got {other:?}"),
+    }
+    assert!(
+        encoder.encode_frame(&input[3], &mut chunks).is_err(),
+        "a spent chain stays failed"
+    );
+}

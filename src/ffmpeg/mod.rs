@@ -473,11 +473,14 @@ impl VideoEncoder for FfmpegEncoder {
         }
         // Closing the channel makes the writer close ffmpeg's stdin: end of input.
         self.frames_tx = None;
-        let deadline = Instant::now() + self.options.timeout;
+        // The limit is on silence, not on the whole drain: a slow preset with deep lookahead may
+        // take long to drain, but it keeps producing.
+        let mut deadline = Instant::now() + self.options.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
                 Ok(event) => {
+                    deadline = Instant::now() + self.options.timeout;
                     if self.handle(event, out)? {
                         break;
                     }
@@ -607,8 +610,19 @@ fn spawn_stderr(
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
+        let mut reader = std::io::BufReader::new(stderr);
+        let mut raw = Vec::new();
+        // Bytes, not `lines()`: a line that is not UTF-8 must not stop the reading, or ffmpeg
+        // would block on a full stderr pipe.
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+            let line = String::from_utf8_lossy(&raw).trim_end().to_owned();
             tracing::debug!(target: "nvenc::ffmpeg", "{line}");
             if let Ok(mut tail) = tail.lock() {
                 if tail.len() == STDERR_LINES {

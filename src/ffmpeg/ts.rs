@@ -37,6 +37,26 @@ pub(crate) struct TsDemuxer {
     offset: u64,
     video_pid: Option<u16>,
     current: Option<TsFrame>,
+    /// The last PTS and DTS returned, unwrapped: PES timestamps are 33 bits and wrap after
+    /// about 26.5 hours at 90 kHz.
+    last_pts: Option<i64>,
+    last_dts: Option<i64>,
+}
+
+/// The 33-bit timestamp `raw` as the value nearest to `last`, so a stream longer than one
+/// wrap keeps counting up.
+fn unwrap33(raw: i64, last: Option<i64>) -> i64 {
+    const WRAP: i64 = 1 << 33;
+    match last {
+        None => raw,
+        Some(last) => {
+            let mut delta = (raw - last.rem_euclid(WRAP)).rem_euclid(WRAP);
+            if delta >= WRAP / 2 {
+                delta -= WRAP;
+            }
+            last + delta
+        }
+    }
 }
 
 impl TsDemuxer {
@@ -105,10 +125,14 @@ impl TsDemuxer {
             let (header_len, pts, dts) = parse_pes_header(payload).ok_or(TsError::BadPes {
                 offset: self.offset,
             })?;
+            let pts = pts.map(|raw| unwrap33(raw, self.last_pts));
+            let dts = dts.map(|raw| unwrap33(raw, self.last_dts)).or(pts);
+            self.last_pts = pts.or(self.last_pts);
+            self.last_dts = dts.or(self.last_dts);
             self.current = Some(TsFrame {
                 data: payload[header_len..].to_vec(),
                 pts,
-                dts: dts.or(pts),
+                dts,
             });
         } else if let Some(frame) = self.current.as_mut() {
             frame.data.extend_from_slice(payload);
@@ -211,6 +235,14 @@ mod tests {
         assert_eq!(out[0].pts, Some(8_589_934_000));
         assert_eq!(out[0].dts, Some(3003));
         assert_eq!(demux.leftover(), 0);
+    }
+
+    #[test]
+    fn timestamps_keep_counting_across_the_33_bit_wrap() {
+        let wrap = 1i64 << 33;
+        assert_eq!(unwrap33(100, Some(wrap - 3003 + 5 * wrap)), 6 * wrap + 100);
+        assert_eq!(unwrap33(wrap - 10, Some(20)), -10);
+        assert_eq!(unwrap33(5000, Some(2000)), 5000);
     }
 
     #[test]

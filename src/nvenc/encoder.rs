@@ -133,10 +133,19 @@ fn nvenc_err(e: NvencError) -> Error {
     Error::Nvenc(e)
 }
 
+/// A missing CUDA driver makes NVENC unavailable; any other CUDA failure (out of memory, a
+/// failed copy) is an error of this encoder, which may not recur.
 fn ring_err(e: crate::ring_buffer::RingError) -> Error {
-    Error::Unavailable {
-        backend: KIND,
-        reason: e.to_string(),
+    match e {
+        crate::ring_buffer::RingError::CudaUnavailable { .. } => Error::Unavailable {
+            backend: KIND,
+            reason: e.to_string(),
+        },
+        other => Error::Backend {
+            backend: KIND,
+            call: "CUDA",
+            message: other.to_string(),
+        },
     }
 }
 
@@ -408,8 +417,15 @@ impl NvencEncoder {
         out: &mut Vec<EncodedChunk>,
     ) -> Result<(), Error> {
         let width = self.config.resolution.width as usize;
+        let rows = self.config.resolution.height as usize * 3 / 2;
         let (frame_index, pts) = self.gate.check_pts(frame.pts)?;
+        let fits = frame
+            .pitch
+            .checked_mul(rows)
+            .and_then(|bytes| frame.device_ptr.checked_add(bytes as u64))
+            .is_some();
         if frame.pitch < width
+            || !fits
             || (self.config.pixel_format == PixelFormat::I420 && frame.pitch % 2 != 0)
         {
             return Err(Error::FrameSize {
@@ -422,13 +438,31 @@ impl NvencEncoder {
         }
         self.bind()?;
         self.make_room(out)?;
+        let result = self.copy_device_and_submit(frame, frame_index, pts, out);
+        if result.is_err() {
+            // A copy may still be queued: the caller's buffer and the surface are only safe to
+            // reuse once it ran.
+            let _ = self.synchronize();
+        }
+        result
+    }
+
+    /// Queues the device-to-device copies of a frame into the next surface, and submits it.
+    fn copy_device_and_submit(
+        &mut self,
+        frame: DeviceFrame,
+        frame_index: u64,
+        pts: i64,
+        out: &mut Vec<EncodedChunk>,
+    ) -> Result<(), Error> {
         let planes = self.planes(frame.pitch);
         let slot = self.device_in.try_reserve().map_err(ring_flow)?;
         let surface = slot.surface();
         for (offset, pitch, dst) in planes.iter().map(|p| p.on(&surface)) {
-            // SAFETY: the caller guarantees the source frame at `device_ptr` with `pitch`, so
-            // `device_ptr + offset` is the start of a plane; `dst` is a plane of a surface of
-            // this encoder's device ring, reserved above and not in use by NVENC.
+            // SAFETY: the caller of `encode_device` guarantees the source frame at `device_ptr`
+            // with `pitch` (its end was checked not to overflow), so `device_ptr + offset` starts
+            // a plane of it; `dst` is a plane of a surface of this encoder's device ring,
+            // reserved above and not in use by NVENC.
             unsafe {
                 ring_cuda::copy_device_to_device_async(
                     frame.device_ptr + offset as u64,
@@ -447,6 +481,37 @@ impl NvencEncoder {
         };
         slot.commit(meta).map_err(ring_flow)?;
         self.submit(frame_index, pts, frame.force_keyframe, None, out)
+    }
+
+    /// Queues the copies from a staged host frame into the next device surface, and submits it.
+    fn upload_and_submit(
+        &mut self,
+        frame_index: u64,
+        pts: i64,
+        force_keyframe: bool,
+        staged: ReadSlot<PinnedStorage>,
+        out: &mut Vec<EncodedChunk>,
+    ) -> Result<(), Error> {
+        let planes = self.planes(self.config.resolution.width as usize);
+        let slot = self.device_in.try_reserve().map_err(ring_flow)?;
+        let surface = slot.surface();
+        for (offset, pitch, dst) in planes.iter().map(|p| p.on(&surface)) {
+            let src = staged.get(offset..).unwrap_or_default();
+            // SAFETY: `src` is a pinned staging slot whose lease travels with the picture until
+            // its bitstream is read back (after the stream ran this copy), and on an error the
+            // caller synchronizes the stream before any slot is reused; `dst` is a plane of a
+            // surface of this encoder's device ring, reserved and not in use by NVENC.
+            unsafe { ring_cuda::copy_pinned_to_device_async(src, pitch, &dst, &self.stream) }
+                .map_err(ring_err)?;
+        }
+        let meta = FrameMeta {
+            len: 0,
+            pts,
+            seq: frame_index,
+            flags: Default::default(),
+        };
+        slot.commit(meta).map_err(ring_flow)?;
+        self.submit(frame_index, pts, force_keyframe, Some(staged), out)
     }
 
     fn bind(&self) -> Result<(), Error> {
@@ -582,6 +647,12 @@ impl NvencEncoder {
                 }
             }
             Err(e) => {
+                // A rejected parameter leaves the session as it was; anything else (a device
+                // error, the busy retries used up) may leave earlier pictures stuck in the
+                // driver, so they must not be waited for.
+                if e.kind() != super::NvencErrorKind::InvalidParam {
+                    session.broken = true;
+                }
                 session.release(flight);
                 return Err(nvenc_err(e));
             }
@@ -633,8 +704,7 @@ impl NvencEncoder {
             sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_IDR => FrameType::Idr,
             sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_I
             | sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_INTRA_REFRESH => FrameType::I,
-            sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_B
-            | sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_NONREF_P => FrameType::B,
+            sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_B => FrameType::B,
             _ => FrameType::P,
         };
         self.chunks_out += 1;
@@ -692,25 +762,12 @@ impl VideoEncoder for NvencEncoder {
             .commit(FrameMeta::with_len(len))
             .map_err(ring_flow)?;
         let staged = self.staging_out.try_pop().map_err(ring_flow)?;
-        let planes = self.planes(self.config.resolution.width as usize);
-        let slot = self.device_in.try_reserve().map_err(ring_flow)?;
-        let surface = slot.surface();
-        for (offset, pitch, dst) in planes.iter().map(|p| p.on(&surface)) {
-            let src = staged.get(offset..).unwrap_or_default();
-            // SAFETY: `src` is a pinned staging slot whose lease travels with the picture until
-            // its bitstream is read back, which is after the stream ran this copy; `dst` is a
-            // plane of a surface of this encoder's device ring, reserved and not in use by NVENC.
-            unsafe { ring_cuda::copy_pinned_to_device_async(src, pitch, &dst, &self.stream) }
-                .map_err(ring_err)?;
+        let result = self.upload_and_submit(frame_index, pts, frame.force_keyframe, staged, out);
+        if result.is_err() {
+            // An upload may still be queued: no slot may be reused before it ran.
+            let _ = self.synchronize();
         }
-        let meta = FrameMeta {
-            len: 0,
-            pts,
-            seq: frame_index,
-            flags: Default::default(),
-        };
-        slot.commit(meta).map_err(ring_flow)?;
-        self.submit(frame_index, pts, frame.force_keyframe, Some(staged), out)
+        result
     }
 
     fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
@@ -719,9 +776,16 @@ impl VideoEncoder for NvencEncoder {
         }
         self.bind()?;
         let session = self.session()?;
-        session.raw.end_of_stream().map_err(nvenc_err)?;
+        if let Err(e) = session.raw.end_of_stream() {
+            // Pictures held for reordering may never be encoded: locking them could wait
+            // forever, so the session is given up.
+            session.broken = true;
+            return Err(nvenc_err(e));
+        }
         session.ready = session.pending.len();
         self.read_all(out)?;
+        // Every upload has been consumed; make that a fact for the caller's device frames too.
+        self.synchronize()?;
         self.gate.finish();
         if self.chunks_out != self.gate.accepted() {
             return Err(Error::Backend {
@@ -757,6 +821,11 @@ impl Drop for NvencEncoder {
         // declaration order: surfaces, stream, context.
         if let Err(e) = self.bind() {
             tracing::warn!(error = %e, "tearing down NVENC without its CUDA context current");
+        }
+        // No queued upload may still be reading a staging slot or writing a surface when they
+        // are released and freed.
+        if let Err(e) = self.synchronize() {
+            tracing::warn!(error = %e, "cuStreamSynchronize failed at teardown");
         }
         self.session = None;
     }
@@ -875,7 +944,10 @@ impl Session {
             // Drain what NVENC holds so every submitted output can be locked; a buffer that was
             // never submitted is never locked (that would wait forever on some drivers).
             if let Err(e) = self.raw.end_of_stream() {
+                // Only the outputs already known to be ready can be locked without risk of
+                // waiting forever; the rest are left to nvEncDestroyEncoder.
                 tracing::warn!(error = %e, "end of stream at teardown failed");
+                self.pending.truncate(self.ready);
             }
             while let Some(flight) = self.pending.pop_front() {
                 if let Some(output) = flight.output.as_ref() {

@@ -199,6 +199,10 @@ impl Default for NvencOptions {
 }
 
 impl NvencOptions {
+    /// The largest [`NvencOptions::extra_output_delay`] accepted (FFmpeg caps NVENC surfaces at
+    /// 64 in all; 32 frames of delay is already more than a second at 30 fps).
+    pub const MAX_OUTPUT_DELAY: u32 = 32;
+
     /// Sets [`NvencOptions::device`].
     #[must_use]
     pub fn with_device(mut self, device: usize) -> Self {
