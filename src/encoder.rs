@@ -389,6 +389,28 @@ impl InputGate {
         self.finished = true;
     }
 
+    /// Ends the stream after a flush that produced `chunks_out` chunks in all, and checks that
+    /// every accepted frame came out: a backend that lost one says so instead of returning a
+    /// short stream.
+    pub(crate) fn finish_accounted(
+        &mut self,
+        chunks_out: u64,
+        call: &'static str,
+    ) -> Result<(), Error> {
+        self.finished = true;
+        if chunks_out == self.accepted {
+            return Ok(());
+        }
+        Err(Error::Backend {
+            backend: self.kind,
+            call,
+            message: format!(
+                "{} frames were accepted but {chunks_out} came out",
+                self.accepted
+            ),
+        })
+    }
+
     pub(crate) fn is_finished(&self) -> bool {
         self.finished
     }

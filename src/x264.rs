@@ -150,19 +150,8 @@ impl VideoEncoder for X264Encoder {
                 self.push_chunk(encoded, out);
             }
         }
-        self.gate.finish();
-        if self.chunks_out != self.gate.accepted() {
-            return Err(Error::Backend {
-                backend: KIND,
-                call: "x264_encoder_encode",
-                message: format!(
-                    "{} frames were accepted but {} came out",
-                    self.gate.accepted(),
-                    self.chunks_out
-                ),
-            });
-        }
-        Ok(())
+        self.gate
+            .finish_accounted(self.chunks_out, "x264_encoder_encode")
     }
 
     fn kind(&self) -> EncoderKind {

@@ -786,19 +786,8 @@ impl VideoEncoder for NvencEncoder {
         self.read_all(out)?;
         // Every upload has been consumed; make that a fact for the caller's device frames too.
         self.synchronize()?;
-        self.gate.finish();
-        if self.chunks_out != self.gate.accepted() {
-            return Err(Error::Backend {
-                backend: KIND,
-                call: "nvEncLockBitstream",
-                message: format!(
-                    "{} frames were accepted but {} came out",
-                    self.gate.accepted(),
-                    self.chunks_out
-                ),
-            });
-        }
-        Ok(())
+        self.gate
+            .finish_accounted(self.chunks_out, "nvEncLockBitstream")
     }
 
     fn kind(&self) -> EncoderKind {

@@ -337,13 +337,46 @@ pub unsafe fn copy_pinned_to_device_async(
             rows: dst.rows,
         });
     }
+    // SAFETY: `src` is in bounds (checked above); the rest is this function's contract.
+    unsafe {
+        copy_2d_async(
+            Source::Host(src.as_ptr().cast::<c_void>()),
+            src_pitch,
+            dst,
+            stream,
+        )
+    }
+}
+
+/// Where a 2D copy reads from.
+enum Source {
+    Host(*const c_void),
+    Device(sys::CUdeviceptr),
+}
+
+/// `cuMemcpy2DAsync` of `dst.rows` rows of `dst.width_bytes` bytes into device surface `dst`:
+/// the one copy both upload paths share.
+///
+/// # Safety
+/// The source holds that many rows at `src_pitch` and, like `dst`, stays alive and untouched
+/// until the stream has run the copy; `dst` is device memory of `stream`'s context.
+unsafe fn copy_2d_async(
+    src: Source,
+    src_pitch: usize,
+    dst: &DeviceSurface,
+    stream: &CudaStream,
+) -> Result<(), RingError> {
     bind(stream.context())?;
+    let (src_type, src_host, src_device) = match src {
+        Source::Host(p) => (sys::CUmemorytype::CU_MEMORYTYPE_HOST, p, 0),
+        Source::Device(d) => (sys::CUmemorytype::CU_MEMORYTYPE_DEVICE, std::ptr::null(), d),
+    };
     let copy = sys::CUDA_MEMCPY2D {
         srcXInBytes: 0,
         srcY: 0,
-        srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_HOST,
-        srcHost: src.as_ptr().cast::<c_void>(),
-        srcDevice: 0,
+        srcMemoryType: src_type,
+        srcHost: src_host,
+        srcDevice: src_device,
         srcArray: std::ptr::null_mut(),
         srcPitch: src_pitch,
         dstXInBytes: 0,
@@ -356,9 +389,9 @@ pub unsafe fn copy_pinned_to_device_async(
         WidthInBytes: dst.width_bytes,
         Height: dst.rows,
     };
-    // SAFETY: the descriptor is fully initialized and in bounds for `src` (checked above) and for
-    // `dst` (the caller's contract); the stream belongs to the bound context; lifetimes until the
-    // copy completes are the caller's contract.
+    // SAFETY: the descriptor is fully initialized; source and destination are in bounds and
+    // alive until the copy has run, by this function's contract; the stream belongs to the
+    // bound context.
     unsafe { sys::cuMemcpy2DAsync_v2(&copy, stream.cu_stream()) }
         .result()
         .map_err(|source| RingError::Cuda {
@@ -391,31 +424,6 @@ pub unsafe fn copy_device_to_device_async(
             rows: dst.rows,
         });
     }
-    bind(stream.context())?;
-    let copy = sys::CUDA_MEMCPY2D {
-        srcXInBytes: 0,
-        srcY: 0,
-        srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-        srcHost: std::ptr::null(),
-        srcDevice: src,
-        srcArray: std::ptr::null_mut(),
-        srcPitch: src_pitch,
-        dstXInBytes: 0,
-        dstY: 0,
-        dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-        dstHost: std::ptr::null_mut(),
-        dstDevice: dst.device_ptr,
-        dstArray: std::ptr::null_mut(),
-        dstPitch: dst.pitch,
-        WidthInBytes: dst.width_bytes,
-        Height: dst.rows,
-    };
-    // SAFETY: the descriptor is fully initialized; both sides are device memory of the bound
-    // context, in bounds and alive until the copy has run, by the caller's contract.
-    unsafe { sys::cuMemcpy2DAsync_v2(&copy, stream.cu_stream()) }
-        .result()
-        .map_err(|source| RingError::Cuda {
-            call: "cuMemcpy2DAsync",
-            source,
-        })
+    // SAFETY: this function's contract is `copy_2d_async`'s.
+    unsafe { copy_2d_async(Source::Device(src), src_pitch, dst, stream) }
 }
