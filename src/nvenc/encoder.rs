@@ -215,26 +215,41 @@ impl NvencEncoder {
             });
         }
         let cap = |c, name| raw.cap(codec, c).map(|v| (name, v)).map_err(nvenc_err);
-        let (name, max_w) = cap(
-            sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MAX,
-            "NV_ENC_CAPS_WIDTH_MAX",
-        )?;
-        require_at_least(name, max_w, width)?;
-        let (name, max_h) = cap(
-            sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MAX,
-            "NV_ENC_CAPS_HEIGHT_MAX",
-        )?;
-        require_at_least(name, max_h, height)?;
-        let (name, min_w) = cap(
-            sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MIN,
-            "NV_ENC_CAPS_WIDTH_MIN",
-        )?;
-        require_at_most(name, min_w, width)?;
-        let (name, min_h) = cap(
-            sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MIN,
-            "NV_ENC_CAPS_HEIGHT_MIN",
-        )?;
-        require_at_most(name, min_h, height)?;
+        // (cap, its name, the size it bounds, whether it is a maximum)
+        let limits = [
+            (
+                sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MAX,
+                "NV_ENC_CAPS_WIDTH_MAX",
+                width,
+                true,
+            ),
+            (
+                sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MAX,
+                "NV_ENC_CAPS_HEIGHT_MAX",
+                height,
+                true,
+            ),
+            (
+                sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MIN,
+                "NV_ENC_CAPS_WIDTH_MIN",
+                width,
+                false,
+            ),
+            (
+                sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MIN,
+                "NV_ENC_CAPS_HEIGHT_MIN",
+                height,
+                false,
+            ),
+        ];
+        for (c, name, size, is_max) in limits {
+            let (name, value) = cap(c, name)?;
+            if is_max {
+                require_at_least(name, value, size)?;
+            } else {
+                require_at_most(name, value, size)?;
+            }
+        }
 
         let mut preset_config = raw
             .preset_config(codec, preset.guid(), tuning.raw())
