@@ -25,7 +25,7 @@ use crate::encoder::{
     DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, Tune, VideoEncoder,
 };
 use crate::error::Error;
-use crate::nvenc::NvencErrorKind;
+use crate::nvenc::{NvencErrorKind, NvencOptions};
 
 /// Set once NVENC failed in a way that cannot change while the process runs.
 static NVENC_DISABLED: AtomicBool = AtomicBool::new(false);
@@ -96,6 +96,15 @@ fn reorder_depth(config: &EncoderConfig) -> usize {
 /// [`crate::detect::PRIORITY`] order.
 #[must_use]
 pub fn default_chain(preferred: Option<EncoderKind>) -> Vec<(EncoderKind, Opener)> {
+    chain_with(preferred, &NvencOptions::default())
+}
+
+/// [`default_chain`], with `nvenc` for the direct NVENC backend.
+#[must_use]
+pub fn chain_with(
+    preferred: Option<EncoderKind>,
+    nvenc: &NvencOptions,
+) -> Vec<(EncoderKind, Opener)> {
     let mut kinds: Vec<EncoderKind> = preferred.into_iter().collect();
     kinds.extend(
         crate::detect::PRIORITY
@@ -106,14 +115,20 @@ pub fn default_chain(preferred: Option<EncoderKind>) -> Vec<(EncoderKind, Opener
     kinds
         .into_iter()
         .map(|kind| {
-            let opener: Opener = Box::new(move |config: &EncoderConfig| open_checked(kind, config));
+            let nvenc = nvenc.clone();
+            let opener: Opener =
+                Box::new(move |config: &EncoderConfig| open_checked(kind, config, &nvenc));
             (kind, opener)
         })
         .collect()
 }
 
 /// Opens `kind`, skipping what is known not to work here.
-fn open_checked(kind: EncoderKind, config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
+fn open_checked(
+    kind: EncoderKind,
+    config: &EncoderConfig,
+    nvenc: &NvencOptions,
+) -> Result<Box<dyn VideoEncoder>, Error> {
     match kind {
         EncoderKind::Nvenc if NVENC_DISABLED.load(Ordering::Relaxed) => Err(Error::Unavailable {
             backend: kind,
@@ -131,7 +146,11 @@ fn open_checked(kind: EncoderKind, config: &EncoderConfig) -> Result<Box<dyn Vid
             }),
         },
         _ => {
-            let result = crate::open_backend(kind, config);
+            let result = if kind == EncoderKind::Nvenc {
+                crate::nvenc::open_with(config, nvenc)
+            } else {
+                crate::open_backend(kind, config)
+            };
             if let Err(e) = &result {
                 if kind == EncoderKind::Nvenc && nvenc_failure_is_permanent(e) {
                     NVENC_DISABLED.store(true, Ordering::Relaxed);

@@ -22,8 +22,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::encoder::EncoderKind;
 use crate::error::ConfigError;
+use crate::error::Error;
 use crate::nvenc::{NvencOptions, NvencPreset, NvencTuning};
-use crate::ring_buffer::MAX_SLOTS;
+use crate::ring_buffer::{Consumer, FrameRing, HostStorage, Producer, RingError, MAX_SLOTS};
+use crate::{EncoderConfig, FallbackEncoder};
+
+/// Both ends of a host-memory frame ring.
+pub type HostRing = (Producer<HostStorage>, Consumer<HostStorage>);
 
 /// Pipeline-level encoder settings. Every field has a default, so a configuration file names
 /// only what it changes; unknown fields are an error (a misspelt option must not be ignored).
@@ -71,6 +76,30 @@ impl GpuEncoderConfig {
             });
         }
         Ok(())
+    }
+
+    /// Opens the fallback chain these settings describe: `preferred_encoder` first, then every
+    /// available encoder in priority order, NVENC with `nvenc_preset` and `nvenc_tune`.
+    ///
+    /// # Errors
+    /// [`ConfigError`]s of these settings or of `config` (as [`Error::Config`]); otherwise as
+    /// [`FallbackEncoder::new`].
+    pub fn open(&self, config: &EncoderConfig) -> Result<FallbackEncoder, Error> {
+        self.validate()?;
+        let chain = crate::fallback::chain_with(self.preferred_encoder, &self.nvenc_options());
+        FallbackEncoder::with_chain(config, chain)
+    }
+
+    /// The frame ring a pipeline puts between its producer and the encoder: `ring_buffer_size`
+    /// slots of `frame_len` bytes in host memory, or `None` with `enable_ring_buffer` off.
+    ///
+    /// # Errors
+    /// [`RingError`] for a zero `frame_len` or an allocation that fails.
+    pub fn frame_ring(&self, frame_len: usize) -> Result<Option<HostRing>, RingError> {
+        if !self.enable_ring_buffer {
+            return Ok(None);
+        }
+        FrameRing::new(self.ring_buffer_size, frame_len).map(Some)
     }
 
     /// The NVENC options these settings choose.
@@ -146,6 +175,24 @@ mod tests {
         };
         let text = toml::to_string(&full).unwrap();
         assert_eq!(toml::from_str::<GpuEncoderConfig>(&text).unwrap(), full);
+    }
+
+    #[test]
+    fn settings_open_the_chain_and_size_the_ring() {
+        let gpu = GpuEncoderConfig {
+            preferred_encoder: Some(EncoderKind::X264),
+            ring_buffer_size: 4,
+            ..GpuEncoderConfig::default()
+        };
+        let encoder = gpu.open(&EncoderConfig::new(64, 64)).unwrap();
+        assert_eq!(encoder.current_kind(), EncoderKind::X264);
+        let (producer, _consumer) = gpu.frame_ring(6144).unwrap().unwrap();
+        assert_eq!((producer.capacity(), producer.slot_len()), (4, 6144));
+        let off = GpuEncoderConfig {
+            enable_ring_buffer: false,
+            ..gpu
+        };
+        assert!(off.frame_ring(6144).unwrap().is_none());
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub use encoder::{
 };
 pub use error::{ConfigError, Error, SubprocessProblem};
 pub use fallback::FallbackEncoder;
-pub use gpu_config::GpuEncoderConfig;
+pub use gpu_config::{GpuEncoderConfig, HostRing};
 pub use nvenc_sys::LoadError;
 pub use select::{open_backend, open_encoder, EncoderChoice};
 pub use x264::X264Encoder;

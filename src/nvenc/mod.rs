@@ -17,6 +17,17 @@ use crate::error::Error;
 /// [`Error::Config`] for an invalid configuration; [`Error::NvencLoad`] when the driver library
 /// cannot be loaded or is too old; [`Error::Unavailable`] otherwise, with the reason.
 pub fn open(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
+    open_with(config, &NvencOptions::default())
+}
+
+/// [`open`] with NVENC-only options.
+///
+/// # Errors
+/// As [`open`].
+pub fn open_with(
+    config: &EncoderConfig,
+    options: &NvencOptions,
+) -> Result<Box<dyn VideoEncoder>, Error> {
     config.validate()?;
     if !cfg!(nvenc_platform) {
         return Err(Error::Unavailable {
@@ -29,7 +40,7 @@ pub fn open(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
             ),
         });
     }
-    Ok(Box::new(NvencEncoder::new(config)?))
+    Ok(Box::new(NvencEncoder::with_options(config, options)?))
 }
 
 mod api;
