@@ -199,7 +199,9 @@ fn fault_matrix_leaves_no_leak_and_no_crash() {
         ("cuInit", 1),
         ("cuDeviceGet", 1),
         ("cuDevicePrimaryCtxRetain", 1),
-        ("cuCtxSetCurrent", 1),
+        ("cuCtxPushCurrent_v2", 1),
+        ("cuCtxPushCurrent_v2", 4),
+        ("cuCtxPopCurrent_v2", 2),
         ("cuStreamCreate", 1),
         ("cuMemAllocPitch_v2", 1),
         ("cuMemAllocPitch_v2", 3),
@@ -427,5 +429,59 @@ fn device_frames_are_encoded_without_a_host_copy() {
     let emu = EmuDriver::new();
     let out = run_child(&emu, "child_device_frames");
     assert_child_passed(&out, "child_device_frames");
+    emu.report().assert_clean();
+}
+
+#[test]
+#[ignore = "child half of the caller's CUDA context is restored"]
+fn child_callers_context_is_restored() {
+    assert_child();
+    use cudarc::driver::sys;
+    cudarc::driver::result::init().expect("cuInit");
+    let mut mine: sys::CUcontext = std::ptr::null_mut();
+    // SAFETY: a valid out-pointer; device 0 exists on the emulator. `cuCtxCreate` also makes the
+    // new context current on this thread.
+    unsafe { sys::cuCtxCreate_v2(&mut mine, 0, 0) }
+        .result()
+        .expect("a context of the caller's");
+    let before = cudarc::driver::result::ctx::get_current().expect("current");
+    assert_eq!(before, Some(mine));
+    let config = EncoderConfig::new(320, 240);
+    let mut encoder = NvencEncoder::new(&config).expect("open");
+    assert_eq!(
+        cudarc::driver::result::ctx::get_current().expect("current"),
+        before,
+        "after open"
+    );
+    let mut chunks = Vec::new();
+    for frame in common::clip(&config, 5) {
+        encoder.encode_frame(&frame, &mut chunks).expect("encode");
+    }
+    assert_eq!(
+        cudarc::driver::result::ctx::get_current().expect("current"),
+        before,
+        "after encode"
+    );
+    encoder.flush(&mut chunks).expect("flush");
+    drop(encoder);
+    assert_eq!(
+        cudarc::driver::result::ctx::get_current().expect("current"),
+        before,
+        "after drop"
+    );
+    assert_eq!(chunks.len(), 5);
+    // SAFETY: created above, current on this thread, and no longer used.
+    unsafe { sys::cuCtxDestroy_v2(mine) }
+        .result()
+        .expect("destroy");
+}
+
+/// The encoder makes its own context current only for its own calls (push/pop): a pipeline's
+/// own CUDA context on the same thread is left in place.
+#[test]
+fn callers_context_is_restored() {
+    let emu = EmuDriver::new();
+    let out = run_child(&emu, "child_callers_context_is_restored");
+    assert_child_passed(&out, "child_callers_context_is_restored");
     emu.report().assert_clean();
 }

@@ -100,6 +100,10 @@ pub struct NvencEncoder {
     /// `(frame_index, pts)` of every submitted frame not yet read back.
     unread: VecDeque<(u64, i64)>,
     chunks_out: u64,
+    /// Set in `Drop`, and declared last so it drops last: once the stream and context fields
+    /// (which cudarc releases by making their context current) are gone, the caller's context
+    /// is current again.
+    callers_context: Option<ring_cuda::SavedContext>,
 }
 
 impl std::fmt::Debug for NvencEncoder {
@@ -169,6 +173,8 @@ impl NvencEncoder {
     pub fn with_options(config: &EncoderConfig, options: &NvencOptions) -> Result<Self, Error> {
         let gate = InputGate::new(KIND, config)?;
         let library = nvenc_sys::load()?;
+        // cudarc makes the contexts it creates current; the caller's comes back when this drops.
+        let _callers = ring_cuda::save_current().map_err(ring_err)?;
         let context = ring_cuda::open_context(options.device).map_err(ring_err)?;
         let stream = context.new_stream().map_err(|e| Error::Unavailable {
             backend: KIND,
@@ -188,10 +194,8 @@ impl NvencEncoder {
             _ => sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_IYUV,
         };
 
-        context.bind_to_thread().map_err(|e| Error::Unavailable {
-            backend: KIND,
-            reason: format!("cuCtxSetCurrent failed: {e}"),
-        })?;
+        // Current for the whole open; the caller's context comes back when this drops.
+        let _context = ring_cuda::push_context(&context).map_err(ring_err)?;
         // SAFETY: the context is live and is kept (in `NvencEncoder::context`) until after the
         // session is destroyed.
         let raw = unsafe { RawEncoder::open(library, context.cu_ctx().cast::<c_void>()) }
@@ -381,6 +385,7 @@ impl NvencEncoder {
             dts: DtsQueue::new(frame_interval_p as usize - 1),
             unread: VecDeque::new(),
             chunks_out: 0,
+            callers_context: None,
         })
     }
 
@@ -451,7 +456,7 @@ impl NvencEncoder {
                 format: self.config.pixel_format,
             });
         }
-        self.bind()?;
+        let _context = self.enter()?;
         self.make_room(out)?;
         let result = self.copy_device_and_submit(frame, frame_index, pts, out);
         if result.is_err() {
@@ -529,13 +534,9 @@ impl NvencEncoder {
         self.submit(frame_index, pts, force_keyframe, Some(staged), out)
     }
 
-    fn bind(&self) -> Result<(), Error> {
-        self.context
-            .bind_to_thread()
-            .map_err(|e| Error::Unavailable {
-                backend: KIND,
-                reason: format!("cuCtxSetCurrent failed: {e}"),
-            })
+    /// Makes the encoder's CUDA context current until the guard drops, restoring the caller's.
+    fn enter(&self) -> Result<ring_cuda::ContextGuard, Error> {
+        ring_cuda::push_context(&self.context).map_err(ring_err)
     }
 
     /// The planes of a frame whose luma rows are `src_pitch` bytes apart, as copies into a
@@ -763,7 +764,7 @@ impl NvencEncoder {
 impl VideoEncoder for NvencEncoder {
     fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
         let (frame_index, pts) = self.gate.check(&frame)?;
-        self.bind()?;
+        let _context = self.enter()?;
         self.make_room(out)?;
         let len = frame.data.len();
         let mut staging = self.staging_in.try_reserve().map_err(ring_flow)?;
@@ -789,7 +790,7 @@ impl VideoEncoder for NvencEncoder {
         if self.gate.is_finished() {
             return Ok(());
         }
-        self.bind()?;
+        let _context = self.enter()?;
         let session = self.session()?;
         if let Err(e) = session.raw.end_of_stream() {
             // Pictures held for reordering may never be encoded: locking them could wait
@@ -823,7 +824,18 @@ impl Drop for NvencEncoder {
         // NVENC and the frees below run in the encoder's CUDA context; the session goes first
         // (its `Drop` unmaps, unregisters and destroys in order), then the fields, in
         // declaration order: surfaces, stream, context.
-        if let Err(e) = self.bind() {
+        // What the caller had current, unless that is this encoder's own context, which may not
+        // outlive the fields about to drop.
+        self.callers_context = match ring_cuda::save_current() {
+            Ok(saved) if saved.is(&self.context) => {
+                saved.discard();
+                None
+            }
+            Ok(saved) => Some(saved),
+            Err(_) => None,
+        };
+        let _context = self.enter();
+        if let Err(e) = &_context {
             tracing::warn!(error = %e, "tearing down NVENC without its CUDA context current");
         }
         // No queued upload may still be reading a staging slot or writing a surface when they

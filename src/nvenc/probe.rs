@@ -57,13 +57,19 @@ pub fn probe(device: usize) -> Result<NvencCaps, Error> {
     if let Some(hit) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
         return Ok(hit);
     }
+    // cudarc makes the context it creates current; the caller's comes back when this drops
+    // (declared before `context`, so it drops after it).
+    let _callers = crate::ring_buffer::save_current().map_err(|e| Error::Unavailable {
+        backend: crate::EncoderKind::Nvenc,
+        reason: e.to_string(),
+    })?;
     let context = crate::ring_buffer::open_context(device).map_err(|e| Error::Unavailable {
         backend: crate::EncoderKind::Nvenc,
         reason: e.to_string(),
     })?;
-    context.bind_to_thread().map_err(|e| Error::Unavailable {
+    let _current = crate::ring_buffer::push_context(&context).map_err(|e| Error::Unavailable {
         backend: crate::EncoderKind::Nvenc,
-        reason: format!("cuCtxSetCurrent failed: {e}"),
+        reason: e.to_string(),
     })?;
     // SAFETY: the context lives until the end of this function, after the session (dropped
     // first, as it is declared later).

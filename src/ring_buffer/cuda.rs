@@ -64,11 +64,105 @@ pub fn open_context(ordinal: usize) -> Result<Arc<CudaContext>, RingError> {
     })
 }
 
-fn bind(ctx: &CudaContext) -> Result<(), RingError> {
-    ctx.bind_to_thread().map_err(|source| RingError::Cuda {
-        call: "cuCtxSetCurrent",
-        source,
+/// `ctx` made current on this thread until the guard drops, which restores the context that was
+/// current before (`cuCtxPushCurrent` / `cuCtxPopCurrent`), so a caller's own CUDA context is
+/// never replaced behind its back.
+#[must_use = "the context is popped when the guard drops"]
+#[derive(Debug)]
+pub struct ContextGuard {
+    /// The push and the pop must happen on the same thread.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+/// Pushes `ctx` onto this thread's context stack; see [`ContextGuard`].
+///
+/// # Errors
+/// [`RingError::Cuda`] when the driver refuses.
+pub fn push_context(ctx: &CudaContext) -> Result<ContextGuard, RingError> {
+    // SAFETY: `ctx` is alive (borrowed), so its CUcontext handle is live; pushing it onto this
+    // thread's stack has no other precondition.
+    unsafe { sys::cuCtxPushCurrent_v2(ctx.cu_ctx()) }
+        .result()
+        .map_err(|source| RingError::Cuda {
+            call: "cuCtxPushCurrent",
+            source,
+        })?;
+    Ok(ContextGuard {
+        _not_send: std::marker::PhantomData,
     })
+}
+
+impl Drop for ContextGuard {
+    fn drop(&mut self) {
+        let mut popped: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: the guard is not `Send`, so this runs on the thread whose stack
+        // `push_context` pushed; `popped` is a valid out-pointer.
+        if let Err(e) = unsafe { sys::cuCtxPopCurrent_v2(&mut popped) }.result() {
+            tracing::warn!(error = %e, "cuCtxPopCurrent failed");
+        }
+    }
+}
+
+/// The context that was current on this thread when [`save_current`] ran, made current again
+/// when this drops: for code that calls into cudarc, which makes its own context current
+/// (`cuCtxSetCurrent`) rather than pushing it.
+#[derive(Debug)]
+pub struct SavedContext(sys::CUcontext);
+
+// SAFETY: a CUcontext is an opaque driver handle that may be made current on any thread; this
+// crate never dereferences it.
+unsafe impl Send for SavedContext {}
+
+/// Remembers this thread's current CUDA context (possibly none); see [`SavedContext`].
+///
+/// # Errors
+/// [`RingError::CudaUnavailable`] without a CUDA driver; [`RingError::Cuda`] when the driver
+/// refuses.
+pub fn save_current() -> Result<SavedContext, RingError> {
+    cuda_available()?;
+    // Asking for the current context needs an initialized driver; `cuInit` may be called any
+    // number of times.
+    result::init().map_err(|source| RingError::Cuda {
+        call: "cuInit",
+        source,
+    })?;
+    let mut current: sys::CUcontext = std::ptr::null_mut();
+    // SAFETY: the driver library is present (checked above); `current` is a valid out-pointer.
+    unsafe { sys::cuCtxGetCurrent(&mut current) }
+        .result()
+        .map_err(|source| RingError::Cuda {
+            call: "cuCtxGetCurrent",
+            source,
+        })?;
+    Ok(SavedContext(current))
+}
+
+impl SavedContext {
+    /// Whether the saved context is `ctx`.
+    #[must_use]
+    pub fn is(&self, ctx: &CudaContext) -> bool {
+        self.0 == ctx.cu_ctx()
+    }
+
+    /// Drops the saved context without making it current again (for when it is about to be
+    /// destroyed).
+    pub fn discard(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for SavedContext {
+    fn drop(&mut self) {
+        // SAFETY: the handle was current when saved (or is null, which unbinds); making it current
+        // again has no other precondition.
+        if let Err(e) = unsafe { sys::cuCtxSetCurrent(self.0) }.result() {
+            tracing::warn!(error = %e, "restoring the caller's CUDA context failed");
+        }
+    }
+}
+
+fn bind(ctx: &CudaContext) -> Result<ContextGuard, RingError> {
+    push_context(ctx)
 }
 
 /// Page-locked host memory from `cuMemHostAlloc`, one allocation for all slots.
@@ -114,7 +208,7 @@ impl PinnedStorage {
             .checked_mul(slots)
             .filter(|b| *b <= isize::MAX as usize)
             .ok_or_else(overflow)?;
-        bind(ctx)?;
+        let _current = bind(ctx)?;
         // SAFETY: the context is current on this thread; the returned memory is treated as
         // uninitialized until zeroed below.
         let raw = unsafe { result::malloc_host(bytes, 0) }.map_err(|source| RingError::Cuda {
@@ -170,7 +264,8 @@ unsafe impl HostSlots for PinnedStorage {
 
 impl Drop for PinnedStorage {
     fn drop(&mut self) {
-        if let Err(e) = bind(&self.ctx) {
+        let _current = bind(&self.ctx);
+        if let Err(e) = &_current {
             tracing::error!(error = %e, "leaking pinned ring memory: cannot bind its CUDA context");
             return;
         }
@@ -218,7 +313,7 @@ impl DeviceStorage {
             });
         }
         cuda_available()?;
-        bind(ctx)?;
+        let _current = bind(ctx)?;
         let mut storage = Self {
             ctx: Arc::clone(ctx),
             surfaces: Vec::with_capacity(slots),
@@ -295,7 +390,8 @@ impl Drop for DeviceStorage {
         if self.surfaces.is_empty() {
             return;
         }
-        if let Err(e) = bind(&self.ctx) {
+        let _current = bind(&self.ctx);
+        if let Err(e) = &_current {
             tracing::error!(error = %e, "leaking device ring surfaces: cannot bind their CUDA context");
             return;
         }
@@ -366,7 +462,7 @@ unsafe fn copy_2d_async(
     dst: &DeviceSurface,
     stream: &CudaStream,
 ) -> Result<(), RingError> {
-    bind(stream.context())?;
+    let _current = bind(stream.context())?;
     let (src_type, src_host, src_device) = match src {
         Source::Host(p) => (sys::CUmemorytype::CU_MEMORYTYPE_HOST, p, 0),
         Source::Device(d) => (sys::CUmemorytype::CU_MEMORYTYPE_DEVICE, std::ptr::null(), d),

@@ -88,7 +88,8 @@ mod tests;
 
 pub use cuda::{
     copy_device_to_device_async, copy_pinned_to_device_async, cuda_available, open_context,
-    CudaContext, CudaStream, DeviceStorage, PinnedStorage,
+    push_context, save_current, ContextGuard, CudaContext, CudaStream, DeviceStorage,
+    PinnedStorage, SavedContext,
 };
 pub use error::{CommitError, PopError, ReserveError, RingError};
 pub use ring::{Consumer, FrameFlags, FrameMeta, Producer, ReadSlot, RingStats, WriteSlot};
