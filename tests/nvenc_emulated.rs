@@ -485,3 +485,62 @@ fn callers_context_is_restored() {
     assert_child_passed(&out, "child_callers_context_is_restored");
     emu.report().assert_clean();
 }
+
+#[test]
+#[ignore = "child half of a_panic_mid_stream_tears_down_cleanly"]
+fn child_panic_mid_stream() {
+    assert_child();
+    let config = EncoderConfig::new(320, 240).with_bframes(Some(2));
+    let input = common::clip(&config, 8);
+    let result = std::panic::catch_unwind(|| {
+        let mut encoder = NvencEncoder::new(&config).expect("open");
+        let mut chunks = Vec::new();
+        for frame in &input {
+            encoder.encode_frame(frame, &mut chunks).expect("encode");
+        }
+        assert!(
+            encoder.in_flight() > 0,
+            "frames are in flight when the panic strikes"
+        );
+        panic!("a pipeline bug, mid-stream");
+    });
+    assert!(result.is_err());
+}
+
+/// A panic in the caller while frames are in flight unwinds through the encoder's `Drop`, which
+/// must still tear the session down in order and leak nothing.
+#[test]
+fn a_panic_mid_stream_tears_down_cleanly() {
+    let emu = EmuDriver::new();
+    let out = run_child(&emu, "child_panic_mid_stream");
+    assert_child_passed(&out, "child_panic_mid_stream");
+    emu.report().assert_clean();
+}
+
+#[test]
+#[ignore = "child half of lossless_is_checked_against_the_caps"]
+fn child_lossless() {
+    assert_child();
+    let config = EncoderConfig::new(320, 240).with_bframes(Some(0));
+    let options = NvencOptions::default().with_tuning(Some(nvenc::nvenc::NvencTuning::Lossless));
+    match NvencEncoder::with_options(&config, &options) {
+        // The emulator reports lossless support; the stream must then round-trip exactly.
+        Ok(mut encoder) => {
+            let input = common::clip(&config, 5);
+            let chunks = common::encode_all(&mut encoder, &input);
+            common::assert_accounting(&chunks, 5);
+        }
+        Err(Error::NvencCapability { cap, .. }) => {
+            assert_eq!(cap, "NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE");
+        }
+        Err(other) => panic!("lossless: {other}"),
+    }
+}
+
+#[test]
+fn lossless_is_checked_against_the_caps() {
+    let emu = EmuDriver::new();
+    let out = run_child(&emu, "child_lossless");
+    assert_child_passed(&out, "child_lossless");
+    emu.report().assert_clean();
+}

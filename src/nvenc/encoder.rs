@@ -255,6 +255,14 @@ impl NvencEncoder {
             }
         }
 
+        if tuning == NvencTuning::Lossless {
+            let (name, lossless) = cap(
+                sys::NV_ENC_CAPS::NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE,
+                "NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE",
+            )?;
+            require_at_least(name, lossless, 1)?;
+        }
+
         let mut preset_config = raw
             .preset_config(codec, preset.guid(), tuning.raw())
             .map_err(nvenc_err)?;
