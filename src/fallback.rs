@@ -66,6 +66,9 @@ pub struct FallbackEncoder {
     dts: DtsQueue,
     switches: u32,
     rejected: Vec<(EncoderKind, Box<Error>)>,
+    /// Buffers of delivered frames, reused for the next held copies, so holding a frame for
+    /// replay costs a copy but no allocation once the stream runs.
+    spare: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for FallbackEncoder {
@@ -225,6 +228,7 @@ impl FallbackEncoder {
             dts: DtsQueue::new(reorder_depth(config)),
             switches: 0,
             rejected,
+            spare: Vec::new(),
         })
     }
 
@@ -257,10 +261,13 @@ impl FallbackEncoder {
     fn hold(&mut self, index: u64, pts: i64, frame: &Frame<'_>) {
         self.gate.accept(pts);
         self.dts.push(pts);
+        let mut data = self.spare.pop().unwrap_or_default();
+        data.clear();
+        data.extend_from_slice(frame.data);
         self.held.insert(
             index,
             Held {
-                data: frame.data.to_vec(),
+                data,
                 pts,
                 force_keyframe: frame.force_keyframe,
             },
@@ -307,7 +314,12 @@ impl FallbackEncoder {
             }
         }
         for mut chunk in self.waiting.drain(..cut) {
-            self.held.remove(&chunk.frame_index);
+            if let Some(done) = self.held.remove(&chunk.frame_index) {
+                // Enough spares for every frame that can be in flight at once.
+                if self.spare.len() < MAX_WAITING {
+                    self.spare.push(done.data);
+                }
+            }
             chunk.dts = self.dts.next().min(chunk.pts);
             out.push(chunk);
         }

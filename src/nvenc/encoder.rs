@@ -486,7 +486,7 @@ impl NvencEncoder {
         let planes = self.planes(frame.pitch);
         let slot = self.device_in.try_reserve().map_err(ring_flow)?;
         let surface = slot.surface();
-        for (offset, pitch, dst) in planes.iter().map(|p| p.on(&surface)) {
+        for (offset, pitch, dst) in planes.0[..planes.1].iter().map(|p| p.on(&surface)) {
             // SAFETY: the caller of `encode_device` guarantees the source frame at `device_ptr`
             // with `pitch` (its end was checked not to overflow), so `device_ptr + offset` starts
             // a plane of it; `dst` is a plane of a surface of this encoder's device ring,
@@ -523,7 +523,7 @@ impl NvencEncoder {
         let planes = self.planes(self.config.resolution.width as usize);
         let slot = self.device_in.try_reserve().map_err(ring_flow)?;
         let surface = slot.surface();
-        for (offset, pitch, dst) in planes.iter().map(|p| p.on(&surface)) {
+        for (offset, pitch, dst) in planes.0[..planes.1].iter().map(|p| p.on(&surface)) {
             let src = staged.get(offset..).unwrap_or_default();
             // SAFETY: `src` is a pinned staging slot whose lease travels with the picture until
             // its bitstream is read back (after the stream ran this copy), and on an error the
@@ -549,45 +549,52 @@ impl NvencEncoder {
 
     /// The planes of a frame whose luma rows are `src_pitch` bytes apart, as copies into a
     /// device surface: one for NV12 (luma and interleaved chroma share the pitch), three for I420
-    /// (chroma at half the pitch, as NVENC's IYUV layout has).
-    fn planes(&self, src_pitch: usize) -> Vec<PlaneCopy> {
+    /// (chroma at half the pitch, as NVENC's IYUV layout has). A fixed array and a count, so the
+    /// per-frame path allocates nothing.
+    fn planes(&self, src_pitch: usize) -> ([PlaneCopy; 3], usize) {
         let w = self.config.resolution.width as usize;
         let h = self.config.resolution.height as usize;
         match self.config.pixel_format {
-            PixelFormat::Nv12 => vec![PlaneCopy {
-                src_offset: 0,
-                src_pitch,
-                width: w,
-                rows: h * 3 / 2,
-                dst_rows: (0, 0),
-                half_pitch: false,
-            }],
-            _ => vec![
-                PlaneCopy {
+            PixelFormat::Nv12 => {
+                let all = PlaneCopy {
                     src_offset: 0,
                     src_pitch,
                     width: w,
-                    rows: h,
+                    rows: h * 3 / 2,
                     dst_rows: (0, 0),
                     half_pitch: false,
-                },
-                PlaneCopy {
-                    src_offset: src_pitch * h,
-                    src_pitch: src_pitch / 2,
-                    width: w / 2,
-                    rows: h / 2,
-                    dst_rows: (h, 0),
-                    half_pitch: true,
-                },
-                PlaneCopy {
-                    src_offset: src_pitch * h + src_pitch / 2 * (h / 2),
-                    src_pitch: src_pitch / 2,
-                    width: w / 2,
-                    rows: h / 2,
-                    dst_rows: (h, h / 2),
-                    half_pitch: true,
-                },
-            ],
+                };
+                ([all; 3], 1)
+            }
+            _ => (
+                [
+                    PlaneCopy {
+                        src_offset: 0,
+                        src_pitch,
+                        width: w,
+                        rows: h,
+                        dst_rows: (0, 0),
+                        half_pitch: false,
+                    },
+                    PlaneCopy {
+                        src_offset: src_pitch * h,
+                        src_pitch: src_pitch / 2,
+                        width: w / 2,
+                        rows: h / 2,
+                        dst_rows: (h, 0),
+                        half_pitch: true,
+                    },
+                    PlaneCopy {
+                        src_offset: src_pitch * h + src_pitch / 2 * (h / 2),
+                        src_pitch: src_pitch / 2,
+                        width: w / 2,
+                        rows: h / 2,
+                        dst_rows: (h, h / 2),
+                        half_pitch: true,
+                    },
+                ],
+                3,
+            ),
         }
     }
 
