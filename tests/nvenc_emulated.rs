@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::process::Output;
-
 use nvenc::nvenc::{NvencEncoder, NvencErrorKind, NvencOptions};
 use nvenc::{EncoderConfig, EncoderKind, Error, FallbackEncoder, VideoEncoder};
 use nvenc_emu_harness::EmuDriver;
@@ -37,58 +35,29 @@ contract_tests!(
     #[ignore = "child half: runs against the emulated driver from emulated_contract_suite"]
 );
 
-/// Runs the child half `test` of this binary against `emu`.
-fn run_child(emu: &EmuDriver, test: &str) -> Output {
+/// Runs the child half `test` of this binary against `emu`, asserts it passed, and returns its
+/// output.
+fn run_child(emu: &EmuDriver, test: &str) -> String {
     let exe = std::env::current_exe().expect("test binary");
-    emu.command(exe)
-        .args([
-            "--ignored",
-            "--exact",
-            test,
-            "--test-threads",
-            "1",
-            "--nocapture",
-        ])
-        .output()
-        .expect("run child test")
-}
-
-fn assert_child_passed(out: &Output, test: &str) {
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "child {test} failed:\n{text}");
-    assert!(
-        text.contains("1 passed"),
-        "child {test} ran no test:\n{text}"
-    );
+    let mut cmd = emu.command(exe);
+    cmd.args([
+        "--ignored",
+        "--exact",
+        test,
+        "--test-threads",
+        "1",
+        "--nocapture",
+    ]);
+    common::run_child_tests(cmd, 1, test)
 }
 
 #[test]
 fn emulated_contract_suite() {
     let emu = EmuDriver::new();
-    let exe = std::env::current_exe().expect("test binary");
     // Every contract test, in one child.
-    let out = emu
-        .command(exe)
-        .args(["--ignored", "--test-threads", "1", "--skip", "child_"])
-        .output()
-        .expect("run child");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "contract tests failed against the emulator:\n{text}"
-    );
-    assert!(
-        text.contains("9 passed"),
-        "expected the 9 contract tests:\n{text}"
-    );
+    let mut cmd = emu.command(std::env::current_exe().expect("test binary"));
+    cmd.args(["--ignored", "--test-threads", "1", "--skip", "child_"]);
+    common::run_child_tests(cmd, 9, "the contract tests against the emulator");
     emu.report().assert_clean();
 }
 
@@ -131,8 +100,7 @@ fn child_thousand_frames() {
 #[test]
 fn thousand_frames_with_bframes_in_flight() {
     let emu = EmuDriver::new();
-    let out = run_child(&emu, "child_thousand_frames");
-    assert_child_passed(&out, "child_thousand_frames");
+    run_child(&emu, "child_thousand_frames");
     emu.report().assert_clean();
 }
 
@@ -220,7 +188,19 @@ fn fault_matrix_leaves_no_leak_and_no_crash() {
         );
     for (entry, nth, status) in cases {
         let emu = EmuDriver::new().fault(entry, nth, status);
-        let out = run_child(&emu, "child_fault_scenario");
+        // Not `run_child`: a failing child is recorded with the others, not fatal at once.
+        let out = emu
+            .command(std::env::current_exe().expect("test binary"))
+            .args([
+                "--ignored",
+                "--exact",
+                "child_fault_scenario",
+                "--test-threads",
+                "1",
+                "--nocapture",
+            ])
+            .output()
+            .expect("run child");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -287,9 +267,7 @@ fn child_open_error_kind() {
 }
 
 fn open_error_kind(emu: &EmuDriver) -> (String, String) {
-    let out = run_child(emu, "child_open_error_kind");
-    assert_child_passed(&out, "child_open_error_kind");
-    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    let text = run_child(emu, "child_open_error_kind");
     let find = |tag: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(tag))
@@ -368,8 +346,7 @@ fn child_failover() {
 fn nvenc_chosen_and_failover_on_device_loss() {
     // NV_ENC_ERR_DEVICE_NOT_EXIST (5) on the 25th picture.
     let emu = EmuDriver::new().fault("nvEncEncodePicture", 25, 5);
-    let out = run_child(&emu, "child_failover");
-    assert_child_passed(&out, "child_failover");
+    run_child(&emu, "child_failover");
     let report = emu.report();
     assert!(report
         .faults
@@ -427,8 +404,7 @@ fn child_device_frames() {
 #[test]
 fn device_frames_are_encoded_without_a_host_copy() {
     let emu = EmuDriver::new();
-    let out = run_child(&emu, "child_device_frames");
-    assert_child_passed(&out, "child_device_frames");
+    run_child(&emu, "child_device_frames");
     emu.report().assert_clean();
 }
 
@@ -481,8 +457,7 @@ fn child_callers_context_is_restored() {
 #[test]
 fn callers_context_is_restored() {
     let emu = EmuDriver::new();
-    let out = run_child(&emu, "child_callers_context_is_restored");
-    assert_child_passed(&out, "child_callers_context_is_restored");
+    run_child(&emu, "child_callers_context_is_restored");
     emu.report().assert_clean();
 }
 
@@ -512,8 +487,7 @@ fn child_panic_mid_stream() {
 #[test]
 fn a_panic_mid_stream_tears_down_cleanly() {
     let emu = EmuDriver::new();
-    let out = run_child(&emu, "child_panic_mid_stream");
-    assert_child_passed(&out, "child_panic_mid_stream");
+    run_child(&emu, "child_panic_mid_stream");
     emu.report().assert_clean();
 }
 
@@ -540,7 +514,6 @@ fn child_lossless() {
 #[test]
 fn lossless_is_checked_against_the_caps() {
     let emu = EmuDriver::new();
-    let out = run_child(&emu, "child_lossless");
-    assert_child_passed(&out, "child_lossless");
+    run_child(&emu, "child_lossless");
     emu.report().assert_clean();
 }

@@ -43,21 +43,7 @@ fn hardware_contract_suite() {
     if let Err(e) = NvencEncoder::new(&EncoderConfig::new(320, 240)) {
         panic!("NVENC_HW=1 but NVENC cannot be opened: {e}");
     }
-    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--ignored", "--test-threads", "1"])
-        .output()
-        .expect("run the contract tests");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "NVENC contract tests failed on hardware:\n{text}"
-    );
-    assert!(
-        text.contains("9 passed"),
-        "expected the 9 contract tests:\n{text}"
-    );
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args(["--ignored", "--test-threads", "1"]);
+    common::run_child_tests(cmd, 9, "the NVENC contract tests on hardware");
 }

@@ -20,6 +20,23 @@ pub fn ffmpeg() -> Command {
     cmd
 }
 
+/// Runs a child test process and asserts it succeeded having passed `passed` tests; returns its
+/// output (stdout then stderr) for further checks.
+pub fn run_child_tests(mut cmd: Command, passed: usize, what: &str) -> String {
+    let out = cmd.output().expect("run the child test process");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed:\n{text}");
+    assert!(
+        text.contains(&format!("{passed} passed")),
+        "{what}: expected {passed} passed:\n{text}"
+    );
+    text
+}
+
 /// Decodes an Annex B H.264 stream with FFmpeg into I420 frames, in display order.
 pub fn decode_h264(stream: &[u8], resolution: Resolution) -> Vec<Vec<u8>> {
     let dir = tempfile::tempdir().expect("temp dir");
