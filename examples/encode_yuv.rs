@@ -6,11 +6,18 @@
 //! ffplay out.h264
 //! ```
 //! Options follow ffmpeg's and x264's names. Set `RUST_LOG=debug` to see backend selection.
+//! Everything meant for people (progress, the summary, errors) goes to standard error, so
+//! `-o -` gives a clean stream on standard output. The first Ctrl-C (or SIGTERM) stops reading,
+//! flushes the encoder and writes every frame already read, then exits with status 130; a second
+//! one exits at once.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
-use std::path::PathBuf;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
@@ -26,7 +33,8 @@ use nvenc::{
 struct Args {
     /// Raw YUV input file (`-` for stdin). Without one, a synthetic moving 1080p clip is encoded.
     input: Option<PathBuf>,
-    /// Output H.264 Annex B file.
+    /// Output H.264 Annex B file (`-` for standard output). A file is written under a temporary
+    /// name beside it and renamed into place when the run ends.
     #[arg(short, long, default_value = "out.h264")]
     output: PathBuf,
     /// Frame size, WIDTHxHEIGHT (default 1920x1080).
@@ -74,6 +82,9 @@ fn parse<T: std::str::FromStr<Err = nvenc::ConfigError>>(s: &str) -> Result<T, S
 
 type BoxError = Box<dyn std::error::Error>;
 
+/// Exit status after an interruption (SIGINT/SIGTERM), as shells report a death by SIGINT.
+const INTERRUPTED: u8 = 130;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -81,9 +92,24 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
         .init();
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    let args = Args::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = Arc::clone(&stop);
+    // First SIGINT/SIGTERM: stop reading, flush the encoder, write everything, exit 130.
+    // Second: exit at once.
+    if let Err(e) = ctrlc::set_handler(move || {
+        if handler_stop.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(INTERRUPTED));
+        }
+        eprintln!("interrupted: finishing the frames already read (interrupt again to quit now)");
+    }) {
+        eprintln!("warning: cannot install the interrupt handler: {e}");
+    }
+    match run(args, &stop) {
+        Ok(Outcome::Finished) => ExitCode::SUCCESS,
+        Ok(Outcome::Interrupted) => ExitCode::from(INTERRUPTED),
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE
@@ -91,13 +117,223 @@ fn main() -> ExitCode {
     }
 }
 
+/// How a run that did not fail ended.
+enum Outcome {
+    Finished,
+    Interrupted,
+}
+
 /// Where frames come from.
 enum Source {
     Synthetic { pattern: TestPattern, frames: u64 },
-    Raw(Box<dyn Read>),
+    Raw { reader: Box<dyn Read>, name: String },
 }
 
-fn run(args: Args) -> Result<(), BoxError> {
+/// Opens the input and checks it before anything is written: an input that cannot be read must
+/// not cost the user an existing output file.
+fn open_input(
+    args: &Args,
+    resolution: Resolution,
+    frame_len: usize,
+) -> Result<(Source, Option<u64>, Option<fs::Metadata>), BoxError> {
+    match &args.input {
+        None => Ok((
+            Source::Synthetic {
+                pattern: TestPattern::new(resolution, args.pix_fmt)?,
+                frames: args.frames,
+            },
+            Some(args.frames),
+            None,
+        )),
+        Some(path) if path.as_os_str() == "-" => {
+            let meta = stdin_metadata();
+            Ok((
+                Source::Raw {
+                    reader: Box::new(io::stdin().lock()),
+                    name: "standard input".into(),
+                },
+                None,
+                meta,
+            ))
+        }
+        Some(path) => {
+            let file = File::open(path)
+                .map_err(|e| format!("cannot open input {}: {e}", path.display()))?;
+            let meta = file
+                .metadata()
+                .map_err(|e| format!("cannot read input {}: {e}", path.display()))?;
+            if meta.is_dir() {
+                return Err(format!(
+                    "input {} is a directory, not a raw YUV file",
+                    path.display()
+                )
+                .into());
+            }
+            let total = meta.is_file().then(|| meta.len() / frame_len as u64);
+            Ok((
+                Source::Raw {
+                    reader: Box::new(io::BufReader::new(file)),
+                    name: path.display().to_string(),
+                },
+                total,
+                Some(meta),
+            ))
+        }
+    }
+}
+
+fn stdin_metadata() -> Option<fs::Metadata> {
+    File::from(io::stdin().as_fd().try_clone_to_owned().ok()?)
+        .metadata()
+        .ok()
+}
+
+fn stdout_metadata() -> Option<fs::Metadata> {
+    File::from(io::stdout().as_fd().try_clone_to_owned().ok()?)
+        .metadata()
+        .ok()
+}
+
+/// True when both name the same file (device and inode), whatever their names.
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// Where the stream goes. A regular file is written under a temporary name in its own folder and
+/// renamed into place at the end, so an existing file is replaced only by a complete run's output
+/// (or, after an error, by everything encoded before it), never emptied up front. Standard output
+/// (`-o -`), devices and pipes are written directly.
+enum Sink {
+    Stdout(BufWriter<io::Stdout>),
+    Direct {
+        out: BufWriter<File>,
+        path: PathBuf,
+    },
+    Replace {
+        out: BufWriter<tempfile::NamedTempFile>,
+        path: PathBuf,
+    },
+}
+
+impl Sink {
+    fn open(output: &Path, input: Option<&fs::Metadata>) -> Result<Sink, BoxError> {
+        if output.as_os_str() == "-" {
+            if let (Some(input), Some(stdout)) = (input, stdout_metadata()) {
+                if stdout.is_file() && same_file(input, &stdout) {
+                    return Err(
+                        "standard output is the input file: refusing to overwrite it".into(),
+                    );
+                }
+            }
+            return Ok(Sink::Stdout(BufWriter::new(io::stdout())));
+        }
+        let existing = match fs::metadata(output) {
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("cannot use output {}: {e}", output.display()).into()),
+        };
+        if let (Some(input), Some(existing)) = (input, &existing) {
+            if same_file(input, existing) {
+                return Err(format!(
+                    "output {} is the input file: refusing to overwrite it",
+                    output.display()
+                )
+                .into());
+            }
+        }
+        match existing {
+            Some(meta) if meta.is_dir() => {
+                Err(format!("output {} is a directory", output.display()).into())
+            }
+            Some(meta) if !meta.is_file() => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(output)
+                    .map_err(|e| format!("cannot open output {}: {e}", output.display()))?;
+                Ok(Sink::Direct {
+                    out: BufWriter::new(file),
+                    path: output.to_path_buf(),
+                })
+            }
+            existing => {
+                // Through symlinks (`/dev/stdout` redirected to a file), to the real file.
+                let path = match existing {
+                    Some(_) => fs::canonicalize(output)
+                        .map_err(|e| format!("cannot resolve output {}: {e}", output.display()))?,
+                    None => output.to_path_buf(),
+                };
+                let dir = match path.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                let tmp = tempfile::Builder::new()
+                    .prefix(".encode_yuv-")
+                    .suffix(".part")
+                    .tempfile_in(&dir)
+                    .map_err(|e| {
+                        format!(
+                            "cannot create a temporary file in {} for output {}: {e}",
+                            dir.display(),
+                            output.display()
+                        )
+                    })?;
+                // A new file gets the usual rw-r--r--, a replaced one keeps its permissions.
+                let perms = existing.map_or_else(
+                    || std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                    |m| m.permissions(),
+                );
+                tmp.as_file()
+                    .set_permissions(perms)
+                    .map_err(|e| format!("cannot create output {}: {e}", output.display()))?;
+                Ok(Sink::Replace {
+                    out: BufWriter::new(tmp),
+                    path,
+                })
+            }
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Sink::Stdout(_) => "standard output".into(),
+            Sink::Direct { path, .. } | Sink::Replace { path, .. } => path.display().to_string(),
+        }
+    }
+
+    fn write_chunks(&mut self, chunks: &mut Vec<EncodedChunk>) -> Result<u64, BoxError> {
+        let mut bytes = 0;
+        for chunk in chunks.drain(..) {
+            let written = match self {
+                Sink::Stdout(out) => out.write_all(&chunk.data),
+                Sink::Direct { out, .. } => out.write_all(&chunk.data),
+                Sink::Replace { out, .. } => out.write_all(&chunk.data),
+            };
+            written.map_err(|e| format!("cannot write {}: {e}", self.name()))?;
+            bytes += chunk.data.len() as u64;
+        }
+        Ok(bytes)
+    }
+
+    /// Flushes and, for a replaced file, syncs it and renames it into place.
+    fn finish(self) -> Result<(), BoxError> {
+        let name = self.name();
+        let fail =
+            |e: &dyn std::fmt::Display| -> BoxError { format!("cannot write {name}: {e}").into() };
+        match self {
+            Sink::Stdout(mut out) => out.flush().map_err(|e| fail(&e)),
+            Sink::Direct { mut out, .. } => out.flush().map_err(|e| fail(&e)),
+            Sink::Replace { out, path } => {
+                let tmp = out.into_inner().map_err(|e| fail(e.error()))?;
+                tmp.as_file().sync_all().map_err(|e| fail(&e))?;
+                tmp.persist(&path).map_err(|e| fail(&e.error))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn run(args: Args, stop: &AtomicBool) -> Result<Outcome, BoxError> {
     let resolution = args.size.unwrap_or(Resolution::new(1920, 1080));
     let config = EncoderConfig::new(resolution.width, resolution.height)
         .with_pixel_format(args.pix_fmt)
@@ -110,27 +346,18 @@ fn run(args: Args) -> Result<(), BoxError> {
         .with_threads(args.threads);
     let frame_len = config.validate()?;
 
-    let (mut source, total_frames) = match &args.input {
-        None => (
-            Source::Synthetic {
-                pattern: TestPattern::new(resolution, args.pix_fmt)?,
-                frames: args.frames,
-            },
-            Some(args.frames),
-        ),
-        Some(path) if path.as_os_str() == "-" => (Source::Raw(Box::new(io::stdin().lock())), None),
-        Some(path) => {
-            let file = File::open(path)
-                .map_err(|e| format!("cannot open input {}: {e}", path.display()))?;
-            let total = file.metadata().ok().map(|m| m.len() / frame_len as u64);
-            (Source::Raw(Box::new(io::BufReader::new(file))), total)
-        }
-    };
-
+    // Input first, then the output (which refuses to be the input), then the encoder: nothing
+    // is created or replaced before all three are known to work.
+    let (mut source, total_frames, input_meta) = open_input(&args, resolution, frame_len)?;
+    if total_frames == Some(0) {
+        let what = match &source {
+            Source::Raw { name, .. } => format!("input {name} holds no whole frame"),
+            Source::Synthetic { .. } => "--frames 0".into(),
+        };
+        return Err(format!("{what}: nothing to encode, no output written").into());
+    }
+    let mut sink = Sink::open(&args.output, input_meta.as_ref())?;
     let mut encoder = nvenc::open_encoder(args.encoder, &config)?;
-    let file = File::create(&args.output)
-        .map_err(|e| format!("cannot create {}: {e}", args.output.display()))?;
-    let mut out = BufWriter::new(file);
 
     let progress = match total_frames {
         Some(n) if !args.quiet && n >= 60 => {
@@ -151,8 +378,15 @@ fn run(args: Args) -> Result<(), BoxError> {
     let mut chunks: Vec<EncodedChunk> = Vec::new();
     let mut frames_in: u64 = 0;
     let mut bytes_out: u64 = 0;
-    let mut truncated = None;
+    let mut interrupted = false;
+    // The first error ends the reading; everything the encoder already delivered (and whatever
+    // its flush still gives) is written before the error is reported.
+    let mut failure: Option<BoxError> = None;
     loop {
+        if stop.load(Ordering::SeqCst) {
+            interrupted = true;
+            break;
+        }
         match &mut source {
             Source::Synthetic { pattern, frames } => {
                 if frames_in == *frames {
@@ -160,27 +394,53 @@ fn run(args: Args) -> Result<(), BoxError> {
                 }
                 pattern.fill(frames_in, &mut frame);
             }
-            Source::Raw(reader) => match read_frame(reader.as_mut(), &mut frame)? {
-                0 => break,
-                n if n < frame_len => {
-                    truncated = Some((frames_in * frame_len as u64, n));
+            Source::Raw { reader, name } => match read_frame(reader.as_mut(), &mut frame) {
+                Ok(0) => break,
+                Ok(n) if n < frame_len => {
+                    failure = Some(
+                        format!(
+                            "input ends with a partial frame at byte offset {}: {n} of {frame_len} \
+                             bytes ({resolution} {}); the {frames_in} whole frames before it were \
+                             encoded and {} is a valid stream",
+                            frames_in * frame_len as u64,
+                            args.pix_fmt,
+                            sink.name()
+                        )
+                        .into(),
+                    );
                     break;
                 }
-                _ => {}
+                Ok(_) => {}
+                Err(e) => {
+                    failure = Some(format!("cannot read input {name}: {e}").into());
+                    break;
+                }
             },
         }
-        encoder.encode_frame(&frame, &mut chunks)?;
+        let encoded = encoder.encode_frame(&frame, &mut chunks);
+        bytes_out += sink.write_chunks(&mut chunks)?;
+        if let Err(e) = encoded {
+            failure = Some(e.into());
+            break;
+        }
         frames_in += 1;
-        bytes_out += write_chunks(&mut out, &mut chunks)?;
         progress.inc(1);
     }
-    encoder.flush(&mut chunks)?;
-    bytes_out += write_chunks(&mut out, &mut chunks)?;
-    out.flush()?;
+    if frames_in == 0 && failure.is_none() && !interrupted {
+        let name = match &source {
+            Source::Raw { name, .. } => name.clone(),
+            Source::Synthetic { .. } => "the built-in clip".into(),
+        };
+        return Err(format!("input {name} is empty: nothing to encode, no output written").into());
+    }
+    let flushed = encoder.flush(&mut chunks);
+    bytes_out += sink.write_chunks(&mut chunks)?;
+    let output = sink.name();
+    sink.finish()?;
     progress.finish_and_clear();
     let secs = started.elapsed().as_secs_f64().max(1e-9);
 
-    println!(
+    eprintln!(
         "{}: {} frames {} {} in {:.2} s, {:.1} fps, {:.1} MB/s raw input, {:.2} MB out -> {}",
         encoder.kind(),
         frames_in,
@@ -190,19 +450,24 @@ fn run(args: Args) -> Result<(), BoxError> {
         frames_in as f64 / secs,
         (frames_in * frame_len as u64) as f64 / 1e6 / secs,
         bytes_out as f64 / 1e6,
-        args.output.display()
+        output
     );
-    if let Some((offset, got)) = truncated {
-        return Err(format!(
-            "input ends with a partial frame at byte offset {offset}: {got} of {frame_len} bytes \
-             ({} {}); the {frames_in} whole frames before it were encoded and {} is a valid stream",
-            resolution,
-            args.pix_fmt,
-            args.output.display()
-        )
-        .into());
+    match (failure, flushed) {
+        (Some(e), Err(flush_error)) => {
+            eprintln!("the flush after the error failed too: {flush_error}");
+            Err(e)
+        }
+        (Some(e), Ok(())) => Err(e),
+        (None, Err(e)) => Err(e.into()),
+        (None, Ok(())) if interrupted => {
+            eprintln!(
+                "interrupted after {frames_in} frames: every frame read was encoded and written \
+                 to {output}"
+            );
+            Ok(Outcome::Interrupted)
+        }
+        (None, Ok(())) => Ok(Outcome::Finished),
     }
-    Ok(())
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
@@ -217,15 +482,6 @@ fn read_frame(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-fn write_chunks(out: &mut impl Write, chunks: &mut Vec<EncodedChunk>) -> io::Result<u64> {
-    let mut bytes = 0;
-    for chunk in chunks.drain(..) {
-        out.write_all(&chunk.data)?;
-        bytes += chunk.data.len() as u64;
-    }
-    Ok(bytes)
 }
 
 // Keep the trait in scope for `encode_frame`/`flush` on the boxed encoder.

@@ -7,6 +7,12 @@
 //! FFmpeg's encoders (`ffmpeg -hide_banner -encoders`), with a one-frame probe encode under a
 //! time limit for every hardware encoder listed, because Debian's ffmpeg lists `h264_nvenc` and
 //! `h264_qsv` on machines that have neither. The report is computed once per process.
+//!
+//! Every ffmpeg run is bounded: each query ([`FFMPEG_QUERY_LIMIT`], reading at most
+//! [`FFMPEG_QUERY_CAP`] bytes) and each probe encode ([`FFMPEG_PROBE_LIMIT`]) is killed, with its
+//! whole process group, when it runs past its limit. An ffmpeg that hangs, floods its output or
+//! fails makes the ffmpeg backends unavailable with that reason; it never stalls detection for
+//! longer than those limits, and x264 and NVENC are judged without it.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -202,7 +208,7 @@ fn probe_encode(program: &Path, codec: FfmpegCodec) -> Result<(), String> {
     let config = EncoderConfig::new(256, 256);
     let options = FfmpegOptions::new(codec)
         .with_program(program)
-        .with_timeout(Duration::from_secs(10));
+        .with_timeout(FFMPEG_PROBE_LIMIT);
     let frame = vec![128u8; config.validate().map_err(|e| e.to_string())?];
     let mut encoder = FfmpegEncoder::new(&config, &options).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
@@ -285,6 +291,18 @@ fn nvidia_report() -> NvidiaReport {
     report
 }
 
+/// The longest detection waits for `ffmpeg -encoders` or `ffmpeg -version` (each) before it kills
+/// ffmpeg and reports the ffmpeg backends unavailable. A working ffmpeg answers in well under a
+/// second.
+pub const FFMPEG_QUERY_LIMIT: Duration = Duration::from_secs(5);
+
+/// The most output detection reads from one ffmpeg query (ffmpeg's own list is about 10 KB);
+/// a program that writes more is killed and reported.
+pub const FFMPEG_QUERY_CAP: usize = 1 << 20;
+
+/// The time limit of the one-frame probe encode of each hardware encoder ffmpeg lists.
+pub const FFMPEG_PROBE_LIMIT: Duration = Duration::from_secs(10);
+
 fn ffmpeg_report(program: &Path) -> FfmpegReport {
     let mut report = FfmpegReport {
         program: program.to_path_buf(),
@@ -293,20 +311,15 @@ fn ffmpeg_report(program: &Path) -> FfmpegReport {
         error: None,
     };
     let run = |args: &[&str]| -> Result<String, String> {
-        let out = std::process::Command::new(program)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} {} exited with {}",
-                program.display(),
-                args.join(" "),
-                out.status
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::ffmpeg::run_capped(program, args, FFMPEG_QUERY_LIMIT, FFMPEG_QUERY_CAP).map_err(
+            |e| {
+                format!(
+                    "ffmpeg backends unavailable: `{} {}` failed: {e}",
+                    program.display(),
+                    args.join(" ")
+                )
+            },
+        )
     };
     match run(&["-hide_banner", "-encoders"]) {
         Ok(text) => {

@@ -3,6 +3,15 @@
 
 use crate::encoder::{EncoderKind, PixelFormat, Resolution};
 
+/// The even number next to `v`: up, or down at `u32::MAX`.
+fn nearest_even(v: u32) -> u32 {
+    if v % 2 == 0 {
+        v
+    } else {
+        v.checked_add(1).unwrap_or(v - 1)
+    }
+}
+
 /// A configuration value that no encoder accepts. Each variant names the bad value and what would
 /// be valid.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -20,8 +29,8 @@ pub enum ConfigError {
     #[error(
         "invalid resolution {width}x{height} for {format}: 4:2:0 formats need an even width and \
          height (try {}x{})",
-        width + width % 2,
-        height + height % 2
+        nearest_even(*width),
+        nearest_even(*height)
     )]
     OddResolution {
         /// Requested width.
@@ -315,4 +324,19 @@ fn format_rejections(list: &[(EncoderKind, Box<Error>)]) -> String {
         .map(|(kind, err)| format!("[{kind}] {err}"))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odd_resolution_hint_never_overflows() {
+        let e = ConfigError::OddResolution {
+            width: u32::MAX,
+            height: 3,
+            format: PixelFormat::I420,
+        };
+        assert!(e.to_string().contains("try 4294967294x4"), "{e}");
+    }
 }

@@ -15,6 +15,21 @@ pub enum EncoderChoice {
     Only(EncoderKind),
 }
 
+impl EncoderChoice {
+    /// Every name [`FromStr`](std::str::FromStr) accepts: `auto` and every
+    /// [`EncoderKind::NAMES`] entry.
+    pub const NAMES: &'static [&'static str] = &[
+        "auto",
+        "nvenc",
+        "x264",
+        "ffmpeg-nvenc",
+        "qsv",
+        "videotoolbox",
+        "vaapi",
+        "ffmpeg-x264",
+    ];
+}
+
 impl std::str::FromStr for EncoderChoice {
     type Err = crate::ConfigError;
 
@@ -22,7 +37,15 @@ impl std::str::FromStr for EncoderChoice {
         if s.eq_ignore_ascii_case("auto") {
             Ok(EncoderChoice::Auto)
         } else {
-            s.parse().map(EncoderChoice::Only)
+            s.parse().map(EncoderChoice::Only).map_err(|e| match e {
+                crate::ConfigError::UnknownEncoder { name, .. } => {
+                    crate::ConfigError::UnknownEncoder {
+                        name,
+                        valid: EncoderChoice::NAMES,
+                    }
+                }
+                other => other,
+            })
         }
     }
 }
@@ -62,5 +85,21 @@ pub fn open_encoder(
     match choice {
         EncoderChoice::Only(kind) => open_backend(kind, config),
         EncoderChoice::Auto => Ok(Box::new(crate::FallbackEncoder::new(config, None)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choice_names_are_auto_and_every_encoder_name() {
+        assert_eq!(EncoderChoice::NAMES[0], "auto");
+        assert_eq!(&EncoderChoice::NAMES[1..], EncoderKind::NAMES);
+        for name in EncoderChoice::NAMES {
+            assert!(name.parse::<EncoderChoice>().is_ok(), "{name}");
+        }
+        let err = "nvidia".parse::<EncoderChoice>().unwrap_err().to_string();
+        assert!(err.contains("auto, nvenc"), "{err}");
     }
 }

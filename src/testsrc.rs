@@ -49,17 +49,27 @@ impl TestPattern {
         buf.resize(self.frame_len, 0);
         let w = self.resolution.width as usize;
         let h = self.resolution.height as usize;
-        let t = index as usize;
         let (luma, chroma) = buf.split_at_mut(w * h);
 
+        // Every use of the frame index is periodic, so it is reduced by the period before any
+        // arithmetic: frame `u64::MAX` is as valid as frame 0, and frame `n` keeps its bytes.
         let box_side = (h / 4).max(2);
-        let box_x = (t * 7) % w.saturating_sub(box_side).max(1);
-        let box_y = (t * 3) % h.saturating_sub(box_side).max(1);
+        let moving = |speed: u64, span: usize| {
+            let span = span.saturating_sub(box_side).max(1) as u64;
+            (index % span * speed % span) as usize
+        };
+        let box_x = moving(7, w);
+        let box_y = moving(3, h);
+        let t = (index % 512) as usize;
         for (y, row) in luma.chunks_exact_mut(w).enumerate() {
             let in_box_rows = y >= box_y && y < box_y + box_side;
             for (x, px) in row.iter_mut().enumerate() {
                 let gradient = ((x + y) * 160 / (w + h)) as u8 + 16;
-                let bar = if ((x + t * 4) / 64) % 4 == 0 { 30 } else { 0 };
+                let bar = if ((x + t % 64 * 4) / 64) % 4 == 0 {
+                    30
+                } else {
+                    0
+                };
                 *px = if in_box_rows && x >= box_x && x < box_x + box_side {
                     235
                 } else {
@@ -77,7 +87,7 @@ impl TestPattern {
                 255 - n % 256
             }) as u8
         };
-        let u_at = |x: usize, y: usize| tri(x * 255 / cw.max(1) + y * 32 / ch.max(1) + t);
+        let u_at = |x: usize, y: usize| tri(x * 255 / cw.max(1) + y * 32 / ch.max(1) + t % 256);
         let v_at = |x: usize, y: usize| tri(y * 255 / ch.max(1) + x * 32 / cw.max(1) + t / 2);
         match self.format {
             PixelFormat::I420 => {
@@ -120,4 +130,21 @@ pub fn nv12_to_i420(nv12: &[u8], resolution: Resolution) -> Result<Option<Vec<u8
     out.extend(uv.iter().step_by(2));
     out.extend(uv.iter().skip(1).step_by(2));
     Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_frame_index_is_valid_and_the_pattern_is_periodic() {
+        let pattern = TestPattern::new(Resolution::new(64, 48), PixelFormat::Nv12).expect("ok");
+        // Every term of the pattern repeats with a period dividing this one.
+        let period: u64 = 512 * 52 * 36; // the t terms, and the box's horizontal and vertical spans
+        for n in [0, 1, 7, 300] {
+            assert_eq!(pattern.frame(n), pattern.frame(n + period), "frame {n}");
+        }
+        assert_eq!(pattern.frame(u64::MAX).len(), pattern.frame_len());
+        assert_ne!(pattern.frame(0), pattern.frame(1), "the pattern moves");
+    }
 }

@@ -49,3 +49,57 @@ fn without_gpu_only_software_is_available_and_every_rejection_has_a_reason() {
     let json = serde_json::to_string(report).expect("json");
     assert!(json.contains("\"kind\":\"x264\""));
 }
+
+/// Writes an executable shell script into a new temporary folder.
+fn fake(body: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("ffmpeg");
+    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    let mut perms = std::fs::metadata(&script).expect("metadata").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).expect("chmod");
+    (dir, script)
+}
+
+fn ffmpeg_backends_rejected(report: &nvenc::DetectionReport, needle: &str) {
+    let error = report.ffmpeg.error.as_deref().unwrap_or("");
+    assert!(
+        error.contains("ffmpeg backends unavailable") && error.contains(needle),
+        "ffmpeg error {error:?} should say {needle:?}"
+    );
+    for kind in [
+        EncoderKind::Ffmpeg(FfmpegCodec::Qsv),
+        EncoderKind::Ffmpeg(FfmpegCodec::VideoToolbox),
+        EncoderKind::Ffmpeg(FfmpegCodec::Vaapi),
+    ] {
+        let c = report.candidate(kind).expect("listed");
+        assert!(!c.available);
+        assert!(c.reason.as_deref().unwrap_or("").contains(needle));
+    }
+    let x264 = report.candidate(EncoderKind::X264).expect("listed");
+    assert!(x264.available, "x264 must not depend on ffmpeg: {x264:?}");
+}
+
+#[test]
+fn a_hanging_ffmpeg_is_killed_at_the_detection_limit() {
+    for body in ["exec sleep 1000", "sleep 1000"] {
+        let (_dir, script) = fake(body);
+        let started = std::time::Instant::now();
+        let report = nvenc::detect::detect_with(&script);
+        let took = started.elapsed();
+        // Two queries at most would be 2 x the limit; one suffices, as -version is not asked
+        // once -encoders failed. The margin is for a loaded machine.
+        assert!(
+            took < nvenc::detect::FFMPEG_QUERY_LIMIT * 2,
+            "{body:?}: detection took {took:?}"
+        );
+        ffmpeg_backends_rejected(&report, "did not finish");
+    }
+}
+
+#[test]
+fn a_flooding_ffmpeg_is_cut_at_the_cap() {
+    let (_dir, script) = fake("exec yes 'V..... flood'");
+    let report = nvenc::detect::detect_with(&script);
+    ffmpeg_backends_rejected(&report, "more than");
+}

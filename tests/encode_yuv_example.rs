@@ -74,3 +74,321 @@ fn bad_options_are_rejected_with_the_valid_values() {
         "{stderr}"
     );
 }
+
+/// Runs `cmd` to completion, killing it and failing the test if it takes longer than `limit`.
+fn run_bounded(cmd: &mut Command, limit: std::time::Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start example");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("reap");
+            panic!(
+                "example still running after {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+const RES: Resolution = Resolution::new(160, 96);
+
+/// Writes `frames` frames of the I420 test pattern to `path`.
+fn write_clip(path: &std::path::Path, frames: u64) -> Vec<u8> {
+    let pattern = TestPattern::new(RES, PixelFormat::I420).expect("pattern");
+    let raw: Vec<u8> = (0..frames).flat_map(|i| pattern.frame(i)).collect();
+    std::fs::write(path, &raw).expect("write input");
+    raw
+}
+
+fn x264_args() -> [&'static str; 5] {
+    ["--size", "160x96", "--encoder", "x264", "-q"]
+}
+
+#[test]
+fn a_hanging_ffmpeg_on_path_does_not_stop_auto_from_using_x264() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fake = dir.path().join("bin");
+    std::fs::create_dir(&fake).expect("mkdir");
+    let script = fake.join("ffmpeg");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 1000\n").expect("write fake");
+    let mut perms = std::fs::metadata(&script).expect("metadata").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).expect("chmod");
+    let input = dir.path().join("in.yuv");
+    write_clip(&input, 10);
+    let output = dir.path().join("a.h264");
+    let path = format!("{}:/usr/bin:/bin", fake.display());
+    let run = run_bounded(
+        Command::new(example())
+            .arg(&input)
+            .args(["--size", "160x96", "-e", "auto", "-q", "-o"])
+            .arg(&output)
+            .env("PATH", path),
+        nvenc::detect::FFMPEG_QUERY_LIMIT * 4,
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.starts_with("x264:"), "{stderr}");
+    let stream = std::fs::read(&output).expect("output");
+    assert_eq!(common::decode_h264(&stream, RES).len(), 10);
+}
+
+#[test]
+fn an_output_that_is_the_input_is_refused_and_left_unchanged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("same.yuv");
+    let raw = write_clip(&input, 3);
+    let link = dir.path().join("link.yuv");
+    std::os::unix::fs::symlink(&input, &link).expect("symlink");
+    // The same name, and the same file under another name.
+    for output in [&input, &link] {
+        let run = run_bounded(
+            Command::new(example())
+                .arg(&input)
+                .args(x264_args())
+                .arg("-o")
+                .arg(output),
+            std::time::Duration::from_secs(60),
+        );
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "writing over the input must fail");
+        assert!(stderr.contains("is the input file"), "{stderr}");
+        assert_eq!(std::fs::read(&input).expect("input"), raw, "input changed");
+    }
+}
+
+#[test]
+fn a_bad_input_leaves_an_existing_output_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = dir.path().join("keep.h264");
+    std::fs::write(&output, b"precious").expect("write");
+    let adir = dir.path().join("adir");
+    std::fs::create_dir(&adir).expect("mkdir");
+    let empty = dir.path().join("empty.yuv");
+    std::fs::write(&empty, b"").expect("write");
+    for (input, says) in [(&adir, "is a directory"), (&empty, "holds no whole frame")] {
+        let run = run_bounded(
+            Command::new(example())
+                .arg(input)
+                .args(x264_args())
+                .arg("-o")
+                .arg(&output),
+            std::time::Duration::from_secs(60),
+        );
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{}: {stderr}", input.display());
+        assert!(
+            stderr.contains(says) && stderr.contains(&input.display().to_string()),
+            "the error must name the input and the problem: {stderr}"
+        );
+        assert_eq!(std::fs::read(&output).expect("output"), b"precious");
+    }
+    // Nothing but the file we made is left in the folder (no temporary file).
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+}
+
+#[test]
+fn dash_writes_a_clean_stream_to_standard_output() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in.yuv");
+    write_clip(&input, 12);
+    let run = run_bounded(
+        Command::new(example())
+            .arg(&input)
+            .args(["--size", "160x96", "--encoder", "auto", "-q", "-o", "-"])
+            .env("RUST_LOG", "debug"),
+        std::time::Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("12 frames"),
+        "the summary goes to stderr: {stderr}"
+    );
+    assert!(stderr.contains("DEBUG"), "RUST_LOG=debug logs: {stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "no colour codes when stderr is not a terminal: {stderr:?}"
+    );
+    assert!(
+        run.stdout.starts_with(&[0, 0, 0, 1]),
+        "stdout must be the stream alone"
+    );
+    assert_eq!(common::decode_h264(&run.stdout, RES).len(), 12);
+    assert!(!dir.path().join("-").exists(), "`-` is not a file name");
+}
+
+#[test]
+fn dev_stdout_redirected_to_a_file_gives_a_decodable_stream() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in.yuv");
+    write_clip(&input, 12);
+    let file = dir.path().join("file.h264");
+    let run = run_bounded(
+        Command::new("sh").arg("-c").arg(format!(
+            "exec '{}' '{}' --size 160x96 --encoder x264 -q -o /dev/stdout > '{}'",
+            example().display(),
+            input.display(),
+            file.display()
+        )),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stream = std::fs::read(&file).expect("file");
+    assert_eq!(common::decode_h264(&stream, RES).len(), 12);
+}
+
+/// Sends `signal` to `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// Waits up to `limit` for `child` to exit.
+fn wait_bounded(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("example still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn first_interrupt_flushes_and_writes_every_frame_read_then_exits_130() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = dir.path().join("out.h264");
+    let pattern = TestPattern::new(RES, PixelFormat::I420).expect("pattern");
+    // B-frames, so that frames are still inside the encoder when the signal comes.
+    let mut child = Command::new(example())
+        .args([
+            "-",
+            "--size",
+            "160x96",
+            "--encoder",
+            "x264",
+            "--bframes",
+            "3",
+            "-q",
+            "-o",
+        ])
+        .arg(&output)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start example");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for i in 0..6 {
+        stdin.write_all(&pattern.frame(i)).expect("feed");
+    }
+    stdin.flush().expect("flush");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    signal(child.id(), "INT");
+    // The reader is blocked on stdin: one more frame lets it see the request.
+    let _ = stdin.write_all(&pattern.frame(6));
+    let status = wait_bounded(&mut child, std::time::Duration::from_secs(30));
+    drop(stdin);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let frames: usize = stderr
+        .split("interrupted after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no interruption summary: {stderr}"));
+    assert!((6..=7).contains(&frames), "{frames} frames: {stderr}");
+    let stream = std::fs::read(&output).expect("output written");
+    assert_eq!(common::decode_h264(&stream, RES).len(), frames);
+}
+
+#[test]
+fn second_interrupt_exits_at_once() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(example())
+        .args(["-", "--size", "160x96", "--encoder", "x264", "-q", "-o"])
+        .arg(dir.path().join("out.h264"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start example");
+    // Blocked reading an input that never comes: only the second signal can end it.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    signal(child.id(), "INT");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    signal(child.id(), "TERM");
+    let status = wait_bounded(&mut child, std::time::Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130));
+}
+
+#[test]
+fn chunks_delivered_before_an_encoder_error_are_written() {
+    // The emulated driver fails cuStreamSynchronize from its first call on, which ends the
+    // stream during the flush with B-frames; every chunk the encoder delivered before the error
+    // must be in the file.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in60.yuv");
+    let res = Resolution::new(320, 240);
+    let pattern = TestPattern::new(res, PixelFormat::I420).expect("pattern");
+    let raw: Vec<u8> = (0..60).flat_map(|i| pattern.frame(i)).collect();
+    std::fs::write(&input, &raw).expect("write input");
+    let output = dir.path().join("s.h264");
+    let emu = nvenc_emu_harness::EmuDriver::new().fault("cuStreamSynchronize", 1, 999);
+    let run = run_bounded(
+        emu.command(example())
+            .arg(&input)
+            .args(["-s", "320x240", "--bframes", "2", "-e", "nvenc", "-q", "-o"])
+            .arg(&output),
+        std::time::Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success(),
+        "the fault must fail the run: {stderr}"
+    );
+    let summary_frames: usize = stderr
+        .split("nvenc: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary: {stderr}"));
+    let stream = std::fs::read(&output).expect("output written despite the error");
+    let decoded = common::decode_h264(&stream, res).len();
+    // The emulated flush delivers every frame's chunk, then fails on the final synchronize.
+    assert_eq!(summary_frames, 60, "{stderr}");
+    assert_eq!(decoded, 60, "delivered chunks were not written: {stderr}");
+}

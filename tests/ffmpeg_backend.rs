@@ -101,3 +101,134 @@ fn hung_ffmpeg_is_killed_after_the_timeout() {
         started.elapsed()
     );
 }
+
+/// Writes an executable shell script `ffmpeg` into `dir`.
+fn fake_ffmpeg(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let script = dir.join("ffmpeg");
+    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    let mut perms = std::fs::metadata(&script).expect("metadata").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).expect("chmod");
+    script
+}
+
+/// Whether a process is still running (gone, or a zombie waiting for its parent, is not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn forking_wrapper_is_killed_with_its_whole_group_and_drop_is_bounded() {
+    // A wrapper that forks instead of exec-ing: the grandchild `sleep` holds ffmpeg's pipes.
+    // Killing only the wrapper would leave the pipe threads blocked for 1000 s.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pidfile = dir.path().join("sleep.pid");
+    let script = fake_ffmpeg(
+        dir.path(),
+        &format!("sleep 1000 &\necho $! > {}\nwait $!", pidfile.display()),
+    );
+    let config = EncoderConfig::new(1920, 1080);
+    let frame = vec![16u8; config.validate().expect("valid")];
+    let timeout = Duration::from_millis(700);
+    let options = FfmpegOptions::new(FfmpegCodec::Libx264)
+        .with_program(&script)
+        .with_timeout(timeout);
+    let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
+    let mut chunks = Vec::new();
+    let started = Instant::now();
+    let err = (0..10)
+        .find_map(|_| encoder.encode_frame(&frame, &mut chunks).err())
+        .expect("a hung ffmpeg must fail an encode");
+    assert_eq!(subprocess_problem(err), SubprocessProblem::Hung { timeout });
+    drop(encoder);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "error and drop took {took:?}"
+    );
+    let sleep_pid: u32 = std::fs::read_to_string(&pidfile)
+        .expect("the wrapper wrote its child's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running(sleep_pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !running(sleep_pid),
+        "the wrapper's child {sleep_pid} outlived the encoder"
+    );
+}
+
+#[test]
+fn dropping_a_running_forking_wrapper_is_bounded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = fake_ffmpeg(dir.path(), "sleep 1000\necho never");
+    let config = EncoderConfig::new(64, 64);
+    let options = FfmpegOptions::new(FfmpegCodec::Libx264).with_program(&script);
+    let encoder = FfmpegEncoder::new(&config, &options).expect("open");
+    let started = Instant::now();
+    drop(encoder);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drop took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn output_that_is_not_mpeg_ts_is_an_invalid_stream_not_a_signal() {
+    // `cat` echoes the raw frames back: not MPEG-TS. The reader rejects it and stops reading,
+    // `cat` then dies of SIGPIPE; the error must name the cause (invalid output), not the effect.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = fake_ffmpeg(dir.path(), "exec cat");
+    let config = EncoderConfig::new(320, 240);
+    let frame = vec![16u8; config.validate().expect("valid")];
+    let options = FfmpegOptions::new(FfmpegCodec::Libx264)
+        .with_program(&script)
+        .with_timeout(Duration::from_secs(5));
+    let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
+    let mut chunks = Vec::new();
+    let err = (0..200)
+        .find_map(|_| encoder.encode_frame(&frame, &mut chunks).err())
+        .or_else(|| encoder.flush(&mut chunks).err())
+        .expect("garbage output must fail the stream");
+    let problem = subprocess_problem(err);
+    assert!(
+        matches!(problem, SubprocessProblem::Garbage { .. }),
+        "expected an invalid-output error, got {problem:?}"
+    );
+}
+
+#[test]
+fn error_carries_what_ffmpeg_wrote_to_stderr() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = fake_ffmpeg(
+        dir.path(),
+        "echo 'Unknown encoder: the fake has none' >&2\nexit 1",
+    );
+    let config = EncoderConfig::new(320, 240);
+    let frame = vec![16u8; config.validate().expect("valid")];
+    let options = FfmpegOptions::new(FfmpegCodec::Libx264)
+        .with_program(&script)
+        .with_timeout(Duration::from_secs(5));
+    let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
+    let mut chunks = Vec::new();
+    let err = (0..200)
+        .find_map(|_| encoder.encode_frame(&frame, &mut chunks).err())
+        .or_else(|| encoder.flush(&mut chunks).err())
+        .expect("an ffmpeg that exits at once must fail the stream");
+    match err {
+        nvenc::Error::Subprocess { stderr, .. } => assert!(
+            stderr.contains("Unknown encoder: the fake has none"),
+            "stderr missing from the error: {stderr:?}"
+        ),
+        other => panic!("expected a subprocess error, got {other:?}"),
+    }
+}

@@ -22,12 +22,16 @@
 //! Per-frame forced keyframes cannot be passed through a raw-video pipe: a frame asking for one
 //! is rejected with [`Error::Unsupported`] (and not counted), so the caller can resend it plain.
 
+mod child;
 pub(crate) mod ts;
+
+pub(crate) use child::run_capped;
+use child::{GroupChild, JOIN_LIMIT};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -164,12 +168,14 @@ pub struct FfmpegEncoder {
     options: FfmpegOptions,
     kind: EncoderKind,
     gate: InputGate,
-    child: Child,
+    child: GroupChild,
     frames_tx: Option<Sender<Vec<u8>>>,
     events: Receiver<Event>,
     writer_error: Arc<Mutex<Option<String>>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
-    threads: Vec<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+    reader: Option<JoinHandle<()>>,
+    stderr_reader: Option<JoinHandle<()>>,
     /// pts given to each accepted frame, by frame index, until its chunk comes out.
     unread: BTreeMap<u64, i64>,
     dts: DtsQueue,
@@ -199,7 +205,7 @@ impl FfmpegEncoder {
     pub fn new(config: &EncoderConfig, options: &FfmpegOptions) -> Result<Self, Error> {
         let kind = EncoderKind::Ffmpeg(options.codec);
         let gate = InputGate::new(kind, config)?;
-        let mut cmd = Command::new(&options.program);
+        let mut cmd = child::command(&options.program);
         cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error"]);
         if options.codec == FfmpegCodec::Vaapi {
             cmd.arg("-vaapi_device").arg(&options.vaapi_device);
@@ -234,7 +240,7 @@ impl FfmpegEncoder {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         tracing::debug!(command = ?cmd, "starting ffmpeg");
-        let mut child = cmd.spawn().map_err(|e| Error::Subprocess {
+        let mut child = GroupChild::spawn(&mut cmd).map_err(|e| Error::Subprocess {
             backend: kind,
             problem: SubprocessProblem::NotFound {
                 program: options.program.display().to_string(),
@@ -242,12 +248,12 @@ impl FfmpegEncoder {
             },
             stderr: String::new(),
         })?;
+        let pipes = child.child_mut();
         let (stdin, stdout, stderr_pipe) =
-            match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+            match (pipes.stdin.take(), pipes.stdout.take(), pipes.stderr.take()) {
                 (Some(i), Some(o), Some(e)) => (i, o, e),
                 _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    child.kill_and_reap();
                     return Err(Error::Backend {
                         backend: kind,
                         call: "spawn",
@@ -259,11 +265,9 @@ impl FfmpegEncoder {
         let (events_tx, events) = unbounded();
         let writer_error = Arc::new(Mutex::new(None));
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
-        let threads = vec![
-            spawn_writer(stdin, frames_rx, Arc::clone(&writer_error)),
-            spawn_reader(stdout, events_tx),
-            spawn_stderr(stderr_pipe, Arc::clone(&stderr)),
-        ];
+        let writer = spawn_writer(stdin, frames_rx, Arc::clone(&writer_error));
+        let reader = spawn_reader(stdout, events_tx);
+        let stderr_reader = spawn_stderr(stderr_pipe, Arc::clone(&stderr));
         Ok(FfmpegEncoder {
             config: config.clone(),
             options: options.clone(),
@@ -274,7 +278,9 @@ impl FfmpegEncoder {
             events,
             writer_error,
             stderr,
-            threads,
+            writer: Some(writer),
+            reader: Some(reader),
+            stderr_reader: Some(stderr_reader),
             unread: BTreeMap::new(),
             dts: DtsQueue::new(0),
             base: None,
@@ -297,11 +303,15 @@ impl FfmpegEncoder {
             .unwrap_or_default()
     }
 
-    /// Records a failure, kills and reaps the child, and returns the error.
+    /// Records a failure, kills the child's process group and reaps the child, and returns the
+    /// error, with the last lines ffmpeg wrote to stderr (read to the end when the pipe closes
+    /// within [`JOIN_LIMIT`]).
     fn fail(&mut self, problem: SubprocessProblem) -> Error {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill_and_reap();
         self.frames_tx = None;
+        if let Some(thread) = self.stderr_reader.take() {
+            child::join_bounded(thread, JOIN_LIMIT);
+        }
         self.failed = Some(problem.clone());
         Error::Subprocess {
             backend: self.kind,
@@ -310,27 +320,30 @@ impl FfmpegEncoder {
         }
     }
 
-    /// Why the child stopped, if it did.
-    fn exit_problem(&mut self) -> SubprocessProblem {
-        let deadline = Instant::now() + Duration::from_millis(500);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    return SubprocessProblem::Exited {
-                        status: status.to_string(),
-                    };
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => {
-                    let write = self.writer_error.lock().ok().and_then(|e| e.clone());
-                    return SubprocessProblem::Exited {
-                        status: write.unwrap_or_else(|| "stopped reading its input".into()),
-                    };
-                }
-            }
+    /// Why the child stopped taking input. Invalid output comes first: when the reader rejects
+    /// ffmpeg's output it stops reading, and ffmpeg then dies of `SIGPIPE`, which is the effect,
+    /// not the cause.
+    fn exit_problem(&mut self, out: &mut Vec<EncodedChunk>) -> Result<SubprocessProblem, Error> {
+        // ffmpeg stops taking input when it exits: give it a moment to say how.
+        let status = self.child.reap(Duration::from_millis(500));
+        if let Some(thread) = self.reader.take() {
+            // Ends within the bound once ffmpeg's group is gone; a grandchild outside the group
+            // may hold the pipe, and then the thread is left to end on its own.
+            self.child.kill_group();
+            child::join_bounded(thread, JOIN_LIMIT);
         }
+        self.drain_ready(out)?;
+        Ok(SubprocessProblem::Exited {
+            status: match status {
+                Some(status) => status.to_string(),
+                None => self
+                    .writer_error
+                    .lock()
+                    .ok()
+                    .and_then(|e| e.clone())
+                    .unwrap_or_else(|| "stopped reading its input".into()),
+            },
+        })
     }
 
     /// Turns every event already received into chunks.
@@ -449,7 +462,7 @@ impl VideoEncoder for FfmpegEncoder {
                 return Err(self.fail(SubprocessProblem::Hung { timeout }));
             }
             Err(SendTimeoutError::Disconnected(_)) => {
-                let problem = self.exit_problem();
+                let problem = self.exit_problem(out)?;
                 return Err(self.fail(problem));
             }
         }
@@ -492,21 +505,17 @@ impl VideoEncoder for FfmpegEncoder {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) if status.success() => break,
-                Ok(Some(status)) => {
-                    return Err(self.fail(SubprocessProblem::Exited {
-                        status: status.to_string(),
-                    }));
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                _ => {
-                    let timeout = self.options.timeout;
-                    return Err(self.fail(SubprocessProblem::Hung { timeout }));
-                }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.child.reap(left) {
+            Some(status) if status.success() => {}
+            Some(status) => {
+                return Err(self.fail(SubprocessProblem::Exited {
+                    status: status.to_string(),
+                }));
+            }
+            None => {
+                let timeout = self.options.timeout;
+                return Err(self.fail(SubprocessProblem::Hung { timeout }));
             }
         }
         self.gate.finish();
@@ -537,15 +546,21 @@ impl VideoEncoder for FfmpegEncoder {
 }
 
 impl Drop for FfmpegEncoder {
+    /// Kills ffmpeg's process group if it still runs, reaps it, and ends the pipe threads: each
+    /// wait is bounded (the reap by `SIGKILL`'s delivery, the joins by [`JOIN_LIMIT`]), so a
+    /// descendant that escaped the group and holds a pipe cannot block the drop.
     fn drop(&mut self) {
         self.frames_tx = None;
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        // Reap the child, so no zombie is left; its pipes close, so the threads end.
-        let _ = self.child.wait();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        self.child.kill_and_reap();
+        for thread in [
+            self.writer.take(),
+            self.reader.take(),
+            self.stderr_reader.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            child::join_bounded(thread, JOIN_LIMIT);
         }
     }
 }
