@@ -233,7 +233,7 @@ fn one_line(text: &str) -> String {
 }
 
 fn x264_verdict() -> Result<(), String> {
-    crate::X264Encoder::new(&EncoderConfig::new(64, 64))
+    crate::open_backend(EncoderKind::X264, &EncoderConfig::new(64, 64))
         .map(drop)
         .map_err(|e| e.to_string())
 }

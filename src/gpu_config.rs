@@ -177,6 +177,7 @@ mod tests {
         assert_eq!(toml::from_str::<GpuEncoderConfig>(&text).unwrap(), full);
     }
 
+    #[cfg(feature = "x264")]
     #[test]
     fn settings_open_the_chain_and_size_the_ring() {
         let gpu = GpuEncoderConfig {

@@ -1,4 +1,10 @@
-#![doc = include_str!("../README.md")]
+// The README is the crate documentation; its examples run the in-process x264 backend, so a build
+// without the `x264` feature documents itself in one line instead.
+#![cfg_attr(feature = "x264", doc = include_str!("../README.md"))]
+#![cfg_attr(
+    not(feature = "x264"),
+    doc = "H.264 encoding for video pipelines: NVIDIA NVENC direct, ffmpeg subprocess backends (built without the in-process `x264` feature). See README.md."
+)]
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -14,6 +20,7 @@ pub mod nvenc;
 pub mod ring_buffer;
 mod select;
 pub mod testsrc;
+#[cfg(feature = "x264")]
 pub mod x264;
 
 pub use detect::{detect, detect_available_encoders, DetectionReport};
@@ -26,4 +33,5 @@ pub use fallback::FallbackEncoder;
 pub use gpu_config::{GpuEncoderConfig, HostRing};
 pub use nvenc_sys::LoadError;
 pub use select::{open_backend, open_encoder, EncoderChoice};
+#[cfg(feature = "x264")]
 pub use x264::X264Encoder;

@@ -2,7 +2,6 @@
 
 use crate::encoder::{EncoderConfig, EncoderKind, VideoEncoder};
 use crate::error::Error;
-use crate::x264::X264Encoder;
 
 /// Which backend [`open_encoder`] should open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -60,13 +59,32 @@ pub fn open_backend(
     config: &EncoderConfig,
 ) -> Result<Box<dyn VideoEncoder>, Error> {
     match kind {
-        EncoderKind::X264 => Ok(Box::new(X264Encoder::new(config)?)),
+        EncoderKind::X264 => open_x264(config),
         EncoderKind::Nvenc => crate::nvenc::open(config),
         EncoderKind::Ffmpeg(codec) => Ok(Box::new(crate::ffmpeg::FfmpegEncoder::new(
             config,
             &crate::ffmpeg::FfmpegOptions::new(codec),
         )?)),
     }
+}
+
+#[cfg(feature = "x264")]
+fn open_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
+    Ok(Box::new(crate::x264::X264Encoder::new(config)?))
+}
+
+/// Why x264 cannot be opened in a build without the `x264` feature.
+#[cfg(not(feature = "x264"))]
+const X264_NOT_BUILT: &str =
+    "this build of the nvenc crate has no in-process x264: it was compiled without its `x264` \
+     feature (which links libx264, GPL-2.0-or-later); enable the feature, or use ffmpeg-x264";
+
+#[cfg(not(feature = "x264"))]
+fn open_x264(_config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
+    Err(Error::Unavailable {
+        backend: EncoderKind::X264,
+        reason: X264_NOT_BUILT.into(),
+    })
 }
 
 /// Opens an encoder: exactly the one named, or with [`EncoderChoice::Auto`] a
@@ -101,5 +119,31 @@ mod tests {
         }
         let err = "nvidia".parse::<EncoderChoice>().unwrap_err().to_string();
         assert!(err.contains("auto, nvenc"), "{err}");
+    }
+
+    #[cfg(not(feature = "x264"))]
+    #[test]
+    fn without_the_x264_feature_x264_is_unavailable_and_says_why() {
+        let config = EncoderConfig::new(64, 64);
+        match open_backend(EncoderKind::X264, &config) {
+            Err(Error::Unavailable { backend, reason }) => {
+                assert_eq!(backend, EncoderKind::X264);
+                assert!(reason.contains("`x264` feature"), "{reason}");
+            }
+            other => panic!("expected Unavailable, got {:?}", other.map(|e| e.kind())),
+        }
+        // The fallback chain keeps that reason among its rejections.
+        match open_encoder(EncoderChoice::Auto, &config) {
+            Ok(encoder) => assert_ne!(encoder.kind(), EncoderKind::X264),
+            Err(Error::NoEncoder(rejected)) => {
+                let x264 = rejected
+                    .iter()
+                    .find(|(kind, _)| *kind == EncoderKind::X264)
+                    .map(|(_, e)| e.to_string())
+                    .unwrap_or_default();
+                assert!(x264.contains("`x264` feature"), "{rejected:?}");
+            }
+            Err(other) => panic!("expected NoEncoder, got {other:?}"),
+        }
     }
 }

@@ -44,7 +44,17 @@ fn without_gpu_only_software_is_available_and_every_rejection_has_a_reason() {
             .and_then(|c| c.reason.clone());
         assert!(!qsv.unwrap_or_default().contains("does not list"));
     }
-    assert_eq!(nvenc::detect_available_encoders(), vec![EncoderKind::X264]);
+    if cfg!(feature = "x264") {
+        assert_eq!(nvenc::detect_available_encoders(), vec![EncoderKind::X264]);
+    } else {
+        assert_eq!(nvenc::detect_available_encoders(), vec![]);
+        let x264 = report.candidate(EncoderKind::X264).expect("listed");
+        assert!(x264
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("`x264` feature"));
+    }
     // The report serializes for CI logs.
     let json = serde_json::to_string(report).expect("json");
     assert!(json.contains("\"kind\":\"x264\""));
@@ -77,7 +87,11 @@ fn ffmpeg_backends_rejected(report: &nvenc::DetectionReport, needle: &str) {
         assert!(c.reason.as_deref().unwrap_or("").contains(needle));
     }
     let x264 = report.candidate(EncoderKind::X264).expect("listed");
-    assert!(x264.available, "x264 must not depend on ffmpeg: {x264:?}");
+    assert_eq!(
+        x264.available,
+        cfg!(feature = "x264"),
+        "x264 must not depend on ffmpeg: {x264:?}"
+    );
 }
 
 #[test]

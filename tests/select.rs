@@ -26,6 +26,7 @@ fn nvenc_without_driver_is_a_typed_load_error() {
     }
 }
 
+#[cfg(feature = "x264")]
 #[test]
 fn auto_falls_back_to_x264_without_driver() {
     if has_nvidia_driver() {

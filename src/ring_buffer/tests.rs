@@ -158,6 +158,10 @@ fn blocked_sides_wake_when_peer_panics() {
     std::thread::sleep(Duration::from_millis(20));
     let consumer_thread = std::thread::spawn(move || {
         let _lease = c.pop().unwrap();
+        // Declared after the lease, so it drops first while unwinding: the ring is marked
+        // abandoned before the lease gives the slot back. (With the opposite order the producer
+        // may legitimately reserve the freed slot first, and the test raced on that.)
+        let _consumer = c;
         panic!("encoder died");
     });
     assert!(consumer_thread.join().is_err());
