@@ -16,12 +16,20 @@ pub mod error;
 pub mod fallback;
 pub mod ffmpeg;
 mod gpu_config;
+pub mod h264;
 pub mod nvenc;
 pub mod ring_buffer;
 mod select;
 pub mod testsrc;
 #[cfg(feature = "x264")]
 pub mod x264;
+
+/// Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature): not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::ffmpeg::ts::fuzz_demux as ts_demux;
+}
 
 pub use detect::{detect, detect_available_encoders, DetectionReport};
 pub use encoder::{

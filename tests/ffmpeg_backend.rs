@@ -173,6 +173,8 @@ fn dropping_a_running_forking_wrapper_is_bounded() {
     let config = EncoderConfig::new(64, 64);
     let options = FfmpegOptions::new(FfmpegCodec::Libx264).with_program(&script);
     let encoder = FfmpegEncoder::new(&config, &options).expect("open");
+    // Give the wrapper time to fork its `sleep`, which inherits the pipes.
+    std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     drop(encoder);
     assert!(

@@ -43,6 +43,7 @@ use crate::encoder::{
     Tune, VideoEncoder,
 };
 use crate::error::{Error, SubprocessProblem};
+use crate::h264::{first_slice_type, nal_types, parameter_sets};
 use crate::nvenc::{NvencPreset, NvencTuning};
 use ts::{TsDemuxer, TsFrame};
 
@@ -649,154 +650,9 @@ fn spawn_stderr(
     })
 }
 
-/// NAL unit types in an Annex B buffer.
-fn nal_types(data: &[u8]) -> Vec<u8> {
-    nal_units(data)
-        .filter_map(|nal| nal.first().map(|h| h & 0x1f))
-        .collect()
-}
-
-/// The NAL units (without start codes) of an Annex B buffer.
-fn nal_units(data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= data.len() {
-        if data[i..i + 3] == [0, 0, 1] {
-            starts.push(i + 3);
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    let ends: Vec<usize> = starts
-        .iter()
-        .skip(1)
-        .map(|&s| {
-            let mut e = s - 3;
-            // A 4-byte start code's leading zero belongs to the next start code.
-            while e > 0 && data[e - 1] == 0 {
-                e -= 1;
-            }
-            e
-        })
-        .chain(std::iter::once(data.len()))
-        .collect();
-    starts
-        .into_iter()
-        .zip(ends)
-        .map(move |(s, e)| &data[s..e.max(s)])
-}
-
-/// The SPS and PPS units of an access unit, with 4-byte start codes.
-fn parameter_sets(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for nal in nal_units(data) {
-        if matches!(nal.first().map(|h| h & 0x1f), Some(7 | 8)) {
-            out.extend_from_slice(&[0, 0, 0, 1]);
-            out.extend_from_slice(nal);
-        }
-    }
-    out
-}
-
-/// `slice_type % 5` of the first slice of an access unit (0 P, 1 B, 2 I, 3 SP, 4 SI).
-fn first_slice_type(data: &[u8]) -> Option<u32> {
-    let nal = nal_units(data).find(|n| matches!(n.first().map(|h| h & 0x1f), Some(1 | 5)))?;
-    let mut bits = BitReader::new(nal.get(1..)?);
-    bits.exp_golomb()?; // first_mb_in_slice
-    Some(bits.exp_golomb()? % 5)
-}
-
-/// Reads Exp-Golomb codes from RBSP bytes, skipping emulation-prevention bytes.
-struct BitReader<'a> {
-    data: &'a [u8],
-    byte: usize,
-    bit: u32,
-    zeros: u32,
-}
-
-impl<'a> BitReader<'a> {
-    fn new(data: &'a [u8]) -> Self {
-        BitReader {
-            data,
-            byte: 0,
-            bit: 0,
-            zeros: 0,
-        }
-    }
-
-    fn read_bit(&mut self) -> Option<u32> {
-        if self.bit == 0 {
-            // 0x000003: the 03 is an emulation-prevention byte, not data.
-            if self.zeros >= 2 && self.data.get(self.byte) == Some(&3) {
-                self.byte += 1;
-                self.zeros = 0;
-            }
-            let b = *self.data.get(self.byte)?;
-            self.zeros = if b == 0 { self.zeros + 1 } else { 0 };
-        }
-        let b = *self.data.get(self.byte)?;
-        let v = u32::from(b >> (7 - self.bit) & 1);
-        self.bit += 1;
-        if self.bit == 8 {
-            self.bit = 0;
-            self.byte += 1;
-        }
-        Some(v)
-    }
-
-    fn exp_golomb(&mut self) -> Option<u32> {
-        let mut leading = 0;
-        while self.read_bit()? == 0 {
-            leading += 1;
-            if leading > 31 {
-                return None;
-            }
-        }
-        let mut value = 1u32;
-        for _ in 0..leading {
-            value = value << 1 | self.read_bit()?;
-        }
-        Some(value - 1)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slice_type_and_parameter_sets() {
-        // SPS, PPS, IDR slice with first_mb 0 (bit 1) and slice_type 7 (I, 0001000).
-        let au = [
-            0,
-            0,
-            0,
-            1,
-            0x67,
-            0xaa,
-            0,
-            0,
-            1,
-            0x68,
-            0xbb,
-            0,
-            0,
-            1,
-            0x65,
-            0b1000_1000,
-            0,
-        ];
-        assert_eq!(nal_types(&au), vec![7, 8, 5]);
-        assert_eq!(
-            parameter_sets(&au),
-            vec![0, 0, 0, 1, 0x67, 0xaa, 0, 0, 0, 1, 0x68, 0xbb]
-        );
-        assert_eq!(first_slice_type(&au), Some(2));
-        // A B slice: first_mb 0 (1), slice_type 6 (00111) → 1 % 5... 6 % 5 = 1.
-        let b = [0, 0, 1, 0x01, 0b1001_1100];
-        assert_eq!(first_slice_type(&b), Some(1));
-    }
 
     #[test]
     fn arguments_follow_the_mapping_table() {

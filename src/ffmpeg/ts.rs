@@ -177,6 +177,27 @@ fn timestamp(b: &[u8]) -> i64 {
         | i64::from(b[4] >> 1)
 }
 
+/// Runs the demuxer over `data` fed in pieces of `chunk` bytes (at least 1), as the reader thread
+/// feeds it, and checks what must hold for any input: no panic, every access unit non-empty,
+/// fewer than one packet left over. Returns the access units found. For the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_demux(data: &[u8], chunk: usize) -> usize {
+    let mut demux = TsDemuxer::default();
+    let mut frames = Vec::new();
+    for piece in data.chunks(chunk.max(1)) {
+        if demux.push(piece, &mut frames).is_err() {
+            return frames.len();
+        }
+    }
+    demux.finish(&mut frames);
+    assert!(demux.leftover() < PACKET, "a whole packet was left unread");
+    assert!(
+        frames.iter().all(|f| !f.data.is_empty()),
+        "an empty access unit"
+    );
+    frames.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
