@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use nvenc::sink::Mp4Writer;
 use nvenc::testsrc::TestPattern;
 use nvenc::{
     EncodedChunk, EncoderChoice, EncoderConfig, FrameRate, PixelFormat, Preset, Resolution, Tune,
@@ -33,8 +34,9 @@ use nvenc::{
 struct Args {
     /// Raw YUV input file (`-` for stdin). Without one, a synthetic moving 1080p clip is encoded.
     input: Option<PathBuf>,
-    /// Output H.264 Annex B file (`-` for standard output). A file is written under a temporary
-    /// name beside it and renamed into place when the run ends.
+    /// Output file: MP4 for a `.mp4`/`.m4v` name, H.264 Annex B otherwise (`-` for standard
+    /// output). A file is written under a temporary name beside it and renamed into place when
+    /// the run ends.
     #[arg(short, long, default_value = "out.h264")]
     output: PathBuf,
     /// Frame size, WIDTHxHEIGHT (default 1920x1080).
@@ -214,10 +216,31 @@ enum Sink {
         out: BufWriter<tempfile::NamedTempFile>,
         path: PathBuf,
     },
+    /// An MP4 file (chosen by the `.mp4` / `.m4v` extension), written like `Replace`.
+    Mp4 {
+        out: Mp4Writer<BufWriter<tempfile::NamedTempFile>>,
+        path: PathBuf,
+    },
+}
+
+/// What an MP4 file needs to know up front: the frame size and the timestamps' unit.
+#[derive(Clone, Copy)]
+struct Mp4Params {
+    resolution: Resolution,
+    time_base: (u32, u32),
+}
+
+/// True for an output name that asks for MP4.
+fn wants_mp4(output: &Path) -> bool {
+    output
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("mp4") || e.eq_ignore_ascii_case("m4v"))
 }
 
 impl Sink {
-    fn open(output: &Path, input: Option<&fs::Metadata>) -> Result<Sink, BoxError> {
+    fn open(output: &Path, input: Option<&fs::Metadata>, mp4: Mp4Params) -> Result<Sink, BoxError> {
+        let mp4 = wants_mp4(output).then_some(mp4);
         if output.as_os_str() == "-" {
             if let (Some(input), Some(stdout)) = (input, stdout_metadata()) {
                 if stdout.is_file() && same_file(input, &stdout) {
@@ -247,6 +270,14 @@ impl Sink {
                 Err(format!("output {} is a directory", output.display()).into())
             }
             Some(meta) if !meta.is_file() => {
+                if mp4.is_some() {
+                    return Err(format!(
+                        "output {} is not a regular file: MP4 needs a seekable file (write Annex B, \
+                         e.g. a .h264 name, to devices and pipes)",
+                        output.display()
+                    )
+                    .into());
+                }
                 let file = OpenOptions::new()
                     .write(true)
                     .open(output)
@@ -286,10 +317,16 @@ impl Sink {
                 tmp.as_file()
                     .set_permissions(perms)
                     .map_err(|e| format!("cannot create output {}: {e}", output.display()))?;
-                Ok(Sink::Replace {
-                    out: BufWriter::new(tmp),
-                    path,
-                })
+                let out = BufWriter::new(tmp);
+                match mp4 {
+                    Some(p) => Ok(Sink::Mp4 {
+                        out: Mp4Writer::new(out, p.resolution, p.time_base).map_err(|e| {
+                            format!("cannot start MP4 output {}: {e}", output.display())
+                        })?,
+                        path,
+                    }),
+                    None => Ok(Sink::Replace { out, path }),
+                }
             }
         }
     }
@@ -297,17 +334,24 @@ impl Sink {
     fn name(&self) -> String {
         match self {
             Sink::Stdout(_) => "standard output".into(),
-            Sink::Direct { path, .. } | Sink::Replace { path, .. } => path.display().to_string(),
+            Sink::Direct { path, .. } | Sink::Replace { path, .. } | Sink::Mp4 { path, .. } => {
+                path.display().to_string()
+            }
         }
     }
 
     fn write_chunks(&mut self, chunks: &mut Vec<EncodedChunk>) -> Result<u64, BoxError> {
         let mut bytes = 0;
         for chunk in chunks.drain(..) {
-            let written = match self {
-                Sink::Stdout(out) => out.write_all(&chunk.data),
-                Sink::Direct { out, .. } => out.write_all(&chunk.data),
-                Sink::Replace { out, .. } => out.write_all(&chunk.data),
+            let written: Result<(), Box<dyn std::fmt::Display>> = match self {
+                Sink::Stdout(out) => out.write_all(&chunk.data).map_err(|e| Box::new(e) as _),
+                Sink::Direct { out, .. } => {
+                    out.write_all(&chunk.data).map_err(|e| Box::new(e) as _)
+                }
+                Sink::Replace { out, .. } => {
+                    out.write_all(&chunk.data).map_err(|e| Box::new(e) as _)
+                }
+                Sink::Mp4 { out, .. } => out.write(&chunk).map_err(|e| Box::new(e) as _),
             };
             written.map_err(|e| format!("cannot write {}: {e}", self.name()))?;
             bytes += chunk.data.len() as u64;
@@ -323,6 +367,10 @@ impl Sink {
         match self {
             Sink::Stdout(mut out) => out.flush().map_err(|e| fail(&e)),
             Sink::Direct { mut out, .. } => out.flush().map_err(|e| fail(&e)),
+            Sink::Mp4 { out, path } => {
+                let out = out.finish().map_err(|e| fail(&e))?;
+                Sink::Replace { out, path }.finish()
+            }
             Sink::Replace { out, path } => {
                 let tmp = out.into_inner().map_err(|e| fail(e.error()))?;
                 tmp.as_file().sync_all().map_err(|e| fail(&e))?;
@@ -356,7 +404,11 @@ fn run(args: Args, stop: &AtomicBool) -> Result<Outcome, BoxError> {
         };
         return Err(format!("{what}: nothing to encode, no output written").into());
     }
-    let mut sink = Sink::open(&args.output, input_meta.as_ref())?;
+    let mp4 = Mp4Params {
+        resolution,
+        time_base: (config.frame_rate.den, config.frame_rate.num),
+    };
+    let mut sink = Sink::open(&args.output, input_meta.as_ref(), mp4)?;
     let mut encoder = nvenc::open_encoder(args.encoder, &config)?;
 
     let progress = match total_frames {

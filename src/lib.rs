@@ -20,6 +20,7 @@ pub mod h264;
 pub mod nvenc;
 pub mod ring_buffer;
 mod select;
+pub mod sink;
 pub mod testsrc;
 #[cfg(feature = "x264")]
 pub mod x264;

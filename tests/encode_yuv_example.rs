@@ -392,3 +392,59 @@ fn chunks_delivered_before_an_encoder_error_are_written() {
     assert_eq!(summary_frames, 60, "{stderr}");
     assert_eq!(decoded, 60, "delivered chunks were not written: {stderr}");
 }
+
+#[test]
+fn an_mp4_name_writes_mp4_that_ffprobe_reads_whole() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in.yuv");
+    write_clip(&input, 40);
+    let output = dir.path().join("out.mp4");
+    let run = run_bounded(
+        Command::new(example())
+            .arg(&input)
+            .args(x264_args())
+            .args(["--bframes", "3", "-r", "25", "-o"])
+            .arg(&output),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,nb_read_frames,duration:format=format_name",
+            "-of",
+            "default=nw=1",
+        ])
+        .arg(&output)
+        .output()
+        .expect("ffprobe");
+    let text = String::from_utf8_lossy(&probe.stdout);
+    for expected in [
+        "codec_name=h264",
+        "nb_read_frames=40",
+        "duration=1.600000",
+        "format_name=mov,mp4",
+    ] {
+        assert!(text.contains(expected), "{expected} missing: {text}");
+    }
+    // MP4 needs a seekable file: a pipe is refused with the reason, before anything is encoded.
+    let fifo = dir.path().join("pipe.mp4");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let run = run_bounded(
+        Command::new(example())
+            .arg(&input)
+            .args(x264_args())
+            .arg("-o")
+            .arg(&fifo),
+        std::time::Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("MP4 needs a seekable file"), "{stderr}");
+}

@@ -1,0 +1,161 @@
+//! The MP4 sink, checked by FFmpeg: every frame in the file, presentation timestamps increasing
+//! in display order with B-frames, the duration frames / fps, and the decoded pictures the same
+//! as those of the Annex B stream of the same chunks.
+
+mod common;
+
+use std::io::BufWriter;
+use std::path::Path;
+use std::process::Command;
+
+use nvenc::sink::{Mp4Writer, SinkError};
+use nvenc::{EncodedChunk, EncoderChoice, EncoderConfig, EncoderKind, FrameRate};
+
+fn encode(config: &EncoderConfig, frames: u64) -> Vec<EncodedChunk> {
+    let mut encoder =
+        nvenc::open_encoder(EncoderChoice::Only(EncoderKind::X264), config).expect("x264");
+    let mut chunks = Vec::new();
+    for frame in common::clip(config, frames) {
+        encoder.encode_frame(&frame, &mut chunks).expect("encode");
+    }
+    encoder.flush(&mut chunks).expect("flush");
+    chunks
+}
+
+fn write_mp4(path: &Path, config: &EncoderConfig, chunks: &[EncodedChunk]) {
+    let file = std::fs::File::create(path).expect("create");
+    let rate = config.frame_rate;
+    let mut mp4 = Mp4Writer::new(
+        BufWriter::new(file),
+        config.resolution,
+        (rate.den, rate.num),
+    )
+    .expect("mp4");
+    for chunk in chunks {
+        mp4.write(chunk).expect("write");
+    }
+    assert_eq!(mp4.frames(), chunks.len());
+    mp4.finish().expect("finish");
+}
+
+/// (frames counted by decoding, stream duration in seconds, presentation times in display order)
+fn probe(path: &Path) -> (usize, f64, Vec<f64>) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames,duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = text.trim().split(',').collect();
+    assert_eq!(
+        fields.len(),
+        2,
+        "ffprobe said {text:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let duration: f64 = fields[0].parse().expect("duration");
+    let frames: usize = fields[1].parse().expect("frames");
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0"])
+        .args(["-show_entries", "frame=pts_time", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    let pts = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect();
+    (frames, duration, pts)
+}
+
+fn check(config: &EncoderConfig, frames: u64) {
+    let chunks = encode(config, frames);
+    if config.bframes.unwrap_or(0) > 0 {
+        assert!(
+            chunks.iter().any(|c| c.pts != c.dts),
+            "the test needs reordered frames"
+        );
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("out.mp4");
+    write_mp4(&path, config, &chunks);
+    let (counted, duration, pts) = probe(&path);
+    assert_eq!(counted as u64, frames, "frames in the MP4");
+    let rate = config.frame_rate;
+    let expected = frames as f64 * f64::from(rate.den) / f64::from(rate.num);
+    assert!(
+        (duration - expected).abs() < 1e-3,
+        "duration {duration} s, expected {expected} s"
+    );
+    assert_eq!(pts.len() as u64, frames);
+    assert!(
+        pts[0].abs() < 1e-6,
+        "the first picture is at 0, not {}",
+        pts[0]
+    );
+    for (i, pair) in pts.windows(2).enumerate() {
+        let step = pair[1] - pair[0];
+        assert!(
+            (step - f64::from(rate.den) / f64::from(rate.num)).abs() < 1e-4,
+            "pts step {step} after frame {i}: {pts:?}"
+        );
+    }
+    // The same pictures as the Annex B stream of the same chunks.
+    let annexb: Vec<u8> = chunks.iter().flat_map(|c| c.data.iter().copied()).collect();
+    let reference = common::decode_h264(&annexb, config.resolution);
+    let out = common::ffmpeg()
+        .arg("-i")
+        .arg(&path)
+        .args(["-f", "rawvideo", "-pix_fmt", "yuv420p", "-"])
+        .output()
+        .expect("decode mp4");
+    assert!(out.status.success());
+    let frame_len = reference[0].len();
+    let decoded: Vec<&[u8]> = out.stdout.chunks(frame_len).collect();
+    assert_eq!(decoded.len(), reference.len());
+    for (i, (a, b)) in decoded.iter().zip(&reference).enumerate() {
+        assert!(a == b, "picture {i} differs from the Annex B decode");
+    }
+}
+
+#[test]
+fn three_b_frames_decode_in_order_with_the_right_duration() {
+    check(&EncoderConfig::new(320, 240).with_bframes(Some(3)), 45);
+}
+
+#[test]
+fn ntsc_rate_without_b_frames() {
+    let config = EncoderConfig::new(160, 96)
+        .with_bframes(Some(0))
+        .with_frame_rate(FrameRate::new(30000, 1001));
+    check(&config, 31);
+}
+
+#[test]
+fn decoding_times_must_increase() {
+    let config = EncoderConfig::new(160, 96);
+    let chunks = encode(&config, 3);
+    let mut mp4 =
+        Mp4Writer::new(std::io::Cursor::new(Vec::new()), config.resolution, (1, 30)).expect("mp4");
+    mp4.write(&chunks[0]).expect("first");
+    match mp4.write(&chunks[0]) {
+        Err(SinkError::DtsNotIncreasing { dts, previous, .. }) => assert_eq!(dts, previous),
+        other => panic!("expected DtsNotIncreasing, got {other:?}"),
+    }
+    // A stream without parameter sets has no decoder configuration.
+    let mut bare =
+        Mp4Writer::new(std::io::Cursor::new(Vec::new()), config.resolution, (1, 30)).expect("mp4");
+    let mut p = chunks[1].clone();
+    p.data = nvenc::h264::nal_units(&chunks[1].data)
+        .filter(|n| nvenc::h264::nal_unit_type(n) == Some(nvenc::h264::NAL_SLICE))
+        .flat_map(|n| [&[0, 0, 0, 1][..], n].concat())
+        .collect();
+    bare.write(&p).expect("write");
+    assert!(matches!(bare.finish(), Err(SinkError::NoParameterSets)));
+}
