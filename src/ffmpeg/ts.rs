@@ -119,7 +119,9 @@ impl TsDemuxer {
             return Ok(());
         }
         if unit_start {
-            if let Some(frame) = self.current.take() {
+            // A PES that carried no bytes is not an access unit (found by fuzzing: it came out
+            // as an empty chunk, which the backend would have matched to a frame).
+            if let Some(frame) = self.current.take().filter(|f| !f.data.is_empty()) {
                 out.push(frame);
             }
             let (header_len, pts, dts) = parse_pes_header(payload).ok_or(TsError::BadPes {
@@ -256,6 +258,22 @@ mod tests {
         assert_eq!(out[0].pts, Some(8_589_934_000));
         assert_eq!(out[0].dts, Some(3003));
         assert_eq!(demux.leftover(), 0);
+    }
+
+    #[test]
+    fn a_pes_without_bytes_is_not_an_access_unit() {
+        // Two PES starts on the video PID, the first with a header and nothing else.
+        let header = [0, 0, 1, 0xe0, 0, 0, 0x80, 0, 0];
+        let mut second = header.to_vec();
+        second.extend_from_slice(&[0, 0, 0, 1, 0x65, 7]);
+        let mut bytes = pes_packet(0x100, true, &header).to_vec();
+        bytes.extend_from_slice(&pes_packet(0x100, true, &second));
+        let mut demux = TsDemuxer::default();
+        let mut out = Vec::new();
+        demux.push(&bytes, &mut out).unwrap();
+        demux.finish(&mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].data, vec![0, 0, 0, 1, 0x65, 7]);
     }
 
     #[test]
