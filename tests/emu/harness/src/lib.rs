@@ -244,6 +244,13 @@ impl EmuDriver {
         self.env("NVENC_EMU_NO_DEVICE", "unsupported")
     }
 
+    /// The GPU reports `NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE` = 1 and encodes lossless tuning
+    /// losslessly (by default the cap is 0 and lossless tuning is refused).
+    #[must_use]
+    pub fn lossless(self) -> Self {
+        self.env("NVENC_EMU_LOSSLESS", "1")
+    }
+
     /// `cuInit` fails with `CUDA_ERROR_NO_DEVICE`.
     #[must_use]
     pub fn no_cuda_device(self) -> Self {

@@ -56,7 +56,10 @@ fn misuse_is_refused_with_the_drivers_status_and_recorded() {
             "nvEncCreateBitstreamBuffer",
             "nvEncInitializeEncoder has not succeeded",
         ),
-        ("nvEncInitializeEncoder", "not one of P1..P7"),
+        (
+            "nvEncInitializeEncoder",
+            "{e7cbc309-4f7a-4b89-af2a-d537c92be310} is not a preset",
+        ),
         ("nvEncInitializeEncoder", "enableEncodeAsync"),
         ("nvEncInitializeEncoder", "outside caps"),
         ("nvEncInitializeEncoder", "already initialized"),
@@ -154,6 +157,95 @@ fn fast_mode_reorders_like_nvenc() {
     );
 }
 
+/// The API 11.1 header still declares the deprecated presets (`NV_ENC_DEPRECATED`, nvEncodeAPI.h
+/// 11.1 lines 203-240) and drivers of that era list them beside P1..P7: an 11.x client may
+/// list, configure and initialize with any of them. The lossless ones are listed only where the
+/// lossless cap is 1.
+#[test]
+fn legacy_presets_are_listed_and_accepted() {
+    for (emu, listed) in [(EmuDriver::new(), 14), (EmuDriver::new().lossless(), 16)] {
+        let (out, stdout, report) = run(&emu, &["queries"]);
+        assert_ok(&out, &report);
+        let presets = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("presets "))
+            .unwrap();
+        let (n, guids) = presets.split_once(' ').unwrap();
+        assert_eq!(n.parse::<usize>().unwrap(), listed, "{presets}");
+        assert_eq!(guids.split(',').count(), listed);
+        // P1 first, NV_ENC_PRESET_DEFAULT_GUID among them, both formatted the usual way.
+        assert!(
+            guids.starts_with("{fc0a8d3e-45f8-4cf8-80c7-298871590ebf},"),
+            "{guids}"
+        );
+        assert!(
+            guids.contains("{b2dfb705-4ebd-4c49-9b5f-24a777d3e587}"),
+            "{guids}"
+        );
+        for name in [
+            "DEFAULT",
+            "HP",
+            "HQ",
+            "BD",
+            "LOW_LATENCY_DEFAULT",
+            "LOW_LATENCY_HQ",
+            "LOW_LATENCY_HP",
+        ] {
+            assert!(
+                stdout.contains(&format!("legacy {name} ok\n")),
+                "{name}:\n{stdout}"
+            );
+        }
+    }
+}
+
+/// NVENC GPUs since Maxwell GM206 encode HEVC, so asking for HEVC's profiles is a normal query:
+/// the emulator (H.264 only) answers with an error and records no violation.
+#[test]
+fn hevc_profile_query_is_not_a_violation() {
+    let (out, stdout, report) = run(&EmuDriver::new().lossless(), &["queries"]);
+    assert_ok(&out, &report);
+    assert!(stdout.contains("hevc profiles 8\n"), "{stdout}");
+    report.assert_clean();
+}
+
+/// `NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE` is switchable; lossless tuning is refused (and recorded:
+/// the header asks clients to check the cap, nvEncodeAPI.h 11.1 lines 1433-1434) where it is 0,
+/// and accepted where it is 1.
+#[test]
+fn lossless_follows_its_cap() {
+    let (out, stdout, report) = run(&EmuDriver::new(), &["queries"]);
+    assert_ok(&out, &report);
+    assert!(stdout.contains("lossless preset 12\n"), "{stdout}");
+    assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+    assert!(report.violations[0]
+        .reason
+        .contains("NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE is 0"));
+    let (out, stdout, report) = run(&EmuDriver::new().lossless(), &["queries"]);
+    assert_ok(&out, &report);
+    assert!(stdout.contains("lossless preset 0\n"), "{stdout}");
+    report.assert_clean();
+}
+
+/// nvEncodeAPI.h 11.1 line 1916: `inputPitch` "If pitch value is not known, set this to
+/// inputWidth"; clients (NVIDIA's samples, FFmpeg) also leave it 0 for mapped inputs. Both encode
+/// cleanly and decode to every frame.
+#[test]
+fn input_pitch_zero_or_input_width_is_accepted() {
+    for mode in ["pitch0", "pitchw"] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.h264");
+        let (out, _stdout, report) = run(
+            &EmuDriver::new(),
+            &["encode", p.to_str().unwrap(), "10", "1", mode],
+        );
+        assert_ok(&out, &report);
+        report.assert_clean();
+        let yuv = nvenc_emu_harness::video::decode_yuv420(&p);
+        assert_eq!(yuv.len(), 10 * 320 * 192 * 3 / 2, "{mode}");
+    }
+}
+
 #[test]
 fn session_limit_like_geforce() {
     let emu = EmuDriver::new().max_sessions(2);
@@ -163,15 +255,20 @@ fn session_limit_like_geforce() {
     report.assert_clean();
 }
 
+/// Session open on a GPU without NVENC: `NV_ENC_ERR_NO_ENCODE_DEVICE` (1) or
+/// `NV_ENC_ERR_UNSUPPORTED_DEVICE` (2), with nothing left behind in either case.
 #[test]
 fn no_encode_device() {
-    let (out, stdout, report) = run(&EmuDriver::new().no_device(), &["sessions", "1"]);
-    assert_ok(&out, &report);
-    assert!(stdout.contains("sessions 1"), "{stdout}");
-    let (out, stdout, report) = run(&EmuDriver::new().unsupported_device(), &["sessions", "1"]);
-    assert_ok(&out, &report);
-    assert!(stdout.contains("sessions 2"), "{stdout}");
-    report.assert_clean();
+    for (emu, want) in [
+        (EmuDriver::new().no_device(), "sessions 1"),
+        (EmuDriver::new().unsupported_device(), "sessions 2"),
+    ] {
+        let (out, stdout, report) = run(&emu, &["sessions", "1"]);
+        assert_ok(&out, &report);
+        // The whole line: `sessions 1` must not match `sessions 10` (the session limit's code).
+        assert!(stdout.lines().any(|l| l == want), "{want}:\n{stdout}");
+        report.assert_clean();
+    }
 }
 
 #[test]
