@@ -246,6 +246,33 @@ fn input_pitch_zero_or_input_width_is_accepted() {
     }
 }
 
+/// A real `libcuda.so.1` exports the peer-access and GL-interop entry points and the unversioned
+/// `cuStreamDestroy`; a loader that resolves its whole table (GStreamer's) refuses a library that
+/// lacks one. The emulated one exports them with the codes a driver gives on one device (CUDA
+/// driver API reference: `cuDeviceCanAccessPeer` is 0 for a device and itself;
+/// `cuCtxEnablePeerAccess` returns `CUDA_ERROR_PEER_ACCESS_UNSUPPORTED` (217) when that says no;
+/// `cuCtxDisablePeerAccess` returns `CUDA_ERROR_PEER_ACCESS_NOT_ENABLED` (705) when access was
+/// never enabled), GL interop as not supported (801), and `cuStreamDestroy` as
+/// `cuStreamDestroy_v2`. None of these is a violation.
+#[test]
+fn every_symbol_a_whole_table_loader_needs_is_exported() {
+    let (out, stdout, report) = run(&EmuDriver::new(), &["symbols"]);
+    assert_ok(&out, &report);
+    for line in [
+        "cuDeviceCanAccessPeer 0",
+        "can_access_peer 0",
+        "cuCtxEnablePeerAccess 217",
+        "cuCtxDisablePeerAccess 705",
+        "cuGraphicsGLRegisterBuffer 801",
+        "cuGraphicsResourceSetMapFlags_v2 801",
+        "cuStreamDestroy 0",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line}:\n{stdout}");
+    }
+    // The stream destroyed through the unversioned name is gone: no leak, no violation.
+    report.assert_clean();
+}
+
 #[test]
 fn session_limit_like_geforce() {
     let emu = EmuDriver::new().max_sessions(2);

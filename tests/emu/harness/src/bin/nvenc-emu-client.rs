@@ -4,7 +4,7 @@
 //! itself and exits non-zero on the first unexpected one; the test then checks the emulator's
 //! report. Test infrastructure, not product.
 //!
-//! Scenarios: `load`, `sessions N`, `misuse`, `queries`,
+//! Scenarios: `load`, `sessions N`, `misuse`, `queries`, `symbols`,
 //! `encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]` (`pitch0`: every
 //! `NV_ENC_PIC_PARAMS::inputPitch` 0; `pitchw`: `inputWidth`; by default the allocation's pitch).
 
@@ -372,6 +372,143 @@ fn scenario_queries() -> Result<(), String> {
         expect("destroy", s.destroy(), S::NV_ENC_SUCCESS)?;
         println!("legacy {name} ok");
     }
+    // SAFETY: destroying the context created above.
+    unsafe { (cu.ctx_destroy)(ctx) };
+    Ok(())
+}
+
+/// Every `libcuda.so.1` symbol GStreamer's CUDA loader requires (after `cuda.h`'s `_v2` renames;
+/// it refuses the library if one is missing), resolved at once the way such a loader does; then
+/// the peer-access, graphics-interop and unversioned stream calls, each printed as
+/// `NAME STATUS` (and `can_access_peer N`).
+fn scenario_symbols() -> Result<(), String> {
+    const REQUIRED: &[&str] = &[
+        "cuInit",
+        "cuGetErrorName",
+        "cuGetErrorString",
+        "cuCtxCreate_v2",
+        "cuCtxDestroy_v2",
+        "cuCtxPopCurrent_v2",
+        "cuCtxPushCurrent_v2",
+        "cuCtxEnablePeerAccess",
+        "cuCtxDisablePeerAccess",
+        "cuGraphicsMapResources",
+        "cuGraphicsUnmapResources",
+        "cuGraphicsResourceSetMapFlags_v2",
+        "cuGraphicsSubResourceGetMappedArray",
+        "cuGraphicsResourceGetMappedPointer_v2",
+        "cuGraphicsUnregisterResource",
+        "cuMemAlloc_v2",
+        "cuMemAllocPitch_v2",
+        "cuMemAllocHost_v2",
+        "cuMemcpy2D_v2",
+        "cuMemcpy2DAsync_v2",
+        "cuMemFree_v2",
+        "cuMemFreeHost",
+        "cuStreamCreate",
+        "cuStreamDestroy",
+        "cuStreamDestroy_v2",
+        "cuStreamSynchronize",
+        "cuDeviceGet",
+        "cuDeviceGetCount",
+        "cuDeviceGetName",
+        "cuDeviceGetAttribute",
+        "cuDeviceCanAccessPeer",
+        "cuDeviceGetUuid",
+        "cuDriverGetVersion",
+        "cuModuleLoadData",
+        "cuModuleUnload",
+        "cuModuleGetFunction",
+        "cuTexObjectCreate",
+        "cuTexObjectDestroy",
+        "cuLaunchKernel",
+        "cuEventCreate",
+        "cuEventDestroy_v2",
+        "cuEventRecord",
+        "cuEventSynchronize",
+        "cuIpcGetEventHandle",
+        "cuIpcOpenEventHandle",
+        "cuIpcGetMemHandle",
+        "cuIpcOpenMemHandle_v2",
+        "cuIpcCloseMemHandle",
+        "cuGraphicsGLRegisterImage",
+        "cuGraphicsGLRegisterBuffer",
+        "cuGLGetDevices_v2",
+    ];
+    // SAFETY: loading the CUDA driver library runs its initialisers only.
+    let lib = unsafe { libloading::Library::new("libcuda.so.1") }.map_err(|e| e.to_string())?;
+    let missing: Vec<&str> = REQUIRED
+        .iter()
+        .copied()
+        // SAFETY: only the symbol's presence is checked; nothing is called through it here.
+        .filter(|n| unsafe { lib.get::<unsafe extern "C" fn()>(n.as_bytes()) }.is_err())
+        .collect();
+    if !missing.is_empty() {
+        return fail(format!("libcuda.so.1 lacks {}", missing.join(", ")));
+    }
+    println!("symbols {} resolved", REQUIRED.len());
+    let cu = Cu::open()?;
+    let ctx = cu.context()?;
+    macro_rules! sym {
+        ($n:literal, $t:ty) => {
+            // SAFETY: `$t` is the C signature of the CUDA function of this name.
+            *unsafe { lib.get::<$t>($n) }.map_err(|e| e.to_string())?
+        };
+    }
+    let can_access: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int = sym!(
+        b"cuDeviceCanAccessPeer\0",
+        unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int
+    );
+    let enable: unsafe extern "C" fn(*mut c_void, c_uint) -> c_int = sym!(
+        b"cuCtxEnablePeerAccess\0",
+        unsafe extern "C" fn(*mut c_void, c_uint) -> c_int
+    );
+    let disable: unsafe extern "C" fn(*mut c_void) -> c_int = sym!(
+        b"cuCtxDisablePeerAccess\0",
+        unsafe extern "C" fn(*mut c_void) -> c_int
+    );
+    let gl_buffer: unsafe extern "C" fn(*mut *mut c_void, c_uint, c_uint) -> c_int = sym!(
+        b"cuGraphicsGLRegisterBuffer\0",
+        unsafe extern "C" fn(*mut *mut c_void, c_uint, c_uint) -> c_int
+    );
+    let map_flags: unsafe extern "C" fn(*mut c_void, c_uint) -> c_int = sym!(
+        b"cuGraphicsResourceSetMapFlags_v2\0",
+        unsafe extern "C" fn(*mut c_void, c_uint) -> c_int
+    );
+    let stream_create: unsafe extern "C" fn(*mut *mut c_void, c_uint) -> c_int = sym!(
+        b"cuStreamCreate\0",
+        unsafe extern "C" fn(*mut *mut c_void, c_uint) -> c_int
+    );
+    let stream_destroy: unsafe extern "C" fn(*mut c_void) -> c_int = sym!(
+        b"cuStreamDestroy\0",
+        unsafe extern "C" fn(*mut c_void) -> c_int
+    );
+    let mut can = -1;
+    // SAFETY: valid out-pointer; device 0 exists.
+    let st = unsafe { can_access(&mut can, 0, 0) };
+    println!("cuDeviceCanAccessPeer {st}");
+    println!("can_access_peer {can}");
+    // SAFETY: `ctx` is live and current.
+    println!("cuCtxEnablePeerAccess {}", unsafe { enable(ctx, 0) });
+    // SAFETY: as above.
+    println!("cuCtxDisablePeerAccess {}", unsafe { disable(ctx) });
+    let mut res = std::ptr::null_mut();
+    // SAFETY: valid out-pointer; buffer 1 names no GL object (there is no GL here).
+    println!("cuGraphicsGLRegisterBuffer {}", unsafe {
+        gl_buffer(&mut res, 1, 0)
+    });
+    // SAFETY: a NULL resource; the call only reports its status.
+    println!("cuGraphicsResourceSetMapFlags_v2 {}", unsafe {
+        map_flags(std::ptr::null_mut(), 0)
+    });
+    let mut stream = std::ptr::null_mut();
+    // SAFETY: valid out-pointer, context current.
+    let st = unsafe { stream_create(&mut stream, 0) };
+    if st != 0 {
+        return fail(format!("cuStreamCreate: {st}"));
+    }
+    // SAFETY: destroying the stream just created.
+    println!("cuStreamDestroy {}", unsafe { stream_destroy(stream) });
     // SAFETY: destroying the context created above.
     unsafe { (cu.ctx_destroy)(ctx) };
     Ok(())
@@ -816,6 +953,7 @@ fn main() -> ExitCode {
         Some("sessions") => scenario_sessions(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3)),
         Some("misuse") => scenario_misuse(),
         Some("queries") => scenario_queries(),
+        Some("symbols") => scenario_symbols(),
         Some("encode") => {
             let flags = args.get(4..).unwrap_or_default();
             let stop_on_error = flags.iter().any(|a| a == "stop-on-error");
@@ -836,7 +974,7 @@ fn main() -> ExitCode {
                 r => r,
             }
         }
-        _ => Err("usage: nvenc-emu-client load | sessions N | misuse | queries | encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]".into()),
+        _ => Err("usage: nvenc-emu-client load | sessions N | misuse | queries | symbols | encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]".into()),
     };
     let _ = std::io::stdout().flush();
     match r {
