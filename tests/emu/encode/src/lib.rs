@@ -27,14 +27,18 @@
 //! `cuMemcpyDtoH_v2`, `cuPointerGetAttribute`), so this library also runs on top of a *real*
 //! libcuda. They are encoded by libx264 (one thread, fixed B-frame pattern, no lookahead) into a
 //! real, decodable H.264 stream; every output buffer receives the next picture x264 emits in
-//! decode order, with the picture type and timestamp of the picture it carries. x264 holds
-//! `frameIntervalP - 1` pictures longer than NVENC would. A client that keeps at least
-//! `frameIntervalP` outputs unlocked (FFmpeg does) never notices and gets real B-frames. A client
-//! that locks an output before x264 produced it makes the emulator drain x264 (x264 cannot take
-//! pictures after a drain); the stream then continues with a fresh x264 without B-frames, starting
-//! with an IDR that carries new SPS/PPS. The NEED_MORE_INPUT/SUCCESS signalling is NVENC's either
-//! way, the stream stays valid, and each output's type and timestamp are those of the picture it
-//! actually carries.
+//! decode order, with the picture type and timestamp of the picture it carries. Frame types are
+//! forced to NVENC's pattern (IDR, then anchors every `frameIntervalP` pictures with B-pictures
+//! between), so the stream has NVENC's structure. x264 holds `frameIntervalP - 1` pictures longer
+//! than NVENC would; a client that keeps outputs unlocked for a while (FFmpeg by default) never
+//! notices. A client that locks an output as soon as a submission returned `NV_ENC_SUCCESS`
+//! (which the header allows) gets it all the same: the emulator re-encodes the GOP so far with a
+//! fresh x264 and drains it (x264 is deterministic, so the replay reproduces what was already
+//! handed out; that is checked byte for byte), and the stream keeps its B-frames. Only where a
+//! replay could not reproduce it (a rate control that carries state across GOPs, after a first
+//! GOP read back lazily) does the stream continue with a fresh x264 without B-frames, starting
+//! with an IDR that carries new SPS/PPS; the stream stays valid either way, and each output's type
+//! and timestamp are those of the picture it actually carries.
 //! `NVENC_EMU_FAST=1` skips reading and encoding: every output is a fixed 20-byte access unit, and
 //! the order and types follow NVENC's pattern exactly (anchor first, then its B-pictures).
 //!
@@ -1330,6 +1334,15 @@ fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fail> {
         idr_period,
         rc: rcm,
         profile,
+        // NV_ENC_CONFIG_H264::entropyCodingMode: CAVLC where asked for (FFmpeg `-coder cavlc`)
+        // or where the profile has no CABAC (Baseline); otherwise CABAC, as NVENC codes Main
+        // and High.
+        cabac: h264.entropyCodingMode
+            != nv::NV_ENC_H264_ENTROPY_CODING_MODE::NV_ENC_H264_ENTROPY_CODING_MODE_CAVLC
+            && profile != Some("baseline"),
+        // NV_ENC_CONFIG_H264::level (NV_ENC_LEVEL_H264_41 = 41, as x264 numbers them); 0 is
+        // autoselect.
+        level: (h264.level != 0).then_some(h264.level),
     };
     Ok(Init {
         width: w,
@@ -2011,12 +2024,10 @@ unsafe extern "C" fn nvEncEncodePicture(
                     planes,
                 };
                 if let Some(Engine::X264(x)) = s.engine.as_mut() {
-                    if let Some(c) = x
-                        .encode(&pic, serial, force_idr)
-                        .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?
-                    {
-                        produced.push(c);
-                    }
+                    produced.extend(
+                        x.encode(&pic, serial, display_type)
+                            .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?,
+                    );
                 }
             }
         }
@@ -2076,12 +2087,9 @@ fn flush(s: &mut Session) -> Result<(), Fail> {
             }
         }
         Some(Engine::X264(x)) => {
-            while let Some(c) = x
-                .drain_one(false)
-                .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?
-            {
-                produced.push(c);
-            }
+            produced = x
+                .finish()
+                .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?;
         }
         None => {}
     }
@@ -2156,25 +2164,24 @@ unsafe extern "C" fn nvEncLockBitstream(
                 "locking an output whose frame returned NV_ENC_ERR_NEED_MORE_INPUT before a later submission returned NV_ENC_SUCCESS (nvEncodeAPI.h 11.1, NV_ENC_ERR_NEED_MORE_INPUT: a client in synchronous mode cannot lock it)",
             ));
         }
-        // Make sure x264 has produced the picture for this output.
-        while s.queue[0].coded.is_none() {
+        // Make sure x264 has coded the picture for this output: a client may lock it as soon
+        // as a submission returned NV_ENC_SUCCESS, before libx264's own delay let it out.
+        if s.queue[0].coded.is_none() {
             let Some(Engine::X264(x)) = s.engine.as_mut() else {
                 return Err(f(
                     NVENCSTATUS::NV_ENC_ERR_GENERIC,
                     "no coded picture for a ready output",
                 ));
             };
-            match x
-                .drain_one(true)
-                .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?
-            {
-                Some(c) => assign(s, [c]),
-                None => {
-                    return Err(f(
-                        NVENCSTATUS::NV_ENC_ERR_GENERIC,
-                        "x264 produced no picture for a ready output",
-                    ))
-                }
+            let produced = x
+                .catch_up()
+                .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?;
+            assign(s, produced);
+            if s.queue[0].coded.is_none() {
+                return Err(f(
+                    NVENCSTATUS::NV_ENC_ERR_GENERIC,
+                    "x264 produced no picture for a ready output",
+                ));
             }
         }
         let Some(sub) = s.queue.pop_front() else {
