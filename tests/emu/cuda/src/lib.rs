@@ -35,6 +35,8 @@
 //! | `NVENC_EMU_REPORT` | file to append report lines to (violations, faults, `cuda live_handles ...`) |
 //! | `NVENC_EMU_CUDA_NO_DEVICE` | `1`: `cuInit` fails with `CUDA_ERROR_NO_DEVICE` |
 //! | `NVENC_EMU_CUDA_MEM_MB` | device memory size in MiB (default 8192) |
+//! | `NVENC_EMU_CUDA_UUID` | the device's UUID (`cuDeviceGetUuid`): up to 16 bytes of text (default `nvenc-emu-gpu-00`) |
+//! | `NVENC_EMU_CUDA_DRIVER_VERSION` | what `cuDriverGetVersion` reports (default 12040) |
 //!
 //! Control functions for in-process use: [`nvenc_emu_cuda_violations`] and
 //! [`nvenc_emu_cuda_live_handles`].
@@ -324,7 +326,12 @@ pub unsafe extern "C" fn cuDriverGetVersion(v: *mut c_int) -> i32 {
         if let Some(st) = EMU.enter("cuDriverGetVersion") {
             return st;
         }
-        out!("cuDriverGetVersion", v, 12040);
+        // NVENC_EMU_CUDA_DRIVER_VERSION stands for a driver update (default 12040, CUDA 12.4).
+        let version = std::env::var("NVENC_EMU_CUDA_DRIVER_VERSION")
+            .ok()
+            .and_then(|v| v.parse::<c_int>().ok())
+            .unwrap_or(12040);
+        out!("cuDriverGetVersion", v, version);
         SUCCESS
     })
 }
@@ -391,8 +398,16 @@ fn uuid(entry: &'static str, out: *mut [u8; 16], dev: c_int) -> i32 {
     if out.is_null() {
         return bad(entry, INVALID_VALUE, "NULL output pointer");
     }
+    // NVENC_EMU_CUDA_UUID stands for another GPU (its first 16 bytes, zero-padded).
+    let mut id = *b"nvenc-emu-gpu-00";
+    if let Ok(v) = std::env::var("NVENC_EMU_CUDA_UUID") {
+        id = [0; 16];
+        for (d, s) in id.iter_mut().zip(v.bytes()) {
+            *d = s;
+        }
+    }
     // SAFETY: `out` is non-null and, per the API, points at a CUuuid (16 bytes).
-    unsafe { out.write(*b"nvenc-emu-gpu-00") };
+    unsafe { out.write(id) };
     SUCCESS
 }
 

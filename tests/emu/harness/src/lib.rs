@@ -251,6 +251,20 @@ impl EmuDriver {
         self.env("NVENC_EMU_LOSSLESS", "1")
     }
 
+    /// The device's UUID (`cuDeviceGetUuid`): up to 16 bytes of text, zero-padded; a different
+    /// value stands for a different GPU.
+    #[must_use]
+    pub fn gpu_uuid(self, uuid: &str) -> Self {
+        self.env("NVENC_EMU_CUDA_UUID", uuid)
+    }
+
+    /// What `cuDriverGetVersion` reports (default 12040); a different value stands for a driver
+    /// update.
+    #[must_use]
+    pub fn cuda_driver_version(self, version: i32) -> Self {
+        self.env("NVENC_EMU_CUDA_DRIVER_VERSION", version.to_string())
+    }
+
     /// `cuInit` fails with `CUDA_ERROR_NO_DEVICE`.
     #[must_use]
     pub fn no_cuda_device(self) -> Self {
@@ -309,7 +323,10 @@ impl EmuDriver {
         c.env("LD_LIBRARY_PATH", dir)
             .env("NVENC_EMU_REPORT", &self.report)
             .env_remove("NVENC_LIBRARY_PATH")
-            .env_remove("NVENC_EMU_FAULTS");
+            .env_remove("NVENC_EMU_FAULTS")
+            // The emulated GPU's capabilities stay out of the user's NVENC caps cache (a test that
+            // wants the cache sets this with `env`).
+            .env("NVENC_CAPS_CACHE", "off");
         if !self.faults.is_empty() {
             c.env("NVENC_EMU_FAULTS", self.faults.join(","));
         }
