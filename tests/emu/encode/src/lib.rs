@@ -1936,7 +1936,7 @@ unsafe extern "C" fn nvEncEncodePicture(
             ));
         }
         // nvEncodeAPI.h 11.1 line 1916: "If pitch value is not known, set this to inputWidth";
-        // NVIDIA's samples and FFmpeg leave it 0 for mapped inputs. 0, inputWidth (as passed, or
+        // NVIDIA's sample encoder class (NvEncoder) leaves it 0. 0, inputWidth (as passed, or
         // the input's width when inputWidth is 0) and the real pitch are accepted.
         let width_given = if p.inputWidth != 0 {
             p.inputWidth

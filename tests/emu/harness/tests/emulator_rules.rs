@@ -147,11 +147,11 @@ fn assert_decodes_to_client_frames(path: &std::path::Path, frames: usize) {
 }
 
 /// B-frames through the CUDA path, read back the moment the header allows: this client locks
-/// every pending output as soon as nvEncEncodePicture returns NV_ENC_SUCCESS (nvEncodeAPI.h
-/// 11.1, `NV_ENC_ERR_NEED_MORE_INPUT`: "After receiving NV_ENC_SUCCESS status the client can call
-/// NvEncLockBitstream() API on the output buffers in the same order"). NVENC's NEED_MORE_INPUT
-/// pattern, outputs locked in submission order, real B-pictures with one IDR only, and a stream
-/// that decodes to every frame.
+/// every pending output as soon as nvEncEncodePicture returns NV_ENC_SUCCESS (nvEncodeAPI.h 11.1
+/// lines 577-589, `NV_ENC_ERR_NEED_MORE_INPUT`: "After receiving NV_ENC_SUCCESS status the
+/// client can call NvEncLockBitstream() API on the output buffers in the same order"). NVENC's
+/// NEED_MORE_INPUT pattern, outputs locked in submission order, real B-pictures with one IDR
+/// only, and a stream that decodes to every frame.
 #[test]
 fn encode_with_b_frames_from_cuda_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -270,7 +270,7 @@ fn lossless_follows_its_cap() {
 }
 
 /// nvEncodeAPI.h 11.1 line 1916: `inputPitch` "If pitch value is not known, set this to
-/// inputWidth"; clients (NVIDIA's samples, FFmpeg) also leave it 0 for mapped inputs. Both encode
+/// inputWidth"; clients (NVIDIA's sample encoder class among them) leave it 0. Both encode
 /// cleanly and decode to every frame.
 #[test]
 fn input_pitch_zero_or_input_width_is_accepted() {
