@@ -180,6 +180,29 @@ fn encode_with_b_frames_from_cuda_memory() {
     assert_decodes_to_client_frames(&out_path, 30);
 }
 
+/// The same over several GOPs (IDR every 30 frames): each GOP keeps its B-frames and has exactly
+/// one IDR, and the stream decodes to every frame.
+#[test]
+fn b_frames_read_back_at_once_over_several_gops() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("gops.h264");
+    let emu = EmuDriver::new();
+    let (out, stdout, report) = run(&emu, &["encode", out_path.to_str().unwrap(), "70", "3"]);
+    assert_ok(&out, &report);
+    report.assert_clean();
+    let log = stdout.lines().find_map(|l| l.strip_prefix("log ")).unwrap();
+    let locked: Vec<&str> = log.split(' ').filter(|t| t.contains(':')).collect();
+    let idrs: Vec<&str> = locked
+        .iter()
+        .filter(|l| l.ends_with(":3"))
+        .copied()
+        .collect();
+    assert_eq!(idrs, ["0:3", "30000:3", "60000:3"], "{locked:?}");
+    let b = locked.iter().filter(|l| l.ends_with(":1")).count();
+    assert!(b >= 40, "{b} B-frames: {locked:?}");
+    assert_decodes_to_client_frames(&out_path, 70);
+}
+
 /// Fast mode reproduces NVENC's output order exactly: each anchor's output comes before the
 /// B-pictures it follows in display order.
 #[test]
