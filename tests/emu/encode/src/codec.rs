@@ -121,7 +121,7 @@ enum Mode {
 }
 
 /// The most pixel data kept for replays (then [`Mode::ZeroLag`] takes over).
-const REPLAY_LIMIT_BYTES: usize = 512 << 20;
+const REPLAY_LIMIT_BYTES: usize = 256 << 20;
 
 /// libx264 behind NVENC's B-frame contract: with `frameIntervalP > 1`, pictures held for
 /// reordering return `NV_ENC_ERR_NEED_MORE_INPUT`, and once a submission returns
