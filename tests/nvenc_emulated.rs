@@ -495,25 +495,48 @@ fn a_panic_mid_stream_tears_down_cleanly() {
 #[ignore = "child half of lossless_is_checked_against_the_caps"]
 fn child_lossless() {
     assert_child();
+    // The parent says which GPU this is: lossless cap 1 (`NVENC_EMU_LOSSLESS=1`) or 0.
+    let cap = std::env::var("NVENC_EMU_LOSSLESS").is_ok_and(|v| v == "1");
     let config = EncoderConfig::new(320, 240).with_bframes(Some(0));
     let options = NvencOptions::default().with_tuning(Some(nvenc::nvenc::NvencTuning::Lossless));
-    match NvencEncoder::with_options(&config, &options) {
-        // The emulator reports lossless support; the stream must then round-trip exactly.
-        Ok(mut encoder) => {
-            let input = common::clip(&config, 5);
-            let chunks = common::encode_all(&mut encoder, &input);
-            common::assert_accounting(&chunks, 5);
+    let opened = NvencEncoder::with_options(&config, &options);
+    if !cap {
+        match opened {
+            Err(Error::NvencCapability { cap, .. }) => {
+                assert_eq!(cap, "NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE");
+            }
+            Err(other) => panic!("lossless on a GPU without it: {other}"),
+            Ok(_) => panic!("lossless tuning accepted on a GPU whose lossless cap is 0"),
         }
-        Err(Error::NvencCapability { cap, .. }) => {
-            assert_eq!(cap, "NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE");
-        }
-        Err(other) => panic!("lossless: {other}"),
+        return;
+    }
+    let mut encoder = opened.expect("lossless on a GPU with the cap");
+    let input = common::clip(&config, 5);
+    let chunks = common::encode_all(&mut encoder, &input);
+    common::assert_accounting(&chunks, 5);
+    let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);
+    assert_eq!(decoded.len(), 5);
+    for (i, (want, got)) in input.iter().zip(&decoded).enumerate() {
+        let want = common::as_i420(&config, want);
+        // Bit-exact: infinite PSNR.
+        assert!(
+            want == *got,
+            "frame {i} is not bit-exact (PSNR {:.2} dB)",
+            common::psnr(&want, got)
+        );
     }
 }
 
+/// Lossless tuning is checked against `NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE` before the session is
+/// initialized: a typed capability error where the cap is 0 (and no emulator violation, which
+/// the emulator records when a client asks for lossless regardless), a bit-exact stream where it
+/// is 1.
 #[test]
 fn lossless_is_checked_against_the_caps() {
     let emu = EmuDriver::new();
+    run_child(&emu, "child_lossless");
+    emu.report().assert_clean();
+    let emu = EmuDriver::new().lossless();
     run_child(&emu, "child_lossless");
     emu.report().assert_clean();
 }

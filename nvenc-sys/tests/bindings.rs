@@ -57,7 +57,21 @@ fn api_version_matches_header_and_formula() {
 
 #[test]
 fn struct_versions_follow_the_formula() {
-    let checks: [(&str, u32); 7] = [
+    let checks: [(&str, u32); 12] = [
+        ("NV_ENC_CAPS_PARAM_VER", NV_ENC_CAPS_PARAM_VER),
+        (
+            "NV_ENC_CREATE_BITSTREAM_BUFFER_VER",
+            NV_ENC_CREATE_BITSTREAM_BUFFER_VER,
+        ),
+        (
+            "NV_ENC_MAP_INPUT_RESOURCE_VER",
+            NV_ENC_MAP_INPUT_RESOURCE_VER,
+        ),
+        ("NV_ENC_PRESET_CONFIG_VER", NV_ENC_PRESET_CONFIG_VER),
+        (
+            "NV_ENC_SEQUENCE_PARAM_PAYLOAD_VER",
+            NV_ENC_SEQUENCE_PARAM_PAYLOAD_VER,
+        ),
         ("NV_ENC_CONFIG_VER", NV_ENC_CONFIG_VER),
         ("NV_ENC_INITIALIZE_PARAMS_VER", NV_ENC_INITIALIZE_PARAMS_VER),
         ("NV_ENC_PIC_PARAMS_VER", NV_ENC_PIC_PARAMS_VER),
@@ -102,6 +116,14 @@ fn struct_versions_of_the_11_1_header() {
     assert_eq!(NV_ENC_CONFIG_VER, 0xf107_000b);
     assert_eq!(NV_ENC_INITIALIZE_PARAMS_VER, 0xf105_000b);
     assert_eq!(NV_ENCODE_API_FUNCTION_LIST_VER, 0x7102_000b);
+    // The five the formula test above also reads: CAPS_PARAM 1, CREATE_BITSTREAM_BUFFER 1,
+    // MAP_INPUT_RESOURCE 4, PRESET_CONFIG 4 | 1<<31, SEQUENCE_PARAM_PAYLOAD 1 (11.1 lines 1161,
+    // 1213, 2083, 1765, 2228).
+    assert_eq!(NV_ENC_CAPS_PARAM_VER, 0x7101_000b);
+    assert_eq!(NV_ENC_CREATE_BITSTREAM_BUFFER_VER, 0x7101_000b);
+    assert_eq!(NV_ENC_MAP_INPUT_RESOURCE_VER, 0x7104_000b);
+    assert_eq!(NV_ENC_PRESET_CONFIG_VER, 0xf104_000b);
+    assert_eq!(NV_ENC_SEQUENCE_PARAM_PAYLOAD_VER, 0x7101_000b);
 }
 
 #[test]
@@ -166,7 +188,6 @@ fn layouts() {
     assert_eq!(size_of::<NVENCSTATUS>(), 4);
     assert_eq!(offset_of!(NV_ENC_CONFIG, version), 0);
     assert_eq!(offset_of!(NV_ENC_INITIALIZE_PARAMS, version), 0);
-    assert!(size_of::<NV_ENC_CONFIG>() > 0);
     assert!(size_of::<NV_ENC_INITIALIZE_PARAMS>() > size_of::<GUID>() * 2);
     // version, reserved, then one pointer per slot (entry points and reserved pointers).
     let ptr = size_of::<*mut core::ffi::c_void>();
@@ -177,6 +198,168 @@ fn layouts() {
     );
     assert_eq!((list - 8) % ptr, 0);
     assert!((list - 8) / ptr > FunctionTable::ENTRY_NAMES.len());
+}
+
+/// Exact sizes and offsets of the structs the driver reads, as the 11.1 header lays them out on a
+/// 64-bit target. The figures are C's own: `sizeof`/`offsetof` of Debian's
+/// `/usr/include/ffnvcodec/nvEncodeAPI.h` compiled by gcc 12.2 for x86-64. Two by hand:
+/// `NV_ENC_CAPS_PARAM` = version 4 + capsToQuery 4 + reserved[62] 248 = 256;
+/// `NV_ENC_CREATE_BITSTREAM_BUFFER` = 4 u32 16 + two pointers 16 + reserved1[58] 232 +
+/// reserved2[64] pointers 512 = 776. A struct bindgen laid out differently from C (a lost
+/// bit-field, a union sized wrong, a padding difference) would make the driver read the wrong
+/// bytes; this fails instead.
+#[test]
+fn layouts_of_the_11_1_header() {
+    if (NVENCAPI_MAJOR_VERSION, NVENCAPI_MINOR_VERSION) != (11, 1)
+        || size_of::<*mut core::ffi::c_void>() != 8
+    {
+        eprintln!(
+            "skipped: built against API {} (sizes here are the 11.1 header's, 64-bit)",
+            ApiVersion::header()
+        );
+        return;
+    }
+    let sizes = [
+        ("NV_ENC_CONFIG", size_of::<NV_ENC_CONFIG>(), 3584),
+        ("NV_ENC_CONFIG_H264", size_of::<NV_ENC_CONFIG_H264>(), 1792),
+        (
+            "NV_ENC_CODEC_CONFIG",
+            size_of::<NV_ENC_CODEC_CONFIG>(),
+            1792,
+        ),
+        ("NV_ENC_RC_PARAMS", size_of::<NV_ENC_RC_PARAMS>(), 128),
+        (
+            "NV_ENC_INITIALIZE_PARAMS",
+            size_of::<NV_ENC_INITIALIZE_PARAMS>(),
+            1808,
+        ),
+        (
+            "NV_ENC_RECONFIGURE_PARAMS",
+            size_of::<NV_ENC_RECONFIGURE_PARAMS>(),
+            1824,
+        ),
+        ("NV_ENC_PIC_PARAMS", size_of::<NV_ENC_PIC_PARAMS>(), 3344),
+        (
+            "NV_ENC_CODEC_PIC_PARAMS",
+            size_of::<NV_ENC_CODEC_PIC_PARAMS>(),
+            1536,
+        ),
+        (
+            "NV_ENC_LOCK_BITSTREAM",
+            size_of::<NV_ENC_LOCK_BITSTREAM>(),
+            1544,
+        ),
+        (
+            "NV_ENC_REGISTER_RESOURCE",
+            size_of::<NV_ENC_REGISTER_RESOURCE>(),
+            1536,
+        ),
+        (
+            "NV_ENC_MAP_INPUT_RESOURCE",
+            size_of::<NV_ENC_MAP_INPUT_RESOURCE>(),
+            1544,
+        ),
+        (
+            "NV_ENC_PRESET_CONFIG",
+            size_of::<NV_ENC_PRESET_CONFIG>(),
+            5128,
+        ),
+        ("NV_ENC_CAPS_PARAM", size_of::<NV_ENC_CAPS_PARAM>(), 256),
+        (
+            "NV_ENC_CREATE_BITSTREAM_BUFFER",
+            size_of::<NV_ENC_CREATE_BITSTREAM_BUFFER>(),
+            776,
+        ),
+        (
+            "NV_ENC_CREATE_INPUT_BUFFER",
+            size_of::<NV_ENC_CREATE_INPUT_BUFFER>(),
+            776,
+        ),
+        (
+            "NV_ENC_LOCK_INPUT_BUFFER",
+            size_of::<NV_ENC_LOCK_INPUT_BUFFER>(),
+            1544,
+        ),
+        (
+            "NV_ENC_SEQUENCE_PARAM_PAYLOAD",
+            size_of::<NV_ENC_SEQUENCE_PARAM_PAYLOAD>(),
+            1544,
+        ),
+        (
+            "NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS",
+            size_of::<NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS>(),
+            1552,
+        ),
+        (
+            "NV_ENCODE_API_FUNCTION_LIST",
+            size_of::<NV_ENCODE_API_FUNCTION_LIST>(),
+            2552,
+        ),
+        ("NV_ENC_STAT", size_of::<NV_ENC_STAT>(), 1544),
+    ];
+    for (name, got, want) in sizes {
+        assert_eq!(got, want, "sizeof({name})");
+    }
+    let offsets = [
+        (
+            "NV_ENC_CONFIG.rcParams",
+            offset_of!(NV_ENC_CONFIG, rcParams),
+            40,
+        ),
+        (
+            "NV_ENC_CONFIG.encodeCodecConfig",
+            offset_of!(NV_ENC_CONFIG, encodeCodecConfig),
+            168,
+        ),
+        (
+            "NV_ENC_INITIALIZE_PARAMS.encodeConfig",
+            offset_of!(NV_ENC_INITIALIZE_PARAMS, encodeConfig),
+            88,
+        ),
+        (
+            "NV_ENC_INITIALIZE_PARAMS.tuningInfo",
+            offset_of!(NV_ENC_INITIALIZE_PARAMS, tuningInfo),
+            136,
+        ),
+        (
+            "NV_ENC_PIC_PARAMS.encodePicFlags",
+            offset_of!(NV_ENC_PIC_PARAMS, encodePicFlags),
+            16,
+        ),
+        (
+            "NV_ENC_PIC_PARAMS.inputBuffer",
+            offset_of!(NV_ENC_PIC_PARAMS, inputBuffer),
+            40,
+        ),
+        (
+            "NV_ENC_PIC_PARAMS.codecPicParams",
+            offset_of!(NV_ENC_PIC_PARAMS, codecPicParams),
+            80,
+        ),
+        (
+            "NV_ENC_LOCK_BITSTREAM.bitstreamBufferPtr",
+            offset_of!(NV_ENC_LOCK_BITSTREAM, bitstreamBufferPtr),
+            56,
+        ),
+        (
+            "NV_ENC_REGISTER_RESOURCE.registeredResource",
+            offset_of!(NV_ENC_REGISTER_RESOURCE, registeredResource),
+            32,
+        ),
+        (
+            "NV_ENCODE_API_FUNCTION_LIST.nvEncGetEncodePresetConfigEx",
+            offset_of!(NV_ENCODE_API_FUNCTION_LIST, nvEncGetEncodePresetConfigEx),
+            320,
+        ),
+        (
+            "NV_ENCODE_API_FUNCTION_LIST.nvEncGetSequenceParamEx",
+            offset_of!(NV_ENCODE_API_FUNCTION_LIST, nvEncGetSequenceParamEx),
+            328,
+        ),
+    ];
+    for (name, got, want) in offsets {
+        assert_eq!(got, want, "offsetof({name})");
+    }
 }
 
 #[test]

@@ -298,6 +298,20 @@ impl NvencEncoder {
         let h264 = unsafe { &mut enc.encodeCodecConfig.h264Config };
         h264.idrPeriod = config.gop_size;
         h264.set_repeatSPSPPS(1);
+        if tuning == NvencTuning::Lossless {
+            // The header's recipe for lossless (nvEncodeAPI.h 11.1, qpPrimeYZeroTransformBypassFlag):
+            // transform bypass, constant QP 0, High 4:4:4 Predictive; a quality target would
+            // make the stream lossy again.
+            h264.set_qpPrimeYZeroTransformBypassFlag(1);
+            enc.rcParams.rateControlMode = sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CONSTQP;
+            enc.rcParams.targetQuality = 0;
+            enc.rcParams.constQP = sys::NV_ENC_QP {
+                qpInterP: 0,
+                qpInterB: 0,
+                qpIntra: 0,
+            };
+            enc.profileGUID = sys::NV_ENC_H264_PROFILE_HIGH_444_GUID;
+        }
 
         let mut init = sys::NV_ENC_INITIALIZE_PARAMS {
             version: sys::NV_ENC_INITIALIZE_PARAMS_VER,

@@ -44,6 +44,7 @@ pub fn open_with(
 }
 
 mod api;
+mod caps_cache;
 mod encoder;
 mod error;
 mod options;

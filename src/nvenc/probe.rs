@@ -3,20 +3,22 @@
 //! Compute capability says nothing about NVENC (an A100 or H100 passes any such check and has no
 //! encode engine), so the only reliable test is a real session. The probe session is always
 //! destroyed (a leaked one costs video memory per probe), and results are cached per device and
-//! driver version for the life of the process, so asking twice costs nothing.
+//! driver version for the life of the process, so asking twice costs nothing, and on disk per GPU
+//! UUID and driver (see `caps_cache`: `NVENC_CAPS_CACHE`), so the next process on the same GPU
+//! and driver opens no probe session at all.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Mutex, OnceLock};
 
 use nvenc_sys as sys;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::api::RawEncoder;
 use crate::error::Error;
 
 /// What one GPU's NVENC can do for H.264.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct NvencCaps {
     /// CUDA device ordinal.
@@ -36,6 +38,14 @@ pub struct NvencCaps {
     pub engines: i32,
     /// The driver's highest NVENC API version, e.g. `"12.2"`.
     pub driver_api: String,
+    /// The GPU's UUID (`cuDeviceGetUuid`), as `nvidia-smi -L` prints it
+    /// (`GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`); empty where CUDA could not say.
+    #[serde(default)]
+    pub gpu_uuid: String,
+    /// What identifies the driver: CUDA driver version, NVENC API version and the driver
+    /// library file; empty where CUDA could not say.
+    #[serde(default)]
+    pub driver_version: String,
 }
 
 type Cache = Mutex<HashMap<(usize, String), NvencCaps>>;
@@ -55,6 +65,18 @@ pub fn probe(device: usize) -> Result<NvencCaps, Error> {
     let library = nvenc_sys::load()?;
     let key = (device, library.driver_max_version().to_string());
     if let Some(hit) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(hit);
+    }
+    // The report another process kept for this GPU and driver, if any.
+    let disk_key = super::caps_cache::key(device, &library)
+        .map_err(|e| tracing::debug!("NVENC caps cache not used for device {device}: {e}"))
+        .ok();
+    if let Some(mut hit) = disk_key.as_ref().and_then(super::caps_cache::load) {
+        hit.device = device;
+        tracing::debug!("NVENC caps of device {device} from the cache (no probe session)");
+        if let Ok(mut c) = cache().lock() {
+            c.insert(key, hit.clone());
+        }
         return Ok(hit);
     }
     // cudarc makes the context it creates current; the caller's comes back when this drops
@@ -97,8 +119,19 @@ pub fn probe(device: usize) -> Result<NvencCaps, Error> {
         lookahead: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_SUPPORT_LOOKAHEAD) != 0,
         engines: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_NUM_ENCODER_ENGINES),
         driver_api: key.1.clone(),
+        gpu_uuid: disk_key
+            .as_ref()
+            .map(|k| k.gpu_uuid.clone())
+            .unwrap_or_default(),
+        driver_version: disk_key
+            .as_ref()
+            .map(|k| k.driver.clone())
+            .unwrap_or_default(),
     };
     drop(raw);
+    if disk_key.is_some() {
+        super::caps_cache::store(&caps);
+    }
     if let Ok(mut c) = cache().lock() {
         c.insert(key, caps.clone());
     }

@@ -35,6 +35,8 @@
 //! | `NVENC_EMU_REPORT` | file to append report lines to (violations, faults, `cuda live_handles ...`) |
 //! | `NVENC_EMU_CUDA_NO_DEVICE` | `1`: `cuInit` fails with `CUDA_ERROR_NO_DEVICE` |
 //! | `NVENC_EMU_CUDA_MEM_MB` | device memory size in MiB (default 8192) |
+//! | `NVENC_EMU_CUDA_UUID` | the device's UUID (`cuDeviceGetUuid`): up to 16 bytes of text (default `nvenc-emu-gpu-00`) |
+//! | `NVENC_EMU_CUDA_DRIVER_VERSION` | what `cuDriverGetVersion` reports (default 12040) |
 //!
 //! Control functions for in-process use: [`nvenc_emu_cuda_violations`] and
 //! [`nvenc_emu_cuda_live_handles`].
@@ -60,8 +62,10 @@ pub mod status {
     pub const NO_DEVICE: i32 = 100;
     pub const INVALID_DEVICE: i32 = 101;
     pub const INVALID_CONTEXT: i32 = 201;
+    pub const PEER_ACCESS_UNSUPPORTED: i32 = 217;
     pub const INVALID_HANDLE: i32 = 400;
     pub const NOT_READY: i32 = 600;
+    pub const PEER_ACCESS_NOT_ENABLED: i32 = 705;
     pub const NOT_SUPPORTED: i32 = 801;
     pub const UNKNOWN: i32 = 999;
 }
@@ -322,7 +326,12 @@ pub unsafe extern "C" fn cuDriverGetVersion(v: *mut c_int) -> i32 {
         if let Some(st) = EMU.enter("cuDriverGetVersion") {
             return st;
         }
-        out!("cuDriverGetVersion", v, 12040);
+        // NVENC_EMU_CUDA_DRIVER_VERSION stands for a driver update (default 12040, CUDA 12.4).
+        let version = std::env::var("NVENC_EMU_CUDA_DRIVER_VERSION")
+            .ok()
+            .and_then(|v| v.parse::<c_int>().ok())
+            .unwrap_or(12040);
+        out!("cuDriverGetVersion", v, version);
         SUCCESS
     })
 }
@@ -389,8 +398,16 @@ fn uuid(entry: &'static str, out: *mut [u8; 16], dev: c_int) -> i32 {
     if out.is_null() {
         return bad(entry, INVALID_VALUE, "NULL output pointer");
     }
+    // NVENC_EMU_CUDA_UUID stands for another GPU (its first 16 bytes, zero-padded).
+    let mut id = *b"nvenc-emu-gpu-00";
+    if let Ok(v) = std::env::var("NVENC_EMU_CUDA_UUID") {
+        id = [0; 16];
+        for (d, s) in id.iter_mut().zip(v.bytes()) {
+            *d = s;
+        }
+    }
     // SAFETY: `out` is non-null and, per the API, points at a CUuuid (16 bytes).
-    unsafe { out.write(*b"nvenc-emu-gpu-00") };
+    unsafe { out.write(id) };
     SUCCESS
 }
 
@@ -1580,6 +1597,23 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(s: *mut c_void) -> i32 {
     })
 }
 
+/// `cuStreamDestroy`, the unversioned name a real `libcuda.so.1` still exports beside
+/// `cuStreamDestroy_v2` (GStreamer's CUDA loader resolves it): the same call.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamDestroy(s: *mut c_void) -> i32 {
+    entry!("cuStreamDestroy", {
+        if state().streams.remove(&(s as u64)).is_some() {
+            SUCCESS
+        } else {
+            bad(
+                "cuStreamDestroy",
+                INVALID_HANDLE,
+                &format!("{s:p} is not a live stream"),
+            )
+        }
+    })
+}
+
 fn stream_noop(entry: &'static str, s: *mut c_void) -> i32 {
     match check_stream(entry, &state(), s) {
         Ok(()) => SUCCESS,
@@ -1755,6 +1789,67 @@ pub unsafe extern "C" fn cuEventElapsedTime_v2(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Peer access: one device, and a device is never its own peer.
+
+/// `cuDeviceCanAccessPeer`: the emulated machine has one device, and the driver answers 0 when
+/// a device is asked about itself (peer access is between two different devices).
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceCanAccessPeer(can: *mut c_int, dev: c_int, peer: c_int) -> i32 {
+    entry!("cuDeviceCanAccessPeer", {
+        if let Err(e) = check_dev("cuDeviceCanAccessPeer", dev) {
+            return e;
+        }
+        if let Err(e) = check_dev("cuDeviceCanAccessPeer", peer) {
+            return e;
+        }
+        out!("cuDeviceCanAccessPeer", can, 0);
+        SUCCESS
+    })
+}
+
+/// Checks `cuCtx{Enable,Disable}PeerAccess`'s arguments: a current context and a live peer.
+fn peer_args(entry: &'static str, peer: *mut c_void) -> Result<(), i32> {
+    let st = state();
+    need_ctx(entry, &st)?;
+    if !st.live_ctx(peer as u64) {
+        return Err(bad(
+            entry,
+            INVALID_CONTEXT,
+            &format!("peerContext {peer:p} is not a live context"),
+        ));
+    }
+    Ok(())
+}
+
+/// `cuCtxEnablePeerAccess`: every context here is on the one device, whose
+/// `cuDeviceCanAccessPeer` with itself is 0, so the driver's answer is
+/// `CUDA_ERROR_PEER_ACCESS_UNSUPPORTED` (not a client error: asking is how a client finds out).
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxEnablePeerAccess(peer: *mut c_void, flags: c_uint) -> i32 {
+    entry!("cuCtxEnablePeerAccess", {
+        if flags != 0 {
+            return bad("cuCtxEnablePeerAccess", INVALID_VALUE, "Flags must be 0");
+        }
+        match peer_args("cuCtxEnablePeerAccess", peer) {
+            Ok(()) => PEER_ACCESS_UNSUPPORTED,
+            Err(e) => e,
+        }
+    })
+}
+
+/// `cuCtxDisablePeerAccess`: access was never enabled (it cannot be here), so
+/// `CUDA_ERROR_PEER_ACCESS_NOT_ENABLED`.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxDisablePeerAccess(peer: *mut c_void) -> i32 {
+    entry!("cuCtxDisablePeerAccess", {
+        match peer_args("cuCtxDisablePeerAccess", peer) {
+            Ok(()) => PEER_ACCESS_NOT_ENABLED,
+            Err(e) => e,
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Errors
 
 fn error_name(e: i32) -> &'static [u8] {
@@ -1769,6 +1864,8 @@ fn error_name(e: i32) -> &'static [u8] {
         INVALID_HANDLE => b"CUDA_ERROR_INVALID_HANDLE\0",
         NOT_READY => b"CUDA_ERROR_NOT_READY\0",
         NOT_SUPPORTED => b"CUDA_ERROR_NOT_SUPPORTED\0",
+        PEER_ACCESS_UNSUPPORTED => b"CUDA_ERROR_PEER_ACCESS_UNSUPPORTED\0",
+        PEER_ACCESS_NOT_ENABLED => b"CUDA_ERROR_PEER_ACCESS_NOT_ENABLED\0",
         _ => b"CUDA_ERROR_UNKNOWN\0",
     }
 }
@@ -1785,6 +1882,8 @@ fn error_text(e: i32) -> &'static [u8] {
         INVALID_HANDLE => b"invalid resource handle\0",
         NOT_READY => b"device not ready\0",
         NOT_SUPPORTED => b"operation not supported\0",
+        PEER_ACCESS_UNSUPPORTED => b"peer access is not supported between these two devices\0",
+        PEER_ACCESS_NOT_ENABLED => b"peer access has not been enabled\0",
         _ => b"unknown error\0",
     }
 }
@@ -1808,7 +1907,10 @@ pub unsafe extern "C" fn cuGetErrorString(e: i32, out: *mut *const c_char) -> i3
 }
 
 // ---------------------------------------------------------------------------------------------
-// Exported but not emulated: FFmpeg's loader requires these symbols, cudarc may reference some.
+// Exported but not emulated: FFmpeg's and GStreamer's loaders require these symbols (a loader that
+// resolves its whole table refuses a library that lacks one), cudarc may reference some. The
+// names are those of the CUDA 12 driver API (`cuda.h`, with its `_v2` renames) that a client of
+// this emulator could plausibly resolve at load time.
 
 macro_rules! unsupported {
     ($($name:ident),* $(,)?) => {$(
@@ -1842,8 +1944,77 @@ unsupported!(
     cuModuleGetGlobal_v2,
     cuTexObjectCreate,
     cuTexObjectDestroy,
+    cuGLGetDevices,
     cuGLGetDevices_v2,
     cuGraphicsGLRegisterImage,
+    cuGraphicsGLRegisterBuffer,
+    cuGraphicsResourceSetMapFlags,
+    cuGraphicsResourceSetMapFlags_v2,
+    cuGraphicsResourceGetMappedPointer,
+    cuGraphicsResourceGetMappedMipmappedArray,
+    cuIpcGetEventHandle,
+    cuIpcOpenEventHandle,
+    cuIpcGetMemHandle,
+    cuIpcOpenMemHandle,
+    cuIpcOpenMemHandle_v2,
+    cuIpcCloseMemHandle,
+    cuDeviceGetP2PAttribute,
+    cuModuleLoadDataEx,
+    cuModuleLoadFatBinary,
+    cuFuncGetAttribute,
+    cuFuncSetAttribute,
+    cuFuncSetCacheConfig,
+    cuOccupancyMaxActiveBlocksPerMultiprocessor,
+    cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags,
+    cuOccupancyMaxPotentialBlockSize,
+    cuMemHostRegister,
+    cuMemHostRegister_v2,
+    cuMemHostUnregister,
+    cuMemHostGetDevicePointer_v2,
+    cuMemAddressReserve,
+    cuMemAddressFree,
+    cuMemCreate,
+    cuMemRelease,
+    cuMemMap,
+    cuMemUnmap,
+    cuMemSetAccess,
+    cuMemGetAccess,
+    cuMemGetAllocationGranularity,
+    cuMemGetAllocationPropertiesFromHandle,
+    cuMemExportToShareableHandle,
+    cuMemImportFromShareableHandle,
+    cuMemRetainAllocationHandle,
+    cuArrayCreate_v2,
+    cuArrayGetDescriptor_v2,
+    cuArray3DGetDescriptor_v2,
+    cuMemcpy3D_v2,
+    cuMemcpy3DAsync_v2,
+    cuMemcpyAtoH_v2,
+    cuMemcpyHtoA_v2,
+    cuStreamBeginCapture_v2,
+    cuStreamEndCapture,
+    cuStreamIsCapturing,
+    cuGraphInstantiate,
+    cuGraphInstantiateWithFlags,
+    cuGraphLaunch,
+    cuGraphDestroy,
+    cuGraphExecDestroy,
+    cuCtxGetApiVersion,
+    cuCtxGetFlags,
+    cuCtxGetLimit,
+    cuStreamGetFlags,
+    cuStreamGetPriority,
+    cuDeviceGetLuid,
+    cuDeviceGetPCIBusId,
+    cuDeviceGetByPCIBusId,
+    cuMemGetAddressRange_v2,
+    cuPointerGetAttributes,
+    cuMemsetD16_v2,
+    cuMemsetD32_v2,
+    cuMemsetD32Async,
+    cuMemsetD2D8_v2,
+    cuMemPrefetchAsync,
+    cuMemAdvise,
     cuGraphicsUnregisterResource,
     cuGraphicsMapResources,
     cuGraphicsUnmapResources,

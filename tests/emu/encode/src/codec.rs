@@ -49,6 +49,10 @@ pub struct Params {
     pub rc: Rc,
     /// x264 profile name (`baseline`, `main`, `high`), if the client chose one.
     pub profile: Option<&'static str>,
+    /// CABAC (`true`) or CAVLC entropy coding.
+    pub cabac: bool,
+    /// `level_idc` the client asked for (41 for 4.1), if any.
+    pub level: Option<u32>,
 }
 
 /// One input picture: planes inside `data` as (offset, stride), with an x264 colour space.
@@ -77,22 +81,90 @@ pub struct Coded {
     pub first: bool,
 }
 
-/// libx264 as a continuous stream: reopened (with an IDR) when more pictures follow a drain.
-///
-/// x264 cannot take new pictures once drained, and it holds `bframes` pictures longer than
-/// NVENC's "all pending outputs are ready on SUCCESS" promise allows. A client that locks an
-/// output before x264 produced it makes the session drain x264 mid-stream; from then on the
-/// stream continues with a fresh encoder without B-frames (zero delay), so no further drains are
-/// needed. Clients that lock late (FFmpeg keeps several frames in flight) never trigger this and
-/// get real B-frames throughout.
+/// A picture kept for a replay: its pixels, layout, serial and NVENC picture type.
+#[derive(Debug)]
+struct Held {
+    data: Vec<u8>,
+    csp: u32,
+    planes: Vec<(usize, usize)>,
+    serial: u64,
+    pic_type: u32,
+}
+
+impl Held {
+    fn picture(&self) -> Picture<'_> {
+        Picture {
+            data: &self.data,
+            csp: self.csp,
+            planes: self.planes.clone(),
+        }
+    }
+}
+
+/// How [`X264Stream`] produces its pictures.
+#[derive(Debug)]
+enum Mode {
+    /// One libx264 encoder fed as pictures arrive. It holds `bframes` pictures longer than NVENC
+    /// would (its frame-type decision waits for later input); a client that keeps outputs
+    /// unlocked for a while (FFmpeg by default) never notices.
+    Live(X264),
+    /// A client locked an output that the live encoder had not produced: each time outputs are
+    /// needed, a fresh encoder re-encodes the kept pictures from their GOP's IDR up to the last
+    /// anchor and is drained. libx264 is deterministic for the same input and frame types, so a
+    /// replay reproduces the pictures already handed out (checked, byte for byte) and adds the
+    /// new ones.
+    Replay,
+    /// The fallback where a replay cannot reproduce what was handed out (a rate control that
+    /// carries state across GOPs, or a GOP past [`REPLAY_LIMIT_BYTES`]): a fresh encoder without
+    /// B-frames, starting with an IDR and new SPS/PPS.
+    ZeroLag(X264),
+}
+
+/// The most pixel data kept for replays (then [`Mode::ZeroLag`] takes over).
+const REPLAY_LIMIT_BYTES: usize = 256 << 20;
+
+/// libx264 behind NVENC's B-frame contract: with `frameIntervalP > 1`, pictures held for
+/// reordering return `NV_ENC_ERR_NEED_MORE_INPUT`, and once a submission returns
+/// `NV_ENC_SUCCESS` every pending output can be locked at once (nvEncodeAPI.h 11.1,
+/// `NV_ENC_ERR_NEED_MORE_INPUT`), whatever the client's read-back pattern. Frame types are forced
+/// to the session's NVENC pattern, so x264's stream has NVENC's structure, and a client that
+/// locks each output as soon as it may still gets real B-frames (see [`Mode`]).
 #[derive(Debug)]
 pub struct X264Stream {
     params: Params,
-    enc: X264,
+    mode: Mode,
     headers: Arc<Vec<u8>>,
-    drained: bool,
-    zero_lag: bool,
     first: bool,
+    /// Pictures from the IDR of the oldest GOP not yet all handed out (only with B-frames).
+    history: Vec<Held>,
+    history_bytes: usize,
+    /// Whether `history` holds every such picture (false once it overflowed).
+    history_complete: bool,
+    /// Coded pictures handed out, in decode order.
+    emitted: u64,
+    /// Decode index (= serial) of `history[0]`, an IDR: every picture before it decodes before it.
+    base: u64,
+    /// (serial, digest) of the pictures handed out since `base`, in decode order, to check
+    /// replays against.
+    handed: Vec<(u64, u64)>,
+    /// The next picture of a zero-lag restart must be an IDR.
+    idr_next: bool,
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+fn x264_type(pic_type: u32) -> c_int {
+    (match pic_type {
+        PIC_IDR => x::X264_TYPE_IDR,
+        PIC_B => x::X264_TYPE_B,
+        PIC_I => x::X264_TYPE_I,
+        _ => x::X264_TYPE_P,
+    }) as c_int
 }
 
 impl X264Stream {
@@ -102,10 +174,15 @@ impl X264Stream {
         Ok(Self {
             headers: Arc::new(enc.headers().to_vec()),
             params: params.clone(),
-            enc,
-            drained: false,
-            zero_lag: false,
+            mode: Mode::Live(enc),
             first: true,
+            history: Vec::new(),
+            history_bytes: 0,
+            history_complete: true,
+            emitted: 0,
+            base: 0,
+            handed: Vec::new(),
+            idr_next: false,
         })
     }
 
@@ -114,50 +191,239 @@ impl X264Stream {
         &self.headers
     }
 
-    fn wrap(&mut self, c: Option<(Vec<u8>, u32, u64)>) -> Option<Coded> {
-        let (nals, pic_type, serial) = c?;
+    /// Wraps what an encoder emitted and counts it as handed out.
+    fn wrap(&mut self, c: (Vec<u8>, u32, u64)) -> Coded {
+        let (nals, pic_type, serial) = c;
         let first = std::mem::take(&mut self.first);
-        Some(Coded {
+        self.emitted += 1;
+        if self.params.bframes > 0 {
+            self.handed.push((serial, digest(&nals)));
+        }
+        Coded {
             nals,
             pic_type,
             serial,
             headers: self.headers.clone(),
             first,
-        })
+        }
     }
 
-    /// Feeds one picture; returns what x264 emitted.
+    /// Drops the GOPs whose pictures have all been handed out.
+    fn trim(&mut self) {
+        let emitted = self.emitted;
+        let Some(i) = self
+            .history
+            .iter()
+            .rposition(|h| h.pic_type == PIC_IDR && h.serial <= emitted)
+        else {
+            return;
+        };
+        if i == 0 {
+            return;
+        }
+        let new_base = self.history[i].serial;
+        let drop = ((new_base - self.base) as usize).min(self.handed.len());
+        self.handed.drain(..drop);
+        self.history_bytes -= self.history[..i]
+            .iter()
+            .map(|h| h.data.len())
+            .sum::<usize>();
+        self.history.drain(..i);
+        self.base = new_base;
+    }
+
+    /// Feeds one picture with NVENC's picture type for it (`PIC_IDR`, `PIC_P` or `PIC_B`);
+    /// returns what was coded, if anything.
     pub fn encode(
         &mut self,
         pic: &Picture<'_>,
         serial: u64,
-        force_idr: bool,
-    ) -> Result<Option<Coded>, String> {
-        let mut force_idr = force_idr;
-        if self.drained {
-            let mut p = self.params.clone();
-            if self.zero_lag {
-                p.bframes = 0;
+        pic_type: u32,
+    ) -> Result<Vec<Coded>, String> {
+        let mut out = Vec::new();
+        if self.params.bframes > 0 && self.history_complete {
+            if self.history.is_empty() {
+                self.base = serial;
             }
-            self.enc = X264::open(&p)?;
-            self.headers = Arc::new(self.enc.headers().to_vec());
-            self.drained = false;
-            self.first = true;
-            force_idr = true;
+            self.history_bytes += pic.data.len();
+            self.history.push(Held {
+                data: pic.data.to_vec(),
+                csp: pic.csp,
+                planes: pic.planes.clone(),
+                serial,
+                pic_type,
+            });
+            if self.history_bytes > REPLAY_LIMIT_BYTES {
+                if let Mode::Replay = self.mode {
+                    // Code what is kept now, while it is still there.
+                    return self.restart();
+                }
+                self.history.clear();
+                self.history_bytes = 0;
+                self.history_complete = false;
+            }
         }
-        let c = self.enc.encode(Some((pic, serial, force_idr)))?;
-        Ok(self.wrap(c))
+        let c = match &mut self.mode {
+            Mode::Live(enc) => enc.encode(Some((pic, serial, x264_type(pic_type))))?,
+            Mode::ZeroLag(enc) => {
+                let t = if pic_type == PIC_IDR || std::mem::take(&mut self.idr_next) {
+                    PIC_IDR
+                } else {
+                    PIC_P
+                };
+                enc.encode(Some((pic, serial, x264_type(t))))?
+            }
+            Mode::Replay => None,
+        };
+        if let Some(c) = c {
+            out.push(self.wrap(c));
+        }
+        self.trim();
+        Ok(out)
     }
 
-    /// Drains one picture; `mid_stream` when the client is not flushing (EOS).
-    pub fn drain_one(&mut self, mid_stream: bool) -> Result<Option<Coded>, String> {
-        if self.enc.delayed() == 0 {
+    /// Every coded picture the pictures submitted up to the last anchor give that has not been
+    /// handed out yet, in decode order: what NVENC has ready once a submission returned
+    /// `NV_ENC_SUCCESS`. Called when a client locks an output the live encoder has not produced.
+    pub fn catch_up(&mut self) -> Result<Vec<Coded>, String> {
+        if let Mode::ZeroLag(_) = self.mode {
+            // Zero delay: everything fed was coded at once.
+            return Ok(Vec::new());
+        }
+        let last_anchor = self.history.iter().rposition(|h| h.pic_type != PIC_B);
+        match (self.history_complete, last_anchor) {
+            (true, Some(end)) => match self.produce(end + 1)? {
+                Some(out) => {
+                    self.mode = Mode::Replay;
+                    Ok(out)
+                }
+                None => self.restart(),
+            },
+            _ => self.restart(),
+        }
+    }
+
+    /// End of stream: every picture fed is coded and handed out.
+    pub fn finish(&mut self) -> Result<Vec<Coded>, String> {
+        if let Mode::Replay = self.mode {
+            return match self.produce(self.history.len())? {
+                Some(out) => Ok(out),
+                None => self.restart(),
+            };
+        }
+        let mut raw = Vec::new();
+        if let Mode::Live(enc) | Mode::ZeroLag(enc) = &mut self.mode {
+            while enc.delayed() > 0 {
+                match enc.encode(None)? {
+                    Some(c) => raw.push(c),
+                    None => break,
+                }
+            }
+        }
+        Ok(raw.into_iter().map(|c| self.wrap(c)).collect())
+    }
+
+    /// Replays `history[..end]` GOP by GOP (each from a fresh encoder at its IDR) and returns
+    /// what was not handed out yet; `None` when a replay does not reproduce what was.
+    fn produce(&mut self, mut end: usize) -> Result<Option<Vec<Coded>>, String> {
+        let mut out = Vec::new();
+        loop {
+            let next_idr = self.history[..end]
+                .iter()
+                .skip(1)
+                .position(|h| h.pic_type == PIC_IDR)
+                .map(|i| i + 1);
+            let seg = next_idr.unwrap_or(end);
+            match self.replay(seg)? {
+                Some(c) => out.extend(c),
+                None => return Ok(None),
+            }
+            let Some(i) = next_idr else {
+                return Ok(Some(out));
+            };
+            // The GOP before history[i] is all handed out now.
+            if self.emitted != self.history[i].serial {
+                return Ok(None);
+            }
+            self.trim();
+            end -= i;
+        }
+    }
+
+    /// Re-encodes `history[..end]` with a fresh encoder and drains it; checks that what it gives
+    /// for the pictures already handed out is the same bytes, and hands out the rest. `None` when
+    /// the check fails.
+    fn replay(&mut self, end: usize) -> Result<Option<Vec<Coded>>, String> {
+        let mut enc = X264::open(&self.params)?;
+        let mut coded = Vec::new();
+        for h in &self.history[..end] {
+            let pic = h.picture();
+            if let Some(c) = enc.encode(Some((&pic, h.serial, x264_type(h.pic_type))))? {
+                coded.push(c);
+            }
+        }
+        while enc.delayed() > 0 {
+            match enc.encode(None)? {
+                Some(c) => coded.push(c),
+                None => break,
+            }
+        }
+        let done = self.handed.len();
+        let same = coded.len() >= done
+            && coded
+                .iter()
+                .zip(&self.handed)
+                .all(|(c, &(serial, d))| c.2 == serial && digest(&c.0) == d);
+        if !same {
             return Ok(None);
         }
-        self.drained = true;
-        self.zero_lag |= mid_stream;
-        let c = self.enc.encode(None)?;
-        Ok(self.wrap(c))
+        Ok(Some(
+            coded.into_iter().skip(done).map(|c| self.wrap(c)).collect(),
+        ))
+    }
+
+    /// The fallback: a fresh encoder without B-frames (zero delay) codes every picture that has
+    /// not been handed out, starting with an IDR (and new SPS/PPS).
+    fn restart(&mut self) -> Result<Vec<Coded>, String> {
+        let mut raw = Vec::new();
+        if !self.history_complete {
+            // The pictures are only inside the live encoder: drain it.
+            if let Mode::Live(enc) = &mut self.mode {
+                while enc.delayed() > 0 {
+                    match enc.encode(None)? {
+                        Some(c) => raw.push(c),
+                        None => break,
+                    }
+                }
+            }
+        }
+        let mut out: Vec<Coded> = raw.into_iter().map(|c| self.wrap(c)).collect();
+        let mut p = self.params.clone();
+        p.bframes = 0;
+        let mut enc = X264::open(&p)?;
+        self.headers = Arc::new(enc.headers().to_vec());
+        self.first = true;
+        self.idr_next = true;
+        let pending = std::mem::take(&mut self.history);
+        let mut coded = Vec::new();
+        let handed: Vec<u64> = self.handed.iter().map(|&(serial, _)| serial).collect();
+        for h in pending.iter().filter(|h| !handed.contains(&h.serial)) {
+            let t = if std::mem::take(&mut self.idr_next) {
+                PIC_IDR
+            } else {
+                PIC_P
+            };
+            let pic = h.picture();
+            if let Some(c) = enc.encode(Some((&pic, h.serial, x264_type(t))))? {
+                coded.push(c);
+            }
+        }
+        self.params.bframes = 0;
+        self.history_bytes = 0;
+        self.handed.clear();
+        out.extend(coded.into_iter().map(|c| self.wrap(c)));
+        self.mode = Mode::ZeroLag(enc);
+        Ok(out)
     }
 }
 
@@ -255,6 +521,15 @@ impl X264 {
                 }
             }
         }
+        param.b_cabac = c_int::from(p.cabac);
+        if let Some(level) = p.level {
+            param.i_level_idc = level as c_int;
+        }
+        if p.profile == Some("high") {
+            // High profile's tool: the 8x8 transform (x264 then signals High, as NVENC does
+            // when asked for it).
+            param.analyse.b_transform_8x8 = 1;
+        }
         if let Some(profile) = p.profile {
             let name = CString::new(profile).map_err(|e| e.to_string())?;
             // SAFETY: `param` is initialised; `name` is NUL-terminated and outlives the call.
@@ -298,14 +573,14 @@ impl X264 {
     #[allow(clippy::type_complexity)]
     fn encode(
         &mut self,
-        pic: Option<(&Picture<'_>, u64, bool)>,
+        pic: Option<(&Picture<'_>, u64, c_int)>,
     ) -> Result<Option<(Vec<u8>, u32, u64)>, String> {
         // SAFETY: all-zero is a valid x264_picture_t; x264_picture_init sets the defaults.
         let mut pin: x::x264_picture_t = unsafe { std::mem::zeroed() };
         // SAFETY: as above; x264 fills the output picture.
         let mut pout: x::x264_picture_t = unsafe { std::mem::zeroed() };
         let pin_ptr = match pic {
-            Some((p, serial, force_idr)) => {
+            Some((p, serial, x264_type)) => {
                 // SAFETY: `pin` is a valid, writable x264_picture_t.
                 unsafe { x::x264_picture_init(&mut pin) };
                 pin.img.i_csp = p.csp as c_int;
@@ -319,11 +594,8 @@ impl X264 {
                     pin.img.plane[k] = p.data[off..].as_ptr().cast_mut();
                 }
                 pin.i_pts = serial as i64;
-                pin.i_type = if force_idr {
-                    x::X264_TYPE_IDR as c_int
-                } else {
-                    x::X264_TYPE_AUTO as c_int
-                };
+                // The session's NVENC picture type, so x264's stream has NVENC's structure.
+                pin.i_type = x264_type;
                 pin.opaque = ptr::null_mut::<c_void>();
                 &mut pin as *mut x::x264_picture_t
             }

@@ -20,20 +20,25 @@
 //! The caps are those of a recent consumer GPU for H.264 (temporal AQ, B-frames as reference,
 //! weighted prediction, intra refresh, constrained encoding and dynamic slices are reported as
 //! supported so clients can enable them); those features are accepted but not reproduced by the
-//! software encoder. YUV 4:4:4, 10-bit, lossless, LTR, async and ME-only are reported unsupported.
+//! software encoder. YUV 4:4:4, 10-bit, LTR, async and ME-only are reported unsupported; lossless
+//! is reported unsupported unless `NVENC_EMU_LOSSLESS=1`, and then coded losslessly (x264 at QP 0).
 //!
 //! Pixels are read through the CUDA driver API (`dlopen("libcuda.so.1")`: context push,
 //! `cuMemcpyDtoH_v2`, `cuPointerGetAttribute`), so this library also runs on top of a *real*
 //! libcuda. They are encoded by libx264 (one thread, fixed B-frame pattern, no lookahead) into a
 //! real, decodable H.264 stream; every output buffer receives the next picture x264 emits in
-//! decode order, with the picture type and timestamp of the picture it carries. x264 holds
-//! `frameIntervalP - 1` pictures longer than NVENC would. A client that keeps at least
-//! `frameIntervalP` outputs unlocked (FFmpeg does) never notices and gets real B-frames. A client
-//! that locks an output before x264 produced it makes the emulator drain x264 (x264 cannot take
-//! pictures after a drain); the stream then continues with a fresh x264 without B-frames, starting
-//! with an IDR that carries new SPS/PPS. The NEED_MORE_INPUT/SUCCESS signalling is NVENC's either
-//! way, the stream stays valid, and each output's type and timestamp are those of the picture it
-//! actually carries.
+//! decode order, with the picture type and timestamp of the picture it carries. Frame types are
+//! forced to NVENC's pattern (IDR, then anchors every `frameIntervalP` pictures with B-pictures
+//! between), so the stream has NVENC's structure. x264 holds `frameIntervalP - 1` pictures longer
+//! than NVENC would; a client that keeps outputs unlocked for a while (FFmpeg by default) never
+//! notices. A client that locks an output as soon as a submission returned `NV_ENC_SUCCESS`
+//! (which the header allows) gets it all the same: the emulator re-encodes the GOP so far with a
+//! fresh x264 and drains it (x264 is deterministic, so the replay reproduces what was already
+//! handed out; that is checked byte for byte), and the stream keeps its B-frames. Only where a
+//! replay could not reproduce it (a rate control that carries state across GOPs, after a first
+//! GOP read back lazily) does the stream continue with a fresh x264 without B-frames, starting
+//! with an IDR that carries new SPS/PPS; the stream stays valid either way, and each output's type
+//! and timestamp are those of the picture it actually carries.
 //! `NVENC_EMU_FAST=1` skips reading and encoding: every output is a fixed 20-byte access unit, and
 //! the order and types follow NVENC's pattern exactly (anchor first, then its B-pictures).
 //!
@@ -41,8 +46,9 @@
 //!
 //! Struct `version` words (`NV_ENC_ERR_INVALID_VERSION`); reserved fields and reserved bit-fields
 //! zero (`NV_ENC_ERR_INVALID_PARAM`); handles live and owned by the session; call order
-//! (initialize once, before buffers and encoding); sizes within the reported caps; P1..P7
-//! presets only; `enableEncodeAsync = 0`; `frameIntervalP - 1` within `NUM_MAX_BFRAMES`;
+//! (initialize once, before buffers and encoding); sizes within the reported caps; listed presets
+//! only (P1..P7 and the header's deprecated presets, mapped to a P preset and tuning); lossless
+//! only where the lossless cap is 1; `enableEncodeAsync = 0`; `frameIntervalP - 1` within `NUM_MAX_BFRAMES`;
 //! registered CUDA memory is a live device allocation with `pitch >= width`, pitch a multiple of
 //! 4 and `pitch * rows` inside the allocation; only registered resources are mapped, only mapped
 //! ones unmapped, none unregistered while mapped; encode input mapped (or an unlocked input
@@ -59,6 +65,7 @@
 //! | `NVENC_EMU_MAX_SESSIONS` | the `N+1`th concurrent session open fails with `NV_ENC_ERR_OUT_OF_MEMORY` (GeForce limit) |
 //! | `NVENC_EMU_MAX_API` | `major.minor` reported by `NvEncodeAPIGetMaxSupportedVersion` (default: the header's) |
 //! | `NVENC_EMU_NO_DEVICE` | `1`: open fails with `NV_ENC_ERR_NO_ENCODE_DEVICE`; `unsupported`: `NV_ENC_ERR_UNSUPPORTED_DEVICE` |
+//! | `NVENC_EMU_LOSSLESS` | `1`: `NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE` is 1 and lossless tuning is accepted (default 0: refused) |
 //! | `NVENC_EMU_FAST` | `1`: no pixel read-back and no encoding (overhead benchmarks) |
 //! | `NVENC_EMU_REPORT` | report file: violations, faults, session open/close, `encode live_handles ...` |
 //!
@@ -147,10 +154,12 @@ fn guid_eq(a: &GUID, b: &GUID) -> bool {
     a.Data1 == b.Data1 && a.Data2 == b.Data2 && a.Data3 == b.Data3 && a.Data4 == b.Data4
 }
 
+/// A GUID the usual way: `{b2dfb705-4ebd-4c49-9b5f-24a777d3e587}`.
 fn guid_str(g: &GUID) -> String {
+    let d = g.Data4;
     format!(
-        "{{{:08x}-{:04x}-{:04x}-{:02x?}}}",
-        g.Data1, g.Data2, g.Data3, g.Data4
+        "{{{:08x}-{:04x}-{:04x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}}}",
+        g.Data1, g.Data2, g.Data3, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]
     )
 }
 
@@ -177,17 +186,120 @@ const FORMATS: [nv::NV_ENC_BUFFER_FORMAT; 3] = [
     nv::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_IYUV,
 ];
 
-fn preset_index(g: &GUID) -> Option<usize> {
-    PRESETS.iter().position(|p| guid_eq(p, g))
+/// The presets SDK 10 deprecated and SDK 12 removed, which the API 11.1 header still declares
+/// (`NV_ENC_DEPRECATED`, nvEncodeAPI.h 11.1 lines 203-240) and drivers of that era still list
+/// beside P1..P7 and accept. Each maps to a P preset and tuning as FFmpeg's `nvenc.c` maps them
+/// (`PRESET_ALIAS`): (GUID, P index 0..6, tuning, name).
+#[allow(deprecated)]
+const LEGACY_PRESETS: [(GUID, usize, u32, &str); 9] = [
+    (nv::NV_ENC_PRESET_DEFAULT_GUID, 3, TUNING_HQ, "DEFAULT"),
+    (nv::NV_ENC_PRESET_HP_GUID, 0, TUNING_HQ, "HP"),
+    (nv::NV_ENC_PRESET_HQ_GUID, 6, TUNING_HQ, "HQ"),
+    (nv::NV_ENC_PRESET_BD_GUID, 4, TUNING_HQ, "BD"),
+    (
+        nv::NV_ENC_PRESET_LOW_LATENCY_DEFAULT_GUID,
+        3,
+        TUNING_LL,
+        "LOW_LATENCY_DEFAULT",
+    ),
+    (
+        nv::NV_ENC_PRESET_LOW_LATENCY_HP_GUID,
+        0,
+        TUNING_LL,
+        "LOW_LATENCY_HP",
+    ),
+    (
+        nv::NV_ENC_PRESET_LOW_LATENCY_HQ_GUID,
+        6,
+        TUNING_LL,
+        "LOW_LATENCY_HQ",
+    ),
+    (
+        nv::NV_ENC_PRESET_LOSSLESS_DEFAULT_GUID,
+        3,
+        TUNING_LOSSLESS,
+        "LOSSLESS_DEFAULT",
+    ),
+    (
+        nv::NV_ENC_PRESET_LOSSLESS_HP_GUID,
+        0,
+        TUNING_LOSSLESS,
+        "LOSSLESS_HP",
+    ),
+];
+
+/// `NV_ENC_TUNING_INFO` values.
+const TUNING_HQ: u32 = 1;
+const TUNING_LL: u32 = 2;
+const TUNING_LOSSLESS: u32 = 4;
+
+/// Whether the emulated GPU reports `NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE` = 1
+/// (`NVENC_EMU_LOSSLESS=1`; default 0).
+fn lossless_cap() -> bool {
+    std::env::var("NVENC_EMU_LOSSLESS").is_ok_and(|v| v == "1")
+}
+
+/// Every preset GUID `nvEncGetEncodePresetGUIDs` lists: P1..P7, then the legacy ones (the
+/// lossless ones only where the GPU encodes lossless).
+fn listed_presets() -> Vec<GUID> {
+    let lossless = lossless_cap();
+    PRESETS
+        .iter()
+        .copied()
+        .chain(
+            LEGACY_PRESETS
+                .iter()
+                .filter(|l| lossless || l.2 != TUNING_LOSSLESS)
+                .map(|l| l.0),
+        )
+        .collect()
+}
+
+/// A listed preset: its P index and, for a legacy preset, the tuning it implies.
+fn preset_index(g: &GUID) -> Option<(usize, Option<u32>)> {
+    if let Some(i) = PRESETS.iter().position(|p| guid_eq(p, g)) {
+        return Some((i, None));
+    }
+    LEGACY_PRESETS
+        .iter()
+        .find(|l| guid_eq(&l.0, g))
+        .map(|l| (l.1, Some(l.2)))
+}
+
+/// The "not a preset" failure.
+fn unknown_preset(what: &str, g: &GUID) -> Fail {
+    v(
+        INVALID_PARAM,
+        format!(
+            "{what} {} is not a preset this driver lists (P1..P7 and the API 11.x legacy presets)",
+            guid_str(g)
+        ),
+    )
+}
+
+/// Lossless coding asked of a GPU whose `NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE` is 0: refused, as
+/// the header asks clients to check that cap first (nvEncodeAPI.h 11.1 lines 1433-1434).
+fn check_lossless(what: &str) -> Result<(), Fail> {
+    if lossless_cap() {
+        Ok(())
+    } else {
+        Err(v(
+            NVENCSTATUS::NV_ENC_ERR_UNSUPPORTED_PARAM,
+            format!("{what} asks for lossless encoding, but NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE is 0 on this GPU"),
+        ))
+    }
 }
 
 fn check_codec(g: &GUID) -> Result<(), Fail> {
     if guid_eq(g, &nv::NV_ENC_CODEC_H264_GUID) {
         Ok(())
     } else if guid_eq(g, &nv::NV_ENC_CODEC_HEVC_GUID) {
-        Err(v(
+        // Every NVENC GPU since Maxwell GM206 encodes HEVC, so a client may well ask about it
+        // before (or instead of) listing the codecs: a normal query, answered with an error
+        // because the emulator only encodes H.264, and not recorded as a violation.
+        Err(f(
             INVALID_PARAM,
-            "HEVC is not offered by this device (only H.264 is listed by nvEncGetEncodeGUIDs)",
+            "HEVC is not offered by this emulated device (only H.264 is listed by nvEncGetEncodeGUIDs)",
         ))
     } else {
         Err(v(
@@ -871,7 +983,7 @@ fn cap_value(cap: u32) -> Option<c_int> {
         31 => ((WIDTH_MAX / 16) * (HEIGHT_MAX / 16)) as c_int, // MB_NUM_MAX
         32 => 983_040,                                         // MB_PER_SEC_MAX
         33 => 0,                                               // YUV444_ENCODE
-        34 => 0,                                               // LOSSLESS_ENCODE
+        34 => c_int::from(lossless_cap()),                     // LOSSLESS_ENCODE
         35 => 0,                                               // SAO (HEVC)
         36 => 0,                                               // MEONLY_MODE
         37 => 1,                                               // LOOKAHEAD
@@ -922,7 +1034,7 @@ unsafe extern "C" fn nvEncGetEncodePresetCount(
         g.sess(enc)?;
         check_codec(&codec)?;
         // SAFETY: out-pointer per the API.
-        unsafe { put(n, PRESETS.len() as u32, "encodePresetGUIDCount") }?;
+        unsafe { put(n, listed_presets().len() as u32, "encodePresetGUIDCount") }?;
         Ok(ST_SUCCESS)
     })
 }
@@ -938,7 +1050,7 @@ unsafe extern "C" fn nvEncGetEncodePresetGUIDs(
         g.sess(enc)?;
         check_codec(&codec)?;
         // SAFETY: the client's array and count pointers (API contract).
-        unsafe { fill(&PRESETS, guids, size, count) }
+        unsafe { fill(&listed_presets(), guids, size, count) }
     })
 }
 
@@ -974,6 +1086,18 @@ fn preset_config(preset: usize, tuning: u32) -> nv::NV_ENC_CONFIG {
     h.idrPeriod = c.gopLength;
     h.chromaFormatIDC = 1;
     h.level = 0;
+    if tuning == TUNING_LOSSLESS {
+        // What the header asks of a lossless encode (nvEncodeAPI.h 11.1 line 1433): transform
+        // bypass, constant QP 0, High 4:4:4 Predictive.
+        h.set_qpPrimeYZeroTransformBypassFlag(1);
+        c.profileGUID = nv::NV_ENC_H264_PROFILE_HIGH_444_GUID;
+        c.rcParams.rateControlMode = nv::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CONSTQP;
+        c.rcParams.constQP = nv::NV_ENC_QP {
+            qpInterP: 0,
+            qpInterB: 0,
+            qpIntra: 0,
+        };
+    }
     c
 }
 
@@ -982,20 +1106,22 @@ fn preset_common(
     enc: *mut c_void,
     codec: &GUID,
     preset: &GUID,
-    tuning: u32,
+    tuning: Option<u32>,
     p: *mut nv::NV_ENC_PRESET_CONFIG,
 ) -> R {
     g.sess(enc)?;
     check_codec(codec)?;
-    let idx = preset_index(preset).ok_or_else(|| {
-        v(
-            INVALID_PARAM,
-            format!(
-                "preset {} is not one of P1..P7 (legacy presets are not supported)",
-                guid_str(preset)
-            ),
-        )
-    })?;
+    let (idx, implied) = preset_index(preset).ok_or_else(|| unknown_preset("preset", preset))?;
+    // A legacy preset carries its tuning; nvEncGetEncodePresetConfig (no tuning argument) gives
+    // P presets their high-quality configuration.
+    let tuning = match (tuning, implied) {
+        (None | Some(0), Some(t)) => t,
+        (None, None) => TUNING_HQ,
+        (Some(t), _) => t,
+    };
+    if tuning == TUNING_LOSSLESS {
+        check_lossless("the preset configuration")?;
+    }
     if tuning == 0 || tuning > 4 {
         return Err(v(
             INVALID_PARAM,
@@ -1027,7 +1153,7 @@ unsafe extern "C" fn nvEncGetEncodePresetConfig(
     p: *mut nv::NV_ENC_PRESET_CONFIG,
 ) -> NVENCSTATUS {
     run("nvEncGetEncodePresetConfig", enc, |g| {
-        preset_common(g, enc, &codec, &preset, 1, p)
+        preset_common(g, enc, &codec, &preset, None, p)
     })
 }
 
@@ -1039,7 +1165,7 @@ unsafe extern "C" fn nvEncGetEncodePresetConfigEx(
     p: *mut nv::NV_ENC_PRESET_CONFIG,
 ) -> NVENCSTATUS {
     run("nvEncGetEncodePresetConfigEx", enc, |g| {
-        preset_common(g, enc, &codec, &preset, tuning.0, p)
+        preset_common(g, enc, &codec, &preset, Some(tuning.0), p)
     })
 }
 
@@ -1059,15 +1185,12 @@ fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fail> {
         ));
     }
     check_codec(&p.encodeGUID)?;
-    let preset = preset_index(&p.presetGUID).ok_or_else(|| {
-        v(
-            INVALID_PARAM,
-            format!(
-                "presetGUID {} is not one of P1..P7 (legacy presets are not supported)",
-                guid_str(&p.presetGUID)
-            ),
-        )
-    })?;
+    let (preset, implied) =
+        preset_index(&p.presetGUID).ok_or_else(|| unknown_preset("presetGUID", &p.presetGUID))?;
+    let tuning = match (p.tuningInfo.0, implied) {
+        (0, Some(t)) => t,
+        (t, _) => t.max(TUNING_HQ),
+    };
     let (w, h) = (p.encodeWidth, p.encodeHeight);
     if !(WIDTH_MIN..=WIDTH_MAX).contains(&w) || !(HEIGHT_MIN..=HEIGHT_MAX).contains(&h) {
         return Err(v(INVALID_PARAM, format!("encode size {w}x{h} outside caps {WIDTH_MIN}x{HEIGHT_MIN}..{WIDTH_MAX}x{HEIGHT_MAX}")));
@@ -1098,7 +1221,7 @@ fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fail> {
         return Err(v(INVALID_PARAM, format!("maxEncodeWidth/Height {mw}x{mh} must be 0 or between {w}x{h} and {WIDTH_MAX}x{HEIGHT_MAX}")));
     }
     let config = if p.encodeConfig.is_null() {
-        preset_config(preset, p.tuningInfo.0.max(1))
+        preset_config(preset, tuning)
     } else {
         // SAFETY: non-null encodeConfig points at the client's NV_ENC_CONFIG (API contract).
         let c = unsafe { &*p.encodeConfig };
@@ -1145,6 +1268,12 @@ fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fail> {
             ),
         ));
     }
+    // Lossless is asked for by the tuning (or a legacy lossless preset) or by the transform
+    // bypass flag (nvEncodeAPI.h 11.1 line 1433).
+    let lossless = tuning == TUNING_LOSSLESS || h264.qpPrimeYZeroTransformBypassFlag() != 0;
+    if lossless {
+        check_lossless("NV_ENC_INITIALIZE_PARAMS")?;
+    }
     let ptd = p.enablePTD != 0;
     let interval = (config.frameIntervalP.max(1)) as u32;
     if !ptd && interval > 1 {
@@ -1181,6 +1310,12 @@ fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fail> {
     } else {
         Rc::Crf(23.0)
     };
+    // Transform bypass with constant QP 0 is lossless coding (the header's recipe, line 1433),
+    // which x264 does at QP 0.
+    let cqp0 = rc.rateControlMode == nv::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CONSTQP
+        && rc.constQP.qpInterP == 0
+        && rc.constQP.qpIntra == 0;
+    let rcm = if lossless && cqp0 { Rc::Cqp(0) } else { rcm };
     let profile = if guid_eq(&config.profileGUID, &nv::NV_ENC_H264_PROFILE_BASELINE_GUID) {
         Some("baseline")
     } else if guid_eq(&config.profileGUID, &nv::NV_ENC_H264_PROFILE_MAIN_GUID) {
@@ -1199,6 +1334,15 @@ fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fail> {
         idr_period,
         rc: rcm,
         profile,
+        // NV_ENC_CONFIG_H264::entropyCodingMode: CAVLC where asked for (FFmpeg `-coder cavlc`)
+        // or where the profile has no CABAC (Baseline); otherwise CABAC, as NVENC codes Main
+        // and High.
+        cabac: h264.entropyCodingMode
+            != nv::NV_ENC_H264_ENTROPY_CODING_MODE::NV_ENC_H264_ENTROPY_CODING_MODE_CAVLC
+            && profile != Some("baseline"),
+        // NV_ENC_CONFIG_H264::level (NV_ENC_LEVEL_H264_41 = 41, as x264 numbers them); 0 is
+        // autoselect.
+        level: (h264.level != 0).then_some(h264.level),
     };
     Ok(Init {
         width: w,
@@ -1791,11 +1935,19 @@ unsafe extern "C" fn nvEncEncodePicture(
                 ),
             ));
         }
-        if p.inputPitch != pitch {
+        // nvEncodeAPI.h 11.1 line 1916: "If pitch value is not known, set this to inputWidth";
+        // NVIDIA's sample encoder class (NvEncoder) leaves it 0. 0, inputWidth (as passed, or
+        // the input's width when inputWidth is 0) and the real pitch are accepted.
+        let width_given = if p.inputWidth != 0 {
+            p.inputWidth
+        } else {
+            width
+        };
+        if p.inputPitch != 0 && p.inputPitch != pitch && p.inputPitch != width_given {
             return Err(v(
                 INVALID_PARAM,
                 format!(
-                    "inputPitch {} differs from the input's pitch {pitch}",
+                    "inputPitch {} is neither 0, inputWidth {width_given} nor the input's pitch {pitch}",
                     p.inputPitch
                 ),
             ));
@@ -1872,12 +2024,10 @@ unsafe extern "C" fn nvEncEncodePicture(
                     planes,
                 };
                 if let Some(Engine::X264(x)) = s.engine.as_mut() {
-                    if let Some(c) = x
-                        .encode(&pic, serial, force_idr)
-                        .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?
-                    {
-                        produced.push(c);
-                    }
+                    produced.extend(
+                        x.encode(&pic, serial, display_type)
+                            .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?,
+                    );
                 }
             }
         }
@@ -1937,12 +2087,9 @@ fn flush(s: &mut Session) -> Result<(), Fail> {
             }
         }
         Some(Engine::X264(x)) => {
-            while let Some(c) = x
-                .drain_one(false)
-                .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?
-            {
-                produced.push(c);
-            }
+            produced = x
+                .finish()
+                .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?;
         }
         None => {}
     }
@@ -1984,9 +2131,16 @@ unsafe extern "C" fn nvEncLockBitstream(
         })?;
         match state {
             BsState::Idle => {
-                return Err(v(INVALID_CALL, "locking a bitstream buffer that carries no submitted frame (a real driver waits forever)"))
+                // What a driver does here is not documented; one client's notes (RIVET,
+                // NVENC-NOTES 17) report a 13.x driver busy-waiting forever, so never block.
+                return Err(v(INVALID_CALL, "locking a bitstream buffer that carries no submitted frame (undefined by the API; drivers have been reported to wait forever here)"));
             }
-            BsState::Locked => return Err(v(NVENCSTATUS::NV_ENC_ERR_LOCK_BUSY, "bitstream buffer is already locked")),
+            BsState::Locked => {
+                return Err(v(
+                    NVENCSTATUS::NV_ENC_ERR_LOCK_BUSY,
+                    "bitstream buffer is already locked",
+                ))
+            }
             BsState::Queued => {}
         }
         let pos = s
@@ -2007,28 +2161,27 @@ unsafe extern "C" fn nvEncLockBitstream(
         if !s.queue[0].ready {
             return Err(v(
                 INVALID_CALL,
-                "locking an output whose frame returned NV_ENC_ERR_NEED_MORE_INPUT before a later submission returned NV_ENC_SUCCESS (a real driver waits forever)",
+                "locking an output whose frame returned NV_ENC_ERR_NEED_MORE_INPUT before a later submission returned NV_ENC_SUCCESS (nvEncodeAPI.h 11.1, NV_ENC_ERR_NEED_MORE_INPUT: a client in synchronous mode cannot lock it)",
             ));
         }
-        // Make sure x264 has produced the picture for this output.
-        while s.queue[0].coded.is_none() {
+        // Make sure x264 has coded the picture for this output: a client may lock it as soon
+        // as a submission returned NV_ENC_SUCCESS, before libx264's own delay let it out.
+        if s.queue[0].coded.is_none() {
             let Some(Engine::X264(x)) = s.engine.as_mut() else {
                 return Err(f(
                     NVENCSTATUS::NV_ENC_ERR_GENERIC,
                     "no coded picture for a ready output",
                 ));
             };
-            match x
-                .drain_one(true)
-                .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?
-            {
-                Some(c) => assign(s, [c]),
-                None => {
-                    return Err(f(
-                        NVENCSTATUS::NV_ENC_ERR_GENERIC,
-                        "x264 produced no picture for a ready output",
-                    ))
-                }
+            let produced = x
+                .catch_up()
+                .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?;
+            assign(s, produced);
+            if s.queue[0].coded.is_none() {
+                return Err(f(
+                    NVENCSTATUS::NV_ENC_ERR_GENERIC,
+                    "x264 produced no picture for a ready output",
+                ));
             }
         }
         let Some(sub) = s.queue.pop_front() else {

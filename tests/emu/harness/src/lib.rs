@@ -244,6 +244,27 @@ impl EmuDriver {
         self.env("NVENC_EMU_NO_DEVICE", "unsupported")
     }
 
+    /// The GPU reports `NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE` = 1 and encodes lossless tuning
+    /// losslessly (by default the cap is 0 and lossless tuning is refused).
+    #[must_use]
+    pub fn lossless(self) -> Self {
+        self.env("NVENC_EMU_LOSSLESS", "1")
+    }
+
+    /// The device's UUID (`cuDeviceGetUuid`): up to 16 bytes of text, zero-padded; a different
+    /// value stands for a different GPU.
+    #[must_use]
+    pub fn gpu_uuid(self, uuid: &str) -> Self {
+        self.env("NVENC_EMU_CUDA_UUID", uuid)
+    }
+
+    /// What `cuDriverGetVersion` reports (default 12040); a different value stands for a driver
+    /// update.
+    #[must_use]
+    pub fn cuda_driver_version(self, version: i32) -> Self {
+        self.env("NVENC_EMU_CUDA_DRIVER_VERSION", version.to_string())
+    }
+
     /// `cuInit` fails with `CUDA_ERROR_NO_DEVICE`.
     #[must_use]
     pub fn no_cuda_device(self) -> Self {
@@ -302,7 +323,10 @@ impl EmuDriver {
         c.env("LD_LIBRARY_PATH", dir)
             .env("NVENC_EMU_REPORT", &self.report)
             .env_remove("NVENC_LIBRARY_PATH")
-            .env_remove("NVENC_EMU_FAULTS");
+            .env_remove("NVENC_EMU_FAULTS")
+            // The emulated GPU's capabilities stay out of the user's NVENC caps cache (a test that
+            // wants the cache sets this with `env`).
+            .env("NVENC_CAPS_CACHE", "off");
         if !self.faults.is_empty() {
             c.env("NVENC_EMU_FAULTS", self.faults.join(","));
         }
@@ -495,6 +519,112 @@ pub mod video {
             String::from_utf8_lossy(&out.stderr)
         );
         out.stdout
+    }
+
+    /// One decoded frame as `ffprobe -show_frames` describes it, in display order.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ProbedFrame {
+        /// `key_frame`: an IDR (or a recovery point) starts here.
+        pub key: bool,
+        /// `pict_type`: `I`, `P` or `B`.
+        pub pict_type: String,
+    }
+
+    /// What `ffprobe` says about the first video stream of a file.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ProbedStream {
+        /// `profile`, e.g. `High` or `Constrained Baseline`.
+        pub profile: String,
+        /// `level` times ten (41 for 4.1).
+        pub level: i64,
+        /// `has_b_frames`: the decoder's reorder depth (0 without B-frames).
+        pub has_b_frames: i64,
+    }
+
+    fn ffprobe_json(input: &Path, entries: &str) -> serde_json::Value {
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", entries, "-of", "json"])
+            .arg(input)
+            .output()
+            .expect("run ffprobe");
+        assert!(
+            out.status.success(),
+            "ffprobe failed on {}: {}",
+            input.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("ffprobe writes JSON")
+    }
+
+    /// Every frame of `input`, in display order (`ffprobe -show_frames`).
+    ///
+    /// # Panics
+    ///
+    /// If ffprobe fails.
+    #[must_use]
+    pub fn probe_frames(input: &Path) -> Vec<ProbedFrame> {
+        let v = ffprobe_json(input, "frame=key_frame,pict_type");
+        v["frames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| ProbedFrame {
+                key: f["key_frame"].as_i64() == Some(1),
+                pict_type: f["pict_type"].as_str().unwrap_or_default().to_owned(),
+            })
+            .collect()
+    }
+
+    /// The first video stream's profile, level and reorder depth (`ffprobe -show_streams`).
+    ///
+    /// # Panics
+    ///
+    /// If ffprobe fails or finds no stream.
+    #[must_use]
+    pub fn probe_stream(input: &Path) -> ProbedStream {
+        let v = ffprobe_json(input, "stream=profile,level,has_b_frames");
+        let st = &v["streams"][0];
+        ProbedStream {
+            profile: st["profile"].as_str().expect("a video stream").to_owned(),
+            level: st["level"].as_i64().unwrap_or(-1),
+            has_b_frames: st["has_b_frames"].as_i64().unwrap_or(-1),
+        }
+    }
+
+    /// `entropy_coding_mode_flag` of the first PPS in an Annex B H.264 file: `true` is CABAC,
+    /// `false` CAVLC. ffprobe does not show it, so this reads the PPS itself: its first two
+    /// fields are `ue(v)` ids, then the flag (H.264 7.3.2.2).
+    ///
+    /// # Panics
+    ///
+    /// If the file cannot be read or has no PPS.
+    #[must_use]
+    pub fn cabac(annexb: &Path) -> bool {
+        let data = std::fs::read(annexb).expect("read the stream");
+        let pps = data
+            .windows(4)
+            .position(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 8)
+            .expect("a PPS");
+        // Bits after the NAL header; 16 bytes are plenty for two small ue(v) and one bit.
+        let bytes = &data[pps + 4..(pps + 20).min(data.len())];
+        let mut bit = 0usize;
+        let mut read = |n: usize| -> u32 {
+            let mut v = 0;
+            for _ in 0..n {
+                let b = (bytes[bit / 8] >> (7 - bit % 8)) & 1;
+                v = (v << 1) | u32::from(b);
+                bit += 1;
+            }
+            v
+        };
+        for _ in 0..2 {
+            let mut zeros = 0;
+            while read(1) == 0 {
+                zeros += 1;
+            }
+            read(zeros);
+        }
+        read(1) == 1
     }
 
     /// Per-frame PSNR (dB, over all three planes) of two raw 4:2:0 clips of `w`x`h`.

@@ -56,7 +56,10 @@ fn misuse_is_refused_with_the_drivers_status_and_recorded() {
             "nvEncCreateBitstreamBuffer",
             "nvEncInitializeEncoder has not succeeded",
         ),
-        ("nvEncInitializeEncoder", "not one of P1..P7"),
+        (
+            "nvEncInitializeEncoder",
+            "{e7cbc309-4f7a-4b89-af2a-d537c92be310} is not a preset",
+        ),
         ("nvEncInitializeEncoder", "enableEncodeAsync"),
         ("nvEncInitializeEncoder", "outside caps"),
         ("nvEncInitializeEncoder", "already initialized"),
@@ -112,8 +115,43 @@ fn misuse_is_refused_with_the_drivers_status_and_recorded() {
     assert!(report.leaks().is_empty(), "{:?}", report.leaks());
 }
 
-/// B-frames through the CUDA path: NVENC's NEED_MORE_INPUT pattern, outputs locked in submission
-/// order, and a stream that decodes to every frame.
+/// The frames `nvenc-emu-client encode` uploads (320x192 NV12: luma `x + y + 4n`, both chroma
+/// planes `128 + ((i + n) & 31)`), as I420, for PSNR against the decoded stream.
+fn client_frames(frames: usize) -> Vec<u8> {
+    let (w, h) = (320usize, 192usize);
+    let mut out = Vec::with_capacity(frames * w * h * 3 / 2);
+    for n in 0..frames {
+        for y in 0..h {
+            out.extend((0..w).map(|x| ((x + y + n * 4) & 0xff) as u8));
+        }
+        for _plane in 0..2 {
+            for _y in 0..h / 2 {
+                out.extend((0..w / 2).map(|i| (128 + ((i + n) & 31)) as u8));
+            }
+        }
+    }
+    out
+}
+
+/// Decodes the client's stream and checks every frame against what it uploaded.
+fn assert_decodes_to_client_frames(path: &std::path::Path, frames: usize) {
+    let yuv = nvenc_emu_harness::video::decode_yuv420(path);
+    assert_eq!(yuv.len(), frames * 320 * 192 * 3 / 2, "decoded frame count");
+    let psnr = nvenc_emu_harness::video::psnr_yuv420(&yuv, &client_frames(frames), 320, 192);
+    let min = psnr.iter().copied().fold(f64::INFINITY, f64::min);
+    let avg = psnr.iter().sum::<f64>() / psnr.len() as f64;
+    eprintln!("PSNR average {avg:.2} dB, lowest {min:.2} dB");
+    // Measured: 73.3 dB average, 64.8 dB lowest (the pattern is smooth); a neighbouring frame in
+    // its place compares at 20.3 dB, so the 35 dB floor separates right from wrong.
+    assert!(min >= 35.0, "lowest frame PSNR {min:.2} dB: {psnr:?}");
+}
+
+/// B-frames through the CUDA path, read back the moment the header allows: this client locks
+/// every pending output as soon as nvEncEncodePicture returns NV_ENC_SUCCESS (nvEncodeAPI.h 11.1
+/// lines 577-589, `NV_ENC_ERR_NEED_MORE_INPUT`: "After receiving NV_ENC_SUCCESS status the
+/// client can call NvEncLockBitstream() API on the output buffers in the same order"). NVENC's
+/// NEED_MORE_INPUT pattern, outputs locked in submission order, real B-pictures with one IDR
+/// only, and a stream that decodes to every frame.
 #[test]
 fn encode_with_b_frames_from_cuda_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -129,10 +167,40 @@ fn encode_with_b_frames_from_cuda_memory() {
     let log = stdout.lines().find_map(|l| l.strip_prefix("log ")).unwrap();
     let signals: String = log.split(' ').filter(|t| *t == "S" || *t == "N").collect();
     assert_eq!(signals, "SNNSNNSNNSNNSNNSNNSNNSNNSNNSNN");
-    if nvenc_emu_harness::video::ffmpeg_with_nvenc() {
-        let yuv = nvenc_emu_harness::video::decode_yuv420(&out_path);
-        assert_eq!(yuv.len(), 30 * 320 * 192 * 3 / 2);
-    }
+    // (timestamp:picture type) in lock order: NVENC's decode order, anchor before its B-frames.
+    let locked: Vec<&str> = log.split(' ').filter(|t| t.contains(':')).collect();
+    assert_eq!(
+        &locked[..7],
+        ["0:3", "3000:0", "1000:1", "2000:1", "6000:0", "4000:1", "5000:1"]
+    );
+    let types = |t: &str| locked.iter().filter(|l| l.ends_with(t)).count();
+    assert_eq!(types(":3"), 1, "one IDR only: {locked:?}");
+    // Anchors 0, 3, .., 27; at EOS the last of the trailing 28, 29 becomes a P-frame.
+    assert_eq!(types(":1"), 19, "B-frames: {locked:?}");
+    assert_decodes_to_client_frames(&out_path, 30);
+}
+
+/// The same over several GOPs (IDR every 30 frames): each GOP keeps its B-frames and has exactly
+/// one IDR, and the stream decodes to every frame.
+#[test]
+fn b_frames_read_back_at_once_over_several_gops() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("gops.h264");
+    let emu = EmuDriver::new();
+    let (out, stdout, report) = run(&emu, &["encode", out_path.to_str().unwrap(), "70", "3"]);
+    assert_ok(&out, &report);
+    report.assert_clean();
+    let log = stdout.lines().find_map(|l| l.strip_prefix("log ")).unwrap();
+    let locked: Vec<&str> = log.split(' ').filter(|t| t.contains(':')).collect();
+    let idrs: Vec<&str> = locked
+        .iter()
+        .filter(|l| l.ends_with(":3"))
+        .copied()
+        .collect();
+    assert_eq!(idrs, ["0:3", "30000:3", "60000:3"], "{locked:?}");
+    let b = locked.iter().filter(|l| l.ends_with(":1")).count();
+    assert!(b >= 40, "{b} B-frames: {locked:?}");
+    assert_decodes_to_client_frames(&out_path, 70);
 }
 
 /// Fast mode reproduces NVENC's output order exactly: each anchor's output comes before the
@@ -154,6 +222,122 @@ fn fast_mode_reorders_like_nvenc() {
     );
 }
 
+/// The API 11.1 header still declares the deprecated presets (`NV_ENC_DEPRECATED`, nvEncodeAPI.h
+/// 11.1 lines 203-240) and drivers of that era list them beside P1..P7: an 11.x client may
+/// list, configure and initialize with any of them. The lossless ones are listed only where the
+/// lossless cap is 1.
+#[test]
+fn legacy_presets_are_listed_and_accepted() {
+    for (emu, listed) in [(EmuDriver::new(), 14), (EmuDriver::new().lossless(), 16)] {
+        let (out, stdout, report) = run(&emu, &["queries"]);
+        assert_ok(&out, &report);
+        let presets = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("presets "))
+            .unwrap();
+        let (n, guids) = presets.split_once(' ').unwrap();
+        assert_eq!(n.parse::<usize>().unwrap(), listed, "{presets}");
+        assert_eq!(guids.split(',').count(), listed);
+        // P1 first, NV_ENC_PRESET_DEFAULT_GUID among them, both formatted the usual way.
+        assert!(
+            guids.starts_with("{fc0a8d3e-45f8-4cf8-80c7-298871590ebf},"),
+            "{guids}"
+        );
+        assert!(
+            guids.contains("{b2dfb705-4ebd-4c49-9b5f-24a777d3e587}"),
+            "{guids}"
+        );
+        for name in [
+            "DEFAULT",
+            "HP",
+            "HQ",
+            "BD",
+            "LOW_LATENCY_DEFAULT",
+            "LOW_LATENCY_HQ",
+            "LOW_LATENCY_HP",
+        ] {
+            assert!(
+                stdout.contains(&format!("legacy {name} ok\n")),
+                "{name}:\n{stdout}"
+            );
+        }
+    }
+}
+
+/// NVENC GPUs since Maxwell GM206 encode HEVC, so asking for HEVC's profiles is a normal query:
+/// the emulator (H.264 only) answers with an error and records no violation.
+#[test]
+fn hevc_profile_query_is_not_a_violation() {
+    let (out, stdout, report) = run(&EmuDriver::new().lossless(), &["queries"]);
+    assert_ok(&out, &report);
+    assert!(stdout.contains("hevc profiles 8\n"), "{stdout}");
+    report.assert_clean();
+}
+
+/// `NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE` is switchable; lossless tuning is refused (and recorded:
+/// the header asks clients to check the cap, nvEncodeAPI.h 11.1 lines 1433-1434) where it is 0,
+/// and accepted where it is 1.
+#[test]
+fn lossless_follows_its_cap() {
+    let (out, stdout, report) = run(&EmuDriver::new(), &["queries"]);
+    assert_ok(&out, &report);
+    assert!(stdout.contains("lossless preset 12\n"), "{stdout}");
+    assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+    assert!(report.violations[0]
+        .reason
+        .contains("NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE is 0"));
+    let (out, stdout, report) = run(&EmuDriver::new().lossless(), &["queries"]);
+    assert_ok(&out, &report);
+    assert!(stdout.contains("lossless preset 0\n"), "{stdout}");
+    report.assert_clean();
+}
+
+/// nvEncodeAPI.h 11.1 line 1916: `inputPitch` "If pitch value is not known, set this to
+/// inputWidth"; clients (NVIDIA's sample encoder class among them) leave it 0. Both encode
+/// cleanly and decode to every frame.
+#[test]
+fn input_pitch_zero_or_input_width_is_accepted() {
+    for mode in ["pitch0", "pitchw"] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.h264");
+        let (out, _stdout, report) = run(
+            &EmuDriver::new(),
+            &["encode", p.to_str().unwrap(), "10", "1", mode],
+        );
+        assert_ok(&out, &report);
+        report.assert_clean();
+        let yuv = nvenc_emu_harness::video::decode_yuv420(&p);
+        assert_eq!(yuv.len(), 10 * 320 * 192 * 3 / 2, "{mode}");
+    }
+}
+
+/// A real `libcuda.so.1` exports the peer-access and GL-interop entry points and the unversioned
+/// `cuStreamDestroy`; a loader that resolves its whole table (GStreamer's) refuses a library that
+/// lacks one. The emulated one exports them with the codes a driver gives on one device (CUDA
+/// driver API reference: `cuDeviceCanAccessPeer` is 0 for a device and itself;
+/// `cuCtxEnablePeerAccess` returns `CUDA_ERROR_PEER_ACCESS_UNSUPPORTED` (217) when that says no;
+/// `cuCtxDisablePeerAccess` returns `CUDA_ERROR_PEER_ACCESS_NOT_ENABLED` (705) when access was
+/// never enabled), GL interop as not supported (801), and `cuStreamDestroy` as
+/// `cuStreamDestroy_v2`. None of these is a violation.
+#[test]
+fn every_symbol_a_whole_table_loader_needs_is_exported() {
+    let (out, stdout, report) = run(&EmuDriver::new(), &["symbols"]);
+    assert_ok(&out, &report);
+    for line in [
+        "cuDeviceCanAccessPeer 0",
+        "can_access_peer 0",
+        "cuCtxEnablePeerAccess 217",
+        "cuCtxDisablePeerAccess 705",
+        "cuGraphicsGLRegisterBuffer 801",
+        "cuGraphicsResourceSetMapFlags_v2 801",
+        "cuStreamDestroy 0",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line}:\n{stdout}");
+    }
+    // The stream destroyed through the unversioned name is gone: no leak, no violation.
+    report.assert_clean();
+}
+
 #[test]
 fn session_limit_like_geforce() {
     let emu = EmuDriver::new().max_sessions(2);
@@ -163,15 +347,20 @@ fn session_limit_like_geforce() {
     report.assert_clean();
 }
 
+/// Session open on a GPU without NVENC: `NV_ENC_ERR_NO_ENCODE_DEVICE` (1) or
+/// `NV_ENC_ERR_UNSUPPORTED_DEVICE` (2), with nothing left behind in either case.
 #[test]
 fn no_encode_device() {
-    let (out, stdout, report) = run(&EmuDriver::new().no_device(), &["sessions", "1"]);
-    assert_ok(&out, &report);
-    assert!(stdout.contains("sessions 1"), "{stdout}");
-    let (out, stdout, report) = run(&EmuDriver::new().unsupported_device(), &["sessions", "1"]);
-    assert_ok(&out, &report);
-    assert!(stdout.contains("sessions 2"), "{stdout}");
-    report.assert_clean();
+    for (emu, want) in [
+        (EmuDriver::new().no_device(), "sessions 1"),
+        (EmuDriver::new().unsupported_device(), "sessions 2"),
+    ] {
+        let (out, stdout, report) = run(&emu, &["sessions", "1"]);
+        assert_ok(&out, &report);
+        // The whole line: `sessions 1` must not match `sessions 10` (the session limit's code).
+        assert!(stdout.lines().any(|l| l == want), "{want}:\n{stdout}");
+        report.assert_clean();
+    }
 }
 
 #[test]

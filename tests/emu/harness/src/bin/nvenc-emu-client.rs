@@ -4,7 +4,9 @@
 //! itself and exits non-zero on the first unexpected one; the test then checks the emulator's
 //! report. Test infrastructure, not product.
 //!
-//! Scenarios: `load`, `sessions N`, `misuse`, `encode OUT FRAMES INTERVAL [stop-on-error]`.
+//! Scenarios: `load`, `sessions N`, `misuse`, `queries`, `symbols`,
+//! `encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]` (`pitch0`: every
+//! `NV_ENC_PIC_PARAMS::inputPitch` 0; `pitchw`: `inputWidth`; by default the allocation's pitch).
 
 // A test client talking to C APIs: the unsafe blocks are FFI calls whose contracts are NVENC's
 // and CUDA's; each still carries a SAFETY note.
@@ -262,6 +264,256 @@ impl Session {
     }
 }
 
+fn guid_text(g: &nv::GUID) -> String {
+    let d = g.Data4;
+    format!(
+        "{{{:08x}-{:04x}-{:04x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}}}",
+        g.Data1, g.Data2, g.Data3, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]
+    )
+}
+
+/// Queries a client may make before it encodes: the preset list (printed as `presets N
+/// GUID,...`), every legacy preset's configuration through both preset calls and an initialized
+/// session with it (`legacy NAME ok`), HEVC's profile count (`hevc profiles STATUS`) and P4's
+/// lossless configuration (`lossless preset STATUS`, asked without checking the cap).
+fn scenario_queries() -> Result<(), String> {
+    let lib = lib()?;
+    let cu = Cu::open()?;
+    let ctx = cu.context()?;
+    let h264 = nv::NV_ENC_CODEC_H264_GUID;
+    let (st, s) = open(&lib, ctx);
+    expect("open", st, S::NV_ENC_SUCCESS)?;
+    let mut n = 0u32;
+    // SAFETY: live session, valid out-pointer.
+    let st = unsafe { (s.f.get_encode_preset_count)(s.enc, h264, &mut n) };
+    expect("preset count", st, S::NV_ENC_SUCCESS)?;
+    let mut guids = vec![nv::GUID::default(); n as usize];
+    let mut got = 0u32;
+    // SAFETY: the array holds `n` GUIDs.
+    let st = unsafe { (s.f.get_encode_preset_guids)(s.enc, h264, guids.as_mut_ptr(), n, &mut got) };
+    expect("preset GUIDs", st, S::NV_ENC_SUCCESS)?;
+    println!(
+        "presets {got} {}",
+        guids.iter().map(guid_text).collect::<Vec<_>>().join(",")
+    );
+    let mut profiles = 0u32;
+    // SAFETY: live session, valid out-pointer.
+    let st = unsafe {
+        (s.f.get_encode_profile_guid_count)(s.enc, nv::NV_ENC_CODEC_HEVC_GUID, &mut profiles)
+    };
+    println!("hevc profiles {}", st.0);
+    let mut pc = nv::NV_ENC_PRESET_CONFIG {
+        version: nv::NV_ENC_PRESET_CONFIG_VER,
+        ..Default::default()
+    };
+    pc.presetCfg.version = nv::NV_ENC_CONFIG_VER;
+    // SAFETY: live session, versioned zeroed struct.
+    let st = unsafe {
+        (s.f.get_encode_preset_config_ex)(
+            s.enc,
+            h264,
+            nv::NV_ENC_PRESET_P4_GUID,
+            nv::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_LOSSLESS,
+            &mut pc,
+        )
+    };
+    println!("lossless preset {}", st.0);
+    s.destroy();
+    #[allow(deprecated)]
+    let legacy = [
+        ("DEFAULT", nv::NV_ENC_PRESET_DEFAULT_GUID),
+        ("HP", nv::NV_ENC_PRESET_HP_GUID),
+        ("HQ", nv::NV_ENC_PRESET_HQ_GUID),
+        ("BD", nv::NV_ENC_PRESET_BD_GUID),
+        (
+            "LOW_LATENCY_DEFAULT",
+            nv::NV_ENC_PRESET_LOW_LATENCY_DEFAULT_GUID,
+        ),
+        ("LOW_LATENCY_HQ", nv::NV_ENC_PRESET_LOW_LATENCY_HQ_GUID),
+        ("LOW_LATENCY_HP", nv::NV_ENC_PRESET_LOW_LATENCY_HP_GUID),
+    ];
+    for (name, guid) in legacy {
+        if !guids.iter().any(|g| guid_text(g) == guid_text(&guid)) {
+            return fail(format!("legacy preset {name} is not listed"));
+        }
+        let (st, s) = open(&lib, ctx);
+        expect("open", st, S::NV_ENC_SUCCESS)?;
+        let mut pc = nv::NV_ENC_PRESET_CONFIG {
+            version: nv::NV_ENC_PRESET_CONFIG_VER,
+            ..Default::default()
+        };
+        pc.presetCfg.version = nv::NV_ENC_CONFIG_VER;
+        // SAFETY: live session, versioned zeroed struct.
+        let st = unsafe { (s.f.get_encode_preset_config)(s.enc, h264, guid, &mut pc) };
+        expect(&format!("{name} preset config"), st, S::NV_ENC_SUCCESS)?;
+        let mut pcx = nv::NV_ENC_PRESET_CONFIG {
+            version: nv::NV_ENC_PRESET_CONFIG_VER,
+            ..Default::default()
+        };
+        pcx.presetCfg.version = nv::NV_ENC_CONFIG_VER;
+        // SAFETY: as above.
+        let st = unsafe {
+            (s.f.get_encode_preset_config_ex)(
+                s.enc,
+                h264,
+                guid,
+                nv::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_UNDEFINED,
+                &mut pcx,
+            )
+        };
+        expect(&format!("{name} preset config ex"), st, S::NV_ENC_SUCCESS)?;
+        let mut cfg = pc.presetCfg;
+        let mut ip = init_params(&mut cfg, 160, 96, 1);
+        ip.presetGUID = guid;
+        ip.tuningInfo = nv::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_UNDEFINED;
+        // SAFETY: live session, valid struct.
+        let st = unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) };
+        expect(&format!("{name} init"), st, S::NV_ENC_SUCCESS)?;
+        expect("destroy", s.destroy(), S::NV_ENC_SUCCESS)?;
+        println!("legacy {name} ok");
+    }
+    // SAFETY: destroying the context created above.
+    unsafe { (cu.ctx_destroy)(ctx) };
+    Ok(())
+}
+
+/// Every `libcuda.so.1` symbol GStreamer's CUDA loader requires (after `cuda.h`'s `_v2` renames;
+/// it refuses the library if one is missing), resolved at once the way such a loader does; then
+/// the peer-access, graphics-interop and unversioned stream calls, each printed as
+/// `NAME STATUS` (and `can_access_peer N`).
+fn scenario_symbols() -> Result<(), String> {
+    const REQUIRED: &[&str] = &[
+        "cuInit",
+        "cuGetErrorName",
+        "cuGetErrorString",
+        "cuCtxCreate_v2",
+        "cuCtxDestroy_v2",
+        "cuCtxPopCurrent_v2",
+        "cuCtxPushCurrent_v2",
+        "cuCtxEnablePeerAccess",
+        "cuCtxDisablePeerAccess",
+        "cuGraphicsMapResources",
+        "cuGraphicsUnmapResources",
+        "cuGraphicsResourceSetMapFlags_v2",
+        "cuGraphicsSubResourceGetMappedArray",
+        "cuGraphicsResourceGetMappedPointer_v2",
+        "cuGraphicsUnregisterResource",
+        "cuMemAlloc_v2",
+        "cuMemAllocPitch_v2",
+        "cuMemAllocHost_v2",
+        "cuMemcpy2D_v2",
+        "cuMemcpy2DAsync_v2",
+        "cuMemFree_v2",
+        "cuMemFreeHost",
+        "cuStreamCreate",
+        "cuStreamDestroy",
+        "cuStreamDestroy_v2",
+        "cuStreamSynchronize",
+        "cuDeviceGet",
+        "cuDeviceGetCount",
+        "cuDeviceGetName",
+        "cuDeviceGetAttribute",
+        "cuDeviceCanAccessPeer",
+        "cuDeviceGetUuid",
+        "cuDriverGetVersion",
+        "cuModuleLoadData",
+        "cuModuleUnload",
+        "cuModuleGetFunction",
+        "cuTexObjectCreate",
+        "cuTexObjectDestroy",
+        "cuLaunchKernel",
+        "cuEventCreate",
+        "cuEventDestroy_v2",
+        "cuEventRecord",
+        "cuEventSynchronize",
+        "cuIpcGetEventHandle",
+        "cuIpcOpenEventHandle",
+        "cuIpcGetMemHandle",
+        "cuIpcOpenMemHandle_v2",
+        "cuIpcCloseMemHandle",
+        "cuGraphicsGLRegisterImage",
+        "cuGraphicsGLRegisterBuffer",
+        "cuGLGetDevices_v2",
+    ];
+    // SAFETY: loading the CUDA driver library runs its initialisers only.
+    let lib = unsafe { libloading::Library::new("libcuda.so.1") }.map_err(|e| e.to_string())?;
+    let missing: Vec<&str> = REQUIRED
+        .iter()
+        .copied()
+        // SAFETY: only the symbol's presence is checked; nothing is called through it here.
+        .filter(|n| unsafe { lib.get::<unsafe extern "C" fn()>(n.as_bytes()) }.is_err())
+        .collect();
+    if !missing.is_empty() {
+        return fail(format!("libcuda.so.1 lacks {}", missing.join(", ")));
+    }
+    println!("symbols {} resolved", REQUIRED.len());
+    let cu = Cu::open()?;
+    let ctx = cu.context()?;
+    macro_rules! sym {
+        ($n:literal, $t:ty) => {
+            // SAFETY: `$t` is the C signature of the CUDA function of this name.
+            *unsafe { lib.get::<$t>($n) }.map_err(|e| e.to_string())?
+        };
+    }
+    let can_access: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int = sym!(
+        b"cuDeviceCanAccessPeer\0",
+        unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int
+    );
+    let enable: unsafe extern "C" fn(*mut c_void, c_uint) -> c_int = sym!(
+        b"cuCtxEnablePeerAccess\0",
+        unsafe extern "C" fn(*mut c_void, c_uint) -> c_int
+    );
+    let disable: unsafe extern "C" fn(*mut c_void) -> c_int = sym!(
+        b"cuCtxDisablePeerAccess\0",
+        unsafe extern "C" fn(*mut c_void) -> c_int
+    );
+    let gl_buffer: unsafe extern "C" fn(*mut *mut c_void, c_uint, c_uint) -> c_int = sym!(
+        b"cuGraphicsGLRegisterBuffer\0",
+        unsafe extern "C" fn(*mut *mut c_void, c_uint, c_uint) -> c_int
+    );
+    let map_flags: unsafe extern "C" fn(*mut c_void, c_uint) -> c_int = sym!(
+        b"cuGraphicsResourceSetMapFlags_v2\0",
+        unsafe extern "C" fn(*mut c_void, c_uint) -> c_int
+    );
+    let stream_create: unsafe extern "C" fn(*mut *mut c_void, c_uint) -> c_int = sym!(
+        b"cuStreamCreate\0",
+        unsafe extern "C" fn(*mut *mut c_void, c_uint) -> c_int
+    );
+    let stream_destroy: unsafe extern "C" fn(*mut c_void) -> c_int = sym!(
+        b"cuStreamDestroy\0",
+        unsafe extern "C" fn(*mut c_void) -> c_int
+    );
+    let mut can = -1;
+    // SAFETY: valid out-pointer; device 0 exists.
+    let st = unsafe { can_access(&mut can, 0, 0) };
+    println!("cuDeviceCanAccessPeer {st}");
+    println!("can_access_peer {can}");
+    // SAFETY: `ctx` is live and current.
+    println!("cuCtxEnablePeerAccess {}", unsafe { enable(ctx, 0) });
+    // SAFETY: as above.
+    println!("cuCtxDisablePeerAccess {}", unsafe { disable(ctx) });
+    let mut res = std::ptr::null_mut();
+    // SAFETY: valid out-pointer; buffer 1 names no GL object (there is no GL here).
+    println!("cuGraphicsGLRegisterBuffer {}", unsafe {
+        gl_buffer(&mut res, 1, 0)
+    });
+    // SAFETY: a NULL resource; the call only reports its status.
+    println!("cuGraphicsResourceSetMapFlags_v2 {}", unsafe {
+        map_flags(std::ptr::null_mut(), 0)
+    });
+    let mut stream = std::ptr::null_mut();
+    // SAFETY: valid out-pointer, context current.
+    let st = unsafe { stream_create(&mut stream, 0) };
+    if st != 0 {
+        return fail(format!("cuStreamCreate: {st}"));
+    }
+    // SAFETY: destroying the stream just created.
+    println!("cuStreamDestroy {}", unsafe { stream_destroy(stream) });
+    // SAFETY: destroying the context created above.
+    unsafe { (cu.ctx_destroy)(ctx) };
+    Ok(())
+}
+
 fn scenario_load() -> Result<(), String> {
     match nv::load() {
         Ok(l) => println!("load ok {}", l.driver_max_version()),
@@ -348,14 +600,15 @@ fn scenario_misuse() -> Result<(), String> {
     )?;
     let mut cfg = s.preset()?;
     let mut ip = init_params(&mut cfg, w, h, 1);
-    ip.presetGUID = {
-        #[allow(deprecated)]
-        let g = nv::NV_ENC_PRESET_HQ_GUID;
-        g
-    };
+    // A GUID that is no preset (the H.264 profile GUID).
+    ip.presetGUID = nv::NV_ENC_H264_PROFILE_HIGH_GUID;
     // SAFETY: live session, valid struct.
     let st = unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) };
-    expect("init with a legacy preset", st, S::NV_ENC_ERR_INVALID_PARAM)?;
+    expect(
+        "init with a non-preset GUID",
+        st,
+        S::NV_ENC_ERR_INVALID_PARAM,
+    )?;
     let mut ip = init_params(&mut cfg, w, h, 1);
     ip.enableEncodeAsync = 1;
     // SAFETY: as above.
@@ -562,7 +815,7 @@ fn scenario_misuse() -> Result<(), String> {
 /// `interval + 3` surfaces, checks NVENC's NEED_MORE_INPUT pattern and writes the stream to `out`.
 /// The first failing call ends the encode and everything made so far is torn down in order
 /// (`stop-on-error` on the command line then makes that exit status 0, for the fault tests).
-fn scenario_encode(path: &str, frames: u64, interval: u32) -> Result<(), String> {
+fn scenario_encode(path: &str, frames: u64, interval: u32, pitch_mode: &str) -> Result<(), String> {
     let lib = lib()?;
     let cu = Cu::open()?;
     let ctx = cu.context()?;
@@ -640,7 +893,12 @@ fn scenario_encode(path: &str, frames: u64, interval: u32) -> Result<(), String>
             let (st, m) = s.map(regs[k]);
             expect("map", st, S::NV_ENC_SUCCESS)?;
             maps[k] = Some(m);
-            let st = s.encode(m, outs[k], w, h, p, n * 1000);
+            let pic_pitch = match pitch_mode {
+                "pitch0" => 0,
+                "pitchw" => w,
+                _ => p,
+            };
+            let st = s.encode(m, outs[k], w, h, pic_pitch, n * 1000);
             pending.push_back(k);
             match st {
                 S::NV_ENC_SUCCESS => drain(&mut pending, &mut maps, &mut log)?,
@@ -694,12 +952,20 @@ fn main() -> ExitCode {
         Some("load") => scenario_load(),
         Some("sessions") => scenario_sessions(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3)),
         Some("misuse") => scenario_misuse(),
+        Some("queries") => scenario_queries(),
+        Some("symbols") => scenario_symbols(),
         Some("encode") => {
-            let stop_on_error = args.get(4).is_some_and(|a| a == "stop-on-error");
+            let flags = args.get(4..).unwrap_or_default();
+            let stop_on_error = flags.iter().any(|a| a == "stop-on-error");
+            let pitch_mode = flags
+                .iter()
+                .find(|a| a.starts_with("pitch"))
+                .map_or("", String::as_str);
             match scenario_encode(
                 args.get(1).map_or("out.h264", String::as_str),
                 args.get(2).and_then(|n| n.parse().ok()).unwrap_or(30),
                 args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
+                pitch_mode,
             ) {
                 Err(e) if stop_on_error => {
                     println!("stopped: {e}");
@@ -708,7 +974,7 @@ fn main() -> ExitCode {
                 r => r,
             }
         }
-        _ => Err("usage: nvenc-emu-client load | sessions N | misuse | encode OUT FRAMES INTERVAL [stop-on-error]".into()),
+        _ => Err("usage: nvenc-emu-client load | sessions N | misuse | queries | symbols | encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]".into()),
     };
     let _ = std::io::stdout().flush();
     match r {
