@@ -10,6 +10,7 @@ pub mod error;
 pub mod fallback;
 pub mod ffmpeg;
 mod gpu_config;
+pub mod metrics;
 pub mod nvenc;
 pub mod ring_buffer;
 mod select;
