@@ -96,6 +96,12 @@ pub const RESERVED_LABELS: &[&str] = &["encoder_type", "kind", "from", "to", "gp
 /// frame, while the stream is younger) and divides by its length.
 pub const FPS_WINDOW: Duration = Duration::from_secs(5);
 
+/// Histogram buckets for `encoder_latency_seconds`, in seconds, for exporters that need them
+/// configured (Prometheus: `set_buckets_for_metric`): 1 ms to 10 s, about three per decade.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// At most this many frames are remembered between submission and chunk for the latency; an
 /// encoder holding more (it cannot, by the contract) loses only their latency samples.
 const MAX_PENDING: usize = 4096;
