@@ -1,4 +1,4 @@
-//! Encoder metrics, recorded through the [`metrics`](::metrics) facade.
+//! Encoder metrics, recorded through the [`metrics`] facade.
 //!
 //! The crate records; the application chooses the exporter (for example
 //! `metrics-exporter-prometheus`, as the `encode_yuv` example's `--metrics-addr` does) by
