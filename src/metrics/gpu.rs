@@ -9,6 +9,11 @@
 //! says which case holds. The sampling thread records into the global recorder (it has no
 //! thread-local one).
 //!
+//! Every GPU NVML lists is read, labelled with its NVML index: a session's CUDA device ordinal is
+//! not mapped to an NVML index (the two orders differ unless `CUDA_DEVICE_ORDER=PCI_BUS_ID`), so
+//! with several GPUs the dashboard shows them all. A GPU for which NVML returns an error (such as
+//! `NotSupported`) gets no gauge.
+//!
 //! The reading itself sits behind [`GpuUtilizationSource`], so a [`GpuSampler`] can be driven by
 //! a fake source in tests; [`NvmlSource`] is the real one.
 
@@ -81,7 +86,7 @@ impl GpuUtilizationSource for NvmlSource {
                     gpu,
                     percent: u.utilization,
                 }),
-                // A GPU without an encode engine answers NotSupported: it has no reading.
+                // No reading for this GPU (NotSupported, for one): no gauge for it.
                 Err(e) => {
                     first_error.get_or_insert_with(|| {
                         format!("nvmlDeviceGetEncoderUtilization(GPU {gpu}) failed: {e}")
