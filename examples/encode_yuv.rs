@@ -76,7 +76,14 @@ struct Args {
     /// Hide the progress bar.
     #[arg(short, long)]
     quiet: bool,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics while encoding (port 0: any free
+    /// port, printed to stderr).
+    #[arg(long = "metrics-addr", value_name = "HOST:PORT", value_parser = metrics_http::parse_addr)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
+
+#[path = "support/metrics_http.rs"]
+mod metrics_http;
 
 fn parse<T: std::str::FromStr<Err = nvenc::ConfigError>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: nvenc::ConfigError| e.to_string())
@@ -409,7 +416,12 @@ fn run(args: Args, stop: &AtomicBool) -> Result<Outcome, BoxError> {
         time_base: (config.frame_rate.den, config.frame_rate.num),
     };
     let mut sink = Sink::open(&args.output, input_meta.as_ref(), mp4)?;
-    let mut encoder = nvenc::open_encoder(args.encoder, &config)?;
+    if let Some(addr) = args.metrics_addr {
+        metrics_http::serve(addr)?;
+    }
+    // Frames are read and encoded one at a time, so none wait in a queue.
+    let mut encoder = nvenc::metrics::Metered::new(nvenc::open_encoder(args.encoder, &config)?)
+        .with_queue_depth(|| 0);
 
     let progress = match total_frames {
         Some(n) if !args.quiet && n >= 60 => {

@@ -419,3 +419,35 @@ impl InputGate {
         self.accepted
     }
 }
+
+/// A boxed encoder (what [`crate::open_encoder`] returns) is an encoder, so wrappers such as
+/// [`crate::metrics::Metered`] take either.
+impl<E: VideoEncoder + ?Sized> VideoEncoder for Box<E> {
+    fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        (**self).encode(frame, out)
+    }
+
+    fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        (**self).flush(out)
+    }
+
+    fn kind(&self) -> EncoderKind {
+        (**self).kind()
+    }
+
+    fn config(&self) -> &EncoderConfig {
+        (**self).config()
+    }
+
+    fn sequence_headers(&self) -> &[u8] {
+        (**self).sequence_headers()
+    }
+
+    fn encode_frame(&mut self, frame: &[u8], out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        (**self).encode_frame(frame, out)
+    }
+
+    fn time_base(&self) -> (u32, u32) {
+        (**self).time_base()
+    }
+}

@@ -353,6 +353,7 @@ impl FallbackEncoder {
             else {
                 return Err(Error::NoEncoder(self.rejected.clone_reasons()));
             };
+            crate::metrics::record_failover(self.kind, next.kind());
             self.kind = next.kind();
             self.current = Some(next);
             self.switches += 1;

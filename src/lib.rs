@@ -17,6 +17,7 @@ pub mod fallback;
 pub mod ffmpeg;
 mod gpu_config;
 pub mod h264;
+pub mod metrics;
 pub mod nvenc;
 pub mod ring_buffer;
 mod select;

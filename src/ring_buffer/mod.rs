@@ -71,7 +71,10 @@
 //!
 //! [`RingStats`] (from [`Producer::stats`] or [`Consumer::stats`]) is a cheap cloneable handle
 //! whose [`queue_depth`](RingStats::queue_depth) and [`capacity`](RingStats::capacity) any thread
-//! may read at any time, for the `encoder_queue_depth` metric.
+//! may read at any time, for the `encoder_queue_depth` metric; its
+//! [`producer_blocked`](RingStats::producer_blocked) and [`dropped`](RingStats::dropped) feed
+//! `encoder_producer_blocked_seconds_total` and `encoder_frames_dropped_total`
+//! ([`crate::metrics::Metered::with_ring`]).
 
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -29,6 +29,7 @@ use super::error::{CommitError, PopError, ReserveError};
 use super::storage::{DeviceSlots, DeviceSurface, HostSlots, SlotStorage};
 use super::sync::{
     fence, Arc, AtomicBool, AtomicU8, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
+    StatCounter,
 };
 
 const PRODUCER_CLOSED: u8 = 1;
@@ -107,6 +108,10 @@ struct Counters {
     tail: Padded<AtomicUsize>,
     head: Padded<AtomicUsize>,
     released: Padded<AtomicUsize>,
+    /// Statistics, not synchronization (`Relaxed`, written only on the slow path): nanoseconds
+    /// the producer waited for a free slot, and frames the producer reported dropped.
+    blocked_ns: StatCounter,
+    dropped: StatCounter,
 }
 
 /// Nothing is guarded by `Shared::lock` itself: it only orders sleeping against waking.
@@ -240,6 +245,8 @@ pub(crate) fn split<S: SlotStorage>(storage: S) -> (Producer<S>, Consumer<S>) {
         tail: Padded(AtomicUsize::new(0)),
         head: Padded(AtomicUsize::new(0)),
         released: Padded(AtomicUsize::new(0)),
+        blocked_ns: StatCounter::new(0),
+        dropped: StatCounter::new(0),
     });
     let shared = Arc::new(Shared {
         _align: Padded(()),
@@ -304,6 +311,19 @@ impl RingStats {
     #[must_use]
     pub fn committed(&self) -> usize {
         self.counters.tail.0.load(Ordering::Acquire)
+    }
+    /// Total time the producer has waited in [`Producer::reserve`] or
+    /// [`Producer::reserve_timeout`] because every slot was taken (for
+    /// `encoder_producer_blocked_seconds_total`). A wait is added when it ends.
+    #[must_use]
+    pub fn producer_blocked(&self) -> Duration {
+        Duration::from_nanos(self.counters.blocked_ns.load(Ordering::Relaxed))
+    }
+    /// Frames the producer reported dropped with [`Producer::note_dropped`] (for
+    /// `encoder_frames_dropped_total`).
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.counters.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -387,9 +407,18 @@ impl<S: SlotStorage> Producer<S> {
                 if matches!(wait, Wait::No) {
                     return Err(ReserveError::Full);
                 }
-                if !self.spin_for_space() {
-                    self.wait_for_space(wait)?;
-                }
+                let started = Instant::now();
+                let waited = if self.spin_for_space() {
+                    Ok(())
+                } else {
+                    self.wait_for_space(wait)
+                };
+                let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.shared
+                    .counters
+                    .blocked_ns
+                    .fetch_add(ns, Ordering::Relaxed);
+                waited?;
             }
         }
         let index = self.index;
@@ -452,6 +481,15 @@ impl<S: SlotStorage> Producer<S> {
     pub fn close(self) {
         self.shared.set_state(PRODUCER_CLOSED);
         // Drop sees PRODUCER_CLOSED and records nothing more.
+    }
+
+    /// Counts `frames` that the caller dropped instead of committing (a drop policy is the
+    /// caller's: the ring never drops a frame itself). Read back with [`RingStats::dropped`].
+    pub fn note_dropped(&self, frames: u64) {
+        self.shared
+            .counters
+            .dropped
+            .fetch_add(frames, Ordering::Relaxed);
     }
 
     /// Whether the consumer is gone (dropped or panicked); nothing more can be delivered.

@@ -20,3 +20,7 @@ pub(crate) use std::sync::{
 pub(crate) use loom::sync::atomic::AtomicBool;
 #[cfg(not(all(test, loom)))]
 pub(crate) use std::sync::atomic::AtomicBool;
+
+/// For statistics only (the producer's blocked time, frames it reported dropped): never read to
+/// order anything, so always std's atomic, and loom does not explore it.
+pub(crate) use std::sync::atomic::AtomicU64 as StatCounter;
