@@ -6,7 +6,8 @@
 //! - **Fault injection.** `NVENC_EMU_FAULTS="entry:N:status,..."` makes the `N`th call (1-based)
 //!   of the named entry point fail with the given status integer, without doing anything else.
 //!   Each library only reacts to its own entry names (`cu*` for CUDA, `nvEnc*`/`NvEncode*` for
-//!   NVENC), so one spec can name entry points of both.
+//!   NVENC), so one spec can name entry points of both. The status `hang` instead makes that
+//!   call block until the process exits (a wedged driver or GPU): `nvEncLockBitstream:20:hang`.
 //! - **Violations.** A call that breaks an API rule returns the status a real driver returns and
 //!   is recorded here: counted, appended to the report file, and printed on stderr.
 //! - **The report file.** `NVENC_EMU_REPORT=/path` makes both libraries append one line per event
@@ -23,7 +24,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// Env var: the fault spec, `entry:N:status` items separated by commas.
+/// Env var: the fault spec, `entry:N:status` items separated by commas (`status` may be `hang`).
 pub const FAULTS_ENV: &str = "NVENC_EMU_FAULTS";
 /// Env var: the file both emulators append their report lines to.
 pub const REPORT_ENV: &str = "NVENC_EMU_REPORT";
@@ -37,8 +38,10 @@ pub struct Fault {
     pub entry: String,
     /// The 1-based call number that fails.
     pub nth: u64,
-    /// The status integer returned instead.
+    /// The status integer returned instead (0 when `hang`).
     pub status: i32,
+    /// The call never returns: it blocks until the process exits (status `hang` in the spec).
+    pub hang: bool,
 }
 
 /// Parses a fault spec (`entry:N:status,...`); malformed items are reported on stderr and skipped.
@@ -50,11 +53,19 @@ pub fn parse_faults(spec: &str) -> Vec<Fault> {
         let parsed = (|| {
             let entry = parts.next()?.trim().to_owned();
             let nth = parts.next()?.trim().parse().ok()?;
-            let status = parts.next()?.trim().parse().ok()?;
+            let (status, hang) = match parts.next()?.trim() {
+                "hang" => (0, true),
+                s => (s.parse().ok()?, false),
+            };
             if parts.next().is_some() || entry.is_empty() {
                 return None;
             }
-            Some(Fault { entry, nth, status })
+            Some(Fault {
+                entry,
+                nth,
+                status,
+                hang,
+            })
         })();
         match parsed {
             Some(f) => out.push(f),
@@ -105,7 +116,9 @@ impl Emu {
         }
     }
 
-    /// Counts a call of `entry`; returns the injected status if this call is to fail.
+    /// Counts a call of `entry`; returns the injected status if this call is to fail. A `hang`
+    /// fault never returns: the calling thread blocks here until the process exits, holding no
+    /// lock of the emulator, so other threads and sessions carry on.
     pub fn enter(&self, entry: &'static str) -> Option<i32> {
         let n = {
             let mut calls = lock(&self.calls);
@@ -117,6 +130,13 @@ impl Emu {
             .faults
             .iter()
             .find(|f| f.entry == entry && f.nth == n)?;
+        if fault.hang {
+            self.line(&format!("fault entry={entry} call={n} status=hang"));
+            loop {
+                // Parked for good: nothing unparks this thread; a spurious wake-up parks again.
+                std::thread::park();
+            }
+        }
         self.line(&format!(
             "fault entry={entry} call={n} status={}",
             fault.status
@@ -206,19 +226,29 @@ mod tests {
 
     #[test]
     fn fault_spec_parses() {
-        let f = parse_faults("nvEncEncodePicture:5:8, cuMemAllocPitch_v2:1:2,bad,x:y:z");
+        let f = parse_faults(
+            "nvEncEncodePicture:5:8, cuMemAllocPitch_v2:1:2,bad,x:y:z,nvEncLockBitstream:20:hang",
+        );
         assert_eq!(
             f,
             vec![
                 Fault {
                     entry: "nvEncEncodePicture".into(),
                     nth: 5,
-                    status: 8
+                    status: 8,
+                    hang: false,
                 },
                 Fault {
                     entry: "cuMemAllocPitch_v2".into(),
                     nth: 1,
-                    status: 2
+                    status: 2,
+                    hang: false,
+                },
+                Fault {
+                    entry: "nvEncLockBitstream".into(),
+                    nth: 20,
+                    status: 0,
+                    hang: true,
                 },
             ]
         );
