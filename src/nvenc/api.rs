@@ -735,9 +735,15 @@ fn lock_on(
         out.extend_from_slice(bytes);
         Ok(())
     };
-    // Unlock even when the copy failed, so the buffer can be destroyed.
+    // Unlock even when the copy failed, so the buffer can be destroyed; a failed unlock is
+    // tried once more, since a buffer left locked can be neither locked again nor destroyed.
     // SAFETY: live session; the buffer was locked above.
-    let status = unsafe { (lib.fns().unlock_bitstream)(session, buffer) };
+    let mut status = unsafe { (lib.fns().unlock_bitstream)(session, buffer) };
+    if !status.is_success() {
+        tracing::warn!(%status, "nvEncUnlockBitstream failed; trying again");
+        // SAFETY: as above; the buffer is still locked, since the unlock failed.
+        status = unsafe { (lib.fns().unlock_bitstream)(session, buffer) };
+    }
     copied?;
     check("nvEncUnlockBitstream", status)?;
     Ok(LockedInfo {
