@@ -12,7 +12,8 @@
 //! # Failing over mid-stream
 //! Chunks are handed to the caller only in groups that complete a prefix of the input in display
 //! order, so at any moment everything delivered is a whole, decodable stream up to some frame
-//! `k`. When the encoder fails (device lost, session killed, subprocess died), the next candidate
+//! `k`. When the encoder fails (device lost, session killed, subprocess died, a driver call
+//! hung past its deadline: [`Error::Hung`]), the next candidate
 //! opens and every accepted frame after `k` is encoded again on it, starting with an IDR with
 //! fresh SPS/PPS: no accepted frame is lost, and the delivered stream stays in display order.
 //! With B-frames this holds chunks back by at most the reordering depth; without B-frames

@@ -855,6 +855,7 @@ fn a_hung_lock_fails_the_encoder_within_the_deadline() {
 #[ignore = "child half of a_hung_lock_fails_over_and_loses_no_frame"]
 fn child_hung_lock_fallback() {
     assert_child();
+    let hung_call = std::env::var("HUNG_CALL").expect("HUNG_CALL");
     let config = fault_config();
     let input = common::clip(&config, 60);
     let options = NvencOptions::default().with_call_timeout(HANG_DEADLINE);
@@ -867,10 +868,7 @@ fn child_hung_lock_fallback() {
     assert!(
         matches!(
             *encoder.rejected()[0].1,
-            Error::Hung {
-                call: "nvEncLockBitstream",
-                ..
-            }
+            Error::Hung { call, .. } if call == hung_call
         ),
         "{:?}",
         encoder.rejected()
@@ -879,19 +877,30 @@ fn child_hung_lock_fallback() {
     assert_decodes_as(&chunks, &input, &config);
 }
 
-/// With the fallback chain, a hung read-back fails over to x264 and replays: all 60 frames come
-/// out and decode.
+/// With the fallback chain, a hung read-back, a hung submission, or a hung end of stream (the
+/// 61st nvEncEncodePicture, in flush) fails over to x264 and replays: all 60 frames come out
+/// and decode.
 #[test]
 fn a_hung_lock_fails_over_and_loses_no_frame() {
-    let emu = EmuDriver::new().hang("nvEncLockBitstream", 20);
-    run_child_bounded(
-        &emu,
-        "child_hung_lock_fallback",
-        std::time::Duration::from_secs(120),
-    );
-    let report = emu.report();
-    let v: Vec<String> = report.violations.iter().map(ToString::to_string).collect();
-    assert!(v.is_empty(), "{v:?}");
+    for (entry, nth) in [
+        ("nvEncLockBitstream", 20),
+        ("nvEncEncodePicture", 10),
+        ("nvEncEncodePicture", 61),
+    ] {
+        let emu = EmuDriver::new().hang(entry, nth).env("HUNG_CALL", entry);
+        run_child_bounded(
+            &emu,
+            "child_hung_lock_fallback",
+            std::time::Duration::from_secs(120),
+        );
+        let report = emu.report();
+        assert!(
+            report.faults.iter().any(|f| f.contains(entry)),
+            "{entry}#{nth} fired"
+        );
+        let v: Vec<String> = report.violations.iter().map(ToString::to_string).collect();
+        assert!(v.is_empty(), "{entry}#{nth}: {v:?}");
+    }
 }
 
 /// The `encode_yuv` example as a user runs it, with `NVENC_EMU_FAULTS=nvEncLockBitstream:20:hang`
