@@ -98,6 +98,19 @@ struct InFlight {
 }
 
 /// The direct NVENC encoder. See the [module docs](self).
+///
+/// # Errors and hangs
+/// An `Err` from `encode` means the frame was not accepted. A driver failure after which the
+/// session's state is unknown fails the encoder: later calls return an error and frames not yet
+/// read back never come out ([`crate::FallbackEncoder`] replays them elsewhere).
+///
+/// `nvEncEncodePicture` and `nvEncLockBitstream` run on a worker thread of the encoder, each
+/// awaited at most [`NvencOptions::call_deadline`]; one that does not return fails the encoder
+/// with [`Error::Hung`] naming the call. A session cannot be destroyed while a call is inside
+/// it, so a hung encoder, when dropped, leaves behind until the call returns (then the worker
+/// tears it all down in order) or the process exits: the NVENC session with its registrations,
+/// mappings and bitstream buffers, the device surfaces and pinned staging slots of its rings,
+/// its CUDA stream, a reference to the CUDA context, and the blocked worker thread.
 pub struct NvencEncoder {
     // Field order is drop order, and `Drop` tears the session down first; what remains must go
     // in this order: session, surfaces and rings, stream, context. The rings and the stream
