@@ -64,6 +64,28 @@ pub(crate) enum Unblocked {
     Locked(Result<LockedInfo, NvencError>, Vec<u8>),
 }
 
+/// How a call that hung ended, once (if ever) it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LateEnd {
+    /// It did what it was asked: a picture was submitted, or an output read and unlocked.
+    Succeeded,
+    /// It failed: nothing was submitted, or the output was not read.
+    Failed,
+    /// No reply was seen.
+    Unknown,
+}
+
+impl LateEnd {
+    /// From the reply the watchdog's worker kept for a call that hung.
+    pub(crate) fn of(reply: Option<Unblocked>) -> Self {
+        match reply {
+            Some(Unblocked::Submitted(Ok(_)) | Unblocked::Locked(Ok(_), _)) => LateEnd::Succeeded,
+            Some(_) => LateEnd::Failed,
+            None => LateEnd::Unknown,
+        }
+    }
+}
+
 /// A failed call that may block: it failed, or it did not return within the deadline.
 #[derive(Debug)]
 pub(crate) enum CallError {

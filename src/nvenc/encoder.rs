@@ -44,7 +44,7 @@ use std::sync::Arc;
 use nvenc_sys as sys;
 
 use super::api::{
-    BitstreamBuffer, CallError, Mapped, PictureInput, RawEncoder, Registered, Submitted,
+    BitstreamBuffer, CallError, LateEnd, Mapped, PictureInput, RawEncoder, Registered, Submitted,
 };
 use super::options::{target_quality, NvencOptions, NvencPreset, NvencTuning};
 use super::NvencError;
@@ -168,6 +168,19 @@ struct Session {
     /// mapped again (it still is; mapping it again would fail), and the unmap is tried again at
     /// teardown.
     retired: Vec<(Mapped, usize)>,
+    /// Which call hung, if one did: what its picture is to `pending`.
+    hung_at: Option<HungAt>,
+}
+
+/// The call that hung, as it concerns `Session::pending`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HungAt {
+    /// The read-back of the oldest pending picture (`pending.front()`).
+    Front,
+    /// The submission of the newest one (`pending.back()`), whose outcome is unknown.
+    Back,
+    /// The end of stream; no picture of its own.
+    EndOfStream,
 }
 
 fn nvenc_err(e: NvencError) -> Error {
@@ -384,6 +397,7 @@ impl NvencEncoder {
             ready: 0,
             peak_in_flight: 0,
             retired: Vec::new(),
+            hung_at: None,
         };
         let deadline = options.call_deadline(config.frame_rate);
         session
@@ -814,6 +828,7 @@ impl NvencEncoder {
                 // The call may still be using the picture's input and output: they stay with
                 // the session, which is abandoned, not torn down.
                 session.pending.push_back(flight);
+                session.hung_at = Some(HungAt::Back);
                 return Err(self.fail(hung));
             }
         }
@@ -845,6 +860,9 @@ impl NvencEncoder {
             Err(e) => {
                 // Its input may still be in use by the driver (a hung call is still inside):
                 // everything stays with the session, for teardown.
+                if matches!(e, CallError::Hung(_)) {
+                    session.hung_at = Some(HungAt::Front);
+                }
                 session.pending.push_front(flight);
                 return Err(self.fail(e));
             }
@@ -943,6 +961,9 @@ impl VideoEncoder for NvencEncoder {
         let session = self.session()?;
         if let Err(e) = session.raw.end_of_stream() {
             // Pictures held for reordering may never be encoded: the encoder has failed.
+            if matches!(e, CallError::Hung(_)) {
+                session.hung_at = Some(HungAt::EndOfStream);
+            }
             return Err(self.fail(e));
         }
         session.ready = session.pending.len();
@@ -981,13 +1002,30 @@ struct Abandoned {
     io_stream: IoStream,
     stream: Arc<CudaStream>,
     context: Arc<CudaContext>,
+    /// How the hung call ended.
+    late: LateEnd,
 }
 
 impl Drop for Abandoned {
     fn drop(&mut self) {
-        // On the worker, after the hung call returned: the same teardown as the encoder's.
+        // On the worker, after the hung call returned: the same teardown as the encoder's,
+        // minding what the call did. An output it read is not read again; a picture it did not
+        // submit is not waited for (locking a buffer that was never submitted can wait forever).
         let _context = ring_cuda::push_context(&self.context);
         if let Some(session) = self.session.as_mut() {
+            match (session.hung_at.take(), self.late) {
+                (Some(HungAt::Front), LateEnd::Succeeded) => {
+                    if let Some(flight) = session.pending.pop_front() {
+                        session.release(flight);
+                    }
+                }
+                (Some(HungAt::Back), LateEnd::Failed) => {
+                    if let Some(flight) = session.pending.pop_back() {
+                        session.release(flight);
+                    }
+                }
+                _ => {}
+            }
             session.drain();
         }
         if let Err(e) = self.stream.synchronize() {
@@ -1081,13 +1119,18 @@ impl NvencEncoder {
             io_stream,
             stream: Arc::clone(&self.stream),
             context: Arc::clone(&self.context),
+            late: LateEnd::Unknown,
         };
         tracing::error!(
             call = hung.map(|h| h.call),
             "NVENC session abandoned with a call still inside the driver: its session, surfaces, \
              stream and worker thread stay until the call returns or the process exits"
         );
-        watchdog.abandon(Box::new(pinned));
+        watchdog.abandon(move |reply| {
+            let mut pinned = pinned;
+            pinned.late = LateEnd::of(reply);
+            // Dropped here, on the worker: the teardown.
+        });
     }
 }
 
@@ -1205,7 +1248,10 @@ impl Session {
         // locked (that would wait forever on some drivers).
         match self.raw.end_of_stream() {
             Ok(_) => {}
-            Err(CallError::Hung(_)) => return,
+            Err(CallError::Hung(_)) => {
+                self.hung_at = Some(HungAt::EndOfStream);
+                return;
+            }
             Err(CallError::Failed(e)) => {
                 tracing::warn!(error = %e, "end of stream at teardown failed");
             }
@@ -1216,6 +1262,7 @@ impl Session {
                 match self.raw.read_bitstream(output, &mut sink) {
                     Ok(_) => {}
                     Err(CallError::Hung(_)) => {
+                        self.hung_at = Some(HungAt::Front);
                         self.pending.push_front(flight);
                         return;
                     }

@@ -9,8 +9,8 @@
 //! A call that is still inside the driver pins everything it may touch: the session cannot be
 //! destroyed (no NVENC call may run beside it), nor may its surfaces, buffers, CUDA stream and
 //! context be freed. The owner hands all of that to [`Watchdog::abandon`]; the worker keeps it
-//! and drops it (which tears it down in the API's order) if the hung call ever returns, and
-//! otherwise it stays until the process exits.
+//! and, if the hung call ever returns, gives it the call's late reply and drops it (which tears
+//! it down in the API's order); otherwise it stays until the process exits.
 //!
 //! One request is in flight at a time, handed over through a mutex-guarded slot: nothing is
 //! allocated per call.
@@ -33,8 +33,9 @@ struct State<Q, R> {
     reply: Option<R>,
     /// The owner is gone: the worker exits once it is idle.
     stop: bool,
-    /// What a hung call may still be using, dropped by the worker if that call returns.
-    abandoned: Option<Box<dyn Send>>,
+    /// What a hung call may still be using: given the call's late reply and dropped by the
+    /// worker if that call returns.
+    abandoned: Option<Box<dyn FnOnce(Option<R>) + Send>>,
 }
 
 struct Shared<Q, R> {
@@ -108,15 +109,16 @@ impl<Q: Send + 'static, R: Send + 'static> Watchdog<Q, R> {
                     continue;
                 }
                 // Stopped and idle: a hung call (if there was one) has returned, so what it
-                // pinned can be torn down now, on this thread.
+                // pinned can be torn down now, on this thread, knowing how the call ended.
                 let abandoned = state.abandoned.take();
+                let late = state.reply.take();
                 drop(state);
-                if abandoned.is_some() {
+                if let Some(finish) = abandoned {
                     tracing::warn!(
                         "a hung driver call returned after all; tearing down what it pinned"
                     );
+                    finish(late);
                 }
-                drop(abandoned);
                 return;
             })?;
         Ok(Watchdog {
@@ -168,13 +170,14 @@ impl<Q: Send + 'static, R: Send + 'static> Watchdog<Q, R> {
         }
     }
 
-    /// Gives the worker what a hung call may still be using, and lets it go without joining it:
-    /// it drops `pinned` if the call ever returns, and otherwise keeps it until the process
-    /// exits. Without a hung call, `pinned` is dropped by the worker at once (and the worker
-    /// joined, which is immediate because it is idle).
-    pub(crate) fn abandon(mut self, pinned: Box<dyn Send>) {
+    /// Gives the worker what a hung call may still be using, as `finish`, and lets it go
+    /// without joining it: if the call ever returns, the worker runs `finish` with the call's
+    /// late reply (which tears down what it owns); otherwise `finish` is kept, unrun, until the
+    /// process exits. Without a hung call, the worker runs `finish` at once (and is joined, which
+    /// is immediate because it is idle).
+    pub(crate) fn abandon(mut self, finish: impl FnOnce(Option<R>) + Send + 'static) {
         let mut state = self.shared.lock();
-        state.abandoned = Some(pinned);
+        state.abandoned = Some(Box::new(finish));
         state.stop = true;
         drop(state);
         self.shared.to_worker.notify_one();
@@ -223,26 +226,24 @@ mod tests {
         assert_eq!(hung.call, "block");
         // Nothing more goes in once a call hung.
         assert_eq!(dog.call("double", 1), Err(hung));
-        struct Pinned(Arc<AtomicBool>);
-        impl Drop for Pinned {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::SeqCst);
-            }
-        }
-        let dropped = Arc::new(AtomicBool::new(false));
-        dog.abandon(Box::new(Pinned(Arc::clone(&dropped))));
+        let late = Arc::new(Mutex::new(None));
+        let late_in = Arc::clone(&late);
+        dog.abandon(move |reply| {
+            *late_in.lock().expect("lock") = Some(reply);
+        });
         assert!(
-            !dropped.load(Ordering::SeqCst),
+            late.lock().expect("lock").is_none(),
             "pinned while the call is inside"
         );
-        // The call returns: the worker tears down what it pinned.
+        // The call returns: the worker hands its reply (0 * 2) to what it pinned.
         release.store(true, Ordering::SeqCst);
         for _ in 0..1000 {
-            if dropped.load(Ordering::SeqCst) {
+            if let Some(reply) = *late.lock().expect("lock") {
+                assert_eq!(reply, Some(0));
                 return;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        panic!("the worker never dropped what the hung call pinned");
+        panic!("the worker never finished what the hung call pinned");
     }
 }
