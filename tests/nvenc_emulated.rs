@@ -852,6 +852,72 @@ fn a_hung_lock_fails_the_encoder_within_the_deadline() {
 }
 
 #[test]
+#[ignore = "child half of a_hung_call_that_returns_late_is_torn_down"]
+fn child_hung_lock_returns_late() {
+    assert_child();
+    let config = fault_config();
+    let input = common::clip(&config, 60);
+    let options = NvencOptions::default().with_call_timeout(HANG_DEADLINE);
+    let mut encoder = NvencEncoder::with_options(&config, &options).expect("open");
+    let mut chunks = Vec::new();
+    let error = input
+        .iter()
+        .find_map(|frame| encoder.encode_frame(frame, &mut chunks).err())
+        .expect("the 20th read-back outlasts the deadline");
+    assert!(
+        matches!(
+            error,
+            Error::Hung {
+                call: "nvEncLockBitstream",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    // Abandoned to the worker, which tears everything down once the call returns.
+    drop(encoder);
+    // Wait, bounded, for that teardown to finish: the session destroyed, then the CUDA
+    // context's last reference (the worker's) released.
+    let report = std::env::var("NVENC_EMU_REPORT").expect("report path");
+    let done = |text: &str| {
+        text.lines()
+            .skip_while(|l| !l.contains("session_close"))
+            .any(|l| l.starts_with("cuda live_handles") && l.contains("primary_active=0"))
+    };
+    for _ in 0..600 {
+        if done(&std::fs::read_to_string(&report).unwrap_or_default()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the abandoned session was not torn down within 60 s of the call returning");
+}
+
+/// A driver that recovers: `nvEncLockBitstream` #20 returns after 3 s, past the 1 s deadline.
+/// The encoder has already failed with `Error::Hung` and been dropped; the worker then tears
+/// the abandoned session down in the API's order, and nothing is left behind.
+#[test]
+fn a_hung_call_that_returns_late_is_torn_down() {
+    let emu =
+        EmuDriver::new().hang_for("nvEncLockBitstream", 20, std::time::Duration::from_secs(3));
+    run_child_bounded(
+        &emu,
+        "child_hung_lock_returns_late",
+        std::time::Duration::from_secs(120),
+    );
+    let report = emu.report();
+    assert!(
+        report
+            .lines
+            .iter()
+            .any(|l| l.contains("returned after the hang")),
+        "{:?}",
+        report.faults
+    );
+    report.assert_clean();
+}
+
+#[test]
 #[ignore = "child half of a_hung_lock_fails_over_and_loses_no_frame"]
 fn child_hung_lock_fallback() {
     assert_child();
