@@ -48,6 +48,8 @@ pub(crate) enum Blocking {
     Submit(PicParams),
     /// `nvEncLockBitstream` + copy + `nvEncUnlockBitstream` of this buffer into `out`.
     Lock { buffer: SessionPtr, out: Vec<u8> },
+    /// `nvEncGetSequenceParams`.
+    SequenceParams,
 }
 
 /// `NV_ENC_PIC_PARAMS`, to be moved to the worker.
@@ -62,6 +64,7 @@ unsafe impl Send for PicParams {}
 pub(crate) enum Unblocked {
     Submitted(Result<Submitted, NvencError>),
     Locked(Result<LockedInfo, NvencError>, Vec<u8>),
+    SequenceParams(Result<Vec<u8>, NvencError>),
 }
 
 /// How a call that hung ended, once (if ever) it returned.
@@ -103,8 +106,9 @@ impl From<NvencError> for CallError {
 
 // SAFETY: an NVENC session handle may be used from any thread in synchronous mode as long as
 // calls on it are not concurrent; `RawEncoder` is only reachable through `&self`/`&mut self` of
-// its single owner (the backend, which is `Send` but not `Sync`), and the function table in
-// `Library` is immutable.
+// its single owner (the backend, which is `Send` but not `Sync`), whose calls through the
+// watchdog's worker wait for the worker (or, once one hung, stop calling altogether), and the
+// function table in `Library` is immutable.
 unsafe impl Send for RawEncoder {}
 
 /// An output bitstream buffer created by `nvEncCreateBitstreamBuffer`.
@@ -270,7 +274,7 @@ impl RawEncoder {
     }
 
     /// The call that did not return within the watchdog's deadline, if one did not: the session
-    /// must then not be called again, nor destroyed (see [`RawEncoder::abandon`]).
+    /// must then not be called again, nor destroyed (see [`Watchdog::abandon`]).
     pub(crate) fn hung(&self) -> Option<Hung> {
         self.watchdog.as_ref().and_then(Watchdog::hung)
     }
@@ -527,7 +531,7 @@ impl RawEncoder {
             Some(worker) => {
                 match worker.call("nvEncEncodePicture", Blocking::Submit(PicParams(params))) {
                     Ok(Unblocked::Submitted(result)) => Ok(result?),
-                    Ok(Unblocked::Locked(..)) => Err(CallError::Failed(mixed_up())),
+                    Ok(_) => Err(CallError::Failed(mixed_up())),
                     Err(hung) => Err(CallError::Hung(hung)),
                 }
             }
@@ -588,7 +592,7 @@ impl RawEncoder {
                 *out = bytes;
                 Ok(result?)
             }
-            Ok(Unblocked::Submitted(_)) => Err(CallError::Failed(mixed_up())),
+            Ok(_) => Err(CallError::Failed(mixed_up())),
             Err(hung) => Err(CallError::Hung(hung)),
         }
     }
@@ -606,24 +610,19 @@ impl RawEncoder {
         self.check("nvEncSetIOCudaStreams", status)
     }
 
-    /// `nvEncGetSequenceParams`: the SPS and PPS, Annex B.
+    /// `nvEncGetSequenceParams`: the SPS and PPS, Annex B. On the watchdog's worker once it
+    /// runs, since "the client must call NvEncGetSequenceParams() function from the same thread
+    /// which is being used to call NvEncEncodePicture()" (nvEncodeAPI.h).
     #[doc(alias = "nvEncGetSequenceParams")]
-    pub(crate) fn sequence_params(&self) -> Result<Vec<u8>, NvencError> {
-        let mut buf = vec![0u8; sys::NV_MAX_SEQ_HDR_LEN as usize];
-        let mut size = 0u32;
-        let mut payload = versioned!(
-            sys::NV_ENC_SEQUENCE_PARAM_PAYLOAD,
-            sys::NV_ENC_SEQUENCE_PARAM_PAYLOAD_VER
-        );
-        payload.inBufferSize = buf.len() as u32;
-        payload.spsppsBuffer = buf.as_mut_ptr().cast();
-        payload.outSPSPPSPayloadSize = &mut size;
-        // SAFETY: live session; `payload` points at `buf` (its real size given) and at `size`,
-        // both alive for the call.
-        let status = unsafe { (self.lib.fns().get_sequence_params)(self.raw(), &mut payload) };
-        self.check("nvEncGetSequenceParams", status)?;
-        buf.truncate((size as usize).min(buf.len()));
-        Ok(buf)
+    pub(crate) fn sequence_params(&self) -> Result<Vec<u8>, CallError> {
+        let Some(worker) = &self.watchdog else {
+            return Ok(sequence_params_on(&self.lib, self.raw())?);
+        };
+        match worker.call("nvEncGetSequenceParams", Blocking::SequenceParams) {
+            Ok(Unblocked::SequenceParams(result)) => Ok(result?),
+            Ok(_) => Err(CallError::Failed(mixed_up())),
+            Err(hung) => Err(CallError::Hung(hung)),
+        }
     }
 }
 
@@ -662,6 +661,9 @@ fn run_blocking(lib: &Library, session: SessionPtr, call: Blocking) -> Unblocked
         Blocking::Lock { buffer, mut out } => {
             let locked = lock_on(lib, session.0.as_ptr(), buffer.0.as_ptr(), &mut out);
             Unblocked::Locked(locked, out)
+        }
+        Blocking::SequenceParams => {
+            Unblocked::SequenceParams(sequence_params_on(lib, session.0.as_ptr()))
         }
     }
 }
@@ -772,4 +774,29 @@ fn lock_on(
         timestamp: lock.outputTimeStamp,
         picture_type: lock.pictureType,
     })
+}
+
+/// `nvEncGetSequenceParams`: the SPS and PPS, Annex B.
+fn sequence_params_on(lib: &Library, session: *mut c_void) -> Result<Vec<u8>, NvencError> {
+    let mut buf = vec![0u8; sys::NV_MAX_SEQ_HDR_LEN as usize];
+    let mut size = 0u32;
+    let mut payload = versioned!(
+        sys::NV_ENC_SEQUENCE_PARAM_PAYLOAD,
+        sys::NV_ENC_SEQUENCE_PARAM_PAYLOAD_VER
+    );
+    payload.inBufferSize = buf.len() as u32;
+    payload.spsppsBuffer = buf.as_mut_ptr().cast();
+    payload.outSPSPPSPayloadSize = &mut size;
+    // SAFETY: a live session of `lib`; `payload` points at `buf` (its real size given) and at
+    // `size`, both alive for the call.
+    let status = unsafe { (lib.fns().get_sequence_params)(session, &mut payload) };
+    if !status.is_success() {
+        return Err(NvencError::new(
+            "nvEncGetSequenceParams",
+            status,
+            last_error_of(lib, session),
+        ));
+    }
+    buf.truncate((size as usize).min(buf.len()));
+    Ok(buf)
 }

@@ -187,6 +187,17 @@ fn nvenc_err(e: NvencError) -> Error {
     Error::Nvenc(e)
 }
 
+fn call_err(e: CallError) -> Error {
+    match e {
+        CallError::Failed(e) => Error::Nvenc(e),
+        CallError::Hung(hung) => Error::Hung {
+            backend: KIND,
+            call: hung.call,
+            deadline: hung.deadline,
+        },
+    }
+}
+
 /// A missing CUDA driver makes NVENC unavailable; any other CUDA failure (out of memory, a
 /// failed copy) is an error of this encoder, which may not recur.
 fn ring_err(e: crate::ring_buffer::RingError) -> Error {
@@ -368,7 +379,6 @@ impl NvencEncoder {
             ..Default::default()
         };
         raw.initialize(&mut init).map_err(nvenc_err)?;
-        let headers = raw.sequence_params().map_err(nvenc_err)?;
 
         // Ring sizing: every picture held for reordering, plus the output delay, plus the one
         // being submitted.
@@ -408,6 +418,7 @@ impl NvencEncoder {
                 call: "std::thread::spawn",
                 message: format!("cannot start the NVENC watchdog thread: {e}"),
             })?;
+        let headers = session.raw.sequence_params().map_err(call_err)?;
         for index in 0..slots {
             let surface = crate::ring_buffer::DeviceSlots::surface(&device, index);
             let pitch = pitch_u32(surface.pitch)?;
@@ -512,24 +523,15 @@ impl NvencEncoder {
 
     /// Fails the encoder with `e` (see the module docs), and returns it.
     fn fail(&mut self, e: CallError) -> Error {
-        match e {
-            CallError::Hung(hung) => {
-                tracing::error!(
-                    call = hung.call,
-                    deadline = ?hung.deadline,
-                    "an NVENC call did not return; the session is abandoned"
-                );
-                Error::Hung {
-                    backend: KIND,
-                    call: hung.call,
-                    deadline: hung.deadline,
-                }
-            }
-            CallError::Failed(e) => {
-                self.failed = Some((e.call, e.to_string()));
-                Error::Nvenc(e)
-            }
+        match &e {
+            CallError::Hung(hung) => tracing::error!(
+                call = hung.call,
+                deadline = ?hung.deadline,
+                "an NVENC call did not return; the session is abandoned"
+            ),
+            CallError::Failed(e) => self.failed = Some((e.call, e.to_string())),
         }
+        call_err(e)
     }
 
     /// Encodes a frame that is already in device memory (see [`DeviceFrame`]): copied
