@@ -544,7 +544,9 @@ impl NvencEncoder {
     /// `frame.device_ptr` must be a live allocation in this encoder's CUDA context holding the
     /// whole frame at `frame.pitch`, left unchanged and allocated until the copy queued here has
     /// run: until [`NvencEncoder::synchronize`], [`VideoEncoder::flush`], or the drop of the
-    /// encoder.
+    /// encoder. Once the encoder failed with [`Error::Hung`], its stream is not waited for (the
+    /// GPU may be as stuck as the driver): the memory of every frame given to it must then stay
+    /// allocated for the life of the process.
     pub unsafe fn encode_device(
         &mut self,
         frame: DeviceFrame,
@@ -573,9 +575,9 @@ impl NvencEncoder {
         let _context = self.enter()?;
         self.make_room(out)?;
         let result = self.copy_device_and_submit(frame, frame_index, pts, out);
-        if result.is_err() {
+        if result.is_err() && !self.is_hung() {
             // A copy may still be queued: the caller's buffer and the surface are only safe to
-            // reuse once it ran.
+            // reuse once it ran. (Not after a hang: see the safety section.)
             let _ = self.synchronize();
         }
         result
