@@ -7,8 +7,12 @@
 //! cargo bench --bench nvenc_overhead                       # 1080p I420, 300 frames
 //! NVENC_BENCH_FRAMES=600 cargo bench --bench nvenc_overhead
 //! ```
-//! Needs `ffmpeg` with `h264_nvenc` (Debian's has it). CPU time is the children's user + system
-//! time from `getrusage(RUSAGE_CHILDREN)`, so it counts every thread of each client.
+//! Needs `ffmpeg` with `h264_nvenc` (Debian's has it); without it that row is skipped with a
+//! note (and the run fails when `NVENC_EMU_REQUIRE_FFMPEG` is set). CPU time is the children's
+//! user + system time from `getrusage(RUSAGE_CHILDREN)`, so it counts every thread of each client.
+//!
+//! The run fails (non-zero exit) when a client fails, or when the emulator reports an API
+//! violation or a leaked handle: a figure from a broken run is not a figure.
 
 use std::io::Read;
 use std::process::Command;
@@ -77,6 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let emu = EmuDriver::new().fast();
     let exe = std::env::current_exe()?;
+    let with_ffmpeg = nvenc_emu_harness::video::ffmpeg_with_nvenc();
     let runs: [(&str, Command); 2] = [
         ("nvenc crate (direct)", {
             let mut c = emu.command(&exe);
@@ -107,7 +112,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:<26} {:>12} {:>10} {:>10}",
         "client", "CPU ms/frame", "wall s", "fps"
     );
+    let mut failed = Vec::new();
     for (name, mut cmd) in runs {
+        if name.starts_with("ffmpeg") && !with_ffmpeg {
+            println!("{name:<26} skipped: ffmpeg has no h264_nvenc");
+            continue;
+        }
         let cpu0 = children_cpu();
         let t0 = Instant::now();
         let out = cmd.output()?;
@@ -115,6 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cpu = children_cpu() - cpu0;
         if !out.status.success() {
             println!("{name}: failed: {}", String::from_utf8_lossy(&out.stderr));
+            failed.push(format!("{name} failed ({})", out.status));
             continue;
         }
         println!(
@@ -126,12 +137,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let report = emu.report();
-    if !report.violations.is_empty() || !report.leaks().is_empty() {
-        println!(
-            "emulator report: {} violation(s), leaks {:?}",
-            report.violations.len(),
-            report.leaks()
-        );
+    for v in &report.violations {
+        failed.push(format!("emulator violation: {v}"));
     }
-    Ok(())
+    for leak in report.leaks() {
+        failed.push(format!("emulator leak: {leak}"));
+    }
+    if report.live.is_empty() {
+        failed.push("the emulator wrote no report: was it loaded?".into());
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("the benchmark run is not valid:\n{}", failed.join("\n")).into())
+    }
 }

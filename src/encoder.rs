@@ -9,8 +9,19 @@
 //!   for B-frame reordering or pipelining), one, or several (a flush; a pipelined encoder
 //!   catching up), and nothing is dropped because a call could return only one. Chunks appended
 //!   before an error are left in the `Vec`.
-//! - A rejected frame (wrong length, timestamp not increasing) is not encoded, and the encoder
-//!   stays usable.
+//! - An `Err` from [`VideoEncoder::encode`] means the frame was **not accepted**, on every
+//!   backend: it never comes out of that encoder (not from a later `encode`, not from `flush`),
+//!   and sending it again, if the encoder is still usable, encodes it exactly once. Frames
+//!   accepted before stay accepted.
+//! - A rejected frame (wrong length, timestamp not increasing, a per-frame option the backend
+//!   lacks: [`Error::FrameSize`], [`Error::NonMonotonicPts`], [`Error::Unsupported`]) is not
+//!   encoded, and the encoder stays usable.
+//! - Any other error is a failure of the encoder itself (a driver or library fault, a dead
+//!   subprocess, a hung driver call: [`Error::Hung`]). The encoder may then be failed: every
+//!   later call returns an error, and frames it accepted but had not yet returned are lost with
+//!   it. [`crate::FallbackEncoder`] is the remedy: it keeps every accepted frame until its chunk
+//!   is delivered, and on such a failure opens the next encoder and encodes them again, so its
+//!   own `encode` returns `Ok` and nothing is lost.
 //! - After `flush` the stream has ended: `encode` returns [`Error::Finished`].
 
 mod config;
@@ -233,8 +244,10 @@ pub trait VideoEncoder: Send {
     /// Encodes one frame, appending any chunks that became ready to `out`.
     ///
     /// # Errors
-    /// [`Error::FrameSize`] or [`Error::NonMonotonicPts`] for a rejected frame (the encoder stays
-    /// usable); [`Error::Finished`] after [`VideoEncoder::flush`]; a backend error otherwise.
+    /// Every error means the frame was not accepted (see the [contract](self)):
+    /// [`Error::FrameSize`], [`Error::NonMonotonicPts`] or [`Error::Unsupported`] for a rejected
+    /// frame (the encoder stays usable); [`Error::Finished`] after [`VideoEncoder::flush`]; a
+    /// backend error otherwise, after which the encoder may be failed.
     fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error>;
 
     /// Ends the stream, appending every chunk still held by the encoder to `out`.

@@ -277,6 +277,23 @@ pub enum Error {
     /// Loading the NVIDIA encode library failed: no driver, an old driver, or a wrong library.
     #[error(transparent)]
     NvencLoad(#[from] nvenc_sys::LoadError),
+    /// A driver call did not return within its deadline: the driver or GPU is wedged. The
+    /// encoder is failed (every later call returns this error again); it could not be torn down
+    /// while the call is inside the driver, so its session and memory stay allocated until the
+    /// call returns (they are then released) or the process exits.
+    /// [`FallbackEncoder`](crate::FallbackEncoder) fails over and loses no accepted frame.
+    #[error(
+        "the {backend} encoder's {call} did not return within {deadline:?}: the driver or GPU \
+         appears hung; the session was abandoned (released if the call ever returns)"
+    )]
+    Hung {
+        /// The backend.
+        backend: EncoderKind,
+        /// The driver call that did not return, by its C name.
+        call: &'static str,
+        /// How long the caller waited for it.
+        deadline: std::time::Duration,
+    },
 }
 
 /// How an encoder's child process failed.

@@ -12,7 +12,8 @@
 //! # Failing over mid-stream
 //! Chunks are handed to the caller only in groups that complete a prefix of the input in display
 //! order, so at any moment everything delivered is a whole, decodable stream up to some frame
-//! `k`. When the encoder fails (device lost, session killed, subprocess died), the next candidate
+//! `k`. When the encoder fails (device lost, session killed, subprocess died, a driver call
+//! hung past its deadline: [`Error::Hung`]), the next candidate
 //! opens and every accepted frame after `k` is encoded again on it, starting with an IDR with
 //! fresh SPS/PPS: no accepted frame is lost, and the delivered stream stays in display order.
 //! With B-frames this holds chunks back by at most the reordering depth; without B-frames
@@ -69,6 +70,9 @@ pub struct FallbackEncoder {
     /// Buffers of delivered frames, reused for the next held copies, so holding a frame for
     /// replay costs a copy but no allocation once the stream runs.
     spare: Vec<Vec<u8>>,
+    /// The current encoder's output of one call, kept empty between calls so its buffer is
+    /// reused.
+    scratch: Vec<EncodedChunk>,
 }
 
 impl std::fmt::Debug for FallbackEncoder {
@@ -229,6 +233,7 @@ impl FallbackEncoder {
             switches: 0,
             rejected,
             spare: Vec::new(),
+            scratch: Vec::new(),
         })
     }
 
@@ -282,11 +287,11 @@ impl FallbackEncoder {
     /// kept a frame back longer than any reordering explains: the caller fails over.
     fn collect(
         &mut self,
-        inner: Vec<EncodedChunk>,
+        inner: &mut Vec<EncodedChunk>,
         out: &mut Vec<EncodedChunk>,
     ) -> Result<(), Error> {
         let accepted = self.gate.accepted();
-        for mut chunk in inner {
+        for mut chunk in inner.drain(..) {
             chunk.frame_index += self.inner_base;
             let index = chunk.frame_index;
             let duplicate = self.waiting.iter().any(|c| c.frame_index == index);
@@ -300,16 +305,15 @@ impl FallbackEncoder {
             self.waiting.push_back(chunk);
         }
         // Deliver the longest decode-order prefix of `waiting` whose frames, with everything
-        // delivered before, cover 0..k exactly.
-        let mut seen = std::collections::BTreeSet::new();
+        // delivered before, cover 0..k exactly. The frames of `waiting` are distinct and not
+        // below `delivered_below` (checked above), so a prefix of n of them covers
+        // `delivered_below..=max` exactly when `max - delivered_below + 1 == n`: no set needed,
+        // and nothing is allocated per frame.
         let mut cut = 0;
-        let mut below = self.delivered_below;
+        let mut max = self.delivered_below;
         for (i, chunk) in self.waiting.iter().enumerate() {
-            seen.insert(chunk.frame_index);
-            while seen.contains(&below) {
-                below += 1;
-            }
-            if below - self.delivered_below == seen.len() as u64 {
+            max = max.max(chunk.frame_index);
+            if max - self.delivered_below + 1 == i as u64 + 1 {
                 cut = i + 1;
             }
         }
@@ -389,7 +393,7 @@ impl FallbackEncoder {
             };
             result?;
         }
-        self.collect(inner, out)
+        self.collect(&mut inner, out)
     }
 }
 
@@ -461,7 +465,7 @@ impl VideoEncoder for FallbackEncoder {
         let Some(current) = self.current.as_mut() else {
             return Err(self.dead());
         };
-        let mut inner = Vec::new();
+        let mut inner = std::mem::take(&mut self.scratch);
         let result = current.encode(
             Frame {
                 pts: Some(pts),
@@ -469,29 +473,30 @@ impl VideoEncoder for FallbackEncoder {
             },
             &mut inner,
         );
-        match result {
+        let outcome = match result {
             Ok(()) => {
                 self.hold(index, pts, &frame);
-                match self.collect(inner, out) {
+                match self.collect(&mut inner, out) {
                     Ok(()) => Ok(()),
                     Err(e) => self.fail_over(e, out),
                 }
             }
             Err(e) if is_encoder_failure(&e) => {
-                // The failed encoder did not take the frame; accept it here and let the failover
-                // encode it with the others not yet delivered.
+                // The failed encoder did not take the frame (an error means "not accepted");
+                // accept it here and let the failover encode it with the others not yet
+                // delivered.
                 self.hold(index, pts, &frame);
-                let _ = self.collect(inner, out);
+                let _ = self.collect(&mut inner, out);
                 self.fail_over(e, out)
             }
-            Err(e) => match self.collect(inner, out) {
+            Err(e) => match self.collect(&mut inner, out) {
                 Ok(()) => Err(e),
-                Err(bad) => {
-                    self.fail_over(bad, out)?;
-                    Err(e)
-                }
+                Err(bad) => self.fail_over(bad, out).and(Err(e)),
             },
-        }
+        };
+        inner.clear();
+        self.scratch = inner;
+        outcome
     }
 
     fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
@@ -504,7 +509,7 @@ impl VideoEncoder for FallbackEncoder {
             };
             let mut inner = Vec::new();
             let flushed = current.flush(&mut inner);
-            let collected = self.collect(inner, out);
+            let collected = self.collect(&mut inner, out);
             match (flushed, collected) {
                 (Ok(()), Ok(())) => break,
                 (Err(e), _) if !is_encoder_failure(&e) => return Err(e),

@@ -11,6 +11,19 @@ use nvenc::{
     EncoderConfig, EncoderKind, Error, FallbackEncoder, FfmpegCodec, VideoEncoder, X264Encoder,
 };
 
+/// As for the x264 backend (`x264_backend.rs`): the chain below is x264 behind the fallback.
+const PSNR_FLOOR_DB: f64 = 38.0;
+
+/// The fallback chain with x264 alone, under the whole encoder contract.
+fn open_fallback_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
+    Ok(Box::new(FallbackEncoder::with_chain(
+        config,
+        vec![x264_opener()],
+    )?))
+}
+
+contract_tests!(open_fallback_x264);
+
 fn x264_opener() -> (EncoderKind, Opener) {
     (
         EncoderKind::X264,
@@ -217,4 +230,54 @@ fn chain_running_out_reports_every_reason_and_stays_failed() {
         encoder.encode_frame(&input[3], &mut chunks).is_err(),
         "a spent chain stays failed"
     );
+}
+
+/// The contract through the chain: a frame whose `encode` failed never comes out. Here the
+/// first encoder fails at frame 2 and the next one cannot open, so the chain is spent: frame 2
+/// and every later frame are refused, and none of them is in the output.
+#[test]
+fn a_frame_refused_by_a_spent_chain_never_comes_out() {
+    let config = EncoderConfig::new(320, 240).with_bframes(Some(2));
+    let failing: Opener = Box::new(|c: &EncoderConfig| {
+        Ok(Box::new(Failing {
+            inner: Box::new(X264Encoder::new(c)?),
+            fail_at: 3,
+            seen: 0,
+        }) as Box<dyn VideoEncoder>)
+    });
+    let refusing: Opener = Box::new(|_: &EncoderConfig| {
+        Err(Error::Unavailable {
+            backend: EncoderKind::Nvenc,
+            reason: "test: no device".into(),
+        })
+    });
+    let chain = vec![(EncoderKind::X264, failing), (EncoderKind::Nvenc, refusing)];
+    let mut encoder = FallbackEncoder::with_chain(&config, chain).expect("open");
+    let input = common::clip(&config, 8);
+    let run = common::drive_through_errors(&mut encoder, &input, true);
+    assert_eq!(run.accepted, vec![0, 1]);
+    assert_eq!(run.refused.len(), 12, "frames 2..8, each sent twice");
+    assert!(run.flush.is_err());
+}
+
+/// The contract through the chain when the failover works: the failing encoder's errors are
+/// absorbed, every `encode` returns `Ok`, and every frame comes out exactly once.
+#[test]
+fn a_failover_accepts_the_frame_the_failed_encoder_refused() {
+    let config = EncoderConfig::new(320, 240).with_bframes(Some(2));
+    let failing: Opener = Box::new(|c: &EncoderConfig| {
+        Ok(Box::new(Failing {
+            inner: Box::new(X264Encoder::new(c)?),
+            fail_at: 7,
+            seen: 0,
+        }) as Box<dyn VideoEncoder>)
+    });
+    let chain = vec![(EncoderKind::X264, failing), x264_opener()];
+    let mut encoder = FallbackEncoder::with_chain(&config, chain).expect("open");
+    let input = common::clip(&config, 20);
+    let run = common::drive_through_errors(&mut encoder, &input, false);
+    assert!(run.refused.is_empty(), "{:?}", run.refused);
+    run.flush.expect("flush");
+    assert_eq!(encoder.switches(), 1);
+    assert_eq!(run.chunks.len(), 20);
 }

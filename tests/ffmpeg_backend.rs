@@ -234,3 +234,50 @@ fn error_carries_what_ffmpeg_wrote_to_stderr() {
         other => panic!("expected a subprocess error, got {other:?}"),
     }
 }
+
+/// The contract on the subprocess backend: once ffmpeg is killed, every `encode` fails and the
+/// frames it refused never come out (not from a later call, not from `flush`).
+#[test]
+fn frames_refused_after_a_kill_never_come_out() {
+    let config = EncoderConfig::new(320, 240).with_bframes(Some(0));
+    let encoder = FfmpegEncoder::new(&config, &FfmpegOptions::new(FfmpegCodec::Libx264))
+        .expect("ffmpeg with libx264");
+    let pid = encoder.pid();
+    let mut encoder: Box<dyn VideoEncoder> = Box::new(encoder);
+    let input = common::clip(&config, 30);
+    let mut chunks = Vec::new();
+    for (i, frame) in input[..10].iter().enumerate() {
+        encoder
+            .encode(nvenc::Frame::new(frame).with_pts(i as i64), &mut chunks)
+            .expect("encode before the kill");
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    // Frames 10.. go to a dead process: the pipe may still take a few before the death shows.
+    let mut rest = chunks;
+    let mut accepted: Vec<i64> = (0..10).collect();
+    let mut refused = Vec::new();
+    for (i, frame) in input.iter().enumerate().skip(10) {
+        let pts = i as i64;
+        match encoder.encode(nvenc::Frame::new(frame).with_pts(pts), &mut rest) {
+            Ok(()) => accepted.push(pts),
+            Err(_) => refused.push(pts),
+        }
+    }
+    assert!(!refused.is_empty(), "a killed ffmpeg must refuse frames");
+    assert!(
+        encoder.flush(&mut rest).is_err(),
+        "flush reports the dead process"
+    );
+    for c in &rest {
+        assert!(
+            !refused.contains(&c.pts),
+            "frame {} came out although encode refused it",
+            c.pts
+        );
+        assert!(accepted.contains(&c.pts));
+    }
+}

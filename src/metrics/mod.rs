@@ -303,6 +303,7 @@ pub fn error_kind(error: &Error) -> &'static str {
         Error::Unsupported { .. } => "unsupported",
         Error::Subprocess { .. } => "subprocess",
         Error::NvencLoad(_) => "nvenc_load",
+        Error::Hung { .. } => "hung",
     }
 }
 

@@ -14,6 +14,7 @@ use nvenc_sys as sys;
 use nvenc_sys::{Library, GUID, NVENCSTATUS};
 
 use super::error::NvencError;
+use super::watchdog::{Hung, Watchdog};
 
 /// How often `nvEncEncodePicture` is retried while it returns `NV_ENC_ERR_ENCODER_BUSY`, and the
 /// pause between tries (GStreamer's nvcodec uses the same 100 x 1 ms; see NVENC-NOTES item 16).
@@ -25,12 +26,89 @@ const BUSY_PAUSE: Duration = Duration::from_millis(1);
 pub(crate) struct RawEncoder {
     lib: Arc<Library>,
     handle: NonNull<c_void>,
+    /// Where the calls that may block forever run, once [`RawEncoder::start_watchdog`] was
+    /// called; without it they run on the caller's thread.
+    watchdog: Option<Watchdog<Blocking, Unblocked>>,
+}
+
+/// A session handle, for the watchdog's worker thread.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionPtr(NonNull<c_void>);
+
+// SAFETY: an opaque driver handle; the worker uses it only while the owner waits for the call
+// (calls on the session are never concurrent), or, once a call hung, only to finish that call,
+// and the owner then never touches the session again (it is handed to `Watchdog::abandon`).
+unsafe impl Send for SessionPtr {}
+
+/// A call that may block forever, as sent to the watchdog's worker.
+// Moved through one fixed slot; boxing the large variant would allocate on every frame.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Blocking {
+    /// `nvEncEncodePicture` with these parameters.
+    Submit(PicParams),
+    /// `nvEncLockBitstream` + copy + `nvEncUnlockBitstream` of this buffer into `out`.
+    Lock { buffer: SessionPtr, out: Vec<u8> },
+    /// `nvEncGetSequenceParams`.
+    SequenceParams,
+}
+
+/// `NV_ENC_PIC_PARAMS`, to be moved to the worker.
+pub(crate) struct PicParams(sys::NV_ENC_PIC_PARAMS);
+
+// SAFETY: the struct holds only plain values and opaque handles of the session (input, output),
+// which the driver reads during the call; the owner keeps those handles alive past the call (or
+// hands them to `Watchdog::abandon` with the session if the call hangs).
+unsafe impl Send for PicParams {}
+
+/// What a [`Blocking`] call returned.
+pub(crate) enum Unblocked {
+    Submitted(Result<Submitted, NvencError>),
+    Locked(Result<LockedInfo, NvencError>, Vec<u8>),
+    SequenceParams(Result<Vec<u8>, NvencError>),
+}
+
+/// How a call that hung ended, once (if ever) it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LateEnd {
+    /// It did what it was asked: a picture was submitted, or an output read and unlocked.
+    Succeeded,
+    /// It failed: nothing was submitted, or the output was not read.
+    Failed,
+    /// No reply was seen.
+    Unknown,
+}
+
+impl LateEnd {
+    /// From the reply the watchdog's worker kept for a call that hung.
+    pub(crate) fn of(reply: Option<Unblocked>) -> Self {
+        match reply {
+            Some(Unblocked::Submitted(Ok(_)) | Unblocked::Locked(Ok(_), _)) => LateEnd::Succeeded,
+            Some(_) => LateEnd::Failed,
+            None => LateEnd::Unknown,
+        }
+    }
+}
+
+/// A failed call that may block: it failed, or it did not return within the deadline.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The driver returned an error.
+    Failed(NvencError),
+    /// The call did not return in time; the session must be abandoned, not destroyed.
+    Hung(Hung),
+}
+
+impl From<NvencError> for CallError {
+    fn from(e: NvencError) -> Self {
+        CallError::Failed(e)
+    }
 }
 
 // SAFETY: an NVENC session handle may be used from any thread in synchronous mode as long as
 // calls on it are not concurrent; `RawEncoder` is only reachable through `&self`/`&mut self` of
-// its single owner (the backend, which is `Send` but not `Sync`), and the function table in
-// `Library` is immutable.
+// its single owner (the backend, which is `Send` but not `Sync`), whose calls through the
+// watchdog's worker wait for the worker (or, once one hung, stop calling altogether), and the
+// function table in `Library` is immutable.
 unsafe impl Send for RawEncoder {}
 
 /// An output bitstream buffer created by `nvEncCreateBitstreamBuffer`.
@@ -124,14 +202,22 @@ impl RawEncoder {
         let status = unsafe { (lib.fns().open_encode_session_ex)(&mut params, &mut handle) };
         if status.is_success() {
             if let Some(handle) = NonNull::new(handle) {
-                return Ok(RawEncoder { lib, handle });
+                return Ok(RawEncoder {
+                    lib,
+                    handle,
+                    watchdog: None,
+                });
             }
         }
         // "If the creation of encoder session fails, the client must call NvEncDestroyEncoder
         // API before exiting" (nvEncodeAPI.h): a failed open may still have returned a handle.
         let detail = match NonNull::new(handle) {
             Some(handle) => {
-                let failed = RawEncoder { lib, handle };
+                let failed = RawEncoder {
+                    lib,
+                    handle,
+                    watchdog: None,
+                };
                 failed.last_error()
                 // `failed` drops here and destroys the half-open session.
             }
@@ -152,17 +238,52 @@ impl RawEncoder {
     /// `nvEncGetLastErrorString`, or an empty string.
     #[doc(alias = "nvEncGetLastErrorString")]
     pub(crate) fn last_error(&self) -> String {
-        // SAFETY: the session handle is live for the lifetime of `self`.
-        let text = unsafe { (self.lib.fns().get_last_error_string)(self.raw()) };
-        if text.is_null() {
-            return String::new();
-        }
-        // SAFETY: the driver returns a NUL-terminated string owned by the session, valid until
-        // the next call on it; it is copied out at once.
-        unsafe { CStr::from_ptr(text) }
-            .to_string_lossy()
-            .trim()
-            .to_owned()
+        last_error_of(&self.lib, self.raw())
+    }
+
+    /// Runs the calls that may block forever (`nvEncEncodePicture`, `nvEncLockBitstream`) on a
+    /// worker thread from now on, each awaited at most `deadline` (see `watchdog.rs`).
+    ///
+    /// # Errors
+    /// When the operating system refuses a new thread.
+    pub(crate) fn start_watchdog(
+        &mut self,
+        deadline: Duration,
+        context: Arc<crate::ring_buffer::CudaContext>,
+    ) -> std::io::Result<()> {
+        let lib = Arc::clone(&self.lib);
+        let session = SessionPtr(self.handle);
+        let mut entered = false;
+        let worker = Watchdog::spawn("nvenc-watchdog", deadline, move |call| {
+            if !entered {
+                // The session's CUDA context stays current on the worker for its whole life,
+                // as it is on the caller's thread around every NVENC call. (The worker also
+                // keeps the context alive while a hung call may still use it.)
+                match crate::ring_buffer::push_context(&context) {
+                    Ok(guard) => {
+                        std::mem::forget(guard);
+                        entered = true;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "NVENC worker without its CUDA context"),
+                }
+            }
+            run_blocking(&lib, session, call)
+        })?;
+        self.watchdog = Some(worker);
+        Ok(())
+    }
+
+    /// The call that did not return within the watchdog's deadline, if one did not: the session
+    /// must then not be called again, nor destroyed (see [`Watchdog::abandon`]).
+    pub(crate) fn hung(&self) -> Option<Hung> {
+        self.watchdog.as_ref().and_then(Watchdog::hung)
+    }
+
+    /// Takes the watchdog out, so the session can be handed with everything a hung call may use
+    /// to [`Watchdog::abandon`]; from then on calls run on the caller's thread (the worker's,
+    /// once the hung call has returned and it tears the session down).
+    pub(crate) fn take_watchdog(&mut self) -> Option<Watchdog<Blocking, Unblocked>> {
+        self.watchdog.take()
     }
 
     fn check(&self, call: &'static str, status: NVENCSTATUS) -> Result<(), NvencError> {
@@ -403,30 +524,18 @@ impl RawEncoder {
             .map_err(|e| (mapped, e))
     }
 
-    fn submit(&self, params: &mut sys::NV_ENC_PIC_PARAMS) -> Result<Submitted, NvencError> {
-        for _ in 0..BUSY_RETRIES {
-            // SAFETY: live session; `params` is a valid versioned struct whose input and output
-            // handles (if any) belong to this session and are alive (they are borrowed by the
-            // caller for the duration of this call).
-            let status = unsafe { (self.lib.fns().encode_picture)(self.raw(), params) };
-            match status {
-                NVENCSTATUS::NV_ENC_SUCCESS => return Ok(Submitted::OutputReady),
-                NVENCSTATUS::NV_ENC_ERR_NEED_MORE_INPUT => return Ok(Submitted::NeedMoreInput),
-                NVENCSTATUS::NV_ENC_ERR_ENCODER_BUSY => std::thread::sleep(BUSY_PAUSE),
-                other => {
-                    return Err(NvencError::new(
-                        "nvEncEncodePicture",
-                        other,
-                        self.last_error(),
-                    ))
+    fn submit(&self, params: sys::NV_ENC_PIC_PARAMS) -> Result<Submitted, CallError> {
+        let mut params = params;
+        match &self.watchdog {
+            None => Ok(submit_on(&self.lib, self.raw(), &mut params)?),
+            Some(worker) => {
+                match worker.call("nvEncEncodePicture", Blocking::Submit(PicParams(params))) {
+                    Ok(Unblocked::Submitted(result)) => Ok(result?),
+                    Ok(_) => Err(CallError::Failed(mixed_up())),
+                    Err(hung) => Err(CallError::Hung(hung)),
                 }
             }
         }
-        Err(NvencError::new(
-            "nvEncEncodePicture",
-            NVENCSTATUS::NV_ENC_ERR_ENCODER_BUSY,
-            format!("still busy after {BUSY_RETRIES} tries {BUSY_PAUSE:?} apart"),
-        ))
     }
 
     /// `nvEncEncodePicture` for one frame.
@@ -434,7 +543,7 @@ impl RawEncoder {
     pub(crate) fn encode_picture(
         &self,
         picture: &PictureInput<'_>,
-    ) -> Result<Submitted, NvencError> {
+    ) -> Result<Submitted, CallError> {
         let mut params = versioned!(sys::NV_ENC_PIC_PARAMS, sys::NV_ENC_PIC_PARAMS_VER);
         params.inputWidth = picture.width;
         params.inputHeight = picture.height;
@@ -453,15 +562,15 @@ impl RawEncoder {
             flags |= flag(sys::NV_ENC_PIC_FLAGS::NV_ENC_PIC_FLAG_OUTPUT_SPSPPS);
         }
         params.encodePicFlags = flags;
-        self.submit(&mut params)
+        self.submit(params)
     }
 
     /// `nvEncEncodePicture` with `NV_ENC_PIC_FLAG_EOS` and no input: drains the encoder.
     #[doc(alias = "nvEncEncodePicture")]
-    pub(crate) fn end_of_stream(&self) -> Result<Submitted, NvencError> {
+    pub(crate) fn end_of_stream(&self) -> Result<Submitted, CallError> {
         let mut params = versioned!(sys::NV_ENC_PIC_PARAMS, sys::NV_ENC_PIC_PARAMS_VER);
         params.encodePicFlags = flag(sys::NV_ENC_PIC_FLAGS::NV_ENC_PIC_FLAG_EOS);
-        self.submit(&mut params)
+        self.submit(params)
     }
 
     /// `nvEncLockBitstream` (waiting), copy into `out`, `nvEncUnlockBitstream`.
@@ -470,39 +579,22 @@ impl RawEncoder {
         &self,
         buffer: &BitstreamBuffer,
         out: &mut Vec<u8>,
-    ) -> Result<LockedInfo, NvencError> {
-        let mut lock = versioned!(sys::NV_ENC_LOCK_BITSTREAM, sys::NV_ENC_LOCK_BITSTREAM_VER);
-        lock.outputBitstream = buffer.0.as_ptr();
-        // SAFETY: live session; valid versioned struct naming a bitstream buffer of this session
-        // whose picture was submitted (the caller locks only submitted buffers, in order).
-        let status = unsafe { (self.lib.fns().lock_bitstream)(self.raw(), &mut lock) };
-        self.check("nvEncLockBitstream", status)?;
-        let size = lock.bitstreamSizeInBytes as usize;
-        let copied = if size == 0 {
-            Ok(())
-        } else if lock.bitstreamBufferPtr.is_null() {
-            Err(NvencError::new(
-                "nvEncLockBitstream",
-                NVENCSTATUS::NV_ENC_ERR_INVALID_PTR,
-                "null bitstream pointer".into(),
-            ))
-        } else {
-            // SAFETY: while locked, the driver guarantees `bitstreamSizeInBytes` readable bytes
-            // at `bitstreamBufferPtr`; they are copied before the unlock below.
-            let bytes =
-                unsafe { std::slice::from_raw_parts(lock.bitstreamBufferPtr.cast::<u8>(), size) };
-            out.extend_from_slice(bytes);
-            Ok(())
+    ) -> Result<LockedInfo, CallError> {
+        let Some(worker) = &self.watchdog else {
+            return Ok(lock_on(&self.lib, self.raw(), buffer.0.as_ptr(), out)?);
         };
-        // Unlock even when the copy failed, so the buffer can be destroyed.
-        // SAFETY: live session; the buffer was locked above.
-        let status = unsafe { (self.lib.fns().unlock_bitstream)(self.raw(), buffer.0.as_ptr()) };
-        copied?;
-        self.check("nvEncUnlockBitstream", status)?;
-        Ok(LockedInfo {
-            timestamp: lock.outputTimeStamp,
-            picture_type: lock.pictureType,
-        })
+        let request = Blocking::Lock {
+            buffer: SessionPtr(buffer.0),
+            out: std::mem::take(out),
+        };
+        match worker.call("nvEncLockBitstream", request) {
+            Ok(Unblocked::Locked(result, bytes)) => {
+                *out = bytes;
+                Ok(result?)
+            }
+            Ok(_) => Err(CallError::Failed(mixed_up())),
+            Err(hung) => Err(CallError::Hung(hung)),
+        }
     }
 
     /// `nvEncSetIOCudaStreams`: NVENC's input pre-processing and output post-processing run on
@@ -518,29 +610,33 @@ impl RawEncoder {
         self.check("nvEncSetIOCudaStreams", status)
     }
 
-    /// `nvEncGetSequenceParams`: the SPS and PPS, Annex B.
+    /// `nvEncGetSequenceParams`: the SPS and PPS, Annex B. On the watchdog's worker once it
+    /// runs, since "the client must call NvEncGetSequenceParams() function from the same thread
+    /// which is being used to call NvEncEncodePicture()" (nvEncodeAPI.h).
     #[doc(alias = "nvEncGetSequenceParams")]
-    pub(crate) fn sequence_params(&self) -> Result<Vec<u8>, NvencError> {
-        let mut buf = vec![0u8; sys::NV_MAX_SEQ_HDR_LEN as usize];
-        let mut size = 0u32;
-        let mut payload = versioned!(
-            sys::NV_ENC_SEQUENCE_PARAM_PAYLOAD,
-            sys::NV_ENC_SEQUENCE_PARAM_PAYLOAD_VER
-        );
-        payload.inBufferSize = buf.len() as u32;
-        payload.spsppsBuffer = buf.as_mut_ptr().cast();
-        payload.outSPSPPSPayloadSize = &mut size;
-        // SAFETY: live session; `payload` points at `buf` (its real size given) and at `size`,
-        // both alive for the call.
-        let status = unsafe { (self.lib.fns().get_sequence_params)(self.raw(), &mut payload) };
-        self.check("nvEncGetSequenceParams", status)?;
-        buf.truncate((size as usize).min(buf.len()));
-        Ok(buf)
+    pub(crate) fn sequence_params(&self) -> Result<Vec<u8>, CallError> {
+        let Some(worker) = &self.watchdog else {
+            return Ok(sequence_params_on(&self.lib, self.raw())?);
+        };
+        match worker.call("nvEncGetSequenceParams", Blocking::SequenceParams) {
+            Ok(Unblocked::SequenceParams(result)) => Ok(result?),
+            Ok(_) => Err(CallError::Failed(mixed_up())),
+            Err(hung) => Err(CallError::Hung(hung)),
+        }
     }
 }
 
 impl Drop for RawEncoder {
     fn drop(&mut self) {
+        if let Some(hung) = self.hung() {
+            // A call is still inside the session: destroying it now is not allowed. The owner
+            // hands hung sessions to `Watchdog::abandon` instead; this is the safe default.
+            tracing::error!(
+                call = hung.call,
+                "an NVENC session with a hung call is left open"
+            );
+            return;
+        }
         // A failed destroy is tried once more: a session left open holds video memory (and a
         // GeForce session slot) until the process ends.
         for attempt in 1..=2 {
@@ -554,4 +650,153 @@ impl Drop for RawEncoder {
             tracing::warn!(%status, attempt, "nvEncDestroyEncoder failed");
         }
     }
+}
+
+/// Runs a blocking call on the watchdog's worker.
+fn run_blocking(lib: &Library, session: SessionPtr, call: Blocking) -> Unblocked {
+    match call {
+        Blocking::Submit(mut params) => {
+            Unblocked::Submitted(submit_on(lib, session.0.as_ptr(), &mut params.0))
+        }
+        Blocking::Lock { buffer, mut out } => {
+            let locked = lock_on(lib, session.0.as_ptr(), buffer.0.as_ptr(), &mut out);
+            Unblocked::Locked(locked, out)
+        }
+        Blocking::SequenceParams => {
+            Unblocked::SequenceParams(sequence_params_on(lib, session.0.as_ptr()))
+        }
+    }
+}
+
+fn mixed_up() -> NvencError {
+    NvencError::new(
+        "nvenc watchdog",
+        NVENCSTATUS::NV_ENC_ERR_GENERIC,
+        "the worker answered a different call".into(),
+    )
+}
+
+/// `nvEncGetLastErrorString` of `session`, or an empty string.
+fn last_error_of(lib: &Library, session: *mut c_void) -> String {
+    // SAFETY: the caller passes a live session handle of `lib`.
+    let text = unsafe { (lib.fns().get_last_error_string)(session) };
+    if text.is_null() {
+        return String::new();
+    }
+    // SAFETY: the driver returns a NUL-terminated string owned by the session, valid until the
+    // next call on it; it is copied out at once.
+    unsafe { CStr::from_ptr(text) }
+        .to_string_lossy()
+        .trim()
+        .to_owned()
+}
+
+/// `nvEncEncodePicture`, retried while the encoder is busy.
+fn submit_on(
+    lib: &Library,
+    session: *mut c_void,
+    params: &mut sys::NV_ENC_PIC_PARAMS,
+) -> Result<Submitted, NvencError> {
+    for _ in 0..BUSY_RETRIES {
+        // SAFETY: `session` is a live session of `lib` (its owner keeps it open while a call is
+        // inside it); `params` is a valid versioned struct whose input and output handles (if
+        // any) belong to this session and are kept alive by the owner past the call.
+        let status = unsafe { (lib.fns().encode_picture)(session, params) };
+        match status {
+            NVENCSTATUS::NV_ENC_SUCCESS => return Ok(Submitted::OutputReady),
+            NVENCSTATUS::NV_ENC_ERR_NEED_MORE_INPUT => return Ok(Submitted::NeedMoreInput),
+            NVENCSTATUS::NV_ENC_ERR_ENCODER_BUSY => std::thread::sleep(BUSY_PAUSE),
+            other => {
+                return Err(NvencError::new(
+                    "nvEncEncodePicture",
+                    other,
+                    last_error_of(lib, session),
+                ))
+            }
+        }
+    }
+    Err(NvencError::new(
+        "nvEncEncodePicture",
+        NVENCSTATUS::NV_ENC_ERR_ENCODER_BUSY,
+        format!("still busy after {BUSY_RETRIES} tries {BUSY_PAUSE:?} apart"),
+    ))
+}
+
+/// `nvEncLockBitstream` (waiting), copy into `out`, `nvEncUnlockBitstream`.
+fn lock_on(
+    lib: &Library,
+    session: *mut c_void,
+    buffer: *mut c_void,
+    out: &mut Vec<u8>,
+) -> Result<LockedInfo, NvencError> {
+    let check = |call, status: NVENCSTATUS| {
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(NvencError::new(call, status, last_error_of(lib, session)))
+        }
+    };
+    let mut lock = versioned!(sys::NV_ENC_LOCK_BITSTREAM, sys::NV_ENC_LOCK_BITSTREAM_VER);
+    lock.outputBitstream = buffer;
+    // SAFETY: live session of `lib`; valid versioned struct naming a bitstream buffer of this
+    // session whose picture was submitted (the owner locks only submitted buffers, in order).
+    let status = unsafe { (lib.fns().lock_bitstream)(session, &mut lock) };
+    check("nvEncLockBitstream", status)?;
+    let size = lock.bitstreamSizeInBytes as usize;
+    let copied = if size == 0 {
+        Ok(())
+    } else if lock.bitstreamBufferPtr.is_null() {
+        Err(NvencError::new(
+            "nvEncLockBitstream",
+            NVENCSTATUS::NV_ENC_ERR_INVALID_PTR,
+            "null bitstream pointer".into(),
+        ))
+    } else {
+        // SAFETY: while locked, the driver guarantees `bitstreamSizeInBytes` readable bytes at
+        // `bitstreamBufferPtr`; they are copied before the unlock below.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(lock.bitstreamBufferPtr.cast::<u8>(), size) };
+        out.extend_from_slice(bytes);
+        Ok(())
+    };
+    // Unlock even when the copy failed, so the buffer can be destroyed; a failed unlock is
+    // tried once more, since a buffer left locked can be neither locked again nor destroyed.
+    // SAFETY: live session; the buffer was locked above.
+    let mut status = unsafe { (lib.fns().unlock_bitstream)(session, buffer) };
+    if !status.is_success() {
+        tracing::warn!(%status, "nvEncUnlockBitstream failed; trying again");
+        // SAFETY: as above; the buffer is still locked, since the unlock failed.
+        status = unsafe { (lib.fns().unlock_bitstream)(session, buffer) };
+    }
+    copied?;
+    check("nvEncUnlockBitstream", status)?;
+    Ok(LockedInfo {
+        timestamp: lock.outputTimeStamp,
+        picture_type: lock.pictureType,
+    })
+}
+
+/// `nvEncGetSequenceParams`: the SPS and PPS, Annex B.
+fn sequence_params_on(lib: &Library, session: *mut c_void) -> Result<Vec<u8>, NvencError> {
+    let mut buf = vec![0u8; sys::NV_MAX_SEQ_HDR_LEN as usize];
+    let mut size = 0u32;
+    let mut payload = versioned!(
+        sys::NV_ENC_SEQUENCE_PARAM_PAYLOAD,
+        sys::NV_ENC_SEQUENCE_PARAM_PAYLOAD_VER
+    );
+    payload.inBufferSize = buf.len() as u32;
+    payload.spsppsBuffer = buf.as_mut_ptr().cast();
+    payload.outSPSPPSPayloadSize = &mut size;
+    // SAFETY: a live session of `lib`; `payload` points at `buf` (its real size given) and at
+    // `size`, both alive for the call.
+    let status = unsafe { (lib.fns().get_sequence_params)(session, &mut payload) };
+    if !status.is_success() {
+        return Err(NvencError::new(
+            "nvEncGetSequenceParams",
+            status,
+            last_error_of(lib, session),
+        ));
+    }
+    buf.truncate((size as usize).min(buf.len()));
+    Ok(buf)
 }

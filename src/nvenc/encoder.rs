@@ -16,15 +16,36 @@
 //! # Teardown
 //! In the order the API requires, on every path (flush, error, drop, unwinding): end of stream,
 //! read back or discard pending outputs, unmap, unregister, destroy bitstream buffers, destroy
-//! the session, free the surfaces, release the CUDA context.
+//! the session, free the surfaces, release the CUDA context. A surface whose unmap failed is
+//! retired (never mapped again); its unmap is tried again at teardown.
+//!
+//! # Errors and hangs
+//! An `Err` from [`VideoEncoder::encode`] means the frame was not accepted (see the contract in
+//! [`crate::encoder`]). A driver failure after which the session's state is unknown (a failed
+//! read-back or submission, end of stream refused) fails the encoder: every later `encode` and
+//! `flush` returns an error, and frames not yet read back never come out of it
+//! ([`crate::FallbackEncoder`] replays them on the next encoder).
+//!
+//! `nvEncEncodePicture` and `nvEncLockBitstream` may block forever when the driver or GPU is
+//! wedged (Linux has synchronous mode only). They run on a worker thread of the encoder and the
+//! caller waits at most [`NvencOptions::call_deadline`]; a call that does not return by then
+//! fails the encoder with [`Error::Hung`] naming it. Nothing may be destroyed while a call is
+//! inside the driver, so a hung encoder, when dropped, leaves behind: the NVENC session with its
+//! registrations, mappings and bitstream buffers, the device surfaces and pinned staging slots
+//! of its rings (about `slots * 2.5` frames of memory), its CUDA stream and a reference to the
+//! CUDA context, and the blocked worker thread. If the call ever returns, the worker tears all
+//! of it down in the order above and exits; otherwise it stays until the process exits.
 
 use std::collections::VecDeque;
 use std::ffi::c_void;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use nvenc_sys as sys;
 
-use super::api::{BitstreamBuffer, Mapped, PictureInput, RawEncoder, Registered, Submitted};
+use super::api::{
+    BitstreamBuffer, CallError, LateEnd, Mapped, PictureInput, RawEncoder, Registered, Submitted,
+};
 use super::options::{target_quality, NvencOptions, NvencPreset, NvencTuning};
 use super::NvencError;
 use crate::encoder::{
@@ -77,18 +98,32 @@ struct InFlight {
 }
 
 /// The direct NVENC encoder. See the [module docs](self).
+///
+/// # Errors and hangs
+/// An `Err` from `encode` means the frame was not accepted. A driver failure after which the
+/// session's state is unknown fails the encoder: later calls return an error and frames not yet
+/// read back never come out ([`crate::FallbackEncoder`] replays them elsewhere).
+///
+/// `nvEncEncodePicture` and `nvEncLockBitstream` run on a worker thread of the encoder, each
+/// awaited at most [`NvencOptions::call_deadline`]; one that does not return fails the encoder
+/// with [`Error::Hung`] naming the call. A session cannot be destroyed while a call is inside
+/// it, so a hung encoder, when dropped, leaves behind until the call returns (then the worker
+/// tears it all down in order) or the process exits: the NVENC session with its registrations,
+/// mappings and bitstream buffers, the device surfaces and pinned staging slots of its rings,
+/// its CUDA stream, a reference to the CUDA context, and the blocked worker thread.
 pub struct NvencEncoder {
     // Field order is drop order, and `Drop` tears the session down first; what remains must go
-    // in this order: session, surfaces and rings, stream, context.
+    // in this order: session, surfaces and rings, stream, context. The rings and the stream
+    // handle are dropped by `Drop` itself, or, when a driver call hung, handed with the session
+    // to the watchdog (see the module docs).
     session: Option<Session>,
-    device_in: Producer<DeviceStorage>,
-    device_out: Consumer<DeviceStorage>,
-    staging_in: Producer<PinnedStorage>,
-    staging_out: Consumer<PinnedStorage>,
+    device_in: ManuallyDrop<Producer<DeviceStorage>>,
+    device_out: ManuallyDrop<Consumer<DeviceStorage>>,
+    staging_in: ManuallyDrop<Producer<PinnedStorage>>,
+    staging_out: ManuallyDrop<Consumer<PinnedStorage>>,
     /// The stream handle whose address was given to `nvEncSetIOCudaStreams`; held so that the
     /// address stays valid for the session.
-    #[allow(dead_code)]
-    io_stream: IoStream,
+    io_stream: ManuallyDrop<IoStream>,
     stream: Arc<CudaStream>,
     context: Arc<CudaContext>,
     config: EncoderConfig,
@@ -100,6 +135,9 @@ pub struct NvencEncoder {
     /// `(frame_index, pts)` of every submitted frame not yet read back.
     unread: VecDeque<(u64, i64)>,
     chunks_out: u64,
+    /// The failure that ended this encoder, as `(call, what happened)`: every later `encode` and
+    /// `flush` reports it (see the module docs).
+    failed: Option<(&'static str, String)>,
     /// Set in `Drop`, and declared last so it drops last: once the stream and context fields
     /// (which cudarc releases by making their context current) are gone, the caller's context
     /// is current again.
@@ -124,17 +162,40 @@ struct Session {
     pending: VecDeque<InFlight>,
     /// How many of `pending` (from the front) have output ready to lock.
     ready: usize,
-    /// A read-back failed: the driver's view of the pending outputs is unknown, so teardown
-    /// destroys without locking or unmapping them.
-    broken: bool,
     /// The most pictures that were submitted and not yet read back at once.
     peak_in_flight: usize,
-    /// Mappings whose unmap failed, tried again at teardown.
-    unmapped_later: Vec<Mapped>,
+    /// Mappings whose unmap failed, with their surface's slot index: the surface is never
+    /// mapped again (it still is; mapping it again would fail), and the unmap is tried again at
+    /// teardown.
+    retired: Vec<(Mapped, usize)>,
+    /// Which call hung, if one did: what its picture is to `pending`.
+    hung_at: Option<HungAt>,
+}
+
+/// The call that hung, as it concerns `Session::pending`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HungAt {
+    /// The read-back of the oldest pending picture (`pending.front()`).
+    Front,
+    /// The submission of the newest one (`pending.back()`), whose outcome is unknown.
+    Back,
+    /// The end of stream; no picture of its own.
+    EndOfStream,
 }
 
 fn nvenc_err(e: NvencError) -> Error {
     Error::Nvenc(e)
+}
+
+fn call_err(e: CallError) -> Error {
+    match e {
+        CallError::Failed(e) => Error::Nvenc(e),
+        CallError::Hung(hung) => Error::Hung {
+            backend: KIND,
+            call: hung.call,
+            deadline: hung.deadline,
+        },
+    }
 }
 
 /// A missing CUDA driver makes NVENC unavailable; any other CUDA failure (out of memory, a
@@ -332,7 +393,6 @@ impl NvencEncoder {
             ..Default::default()
         };
         raw.initialize(&mut init).map_err(nvenc_err)?;
-        let headers = raw.sequence_params().map_err(nvenc_err)?;
 
         // Ring sizing: every picture held for reordering, plus the output delay, plus the one
         // being submitted.
@@ -359,10 +419,20 @@ impl NvencEncoder {
             free_outputs: Vec::with_capacity(slots),
             pending: VecDeque::new(),
             ready: 0,
-            broken: false,
             peak_in_flight: 0,
-            unmapped_later: Vec::new(),
+            retired: Vec::new(),
+            hung_at: None,
         };
+        let deadline = options.call_deadline(config.frame_rate);
+        session
+            .raw
+            .start_watchdog(deadline, Arc::clone(&context))
+            .map_err(|e| Error::Backend {
+                backend: KIND,
+                call: "std::thread::spawn",
+                message: format!("cannot start the NVENC watchdog thread: {e}"),
+            })?;
+        let headers = session.raw.sequence_params().map_err(call_err)?;
         for index in 0..slots {
             let surface = crate::ring_buffer::DeviceSlots::surface(&device, index);
             let pitch = pitch_u32(surface.pitch)?;
@@ -393,11 +463,11 @@ impl NvencEncoder {
         );
         Ok(NvencEncoder {
             session: Some(session),
-            device_in,
-            device_out,
-            staging_in,
-            staging_out,
-            io_stream,
+            device_in: ManuallyDrop::new(device_in),
+            device_out: ManuallyDrop::new(device_out),
+            staging_in: ManuallyDrop::new(staging_in),
+            staging_out: ManuallyDrop::new(staging_out),
+            io_stream: ManuallyDrop::new(io_stream),
             stream,
             context,
             config: config.clone(),
@@ -407,6 +477,7 @@ impl NvencEncoder {
             dts: DtsQueue::new(frame_interval_p as usize - 1),
             unread: VecDeque::new(),
             chunks_out: 0,
+            failed: None,
             callers_context: None,
         })
     }
@@ -415,11 +486,13 @@ impl NvencEncoder {
     /// source of a [`DeviceFrame`] given to [`NvencEncoder::encode_device`] may be reused.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] when the driver reports a failure of the stream.
+    /// [`Error::Backend`] naming `cuStreamSynchronize` when the driver reports a failure of the
+    /// stream (a failed copy, a lost device). This encoder failed; NVENC as such may still work.
     pub fn synchronize(&self) -> Result<(), Error> {
-        self.stream.synchronize().map_err(|e| Error::Unavailable {
+        self.stream.synchronize().map_err(|e| Error::Backend {
             backend: KIND,
-            reason: format!("cuStreamSynchronize failed: {e}"),
+            call: "cuStreamSynchronize",
+            message: e.to_string(),
         })
     }
 
@@ -437,9 +510,42 @@ impl NvencEncoder {
     }
 
     fn session(&mut self) -> Result<&mut Session, Error> {
+        if let Some(failure) = self.failure() {
+            return Err(failure);
+        }
         self.session
             .as_mut()
             .ok_or(Error::Finished { backend: KIND })
+    }
+
+    /// The error that failed this encoder, again, if one did.
+    fn failure(&self) -> Option<Error> {
+        if let Some(hung) = self.session.as_ref().and_then(|s| s.raw.hung()) {
+            return Some(Error::Hung {
+                backend: KIND,
+                call: hung.call,
+                deadline: hung.deadline,
+            });
+        }
+        let (call, message) = self.failed.as_ref()?;
+        Some(Error::Backend {
+            backend: KIND,
+            call,
+            message: format!("the encoder failed earlier and cannot continue: {message}"),
+        })
+    }
+
+    /// Fails the encoder with `e` (see the module docs), and returns it.
+    fn fail(&mut self, e: CallError) -> Error {
+        match &e {
+            CallError::Hung(hung) => tracing::error!(
+                call = hung.call,
+                deadline = ?hung.deadline,
+                "an NVENC call did not return; the session is abandoned"
+            ),
+            CallError::Failed(e) => self.failed = Some((e.call, e.to_string())),
+        }
+        call_err(e)
     }
 
     /// Encodes a frame that is already in device memory (see [`DeviceFrame`]): copied
@@ -452,7 +558,9 @@ impl NvencEncoder {
     /// `frame.device_ptr` must be a live allocation in this encoder's CUDA context holding the
     /// whole frame at `frame.pitch`, left unchanged and allocated until the copy queued here has
     /// run: until [`NvencEncoder::synchronize`], [`VideoEncoder::flush`], or the drop of the
-    /// encoder.
+    /// encoder. Once the encoder failed with [`Error::Hung`], its stream is not waited for (the
+    /// GPU may be as stuck as the driver): the memory of every frame given to it must then stay
+    /// allocated for the life of the process.
     pub unsafe fn encode_device(
         &mut self,
         frame: DeviceFrame,
@@ -481,9 +589,9 @@ impl NvencEncoder {
         let _context = self.enter()?;
         self.make_room(out)?;
         let result = self.copy_device_and_submit(frame, frame_index, pts, out);
-        if result.is_err() {
+        if result.is_err() && !self.is_hung() {
             // A copy may still be queued: the caller's buffer and the surface are only safe to
-            // reuse once it ran.
+            // reuse once it ran. (Not after a hang: see the safety section.)
             let _ = self.synchronize();
         }
         result
@@ -498,6 +606,7 @@ impl NvencEncoder {
         out: &mut Vec<EncodedChunk>,
     ) -> Result<(), Error> {
         let planes = self.planes(frame.pitch);
+        self.skip_retired()?;
         let slot = self.device_in.try_reserve().map_err(ring_flow)?;
         let surface = slot.surface();
         for (offset, pitch, dst) in planes.0[..planes.1].iter().map(|p| p.on(&surface)) {
@@ -535,6 +644,7 @@ impl NvencEncoder {
         out: &mut Vec<EncodedChunk>,
     ) -> Result<(), Error> {
         let planes = self.planes(self.config.resolution.width as usize);
+        self.skip_retired()?;
         let slot = self.device_in.try_reserve().map_err(ring_flow)?;
         let surface = slot.surface();
         for (offset, pitch, dst) in planes.0[..planes.1].iter().map(|p| p.on(&surface)) {
@@ -612,22 +722,50 @@ impl NvencEncoder {
         }
     }
 
-    /// Reads back outputs until a device slot is free for the next frame.
+    /// Reads back outputs until a device slot is free for the next frame (and for a retired
+    /// surface that may come up first, see [`NvencEncoder::skip_retired`]).
     fn make_room(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
         let capacity = self.device_in.capacity();
-        while self.session()?.pending.len() >= capacity {
-            if self.session()?.ready == 0 {
+        loop {
+            let session = self.session()?;
+            if session.pending.len() + session.retired.len() < capacity {
+                return Ok(());
+            }
+            if session.ready == 0 || session.pending.is_empty() {
                 // The ring was sized for every frame NVENC may hold; reaching this means the
-                // driver held more than it said it would.
+                // driver held more than it said it would, or too many surfaces were retired.
                 return Err(Error::Backend {
                     backend: KIND,
                     call: "nvEncEncodePicture",
-                    message: "every input surface is in flight and no output is ready".into(),
+                    message: format!(
+                        "every input surface is in flight or retired ({} retired after a failed \
+                         unmap) and no output is ready",
+                        session.retired.len()
+                    ),
                 });
             }
             self.read_one(out)?;
         }
-        Ok(())
+    }
+
+    /// Passes over the ring slots whose surface is retired (still mapped after a failed unmap):
+    /// each is published empty and released at once, so the ring keeps its order and the surface
+    /// is never mapped again.
+    fn skip_retired(&mut self) -> Result<(), Error> {
+        loop {
+            let slot = self.device_in.try_reserve().map_err(ring_flow)?;
+            let index = slot.index();
+            let retired = self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.retired.iter().any(|(_, i)| *i == index));
+            if !retired {
+                // Not committed: the slot stays the next one to reserve.
+                return Ok(());
+            }
+            slot.commit(FrameMeta::with_len(0)).map_err(ring_flow)?;
+            self.device_out.try_pop().map_err(ring_flow)?.release();
+        }
     }
 
     /// Pops the committed device slot, maps it and submits it.
@@ -661,6 +799,7 @@ impl NvencEncoder {
         let mapped = match session.raw.map(registered) {
             Ok(m) => m,
             Err(e) => {
+                // Nothing was submitted: the frame is not accepted, the session unchanged.
                 session.free_outputs.push(output);
                 return Err(nvenc_err(e));
             }
@@ -691,15 +830,24 @@ impl NvencEncoder {
                     session.ready = session.pending.len();
                 }
             }
-            Err(e) => {
-                // A rejected parameter leaves the session as it was; anything else (a device
-                // error, the busy retries used up) may leave earlier pictures stuck in the
-                // driver, so they must not be waited for.
-                if e.kind() != super::NvencErrorKind::InvalidParam {
-                    session.broken = true;
-                }
+            Err(CallError::Failed(e)) if e.kind() == super::NvencErrorKind::InvalidParam => {
+                // A rejected parameter leaves the session as it was: the frame is not accepted
+                // and the encoder stays usable.
                 session.release(flight);
                 return Err(nvenc_err(e));
+            }
+            Err(CallError::Failed(e)) => {
+                // A device error, or the busy retries used up: earlier pictures may be stuck in
+                // the driver. This frame was not taken; the encoder has failed.
+                session.release(flight);
+                return Err(self.fail(CallError::Failed(e)));
+            }
+            Err(hung @ CallError::Hung(_)) => {
+                // The call may still be using the picture's input and output: they stay with
+                // the session, which is abandoned, not torn down.
+                session.pending.push_back(flight);
+                session.hung_at = Some(HungAt::Back);
+                return Err(self.fail(hung));
             }
         }
         self.gate.accept(pts);
@@ -713,14 +861,10 @@ impl NvencEncoder {
 
     /// Locks the oldest ready output, appends its chunk, and frees its slots.
     fn read_one(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        let session = self
-            .session
-            .as_mut()
-            .ok_or(Error::Finished { backend: KIND })?;
+        let session = self.session()?;
         let Some(flight) = session.pending.pop_front() else {
             return Ok(());
         };
-        session.ready = session.ready.saturating_sub(1);
         let mut data = Vec::new();
         let read = match flight.output.as_ref() {
             Some(output) => session.raw.read_bitstream(output, &mut data),
@@ -732,12 +876,16 @@ impl NvencEncoder {
         let info = match read {
             Ok(info) => info,
             Err(e) => {
-                // Its input may still be in use by the driver: keep everything as it is.
-                session.broken = true;
+                // Its input may still be in use by the driver (a hung call is still inside):
+                // everything stays with the session, for teardown.
+                if matches!(e, CallError::Hung(_)) {
+                    session.hung_at = Some(HungAt::Front);
+                }
                 session.pending.push_front(flight);
-                return Err(nvenc_err(e));
+                return Err(self.fail(e));
             }
         };
+        session.ready = session.ready.saturating_sub(1);
         // The frame's input is no longer needed once its bitstream was locked.
         session.release(flight);
         // The output carries the input's timestamp: our frame index. Its pts is looked up from
@@ -783,10 +931,17 @@ impl NvencEncoder {
     }
 
     fn read_all(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        while self.session.as_ref().is_some_and(|s| !s.pending.is_empty()) {
+        while self.session()?.pending.front().is_some() {
             self.read_one(out)?;
         }
         Ok(())
+    }
+
+    /// Whether a driver call is still inside the session.
+    fn is_hung(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.raw.hung().is_some())
     }
 }
 
@@ -808,8 +963,9 @@ impl VideoEncoder for NvencEncoder {
             .map_err(ring_flow)?;
         let staged = self.staging_out.try_pop().map_err(ring_flow)?;
         let result = self.upload_and_submit(frame_index, pts, frame.force_keyframe, staged, out);
-        if result.is_err() {
-            // An upload may still be queued: no slot may be reused before it ran.
+        if result.is_err() && !self.is_hung() {
+            // An upload may still be queued: no slot may be reused before it ran. (Not after a
+            // hang: the stream may be as stuck as the driver, and the slots stay pinned.)
             let _ = self.synchronize();
         }
         result
@@ -822,15 +978,19 @@ impl VideoEncoder for NvencEncoder {
         let _context = self.enter()?;
         let session = self.session()?;
         if let Err(e) = session.raw.end_of_stream() {
-            // Pictures held for reordering may never be encoded: locking them could wait
-            // forever, so the session is given up.
-            session.broken = true;
-            return Err(nvenc_err(e));
+            // Pictures held for reordering may never be encoded: the encoder has failed.
+            if matches!(e, CallError::Hung(_)) {
+                session.hung_at = Some(HungAt::EndOfStream);
+            }
+            return Err(self.fail(e));
         }
         session.ready = session.pending.len();
         self.read_all(out)?;
         // Every upload has been consumed; make that a fact for the caller's device frames too.
-        self.synchronize()?;
+        if let Err(e) = self.synchronize() {
+            self.failed = Some(("cuStreamSynchronize", e.to_string()));
+            return Err(e);
+        }
         self.gate
             .finish_accounted(self.chunks_out, "nvEncLockBitstream")
     }
@@ -848,11 +1008,58 @@ impl VideoEncoder for NvencEncoder {
     }
 }
 
+/// What a hung driver call may still be using, in teardown order: handed to the watchdog's
+/// worker, which drops it (tearing the session down) if the call ever returns.
+#[allow(dead_code)] // The rings, stream and context are held for their `Drop`, in this order.
+struct Abandoned {
+    session: Option<Session>,
+    device_in: Producer<DeviceStorage>,
+    device_out: Consumer<DeviceStorage>,
+    staging_in: Producer<PinnedStorage>,
+    staging_out: Consumer<PinnedStorage>,
+    io_stream: IoStream,
+    stream: Arc<CudaStream>,
+    context: Arc<CudaContext>,
+    /// How the hung call ended.
+    late: LateEnd,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        // On the worker, after the hung call returned: the same teardown as the encoder's,
+        // minding what the call did. An output it read is not read again; a picture it did not
+        // submit is not waited for (locking a buffer that was never submitted can wait forever).
+        let _context = ring_cuda::push_context(&self.context);
+        if let Some(session) = self.session.as_mut() {
+            match (session.hung_at.take(), self.late) {
+                (Some(HungAt::Front), LateEnd::Succeeded) => {
+                    if let Some(flight) = session.pending.pop_front() {
+                        session.release(flight);
+                    }
+                }
+                (Some(HungAt::Back), LateEnd::Failed) => {
+                    if let Some(flight) = session.pending.pop_back() {
+                        session.release(flight);
+                    }
+                }
+                _ => {}
+            }
+            session.drain();
+        }
+        if let Err(e) = self.stream.synchronize() {
+            tracing::warn!(error = %e, "cuStreamSynchronize failed at teardown");
+        }
+        self.session = None;
+        // The fields drop next, in declaration order: rings (freeing the surfaces), stream
+        // handle, stream, context.
+    }
+}
+
 impl Drop for NvencEncoder {
     fn drop(&mut self) {
         // NVENC and the frees below run in the encoder's CUDA context; the session goes first
-        // (its `Drop` unmaps, unregisters and destroys in order), then the fields, in
-        // declaration order: surfaces, stream, context.
+        // (drained, then unmapped, unregistered and destroyed in order), then the surfaces,
+        // stream and context.
         // What the caller had current, unless that is this encoder's own context, which may not
         // outlive the fields about to drop.
         self.callers_context = match ring_cuda::save_current() {
@@ -867,12 +1074,81 @@ impl Drop for NvencEncoder {
         if let Err(e) = &_context {
             tracing::warn!(error = %e, "tearing down NVENC without its CUDA context current");
         }
+        if let Some(session) = self.session.as_mut() {
+            // Bounded: each call waits at most the watchdog's deadline, and none is made once
+            // one hung.
+            session.drain();
+        }
+        if self.is_hung() {
+            self.abandon();
+            return;
+        }
         // No queued upload may still be reading a staging slot or writing a surface when they
         // are released and freed.
         if let Err(e) = self.synchronize() {
             tracing::warn!(error = %e, "cuStreamSynchronize failed at teardown");
         }
         self.session = None;
+        // Each field is dropped exactly once, here, in teardown order, and
+        // never used again (this is `drop`; `abandon` takes them only on the other path, which
+        // returns before this).
+        // SAFETY: see above.
+        unsafe { ManuallyDrop::drop(&mut self.device_in) };
+        // SAFETY: as above.
+        unsafe { ManuallyDrop::drop(&mut self.device_out) };
+        // SAFETY: as above.
+        unsafe { ManuallyDrop::drop(&mut self.staging_in) };
+        // SAFETY: as above.
+        unsafe { ManuallyDrop::drop(&mut self.staging_out) };
+        // SAFETY: as above.
+        unsafe { ManuallyDrop::drop(&mut self.io_stream) };
+    }
+}
+
+impl NvencEncoder {
+    /// Hands the session and everything a hung call may use to the watchdog's worker (see the
+    /// module docs). Called once, from `drop`, which uses none of these fields afterwards.
+    fn abandon(&mut self) {
+        let Some(mut session) = self.session.take() else {
+            return;
+        };
+        let Some(watchdog) = session.raw.take_watchdog() else {
+            return;
+        };
+        let hung = watchdog.hung();
+        // Called only from `drop`, on the path that does not drop these
+        // fields itself, so each is taken exactly once and never used again.
+        // SAFETY: see above.
+        let device_in = unsafe { ManuallyDrop::take(&mut self.device_in) };
+        // SAFETY: as above.
+        let device_out = unsafe { ManuallyDrop::take(&mut self.device_out) };
+        // SAFETY: as above.
+        let staging_in = unsafe { ManuallyDrop::take(&mut self.staging_in) };
+        // SAFETY: as above.
+        let staging_out = unsafe { ManuallyDrop::take(&mut self.staging_out) };
+        // SAFETY: as above.
+        let io_stream = unsafe { ManuallyDrop::take(&mut self.io_stream) };
+        let pinned = Abandoned {
+            session: Some(session),
+            device_in,
+            device_out,
+            staging_in,
+            staging_out,
+            io_stream,
+            stream: Arc::clone(&self.stream),
+            context: Arc::clone(&self.context),
+            late: LateEnd::Unknown,
+        };
+        tracing::error!(
+            call = hung.map(|h| h.call),
+            "NVENC session abandoned with a call still inside the driver: its session, surfaces, \
+             stream and worker thread stay until the call returns or the process exits"
+        );
+        watchdog.abandon(move |reply| {
+            let mut pinned = pinned;
+            pinned.late = LateEnd::of(reply);
+            // Dropped here, on the worker: the teardown.
+        });
     }
 }
 
@@ -960,60 +1236,85 @@ fn require_at_most(cap: &'static str, value: i32, required: u32) -> Result<(), E
 
 impl Session {
     /// Gives back what a picture held: unmap (if still mapped), its output buffer to the free
-    /// list, and its slots to the rings (by dropping the leases).
+    /// list, and its slots to the rings (by dropping the leases). A surface whose unmap failed
+    /// is retired instead: still mapped, it must not be mapped again.
     fn release(&mut self, mut flight: InFlight) {
-        if let Some(mapped) = flight.mapped.take() {
-            if let Err((mapped, e)) = self.raw.unmap(mapped) {
-                tracing::warn!(error = %e, "nvEncUnmapInputResource failed; retrying at teardown");
-                self.unmapped_later.push(mapped);
-            }
-        }
         if let Some(output) = flight.output.take() {
             self.free_outputs.push(output);
         }
+        if let Some(mapped) = flight.mapped.take() {
+            if let Err((mapped, e)) = self.raw.unmap(mapped) {
+                let index = flight.device.index();
+                tracing::warn!(
+                    error = %e, surface = index,
+                    "nvEncUnmapInputResource failed; the surface is retired and unmapped at teardown"
+                );
+                self.retired.push((mapped, index));
+            }
+        }
     }
 
-    /// Ends the session in the order the API requires. Best effort: failures are logged, and
-    /// each release that fails is tried once more, since anything left behind holds video
-    /// memory until the process ends.
-    fn teardown(&mut self) {
-        if self.broken {
-            // A read-back failed: the pending pictures cannot be locked, and their inputs may
-            // still be in use, so they are left to nvEncDestroyEncoder, which frees them.
-            tracing::warn!(
-                pending = self.pending.len(),
-                "tearing down a failed NVENC session"
-            );
-            self.pending.clear();
-        } else if !self.pending.is_empty() {
-            // Drain what NVENC holds so every submitted output can be locked; a buffer that was
-            // never submitted is never locked (that would wait forever on some drivers).
-            if let Err(e) = self.raw.end_of_stream() {
-                // Only the outputs already known to be ready can be locked without risk of
-                // waiting forever; the rest are left to nvEncDestroyEncoder.
-                tracing::warn!(error = %e, "end of stream at teardown failed");
-                self.pending.truncate(self.ready);
+    /// The part of teardown that may block: ends the stream and reads back (discarding) every
+    /// submitted output in order, then unmaps its input, as the API requires before anything is
+    /// unregistered or destroyed. Each call waits at most the watchdog's deadline; once one
+    /// hangs, nothing more is called and the pending pictures stay (the session is abandoned).
+    fn drain(&mut self) {
+        if self.raw.hung().is_some() || self.pending.is_empty() {
+            return;
+        }
+        // So every submitted output can be locked; a buffer that was never submitted is never
+        // locked (that would wait forever on some drivers).
+        match self.raw.end_of_stream() {
+            Ok(_) => {}
+            Err(CallError::Hung(_)) => {
+                self.hung_at = Some(HungAt::EndOfStream);
+                return;
             }
-            while let Some(flight) = self.pending.pop_front() {
-                if let Some(output) = flight.output.as_ref() {
-                    let mut sink = Vec::new();
-                    if let Err(e) = self.raw.read_bitstream(output, &mut sink) {
+            Err(CallError::Failed(e)) => {
+                tracing::warn!(error = %e, "end of stream at teardown failed");
+            }
+        }
+        while let Some(flight) = self.pending.pop_front() {
+            if let Some(output) = flight.output.as_ref() {
+                let mut sink = Vec::new();
+                match self.raw.read_bitstream(output, &mut sink) {
+                    Ok(_) => {}
+                    Err(CallError::Hung(_)) => {
+                        self.hung_at = Some(HungAt::Front);
+                        self.pending.push_front(flight);
+                        return;
+                    }
+                    Err(CallError::Failed(e)) => {
                         tracing::warn!(error = %e, "discarding an output at teardown failed");
                     }
                 }
-                self.release(flight);
             }
+            self.release(flight);
         }
-        let mut again = Vec::new();
-        for mapped in self.unmapped_later.drain(..) {
+        self.ready = 0;
+    }
+
+    /// Ends the session in the order the API requires: outputs read back and inputs unmapped
+    /// ([`Session::drain`]), unregister, destroy the bitstream buffers, destroy the session (when
+    /// `raw` drops, after this). Best effort: failures are logged, and each release that fails is
+    /// tried once more, since anything left behind holds video memory until the process ends.
+    fn teardown(&mut self) {
+        if let Some(hung) = self.raw.hung() {
+            // A call is still inside the session: nothing may be called or destroyed. (The
+            // encoder abandons such a session instead of dropping it; this is the safe default.)
+            tracing::error!(
+                call = hung.call,
+                "leaving an NVENC session with a hung call"
+            );
+            return;
+        }
+        self.drain();
+        for (mapped, index) in std::mem::take(&mut self.retired) {
             if let Err((mapped, e)) = self.raw.unmap(mapped) {
-                tracing::warn!(error = %e, "nvEncUnmapInputResource failed at teardown");
-                again.push(mapped);
-            }
-        }
-        for mapped in again {
-            if let Err((_, e)) = self.raw.unmap(mapped) {
-                tracing::warn!(error = %e, "nvEncUnmapInputResource failed twice; left to nvEncDestroyEncoder");
+                tracing::warn!(error = %e, surface = index, "nvEncUnmapInputResource failed at teardown; trying again");
+                if let Err((_, e)) = self.raw.unmap(mapped) {
+                    tracing::warn!(error = %e, surface = index, "nvEncUnmapInputResource failed twice; left to nvEncDestroyEncoder");
+                }
             }
         }
         for reg in std::mem::take(&mut self.registered).into_iter().flatten() {

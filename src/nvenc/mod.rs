@@ -49,6 +49,7 @@ mod encoder;
 mod error;
 mod options;
 mod probe;
+mod watchdog;
 
 pub use encoder::{DeviceFrame, NvencEncoder};
 pub use error::{NvencError, NvencErrorKind};

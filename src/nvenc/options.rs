@@ -185,6 +185,11 @@ pub struct NvencOptions {
     /// frame back before the next is submitted: lowest latency, least throughput. The
     /// `zerolatency` tune forces 0.
     pub extra_output_delay: u32,
+    /// How long a call that may block forever (`nvEncLockBitstream`, `nvEncEncodePicture`) may
+    /// take before the session is judged hung and [`Error::Hung`](crate::Error::Hung) is
+    /// returned. Never less than [`NvencOptions::MIN_DEADLINE_FRAMES`] frame intervals at the
+    /// configured frame rate, nor than [`NvencOptions::MIN_CALL_TIMEOUT`]. Default 5 s.
+    pub call_timeout: std::time::Duration,
 }
 
 impl Default for NvencOptions {
@@ -194,6 +199,7 @@ impl Default for NvencOptions {
             preset: None,
             tuning: None,
             extra_output_delay: 3,
+            call_timeout: Self::DEFAULT_CALL_TIMEOUT,
         }
     }
 }
@@ -230,6 +236,36 @@ impl NvencOptions {
         self.extra_output_delay = frames;
         self
     }
+
+    /// The default [`NvencOptions::call_timeout`]: a real encode takes milliseconds, and a
+    /// healthy driver that is merely busy (another process's sessions, a reconfigure) comes
+    /// back well within this.
+    pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// The deadline is never shorter than this many frame intervals: a stream at a low frame
+    /// rate may legitimately wait that long for a picture held for reordering.
+    pub const MIN_DEADLINE_FRAMES: u32 = 8;
+
+    /// The shortest deadline at any frame rate.
+    pub const MIN_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// Sets [`NvencOptions::call_timeout`].
+    #[must_use]
+    pub fn with_call_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// The deadline that applies at `frame_rate`: [`NvencOptions::call_timeout`], raised to
+    /// [`NvencOptions::MIN_DEADLINE_FRAMES`] frame intervals and [`NvencOptions::MIN_CALL_TIMEOUT`].
+    #[must_use]
+    pub fn call_deadline(&self, frame_rate: crate::FrameRate) -> std::time::Duration {
+        let frames = std::time::Duration::from_secs(u64::from(frame_rate.den))
+            .saturating_mul(Self::MIN_DEADLINE_FRAMES)
+            .checked_div(frame_rate.num.max(1))
+            .unwrap_or(Self::DEFAULT_CALL_TIMEOUT);
+        self.call_timeout.max(frames).max(Self::MIN_CALL_TIMEOUT)
+    }
 }
 
 /// `targetQuality` for a CRF (see the module table).
@@ -261,5 +297,28 @@ mod tests {
             Err(ConfigError::UnknownPreset { .. })
         ));
         assert_eq!("ull".parse(), Ok(NvencTuning::UltraLowLatency));
+    }
+
+    #[test]
+    fn call_deadline_is_never_below_several_frame_intervals() {
+        use std::time::Duration;
+        let fps = |num, den| crate::FrameRate::new(num, den);
+        let options = NvencOptions::default();
+        assert_eq!(options.call_deadline(fps(30, 1)), Duration::from_secs(5));
+        let short = options
+            .clone()
+            .with_call_timeout(Duration::from_millis(300));
+        assert_eq!(short.call_deadline(fps(60, 1)), Duration::from_millis(300));
+        // At 1 fps, 8 frame intervals are 8 s.
+        assert_eq!(short.call_deadline(fps(1, 1)), Duration::from_secs(8));
+        assert_eq!(
+            short.call_deadline(fps(30000, 1001)),
+            Duration::from_millis(300)
+        );
+        let zero = options.with_call_timeout(Duration::ZERO);
+        assert_eq!(
+            zero.call_deadline(fps(1000, 1)),
+            NvencOptions::MIN_CALL_TIMEOUT
+        );
     }
 }

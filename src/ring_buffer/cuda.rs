@@ -58,6 +58,17 @@ pub fn cuda_available() -> Result<(), RingError> {
 /// context creation fails (no device, bad ordinal).
 pub fn open_context(ordinal: usize) -> Result<Arc<CudaContext>, RingError> {
     cuda_available()?;
+    // cudarc's `CudaContext::new` runs cuInit, cuDeviceGet and cuDevicePrimaryCtxRetain but does
+    // not say which failed; the first two are run here first so an error names its call.
+    cudarc::driver::result::init().map_err(|source| RingError::Cuda {
+        call: "cuInit",
+        source,
+    })?;
+    let device = i32::try_from(ordinal).unwrap_or(i32::MAX);
+    cudarc::driver::result::device::get(device).map_err(|source| RingError::Cuda {
+        call: "cuDeviceGet",
+        source,
+    })?;
     CudaContext::new(ordinal).map_err(|source| RingError::Cuda {
         call: "cuDevicePrimaryCtxRetain",
         source,

@@ -188,6 +188,71 @@ pub fn assert_roundtrip(
     }
 }
 
+/// What [`drive_through_errors`] saw.
+#[derive(Debug)]
+pub struct ErrorRun {
+    /// Every chunk, from `encode` and `flush` alike.
+    pub chunks: Vec<EncodedChunk>,
+    /// The pts of every frame for which `encode` returned `Ok`.
+    pub accepted: Vec<i64>,
+    /// `(pts, error)` of every `encode` that returned `Err`.
+    pub refused: Vec<(i64, String)>,
+    /// What `flush` returned.
+    pub flush: Result<(), String>,
+}
+
+/// Sends `frames` (frame `i` with pts `i`), carrying on after errors, and flushes; each frame
+/// whose `encode` failed is sent once more when `resend` is set. Then checks the contract's
+/// meaning of an error from `encode` (see `nvenc::encoder`): a frame is in the output at most
+/// once; a frame that no `encode` accepted is not in it at all; after a successful flush every
+/// accepted frame is.
+pub fn drive_through_errors(
+    encoder: &mut dyn VideoEncoder,
+    frames: &[Vec<u8>],
+    resend: bool,
+) -> ErrorRun {
+    let mut chunks = Vec::new();
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for (i, frame) in frames.iter().enumerate() {
+        let pts = i as i64;
+        let tries = if resend { 2 } else { 1 };
+        for _ in 0..tries {
+            match encoder.encode(nvenc::Frame::new(frame).with_pts(pts), &mut chunks) {
+                Ok(()) => {
+                    accepted.push(pts);
+                    break;
+                }
+                Err(e) => refused.push((pts, e.to_string())),
+            }
+        }
+    }
+    let flush = encoder.flush(&mut chunks).map_err(|e| e.to_string());
+    let mut out: Vec<i64> = chunks.iter().map(|c| c.pts).collect();
+    out.sort_unstable();
+    for pair in out.windows(2) {
+        assert_ne!(pair[0], pair[1], "frame {} came out twice", pair[0]);
+    }
+    for (pts, error) in &refused {
+        assert!(
+            accepted.contains(pts) || !out.contains(pts),
+            "frame {pts} came out although encode refused it ({error})"
+        );
+    }
+    if flush.is_ok() {
+        assert_eq!(
+            out, accepted,
+            "after a successful flush, every accepted frame"
+        );
+    }
+    ErrorRun {
+        chunks,
+        accepted,
+        refused,
+        flush,
+    }
+}
+
 /// The contract tests every backend must pass, as `#[test]` functions for the opener given.
 #[macro_export]
 macro_rules! contract_tests {
@@ -354,6 +419,59 @@ macro_rules! contract_tests {
             let mut pts: Vec<i64> = chunks.iter().map(|c| c.pts).collect();
             pts.sort_unstable();
             assert_eq!(pts, vec![1000, 1003, 1006, 1009, 1012, 1015]);
+        }
+
+        /// The contract: an `Err` from `encode` means the frame was not accepted, so sending it
+        /// again encodes it once.
+        #[test]
+        $(#[$attr])*
+        fn a_refused_frame_sent_again_comes_out_once() {
+            struct Refusing<'a> {
+                inner: &'a mut dyn VideoEncoder,
+                sent: u32,
+            }
+            // Each first try of frames 4 and 9 goes in with a bad length or a stale pts.
+            impl VideoEncoder for Refusing<'_> {
+                fn encode(
+                    &mut self,
+                    frame: Frame<'_>,
+                    out: &mut Vec<nvenc::EncodedChunk>,
+                ) -> Result<(), Error> {
+                    self.sent += 1;
+                    match (frame.pts, self.sent) {
+                        (Some(4), 5) => self.inner.encode(Frame::new(&frame.data[1..]), out),
+                        (Some(9), 11) => self.inner.encode(frame.with_pts(3), out),
+                        _ => self.inner.encode(frame, out),
+                    }
+                }
+                fn flush(&mut self, out: &mut Vec<nvenc::EncodedChunk>) -> Result<(), Error> {
+                    self.inner.flush(out)
+                }
+                fn kind(&self) -> nvenc::EncoderKind {
+                    self.inner.kind()
+                }
+                fn config(&self) -> &EncoderConfig {
+                    self.inner.config()
+                }
+                fn sequence_headers(&self) -> &[u8] {
+                    self.inner.sequence_headers()
+                }
+            }
+            let config = small().with_bframes(Some(2));
+            let input = common::clip(&config, 14);
+            let mut encoder = ($open)(&config).expect("open");
+            let mut refusing = Refusing {
+                inner: encoder.as_mut(),
+                sent: 0,
+            };
+            let run = common::drive_through_errors(&mut refusing, &input, true);
+            assert_eq!(run.refused.len(), 2, "{:?}", run.refused);
+            assert!(run.refused[0].1.contains("bytes"), "{:?}", run.refused);
+            assert!(run.refused[1].1.contains("pts 3"), "{:?}", run.refused);
+            run.flush.expect("flush");
+            assert_eq!(run.chunks.len(), 14);
+            let decoded = common::decode_h264(&common::concat(&run.chunks), config.resolution);
+            assert_eq!(decoded.len(), 14);
         }
 
         #[test]

@@ -6,7 +6,10 @@
 //! - **Fault injection.** `NVENC_EMU_FAULTS="entry:N:status,..."` makes the `N`th call (1-based)
 //!   of the named entry point fail with the given status integer, without doing anything else.
 //!   Each library only reacts to its own entry names (`cu*` for CUDA, `nvEnc*`/`NvEncode*` for
-//!   NVENC), so one spec can name entry points of both.
+//!   NVENC), so one spec can name entry points of both. The status `hang` instead makes that
+//!   call block until the process exits (a wedged driver or GPU): `nvEncLockBitstream:20:hang`;
+//!   `hang=MS` blocks it for `MS` milliseconds, after which it runs normally (a driver that
+//!   recovers): `nvEncLockBitstream:20:hang=3000`.
 //! - **Violations.** A call that breaks an API rule returns the status a real driver returns and
 //!   is recorded here: counted, appended to the report file, and printed on stderr.
 //! - **The report file.** `NVENC_EMU_REPORT=/path` makes both libraries append one line per event
@@ -23,7 +26,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// Env var: the fault spec, `entry:N:status` items separated by commas.
+/// Env var: the fault spec, `entry:N:status` items separated by commas (`status` may be `hang`
+/// or `hang=MS`).
 pub const FAULTS_ENV: &str = "NVENC_EMU_FAULTS";
 /// Env var: the file both emulators append their report lines to.
 pub const REPORT_ENV: &str = "NVENC_EMU_REPORT";
@@ -37,8 +41,11 @@ pub struct Fault {
     pub entry: String,
     /// The 1-based call number that fails.
     pub nth: u64,
-    /// The status integer returned instead.
+    /// The status integer returned instead (0 for a hang).
     pub status: i32,
+    /// The call blocks instead of failing: `Some(Duration::MAX)` until the process exits (status
+    /// `hang` in the spec), `Some(d)` for `d`, after which it runs normally (`hang=MS`).
+    pub hang: Option<std::time::Duration>,
 }
 
 /// Parses a fault spec (`entry:N:status,...`); malformed items are reported on stderr and skipped.
@@ -50,11 +57,22 @@ pub fn parse_faults(spec: &str) -> Vec<Fault> {
         let parsed = (|| {
             let entry = parts.next()?.trim().to_owned();
             let nth = parts.next()?.trim().parse().ok()?;
-            let status = parts.next()?.trim().parse().ok()?;
+            let (status, hang) = match parts.next()?.trim() {
+                "hang" => (0, Some(std::time::Duration::MAX)),
+                s => match s.strip_prefix("hang=") {
+                    Some(ms) => (0, Some(std::time::Duration::from_millis(ms.parse().ok()?))),
+                    None => (s.parse().ok()?, None),
+                },
+            };
             if parts.next().is_some() || entry.is_empty() {
                 return None;
             }
-            Some(Fault { entry, nth, status })
+            Some(Fault {
+                entry,
+                nth,
+                status,
+                hang,
+            })
         })();
         match parsed {
             Some(f) => out.push(f),
@@ -105,7 +123,10 @@ impl Emu {
         }
     }
 
-    /// Counts a call of `entry`; returns the injected status if this call is to fail.
+    /// Counts a call of `entry`; returns the injected status if this call is to fail. A `hang`
+    /// fault never returns: the calling thread blocks here until the process exits, holding no
+    /// lock of the emulator, so other threads and sessions carry on. A `hang=MS` fault blocks as
+    /// long, then returns `None`: the call goes on normally.
     pub fn enter(&self, entry: &'static str) -> Option<i32> {
         let n = {
             let mut calls = lock(&self.calls);
@@ -117,6 +138,28 @@ impl Emu {
             .faults
             .iter()
             .find(|f| f.entry == entry && f.nth == n)?;
+        match fault.hang {
+            Some(std::time::Duration::MAX) => {
+                self.line(&format!("fault entry={entry} call={n} status=hang"));
+                loop {
+                    // Parked for good: nothing unparks this thread; a spurious wake-up parks
+                    // again.
+                    std::thread::park();
+                }
+            }
+            Some(pause) => {
+                self.line(&format!(
+                    "fault entry={entry} call={n} status=hang={}",
+                    pause.as_millis()
+                ));
+                std::thread::sleep(pause);
+                self.line(&format!(
+                    "event entry={entry} call={n} returned after the hang"
+                ));
+                return None;
+            }
+            None => {}
+        }
         self.line(&format!(
             "fault entry={entry} call={n} status={}",
             fault.status
@@ -206,19 +249,36 @@ mod tests {
 
     #[test]
     fn fault_spec_parses() {
-        let f = parse_faults("nvEncEncodePicture:5:8, cuMemAllocPitch_v2:1:2,bad,x:y:z");
+        let f = parse_faults(
+            "nvEncEncodePicture:5:8, cuMemAllocPitch_v2:1:2,bad,x:y:z,nvEncLockBitstream:20:hang,\
+             nvEncLockBitstream:7:hang=250,y:1:hang=x",
+        );
         assert_eq!(
             f,
             vec![
                 Fault {
                     entry: "nvEncEncodePicture".into(),
                     nth: 5,
-                    status: 8
+                    status: 8,
+                    hang: None,
                 },
                 Fault {
                     entry: "cuMemAllocPitch_v2".into(),
                     nth: 1,
-                    status: 2
+                    status: 2,
+                    hang: None,
+                },
+                Fault {
+                    entry: "nvEncLockBitstream".into(),
+                    nth: 20,
+                    status: 0,
+                    hang: Some(std::time::Duration::MAX),
+                },
+                Fault {
+                    entry: "nvEncLockBitstream".into(),
+                    nth: 7,
+                    status: 0,
+                    hang: Some(std::time::Duration::from_millis(250)),
                 },
             ]
         );

@@ -61,7 +61,7 @@
 //!
 //! | Variable | Meaning |
 //! |---|---|
-//! | `NVENC_EMU_FAULTS` | `entry:N:status,...`: the `N`th call of `entry` (e.g. `nvEncEncodePicture:5:8`) returns `status` |
+//! | `NVENC_EMU_FAULTS` | `entry:N:status,...`: the `N`th call of `entry` (e.g. `nvEncEncodePicture:5:8`) returns `status`; the status `hang` makes that call block until the process exits, `hang=MS` for `MS` milliseconds (then it runs) |
 //! | `NVENC_EMU_MAX_SESSIONS` | the `N+1`th concurrent session open fails with `NV_ENC_ERR_OUT_OF_MEMORY` (GeForce limit) |
 //! | `NVENC_EMU_MAX_API` | `major.minor` reported by `NvEncodeAPIGetMaxSupportedVersion` (default: the header's) |
 //! | `NVENC_EMU_NO_DEVICE` | `1`: open fails with `NV_ENC_ERR_NO_ENCODE_DEVICE`; `unsupported`: `NV_ENC_ERR_UNSUPPORTED_DEVICE` |

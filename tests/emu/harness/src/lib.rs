@@ -220,6 +220,23 @@ impl EmuDriver {
         self
     }
 
+    /// Makes the `nth` (1-based) call of `entry` block until the child process exits, as a call
+    /// into a wedged driver or GPU does (`NVENC_EMU_FAULTS=entry:nth:hang`).
+    #[must_use]
+    pub fn hang(mut self, entry: &str, nth: u64) -> Self {
+        self.faults.push(format!("{entry}:{nth}:hang"));
+        self
+    }
+
+    /// Makes the `nth` (1-based) call of `entry` block for `pause`, then run normally, as a call
+    /// into a driver that recovers does (`NVENC_EMU_FAULTS=entry:nth:hang=MS`).
+    #[must_use]
+    pub fn hang_for(mut self, entry: &str, nth: u64, pause: std::time::Duration) -> Self {
+        self.faults
+            .push(format!("{entry}:{nth}:hang={}", pause.as_millis()));
+        self
+    }
+
     /// At most `n` concurrent sessions; the next open fails with `NV_ENC_ERR_OUT_OF_MEMORY`.
     #[must_use]
     pub fn max_sessions(self, n: u32) -> Self {
