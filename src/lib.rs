@@ -18,8 +18,8 @@ pub mod x264;
 
 pub use detect::{detect, detect_available_encoders, DetectionReport};
 pub use encoder::{
-    Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegCodec, Frame, FrameRate, FrameType,
-    PixelFormat, Preset, Resolution, Tune, VideoEncoder,
+    Bitrate, Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegCodec, Frame, FrameRate,
+    FrameType, PixelFormat, Preset, RateControl, RateControlMode, Resolution, Tune, VideoEncoder,
 };
 pub use error::{ConfigError, Error, SubprocessProblem};
 pub use fallback::FallbackEncoder;

@@ -1161,22 +1161,35 @@ fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fail> {
     };
     let idr_period = (idr != nv::NVENC_INFINITE_GOPLENGTH && idr != 0).then_some(idr);
     let rc = &config.rcParams;
+    let cbr = rc.rateControlMode == nv::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CBR;
     let rcm = if rc.rateControlMode == nv::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CONSTQP {
         Rc::Cqp(if rc.constQP.qpInterP == 0 {
             23
         } else {
             rc.constQP.qpInterP
         })
-    } else if rc.targetQuality > 0 {
+    } else if !cbr && rc.targetQuality > 0 {
+        // API.h: targetQuality is the "Target CQ (Constant Quality) level for VBR mode"; CBR
+        // ignores it.
         Rc::Crf(f32::from(rc.targetQuality))
     } else if rc.averageBitRate > 0 {
-        let cbr = rc.rateControlMode == nv::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CBR;
         let kbps = rc.averageBitRate / 1000;
+        // API.h: maxBitRate "is used for VBR and ignored for CBR mode".
         let max = if cbr { kbps } else { rc.maxBitRate / 1000 };
+        // API.h: vbvInitialDelay is in bits, like vbvBufferSize; 0 for the default.
+        let vbv_init = if rc.vbvBufferSize > 0 && rc.vbvInitialDelay > 0 {
+            (rc.vbvInitialDelay as f32 / rc.vbvBufferSize as f32).min(1.0)
+        } else {
+            0.0
+        };
         Rc::Abr {
             kbps,
             max_kbps: max,
             vbv_kbit: rc.vbvBufferSize / 1000,
+            vbv_init,
+            // API.h: enableFillerDataInsertion "will take effect only when one of the CBR rate
+            // control modes ... is in use" (frame rate non-zero is checked above).
+            filler: cbr && h264.enableFillerDataInsertion() != 0,
         }
     } else {
         Rc::Crf(23.0)
@@ -2227,10 +2240,18 @@ unsafe extern "C" fn nvEncReconfigureEncoder(
             ));
         }
         let keep_max = (old.max_width, old.max_height);
+        // A rate change without a reset is a dynamic bit-rate / rate-control-mode change, which
+        // the caps advertise (SUPPORT_DYN_BITRATE_CHANGE, SUPPORT_DYN_RCMODE_CHANGE): it applies
+        // from the next picture without an IDR. x264 can change rates in place; a change it
+        // cannot make in place (another mode) reopens the engine, which costs an IDR the real
+        // driver would not emit.
+        let rc_in_place = old.params.rc != new.params.rc
+            && old.params.rc.reconfigurable_to(&new.params.rc);
         let needs_new_engine = p.resetEncoder() != 0
             || p.forceIDR() != 0
             || new.width != old.width
-            || new.height != old.height;
+            || new.height != old.height
+            || !old.params.rc.reconfigurable_to(&new.params.rc);
         if needs_new_engine {
             if s.queue.iter().any(|q| !q.ready) {
                 return Err(v(
@@ -2252,6 +2273,11 @@ unsafe extern "C" fn nvEncReconfigureEncoder(
             s.serial = s.serial.max(1);
             s.since_idr = u64::MAX / 2;
             s.headers_sent = false;
+        } else if rc_in_place {
+            if let Some(Engine::X264(x)) = s.engine.as_mut() {
+                x.reconfigure(new.params.rc)
+                    .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?;
+            }
         }
         let mut new = new;
         new.max_width = keep_max.0;
