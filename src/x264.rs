@@ -6,8 +6,7 @@
 //!
 //! Mapping of [`EncoderConfig`]: `preset` and `tune` are x264's own; `crf` is `--crf`; `gop_size`
 //! is `--keyint`; `bframes` is `--bframes`; `threads` is `--threads` (0 = x264's automatic
-//! choice); `rate_control` as `src/encoder/mapping.rs` says (ABR with a VBV for CBR and VBR,
-//! filler for CBR, CQP). A rate change mid-stream goes through `x264_encoder_reconfig`, which
+//! choice); `rate_control` as `src/encoder/mapping.rs` says (ABR with a VBV for CBR and VBR, CQP). A rate change mid-stream goes through `x264_encoder_reconfig`, which
 //! changes the bit rate and VBV in place (no IDR) but cannot switch modes. Output is Annex B with SPS/PPS repeated before every IDR (`--repeat-headers`), and
 //! the time base is one frame.
 
@@ -450,7 +449,6 @@ fn apply_rate_control(param: &mut sys::x264_param_t, rc: &X264Rc) {
     }
     param.rc.i_vbv_max_bitrate = int(rc.vbv_max_kbps);
     param.rc.i_vbv_buffer_size = int(rc.vbv_buffer_kbit);
-    param.rc.b_filler = c_int::from(rc.filler);
 }
 
 /// Routes libx264's log lines to `tracing` (target `nvenc::x264`).

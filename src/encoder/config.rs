@@ -456,8 +456,7 @@ impl FromStr for Bitrate {
         if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
-        if !frac.bytes().all(|b| b.is_ascii_digit()) || (number.contains('.') && frac.is_empty())
-        {
+        if !frac.bytes().all(|b| b.is_ascii_digit()) || (number.contains('.') && frac.is_empty()) {
             return Err(bad());
         }
         let int: u64 = int.parse().map_err(|_| bad())?;
@@ -677,13 +676,12 @@ impl RateControl {
                     RateControl::ConstantQuality
                 } else {
                     let qp = qp.ok_or_else(|| missing("qp"))?;
-                    let qp = u8::try_from(qp)
-                        .ok()
-                        .filter(|q| *q <= Self::QP_MAX)
-                        .ok_or(ConfigError::QpOutOfRange {
+                    let qp = u8::try_from(qp).ok().filter(|q| *q <= Self::QP_MAX).ok_or(
+                        ConfigError::QpOutOfRange {
                             qp,
                             max: Self::QP_MAX,
-                        })?;
+                        },
+                    )?;
                     RateControl::ConstantQp { qp }
                 }
             }
@@ -1045,7 +1043,16 @@ mod tests {
         assert_eq!("2000000".parse(), Ok(Bitrate::from_bps(2_000_000)));
         assert_eq!(Bitrate::from_bps(2_500_000).to_string(), "2500k");
         assert_eq!(Bitrate::from_bps(2_000_000).to_string(), "2M");
-        for bad in ["", "M", "2G", "-1M", "1.5", "2.M", "1.2345k", "99999999999999999999"] {
+        for bad in [
+            "",
+            "M",
+            "2G",
+            "-1M",
+            "1.5",
+            "2.M",
+            "1.2345k",
+            "99999999999999999999",
+        ] {
             assert!(
                 matches!(
                     bad.parse::<Bitrate>(),
@@ -1061,8 +1068,10 @@ mod tests {
         );
         assert_eq!(
             RateControl::from_parts(None, m(2), m(3), Some(1_500_000), None),
-            Ok(RateControl::vbr(Bitrate::from_bps(2_000_000), Bitrate::from_bps(3_000_000))
-                .with_vbv_buffer_bits(1_500_000))
+            Ok(
+                RateControl::vbr(Bitrate::from_bps(2_000_000), Bitrate::from_bps(3_000_000))
+                    .with_vbv_buffer_bits(1_500_000)
+            )
         );
         assert_eq!(
             RateControl::from_parts(Some(RateControlMode::Cqp), None, None, None, Some(30)),
@@ -1111,7 +1120,9 @@ mod tests {
             "max bitrate 2000000 bit/s is below the target bitrate 3000000 bit/s: the maximum \
              must be at least the target"
         );
-        let err = RateControl::cbr(Bitrate::from_bps(500)).validate().unwrap_err();
+        let err = RateControl::cbr(Bitrate::from_bps(500))
+            .validate()
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "bitrate 500 bit/s is out of range: expected 1000 to 4294967295 bit/s"

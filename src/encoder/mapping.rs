@@ -46,9 +46,13 @@ pub(crate) struct X264Rc {
     pub(crate) vbv_max_kbps: u32,
     /// `i_vbv_buffer_size`, kbit (0: no VBV).
     pub(crate) vbv_buffer_kbit: u32,
-    /// `b_filler`: pad to the exact rate (CBR only).
-    pub(crate) filler: bool,
 }
+
+// No filler data for CBR (x264's `b_filler`, NVENC's `enableFillerDataInsertion`): with it, a
+// rate lowered mid-stream makes the encoder pad away the VBV fill it had at the old rate in one
+// burst (x264 at 4 -> 1 Mbit/s with a 1 s buffer wrote a 350 KB filler NAL at the switch), the
+// opposite of what a degraded link needs. Without it, CBR is the target rate capped by the VBV,
+// and static content may come out below the target.
 
 /// The x264 mapping (README table, column "x264").
 pub(crate) fn x264(config: &EncoderConfig) -> X264Rc {
@@ -59,7 +63,6 @@ pub(crate) fn x264(config: &EncoderConfig) -> X264Rc {
         bitrate_kbps: 0,
         vbv_max_kbps: 0,
         vbv_buffer_kbit: 0,
-        filler: false,
     };
     match rc {
         RateControl::Cbr { bitrate, .. } => X264Rc {
@@ -67,7 +70,6 @@ pub(crate) fn x264(config: &EncoderConfig) -> X264Rc {
             bitrate_kbps: kbit(bitrate.bps()),
             vbv_max_kbps: kbit(bitrate.bps()),
             vbv_buffer_kbit: vbv,
-            filler: true,
         },
         RateControl::Vbr {
             bitrate,
@@ -78,7 +80,6 @@ pub(crate) fn x264(config: &EncoderConfig) -> X264Rc {
             bitrate_kbps: kbit(bitrate.bps()),
             vbv_max_kbps: kbit(max_bitrate.bps()),
             vbv_buffer_kbit: vbv,
-            filler: false,
         },
         RateControl::ConstantQp { qp } => X264Rc {
             method: X264Method::Cqp(qp),
@@ -111,7 +112,7 @@ impl NvencRcMode {
     }
 }
 
-/// NVENC's `NV_ENC_RC_PARAMS` fields (and the H.264 filler flag) for a configuration.
+/// NVENC's `NV_ENC_RC_PARAMS` fields for a configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NvencRc {
     pub(crate) mode: NvencRcMode,
@@ -127,8 +128,6 @@ pub(crate) struct NvencRc {
     pub(crate) target_quality: u8,
     /// `constQP.qpIntra/qpInterP/qpInterB` (constant QP only, else 0).
     pub(crate) const_qp: u8,
-    /// `NV_ENC_CONFIG_H264::enableFillerDataInsertion` (CBR).
-    pub(crate) filler: bool,
 }
 
 /// The NVENC mapping (README table, column "NVENC").
@@ -143,14 +142,12 @@ pub(crate) fn nvenc(config: &EncoderConfig) -> NvencRc {
         vbv_initial_delay_bits: (u64::from(vbv) * 9 / 10) as u32,
         target_quality: 0,
         const_qp: 0,
-        filler: false,
     };
     match rc {
         RateControl::Cbr { bitrate, .. } => NvencRc {
             mode: NvencRcMode::Cbr,
             average_bps: u32_of(bitrate.bps()),
             max_bps: u32_of(bitrate.bps()),
-            filler: true,
             ..base
         },
         RateControl::Vbr {
@@ -200,11 +197,9 @@ pub(crate) fn ffmpeg(codec: FfmpegCodec, config: &EncoderConfig) -> Result<Vec<S
     };
     match (codec, rc) {
         (FfmpegCodec::Libx264, RateControl::ConstantQp { qp }) => push("-qp", qp.to_string()),
-        (FfmpegCodec::Libx264, RateControl::Cbr { .. }) => {
-            rates(&mut push, true);
-            push("-x264-params", "filler=1".into());
+        (FfmpegCodec::Libx264, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+            rates(&mut push, true)
         }
-        (FfmpegCodec::Libx264, RateControl::Vbr { .. }) => rates(&mut push, true),
         (FfmpegCodec::Libx264, _) => push("-crf", format!("{crf}")),
         (FfmpegCodec::Nvenc, RateControl::ConstantQp { qp }) => {
             push("-rc", "constqp".into());
@@ -273,8 +268,8 @@ pub(crate) fn ffmpeg(codec: FfmpegCodec, config: &EncoderConfig) -> Result<Vec<S
 pub(crate) const README_ROWS: &[[&str; 7]] = &[
     [
         "`rate_control` `Cbr` (`b`, VBV `v`)",
-        "`i_rc_method` ABR, `i_bitrate` = `i_vbv_max_bitrate` = b, `i_vbv_buffer_size` = v (kbit), `b_filler` = 1",
-        "`NV_ENC_PARAMS_RC_CBR`, `averageBitRate` = `maxBitRate` = b, `vbvBufferSize` = v, `vbvInitialDelay` = 0.9 v, `enableFillerDataInsertion`",
+        "`i_rc_method` ABR, `i_bitrate` = `i_vbv_max_bitrate` = b, `i_vbv_buffer_size` = v (kbit), no filler",
+        "`NV_ENC_PARAMS_RC_CBR`, `averageBitRate` = `maxBitRate` = b, `vbvBufferSize` = v, `vbvInitialDelay` = 0.9 v, no filler",
         "`-rc cbr -b:v b -maxrate b -bufsize v`",
         "`-b:v b -maxrate b -bufsize v` (CBR)",
         "`-b:v b -maxrate b` (1 s data-rate limit)",
@@ -376,9 +371,10 @@ mod tests {
                 X264Method::Cqp(_) => "CQP",
                 X264Method::Crf(_) => "CRF",
             };
-            assert!(row[1].contains(&format!("`i_rc_method` {method}")), "{row:?}");
-            assert_eq!(x.filler, row[1].contains("b_filler"), "{row:?}");
-            assert_eq!(nv.filler, row[2].contains("Filler"), "{row:?}");
+            assert!(
+                row[1].contains(&format!("`i_rc_method` {method}")),
+                "{row:?}"
+            );
             for (col, codec) in codecs {
                 match ffmpeg(codec, &config) {
                     Ok(args) => {
@@ -405,10 +401,18 @@ mod tests {
                 .with_vbv_buffer_bits(3_000_000),
         );
         let x = x264(&config);
-        assert_eq!((x.bitrate_kbps, x.vbv_max_kbps, x.vbv_buffer_kbit), (2_500, 4_000, 3_000));
+        assert_eq!(
+            (x.bitrate_kbps, x.vbv_max_kbps, x.vbv_buffer_kbit),
+            (2_500, 4_000, 3_000)
+        );
         let nv = nvenc(&config);
         assert_eq!(
-            (nv.average_bps, nv.max_bps, nv.vbv_buffer_bits, nv.vbv_initial_delay_bits),
+            (
+                nv.average_bps,
+                nv.max_bps,
+                nv.vbv_buffer_bits,
+                nv.vbv_initial_delay_bits
+            ),
             (2_500_000, 4_000_000, 3_000_000, 2_700_000)
         );
         let args = ffmpeg(FfmpegCodec::Libx264, &config).unwrap();

@@ -18,7 +18,7 @@
 //! | gop_size | `-g` | `-g` | `-g` | `-g` | `-g` |
 //! | bframes | `-bf` | `-bf` | `-bf` | `-bf` | `-bf` |
 //! | threads | `-threads` | none | none | none | none |
-//! | rate_control CBR / VBR / constant QP | `-b:v -maxrate -bufsize` (`-x264-params filler=1` for CBR) / `-qp` | see the README's table | | | |
+//! | rate_control CBR / VBR / constant QP | `-b:v -maxrate -bufsize` / `-qp` | see the README's table | | | |
 //!
 //! The rate-control options come from `src/encoder/mapping.rs`, the one place that maps
 //! [`crate::RateControl`] for every backend; the README's table lists them.

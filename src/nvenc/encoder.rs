@@ -97,10 +97,6 @@ fn apply_rate_control(enc: &mut sys::NV_ENC_CONFIG, rc: &NvencRc) {
         qpInterB: qp,
         qpIntra: qp,
     };
-    // SAFETY: `h264Config` is the active member of the codec-config union for the H.264 codec
-    // GUID, which is the only codec this backend opens.
-    let h264 = unsafe { &mut enc.encodeCodecConfig.h264Config };
-    h264.set_enableFillerDataInsertion(u32::from(rc.filler));
 }
 
 /// One picture between submission and read-back.
@@ -880,7 +876,6 @@ impl VideoEncoder for NvencEncoder {
         self.config = new_config;
         Ok(())
     }
-
 
     fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
         let (frame_index, pts) = self.gate.check(&frame)?;

@@ -81,7 +81,10 @@ fn apply_rc(param: &mut x::x264_param_t, rc: &Rc) {
             param.rc.i_bitrate = kbps.max(1) as c_int;
             if max_kbps > 0 {
                 param.rc.i_vbv_max_bitrate = max_kbps as c_int;
-                param.rc.i_vbv_buffer_size = vbv_kbit.max(max_kbps) as c_int;
+                // vbvBufferSize 0 is "the default VBV buffer size" (API.h), unspecified: one
+                // second at the maximum rate here. A given size is used as it is.
+                param.rc.i_vbv_buffer_size =
+                    if vbv_kbit > 0 { vbv_kbit } else { max_kbps } as c_int;
                 if vbv_init > 0.0 {
                     param.rc.f_vbv_buffer_init = vbv_init;
                 }

@@ -2245,8 +2245,8 @@ unsafe extern "C" fn nvEncReconfigureEncoder(
         // from the next picture without an IDR. x264 can change rates in place; a change it
         // cannot make in place (another mode) reopens the engine, which costs an IDR the real
         // driver would not emit.
-        let rc_in_place = old.params.rc != new.params.rc
-            && old.params.rc.reconfigurable_to(&new.params.rc);
+        let rc_in_place =
+            old.params.rc != new.params.rc && old.params.rc.reconfigurable_to(&new.params.rc);
         let needs_new_engine = p.resetEncoder() != 0
             || p.forceIDR() != 0
             || new.width != old.width
