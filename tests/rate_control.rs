@@ -288,6 +288,31 @@ fn child_nvenc_reconfigure() {
     check_reconfigure(open_nvenc, "nvenc (emulated)", false);
 }
 
+fn open_ffmpeg_nvenc(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
+    assert!(
+        std::env::var_os("NVENC_EMU_REPORT").is_some(),
+        "this runs only in a child process against the emulated driver"
+    );
+    Ok(Box::new(FfmpegEncoder::new(
+        config,
+        &FfmpegOptions::new(FfmpegCodec::Nvenc),
+    )?))
+}
+
+#[test]
+#[ignore = "child half of emulated_nvenc_rate_control"]
+fn child_nvenc_ffmpeg_cbr() {
+    // FFmpeg's h264_nvenc with the options the mapping gives it, on the same emulated driver:
+    // an independent client of the same RC fields.
+    check_cbr(open_ffmpeg_nvenc, "ffmpeg-nvenc (emulated)");
+}
+
+#[test]
+#[ignore = "child half of emulated_nvenc_rate_control"]
+fn child_nvenc_ffmpeg_reconfigure() {
+    check_reconfigure(open_ffmpeg_nvenc, "ffmpeg-nvenc (emulated)", true);
+}
+
 /// The NVENC backend's rate control, through the emulated driver (which hands the NVENC
 /// rate-control fields to libx264): the same checks as for x264, and no API rule broken.
 #[test]
@@ -301,7 +326,63 @@ fn emulated_nvenc_rate_control() {
         "--nocapture",
         "child_nvenc_",
     ]);
-    let text = common::run_child_tests(cmd, 4, "rate control against the emulated NVENC");
+    let text = common::run_child_tests(cmd, 6, "rate control against the emulated NVENC");
+    for line in text.lines().filter(|l| l.starts_with("RATE")) {
+        eprintln!("{line}");
+    }
+    emu.report().assert_clean();
+}
+
+#[test]
+#[ignore = "child half of emulated_nvenc_without_dynamic_rate_change"]
+fn child_nodyn_reconfigure() {
+    // Without SUPPORT_DYN_BITRATE_CHANGE the backend resets the encoder: an IDR at the switch.
+    check_reconfigure(open_nvenc, "nvenc (emulated, no dynamic rate change)", true);
+}
+
+#[test]
+#[ignore = "child half of emulated_nvenc_without_dynamic_rate_change"]
+fn child_nodyn_refused_with_bframes() {
+    // The reset must start an IDR, which B-frames in flight rule out: refused, typed, and the
+    // stream goes on at the old rate.
+    let config = EncoderConfig::new(320, 240)
+        .with_preset(Preset::Ultrafast)
+        .with_bframes(Some(2))
+        .with_rate_control(RateControl::cbr(mbps(1.0)));
+    let mut encoder = open_nvenc(&config).expect("open");
+    let input = common::clip(&config, 20);
+    let mut chunks = Vec::new();
+    for (i, frame) in input.iter().enumerate() {
+        if i == 10 {
+            assert!(matches!(
+                encoder.reconfigure(RateControl::cbr(mbps(0.5))),
+                Err(Error::Unsupported {
+                    backend: EncoderKind::Nvenc,
+                    ..
+                })
+            ));
+            assert_eq!(encoder.config().rate_control, RateControl::cbr(mbps(1.0)));
+        }
+        encoder.encode_frame(frame, &mut chunks).expect("encode");
+    }
+    encoder.flush(&mut chunks).expect("flush");
+    common::assert_accounting(&chunks, 20);
+}
+
+/// A GPU without dynamic bit-rate change (the emulator reports the caps as 0 and refuses a rate
+/// change without `resetEncoder`): the backend resets with an IDR, or refuses with B-frames.
+#[test]
+fn emulated_nvenc_without_dynamic_rate_change() {
+    let emu = EmuDriver::new().env("NVENC_EMU_NO_DYN_RATE", "1");
+    let mut cmd = emu.command(std::env::current_exe().expect("test binary"));
+    cmd.args([
+        "--ignored",
+        "--test-threads",
+        "1",
+        "--nocapture",
+        "child_nodyn_",
+    ]);
+    let text = common::run_child_tests(cmd, 2, "reconfigure without dynamic rate change");
     for line in text.lines().filter(|l| l.starts_with("RATE")) {
         eprintln!("{line}");
     }

@@ -60,6 +60,7 @@
 //! | `NVENC_EMU_MAX_API` | `major.minor` reported by `NvEncodeAPIGetMaxSupportedVersion` (default: the header's) |
 //! | `NVENC_EMU_NO_DEVICE` | `1`: open fails with `NV_ENC_ERR_NO_ENCODE_DEVICE`; `unsupported`: `NV_ENC_ERR_UNSUPPORTED_DEVICE` |
 //! | `NVENC_EMU_FAST` | `1`: no pixel read-back and no encoding (overhead benchmarks) |
+//! | `NVENC_EMU_NO_DYN_RATE` | `1`: a GPU without `SUPPORT_DYN_BITRATE_CHANGE` / `SUPPORT_DYN_RCMODE_CHANGE`: a rate change needs `resetEncoder` |
 //! | `NVENC_EMU_REPORT` | report file: violations, faults, session open/close, `encode live_handles ...` |
 //!
 //! Control functions for in-process use: [`nvenc_emu_violations`], [`nvenc_emu_live_handles`].
@@ -452,6 +453,13 @@ impl Global {
             )
         })
     }
+}
+
+/// Whether the emulated GPU changes bit rate and rate-control mode without a reset (the caps
+/// `SUPPORT_DYN_BITRATE_CHANGE` and `SUPPORT_DYN_RCMODE_CHANGE`); `NVENC_EMU_NO_DYN_RATE=1` turns
+/// both off.
+fn dyn_rate() -> bool {
+    !std::env::var("NVENC_EMU_NO_DYN_RATE").is_ok_and(|v| v == "1")
 }
 
 fn fast_mode() -> bool {
@@ -857,9 +865,9 @@ fn cap_value(cap: u32) -> Option<c_int> {
         17 => HEIGHT_MAX as c_int,                             // HEIGHT_MAX
         18 => 0,                                               // TEMPORAL_SVC
         19 => 1,                                               // DYN_RES_CHANGE
-        20 => 1,                                               // DYN_BITRATE_CHANGE
+        20 => c_int::from(dyn_rate()),                         // DYN_BITRATE_CHANGE
         21 => 1,                                               // DYN_FORCE_CONSTQP
-        22 => 1,                                               // DYN_RCMODE_CHANGE
+        22 => c_int::from(dyn_rate()),                         // DYN_RCMODE_CHANGE
         23 => 0,                                               // SUBFRAME_READBACK
         24 => 1,                                               // CONSTRAINED_ENCODING
         25 => 1,                                               // INTRA_REFRESH
@@ -2245,8 +2253,15 @@ unsafe extern "C" fn nvEncReconfigureEncoder(
         // from the next picture without an IDR. x264 can change rates in place; a change it
         // cannot make in place (another mode) reopens the engine, which costs an IDR the real
         // driver would not emit.
-        let rc_in_place =
-            old.params.rc != new.params.rc && old.params.rc.reconfigurable_to(&new.params.rc);
+        let rc_changed = old.params.rc != new.params.rc;
+        let rc_in_place = rc_changed && old.params.rc.reconfigurable_to(&new.params.rc);
+        if rc_changed && !dyn_rate() && p.resetEncoder() == 0 {
+            return Err(v(
+                NVENCSTATUS::NV_ENC_ERR_UNSUPPORTED_PARAM,
+                "a rate-control change without resetEncoder needs SUPPORT_DYN_BITRATE_CHANGE / \
+                 SUPPORT_DYN_RCMODE_CHANGE, which this GPU reports as 0 (NVENC_EMU_NO_DYN_RATE)",
+            ));
+        }
         let needs_new_engine = p.resetEncoder() != 0
             || p.forceIDR() != 0
             || new.width != old.width
