@@ -256,9 +256,9 @@ pub trait VideoEncoder: Send {
     fn sequence_headers(&self) -> &[u8];
 
     /// Changes the rate control of the running stream: a new bit rate, maximum rate and VBV
-    /// buffer for CBR or VBR (a network that degrades), without a new stream. Frames accepted
-    /// before the call are coded with the old setting, frames after with the new one; no frame
-    /// is lost. Whether the switch needs an IDR depends on the backend: NVENC and x264 change
+    /// buffer for CBR or VBR (a network that degrades), without a new stream. The new setting
+    /// applies from the next frame accepted (an encoder that still holds frames for lookahead or
+    /// B-frames may code those with it too); no frame is lost. Whether the switch needs an IDR depends on the backend: NVENC and x264 change
     /// the rate in place (NVENC resets with an IDR only where the GPU lacks
     /// `NV_ENC_CAPS_SUPPORT_DYN_BITRATE_CHANGE`); the ffmpeg subprocess backends restart ffmpeg,
     /// so the next frame is an IDR with fresh SPS/PPS. On success, [`VideoEncoder::config`]

@@ -501,3 +501,66 @@ fn install_log(param: &mut sys::x264_param_t) {
 fn install_log(param: &mut sys::x264_param_t) {
     param.i_log_level = sys::X264_LOG_NONE;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoder::Bitrate;
+
+    impl Session {
+        /// The encoder's current parameters (`x264_encoder_parameters`).
+        fn parameters(&mut self) -> sys::x264_param_t {
+            // SAFETY: all-zero is a valid x264_param_t, which the call overwrites.
+            let mut param: sys::x264_param_t = unsafe { std::mem::zeroed() };
+            // SAFETY: the handle is a live encoder owned by `self`; `param` is writable.
+            unsafe { sys::x264_encoder_parameters(self.handle.as_ptr(), &mut param) };
+            param
+        }
+    }
+
+    /// The VBV reaches libx264 at open and through a reconfiguration (a rate test on smooth
+    /// content cannot tell: x264's average-rate control alone stays under the maximum there).
+    #[test]
+    fn libx264_runs_with_the_mapped_vbv() {
+        let rc = RateControl::vbr(Bitrate::from_bps(2_000_000), Bitrate::from_bps(2_500_000))
+            .with_vbv_buffer_bits(250_000);
+        let config = EncoderConfig::new(64, 64)
+            .with_preset(crate::Preset::Ultrafast)
+            .with_threads(1)
+            .with_rate_control(rc);
+        let mut encoder = X264Encoder::new(&config).unwrap();
+        let p = encoder.session.parameters();
+        assert_eq!(p.rc.i_rc_method, sys::X264_RC_ABR as c_int);
+        assert_eq!(
+            (
+                p.rc.i_bitrate,
+                p.rc.i_vbv_max_bitrate,
+                p.rc.i_vbv_buffer_size
+            ),
+            (2_000, 2_500, 250)
+        );
+        let lower = RateControl::vbr(Bitrate::from_bps(1_000_000), Bitrate::from_bps(1_200_000))
+            .with_vbv_buffer_bits(120_000);
+        encoder.reconfigure(lower).unwrap();
+        // x264 applies a reconfiguration at its next encode call (with one thread, to the
+        // context x264_encoder_parameters reads).
+        let frame = vec![128u8; config.validate().unwrap()];
+        encoder.encode_frame(&frame, &mut Vec::new()).unwrap();
+        let p = encoder.session.parameters();
+        assert_eq!(
+            (
+                p.rc.i_bitrate,
+                p.rc.i_vbv_max_bitrate,
+                p.rc.i_vbv_buffer_size
+            ),
+            (1_000, 1_200, 120)
+        );
+        let cqp = EncoderConfig::new(64, 64).with_rate_control(RateControl::constant_qp(31));
+        let mut encoder = X264Encoder::new(&cqp).unwrap();
+        let p = encoder.session.parameters();
+        assert_eq!(
+            (p.rc.i_rc_method, p.rc.i_qp_constant),
+            (sys::X264_RC_CQP as c_int, 31)
+        );
+    }
+}
