@@ -91,12 +91,15 @@ fn apply_rate_control(enc: &mut sys::NV_ENC_CONFIG, rc: &NvencRc) {
     rcp.vbvInitialDelay = rc.vbv_initial_delay_bits;
     rcp.targetQuality = rc.target_quality;
     rcp.targetQualityLSB = 0;
-    let qp = u32::from(rc.const_qp);
-    rcp.constQP = sys::NV_ENC_QP {
-        qpInterP: qp,
-        qpInterB: qp,
-        qpIntra: qp,
-    };
+    // In the other modes constQP is the rate control's initial QP (API.h): the preset's stays.
+    if rc.mode == NvencRcMode::ConstQp {
+        let qp = u32::from(rc.const_qp);
+        rcp.constQP = sys::NV_ENC_QP {
+            qpInterP: qp,
+            qpInterB: qp,
+            qpIntra: qp,
+        };
+    }
 }
 
 /// One picture between submission and read-back.
