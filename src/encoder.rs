@@ -12,6 +12,8 @@
 //! - A rejected frame (wrong length, timestamp not increasing) is not encoded, and the encoder
 //!   stays usable.
 //! - After `flush` the stream has ended: `encode` returns [`Error::Finished`].
+//! - [`VideoEncoder::reconfigure`] changes the rate control of a running stream without losing
+//!   a frame, or says [`Error::Unsupported`] and changes nothing; it is never a silent no-op.
 
 mod config;
 pub(crate) mod mapping;
