@@ -316,6 +316,40 @@ fn child_nvenc_ffmpeg_reconfigure() {
     check_reconfigure(open_ffmpeg_nvenc, "ffmpeg-nvenc (emulated)", true);
 }
 
+#[test]
+#[ignore = "child half of emulated_nvenc_rate_control"]
+fn child_nvenc_mode_change() {
+    // Constant quality to CBR and on to constant QP mid-stream (the emulated GPU reports
+    // SUPPORT_DYN_RCMODE_CHANGE): accepted, and every frame comes out and decodes.
+    let config = EncoderConfig::new(320, 240)
+        .with_preset(Preset::Ultrafast)
+        .with_tune(Some(Tune::Zerolatency));
+    let mut encoder = open_nvenc(&config).expect("open");
+    let input = common::clip(&config, 60);
+    let mut chunks = Vec::new();
+    for (i, frame) in input.iter().enumerate() {
+        match i {
+            20 => encoder.reconfigure(RateControl::cbr(mbps(0.5))),
+            40 => encoder.reconfigure(RateControl::constant_qp(30)),
+            _ => Ok(()),
+        }
+        .expect("reconfigure");
+        encoder.encode_frame(frame, &mut chunks).expect("encode");
+    }
+    encoder.flush(&mut chunks).expect("flush");
+    common::assert_accounting(&chunks, 60);
+    assert_eq!(decoded_frames(&common::concat(&chunks)), 60);
+    // P slices of the whole stream (its SPS/PPS come first); the last 15 are frames 45-59, one
+    // slice each on the emulated GPU.
+    let qps: Vec<i32> = h264::slice_qps(&common::concat(&chunks))
+        .into_iter()
+        .filter(|(kind, _)| *kind == 0)
+        .map(|(_, qp)| qp)
+        .collect();
+    let tail = &qps[qps.len().saturating_sub(15)..];
+    assert!(tail.len() == 15 && tail.iter().all(|&q| q == 30), "{qps:?}");
+}
+
 /// The NVENC backend's rate control, through the emulated driver (which hands the NVENC
 /// rate-control fields to libx264): the same checks as for x264, and no API rule broken.
 #[test]
@@ -329,7 +363,7 @@ fn emulated_nvenc_rate_control() {
         "--nocapture",
         "child_nvenc_",
     ]);
-    let text = common::run_child_tests(cmd, 6, "rate control against the emulated NVENC");
+    let text = common::run_child_tests(cmd, 7, "rate control against the emulated NVENC");
     for line in text.lines().filter(|l| l.starts_with("RATE")) {
         eprintln!("{line}");
     }
