@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example encode_yuv                      # built-in clip -> out.h264
 //! cargo run --release --example encode_yuv -- in.yuv --size 1280x720 --pix-fmt nv12 -o out.h264
+//! cargo run --release --example encode_yuv -- --size 1280x720 --bitrate 2M --rc cbr -e x264
 //! ffplay out.h264
 //! ```
 //! Options follow ffmpeg's and x264's names. Set `RUST_LOG=debug` to see backend selection.
@@ -80,6 +81,42 @@ struct Args {
     /// port, printed to stderr).
     #[arg(long = "metrics-addr", value_name = "HOST:PORT", value_parser = metrics_http::parse_addr)]
     metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    rate: RateArgs,
+}
+
+/// Rate control, as ffmpeg spells it. Without any of these: constant quality at `--crf`.
+#[derive(clap::Args, Debug)]
+struct RateArgs {
+    /// Target bit rate: 2M, 2500k or bits/s (implies --rc cbr, or vbr with --maxrate).
+    #[arg(long, value_parser = parse::<nvenc::Bitrate>)]
+    bitrate: Option<nvenc::Bitrate>,
+    /// Maximum bit rate for --rc vbr (2M, 2500k, bits/s).
+    #[arg(long, value_parser = parse::<nvenc::Bitrate>)]
+    maxrate: Option<nvenc::Bitrate>,
+    /// VBV buffer size in bits (1M, 500k, ...); default one second at the peak rate.
+    #[arg(long, value_parser = parse::<nvenc::Bitrate>)]
+    bufsize: Option<nvenc::Bitrate>,
+    /// Rate control: cq (constant quality, --crf), cbr, vbr or cqp (constant QP, --qp).
+    #[arg(long, value_parser = parse::<nvenc::RateControlMode>)]
+    rc: Option<nvenc::RateControlMode>,
+    /// Constant QP, 0-51 (implies --rc cqp).
+    #[arg(long)]
+    qp: Option<u32>,
+}
+
+impl RateArgs {
+    /// The rate control these options ask for; a value that does not apply to the mode is an
+    /// error, not ignored.
+    fn rate_control(&self) -> Result<nvenc::RateControl, nvenc::ConfigError> {
+        nvenc::RateControl::from_parts(
+            self.rc,
+            self.bitrate,
+            self.maxrate,
+            self.bufsize.map(nvenc::Bitrate::bps),
+            self.qp,
+        )
+    }
 }
 
 #[path = "support/metrics_http.rs"]
@@ -398,7 +435,8 @@ fn run(args: Args, stop: &AtomicBool) -> Result<Outcome, BoxError> {
         .with_crf(args.crf)
         .with_gop_size(args.gop)
         .with_bframes(args.bframes)
-        .with_threads(args.threads);
+        .with_threads(args.threads)
+        .with_rate_control(args.rate.rate_control()?);
     let frame_len = config.validate()?;
 
     // Input first, then the output (which refuses to be the input), then the encoder: nothing

@@ -23,14 +23,18 @@
 //!   is delivered, and on such a failure opens the next encoder and encodes them again, so its
 //!   own `encode` returns `Ok` and nothing is lost.
 //! - After `flush` the stream has ended: `encode` returns [`Error::Finished`].
+//! - [`VideoEncoder::reconfigure`] changes the rate control of a running stream without losing
+//!   a frame, or says [`Error::Unsupported`] and changes nothing; it is never a silent no-op.
 
 mod config;
+pub(crate) mod mapping;
 
 use std::fmt;
 use std::str::FromStr;
 
 pub use config::{
-    Codec, EncoderConfig, FrameLayout, FrameRate, PixelFormat, Plane, Preset, Resolution, Tune,
+    Bitrate, Codec, EncoderConfig, FrameLayout, FrameRate, PixelFormat, Plane, Preset, RateControl,
+    RateControlMode, Resolution, Tune,
 };
 
 use crate::error::{ConfigError, Error};
@@ -265,6 +269,28 @@ pub trait VideoEncoder: Send {
     /// The SPS and PPS (Annex B), for containers that store them out of band (e.g. MP4's
     /// `avcC`). Keyframes carry them in band as well.
     fn sequence_headers(&self) -> &[u8];
+
+    /// Changes the rate control of the running stream: a new bit rate, maximum rate and VBV
+    /// buffer for CBR or VBR (a network that degrades), without a new stream. The new setting
+    /// applies from the next frame accepted (an encoder that still holds frames for lookahead or
+    /// B-frames may code those with it too); no frame is lost. Whether the switch needs an IDR depends on the backend: NVENC and x264 change
+    /// the rate in place (NVENC resets with an IDR only where the GPU lacks
+    /// `NV_ENC_CAPS_SUPPORT_DYN_BITRATE_CHANGE`); the ffmpeg subprocess backends restart ffmpeg,
+    /// so the next frame is an IDR with fresh SPS/PPS. On success, [`VideoEncoder::config`]
+    /// reports the new setting.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid setting; [`Error::Unsupported`] when the backend cannot
+    /// make this change mid-stream (by default, and e.g. a change of mode on x264): nothing
+    /// changed and the encoder is still usable; [`Error::Finished`] after
+    /// [`VideoEncoder::flush`]; a backend error otherwise.
+    fn reconfigure(&mut self, rate_control: RateControl) -> Result<(), Error> {
+        rate_control.validate()?;
+        Err(Error::Unsupported {
+            backend: self.kind(),
+            feature: "changing the rate control mid-stream",
+        })
+    }
 
     /// Encodes one frame with an automatic timestamp: the seed's `encode_frame`.
     ///

@@ -170,6 +170,77 @@ pub enum ConfigError {
         /// Accepted names.
         valid: &'static [&'static str],
     },
+    /// Text that is not a bit rate.
+    #[error("invalid bit rate {text:?}: expected e.g. 2M, 2.5M, 2500k or 2000000 (bits/s)")]
+    BadBitrateSyntax {
+        /// The text given.
+        text: String,
+    },
+    /// A bit rate outside what every backend accepts.
+    #[error("{what} {bps} bit/s is out of range: expected {min} to {max} bit/s")]
+    BitrateOutOfRange {
+        /// Which rate (`bitrate`, `max bitrate`).
+        what: &'static str,
+        /// The rate given, in bits per second.
+        bps: u64,
+        /// Lowest accepted.
+        min: u64,
+        /// Highest accepted.
+        max: u64,
+    },
+    /// A VBR maximum below its target.
+    #[error(
+        "max bitrate {max_bps} bit/s is below the target bitrate {target_bps} bit/s: the \
+         maximum must be at least the target"
+    )]
+    MaxBitrateBelowTarget {
+        /// The maximum given.
+        max_bps: u64,
+        /// The target given.
+        target_bps: u64,
+    },
+    /// A VBV buffer size out of range.
+    #[error("VBV buffer of {bits} bits is out of range: expected {min} to {max} bits")]
+    VbvBufferOutOfRange {
+        /// The size given, in bits.
+        bits: u64,
+        /// Smallest accepted.
+        min: u64,
+        /// Largest accepted.
+        max: u64,
+    },
+    /// A constant QP out of range.
+    #[error("QP {qp} is out of range: expected 0 to {max}")]
+    QpOutOfRange {
+        /// The QP given.
+        qp: u32,
+        /// Largest accepted.
+        max: u8,
+    },
+    /// An unknown rate-control mode name.
+    #[error("unknown rate control {name:?}: expected one of {}", valid.join(", "))]
+    UnknownRateControl {
+        /// The name given.
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
+    /// A rate-control mode without a value it needs.
+    #[error("rate control {mode} needs a {value}")]
+    RateControlMissingValue {
+        /// The mode.
+        mode: crate::encoder::RateControlMode,
+        /// What is missing (`bitrate`, `maxrate`, `qp`).
+        value: &'static str,
+    },
+    /// A value that the chosen rate-control mode does not use (refused rather than ignored).
+    #[error("rate control {mode} does not use a {value}: remove it or choose another mode")]
+    RateControlExtraValue {
+        /// The mode.
+        mode: crate::encoder::RateControlMode,
+        /// The value given (`bitrate`, `maxrate`, `bufsize`, `qp`).
+        value: &'static str,
+    },
 }
 
 /// Everything that can go wrong while opening an encoder or encoding with it.
@@ -255,9 +326,13 @@ pub enum Error {
         /// What the configuration needs.
         required: i64,
     },
-    /// A backend cannot do what a frame asked for; the frame was not encoded and the encoder is
-    /// still usable.
-    #[error("the {backend} encoder does not support {feature}; the frame was not encoded")]
+    /// A backend cannot do what a frame or a call asked for (a forced keyframe through a pipe, a
+    /// mid-stream reconfiguration it cannot make); nothing was done (the frame was not encoded,
+    /// the settings did not change) and the encoder is still usable.
+    #[error(
+        "the {backend} encoder does not support {feature}; nothing was done and the encoder is \
+         still usable"
+    )]
     Unsupported {
         /// The backend.
         backend: EncoderKind,

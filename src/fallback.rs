@@ -23,7 +23,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::encoder::{
-    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, Tune, VideoEncoder,
+    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, RateControl, Tune,
+    VideoEncoder,
 };
 use crate::error::Error;
 use crate::nvenc::{NvencErrorKind, NvencOptions};
@@ -524,6 +525,21 @@ impl VideoEncoder for FallbackEncoder {
                 message: format!("{} frames were not delivered", self.held.len()),
             });
         }
+        Ok(())
+    }
+
+    /// Forwards to the current encoder; once it took the change, the configuration kept for a
+    /// failover carries it, so a fallback encoder opens at the new rate.
+    fn reconfigure(&mut self, rate_control: RateControl) -> Result<(), Error> {
+        if self.gate.is_finished() {
+            return Err(Error::Finished { backend: self.kind });
+        }
+        rate_control.validate()?;
+        let Some(current) = self.current.as_mut() else {
+            return Err(self.dead());
+        };
+        current.reconfigure(rate_control)?;
+        self.config.rate_control = rate_control;
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::encoder::EncoderKind;
+use crate::encoder::{Bitrate, EncoderKind, RateControl, RateControlMode};
 use crate::error::ConfigError;
 use crate::error::Error;
 use crate::nvenc::{NvencOptions, NvencPreset, NvencTuning};
@@ -49,6 +49,23 @@ pub struct GpuEncoderConfig {
     /// NVENC tuning: `hq`, `ll`, `ull` (or `lossless`).
     #[serde(with = "by_name")]
     pub nvenc_tune: NvencTuning,
+    /// Rate control: `cq`, `cbr`, `vbr` or `cqp`. Unset: implied by `bitrate`, `max_bitrate` and
+    /// `qp` as [`RateControl::from_parts`] says; with none of them, the `EncoderConfig` given to
+    /// [`GpuEncoderConfig::open`] keeps its own.
+    #[serde(with = "by_name_opt", skip_serializing_if = "Option::is_none")]
+    pub rate_control: Option<RateControlMode>,
+    /// Target bit rate for CBR and VBR: `"2M"`, `"2500k"` or bits per second.
+    #[serde(with = "by_name_opt", skip_serializing_if = "Option::is_none")]
+    pub bitrate: Option<Bitrate>,
+    /// Maximum bit rate for VBR.
+    #[serde(with = "by_name_opt", skip_serializing_if = "Option::is_none")]
+    pub max_bitrate: Option<Bitrate>,
+    /// VBV buffer in bits (`"1M"` is 1,000,000 bits); unset: one second at the peak rate.
+    #[serde(with = "by_name_opt", skip_serializing_if = "Option::is_none")]
+    pub vbv_buffer: Option<Bitrate>,
+    /// Constant QP, 0-51.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qp: Option<u32>,
 }
 
 impl Default for GpuEncoderConfig {
@@ -59,6 +76,11 @@ impl Default for GpuEncoderConfig {
             ring_buffer_size: 8,
             nvenc_preset: NvencPreset::P4,
             nvenc_tune: NvencTuning::HighQuality,
+            rate_control: None,
+            bitrate: None,
+            max_bitrate: None,
+            vbv_buffer: None,
+            qp: None,
         }
     }
 }
@@ -67,7 +89,8 @@ impl GpuEncoderConfig {
     /// Checks the values the types do not already constrain.
     ///
     /// # Errors
-    /// [`ConfigError::RingSizeOutOfRange`] for a ring of 0 or more than 65,536 frames.
+    /// [`ConfigError::RingSizeOutOfRange`] for a ring of 0 or more than 65,536 frames; the
+    /// errors of [`GpuEncoderConfig::rate`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ring_buffer_size == 0 || self.ring_buffer_size > MAX_SLOTS {
             return Err(ConfigError::RingSizeOutOfRange {
@@ -75,19 +98,49 @@ impl GpuEncoderConfig {
                 max: MAX_SLOTS,
             });
         }
+        self.rate()?;
         Ok(())
     }
 
+    /// The rate control these settings ask for, or `None` when they name none.
+    ///
+    /// # Errors
+    /// As [`RateControl::from_parts`]: a missing or unused value, or one out of range.
+    pub fn rate(&self) -> Result<Option<RateControl>, ConfigError> {
+        if self.rate_control.is_none()
+            && self.bitrate.is_none()
+            && self.max_bitrate.is_none()
+            && self.vbv_buffer.is_none()
+            && self.qp.is_none()
+        {
+            return Ok(None);
+        }
+        RateControl::from_parts(
+            self.rate_control,
+            self.bitrate,
+            self.max_bitrate,
+            self.vbv_buffer.map(Bitrate::bps),
+            self.qp,
+        )
+        .map(Some)
+    }
+
     /// Opens the fallback chain these settings describe: `preferred_encoder` first, then every
-    /// available encoder in priority order, NVENC with `nvenc_preset` and `nvenc_tune`.
+    /// available encoder in priority order, NVENC with `nvenc_preset` and `nvenc_tune`, and the
+    /// rate control of these settings (if they name one) in place of `config`'s. A running
+    /// stream's rates change with [`crate::VideoEncoder::reconfigure`] on the encoder returned.
     ///
     /// # Errors
     /// [`ConfigError`]s of these settings or of `config` (as [`Error::Config`]); otherwise as
     /// [`FallbackEncoder::new`].
     pub fn open(&self, config: &EncoderConfig) -> Result<FallbackEncoder, Error> {
         self.validate()?;
+        let mut config = config.clone();
+        if let Some(rate) = self.rate()? {
+            config.rate_control = rate;
+        }
         let chain = crate::fallback::chain_with(self.preferred_encoder, &self.nvenc_options());
-        FallbackEncoder::with_chain(config, chain)
+        FallbackEncoder::with_chain(&config, chain)
     }
 
     /// The frame ring a pipeline puts between its producer and the encoder: `ring_buffer_size`
@@ -171,6 +224,9 @@ mod tests {
         assert_eq!(config.preferred_encoder, None);
         let full = GpuEncoderConfig {
             preferred_encoder: Some(EncoderKind::X264),
+            rate_control: Some(RateControlMode::Vbr),
+            bitrate: Some(Bitrate::from_bps(2_500_000)),
+            max_bitrate: Some(Bitrate::from_bps(4_000_000)),
             ..GpuEncoderConfig::default()
         };
         let text = toml::to_string(&full).unwrap();
@@ -187,6 +243,23 @@ mod tests {
         };
         let encoder = gpu.open(&EncoderConfig::new(64, 64)).unwrap();
         assert_eq!(encoder.current_kind(), EncoderKind::X264);
+        assert_eq!(
+            encoder.config().rate_control,
+            crate::RateControl::ConstantQuality
+        );
+        let cbr = GpuEncoderConfig {
+            bitrate: Some(Bitrate::from_bps(500_000)),
+            ..gpu.clone()
+        };
+        let mut encoder = cbr.open(&EncoderConfig::new(64, 64)).unwrap();
+        assert_eq!(
+            encoder.config().rate_control,
+            RateControl::cbr(Bitrate::from_bps(500_000))
+        );
+        use crate::VideoEncoder as _;
+        encoder
+            .reconfigure(RateControl::cbr(Bitrate::from_bps(250_000)))
+            .unwrap();
         let (producer, _consumer) = gpu.frame_ring(6144).unwrap().unwrap();
         assert_eq!((producer.capacity(), producer.slot_len()), (4, 6144));
         let off = GpuEncoderConfig {
@@ -207,6 +280,20 @@ mod tests {
         assert!(err.to_string().contains("unknown encoder \"amf\""), "{err}");
         let err = toml::from_str::<GpuEncoderConfig>("ring_size = 4").unwrap_err();
         assert!(err.to_string().contains("ring_size"), "{err}");
+        let err = toml::from_str::<GpuEncoderConfig>("bitrate = \"fast\"").unwrap_err();
+        assert!(
+            err.to_string().contains("invalid bit rate \"fast\""),
+            "{err}"
+        );
+        let vbr: GpuEncoderConfig =
+            toml::from_str("rate_control = \"vbr\"\nbitrate = \"2M\"").unwrap();
+        assert!(matches!(
+            vbr.validate(),
+            Err(ConfigError::RateControlMissingValue {
+                value: "maxrate",
+                ..
+            })
+        ));
         let zero: GpuEncoderConfig = toml::from_str("ring_buffer_size = 0").unwrap();
         assert!(matches!(
             zero.validate(),

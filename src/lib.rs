@@ -35,8 +35,8 @@ pub mod fuzzing {
 
 pub use detect::{detect, detect_available_encoders, DetectionReport};
 pub use encoder::{
-    Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegCodec, Frame, FrameRate, FrameType,
-    PixelFormat, Preset, Resolution, Tune, VideoEncoder,
+    Bitrate, Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegCodec, Frame, FrameRate,
+    FrameType, PixelFormat, Preset, RateControl, RateControlMode, Resolution, Tune, VideoEncoder,
 };
 pub use error::{ConfigError, Error, SubprocessProblem};
 pub use fallback::FallbackEncoder;

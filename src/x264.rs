@@ -6,7 +6,8 @@
 //!
 //! Mapping of [`EncoderConfig`]: `preset` and `tune` are x264's own; `crf` is `--crf`; `gop_size`
 //! is `--keyint`; `bframes` is `--bframes`; `threads` is `--threads` (0 = x264's automatic
-//! choice). Output is Annex B with SPS/PPS repeated before every IDR (`--repeat-headers`), and
+//! choice); `rate_control` as `src/encoder/mapping.rs` says (ABR with a VBV for CBR and VBR, CQP). A rate change mid-stream goes through `x264_encoder_reconfig`, which
+//! changes the bit rate and VBV in place (no IDR) but cannot switch modes. Output is Annex B with SPS/PPS repeated before every IDR (`--repeat-headers`), and
 //! the time base is one frame.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -14,9 +15,10 @@ use std::ptr::{self, NonNull};
 
 use x264_sys as sys;
 
+use crate::encoder::mapping::{self, X264Method, X264Rc};
 use crate::encoder::{
     EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameLayout, FrameType, InputGate,
-    PixelFormat, VideoEncoder,
+    PixelFormat, RateControl, VideoEncoder,
 };
 use crate::error::Error;
 
@@ -63,8 +65,7 @@ impl X264Encoder {
         if let Some(bframes) = config.bframes {
             param.i_bframe = bframes as c_int;
         }
-        param.rc.i_rc_method = sys::X264_RC_CRF as c_int;
-        param.rc.f_rf_constant = config.crf;
+        apply_rate_control(&mut param, &mapping::x264(config));
         param.b_repeat_headers = 1;
         param.b_annexb = 1;
         let mut session = Session::open(&mut param)?;
@@ -75,6 +76,7 @@ impl X264Encoder {
             preset = %config.preset,
             tune = ?config.tune,
             crf = config.crf,
+            rate_control = %config.rate_control,
             gop = config.gop_size,
             bframes = param.i_bframe,
             threads = param.i_threads,
@@ -152,6 +154,35 @@ impl VideoEncoder for X264Encoder {
         }
         self.gate
             .finish_accounted(self.chunks_out, "x264_encoder_encode")
+    }
+
+    fn reconfigure(&mut self, rate_control: RateControl) -> Result<(), Error> {
+        if self.gate.is_finished() {
+            return Err(Error::Finished { backend: KIND });
+        }
+        rate_control.validate()?;
+        let old = self.config.rate_control;
+        let same_mode = old.mode() == rate_control.mode();
+        // x264_encoder_reconfig copies the bit rate and VBV only when a VBV was on from the
+        // start (CBR and VBR always have one here) and never the method, the QP or the filler
+        // flag, so only CBR -> CBR and VBR -> VBR can change; constant quality has nothing to
+        // change.
+        match rate_control {
+            RateControl::ConstantQuality if same_mode => return Ok(()),
+            RateControl::Cbr { .. } | RateControl::Vbr { .. } if same_mode => {}
+            _ => {
+                return Err(Error::Unsupported {
+                    backend: KIND,
+                    feature: "changing the rate-control mode or the constant QP mid-stream \
+                              (x264_encoder_reconfig changes only the bit rate and VBV)",
+                })
+            }
+        }
+        let new_config = self.config.clone().with_rate_control(rate_control);
+        self.session.reconfigure(&mapping::x264(&new_config))?;
+        tracing::debug!(from = %old, to = %rate_control, "reconfigured x264");
+        self.config = new_config;
+        Ok(())
     }
 
     fn kind(&self) -> EncoderKind {
@@ -285,6 +316,27 @@ impl Session {
         Ok(headers)
     }
 
+    /// Changes the bit rate and VBV of the open encoder (`x264_encoder_reconfig`), from its
+    /// current parameters.
+    fn reconfigure(&mut self, rc: &X264Rc) -> Result<(), Error> {
+        // SAFETY: x264_param_t is a plain C struct for which all-zero bytes are valid;
+        // x264_encoder_parameters overwrites it.
+        let mut param: sys::x264_param_t = unsafe { std::mem::zeroed() };
+        // SAFETY: the handle is a live encoder owned by `self`; `param` is writable.
+        unsafe { sys::x264_encoder_parameters(self.handle.as_ptr(), &mut param) };
+        apply_rate_control(&mut param, rc);
+        // SAFETY: the handle is live; `param` is a complete parameter set from this encoder,
+        // which x264 copies (its log callback and pointers are the encoder's own).
+        let ret = unsafe { sys::x264_encoder_reconfig(self.handle.as_ptr(), &mut param) };
+        if ret < 0 {
+            return Err(backend_error(
+                "x264_encoder_reconfig",
+                format!("returned {ret} (its log, at tracing level warn, says why)"),
+            ));
+        }
+        Ok(())
+    }
+
     fn delayed_frames(&mut self) -> c_int {
         // SAFETY: the handle is a live encoder owned by `self`.
         unsafe { sys::x264_encoder_delayed_frames(self.handle.as_ptr()) }
@@ -377,6 +429,28 @@ impl Drop for Session {
     }
 }
 
+/// Writes the rate-control fields of `param` (the mapping itself is in `mapping::x264`).
+fn apply_rate_control(param: &mut sys::x264_param_t, rc: &X264Rc) {
+    // Values come from a validated configuration: rates and buffers fit in c_int kbit.
+    let int = |v: u32| c_int::try_from(v).unwrap_or(c_int::MAX);
+    match rc.method {
+        X264Method::Crf(crf) => {
+            param.rc.i_rc_method = sys::X264_RC_CRF as c_int;
+            param.rc.f_rf_constant = crf;
+        }
+        X264Method::Cqp(qp) => {
+            param.rc.i_rc_method = sys::X264_RC_CQP as c_int;
+            param.rc.i_qp_constant = c_int::from(qp);
+        }
+        X264Method::Abr => {
+            param.rc.i_rc_method = sys::X264_RC_ABR as c_int;
+            param.rc.i_bitrate = int(rc.bitrate_kbps);
+        }
+    }
+    param.rc.i_vbv_max_bitrate = int(rc.vbv_max_kbps);
+    param.rc.i_vbv_buffer_size = int(rc.vbv_buffer_kbit);
+}
+
 /// Routes libx264's log lines to `tracing` (target `nvenc::x264`).
 #[cfg(x264_log_to_tracing)]
 fn install_log(param: &mut sys::x264_param_t) {
@@ -426,4 +500,67 @@ fn install_log(param: &mut sys::x264_param_t) {
 #[cfg(not(x264_log_to_tracing))]
 fn install_log(param: &mut sys::x264_param_t) {
     param.i_log_level = sys::X264_LOG_NONE;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoder::Bitrate;
+
+    impl Session {
+        /// The encoder's current parameters (`x264_encoder_parameters`).
+        fn parameters(&mut self) -> sys::x264_param_t {
+            // SAFETY: all-zero is a valid x264_param_t, which the call overwrites.
+            let mut param: sys::x264_param_t = unsafe { std::mem::zeroed() };
+            // SAFETY: the handle is a live encoder owned by `self`; `param` is writable.
+            unsafe { sys::x264_encoder_parameters(self.handle.as_ptr(), &mut param) };
+            param
+        }
+    }
+
+    /// The VBV reaches libx264 at open and through a reconfiguration (a rate test on smooth
+    /// content cannot tell: x264's average-rate control alone stays under the maximum there).
+    #[test]
+    fn libx264_runs_with_the_mapped_vbv() {
+        let rc = RateControl::vbr(Bitrate::from_bps(2_000_000), Bitrate::from_bps(2_500_000))
+            .with_vbv_buffer_bits(250_000);
+        let config = EncoderConfig::new(64, 64)
+            .with_preset(crate::Preset::Ultrafast)
+            .with_threads(1)
+            .with_rate_control(rc);
+        let mut encoder = X264Encoder::new(&config).unwrap();
+        let p = encoder.session.parameters();
+        assert_eq!(p.rc.i_rc_method, sys::X264_RC_ABR as c_int);
+        assert_eq!(
+            (
+                p.rc.i_bitrate,
+                p.rc.i_vbv_max_bitrate,
+                p.rc.i_vbv_buffer_size
+            ),
+            (2_000, 2_500, 250)
+        );
+        let lower = RateControl::vbr(Bitrate::from_bps(1_000_000), Bitrate::from_bps(1_200_000))
+            .with_vbv_buffer_bits(120_000);
+        encoder.reconfigure(lower).unwrap();
+        // x264 applies a reconfiguration at its next encode call (with one thread, to the
+        // context x264_encoder_parameters reads).
+        let frame = vec![128u8; config.validate().unwrap()];
+        encoder.encode_frame(&frame, &mut Vec::new()).unwrap();
+        let p = encoder.session.parameters();
+        assert_eq!(
+            (
+                p.rc.i_bitrate,
+                p.rc.i_vbv_max_bitrate,
+                p.rc.i_vbv_buffer_size
+            ),
+            (1_000, 1_200, 120)
+        );
+        let cqp = EncoderConfig::new(64, 64).with_rate_control(RateControl::constant_qp(31));
+        let mut encoder = X264Encoder::new(&cqp).unwrap();
+        let p = encoder.session.parameters();
+        assert_eq!(
+            (p.rc.i_rc_method, p.rc.i_qp_constant),
+            (sys::X264_RC_CQP as c_int, 31)
+        );
+    }
 }

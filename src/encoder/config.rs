@@ -397,6 +397,400 @@ named_enum! {
     }
 }
 
+/// A bit rate in bits per second.
+///
+/// Parsed from `2M`, `2.5M`, `2500k` or plain bits per second (`2000000`), as FFmpeg's `-b:v`
+/// takes it (`k` is 1,000 and `M` is 1,000,000, not powers of two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bitrate(u64);
+
+impl Bitrate {
+    /// The lowest bit rate accepted: 1 kbit/s (x264 counts in kbit/s).
+    pub const MIN: Bitrate = Bitrate(1_000);
+    /// The highest bit rate accepted: NVENC's rate fields are 32-bit bits per second.
+    pub const MAX: Bitrate = Bitrate(u32::MAX as u64);
+
+    /// `bps` bits per second (not validated until an encoder is built).
+    #[must_use]
+    pub const fn from_bps(bps: u64) -> Self {
+        Bitrate(bps)
+    }
+
+    /// `kbps` kilobits (1,000 bits) per second, saturating.
+    #[must_use]
+    pub const fn from_kbps(kbps: u64) -> Self {
+        Bitrate(kbps.saturating_mul(1_000))
+    }
+
+    /// Bits per second.
+    #[must_use]
+    pub const fn bps(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Bitrate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => f.write_str("0"),
+            b if b % 1_000_000 == 0 => write!(f, "{}M", b / 1_000_000),
+            b if b % 1_000 == 0 => write!(f, "{}k", b / 1_000),
+            b => write!(f, "{b}"),
+        }
+    }
+}
+
+impl FromStr for Bitrate {
+    type Err = ConfigError;
+
+    /// Parses `2M`, `2.5M`, `2500k`, `2500K` or `2000000` (bits per second).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ConfigError::BadBitrateSyntax { text: s.to_owned() };
+        let t = s.trim();
+        let (number, scale) = match t.as_bytes().last() {
+            Some(b'k' | b'K') => (&t[..t.len() - 1], 1_000u64),
+            Some(b'm' | b'M') => (&t[..t.len() - 1], 1_000_000),
+            _ => (t, 1),
+        };
+        let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+        if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        if !frac.bytes().all(|b| b.is_ascii_digit()) || (number.contains('.') && frac.is_empty()) {
+            return Err(bad());
+        }
+        let int: u64 = int.parse().map_err(|_| bad())?;
+        let mut bps = int.checked_mul(scale).ok_or_else(bad)?;
+        // Each decimal digit must still name whole bits per second.
+        let mut unit = scale;
+        for digit in frac.bytes() {
+            if unit % 10 != 0 {
+                return Err(bad());
+            }
+            unit /= 10;
+            bps = bps
+                .checked_add(u64::from(digit - b'0') * unit)
+                .ok_or_else(bad)?;
+        }
+        Ok(Bitrate(bps))
+    }
+}
+
+named_enum! {
+    /// The rate-control modes by name, as `encode_yuv --rc` and [`crate::GpuEncoderConfig`]
+    /// spell them. [`RateControl::from_parts`] turns one and its values into a [`RateControl`].
+    RateControlMode, UnknownRateControl {
+        /// Constant quality ([`RateControl::ConstantQuality`]).
+        Cq => "cq",
+        /// Constant bit rate ([`RateControl::Cbr`]).
+        Cbr => "cbr",
+        /// Variable bit rate with a maximum ([`RateControl::Vbr`]).
+        Vbr => "vbr",
+        /// Constant QP ([`RateControl::ConstantQp`]).
+        Cqp => "cqp",
+    }
+}
+
+/// How an encoder spends bits: one neutral setting that every backend maps onto its own (see
+/// the README's mapping table, and `src/encoder/mapping.rs`, the one place that does it).
+///
+/// The VBV (HRD) buffer bounds how far the rate may stray from the target over short windows.
+/// Left as `None` it defaults to one second at the target rate for CBR and one second at the
+/// maximum rate for VBR ([`RateControl::vbv_buffer_bits`]); every backend is then given this
+/// value, so no backend's own default applies (for the record: x264 has no VBV unless one is
+/// set, NVENC's `vbvBufferSize = 0` leaves the size to the driver, and FFmpeg's `h264_nvenc`
+/// uses two seconds at the target when `-bufsize` is absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RateControl {
+    /// Constant quality at [`EncoderConfig::crf`] (x264's CRF; NVENC's constant-quality VBR).
+    /// The default.
+    #[default]
+    ConstantQuality,
+    /// Constant bit rate: the stream averages `bitrate` and the VBV never overflows at it.
+    Cbr {
+        /// Target (and maximum) rate.
+        bitrate: Bitrate,
+        /// VBV buffer in bits; `None` for one second at `bitrate`.
+        vbv_buffer_bits: Option<u64>,
+    },
+    /// Variable bit rate: averages `bitrate`, never above `max_bitrate` over the VBV buffer.
+    Vbr {
+        /// Average rate.
+        bitrate: Bitrate,
+        /// Peak rate, at least `bitrate`.
+        max_bitrate: Bitrate,
+        /// VBV buffer in bits; `None` for one second at `max_bitrate`.
+        vbv_buffer_bits: Option<u64>,
+    },
+    /// Every picture at the same quantizer, 0 to 51 (0 is lossless on x264). No rate control.
+    ConstantQp {
+        /// The QP of every picture (NVENC: I, P and B alike).
+        qp: u8,
+    },
+}
+
+impl RateControl {
+    /// Highest accepted QP (8-bit H.264).
+    pub const QP_MAX: u8 = 51;
+    /// Smallest accepted VBV buffer, in bits (x264 counts in kbit).
+    pub const VBV_MIN_BITS: u64 = 1_000;
+    /// Largest accepted VBV buffer, in bits (NVENC's field is 32-bit).
+    pub const VBV_MAX_BITS: u64 = u32::MAX as u64;
+
+    /// Constant bit rate at `bitrate`, with the default VBV buffer.
+    #[must_use]
+    pub const fn cbr(bitrate: Bitrate) -> Self {
+        RateControl::Cbr {
+            bitrate,
+            vbv_buffer_bits: None,
+        }
+    }
+
+    /// Variable bit rate averaging `bitrate`, peaking at `max_bitrate`, default VBV buffer.
+    #[must_use]
+    pub const fn vbr(bitrate: Bitrate, max_bitrate: Bitrate) -> Self {
+        RateControl::Vbr {
+            bitrate,
+            max_bitrate,
+            vbv_buffer_bits: None,
+        }
+    }
+
+    /// Constant QP.
+    #[must_use]
+    pub const fn constant_qp(qp: u8) -> Self {
+        RateControl::ConstantQp { qp }
+    }
+
+    /// Sets the VBV buffer of a CBR or VBR setting; the other modes have no VBV and are
+    /// returned unchanged ([`RateControl::from_parts`] refuses a buffer for them instead).
+    #[must_use]
+    pub const fn with_vbv_buffer_bits(self, bits: u64) -> Self {
+        match self {
+            RateControl::Cbr { bitrate, .. } => RateControl::Cbr {
+                bitrate,
+                vbv_buffer_bits: Some(bits),
+            },
+            RateControl::Vbr {
+                bitrate,
+                max_bitrate,
+                ..
+            } => RateControl::Vbr {
+                bitrate,
+                max_bitrate,
+                vbv_buffer_bits: Some(bits),
+            },
+            other => other,
+        }
+    }
+
+    /// The mode's name.
+    #[must_use]
+    pub const fn mode(self) -> RateControlMode {
+        match self {
+            RateControl::ConstantQuality => RateControlMode::Cq,
+            RateControl::Cbr { .. } => RateControlMode::Cbr,
+            RateControl::Vbr { .. } => RateControlMode::Vbr,
+            RateControl::ConstantQp { .. } => RateControlMode::Cqp,
+        }
+    }
+
+    /// The target bit rate, for CBR and VBR.
+    #[must_use]
+    pub const fn bitrate(self) -> Option<Bitrate> {
+        match self {
+            RateControl::Cbr { bitrate, .. } | RateControl::Vbr { bitrate, .. } => Some(bitrate),
+            _ => None,
+        }
+    }
+
+    /// The peak rate: the target for CBR, the maximum for VBR.
+    #[must_use]
+    pub const fn max_bitrate(self) -> Option<Bitrate> {
+        match self {
+            RateControl::Cbr { bitrate, .. } => Some(bitrate),
+            RateControl::Vbr { max_bitrate, .. } => Some(max_bitrate),
+            _ => None,
+        }
+    }
+
+    /// The VBV buffer every backend is given, in bits: the one set, or one second at the peak
+    /// rate. `None` for the modes without a VBV.
+    #[must_use]
+    pub const fn vbv_buffer_bits(self) -> Option<u64> {
+        match self {
+            RateControl::Cbr {
+                vbv_buffer_bits: Some(bits),
+                ..
+            }
+            | RateControl::Vbr {
+                vbv_buffer_bits: Some(bits),
+                ..
+            } => Some(bits),
+            RateControl::Cbr { bitrate, .. } => Some(bitrate.bps()),
+            RateControl::Vbr { max_bitrate, .. } => Some(max_bitrate.bps()),
+            _ => None,
+        }
+    }
+
+    /// Builds a setting from command-line style parts (`--rc`, `--bitrate`, `--maxrate`,
+    /// `--bufsize`, `--qp`). `mode` `None` picks CBR when only a bit rate is given, VBR when a
+    /// maximum is given too, constant QP when a QP is given, constant quality otherwise.
+    ///
+    /// # Errors
+    /// [`ConfigError::RateControlMissingValue`] when the mode needs a value that is absent,
+    /// [`ConfigError::RateControlExtraValue`] when a value does not apply to the mode (it would
+    /// be silently ignored otherwise), [`ConfigError::QpOutOfRange`] for a QP above 51; the
+    /// ranges are checked by [`RateControl::validate`].
+    pub fn from_parts(
+        mode: Option<RateControlMode>,
+        bitrate: Option<Bitrate>,
+        max_bitrate: Option<Bitrate>,
+        vbv_buffer_bits: Option<u64>,
+        qp: Option<u32>,
+    ) -> Result<Self, ConfigError> {
+        let mode = mode.unwrap_or(match (bitrate, max_bitrate, qp) {
+            (_, _, Some(_)) => RateControlMode::Cqp,
+            (Some(_), Some(_), _) => RateControlMode::Vbr,
+            (Some(_), None, _) => RateControlMode::Cbr,
+            _ => RateControlMode::Cq,
+        });
+        let missing = |value: &'static str| ConfigError::RateControlMissingValue { mode, value };
+        let extra = |value: &'static str| ConfigError::RateControlExtraValue { mode, value };
+        let rc = match mode {
+            RateControlMode::Cq | RateControlMode::Cqp => {
+                if bitrate.is_some() {
+                    return Err(extra("bitrate"));
+                }
+                if max_bitrate.is_some() {
+                    return Err(extra("maxrate"));
+                }
+                if vbv_buffer_bits.is_some() {
+                    return Err(extra("bufsize"));
+                }
+                if mode == RateControlMode::Cq {
+                    if qp.is_some() {
+                        return Err(extra("qp"));
+                    }
+                    RateControl::ConstantQuality
+                } else {
+                    let qp = qp.ok_or_else(|| missing("qp"))?;
+                    let qp = u8::try_from(qp).ok().filter(|q| *q <= Self::QP_MAX).ok_or(
+                        ConfigError::QpOutOfRange {
+                            qp,
+                            max: Self::QP_MAX,
+                        },
+                    )?;
+                    RateControl::ConstantQp { qp }
+                }
+            }
+            RateControlMode::Cbr => {
+                if qp.is_some() {
+                    return Err(extra("qp"));
+                }
+                let bitrate = bitrate.ok_or_else(|| missing("bitrate"))?;
+                // A maximum equal to the target is what CBR means; any other is a mistake.
+                if max_bitrate.is_some_and(|m| m != bitrate) {
+                    return Err(extra("maxrate"));
+                }
+                RateControl::Cbr {
+                    bitrate,
+                    vbv_buffer_bits,
+                }
+            }
+            RateControlMode::Vbr => {
+                if qp.is_some() {
+                    return Err(extra("qp"));
+                }
+                RateControl::Vbr {
+                    bitrate: bitrate.ok_or_else(|| missing("bitrate"))?,
+                    max_bitrate: max_bitrate.ok_or_else(|| missing("maxrate"))?,
+                    vbv_buffer_bits,
+                }
+            }
+        };
+        rc.validate()?;
+        Ok(rc)
+    }
+
+    /// Checks the values: bit rates within [`Bitrate::MIN`]..=[`Bitrate::MAX`], a maximum at
+    /// least the target, a VBV buffer within [`RateControl::VBV_MIN_BITS`]..=
+    /// [`RateControl::VBV_MAX_BITS`], a QP of at most 51.
+    ///
+    /// # Errors
+    /// The first bad value, as a [`ConfigError`] naming it and the valid range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let check_rate = |what: &'static str, rate: Bitrate| {
+            if (Bitrate::MIN..=Bitrate::MAX).contains(&rate) {
+                Ok(())
+            } else {
+                Err(ConfigError::BitrateOutOfRange {
+                    what,
+                    bps: rate.bps(),
+                    min: Bitrate::MIN.bps(),
+                    max: Bitrate::MAX.bps(),
+                })
+            }
+        };
+        match *self {
+            RateControl::ConstantQuality => {}
+            RateControl::ConstantQp { qp } => {
+                if qp > Self::QP_MAX {
+                    return Err(ConfigError::QpOutOfRange {
+                        qp: u32::from(qp),
+                        max: Self::QP_MAX,
+                    });
+                }
+            }
+            RateControl::Cbr { bitrate, .. } => check_rate("bitrate", bitrate)?,
+            RateControl::Vbr {
+                bitrate,
+                max_bitrate,
+                ..
+            } => {
+                check_rate("bitrate", bitrate)?;
+                check_rate("max bitrate", max_bitrate)?;
+                if max_bitrate < bitrate {
+                    return Err(ConfigError::MaxBitrateBelowTarget {
+                        max_bps: max_bitrate.bps(),
+                        target_bps: bitrate.bps(),
+                    });
+                }
+            }
+        }
+        if let Some(bits) = self.vbv_buffer_bits() {
+            if !(Self::VBV_MIN_BITS..=Self::VBV_MAX_BITS).contains(&bits) {
+                return Err(ConfigError::VbvBufferOutOfRange {
+                    bits,
+                    min: Self::VBV_MIN_BITS,
+                    max: Self::VBV_MAX_BITS,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for RateControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            RateControl::ConstantQuality => f.write_str("constant quality")?,
+            RateControl::ConstantQp { qp } => write!(f, "constant QP {qp}")?,
+            RateControl::Cbr { bitrate, .. } => write!(f, "CBR {bitrate}")?,
+            RateControl::Vbr {
+                bitrate,
+                max_bitrate,
+                ..
+            } => write!(f, "VBR {bitrate} max {max_bitrate}")?,
+        }
+        if let Some(bits) = self.vbv_buffer_bits() {
+            write!(f, " VBV {}", Bitrate(bits))?;
+        }
+        Ok(())
+    }
+}
+
 /// Everything an encoder needs to know about the stream, for any backend.
 ///
 /// Built with [`EncoderConfig::new`] and the `with_` methods; checked by
@@ -432,8 +826,11 @@ pub struct EncoderConfig {
     /// Optional content/latency tune.
     pub tune: Option<Tune>,
     /// Constant rate factor, `0.0..=51.0`: lower is better quality and larger output; 23 is
-    /// x264's default. Backends without CRF map it to their constant-quality mode.
+    /// x264's default. Backends without CRF map it to their constant-quality mode. Used when
+    /// [`EncoderConfig::rate_control`] is [`RateControl::ConstantQuality`].
     pub crf: f32,
+    /// Rate control: constant quality (at `crf`, the default), CBR, VBR or constant QP.
+    pub rate_control: RateControl,
     /// Largest distance between keyframes (IDR pictures), in frames.
     pub gop_size: u32,
     /// Consecutive B-frames allowed, or `None` for the preset's (and tune's) choice.
@@ -454,7 +851,8 @@ impl EncoderConfig {
     /// Highest accepted [`EncoderConfig::threads`].
     pub const THREADS_MAX: u32 = 128;
 
-    /// A configuration for `width` x `height` I420 H.264 at 30 fps, preset `medium`, crf 23,
+    /// A configuration for `width` x `height` I420 H.264 at 30 fps, preset `medium`, constant
+    /// quality at crf 23,
     /// keyframes at least every 250 frames, the preset's B-frames, automatic threads.
     #[must_use]
     pub fn new(width: u32, height: u32) -> Self {
@@ -466,6 +864,7 @@ impl EncoderConfig {
             preset: Preset::Medium,
             tune: None,
             crf: 23.0,
+            rate_control: RateControl::ConstantQuality,
             gop_size: 250,
             bframes: None,
             threads: 0,
@@ -521,6 +920,13 @@ impl EncoderConfig {
         self
     }
 
+    /// Sets [`EncoderConfig::rate_control`].
+    #[must_use]
+    pub fn with_rate_control(mut self, rate_control: RateControl) -> Self {
+        self.rate_control = rate_control;
+        self
+    }
+
     /// Sets [`EncoderConfig::gop_size`].
     #[must_use]
     pub fn with_gop_size(mut self, gop_size: u32) -> Self {
@@ -568,6 +974,7 @@ impl EncoderConfig {
                 max: Self::CRF_MAX,
             });
         }
+        self.rate_control.validate()?;
         if self.gop_size == 0 || self.gop_size > Self::GOP_MAX {
             return Err(ConfigError::GopSizeOutOfRange {
                 gop_size: self.gop_size,
@@ -625,6 +1032,101 @@ mod tests {
             "rgb24".parse::<PixelFormat>(),
             Err(ConfigError::UnknownPixelFormat { .. })
         ));
+    }
+
+    #[test]
+    fn parses_bitrates_and_builds_rate_control() {
+        assert_eq!("2M".parse(), Ok(Bitrate::from_bps(2_000_000)));
+        assert_eq!("2.5M".parse(), Ok(Bitrate::from_bps(2_500_000)));
+        assert_eq!("2500k".parse(), Ok(Bitrate::from_kbps(2_500)));
+        assert_eq!("2500K".parse(), Ok(Bitrate::from_bps(2_500_000)));
+        assert_eq!("2000000".parse(), Ok(Bitrate::from_bps(2_000_000)));
+        assert_eq!(Bitrate::from_bps(2_500_000).to_string(), "2500k");
+        assert_eq!(Bitrate::from_bps(2_000_000).to_string(), "2M");
+        for bad in [
+            "",
+            "M",
+            "2G",
+            "-1M",
+            "1.5",
+            "2.M",
+            "1.2345k",
+            "99999999999999999999",
+        ] {
+            assert!(
+                matches!(
+                    bad.parse::<Bitrate>(),
+                    Err(ConfigError::BadBitrateSyntax { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        let m = |v: u64| Some(Bitrate::from_bps(v * 1_000_000));
+        assert_eq!(
+            RateControl::from_parts(None, m(2), None, None, None),
+            Ok(RateControl::cbr(Bitrate::from_bps(2_000_000)))
+        );
+        assert_eq!(
+            RateControl::from_parts(None, m(2), m(3), Some(1_500_000), None),
+            Ok(
+                RateControl::vbr(Bitrate::from_bps(2_000_000), Bitrate::from_bps(3_000_000))
+                    .with_vbv_buffer_bits(1_500_000)
+            )
+        );
+        assert_eq!(
+            RateControl::from_parts(Some(RateControlMode::Cqp), None, None, None, Some(30)),
+            Ok(RateControl::constant_qp(30))
+        );
+        assert_eq!(
+            RateControl::from_parts(None, None, None, None, None),
+            Ok(RateControl::ConstantQuality)
+        );
+        assert!(matches!(
+            RateControl::from_parts(Some(RateControlMode::Vbr), m(2), None, None, None),
+            Err(ConfigError::RateControlMissingValue {
+                value: "maxrate",
+                ..
+            })
+        ));
+        assert!(matches!(
+            RateControl::from_parts(Some(RateControlMode::Cq), m(2), None, None, None),
+            Err(ConfigError::RateControlExtraValue {
+                value: "bitrate",
+                ..
+            })
+        ));
+        assert!(matches!(
+            RateControl::from_parts(Some(RateControlMode::Cqp), None, None, None, Some(300)),
+            Err(ConfigError::QpOutOfRange { qp: 300, max: 51 })
+        ));
+        assert!(matches!(
+            "abr".parse::<RateControlMode>(),
+            Err(ConfigError::UnknownRateControl { .. })
+        ));
+        // The default VBV: one second at the target (CBR) or the maximum (VBR).
+        assert_eq!(
+            RateControl::cbr(Bitrate::from_bps(2_000_000)).vbv_buffer_bits(),
+            Some(2_000_000)
+        );
+        let err = EncoderConfig::new(64, 64)
+            .with_rate_control(RateControl::vbr(
+                Bitrate::from_bps(3_000_000),
+                Bitrate::from_bps(2_000_000),
+            ))
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "max bitrate 2000000 bit/s is below the target bitrate 3000000 bit/s: the maximum \
+             must be at least the target"
+        );
+        let err = RateControl::cbr(Bitrate::from_bps(500))
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bitrate 500 bit/s is out of range: expected 1000 to 4294967295 bit/s"
+        );
     }
 
     #[test]

@@ -18,6 +18,10 @@
 //! | gop_size | `-g` | `-g` | `-g` | `-g` | `-g` |
 //! | bframes | `-bf` | `-bf` | `-bf` | `-bf` | `-bf` |
 //! | threads | `-threads` | none | none | none | none |
+//! | rate_control CBR / VBR / constant QP | `-b:v -maxrate -bufsize` / `-qp` | see the README's table | | | |
+//!
+//! The rate-control options come from `src/encoder/mapping.rs`, the one place that maps
+//! [`crate::RateControl`] for every backend; the README's table lists them.
 //!
 //! Per-frame forced keyframes cannot be passed through a raw-video pipe: a frame asking for one
 //! is rejected with [`Error::Unsupported`] (and not counted), so the caller can resend it plain.
@@ -40,7 +44,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, SendTime
 
 use crate::encoder::{
     DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, FfmpegCodec, Frame, FrameType, InputGate,
-    Tune, VideoEncoder,
+    RateControl, Tune, VideoEncoder,
 };
 use crate::error::{Error, SubprocessProblem};
 use crate::h264::{first_slice_type, nal_types, parameter_sets};
@@ -92,21 +96,23 @@ impl FfmpegOptions {
     }
 }
 
-/// The arguments after `-c:v <encoder>` for a configuration (see the module table).
-fn codec_args(config: &EncoderConfig, options: &FfmpegOptions) -> Vec<String> {
+/// The arguments after `-c:v <encoder>` for a configuration (see the module table; the rate
+/// control comes from [`crate::encoder::mapping::ffmpeg`]).
+///
+/// # Errors
+/// [`Error::Unsupported`] for a rate control the encoder lacks (constant QP on VideoToolbox).
+fn codec_args(config: &EncoderConfig, options: &FfmpegOptions) -> Result<Vec<String>, Error> {
     let mut args: Vec<String> = Vec::new();
     let mut push = |a: &str, b: String| {
         args.push(a.to_owned());
         args.push(b);
     };
-    let crf = config.crf;
     match options.codec {
         FfmpegCodec::Libx264 => {
             push("-preset", config.preset.name().to_owned());
             if let Some(tune) = config.tune {
                 push("-tune", tune.name().to_owned());
             }
-            push("-crf", format!("{crf}"));
             push("-threads", config.threads.to_string());
         }
         FfmpegCodec::Nvenc => {
@@ -115,8 +121,6 @@ fn codec_args(config: &EncoderConfig, options: &FfmpegOptions) -> Vec<String> {
                 NvencPreset::from_preset(config.preset).to_string(),
             );
             push("-tune", NvencTuning::from_tune(config.tune).to_string());
-            push("-rc", "vbr".into());
-            push("-cq", format!("{}", crate::nvenc::target_quality(crf)));
         }
         FfmpegCodec::Qsv => {
             let preset = match config.preset.name() {
@@ -125,24 +129,13 @@ fn codec_args(config: &EncoderConfig, options: &FfmpegOptions) -> Vec<String> {
                 other => other,
             };
             push("-preset", preset.to_owned());
-            push(
-                "-global_quality",
-                format!("{}", crf.round().clamp(1.0, 51.0)),
-            );
         }
         FfmpegCodec::VideoToolbox => {
             if config.tune == Some(Tune::Zerolatency) {
                 push("-realtime", "1".into());
             }
-            push(
-                "-q:v",
-                format!("{}", (100.0 - 2.0 * crf).round().clamp(1.0, 100.0)),
-            );
         }
-        FfmpegCodec::Vaapi => {
-            push("-rc_mode", "CQP".into());
-            push("-qp", format!("{}", crf.round().clamp(1.0, 51.0)));
-        }
+        FfmpegCodec::Vaapi => {}
     }
     push("-g", config.gop_size.to_string());
     let bframes = if config.tune == Some(Tune::Zerolatency) {
@@ -153,7 +146,8 @@ fn codec_args(config: &EncoderConfig, options: &FfmpegOptions) -> Vec<String> {
     if let Some(b) = bframes {
         push("-bf", b.to_string());
     }
-    args
+    args.extend(crate::encoder::mapping::ffmpeg(options.codec, config)?);
+    Ok(args)
 }
 
 /// What the reader thread reports.
@@ -185,6 +179,10 @@ pub struct FfmpegEncoder {
     headers: Vec<u8>,
     chunks_out: u64,
     failed: Option<SubprocessProblem>,
+    /// Set by `reconfigure`: the next frame goes to a new ffmpeg started with `config`.
+    restart_pending: bool,
+    /// Outer frame index of the running child's frame 0 (non-zero after a restart).
+    index_base: u64,
 }
 
 impl std::fmt::Debug for FfmpegEncoder {
@@ -227,7 +225,7 @@ impl FfmpegEncoder {
             cmd.args(["-vf", "format=nv12,hwupload"]);
         }
         cmd.args(["-an", "-c:v", options.codec.ffmpeg_name()])
-            .args(codec_args(config, options))
+            .args(codec_args(config, options)?)
             .args([
                 "-f",
                 "mpegts",
@@ -288,6 +286,8 @@ impl FfmpegEncoder {
             headers: Vec::new(),
             chunks_out: 0,
             failed: None,
+            restart_pending: false,
+            index_base: 0,
         })
     }
 
@@ -397,7 +397,7 @@ impl FfmpegEncoder {
             let delay = to_frames(pts90 - dts90).max(0) as usize;
             self.dts.set_delay(delay);
         }
-        let index = to_frames(pts90 - base);
+        let index = to_frames(pts90 - base).saturating_add(self.index_base as i64);
         let Some(pts) = u64::try_from(index)
             .ok()
             .and_then(|i| self.unread.remove(&i))
@@ -434,57 +434,10 @@ impl FfmpegEncoder {
         });
         Ok(())
     }
-}
 
-impl VideoEncoder for FfmpegEncoder {
-    fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        let (frame_index, pts) = self.gate.check(&frame)?;
-        if let Some(problem) = self.failed.clone() {
-            return Err(Error::Subprocess {
-                backend: self.kind,
-                problem,
-                stderr: self.stderr_tail(),
-            });
-        }
-        if frame.force_keyframe {
-            return Err(Error::Unsupported {
-                backend: self.kind,
-                feature: "per-frame forced keyframes (a raw-video pipe cannot carry the request)",
-            });
-        }
-        self.drain_ready(out)?;
-        let Some(tx) = self.frames_tx.as_ref() else {
-            return Err(Error::Finished { backend: self.kind });
-        };
-        match tx.send_timeout(frame.data.to_vec(), self.options.timeout) {
-            Ok(()) => {}
-            Err(SendTimeoutError::Timeout(_)) => {
-                let timeout = self.options.timeout;
-                return Err(self.fail(SubprocessProblem::Hung { timeout }));
-            }
-            Err(SendTimeoutError::Disconnected(_)) => {
-                let problem = self.exit_problem(out)?;
-                return Err(self.fail(problem));
-            }
-        }
-        self.gate.accept(pts);
-        self.unread.insert(frame_index, pts);
-        self.dts.push(pts);
-        self.drain_ready(out)?;
-        Ok(())
-    }
-
-    fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        if self.gate.is_finished() {
-            return Ok(());
-        }
-        if let Some(problem) = self.failed.clone() {
-            return Err(Error::Subprocess {
-                backend: self.kind,
-                problem,
-                stderr: self.stderr_tail(),
-            });
-        }
+    /// Ends the running child's input and turns everything it still writes into chunks, until
+    /// it exits (each wait bounded by [`FfmpegOptions::timeout`] of silence).
+    fn finish_child(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
         // Closing the channel makes the writer close ffmpeg's stdin: end of input.
         self.frames_tx = None;
         // The limit is on silence, not on the whole drain: a slow preset with deep lookahead may
@@ -519,6 +472,101 @@ impl VideoEncoder for FfmpegEncoder {
                 return Err(self.fail(SubprocessProblem::Hung { timeout }));
             }
         }
+        Ok(())
+    }
+
+    /// Moves the stream to a new ffmpeg started with the current configuration (after
+    /// [`VideoEncoder::reconfigure`]): the new child starts, the old one is drained to its last
+    /// frame (so every accepted frame comes out), and the next frame is the new child's first,
+    /// an IDR with fresh SPS/PPS. If the new child cannot start, the old one keeps running and
+    /// the restart is tried again at the next frame.
+    fn restart(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        let mut fresh = FfmpegEncoder::new(&self.config, &self.options)?;
+        self.restart_pending = false;
+        self.finish_child(out)?;
+        if self.chunks_out != self.gate.accepted() {
+            let what = format!(
+                "{} frames were sent before the restart but {} came out",
+                self.gate.accepted(),
+                self.chunks_out
+            );
+            return Err(self.fail(SubprocessProblem::Garbage { what }));
+        }
+        std::mem::swap(&mut self.child, &mut fresh.child);
+        std::mem::swap(&mut self.frames_tx, &mut fresh.frames_tx);
+        std::mem::swap(&mut self.events, &mut fresh.events);
+        std::mem::swap(&mut self.writer_error, &mut fresh.writer_error);
+        std::mem::swap(&mut self.stderr, &mut fresh.stderr);
+        std::mem::swap(&mut self.writer, &mut fresh.writer);
+        std::mem::swap(&mut self.reader, &mut fresh.reader);
+        std::mem::swap(&mut self.stderr_reader, &mut fresh.stderr_reader);
+        self.base = None;
+        self.index_base = self.gate.accepted();
+        self.headers.clear();
+        tracing::debug!(
+            rate_control = %self.config.rate_control,
+            at_frame = self.index_base,
+            "restarted ffmpeg with a new rate control"
+        );
+        // `fresh` now owns the old child, which has exited and been reaped: its drop joins its
+        // pipe threads (each within a bound).
+        Ok(())
+    }
+}
+
+impl VideoEncoder for FfmpegEncoder {
+    fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        let (frame_index, pts) = self.gate.check(&frame)?;
+        if let Some(problem) = self.failed.clone() {
+            return Err(Error::Subprocess {
+                backend: self.kind,
+                problem,
+                stderr: self.stderr_tail(),
+            });
+        }
+        if frame.force_keyframe {
+            return Err(Error::Unsupported {
+                backend: self.kind,
+                feature: "per-frame forced keyframes (a raw-video pipe cannot carry the request)",
+            });
+        }
+        if self.restart_pending {
+            self.restart(out)?;
+        }
+        self.drain_ready(out)?;
+        let Some(tx) = self.frames_tx.as_ref() else {
+            return Err(Error::Finished { backend: self.kind });
+        };
+        match tx.send_timeout(frame.data.to_vec(), self.options.timeout) {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => {
+                let timeout = self.options.timeout;
+                return Err(self.fail(SubprocessProblem::Hung { timeout }));
+            }
+            Err(SendTimeoutError::Disconnected(_)) => {
+                let problem = self.exit_problem(out)?;
+                return Err(self.fail(problem));
+            }
+        }
+        self.gate.accept(pts);
+        self.unread.insert(frame_index, pts);
+        self.dts.push(pts);
+        self.drain_ready(out)?;
+        Ok(())
+    }
+
+    fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        if self.gate.is_finished() {
+            return Ok(());
+        }
+        if let Some(problem) = self.failed.clone() {
+            return Err(Error::Subprocess {
+                backend: self.kind,
+                problem,
+                stderr: self.stderr_tail(),
+            });
+        }
+        self.finish_child(out)?;
         self.gate.finish();
         if self.chunks_out != self.gate.accepted() {
             let what = format!(
@@ -528,6 +576,29 @@ impl VideoEncoder for FfmpegEncoder {
             );
             return Err(self.fail(SubprocessProblem::Garbage { what }));
         }
+        Ok(())
+    }
+
+    /// Restarts ffmpeg with the new settings at the next frame (an IDR with fresh SPS/PPS),
+    /// after draining the running child, so no frame is lost; [`VideoEncoder::config`] reports
+    /// the new setting at once.
+    fn reconfigure(&mut self, rate_control: RateControl) -> Result<(), Error> {
+        if self.gate.is_finished() {
+            return Err(Error::Finished { backend: self.kind });
+        }
+        if let Some(problem) = self.failed.clone() {
+            return Err(Error::Subprocess {
+                backend: self.kind,
+                problem,
+                stderr: self.stderr_tail(),
+            });
+        }
+        rate_control.validate()?;
+        let new_config = self.config.clone().with_rate_control(rate_control);
+        // Refused settings (constant QP on VideoToolbox) fail here, not at the next frame.
+        codec_args(&new_config, &self.options)?;
+        self.config = new_config;
+        self.restart_pending = true;
         Ok(())
     }
 
@@ -660,20 +731,26 @@ mod tests {
             .with_crf(20.0)
             .with_gop_size(30)
             .with_bframes(Some(2));
-        let args = codec_args(&config, &FfmpegOptions::new(FfmpegCodec::Nvenc));
+        let args = codec_args(&config, &FfmpegOptions::new(FfmpegCodec::Nvenc)).unwrap();
         assert_eq!(
             args,
-            ["-preset", "p4", "-tune", "hq", "-rc", "vbr", "-cq", "20", "-g", "30", "-bf", "2"]
+            ["-preset", "p4", "-tune", "hq", "-g", "30", "-bf", "2", "-rc", "vbr", "-cq", "20"]
         );
         let args = codec_args(
-            &config.with_tune(Some(Tune::Zerolatency)),
+            &config.clone().with_tune(Some(Tune::Zerolatency)),
             &FfmpegOptions::new(FfmpegCodec::Qsv),
-        );
+        )
+        .unwrap();
         assert!(args.ends_with(&[
-            "-g".to_owned(),
-            "30".to_owned(),
             "-bf".to_owned(),
-            "0".to_owned()
+            "0".to_owned(),
+            "-global_quality".to_owned(),
+            "20".to_owned(),
         ]));
+        let qp = config.with_rate_control(crate::RateControl::constant_qp(30));
+        assert!(matches!(
+            codec_args(&qp, &FfmpegOptions::new(FfmpegCodec::VideoToolbox)),
+            Err(Error::Unsupported { .. })
+        ));
     }
 }

@@ -397,6 +397,21 @@ impl RawEncoder {
         self.check("nvEncInitializeEncoder", status)
     }
 
+    /// `nvEncReconfigureEncoder`: `params.reInitEncodeParams` is a full copy of the init params
+    /// (API.h: "Encoder session re-initialization parameters"), with its `encodeConfig` pointing
+    /// at a config that lives through the call.
+    #[doc(alias = "nvEncReconfigureEncoder")]
+    pub(crate) fn reconfigure(
+        &self,
+        params: &mut sys::NV_ENC_RECONFIGURE_PARAMS,
+    ) -> Result<(), NvencError> {
+        // SAFETY: live, initialized session; `params` is a valid versioned struct whose
+        // `reInitEncodeParams.encodeConfig` is null or points at a live config (the caller's
+        // contract above); the driver copies both.
+        let status = unsafe { (self.lib.fns().reconfigure_encoder)(self.raw(), params) };
+        self.check("nvEncReconfigureEncoder", status)
+    }
+
     /// `nvEncCreateBitstreamBuffer`.
     #[doc(alias = "nvEncCreateBitstreamBuffer")]
     pub(crate) fn create_bitstream_buffer(&self) -> Result<BitstreamBuffer, NvencError> {

@@ -46,11 +46,12 @@ use nvenc_sys as sys;
 use super::api::{
     BitstreamBuffer, CallError, LateEnd, Mapped, PictureInput, RawEncoder, Registered, Submitted,
 };
-use super::options::{target_quality, NvencOptions, NvencPreset, NvencTuning};
+use super::options::{NvencOptions, NvencPreset, NvencTuning};
 use super::NvencError;
+use crate::encoder::mapping::{self, NvencRc, NvencRcMode};
 use crate::encoder::{
     DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameType, InputGate, PixelFormat,
-    VideoEncoder,
+    RateControl, VideoEncoder,
 };
 use crate::error::Error;
 use crate::ring_buffer::{
@@ -83,6 +84,44 @@ struct IoStream(Box<sys::NV_ENC_CUSTREAM_PTR>);
 // SAFETY: the box holds an opaque CUDA stream handle that this crate never dereferences; CUDA
 // stream handles may be used from any thread, and the encoder owning it is not `Sync`.
 unsafe impl Send for IoStream {}
+
+/// The init params and config the session runs with: `nvEncReconfigureEncoder` takes a full
+/// copy of them with the changed fields (API.h, `NV_ENC_RECONFIGURE_PARAMS::reInitEncodeParams`).
+/// `params.encodeConfig` is null here and pointed at a copy of `config` for each call.
+struct InitState {
+    params: sys::NV_ENC_INITIALIZE_PARAMS,
+    config: Box<sys::NV_ENC_CONFIG>,
+}
+
+// SAFETY: both structs are plain data; their only pointers are `encodeConfig` (kept null),
+// `privData` and the reserved arrays (null, as the API requires), so nothing is shared with
+// another thread by moving them.
+unsafe impl Send for InitState {}
+
+/// Writes the rate-control fields of an NVENC config (the mapping itself is `mapping::nvenc`).
+fn apply_rate_control(enc: &mut sys::NV_ENC_CONFIG, rc: &NvencRc) {
+    let rcp = &mut enc.rcParams;
+    rcp.rateControlMode = match rc.mode {
+        NvencRcMode::ConstQp => sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CONSTQP,
+        NvencRcMode::Vbr => sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_VBR,
+        NvencRcMode::Cbr => sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CBR,
+    };
+    rcp.averageBitRate = rc.average_bps;
+    rcp.maxBitRate = rc.max_bps;
+    rcp.vbvBufferSize = rc.vbv_buffer_bits;
+    rcp.vbvInitialDelay = rc.vbv_initial_delay_bits;
+    rcp.targetQuality = rc.target_quality;
+    rcp.targetQualityLSB = 0;
+    // In the other modes constQP is the rate control's initial QP (API.h): the preset's stays.
+    if rc.mode == NvencRcMode::ConstQp {
+        let qp = u32::from(rc.const_qp);
+        rcp.constQP = sys::NV_ENC_QP {
+            qpInterP: qp,
+            qpInterB: qp,
+            qpIntra: qp,
+        };
+    }
+}
 
 /// One picture between submission and read-back.
 struct InFlight {
@@ -129,6 +168,8 @@ pub struct NvencEncoder {
     config: EncoderConfig,
     gate: InputGate,
     headers: Vec<u8>,
+    /// What the session was initialized with, for reconfiguration.
+    init: InitState,
     extra_output_delay: usize,
     /// Decoding timestamps, from the input timestamps shifted by the B-frame delay.
     dts: DtsQueue,
@@ -345,11 +386,7 @@ impl NvencEncoder {
             )?;
             require_at_least(name, max_b, frame_interval_p - 1)?;
         }
-        enc.rcParams.rateControlMode = sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_VBR;
-        enc.rcParams.averageBitRate = 0;
-        enc.rcParams.maxBitRate = 0;
-        enc.rcParams.targetQuality = target_quality(config.crf);
-        enc.rcParams.targetQualityLSB = 0;
+        apply_rate_control(enc, &mapping::nvenc(config));
         // No lookahead: it would need more surfaces in flight and is what other wrappers found
         // to lose frames and deadlock at end of stream when the ring was sized without it.
         enc.rcParams.set_enableLookahead(0);
@@ -393,6 +430,12 @@ impl NvencEncoder {
             ..Default::default()
         };
         raw.initialize(&mut init).map_err(nvenc_err)?;
+        // Kept for nvEncReconfigureEncoder, which takes a full copy of these.
+        init.encodeConfig = std::ptr::null_mut();
+        let init_state = InitState {
+            params: init,
+            config: Box::new(*enc),
+        };
 
         // Ring sizing: every picture held for reordering, plus the output delay, plus the one
         // being submitted.
@@ -473,6 +516,7 @@ impl NvencEncoder {
             config: config.clone(),
             gate,
             headers,
+            init: init_state,
             extra_output_delay,
             dts: DtsQueue::new(frame_interval_p as usize - 1),
             unread: VecDeque::new(),
@@ -945,7 +989,66 @@ impl NvencEncoder {
     }
 }
 
+impl NvencEncoder {
+    /// Whether the GPU reports a capability as supported (non-zero).
+    fn has_cap(&mut self, cap: sys::NV_ENC_CAPS) -> Result<bool, Error> {
+        let session = self.session()?;
+        let value = session
+            .raw
+            .cap(sys::NV_ENC_CODEC_H264_GUID, cap)
+            .map_err(nvenc_err)?;
+        Ok(value != 0)
+    }
+}
+
 impl VideoEncoder for NvencEncoder {
+    /// `nvEncReconfigureEncoder` with a full copy of the init params and the new rate-control
+    /// fields. Where the GPU reports `NV_ENC_CAPS_SUPPORT_DYN_BITRATE_CHANGE` (and, for a change
+    /// of mode, `SUPPORT_DYN_RCMODE_CHANGE`) the rate changes in place, with no IDR; otherwise
+    /// the encoder is reset (`resetEncoder`, `forceIDR`: the next frame is an IDR), which the
+    /// API allows only with an IDR and so only without B-frames in flight (else
+    /// [`Error::Unsupported`]). Resolution changes are not offered.
+    fn reconfigure(&mut self, rate_control: RateControl) -> Result<(), Error> {
+        if self.gate.is_finished() {
+            return Err(Error::Finished { backend: KIND });
+        }
+        rate_control.validate()?;
+        let new_config = self.config.clone().with_rate_control(rate_control);
+        let _context = self.enter()?;
+        let dynamic = self.has_cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_SUPPORT_DYN_BITRATE_CHANGE)?
+            && (self.config.rate_control.mode() == rate_control.mode()
+                || self.has_cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_SUPPORT_DYN_RCMODE_CHANGE)?);
+        let reordering = self.init.config.frameIntervalP > 1;
+        if !dynamic && reordering {
+            return Err(Error::Unsupported {
+                backend: KIND,
+                feature: "changing the rate control with B-frames on a GPU without dynamic \
+                          bit-rate or mode change (the reset it needs must start an IDR)",
+            });
+        }
+        let mut enc = *self.init.config;
+        apply_rate_control(&mut enc, &mapping::nvenc(&new_config));
+        let mut params = sys::NV_ENC_RECONFIGURE_PARAMS {
+            version: sys::NV_ENC_RECONFIGURE_PARAMS_VER,
+            reInitEncodeParams: self.init.params,
+            ..Default::default()
+        };
+        params.reInitEncodeParams.encodeConfig = &mut enc;
+        params.set_resetEncoder(u32::from(!dynamic));
+        params.set_forceIDR(u32::from(!dynamic));
+        self.session()?
+            .raw
+            .reconfigure(&mut params)
+            .map_err(nvenc_err)?;
+        tracing::debug!(
+            from = %self.config.rate_control, to = %rate_control, reset = !dynamic,
+            "reconfigured NVENC"
+        );
+        *self.init.config = enc;
+        self.config = new_config;
+        Ok(())
+    }
+
     fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
         let (frame_index, pts) = self.gate.check(&frame)?;
         let _context = self.enter()?;

@@ -53,6 +53,5 @@ mod watchdog;
 
 pub use encoder::{DeviceFrame, NvencEncoder};
 pub use error::{NvencError, NvencErrorKind};
-pub(crate) use options::target_quality;
 pub use options::{NvencOptions, NvencPreset, NvencTuning};
 pub use probe::{probe, NvencCaps};

@@ -8,6 +8,7 @@
 //! | `tune` fastdecode | low-latency tuning |
 //! | other tunes, or none | high-quality tuning (unless [`NvencOptions::tuning`] is set) |
 //! | `crf` c | constant-quality VBR: `targetQuality = round(c)` clamped to 1..=51, no bitrate cap (NVENC has no CRF; its quality scale is the same 0-51 QP-like scale, and 0 would mean "automatic") |
+//! | `rate_control` CBR / VBR / constant QP | `NV_ENC_PARAMS_RC_CBR` / `VBR` / `CONSTQP` with `averageBitRate`, `maxBitRate`, `vbvBufferSize`, `vbvInitialDelay`, `constQP`: see `src/encoder/mapping.rs` and the README's table |
 //! | `gop_size` | `gopLength` and the H.264 `idrPeriod`: every keyframe is an IDR |
 //! | `bframes` | `frameIntervalP = bframes + 1`; `None` keeps the preset's |
 //! | `threads` | ignored (hardware) |
@@ -268,11 +269,6 @@ impl NvencOptions {
     }
 }
 
-/// `targetQuality` for a CRF (see the module table).
-pub(crate) fn target_quality(crf: f32) -> u8 {
-    crf.round().clamp(1.0, 51.0) as u8
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,9 +283,6 @@ mod tests {
             NvencTuning::UltraLowLatency
         );
         assert_eq!(NvencTuning::from_tune(None), NvencTuning::HighQuality);
-        assert_eq!(target_quality(23.4), 23);
-        assert_eq!(target_quality(0.0), 1);
-        assert_eq!(target_quality(51.0), 51);
         assert_eq!("P5".parse(), Ok(NvencPreset::P5));
         assert_eq!(NvencPreset::P7.to_string(), "p7");
         assert!(matches!(

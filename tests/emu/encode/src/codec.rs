@@ -16,7 +16,7 @@ pub const PIC_I: u32 = 2;
 pub const PIC_IDR: u32 = 3;
 
 /// Rate control derived from `NV_ENC_RC_PARAMS`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Rc {
     /// Constant QP (`NV_ENC_PARAMS_RC_CONSTQP`).
     Cqp(u32),
@@ -27,7 +27,71 @@ pub enum Rc {
         kbps: u32,
         max_kbps: u32,
         vbv_kbit: u32,
+        /// Initial VBV fill as a fraction of the buffer (`vbvInitialDelay / vbvBufferSize`;
+        /// 0 for x264's default).
+        vbv_init: f32,
+        /// Filler data to hold the rate (CBR with `enableFillerDataInsertion`).
+        filler: bool,
     },
+}
+
+impl Rc {
+    /// Whether `other` only changes values x264 can change in place (`x264_encoder_reconfig`
+    /// copies the bit rate and VBV, or the CRF, but never the method, the QP or the filler flag,
+    /// and cannot turn a VBV on).
+    pub fn reconfigurable_to(&self, other: &Rc) -> bool {
+        match (self, other) {
+            (Rc::Crf(_), Rc::Crf(_)) => true,
+            (
+                Rc::Abr {
+                    max_kbps: a,
+                    filler: fa,
+                    ..
+                },
+                Rc::Abr {
+                    max_kbps: b,
+                    filler: fb,
+                    ..
+                },
+            ) => fa == fb && (*a > 0) == (*b > 0),
+            _ => self == other,
+        }
+    }
+}
+
+/// Writes the rate-control fields of an x264 parameter set.
+fn apply_rc(param: &mut x::x264_param_t, rc: &Rc) {
+    match *rc {
+        Rc::Cqp(qp) => {
+            param.rc.i_rc_method = x::X264_RC_CQP as c_int;
+            param.rc.i_qp_constant = qp.min(51) as c_int;
+        }
+        Rc::Crf(q) => {
+            param.rc.i_rc_method = x::X264_RC_CRF as c_int;
+            param.rc.f_rf_constant = q;
+        }
+        Rc::Abr {
+            kbps,
+            max_kbps,
+            vbv_kbit,
+            vbv_init,
+            filler,
+        } => {
+            param.rc.i_rc_method = x::X264_RC_ABR as c_int;
+            param.rc.i_bitrate = kbps.max(1) as c_int;
+            if max_kbps > 0 {
+                param.rc.i_vbv_max_bitrate = max_kbps as c_int;
+                // vbvBufferSize 0 is "the default VBV buffer size" (API.h), unspecified: one
+                // second at the maximum rate here. A given size is used as it is.
+                param.rc.i_vbv_buffer_size =
+                    if vbv_kbit > 0 { vbv_kbit } else { max_kbps } as c_int;
+                if vbv_init > 0.0 {
+                    param.rc.f_vbv_buffer_init = vbv_init;
+                }
+                param.rc.b_filler = c_int::from(filler);
+            }
+        }
+    }
 }
 
 /// What the encoder is opened with (from the initialize params).
@@ -189,6 +253,19 @@ impl X264Stream {
     /// SPS/PPS of the current encoder.
     pub fn headers(&self) -> &[u8] {
         &self.headers
+    }
+
+    /// Changes the rate control of the running encoder without an IDR (a dynamic bit-rate
+    /// change); encoders opened later (a replay, a zero-lag restart) use it too. A replay that
+    /// re-encodes pictures handed out before the change cannot reproduce them and falls back to
+    /// the zero-lag restart, as for any rate control that carries state across pictures.
+    pub fn reconfigure(&mut self, rc: Rc) -> Result<(), String> {
+        match &mut self.mode {
+            Mode::Live(enc) | Mode::ZeroLag(enc) => enc.reconfigure(&rc)?,
+            Mode::Replay => {}
+        }
+        self.params.rc = rc;
+        Ok(())
     }
 
     /// Wraps what an encoder emitted and counts it as handed out.
@@ -499,28 +576,7 @@ impl X264 {
         param.b_repeat_headers = 1;
         param.b_annexb = 1;
         param.b_aud = 0;
-        match p.rc {
-            Rc::Cqp(qp) => {
-                param.rc.i_rc_method = x::X264_RC_CQP as c_int;
-                param.rc.i_qp_constant = qp.min(51) as c_int;
-            }
-            Rc::Crf(q) => {
-                param.rc.i_rc_method = x::X264_RC_CRF as c_int;
-                param.rc.f_rf_constant = q;
-            }
-            Rc::Abr {
-                kbps,
-                max_kbps,
-                vbv_kbit,
-            } => {
-                param.rc.i_rc_method = x::X264_RC_ABR as c_int;
-                param.rc.i_bitrate = kbps.max(1) as c_int;
-                if max_kbps > 0 {
-                    param.rc.i_vbv_max_bitrate = max_kbps as c_int;
-                    param.rc.i_vbv_buffer_size = vbv_kbit.max(max_kbps) as c_int;
-                }
-            }
-        }
+        apply_rc(&mut param, &p.rc);
         param.b_cabac = c_int::from(p.cabac);
         if let Some(level) = p.level {
             param.i_level_idc = level as c_int;
@@ -560,6 +616,22 @@ impl X264 {
     /// SPS and PPS, Annex B.
     pub fn headers(&self) -> &[u8] {
         &self.headers
+    }
+
+    /// Changes the rate control in place (`x264_encoder_reconfig`); the caller checked
+    /// [`Rc::reconfigurable_to`].
+    pub fn reconfigure(&mut self, rc: &Rc) -> Result<(), String> {
+        // SAFETY: all-zero is a valid x264_param_t; x264_encoder_parameters overwrites it.
+        let mut param: x::x264_param_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `h` is a live encoder; `param` is writable.
+        unsafe { x::x264_encoder_parameters(self.h.as_ptr(), &mut param) };
+        apply_rc(&mut param, rc);
+        // SAFETY: `h` is live; `param` is this encoder's own complete parameter set, copied.
+        let ret = unsafe { x::x264_encoder_reconfig(self.h.as_ptr(), &mut param) };
+        if ret < 0 {
+            return Err(format!("x264_encoder_reconfig returned {ret}"));
+        }
+        Ok(())
     }
 
     /// Frames x264 still holds.

@@ -67,6 +67,7 @@
 //! | `NVENC_EMU_NO_DEVICE` | `1`: open fails with `NV_ENC_ERR_NO_ENCODE_DEVICE`; `unsupported`: `NV_ENC_ERR_UNSUPPORTED_DEVICE` |
 //! | `NVENC_EMU_LOSSLESS` | `1`: `NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE` is 1 and lossless tuning is accepted (default 0: refused) |
 //! | `NVENC_EMU_FAST` | `1`: no pixel read-back and no encoding (overhead benchmarks) |
+//! | `NVENC_EMU_NO_DYN_RATE` | `1`: a GPU without `SUPPORT_DYN_BITRATE_CHANGE` / `SUPPORT_DYN_RCMODE_CHANGE`: a rate change needs `resetEncoder` |
 //! | `NVENC_EMU_REPORT` | report file: violations, faults, session open/close, `encode live_handles ...` |
 //!
 //! Control functions for in-process use: [`nvenc_emu_violations`], [`nvenc_emu_live_handles`].
@@ -501,7 +502,7 @@ struct Init {
 
 #[derive(Debug)]
 enum Engine {
-    X264(X264Stream),
+    X264(Box<X264Stream>),
     Fast,
 }
 
@@ -564,6 +565,13 @@ impl Global {
             )
         })
     }
+}
+
+/// Whether the emulated GPU changes bit rate and rate-control mode without a reset (the caps
+/// `SUPPORT_DYN_BITRATE_CHANGE` and `SUPPORT_DYN_RCMODE_CHANGE`); `NVENC_EMU_NO_DYN_RATE=1` turns
+/// both off.
+fn dyn_rate() -> bool {
+    !std::env::var("NVENC_EMU_NO_DYN_RATE").is_ok_and(|v| v == "1")
 }
 
 fn fast_mode() -> bool {
@@ -969,9 +977,9 @@ fn cap_value(cap: u32) -> Option<c_int> {
         17 => HEIGHT_MAX as c_int,                             // HEIGHT_MAX
         18 => 0,                                               // TEMPORAL_SVC
         19 => 1,                                               // DYN_RES_CHANGE
-        20 => 1,                                               // DYN_BITRATE_CHANGE
+        20 => c_int::from(dyn_rate()),                         // DYN_BITRATE_CHANGE
         21 => 1,                                               // DYN_FORCE_CONSTQP
-        22 => 1,                                               // DYN_RCMODE_CHANGE
+        22 => c_int::from(dyn_rate()),                         // DYN_RCMODE_CHANGE
         23 => 0,                                               // SUBFRAME_READBACK
         24 => 1,                                               // CONSTRAINED_ENCODING
         25 => 1,                                               // INTRA_REFRESH
@@ -1290,22 +1298,35 @@ fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fail> {
     };
     let idr_period = (idr != nv::NVENC_INFINITE_GOPLENGTH && idr != 0).then_some(idr);
     let rc = &config.rcParams;
+    let cbr = rc.rateControlMode == nv::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CBR;
     let rcm = if rc.rateControlMode == nv::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CONSTQP {
         Rc::Cqp(if rc.constQP.qpInterP == 0 {
             23
         } else {
             rc.constQP.qpInterP
         })
-    } else if rc.targetQuality > 0 {
+    } else if !cbr && rc.targetQuality > 0 {
+        // API.h: targetQuality is the "Target CQ (Constant Quality) level for VBR mode"; CBR
+        // ignores it.
         Rc::Crf(f32::from(rc.targetQuality))
     } else if rc.averageBitRate > 0 {
-        let cbr = rc.rateControlMode == nv::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CBR;
         let kbps = rc.averageBitRate / 1000;
+        // API.h: maxBitRate "is used for VBR and ignored for CBR mode".
         let max = if cbr { kbps } else { rc.maxBitRate / 1000 };
+        // API.h: vbvInitialDelay is in bits, like vbvBufferSize; 0 for the default.
+        let vbv_init = if rc.vbvBufferSize > 0 && rc.vbvInitialDelay > 0 {
+            (rc.vbvInitialDelay as f32 / rc.vbvBufferSize as f32).min(1.0)
+        } else {
+            0.0
+        };
         Rc::Abr {
             kbps,
             max_kbps: max,
             vbv_kbit: rc.vbvBufferSize / 1000,
+            vbv_init,
+            // API.h: enableFillerDataInsertion "will take effect only when one of the CBR rate
+            // control modes ... is in use" (frame rate non-zero is checked above).
+            filler: cbr && h264.enableFillerDataInsertion() != 0,
         }
     } else {
         Rc::Crf(23.0)
@@ -1362,7 +1383,7 @@ fn open_engine(init: &Init) -> Result<Engine, Fail> {
         Ok(Engine::Fast)
     } else {
         X264Stream::open(&init.params)
-            .map(Engine::X264)
+            .map(|x| Engine::X264(Box::new(x)))
             .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))
     }
 }
@@ -2380,10 +2401,25 @@ unsafe extern "C" fn nvEncReconfigureEncoder(
             ));
         }
         let keep_max = (old.max_width, old.max_height);
+        // A rate change without a reset is a dynamic bit-rate / rate-control-mode change, which
+        // the caps advertise (SUPPORT_DYN_BITRATE_CHANGE, SUPPORT_DYN_RCMODE_CHANGE): it applies
+        // from the next picture without an IDR. x264 can change rates in place; a change it
+        // cannot make in place (another mode) reopens the engine, which costs an IDR the real
+        // driver would not emit.
+        let rc_changed = old.params.rc != new.params.rc;
+        let rc_in_place = rc_changed && old.params.rc.reconfigurable_to(&new.params.rc);
+        if rc_changed && !dyn_rate() && p.resetEncoder() == 0 {
+            return Err(v(
+                NVENCSTATUS::NV_ENC_ERR_UNSUPPORTED_PARAM,
+                "a rate-control change without resetEncoder needs SUPPORT_DYN_BITRATE_CHANGE / \
+                 SUPPORT_DYN_RCMODE_CHANGE, which this GPU reports as 0 (NVENC_EMU_NO_DYN_RATE)",
+            ));
+        }
         let needs_new_engine = p.resetEncoder() != 0
             || p.forceIDR() != 0
             || new.width != old.width
-            || new.height != old.height;
+            || new.height != old.height
+            || !old.params.rc.reconfigurable_to(&new.params.rc);
         if needs_new_engine {
             if s.queue.iter().any(|q| !q.ready) {
                 return Err(v(
@@ -2405,6 +2441,11 @@ unsafe extern "C" fn nvEncReconfigureEncoder(
             s.serial = s.serial.max(1);
             s.since_idr = u64::MAX / 2;
             s.headers_sent = false;
+        } else if rc_in_place {
+            if let Some(Engine::X264(x)) = s.engine.as_mut() {
+                x.reconfigure(new.params.rc)
+                    .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?;
+            }
         }
         let mut new = new;
         new.max_width = keep_max.0;

@@ -1,0 +1,438 @@
+//! The one place where the neutral rate control ([`RateControl`], with
+//! [`EncoderConfig::crf`] for constant quality) becomes each backend's own terms. The x264
+//! backend, the direct NVENC backend and the ffmpeg subprocess backends all read it from here, and
+//! [`README_ROWS`] (the rows of the README's mapping table) is checked against it by the tests
+//! below, so the documentation cannot drift from what the code does.
+
+use crate::encoder::{EncoderConfig, EncoderKind, FfmpegCodec, RateControl};
+use crate::error::Error;
+
+/// `targetQuality` for a CRF: NVENC's constant-quality scale is the same 0-51 QP-like scale, and
+/// 0 means "automatic", so the target is clamped to 1..=51.
+pub(crate) fn target_quality(crf: f32) -> u8 {
+    crf.round().clamp(1.0, 51.0) as u8
+}
+
+/// Bits per second to x264's kbit/s (1,000 bits), rounded, at least 1.
+#[cfg_attr(not(feature = "x264"), allow(dead_code))] // read by the x264 backend
+fn kbit(bits: u64) -> u32 {
+    u32::try_from(bits.saturating_add(500) / 1_000)
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+/// A value that fits NVENC's 32-bit fields (validation keeps every rate and buffer within).
+fn u32_of(bits: u64) -> u32 {
+    u32::try_from(bits).unwrap_or(u32::MAX)
+}
+
+/// x264's rate-control method.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(not(feature = "x264"), allow(dead_code))] // read by the x264 backend
+pub(crate) enum X264Method {
+    /// `X264_RC_CRF` with `f_rf_constant`.
+    Crf(f32),
+    /// `X264_RC_ABR` with `i_bitrate` and the VBV.
+    Abr,
+    /// `X264_RC_CQP` with `i_qp_constant`.
+    Cqp(u8),
+}
+
+/// x264's `param.rc` fields for a configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(not(feature = "x264"), allow(dead_code))] // read by the x264 backend
+pub(crate) struct X264Rc {
+    pub(crate) method: X264Method,
+    /// `i_bitrate`, kbit/s (0 unless ABR).
+    pub(crate) bitrate_kbps: u32,
+    /// `i_vbv_max_bitrate`, kbit/s (0: no VBV).
+    pub(crate) vbv_max_kbps: u32,
+    /// `i_vbv_buffer_size`, kbit (0: no VBV).
+    pub(crate) vbv_buffer_kbit: u32,
+}
+
+// No filler data for CBR (x264's `b_filler`, NVENC's `enableFillerDataInsertion`): with it, a
+// rate lowered mid-stream makes the encoder pad away the VBV fill it had at the old rate in one
+// burst (x264 at 4 -> 1 Mbit/s with a 1 s buffer wrote a 350 KB filler NAL at the switch), the
+// opposite of what a degraded link needs. Without it, CBR is the target rate capped by the VBV,
+// and static content may come out below the target.
+
+/// The x264 mapping (README table, column "x264").
+#[cfg_attr(not(feature = "x264"), allow(dead_code))] // read by the x264 backend
+pub(crate) fn x264(config: &EncoderConfig) -> X264Rc {
+    let rc = config.rate_control;
+    let vbv = rc.vbv_buffer_bits().map_or(0, kbit);
+    let none = X264Rc {
+        method: X264Method::Crf(config.crf),
+        bitrate_kbps: 0,
+        vbv_max_kbps: 0,
+        vbv_buffer_kbit: 0,
+    };
+    match rc {
+        RateControl::Cbr { bitrate, .. } => X264Rc {
+            method: X264Method::Abr,
+            bitrate_kbps: kbit(bitrate.bps()),
+            vbv_max_kbps: kbit(bitrate.bps()),
+            vbv_buffer_kbit: vbv,
+        },
+        RateControl::Vbr {
+            bitrate,
+            max_bitrate,
+            ..
+        } => X264Rc {
+            method: X264Method::Abr,
+            bitrate_kbps: kbit(bitrate.bps()),
+            vbv_max_kbps: kbit(max_bitrate.bps()),
+            vbv_buffer_kbit: vbv,
+        },
+        RateControl::ConstantQp { qp } => X264Rc {
+            method: X264Method::Cqp(qp),
+            ..none
+        },
+        _ => none,
+    }
+}
+
+/// NVENC's rate-control mode (`NV_ENC_PARAMS_RC_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NvencRcMode {
+    /// `NV_ENC_PARAMS_RC_CONSTQP`.
+    ConstQp,
+    /// `NV_ENC_PARAMS_RC_VBR`.
+    Vbr,
+    /// `NV_ENC_PARAMS_RC_CBR`.
+    Cbr,
+}
+
+impl NvencRcMode {
+    /// The header's name.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            NvencRcMode::ConstQp => "NV_ENC_PARAMS_RC_CONSTQP",
+            NvencRcMode::Vbr => "NV_ENC_PARAMS_RC_VBR",
+            NvencRcMode::Cbr => "NV_ENC_PARAMS_RC_CBR",
+        }
+    }
+}
+
+/// NVENC's `NV_ENC_RC_PARAMS` fields for a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NvencRc {
+    pub(crate) mode: NvencRcMode,
+    /// `averageBitRate`, bits/s (0 for constant quality and QP).
+    pub(crate) average_bps: u32,
+    /// `maxBitRate`, bits/s (0: no cap).
+    pub(crate) max_bps: u32,
+    /// `vbvBufferSize`, bits (0: the driver's default; never left 0 for CBR/VBR).
+    pub(crate) vbv_buffer_bits: u32,
+    /// `vbvInitialDelay`, bits: nine tenths of the buffer, x264's default initial fill.
+    pub(crate) vbv_initial_delay_bits: u32,
+    /// `targetQuality` (constant quality only, else 0).
+    pub(crate) target_quality: u8,
+    /// `constQP.qpIntra/qpInterP/qpInterB` (constant QP only, else 0).
+    pub(crate) const_qp: u8,
+}
+
+/// The NVENC mapping (README table, column "NVENC").
+pub(crate) fn nvenc(config: &EncoderConfig) -> NvencRc {
+    let rc = config.rate_control;
+    let vbv = rc.vbv_buffer_bits().map_or(0, u32_of);
+    let base = NvencRc {
+        mode: NvencRcMode::Vbr,
+        average_bps: 0,
+        max_bps: 0,
+        vbv_buffer_bits: vbv,
+        vbv_initial_delay_bits: (u64::from(vbv) * 9 / 10) as u32,
+        target_quality: 0,
+        const_qp: 0,
+    };
+    match rc {
+        RateControl::Cbr { bitrate, .. } => NvencRc {
+            mode: NvencRcMode::Cbr,
+            average_bps: u32_of(bitrate.bps()),
+            max_bps: u32_of(bitrate.bps()),
+            ..base
+        },
+        RateControl::Vbr {
+            bitrate,
+            max_bitrate,
+            ..
+        } => NvencRc {
+            mode: NvencRcMode::Vbr,
+            average_bps: u32_of(bitrate.bps()),
+            max_bps: u32_of(max_bitrate.bps()),
+            ..base
+        },
+        RateControl::ConstantQp { qp } => NvencRc {
+            mode: NvencRcMode::ConstQp,
+            const_qp: qp,
+            ..base
+        },
+        _ => NvencRc {
+            target_quality: target_quality(config.crf),
+            ..base
+        },
+    }
+}
+
+/// FFmpeg's rate-control options for `codec` (README table, the ffmpeg columns).
+///
+/// # Errors
+/// [`Error::Unsupported`] for constant QP on `h264_videotoolbox`, which has none.
+pub(crate) fn ffmpeg(codec: FfmpegCodec, config: &EncoderConfig) -> Result<Vec<String>, Error> {
+    let rc = config.rate_control;
+    let crf = config.crf;
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |a: &str, b: String| {
+        args.push(a.to_owned());
+        args.push(b);
+    };
+    let rates = |push: &mut dyn FnMut(&str, String), bufsize: bool| {
+        if let (Some(b), Some(m)) = (rc.bitrate(), rc.max_bitrate()) {
+            push("-b:v", b.bps().to_string());
+            push("-maxrate", m.bps().to_string());
+            if bufsize {
+                if let Some(v) = rc.vbv_buffer_bits() {
+                    push("-bufsize", v.to_string());
+                }
+            }
+        }
+    };
+    match (codec, rc) {
+        (FfmpegCodec::Libx264, RateControl::ConstantQp { qp }) => push("-qp", qp.to_string()),
+        (FfmpegCodec::Libx264, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+            rates(&mut push, true)
+        }
+        (FfmpegCodec::Libx264, _) => push("-crf", format!("{crf}")),
+        (FfmpegCodec::Nvenc, RateControl::ConstantQp { qp }) => {
+            push("-rc", "constqp".into());
+            push("-qp", qp.to_string());
+        }
+        (FfmpegCodec::Nvenc, RateControl::Cbr { .. }) => {
+            push("-rc", "cbr".into());
+            rates(&mut push, true);
+        }
+        (FfmpegCodec::Nvenc, RateControl::Vbr { .. }) => {
+            push("-rc", "vbr".into());
+            rates(&mut push, true);
+        }
+        (FfmpegCodec::Nvenc, _) => {
+            push("-rc", "vbr".into());
+            push("-cq", format!("{}", target_quality(crf)));
+        }
+        // FFmpeg's QSV wrapper picks CQP with the qscale flag (-q:v), CBR when the maximum equals
+        // the target and VBR when it is higher.
+        (FfmpegCodec::Qsv, RateControl::ConstantQp { qp }) => push("-q:v", qp.to_string()),
+        (FfmpegCodec::Qsv, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+            rates(&mut push, true)
+        }
+        (FfmpegCodec::Qsv, _) => push(
+            "-global_quality",
+            format!("{}", crf.round().clamp(1.0, 51.0)),
+        ),
+        (FfmpegCodec::VideoToolbox, RateControl::ConstantQp { .. }) => {
+            return Err(Error::Unsupported {
+                backend: EncoderKind::Ffmpeg(codec),
+                feature: "constant QP (VideoToolbox has no constant-QP mode)",
+            })
+        }
+        // VideoToolbox limits the data rate over one second; it takes no buffer size.
+        (FfmpegCodec::VideoToolbox, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+            rates(&mut push, false)
+        }
+        (FfmpegCodec::VideoToolbox, _) => push(
+            "-q:v",
+            format!("{}", (100.0 - 2.0 * crf).round().clamp(1.0, 100.0)),
+        ),
+        (FfmpegCodec::Vaapi, RateControl::ConstantQp { qp }) => {
+            push("-rc_mode", "CQP".into());
+            push("-qp", qp.to_string());
+        }
+        (FfmpegCodec::Vaapi, RateControl::Cbr { .. }) => {
+            push("-rc_mode", "CBR".into());
+            rates(&mut push, true);
+        }
+        (FfmpegCodec::Vaapi, RateControl::Vbr { .. }) => {
+            push("-rc_mode", "VBR".into());
+            rates(&mut push, true);
+        }
+        (FfmpegCodec::Vaapi, _) => {
+            push("-rc_mode", "CQP".into());
+            push("-qp", format!("{}", crf.round().clamp(1.0, 51.0)));
+        }
+    }
+    Ok(args)
+}
+
+/// The rate-control rows of the README's mapping table, cell by cell: `EncoderConfig`, x264,
+/// NVENC (direct), ffmpeg `h264_nvenc`, `h264_qsv`, `h264_videotoolbox`, `h264_vaapi`. `b` is
+/// the target, `m` the maximum, `v` the VBV buffer ([`RateControl::vbv_buffer_bits`]), `q` the QP.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) const README_ROWS: &[[&str; 7]] = &[
+    [
+        "`rate_control` `Cbr` (`b`, VBV `v`)",
+        "`i_rc_method` ABR, `i_bitrate` = `i_vbv_max_bitrate` = b, `i_vbv_buffer_size` = v (kbit), no filler",
+        "`NV_ENC_PARAMS_RC_CBR`, `averageBitRate` = `maxBitRate` = b, `vbvBufferSize` = v, `vbvInitialDelay` = 0.9 v, no filler",
+        "`-rc cbr -b:v b -maxrate b -bufsize v`",
+        "`-b:v b -maxrate b -bufsize v` (CBR)",
+        "`-b:v b -maxrate b` (1 s data-rate limit)",
+        "`-rc_mode CBR -b:v b -maxrate b -bufsize v`",
+    ],
+    [
+        "`rate_control` `Vbr` (`b`, max `m`, VBV `v`)",
+        "`i_rc_method` ABR, `i_bitrate` = b, `i_vbv_max_bitrate` = m, `i_vbv_buffer_size` = v (kbit)",
+        "`NV_ENC_PARAMS_RC_VBR`, `averageBitRate` = b, `maxBitRate` = m, `vbvBufferSize` = v, `vbvInitialDelay` = 0.9 v",
+        "`-rc vbr -b:v b -maxrate m -bufsize v`",
+        "`-b:v b -maxrate m -bufsize v` (VBR)",
+        "`-b:v b -maxrate m` (1 s data-rate limit)",
+        "`-rc_mode VBR -b:v b -maxrate m -bufsize v`",
+    ],
+    [
+        "`rate_control` `ConstantQp` (`q`, 0-51)",
+        "`i_rc_method` CQP, `i_qp_constant` = q",
+        "`NV_ENC_PARAMS_RC_CONSTQP`, `constQP` = q for I, P and B",
+        "`-rc constqp -qp q`",
+        "`-q:v q` (CQP)",
+        "refused: `Error::Unsupported`",
+        "`-rc_mode CQP -qp q`",
+    ],
+    [
+        "`reconfigure` (new `Cbr`/`Vbr` rates mid-stream)",
+        "`x264_encoder_reconfig`, no IDR (same mode only)",
+        "`nvEncReconfigureEncoder`, no IDR; reset with an IDR where `SUPPORT_DYN_BITRATE_CHANGE` is 0",
+        "ffmpeg restarted: IDR at the next frame",
+        "ffmpeg restarted: IDR at the next frame",
+        "ffmpeg restarted: IDR at the next frame",
+        "ffmpeg restarted: IDR at the next frame",
+    ],
+];
+
+/// A row of [`README_ROWS`] as a Markdown table row.
+#[cfg(test)]
+fn render(row: &[&str; 7]) -> String {
+    format!("| {} |", row.join(" | "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoder::{Bitrate, EncoderConfig};
+
+    fn configs() -> [(EncoderConfig, usize); 3] {
+        let base = EncoderConfig::new(64, 64);
+        [
+            (
+                base.clone()
+                    .with_rate_control(RateControl::cbr(Bitrate::from_bps(2_000_000))),
+                0,
+            ),
+            (
+                base.clone().with_rate_control(RateControl::vbr(
+                    Bitrate::from_bps(2_000_000),
+                    Bitrate::from_bps(3_000_000),
+                )),
+                1,
+            ),
+            (base.with_rate_control(RateControl::constant_qp(27)), 2),
+        ]
+    }
+
+    /// Options (`-x`) named in a table cell.
+    fn flags(cell: &str) -> Vec<&str> {
+        cell.split(|c: char| c.is_whitespace() || c == '`')
+            .filter(|t| t.starts_with('-') && t.len() > 1)
+            .collect()
+    }
+
+    #[test]
+    fn readme_has_every_row_of_the_mapping_table() {
+        let readme = include_str!("../../README.md");
+        for row in README_ROWS {
+            let line = render(row);
+            assert!(
+                readme.lines().any(|l| l.trim() == line),
+                "README.md lacks the mapping row\n{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn table_rows_name_what_the_backends_are_given() {
+        let codecs = [
+            (3, FfmpegCodec::Nvenc),
+            (4, FfmpegCodec::Qsv),
+            (5, FfmpegCodec::VideoToolbox),
+            (6, FfmpegCodec::Vaapi),
+        ];
+        for (config, row) in configs() {
+            let row = README_ROWS[row];
+            let nv = nvenc(&config);
+            assert!(row[2].contains(nv.mode.name()), "{:?} vs {}", nv, row[2]);
+            let x = x264(&config);
+            let method = match x.method {
+                X264Method::Abr => "ABR",
+                X264Method::Cqp(_) => "CQP",
+                X264Method::Crf(_) => "CRF",
+            };
+            assert!(
+                row[1].contains(&format!("`i_rc_method` {method}")),
+                "{row:?}"
+            );
+            for (col, codec) in codecs {
+                match ffmpeg(codec, &config) {
+                    Ok(args) => {
+                        let given: Vec<&str> = args
+                            .iter()
+                            .map(String::as_str)
+                            .filter(|a| a.starts_with('-'))
+                            .collect();
+                        assert_eq!(flags(row[col]), given, "{codec:?}: {}", row[col]);
+                    }
+                    Err(Error::Unsupported { .. }) => {
+                        assert!(row[col].contains("Unsupported"), "{codec:?}")
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rates_and_buffers_carry_their_values() {
+        let config = EncoderConfig::new(64, 64).with_rate_control(
+            RateControl::vbr(Bitrate::from_bps(2_500_000), Bitrate::from_bps(4_000_000))
+                .with_vbv_buffer_bits(3_000_000),
+        );
+        let x = x264(&config);
+        assert_eq!(
+            (x.bitrate_kbps, x.vbv_max_kbps, x.vbv_buffer_kbit),
+            (2_500, 4_000, 3_000)
+        );
+        let nv = nvenc(&config);
+        assert_eq!(
+            (
+                nv.average_bps,
+                nv.max_bps,
+                nv.vbv_buffer_bits,
+                nv.vbv_initial_delay_bits
+            ),
+            (2_500_000, 4_000_000, 3_000_000, 2_700_000)
+        );
+        let args = ffmpeg(FfmpegCodec::Libx264, &config).unwrap();
+        assert_eq!(
+            args,
+            ["-b:v", "2500000", "-maxrate", "4000000", "-bufsize", "3000000"]
+        );
+        // The default VBV: one second at the target (CBR) or at the maximum (VBR).
+        let cbr = EncoderConfig::new(64, 64)
+            .with_rate_control(RateControl::cbr(Bitrate::from_bps(2_000_000)));
+        assert_eq!(nvenc(&cbr).vbv_buffer_bits, 2_000_000);
+        assert_eq!(x264(&cbr).vbv_buffer_kbit, 2_000);
+        let cq = EncoderConfig::new(64, 64).with_crf(23.4);
+        assert_eq!(nvenc(&cq).target_quality, 23);
+        assert_eq!(x264(&cq).method, X264Method::Crf(23.4));
+        assert_eq!(target_quality(0.0), 1);
+        assert_eq!(target_quality(51.0), 51);
+    }
+}
