@@ -460,7 +460,9 @@ impl InputGate {
 }
 
 /// A boxed encoder (what [`crate::open_encoder`] returns) is an encoder, so wrappers such as
-/// [`crate::metrics::Metered`] take either.
+/// [`crate::metrics::Metered`] take either. Every method forwards, including those with a default
+/// body: a method left out here would silently run its default on every boxed encoder (the
+/// fallback chain holds its encoders boxed).
 impl<E: VideoEncoder + ?Sized> VideoEncoder for Box<E> {
     fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
         (**self).encode(frame, out)
@@ -488,5 +490,9 @@ impl<E: VideoEncoder + ?Sized> VideoEncoder for Box<E> {
 
     fn time_base(&self) -> (u32, u32) {
         (**self).time_base()
+    }
+
+    fn reconfigure(&mut self, rate_control: RateControl) -> Result<(), Error> {
+        (**self).reconfigure(rate_control)
     }
 }

@@ -631,6 +631,11 @@ impl<E: VideoEncoder> VideoEncoder for Metered<E> {
     fn time_base(&self) -> (u32, u32) {
         self.inner.time_base()
     }
+
+    fn reconfigure(&mut self, rate_control: crate::encoder::RateControl) -> Result<(), Error> {
+        let _scope = ScopeGuard::enter(&self.labels);
+        self.inner.reconfigure(rate_control)
+    }
 }
 
 #[cfg(test)]
