@@ -195,7 +195,10 @@ fn check_cqp(open: Open, backend: &str) {
         sizes.push(mean);
     }
     assert!(
-        sizes[0] > 2.0 * sizes[1],
+        // The slice QPs above are the exact check; sizes only confirm the QP took effect. Since
+        // the emulator's fidelity changes (entropy coder and frame types as NVENC is asked), the
+        // ratio on the emulator for this clip is 2.0 (998 vs 499 bytes), so the bound is 1.5.
+        sizes[0] > 1.5 * sizes[1],
         "{backend}: QP 22 P frames ({}) should be far larger than QP 36 ones ({})",
         sizes[0],
         sizes[1]
