@@ -19,6 +19,7 @@
 //! README's metrics table.
 //!
 //! ```
+//! # #[cfg(feature = "x264")] { // the example opens the in-process x264 backend
 //! use nvenc::metrics::{MetricLabels, Metered};
 //! use nvenc::{EncoderChoice, EncoderConfig, EncoderKind, VideoEncoder};
 //!
@@ -30,6 +31,7 @@
 //! let mut chunks = Vec::new();
 //! encoder.encode_frame(&frame, &mut chunks)?; // records to the installed recorder, if any
 //! encoder.flush(&mut chunks)?;
+//! # }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
