@@ -78,8 +78,9 @@
 //! initialization), `buffers` (input and bitstream buffers), `resources` (registration and
 //! mapping), `encode` (encoding and output locking), `control` (stats, sequence parameters,
 //! reconfiguration, last error, IO streams). `state` holds the sessions and the `run` wrapper,
-//! `fail` the shared argument checks, `codec` the x264 engine and `cuda` the driver API calls
-//! that read input pixels. This file holds the two exports and the function list.
+//! `fail` the shared argument checks, `codec` the x264-backed stream (NVENC's frame types and
+//! the B-frame replay), `x264` the libx264 handle, and `cuda` the driver API calls that read
+//! input pixels. This file holds the two exports and the function list.
 
 // The exported functions are C entry points with NVENC's signatures; their safety contract is
 // the NVENC API documentation's, which a `# Safety` section on each would only repeat.
@@ -97,6 +98,7 @@ mod init;
 mod queries;
 mod resources;
 mod state;
+mod x264;
 
 use nvenc_emu_common::lock;
 use nvenc_sys as nv;
