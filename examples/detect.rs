@@ -4,9 +4,13 @@
 //! ```text
 //! cargo run --example detect
 //! cargo run --example detect -- --json
+//! cargo run --example detect -- --require nvenc     # CI gate: exit 1, with the reason, without it
 //! ```
 
+use std::process::ExitCode;
+
 use clap::Parser;
+use nvenc::EncoderKind;
 
 #[derive(Parser, Debug)]
 #[command(about = "Detect the H.264 encoders available on this machine")]
@@ -14,11 +18,69 @@ struct Args {
     /// Print the whole report as JSON.
     #[arg(long)]
     json: bool,
+    /// Fail (exit status 1, the reason on stderr) unless this encoder is available; may be given
+    /// several times or as a comma-separated list (nvenc, x264, qsv, vaapi, videotoolbox,
+    /// ffmpeg-nvenc, ffmpeg-x264).
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
+    require: Vec<EncoderKind>,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn parse_kind(s: &str) -> Result<EncoderKind, String> {
+    s.parse().map_err(|e: nvenc::ConfigError| e.to_string())
+}
+
+fn main() -> ExitCode {
     let args = Args::parse();
     let report = nvenc::detect();
+    if let Err(e) = print(&args, report) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let mut missing = 0;
+    for kind in &args.require {
+        match report.candidate(*kind) {
+            Some(c) if c.available => {}
+            Some(c) => {
+                missing += 1;
+                eprintln!(
+                    "required encoder {kind} is unavailable: {}",
+                    c.reason.as_deref().unwrap_or("no reason recorded")
+                );
+            }
+            // Not among auto-selection's candidates (ffmpeg-nvenc, ffmpeg-x264): judged by
+            // encoding one frame with it.
+            None => {
+                if let Err(reason) = probe_encode(*kind) {
+                    missing += 1;
+                    eprintln!("required encoder {kind} is unavailable: {reason}");
+                }
+            }
+        }
+    }
+    if missing > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Opens `kind` and encodes one 256x256 frame with it.
+fn probe_encode(kind: EncoderKind) -> Result<(), String> {
+    let config = nvenc::EncoderConfig::new(256, 256);
+    let frame = vec![128u8; config.validate().map_err(|e| e.to_string())?];
+    let mut encoder = nvenc::open_backend(kind, &config).map_err(|e| e.to_string())?;
+    let mut chunks = Vec::new();
+    encoder
+        .encode_frame(&frame, &mut chunks)
+        .and_then(|()| encoder.flush(&mut chunks))
+        .map_err(|e| e.to_string())?;
+    match chunks.len() {
+        1 => Ok(()),
+        n => Err(format!("a one-frame probe encode produced {n} chunks")),
+    }
+}
+
+fn print(args: &Args, report: &nvenc::DetectionReport) -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());

@@ -1,0 +1,87 @@
+//! The `detect` example as a GPU CI runner uses it: `--require NAME` exits 0 when that encoder is
+//! available and 1 with the reason when it is not.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join("examples").join("detect");
+    assert!(path.exists(), "example not built at {}", path.display());
+    path
+}
+
+/// Runs `cmd`, failing the test if it takes longer than a minute.
+fn run(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start detect");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("detect still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn has_nvidia_driver() -> bool {
+    std::path::Path::new("/proc/driver/nvidia").exists()
+}
+
+#[test]
+fn require_an_available_encoder_exits_zero() {
+    let out = run(Command::new(example()).args(["--require", "x264,ffmpeg-x264"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn require_a_missing_encoder_exits_one_with_the_reason() {
+    if has_nvidia_driver() {
+        eprintln!("skipped: this machine has an NVIDIA driver");
+        return;
+    }
+    let out = run(Command::new(example()).args(["--require", "x264", "--require", "nvenc"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("required encoder nvenc is unavailable")
+            && stderr.contains("libnvidia-encode"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("x264 is unavailable"), "{stderr}");
+}
+
+#[test]
+fn require_nvenc_passes_on_the_emulated_driver() {
+    let emu = nvenc_emu_harness::EmuDriver::new();
+    let out = run(emu.command(example()).args(["--require", "nvenc"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    emu.report().assert_clean();
+}
+
+#[test]
+fn an_unknown_name_is_refused_with_the_valid_ones() {
+    let out = run(Command::new(example()).args(["--require", "amf"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("unknown encoder \"amf\"") && stderr.contains("nvenc"),
+        "{stderr}"
+    );
+}
