@@ -46,7 +46,7 @@ pub enum EncoderKind {
     /// NVIDIA NVENC through the driver's `libnvidia-encode`, in process.
     Nvenc,
     /// One of FFmpeg's H.264 encoders, in an `ffmpeg` subprocess.
-    Ffmpeg(FfmpegCodec),
+    Ffmpeg(FfmpegH264Encoder),
     /// Software libx264, in process.
     X264,
 }
@@ -54,7 +54,7 @@ pub enum EncoderKind {
 /// The FFmpeg H.264 encoders the subprocess backend can drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
-pub enum FfmpegCodec {
+pub enum FfmpegH264Encoder {
     /// `h264_nvenc`: NVIDIA NVENC, as a cross-check of the direct backend.
     Nvenc,
     /// `h264_qsv`: Intel Quick Sync Video.
@@ -67,16 +67,16 @@ pub enum FfmpegCodec {
     Libx264,
 }
 
-impl FfmpegCodec {
+impl FfmpegH264Encoder {
     /// FFmpeg's name for the encoder (`-c:v`).
     #[must_use]
     pub const fn ffmpeg_name(self) -> &'static str {
         match self {
-            FfmpegCodec::Nvenc => "h264_nvenc",
-            FfmpegCodec::Qsv => "h264_qsv",
-            FfmpegCodec::VideoToolbox => "h264_videotoolbox",
-            FfmpegCodec::Vaapi => "h264_vaapi",
-            FfmpegCodec::Libx264 => "libx264",
+            FfmpegH264Encoder::Nvenc => "h264_nvenc",
+            FfmpegH264Encoder::Qsv => "h264_qsv",
+            FfmpegH264Encoder::VideoToolbox => "h264_videotoolbox",
+            FfmpegH264Encoder::Vaapi => "h264_vaapi",
+            FfmpegH264Encoder::Libx264 => "libx264",
         }
     }
 }
@@ -99,11 +99,11 @@ impl EncoderKind {
         match self {
             EncoderKind::Nvenc => "nvenc",
             EncoderKind::X264 => "x264",
-            EncoderKind::Ffmpeg(FfmpegCodec::Nvenc) => "ffmpeg-nvenc",
-            EncoderKind::Ffmpeg(FfmpegCodec::Qsv) => "qsv",
-            EncoderKind::Ffmpeg(FfmpegCodec::VideoToolbox) => "videotoolbox",
-            EncoderKind::Ffmpeg(FfmpegCodec::Vaapi) => "vaapi",
-            EncoderKind::Ffmpeg(FfmpegCodec::Libx264) => "ffmpeg-x264",
+            EncoderKind::Ffmpeg(FfmpegH264Encoder::Nvenc) => "ffmpeg-nvenc",
+            EncoderKind::Ffmpeg(FfmpegH264Encoder::Qsv) => "qsv",
+            EncoderKind::Ffmpeg(FfmpegH264Encoder::VideoToolbox) => "videotoolbox",
+            EncoderKind::Ffmpeg(FfmpegH264Encoder::Vaapi) => "vaapi",
+            EncoderKind::Ffmpeg(FfmpegH264Encoder::Libx264) => "ffmpeg-x264",
         }
     }
 }
@@ -121,13 +121,13 @@ impl FromStr for EncoderKind {
         match s.to_ascii_lowercase().as_str() {
             "nvenc" => Ok(EncoderKind::Nvenc),
             "x264" => Ok(EncoderKind::X264),
-            "ffmpeg-nvenc" | "h264_nvenc" => Ok(EncoderKind::Ffmpeg(FfmpegCodec::Nvenc)),
-            "qsv" | "h264_qsv" => Ok(EncoderKind::Ffmpeg(FfmpegCodec::Qsv)),
+            "ffmpeg-nvenc" | "h264_nvenc" => Ok(EncoderKind::Ffmpeg(FfmpegH264Encoder::Nvenc)),
+            "qsv" | "h264_qsv" => Ok(EncoderKind::Ffmpeg(FfmpegH264Encoder::Qsv)),
             "videotoolbox" | "h264_videotoolbox" => {
-                Ok(EncoderKind::Ffmpeg(FfmpegCodec::VideoToolbox))
+                Ok(EncoderKind::Ffmpeg(FfmpegH264Encoder::VideoToolbox))
             }
-            "vaapi" | "h264_vaapi" => Ok(EncoderKind::Ffmpeg(FfmpegCodec::Vaapi)),
-            "ffmpeg-x264" | "libx264" => Ok(EncoderKind::Ffmpeg(FfmpegCodec::Libx264)),
+            "vaapi" | "h264_vaapi" => Ok(EncoderKind::Ffmpeg(FfmpegH264Encoder::Vaapi)),
+            "ffmpeg-x264" | "libx264" => Ok(EncoderKind::Ffmpeg(FfmpegH264Encoder::Libx264)),
             _ => Err(ConfigError::UnknownEncoder {
                 name: s.to_owned(),
                 valid: Self::NAMES,
@@ -292,7 +292,7 @@ pub trait VideoEncoder: Send {
         })
     }
 
-    /// Encodes one frame with an automatic timestamp: the seed's `encode_frame`.
+    /// Encodes one frame with an automatic timestamp (the next after the last one given).
     ///
     /// # Errors
     /// As [`VideoEncoder::encode`].

@@ -170,6 +170,23 @@ pub enum ConfigError {
         /// Accepted names.
         valid: &'static [&'static str],
     },
+    /// A backend list (the `NVENC_RS_BACKEND` environment variable) naming something that is
+    /// not a backend, or nothing at all.
+    #[error(
+        "{variable}={value:?} names {name:?}, which is not a backend: expected a comma-separated \
+         list of {}",
+        valid.join(", ")
+    )]
+    BadBackendList {
+        /// The environment variable read.
+        variable: &'static str,
+        /// Its whole value.
+        value: String,
+        /// The first name that is not a backend (empty for an empty list).
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
     /// Text that is not a bit rate.
     #[error("invalid bit rate {text:?}: expected e.g. 2M, 2.5M, 2500k or 2000000 (bits/s)")]
     BadBitrateSyntax {

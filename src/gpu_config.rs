@@ -1,4 +1,4 @@
-//! [`GpuEncoderConfig`]: the pipeline-level settings of the seed (which encoder to prefer, the
+//! [`GpuEncoderConfig`]: the pipeline-level settings (which encoder to prefer, the
 //! ring buffer, NVENC's preset and tune), as a pipeline keeps them in its configuration file.
 //!
 //! ```
@@ -139,7 +139,7 @@ impl GpuEncoderConfig {
         if let Some(rate) = self.rate()? {
             config.rate_control = rate;
         }
-        let chain = crate::fallback::chain_with(self.preferred_encoder, &self.nvenc_options());
+        let chain = crate::fallback::chain_with(self.preferred_encoder, &self.nvenc_options())?;
         FallbackEncoder::with_chain(&config, chain)
     }
 

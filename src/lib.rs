@@ -10,6 +10,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod backends;
 pub mod detect;
 pub mod encoder;
 pub mod error;
@@ -35,7 +36,7 @@ pub mod fuzzing {
 
 pub use detect::{detect, detect_available_encoders, DetectionReport};
 pub use encoder::{
-    Bitrate, Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegCodec, Frame, FrameRate,
+    Bitrate, Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegH264Encoder, Frame, FrameRate,
     FrameType, PixelFormat, Preset, RateControl, RateControlMode, Resolution, Tune, VideoEncoder,
 };
 pub use error::{ConfigError, Error, SubprocessProblem};

@@ -4,7 +4,7 @@
 //! [`README_ROWS`] (the rows of the README's mapping table) is checked against it by the tests
 //! below, so the documentation cannot drift from what the code does.
 
-use crate::encoder::{EncoderConfig, EncoderKind, FfmpegCodec, RateControl};
+use crate::encoder::{EncoderConfig, EncoderKind, FfmpegH264Encoder, RateControl};
 use crate::error::Error;
 
 /// `targetQuality` for a CRF: NVENC's constant-quality scale is the same 0-51 QP-like scale, and
@@ -180,7 +180,10 @@ pub(crate) fn nvenc(config: &EncoderConfig) -> NvencRc {
 ///
 /// # Errors
 /// [`Error::Unsupported`] for constant QP on `h264_videotoolbox`, which has none.
-pub(crate) fn ffmpeg(codec: FfmpegCodec, config: &EncoderConfig) -> Result<Vec<String>, Error> {
+pub(crate) fn ffmpeg(
+    codec: FfmpegH264Encoder,
+    config: &EncoderConfig,
+) -> Result<Vec<String>, Error> {
     let rc = config.rate_control;
     let crf = config.crf;
     let mut args: Vec<String> = Vec::new();
@@ -200,64 +203,64 @@ pub(crate) fn ffmpeg(codec: FfmpegCodec, config: &EncoderConfig) -> Result<Vec<S
         }
     };
     match (codec, rc) {
-        (FfmpegCodec::Libx264, RateControl::ConstantQp { qp }) => push("-qp", qp.to_string()),
-        (FfmpegCodec::Libx264, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+        (FfmpegH264Encoder::Libx264, RateControl::ConstantQp { qp }) => push("-qp", qp.to_string()),
+        (FfmpegH264Encoder::Libx264, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
             rates(&mut push, true)
         }
-        (FfmpegCodec::Libx264, _) => push("-crf", format!("{crf}")),
-        (FfmpegCodec::Nvenc, RateControl::ConstantQp { qp }) => {
+        (FfmpegH264Encoder::Libx264, _) => push("-crf", format!("{crf}")),
+        (FfmpegH264Encoder::Nvenc, RateControl::ConstantQp { qp }) => {
             push("-rc", "constqp".into());
             push("-qp", qp.to_string());
         }
-        (FfmpegCodec::Nvenc, RateControl::Cbr { .. }) => {
+        (FfmpegH264Encoder::Nvenc, RateControl::Cbr { .. }) => {
             push("-rc", "cbr".into());
             rates(&mut push, true);
         }
-        (FfmpegCodec::Nvenc, RateControl::Vbr { .. }) => {
+        (FfmpegH264Encoder::Nvenc, RateControl::Vbr { .. }) => {
             push("-rc", "vbr".into());
             rates(&mut push, true);
         }
-        (FfmpegCodec::Nvenc, _) => {
+        (FfmpegH264Encoder::Nvenc, _) => {
             push("-rc", "vbr".into());
             push("-cq", format!("{}", target_quality(crf)));
         }
         // FFmpeg's QSV wrapper picks CQP with the qscale flag (-q:v), CBR when the maximum equals
         // the target and VBR when it is higher.
-        (FfmpegCodec::Qsv, RateControl::ConstantQp { qp }) => push("-q:v", qp.to_string()),
-        (FfmpegCodec::Qsv, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+        (FfmpegH264Encoder::Qsv, RateControl::ConstantQp { qp }) => push("-q:v", qp.to_string()),
+        (FfmpegH264Encoder::Qsv, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
             rates(&mut push, true)
         }
-        (FfmpegCodec::Qsv, _) => push(
+        (FfmpegH264Encoder::Qsv, _) => push(
             "-global_quality",
             format!("{}", crf.round().clamp(1.0, 51.0)),
         ),
-        (FfmpegCodec::VideoToolbox, RateControl::ConstantQp { .. }) => {
+        (FfmpegH264Encoder::VideoToolbox, RateControl::ConstantQp { .. }) => {
             return Err(Error::Unsupported {
                 backend: EncoderKind::Ffmpeg(codec),
                 feature: "constant QP (VideoToolbox has no constant-QP mode)",
             })
         }
         // VideoToolbox limits the data rate over one second; it takes no buffer size.
-        (FfmpegCodec::VideoToolbox, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+        (FfmpegH264Encoder::VideoToolbox, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
             rates(&mut push, false)
         }
-        (FfmpegCodec::VideoToolbox, _) => push(
+        (FfmpegH264Encoder::VideoToolbox, _) => push(
             "-q:v",
             format!("{}", (100.0 - 2.0 * crf).round().clamp(1.0, 100.0)),
         ),
-        (FfmpegCodec::Vaapi, RateControl::ConstantQp { qp }) => {
+        (FfmpegH264Encoder::Vaapi, RateControl::ConstantQp { qp }) => {
             push("-rc_mode", "CQP".into());
             push("-qp", qp.to_string());
         }
-        (FfmpegCodec::Vaapi, RateControl::Cbr { .. }) => {
+        (FfmpegH264Encoder::Vaapi, RateControl::Cbr { .. }) => {
             push("-rc_mode", "CBR".into());
             rates(&mut push, true);
         }
-        (FfmpegCodec::Vaapi, RateControl::Vbr { .. }) => {
+        (FfmpegH264Encoder::Vaapi, RateControl::Vbr { .. }) => {
             push("-rc_mode", "VBR".into());
             rates(&mut push, true);
         }
-        (FfmpegCodec::Vaapi, _) => {
+        (FfmpegH264Encoder::Vaapi, _) => {
             push("-rc_mode", "CQP".into());
             push("-qp", format!("{}", crf.round().clamp(1.0, 51.0)));
         }
@@ -360,10 +363,10 @@ mod tests {
     #[test]
     fn table_rows_name_what_the_backends_are_given() {
         let codecs = [
-            (3, FfmpegCodec::Nvenc),
-            (4, FfmpegCodec::Qsv),
-            (5, FfmpegCodec::VideoToolbox),
-            (6, FfmpegCodec::Vaapi),
+            (3, FfmpegH264Encoder::Nvenc),
+            (4, FfmpegH264Encoder::Qsv),
+            (5, FfmpegH264Encoder::VideoToolbox),
+            (6, FfmpegH264Encoder::Vaapi),
         ];
         for (config, row) in configs() {
             let row = README_ROWS[row];
@@ -419,7 +422,7 @@ mod tests {
             ),
             (2_500_000, 4_000_000, 3_000_000, 2_700_000)
         );
-        let args = ffmpeg(FfmpegCodec::Libx264, &config).unwrap();
+        let args = ffmpeg(FfmpegH264Encoder::Libx264, &config).unwrap();
         assert_eq!(
             args,
             ["-b:v", "2500000", "-maxrate", "4000000", "-bufsize", "3000000"]

@@ -26,10 +26,9 @@
 //! Per-frame forced keyframes cannot be passed through a raw-video pipe: a frame asking for one
 //! is rejected with [`Error::Unsupported`] (and not counted), so the caller can resend it plain.
 
-mod child;
+pub(crate) mod child;
 pub(crate) mod ts;
 
-pub(crate) use child::run_capped;
 use child::{GroupChild, JOIN_LIMIT};
 
 use std::collections::{BTreeMap, VecDeque};
@@ -43,8 +42,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 
 use crate::encoder::{
-    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, FfmpegCodec, Frame, FrameType, InputGate,
-    RateControl, Tune, VideoEncoder,
+    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, FfmpegH264Encoder, Frame, FrameType,
+    InputGate, RateControl, Tune, VideoEncoder,
 };
 use crate::error::{Error, SubprocessProblem};
 use crate::h264::{first_slice_type, nal_types, parameter_sets};
@@ -59,7 +58,7 @@ const STDERR_LINES: usize = 12;
 #[non_exhaustive]
 pub struct FfmpegOptions {
     /// Which FFmpeg encoder to run.
-    pub codec: FfmpegCodec,
+    pub codec: FfmpegH264Encoder,
     /// The `ffmpeg` binary: a path, or a name looked up on `PATH`.
     pub program: PathBuf,
     /// The longest any single wait on the child may take (a frame written, the end of stream
@@ -72,7 +71,7 @@ pub struct FfmpegOptions {
 impl FfmpegOptions {
     /// `codec` through `ffmpeg` on `PATH`, a 20 s timeout, and `/dev/dri/renderD128` for VA-API.
     #[must_use]
-    pub fn new(codec: FfmpegCodec) -> Self {
+    pub fn new(codec: FfmpegH264Encoder) -> Self {
         FfmpegOptions {
             codec,
             program: PathBuf::from("ffmpeg"),
@@ -108,21 +107,21 @@ fn codec_args(config: &EncoderConfig, options: &FfmpegOptions) -> Result<Vec<Str
         args.push(b);
     };
     match options.codec {
-        FfmpegCodec::Libx264 => {
+        FfmpegH264Encoder::Libx264 => {
             push("-preset", config.preset.name().to_owned());
             if let Some(tune) = config.tune {
                 push("-tune", tune.name().to_owned());
             }
             push("-threads", config.threads.to_string());
         }
-        FfmpegCodec::Nvenc => {
+        FfmpegH264Encoder::Nvenc => {
             push(
                 "-preset",
                 NvencPreset::from_preset(config.preset).to_string(),
             );
             push("-tune", NvencTuning::from_tune(config.tune).to_string());
         }
-        FfmpegCodec::Qsv => {
+        FfmpegH264Encoder::Qsv => {
             let preset = match config.preset.name() {
                 "ultrafast" | "superfast" => "veryfast",
                 "placebo" => "veryslow",
@@ -130,12 +129,12 @@ fn codec_args(config: &EncoderConfig, options: &FfmpegOptions) -> Result<Vec<Str
             };
             push("-preset", preset.to_owned());
         }
-        FfmpegCodec::VideoToolbox => {
+        FfmpegH264Encoder::VideoToolbox => {
             if config.tune == Some(Tune::Zerolatency) {
                 push("-realtime", "1".into());
             }
         }
-        FfmpegCodec::Vaapi => {}
+        FfmpegH264Encoder::Vaapi => {}
     }
     push("-g", config.gop_size.to_string());
     let bframes = if config.tune == Some(Tune::Zerolatency) {
@@ -206,7 +205,7 @@ impl FfmpegEncoder {
         let gate = InputGate::new(kind, config)?;
         let mut cmd = child::command(&options.program);
         cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error"]);
-        if options.codec == FfmpegCodec::Vaapi {
+        if options.codec == FfmpegH264Encoder::Vaapi {
             cmd.arg("-vaapi_device").arg(&options.vaapi_device);
         }
         cmd.args([
@@ -221,7 +220,7 @@ impl FfmpegEncoder {
             &format!("{}/{}", config.frame_rate.num, config.frame_rate.den),
         ])
         .args(["-i", "pipe:0"]);
-        if options.codec == FfmpegCodec::Vaapi {
+        if options.codec == FfmpegH264Encoder::Vaapi {
             cmd.args(["-vf", "format=nv12,hwupload"]);
         }
         cmd.args(["-an", "-c:v", options.codec.ffmpeg_name()])
@@ -731,14 +730,14 @@ mod tests {
             .with_crf(20.0)
             .with_gop_size(30)
             .with_bframes(Some(2));
-        let args = codec_args(&config, &FfmpegOptions::new(FfmpegCodec::Nvenc)).unwrap();
+        let args = codec_args(&config, &FfmpegOptions::new(FfmpegH264Encoder::Nvenc)).unwrap();
         assert_eq!(
             args,
             ["-preset", "p4", "-tune", "hq", "-g", "30", "-bf", "2", "-rc", "vbr", "-cq", "20"]
         );
         let args = codec_args(
             &config.clone().with_tune(Some(Tune::Zerolatency)),
-            &FfmpegOptions::new(FfmpegCodec::Qsv),
+            &FfmpegOptions::new(FfmpegH264Encoder::Qsv),
         )
         .unwrap();
         assert!(args.ends_with(&[
@@ -749,7 +748,7 @@ mod tests {
         ]));
         let qp = config.with_rate_control(crate::RateControl::constant_qp(30));
         assert!(matches!(
-            codec_args(&qp, &FfmpegOptions::new(FfmpegCodec::VideoToolbox)),
+            codec_args(&qp, &FfmpegOptions::new(FfmpegH264Encoder::VideoToolbox)),
             Err(Error::Unsupported { .. })
         ));
     }
