@@ -329,7 +329,7 @@ pub enum Error {
     /// An NVENC call failed. [`NvencError::kind`](crate::nvenc::NvencError::kind) says what it
     /// means: no encode device, likely session limit, invalid parameter, device lost, ...
     #[error(transparent)]
-    Nvenc(#[from] crate::nvenc::NvencError),
+    Nvenc(#[from] crate::nvenc::error::NvencError),
     /// The GPU's NVENC lacks a capability the configuration needs.
     #[error(
         "this GPU's NVENC cannot encode the configured stream: {cap} is {value}, the \

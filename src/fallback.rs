@@ -24,8 +24,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::encoder::{
-    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, RateControl, Tune,
-    VideoEncoder,
+    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, RateControl, VideoEncoder,
 };
 use crate::error::{ConfigError, Error};
 use crate::nvenc::NvencOptions;
@@ -88,10 +87,7 @@ impl std::fmt::Debug for FallbackEncoder {
 /// (none with zero latency or no B-frames; one more than the B-frames otherwise, which covers
 /// B-pyramids; the most any encoder allows when the preset decides).
 fn reorder_depth(config: &EncoderConfig) -> usize {
-    if config.tune == Some(Tune::Zerolatency) {
-        return 0;
-    }
-    match config.bframes {
+    match crate::encoder::mapping::bframes(config) {
         Some(0) => 0,
         Some(b) => b as usize + 1,
         None => EncoderConfig::BFRAMES_MAX as usize + 1,

@@ -20,12 +20,12 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::encoder::{Bitrate, EncoderKind, RateControl, RateControlMode};
+use crate::encoder::{Bitrate, EncoderConfig, EncoderKind, RateControl, RateControlMode};
 use crate::error::ConfigError;
 use crate::error::Error;
+use crate::fallback::FallbackEncoder;
 use crate::nvenc::{NvencOptions, NvencPreset, NvencTuning};
 use crate::ring_buffer::{Consumer, FrameRing, HostStorage, Producer, RingError, MAX_SLOTS};
-use crate::{EncoderConfig, FallbackEncoder};
 
 /// Both ends of a host-memory frame ring.
 pub type HostRing = (Producer<HostStorage>, Consumer<HostStorage>);

@@ -62,7 +62,9 @@ impl X264Encoder {
         // Rate control follows the nominal frame rate, not the caller's timestamps.
         param.b_vfr_input = 0;
         param.i_keyint_max = config.gop_size as c_int;
-        if let Some(bframes) = config.bframes {
+        // Zero latency means no B-frames on every backend (`mapping::bframes`), whatever
+        // `bframes` says; x264's own zerolatency tune agrees.
+        if let Some(bframes) = mapping::bframes(config) {
             param.i_bframe = bframes as c_int;
         }
         apply_rate_control(&mut param, &mapping::x264(config));
