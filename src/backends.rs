@@ -2,7 +2,7 @@
 //! probed, how it is opened, and what a failure to open it means.
 //!
 //! Selection ([`crate::open_backend`], [`crate::open_encoder`]), the fallback chain
-//! ([`crate::fallback`]) and detection ([`crate::detect`]) all read [`BACKENDS`]: adding a
+//! ([`crate::fallback`]) and detection ([`crate::detect`](mod@crate::detect)) all read [`BACKENDS`]: adding a
 //! backend is one entry here.
 //!
 //! # Forcing the list

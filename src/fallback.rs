@@ -8,7 +8,7 @@
 //! is the [backend table](crate::backends)'s: NVENC failures that cannot change while the process
 //! runs (no driver library, driver too old, no encode engine) disable NVENC for the process; a
 //! likely session limit only skips it for this stream. The backends the table marks
-//! `needs_detection` (the ffmpeg-subprocess ones) are tried only where [`crate::detect`] found
+//! `needs_detection` (the ffmpeg-subprocess ones) are tried only where [`crate::detect`](mod@crate::detect) found
 //! them working, since starting ffmpeg proves nothing until a frame has gone through.
 //!
 //! # Failing over mid-stream

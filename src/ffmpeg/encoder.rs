@@ -30,7 +30,7 @@ enum Event {
     Eof { truncated: usize },
 }
 
-/// An FFmpeg encoder in a child process. See the [module docs](self).
+/// An FFmpeg encoder in a child process. See the [module docs](super).
 pub struct FfmpegEncoder {
     config: EncoderConfig,
     options: FfmpegOptions,
@@ -463,7 +463,7 @@ impl VideoEncoder for FfmpegEncoder {
 
 impl Drop for FfmpegEncoder {
     /// Kills ffmpeg's process group if it still runs, reaps it, and ends the pipe threads: each
-    /// wait is bounded (the reap by `SIGKILL`'s delivery, the joins by [`JOIN_LIMIT`]), so a
+    /// wait is bounded (the reap by `SIGKILL`'s delivery, the joins by `child::JOIN_LIMIT`), so a
     /// descendant that escaped the group and holds a pipe cannot block the drop.
     fn drop(&mut self) {
         self.frames_tx = None;

@@ -2,13 +2,13 @@
 //! `h264_vaapi`, `h264_nvenc`, `libx264`) in an `ffmpeg` child process.
 //!
 //! Raw frames go into ffmpeg's stdin from a writer thread; ffmpeg writes MPEG-TS to its stdout,
-//! which a reader thread demuxes into access units with their timestamps ([`ts`]); a third
+//! which a reader thread demuxes into access units with their timestamps (`ts.rs`); a third
 //! thread keeps the last lines of ffmpeg's stderr for error reports. Reading and writing run
 //! concurrently, so neither pipe can fill up and block the other side. Every wait is bounded by
 //! [`FfmpegOptions::timeout`]: a child that hangs is killed and reported, a child that dies or
 //! writes garbage gives a typed error with its last stderr lines, and the child is always reaped.
 //!
-//! Mapping of [`EncoderConfig`] (FFmpeg option names):
+//! Mapping of [`EncoderConfig`](crate::EncoderConfig) (FFmpeg option names):
 //!
 //! | config | libx264 | h264_nvenc | h264_qsv | h264_videotoolbox | h264_vaapi |
 //! |---|---|---|---|---|---|
@@ -24,7 +24,7 @@
 //! [`crate::RateControl`] for every backend; the README's table lists them.
 //!
 //! Per-frame forced keyframes cannot be passed through a raw-video pipe: a frame asking for one
-//! is rejected with [`Error::Unsupported`] (and not counted), so the caller can resend it plain.
+//! is rejected with [`Error::Unsupported`](crate::Error::Unsupported) (and not counted), so the caller can resend it plain.
 
 mod args;
 pub(crate) mod child;
