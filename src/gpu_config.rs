@@ -126,7 +126,8 @@ impl GpuEncoderConfig {
     }
 
     /// Opens the fallback chain these settings describe: `preferred_encoder` first, then every
-    /// available encoder in priority order, NVENC with `nvenc_preset` and `nvenc_tune`, and the
+    /// available encoder in priority order (or the list `NVENC_RS_BACKEND` forces: see
+    /// [`crate::backends`]), NVENC with `nvenc_preset` and `nvenc_tune`, and the
     /// rate control of these settings (if they name one) in place of `config`'s. A running
     /// stream's rates change with [`crate::VideoEncoder::reconfigure`] on the encoder returned.
     ///
