@@ -20,19 +20,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::encoder::{EncoderConfig, EncoderKind, FfmpegCodec, VideoEncoder};
+use crate::backends::{Probe, BACKENDS};
+use crate::encoder::{EncoderConfig, EncoderKind, FfmpegH264Encoder, VideoEncoder};
 use crate::ffmpeg::{FfmpegEncoder, FfmpegOptions};
-use crate::nvenc::NvencCaps;
+use crate::nvenc::{NvencCaps, NvencOptions};
 
-/// Auto-selection's order, best first: the seed's `h264_nvenc` > `h264_qsv` >
-/// `h264_videotoolbox` > (VA-API) > `libx264`.
-pub const PRIORITY: &[EncoderKind] = &[
-    EncoderKind::Nvenc,
-    EncoderKind::Ffmpeg(FfmpegCodec::Qsv),
-    EncoderKind::Ffmpeg(FfmpegCodec::VideoToolbox),
-    EncoderKind::Ffmpeg(FfmpegCodec::Vaapi),
-    EncoderKind::X264,
-];
+/// Auto-selection's order, best first (the backend table's, re-exported here where detection's
+/// report follows it).
+pub use crate::backends::PRIORITY;
 
 /// One encoder and whether it can be used here.
 #[derive(Debug, Clone, Serialize)]
@@ -151,11 +146,12 @@ pub fn detect_with(ffmpeg: &Path) -> DetectionReport {
     let nvidia = nvidia_report();
     let ffmpeg = ffmpeg_report(ffmpeg);
     let mut candidates = Vec::new();
-    for &kind in PRIORITY {
-        let verdict: Result<(), String> = match kind {
-            EncoderKind::Nvenc => nvenc_verdict(&nvidia),
-            EncoderKind::Ffmpeg(codec) => ffmpeg_verdict(&ffmpeg, codec),
-            _ => x264_verdict(),
+    for backend in BACKENDS.iter().filter(|b| b.auto) {
+        let kind = backend.kind;
+        let verdict: Result<(), String> = match backend.probe {
+            Probe::NvencSession => nvenc_verdict(&nvidia),
+            Probe::FfmpegEncode(encoder) => ffmpeg_verdict(&ffmpeg, encoder),
+            Probe::Open => open_verdict(kind),
         };
         match &verdict {
             Ok(()) => tracing::debug!(encoder = %kind, "available"),
@@ -192,7 +188,7 @@ fn nvenc_verdict(nvidia: &NvidiaReport) -> Result<(), String> {
     Err(reasons.join("; "))
 }
 
-fn ffmpeg_verdict(ffmpeg: &FfmpegReport, codec: FfmpegCodec) -> Result<(), String> {
+fn ffmpeg_verdict(ffmpeg: &FfmpegReport, codec: FfmpegH264Encoder) -> Result<(), String> {
     if let Some(e) = &ffmpeg.error {
         return Err(e.clone());
     }
@@ -204,7 +200,7 @@ fn ffmpeg_verdict(ffmpeg: &FfmpegReport, codec: FfmpegCodec) -> Result<(), Strin
 }
 
 /// Encodes one frame with `codec` through ffmpeg, within a time limit.
-fn probe_encode(program: &Path, codec: FfmpegCodec) -> Result<(), String> {
+fn probe_encode(program: &Path, codec: FfmpegH264Encoder) -> Result<(), String> {
     let config = EncoderConfig::new(256, 256);
     let options = FfmpegOptions::new(codec)
         .with_program(program)
@@ -232,8 +228,9 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn x264_verdict() -> Result<(), String> {
-    crate::open_backend(EncoderKind::X264, &EncoderConfig::new(64, 64))
+/// Opens `kind` once at a small size: for the in-process backends that is a full check.
+fn open_verdict(kind: EncoderKind) -> Result<(), String> {
+    crate::backends::open(kind, &EncoderConfig::new(64, 64), &NvencOptions::default())
         .map(drop)
         .map_err(|e| e.to_string())
 }
@@ -311,15 +308,14 @@ fn ffmpeg_report(program: &Path) -> FfmpegReport {
         error: None,
     };
     let run = |args: &[&str]| -> Result<String, String> {
-        crate::ffmpeg::run_capped(program, args, FFMPEG_QUERY_LIMIT, FFMPEG_QUERY_CAP).map_err(
-            |e| {
+        crate::ffmpeg::child::run_capped(program, args, FFMPEG_QUERY_LIMIT, FFMPEG_QUERY_CAP)
+            .map_err(|e| {
                 format!(
                     "ffmpeg backends unavailable: `{} {}` failed: {e}",
                     program.display(),
                     args.join(" ")
                 )
-            },
-        )
+            })
     };
     match run(&["-hide_banner", "-encoders"]) {
         Ok(text) => {

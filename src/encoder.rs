@@ -26,115 +26,19 @@
 //! - [`VideoEncoder::reconfigure`] changes the rate control of a running stream without losing
 //!   a frame, or says [`Error::Unsupported`] and changes nothing; it is never a silent no-op.
 
-mod config;
+pub(crate) mod config;
+pub(crate) mod kind;
 pub(crate) mod mapping;
 
 use std::fmt;
-use std::str::FromStr;
 
 pub use config::{
     Bitrate, Codec, EncoderConfig, FrameLayout, FrameRate, PixelFormat, Plane, Preset, RateControl,
     RateControlMode, Resolution, Tune,
 };
+pub use kind::{EncoderKind, FfmpegH264Encoder};
 
 use crate::error::{ConfigError, Error};
-
-/// The encoder backends this crate knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum EncoderKind {
-    /// NVIDIA NVENC through the driver's `libnvidia-encode`, in process.
-    Nvenc,
-    /// One of FFmpeg's H.264 encoders, in an `ffmpeg` subprocess.
-    Ffmpeg(FfmpegCodec),
-    /// Software libx264, in process.
-    X264,
-}
-
-/// The FFmpeg H.264 encoders the subprocess backend can drive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum FfmpegCodec {
-    /// `h264_nvenc`: NVIDIA NVENC, as a cross-check of the direct backend.
-    Nvenc,
-    /// `h264_qsv`: Intel Quick Sync Video.
-    Qsv,
-    /// `h264_videotoolbox`: Apple VideoToolbox.
-    VideoToolbox,
-    /// `h264_vaapi`: VA-API (Intel, AMD on Linux).
-    Vaapi,
-    /// `libx264`: software; what the subprocess backend is tested with where no GPU is.
-    Libx264,
-}
-
-impl FfmpegCodec {
-    /// FFmpeg's name for the encoder (`-c:v`).
-    #[must_use]
-    pub const fn ffmpeg_name(self) -> &'static str {
-        match self {
-            FfmpegCodec::Nvenc => "h264_nvenc",
-            FfmpegCodec::Qsv => "h264_qsv",
-            FfmpegCodec::VideoToolbox => "h264_videotoolbox",
-            FfmpegCodec::Vaapi => "h264_vaapi",
-            FfmpegCodec::Libx264 => "libx264",
-        }
-    }
-}
-
-impl EncoderKind {
-    /// Every name [`FromStr`] accepts.
-    pub const NAMES: &'static [&'static str] = &[
-        "nvenc",
-        "x264",
-        "ffmpeg-nvenc",
-        "qsv",
-        "videotoolbox",
-        "vaapi",
-        "ffmpeg-x264",
-    ];
-
-    /// The short name used in logs, metrics labels and on the command line.
-    #[must_use]
-    pub const fn name(self) -> &'static str {
-        match self {
-            EncoderKind::Nvenc => "nvenc",
-            EncoderKind::X264 => "x264",
-            EncoderKind::Ffmpeg(FfmpegCodec::Nvenc) => "ffmpeg-nvenc",
-            EncoderKind::Ffmpeg(FfmpegCodec::Qsv) => "qsv",
-            EncoderKind::Ffmpeg(FfmpegCodec::VideoToolbox) => "videotoolbox",
-            EncoderKind::Ffmpeg(FfmpegCodec::Vaapi) => "vaapi",
-            EncoderKind::Ffmpeg(FfmpegCodec::Libx264) => "ffmpeg-x264",
-        }
-    }
-}
-
-impl fmt::Display for EncoderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for EncoderKind {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "nvenc" => Ok(EncoderKind::Nvenc),
-            "x264" => Ok(EncoderKind::X264),
-            "ffmpeg-nvenc" | "h264_nvenc" => Ok(EncoderKind::Ffmpeg(FfmpegCodec::Nvenc)),
-            "qsv" | "h264_qsv" => Ok(EncoderKind::Ffmpeg(FfmpegCodec::Qsv)),
-            "videotoolbox" | "h264_videotoolbox" => {
-                Ok(EncoderKind::Ffmpeg(FfmpegCodec::VideoToolbox))
-            }
-            "vaapi" | "h264_vaapi" => Ok(EncoderKind::Ffmpeg(FfmpegCodec::Vaapi)),
-            "ffmpeg-x264" | "libx264" => Ok(EncoderKind::Ffmpeg(FfmpegCodec::Libx264)),
-            _ => Err(ConfigError::UnknownEncoder {
-                name: s.to_owned(),
-                valid: Self::NAMES,
-            }),
-        }
-    }
-}
 
 /// One raw input frame: tightly packed pixels in the configured format, plus per-frame options.
 #[derive(Debug, Clone, Copy)]
@@ -292,7 +196,7 @@ pub trait VideoEncoder: Send {
         })
     }
 
-    /// Encodes one frame with an automatic timestamp: the seed's `encode_frame`.
+    /// Encodes one frame with an automatic timestamp (the next after the last one given).
     ///
     /// # Errors
     /// As [`VideoEncoder::encode`].

@@ -2,12 +2,14 @@
 //! one if it fails mid-stream.
 //!
 //! # Opening
-//! Candidates are tried in order (the preferred encoder first, then [`crate::detect::PRIORITY`]);
-//! each failure is logged with its reason and kept for [`Error::NoEncoder`]. NVENC failures that
-//! cannot change while the process runs (no driver library, driver too old, no encode engine)
-//! disable NVENC for the process; a likely session limit only skips it for this stream.
-//! The ffmpeg-subprocess backends are tried only where [`crate::detect`] found them working,
-//! since starting ffmpeg proves nothing until a frame has gone through.
+//! Candidates are tried in the order of [`crate::backends::chain_order`] (the preferred encoder
+//! first, then [`crate::backends::PRIORITY`]; or the list forced by `NVENC_RS_BACKEND`); each
+//! failure is logged with its reason and kept for [`Error::NoEncoder`]. What a failure disables
+//! is the [backend table](crate::backends)'s: NVENC failures that cannot change while the process
+//! runs (no driver library, driver too old, no encode engine) disable NVENC for the process; a
+//! likely session limit only skips it for this stream. The backends the table marks
+//! `needs_detection` (the ffmpeg-subprocess ones) are tried only where [`crate::detect`](mod@crate::detect) found
+//! them working, since starting ffmpeg proves nothing until a frame has gone through.
 //!
 //! # Failing over mid-stream
 //! Chunks are handed to the caller only in groups that complete a prefix of the input in display
@@ -20,17 +22,12 @@
 //! (`zerolatency`) nothing is held back.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::encoder::{
-    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, RateControl, Tune,
-    VideoEncoder,
+    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, RateControl, VideoEncoder,
 };
-use crate::error::Error;
-use crate::nvenc::{NvencErrorKind, NvencOptions};
-
-/// Set once NVENC failed in a way that cannot change while the process runs.
-static NVENC_DISABLED: AtomicBool = AtomicBool::new(false);
+use crate::error::{ConfigError, Error};
+use crate::nvenc::NvencOptions;
 
 /// Opens one encoder of a chain.
 pub type Opener = Box<dyn FnMut(&EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> + Send>;
@@ -90,10 +87,7 @@ impl std::fmt::Debug for FallbackEncoder {
 /// (none with zero latency or no B-frames; one more than the B-frames otherwise, which covers
 /// B-pyramids; the most any encoder allows when the preset decides).
 fn reorder_depth(config: &EncoderConfig) -> usize {
-    if config.tune == Some(Tune::Zerolatency) {
-        return 0;
-    }
-    match config.bframes {
+    match crate::encoder::mapping::bframes(config) {
         Some(0) => 0,
         Some(b) => b as usize + 1,
         None => EncoderConfig::BFRAMES_MAX as usize + 1,
@@ -101,26 +95,25 @@ fn reorder_depth(config: &EncoderConfig) -> usize {
 }
 
 /// The default chain: `preferred` first (if any), then every available encoder in
-/// [`crate::detect::PRIORITY`] order.
-#[must_use]
-pub fn default_chain(preferred: Option<EncoderKind>) -> Vec<(EncoderKind, Opener)> {
+/// [`crate::backends::PRIORITY`] order; or the list `NVENC_RS_BACKEND` forces.
+///
+/// # Errors
+/// [`ConfigError::BadBackendList`] when `NVENC_RS_BACKEND` names something that is not a backend.
+pub fn default_chain(
+    preferred: Option<EncoderKind>,
+) -> Result<Vec<(EncoderKind, Opener)>, ConfigError> {
     chain_with(preferred, &NvencOptions::default())
 }
 
 /// [`default_chain`], with `nvenc` for the direct NVENC backend.
-#[must_use]
+///
+/// # Errors
+/// As [`default_chain`].
 pub fn chain_with(
     preferred: Option<EncoderKind>,
     nvenc: &NvencOptions,
-) -> Vec<(EncoderKind, Opener)> {
-    let mut kinds: Vec<EncoderKind> = preferred.into_iter().collect();
-    kinds.extend(
-        crate::detect::PRIORITY
-            .iter()
-            .copied()
-            .filter(|k| Some(*k) != preferred),
-    );
-    kinds
+) -> Result<Vec<(EncoderKind, Opener)>, ConfigError> {
+    Ok(crate::backends::chain_order(preferred)?
         .into_iter()
         .map(|kind| {
             let nvenc = nvenc.clone();
@@ -128,61 +121,30 @@ pub fn chain_with(
                 Box::new(move |config: &EncoderConfig| open_checked(kind, config, &nvenc));
             (kind, opener)
         })
-        .collect()
+        .collect())
 }
 
-/// Opens `kind`, skipping what is known not to work here.
+/// Opens `kind` through the backend table, skipping what is known not to work here.
 fn open_checked(
     kind: EncoderKind,
     config: &EncoderConfig,
     nvenc: &NvencOptions,
 ) -> Result<Box<dyn VideoEncoder>, Error> {
-    match kind {
-        EncoderKind::Nvenc if NVENC_DISABLED.load(Ordering::Relaxed) => Err(Error::Unavailable {
-            backend: kind,
-            reason: "disabled for this process after an earlier permanent failure".into(),
-        }),
-        EncoderKind::Ffmpeg(_) => match crate::detect::detect().candidate(kind) {
-            Some(c) if c.available => crate::open_backend(kind, config),
-            Some(c) => Err(Error::Unavailable {
-                backend: kind,
-                reason: c.reason.clone().unwrap_or_else(|| "not detected".into()),
-            }),
-            None => Err(Error::Unavailable {
-                backend: kind,
-                reason: "not detected".into(),
-            }),
-        },
-        _ => {
-            let result = if kind == EncoderKind::Nvenc {
-                crate::nvenc::open_with(config, nvenc)
-            } else {
-                crate::open_backend(kind, config)
-            };
-            if let Err(e) = &result {
-                if kind == EncoderKind::Nvenc && nvenc_failure_is_permanent(e) {
-                    NVENC_DISABLED.store(true, Ordering::Relaxed);
-                    tracing::info!(error = %e, "NVENC disabled for this process");
-                }
+    let gated = crate::backends::backend(kind).is_some_and(|b| b.needs_detection);
+    if gated {
+        // Detection probes only the backends Auto tries; one it does not (named by the caller or
+        // by NVENC_RS_BACKEND) is opened as asked.
+        match crate::detect::detect().candidate(kind) {
+            Some(c) if !c.available => {
+                return Err(Error::Unavailable {
+                    backend: kind,
+                    reason: c.reason.clone().unwrap_or_else(|| "not detected".into()),
+                })
             }
-            result
+            _ => {}
         }
     }
-}
-
-/// Whether an NVENC error cannot go away while the process runs.
-fn nvenc_failure_is_permanent(e: &Error) -> bool {
-    match e {
-        Error::NvencLoad(_) => true,
-        Error::Nvenc(n) => matches!(
-            n.kind(),
-            NvencErrorKind::NoEncodeDevice | NvencErrorKind::InvalidVersion
-        ),
-        // No driver library, no device: cannot change. (Transient CUDA failures such as an out of
-        // memory come back as `Error::Backend`, which is not permanent.)
-        Error::Unavailable { .. } => true,
-        _ => false,
-    }
+    crate::backends::open_recording(kind, config, nvenc)
 }
 
 /// Whether an error means the encoder is broken (fail over), not that the caller erred.
@@ -201,10 +163,11 @@ impl FallbackEncoder {
     /// Opens the first encoder of [`default_chain`] that works.
     ///
     /// # Errors
-    /// [`Error::Config`] for an invalid configuration; [`Error::NoEncoder`] with every
-    /// candidate's reason when none opens.
+    /// [`Error::Config`] for an invalid configuration, or for an `NVENC_RS_BACKEND` that names
+    /// something that is not a backend; [`Error::NoEncoder`] with every candidate's reason when
+    /// none opens.
     pub fn new(config: &EncoderConfig, preferred: Option<EncoderKind>) -> Result<Self, Error> {
-        Self::with_chain(config, default_chain(preferred))
+        Self::with_chain(config, default_chain(preferred)?)
     }
 
     /// Opens the first encoder of `chain` that works; the rest stay as fallbacks.
@@ -443,7 +406,9 @@ fn open_next(
     config: &EncoderConfig,
     rejected: &mut Vec<(EncoderKind, Box<Error>)>,
 ) -> Result<Box<dyn VideoEncoder>, Error> {
-    config.validate()?;
+    // Each backend validates `config` as it opens (and a configuration error ends the search at
+    // once); only when none opened is it validated here, so that a configuration error is
+    // reported rather than every backend's refusal.
     while let Some((kind, mut open)) = chain.pop_front() {
         match open(config) {
             Ok(encoder) => {
@@ -457,6 +422,7 @@ fn open_next(
             }
         }
     }
+    config.validate()?;
     Err(Error::NoEncoder(std::mem::take(rejected)))
 }
 

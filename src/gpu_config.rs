@@ -1,4 +1,4 @@
-//! [`GpuEncoderConfig`]: the pipeline-level settings of the seed (which encoder to prefer, the
+//! [`GpuEncoderConfig`]: the pipeline-level settings (which encoder to prefer, the
 //! ring buffer, NVENC's preset and tune), as a pipeline keeps them in its configuration file.
 //!
 //! ```
@@ -20,12 +20,12 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::encoder::{Bitrate, EncoderKind, RateControl, RateControlMode};
+use crate::encoder::{Bitrate, EncoderConfig, EncoderKind, RateControl, RateControlMode};
 use crate::error::ConfigError;
 use crate::error::Error;
+use crate::fallback::FallbackEncoder;
 use crate::nvenc::{NvencOptions, NvencPreset, NvencTuning};
 use crate::ring_buffer::{Consumer, FrameRing, HostStorage, Producer, RingError, MAX_SLOTS};
-use crate::{EncoderConfig, FallbackEncoder};
 
 /// Both ends of a host-memory frame ring.
 pub type HostRing = (Producer<HostStorage>, Consumer<HostStorage>);
@@ -126,7 +126,8 @@ impl GpuEncoderConfig {
     }
 
     /// Opens the fallback chain these settings describe: `preferred_encoder` first, then every
-    /// available encoder in priority order, NVENC with `nvenc_preset` and `nvenc_tune`, and the
+    /// available encoder in priority order (or the list `NVENC_RS_BACKEND` forces: see
+    /// [`crate::backends`]), NVENC with `nvenc_preset` and `nvenc_tune`, and the
     /// rate control of these settings (if they name one) in place of `config`'s. A running
     /// stream's rates change with [`crate::VideoEncoder::reconfigure`] on the encoder returned.
     ///
@@ -139,7 +140,7 @@ impl GpuEncoderConfig {
         if let Some(rate) = self.rate()? {
             config.rate_control = rate;
         }
-        let chain = crate::fallback::chain_with(self.preferred_encoder, &self.nvenc_options());
+        let chain = crate::fallback::chain_with(self.preferred_encoder, &self.nvenc_options())?;
         FallbackEncoder::with_chain(&config, chain)
     }
 

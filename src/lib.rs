@@ -10,6 +10,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod backends;
 pub mod detect;
 pub mod encoder;
 pub mod error;
@@ -22,6 +23,9 @@ pub mod nvenc;
 pub mod ring_buffer;
 mod select;
 pub mod sink;
+/// Not part of the stable API: a synthetic test pattern for this crate's tests, examples and
+/// benchmarks (hidden from the documentation).
+#[doc(hidden)]
 pub mod testsrc;
 #[cfg(feature = "x264")]
 pub mod x264;
@@ -35,13 +39,16 @@ pub mod fuzzing {
 
 pub use detect::{detect, detect_available_encoders, DetectionReport};
 pub use encoder::{
-    Bitrate, Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegCodec, Frame, FrameRate,
+    Bitrate, Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegH264Encoder, Frame, FrameRate,
     FrameType, PixelFormat, Preset, RateControl, RateControlMode, Resolution, Tune, VideoEncoder,
 };
 pub use error::{ConfigError, Error, SubprocessProblem};
 pub use fallback::FallbackEncoder;
+pub use ffmpeg::{FfmpegEncoder, FfmpegOptions};
 pub use gpu_config::{GpuEncoderConfig, HostRing};
+pub use nvenc::{NvencEncoder, NvencOptions, NvencPreset, NvencTuning};
 pub use nvenc_sys::LoadError;
 pub use select::{open_backend, open_encoder, EncoderChoice};
+// Every backend's encoder type is at the root (x264's only where it is built).
 #[cfg(feature = "x264")]
 pub use x264::X264Encoder;

@@ -1,9 +1,14 @@
 //! Choosing and opening a backend.
 
 use crate::encoder::{EncoderConfig, EncoderKind, VideoEncoder};
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
+use crate::fallback::FallbackEncoder;
+use crate::nvenc::NvencOptions;
 
 /// Which backend [`open_encoder`] should open.
+///
+/// With [`EncoderChoice::Auto`] the order can be forced by the environment variable
+/// `NVENC_RS_BACKEND` (see [`crate::backends`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum EncoderChoice {
@@ -30,26 +35,24 @@ impl EncoderChoice {
 }
 
 impl std::str::FromStr for EncoderChoice {
-    type Err = crate::ConfigError;
+    type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.eq_ignore_ascii_case("auto") {
             Ok(EncoderChoice::Auto)
         } else {
             s.parse().map(EncoderChoice::Only).map_err(|e| match e {
-                crate::ConfigError::UnknownEncoder { name, .. } => {
-                    crate::ConfigError::UnknownEncoder {
-                        name,
-                        valid: EncoderChoice::NAMES,
-                    }
-                }
+                ConfigError::UnknownEncoder { name, .. } => ConfigError::UnknownEncoder {
+                    name,
+                    valid: EncoderChoice::NAMES,
+                },
                 other => other,
             })
         }
     }
 }
 
-/// Opens one backend.
+/// Opens one backend, through its entry of the [backend table](crate::backends).
 ///
 /// # Errors
 /// [`Error::Config`] for an invalid configuration, [`Error::Unavailable`] when the backend cannot
@@ -58,37 +61,11 @@ pub fn open_backend(
     kind: EncoderKind,
     config: &EncoderConfig,
 ) -> Result<Box<dyn VideoEncoder>, Error> {
-    match kind {
-        EncoderKind::X264 => open_x264(config),
-        EncoderKind::Nvenc => crate::nvenc::open(config),
-        EncoderKind::Ffmpeg(codec) => Ok(Box::new(crate::ffmpeg::FfmpegEncoder::new(
-            config,
-            &crate::ffmpeg::FfmpegOptions::new(codec),
-        )?)),
-    }
-}
-
-#[cfg(feature = "x264")]
-fn open_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
-    Ok(Box::new(crate::x264::X264Encoder::new(config)?))
-}
-
-/// Why x264 cannot be opened in a build without the `x264` feature.
-#[cfg(not(feature = "x264"))]
-const X264_NOT_BUILT: &str =
-    "this build of the nvenc crate has no in-process x264: it was compiled without its `x264` \
-     feature (which links libx264, GPL-2.0-or-later); enable the feature, or use ffmpeg-x264";
-
-#[cfg(not(feature = "x264"))]
-fn open_x264(_config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
-    Err(Error::Unavailable {
-        backend: EncoderKind::X264,
-        reason: X264_NOT_BUILT.into(),
-    })
+    crate::backends::open(kind, config, &NvencOptions::default())
 }
 
 /// Opens an encoder: exactly the one named, or with [`EncoderChoice::Auto`] a
-/// [`FallbackEncoder`](crate::FallbackEncoder) over every encoder available here, best first
+/// [`FallbackEncoder`] over every encoder available here, best first
 /// (see [`crate::fallback`]): it keeps each rejected backend's reason, and fails over to the next
 /// backend if the one encoding fails mid-stream.
 ///
@@ -99,10 +76,11 @@ pub fn open_encoder(
     choice: EncoderChoice,
     config: &EncoderConfig,
 ) -> Result<Box<dyn VideoEncoder>, Error> {
-    config.validate()?;
+    // Each backend validates `config` where it goes live (its input gate); the fallback chain
+    // reports a configuration error in preference to "no encoder".
     match choice {
         EncoderChoice::Only(kind) => open_backend(kind, config),
-        EncoderChoice::Auto => Ok(Box::new(crate::FallbackEncoder::new(config, None)?)),
+        EncoderChoice::Auto => Ok(Box::new(FallbackEncoder::new(config, None)?)),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Detection on a machine with no GPU (CI): every hardware encoder is reported unavailable with
 //! its reason, and x264 is chosen.
 
-use nvenc::{EncoderKind, FfmpegCodec};
+use nvenc::{EncoderKind, FfmpegH264Encoder};
 
 fn has_nvidia_driver() -> bool {
     std::path::Path::new("/proc/driver/nvidia").exists()
@@ -20,9 +20,9 @@ fn without_gpu_only_software_is_available_and_every_rejection_has_a_reason() {
     );
     for kind in [
         EncoderKind::Nvenc,
-        EncoderKind::Ffmpeg(FfmpegCodec::Qsv),
-        EncoderKind::Ffmpeg(FfmpegCodec::VideoToolbox),
-        EncoderKind::Ffmpeg(FfmpegCodec::Vaapi),
+        EncoderKind::Ffmpeg(FfmpegH264Encoder::Qsv),
+        EncoderKind::Ffmpeg(FfmpegH264Encoder::VideoToolbox),
+        EncoderKind::Ffmpeg(FfmpegH264Encoder::Vaapi),
     ] {
         let c = report.candidate(kind).expect("listed");
         assert!(
@@ -40,7 +40,7 @@ fn without_gpu_only_software_is_available_and_every_rejection_has_a_reason() {
     // Debian's ffmpeg lists h264_qsv; the probe encode must be what rejects it.
     if report.ffmpeg.encoders.iter().any(|e| e == "h264_qsv") {
         let qsv = report
-            .candidate(EncoderKind::Ffmpeg(FfmpegCodec::Qsv))
+            .candidate(EncoderKind::Ffmpeg(FfmpegH264Encoder::Qsv))
             .and_then(|c| c.reason.clone());
         assert!(!qsv.unwrap_or_default().contains("does not list"));
     }
@@ -78,9 +78,9 @@ fn ffmpeg_backends_rejected(report: &nvenc::DetectionReport, needle: &str) {
         "ffmpeg error {error:?} should say {needle:?}"
     );
     for kind in [
-        EncoderKind::Ffmpeg(FfmpegCodec::Qsv),
-        EncoderKind::Ffmpeg(FfmpegCodec::VideoToolbox),
-        EncoderKind::Ffmpeg(FfmpegCodec::Vaapi),
+        EncoderKind::Ffmpeg(FfmpegH264Encoder::Qsv),
+        EncoderKind::Ffmpeg(FfmpegH264Encoder::VideoToolbox),
+        EncoderKind::Ffmpeg(FfmpegH264Encoder::Vaapi),
     ] {
         let c = report.candidate(kind).expect("listed");
         assert!(!c.available);

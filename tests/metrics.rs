@@ -27,7 +27,7 @@ use nvenc::metrics::{
 };
 use nvenc::ring_buffer::{FrameMeta, FrameRing, ReserveError};
 use nvenc::{
-    EncodedChunk, EncoderConfig, EncoderKind, FallbackEncoder, FfmpegCodec, Frame, Tune,
+    EncodedChunk, EncoderConfig, EncoderKind, FallbackEncoder, FfmpegH264Encoder, Frame, Tune,
     VideoEncoder, X264Encoder,
 };
 use nvenc_emu_harness::{in_child, EmuDriver};
@@ -270,14 +270,14 @@ fn failover_moves_the_label_and_counts_the_switch() {
     let pid = Arc::new(AtomicU32::new(0));
     let pid_in = Arc::clone(&pid);
     let ffmpeg: Opener = Box::new(move |c: &EncoderConfig| {
-        let e = FfmpegEncoder::new(c, &FfmpegOptions::new(FfmpegCodec::Libx264))?;
+        let e = FfmpegEncoder::new(c, &FfmpegOptions::new(FfmpegH264Encoder::Libx264))?;
         pid_in.store(e.pid(), Ordering::SeqCst);
         Ok(Box::new(e) as Box<dyn VideoEncoder>)
     });
     let x264: Opener =
         Box::new(|c: &EncoderConfig| Ok(Box::new(X264Encoder::new(c)?) as Box<dyn VideoEncoder>));
     let chain = vec![
-        (EncoderKind::Ffmpeg(FfmpegCodec::Libx264), ffmpeg),
+        (EncoderKind::Ffmpeg(FfmpegH264Encoder::Libx264), ffmpeg),
         (EncoderKind::X264, x264),
     ];
     let input = common::clip(&config, 40);

@@ -948,7 +948,7 @@ fn child_hung_lock_fallback() {
     let config = fault_config();
     let input = common::clip(&config, 60);
     let options = NvencOptions::default().with_call_timeout(HANG_DEADLINE);
-    let chain = nvenc::fallback::chain_with(None, &options);
+    let chain = nvenc::fallback::chain_with(None, &options).expect("chain");
     let mut encoder = FallbackEncoder::with_chain(&config, chain).expect("open");
     assert_eq!(encoder.current_kind(), EncoderKind::Nvenc);
     let chunks = common::encode_all(&mut encoder, &input);

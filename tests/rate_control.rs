@@ -15,7 +15,7 @@ use nvenc::nvenc::NvencEncoder;
 use nvenc::testsrc::TestPattern;
 use nvenc::{
     Bitrate, ConfigError, EncodedChunk, EncoderConfig, EncoderKind, Error, FallbackEncoder,
-    FfmpegCodec, FrameType, Preset, RateControl, Tune, VideoEncoder, X264Encoder,
+    FfmpegH264Encoder, FrameType, Preset, RateControl, Tune, VideoEncoder, X264Encoder,
 };
 use nvenc_emu_harness::EmuDriver;
 
@@ -32,7 +32,7 @@ fn open_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
 fn open_ffmpeg_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
     Ok(Box::new(FfmpegEncoder::new(
         config,
-        &FfmpegOptions::new(FfmpegCodec::Libx264),
+        &FfmpegOptions::new(FfmpegH264Encoder::Libx264),
     )?))
 }
 
@@ -301,7 +301,7 @@ fn open_ffmpeg_nvenc(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Er
     );
     Ok(Box::new(FfmpegEncoder::new(
         config,
-        &FfmpegOptions::new(FfmpegCodec::Nvenc),
+        &FfmpegOptions::new(FfmpegH264Encoder::Nvenc),
     )?))
 }
 

@@ -3,8 +3,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::error::ConfigError;
-
 /// The video codec an encoder produces.
 ///
 /// Only H.264 exists today; the enum is `#[non_exhaustive]` so HEVC or AV1 can join without a
@@ -997,6 +995,263 @@ impl EncoderConfig {
         }
         Ok(frame_len)
     }
+}
+
+/// The even number next to `v`: up, or down at `u32::MAX`.
+fn nearest_even(v: u32) -> u32 {
+    if v % 2 == 0 {
+        v
+    } else {
+        v.checked_add(1).unwrap_or(v - 1)
+    }
+}
+
+/// A configuration value that no encoder accepts. Each variant names the bad value and what would
+/// be valid.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A zero width or height.
+    #[error("invalid resolution {width}x{height}: width and height must be at least 2")]
+    ZeroResolution {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+    },
+    /// An odd width or height for a 4:2:0 format.
+    #[error(
+        "invalid resolution {width}x{height} for {format}: 4:2:0 formats need an even width and \
+         height (try {}x{})",
+        nearest_even(*width),
+        nearest_even(*height)
+    )]
+    OddResolution {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+        /// The 4:2:0 format.
+        format: PixelFormat,
+    },
+    /// A side larger than any backend accepts.
+    #[error("invalid resolution {width}x{height}: width and height must be at most {max}")]
+    ResolutionTooLarge {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+        /// Largest accepted side.
+        max: u32,
+    },
+    /// A frame whose byte count does not fit in memory.
+    #[error("a {width}x{height} {format} frame is too large: its byte count overflows usize")]
+    FrameSizeOverflow {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+        /// The pixel format.
+        format: PixelFormat,
+    },
+    /// Text that is not `WIDTHxHEIGHT`.
+    #[error("invalid size {text:?}: expected WIDTHxHEIGHT, e.g. 1920x1080")]
+    BadResolutionSyntax {
+        /// The text given.
+        text: String,
+    },
+    /// A zero numerator or denominator.
+    #[error("invalid frame rate {num}/{den}: numerator and denominator must both be at least 1")]
+    InvalidFrameRate {
+        /// Numerator.
+        num: u32,
+        /// Denominator.
+        den: u32,
+    },
+    /// Text that is not a frame rate.
+    #[error("invalid frame rate {text:?}: expected e.g. 30, 29.97 or 30000/1001")]
+    BadFrameRateSyntax {
+        /// The text given.
+        text: String,
+    },
+    /// CRF outside its range (or NaN).
+    #[error("crf {crf} is out of range: expected {min} to {max} (lower is better quality)")]
+    CrfOutOfRange {
+        /// Requested CRF.
+        crf: f32,
+        /// Lowest accepted.
+        min: f32,
+        /// Highest accepted.
+        max: f32,
+    },
+    /// GOP size zero or too large.
+    #[error("gop size {gop_size} is out of range: expected 1 to {max} frames")]
+    GopSizeOutOfRange {
+        /// Requested GOP size.
+        gop_size: u32,
+        /// Largest accepted.
+        max: u32,
+    },
+    /// Too many consecutive B-frames.
+    #[error("{bframes} B-frames is out of range: expected 0 to {max}")]
+    BframesOutOfRange {
+        /// Requested B-frames.
+        bframes: u32,
+        /// Largest accepted.
+        max: u32,
+    },
+    /// Too many threads.
+    #[error("{threads} threads is out of range: expected 0 (automatic) to {max}")]
+    ThreadsOutOfRange {
+        /// Requested threads.
+        threads: u32,
+        /// Largest accepted.
+        max: u32,
+    },
+    /// An unknown codec name.
+    #[error("unknown codec {name:?}: expected one of {}", valid.join(", "))]
+    UnknownCodec {
+        /// The name given.
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
+    /// An unknown preset name.
+    #[error("unknown preset {name:?}: expected one of {}", valid.join(", "))]
+    UnknownPreset {
+        /// The name given.
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
+    /// An unknown tune name.
+    #[error("unknown tune {name:?}: expected one of {}", valid.join(", "))]
+    UnknownTune {
+        /// The name given.
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
+    /// An unknown pixel-format name.
+    #[error("unknown pixel format {name:?}: expected one of {}", valid.join(", "))]
+    UnknownPixelFormat {
+        /// The name given.
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
+    /// An NVENC output delay out of range.
+    #[error("NVENC output delay {frames} is out of range: expected 0 to {max} frames")]
+    OutputDelayOutOfRange {
+        /// Requested frames.
+        frames: u32,
+        /// Largest accepted.
+        max: u32,
+    },
+    /// A ring buffer size out of range.
+    #[error("ring buffer size {frames} is out of range: expected 1 to {max} frames")]
+    RingSizeOutOfRange {
+        /// Requested frames.
+        frames: usize,
+        /// Largest accepted.
+        max: usize,
+    },
+    /// An unknown encoder name.
+    #[error("unknown encoder {name:?}: expected one of {}", valid.join(", "))]
+    UnknownEncoder {
+        /// The name given.
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
+    /// A backend list (the `NVENC_RS_BACKEND` environment variable) naming something that is
+    /// not a backend, or nothing at all.
+    #[error(
+        "{variable}={value:?} names {name:?}, which is not a backend: expected a comma-separated \
+         list of {}",
+        valid.join(", ")
+    )]
+    BadBackendList {
+        /// The environment variable read.
+        variable: &'static str,
+        /// Its whole value.
+        value: String,
+        /// The first name that is not a backend (empty for an empty list).
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
+    /// Text that is not a bit rate.
+    #[error("invalid bit rate {text:?}: expected e.g. 2M, 2.5M, 2500k or 2000000 (bits/s)")]
+    BadBitrateSyntax {
+        /// The text given.
+        text: String,
+    },
+    /// A bit rate outside what every backend accepts.
+    #[error("{what} {bps} bit/s is out of range: expected {min} to {max} bit/s")]
+    BitrateOutOfRange {
+        /// Which rate (`bitrate`, `max bitrate`).
+        what: &'static str,
+        /// The rate given, in bits per second.
+        bps: u64,
+        /// Lowest accepted.
+        min: u64,
+        /// Highest accepted.
+        max: u64,
+    },
+    /// A VBR maximum below its target.
+    #[error(
+        "max bitrate {max_bps} bit/s is below the target bitrate {target_bps} bit/s: the \
+         maximum must be at least the target"
+    )]
+    MaxBitrateBelowTarget {
+        /// The maximum given.
+        max_bps: u64,
+        /// The target given.
+        target_bps: u64,
+    },
+    /// A VBV buffer size out of range.
+    #[error("VBV buffer of {bits} bits is out of range: expected {min} to {max} bits")]
+    VbvBufferOutOfRange {
+        /// The size given, in bits.
+        bits: u64,
+        /// Smallest accepted.
+        min: u64,
+        /// Largest accepted.
+        max: u64,
+    },
+    /// A constant QP out of range.
+    #[error("QP {qp} is out of range: expected 0 to {max}")]
+    QpOutOfRange {
+        /// The QP given.
+        qp: u32,
+        /// Largest accepted.
+        max: u8,
+    },
+    /// An unknown rate-control mode name.
+    #[error("unknown rate control {name:?}: expected one of {}", valid.join(", "))]
+    UnknownRateControl {
+        /// The name given.
+        name: String,
+        /// Accepted names.
+        valid: &'static [&'static str],
+    },
+    /// A rate-control mode without a value it needs.
+    #[error("rate control {mode} needs a {value}")]
+    RateControlMissingValue {
+        /// The mode.
+        mode: RateControlMode,
+        /// What is missing (`bitrate`, `maxrate`, `qp`).
+        value: &'static str,
+    },
+    /// A value that the chosen rate-control mode does not use (refused rather than ignored).
+    #[error("rate control {mode} does not use a {value}: remove it or choose another mode")]
+    RateControlExtraValue {
+        /// The mode.
+        mode: RateControlMode,
+        /// The value given (`bitrate`, `maxrate`, `bufsize`, `qp`).
+        value: &'static str,
+    },
 }
 
 #[cfg(test)]

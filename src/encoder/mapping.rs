@@ -1,14 +1,106 @@
-//! The one place where the neutral rate control ([`RateControl`], with
-//! [`EncoderConfig::crf`] for constant quality) becomes each backend's own terms. The x264
-//! backend, the direct NVENC backend and the ffmpeg subprocess backends all read it from here, and
-//! [`README_ROWS`] (the rows of the README's mapping table) is checked against it by the tests
-//! below, so the documentation cannot drift from what the code does.
+//! The one place where the neutral settings become each backend's own terms: the preset, the
+//! tune (and "zerolatency means no B-frames"), the CRF, and the rate control ([`RateControl`],
+//! with [`EncoderConfig::crf`] for constant quality). The x264 backend, the direct NVENC backend
+//! and the ffmpeg subprocess backends all read them from here, and [`README_ROWS`] (the rows of
+//! the README's mapping table) is checked against them by the tests below, so the documentation
+//! cannot drift from what the code does.
 
-use crate::encoder::{EncoderConfig, EncoderKind, FfmpegCodec, RateControl};
+use crate::encoder::{EncoderConfig, EncoderKind, FfmpegH264Encoder, Preset, RateControl, Tune};
 use crate::error::Error;
 
-/// `targetQuality` for a CRF: NVENC's constant-quality scale is the same 0-51 QP-like scale, and
-/// 0 means "automatic", so the target is clamped to 1..=51.
+/// Whether the configuration asks for no reordering and no delay: the `zerolatency` tune. Every
+/// backend then encodes without B-frames (whatever [`EncoderConfig::bframes`] says), and NVENC
+/// reads each frame's bitstream back in the call that submitted it.
+pub(crate) fn zero_latency(config: &EncoderConfig) -> bool {
+    config.tune == Some(Tune::Zerolatency)
+}
+
+/// The B-frames to ask for: none with zero latency, otherwise [`EncoderConfig::bframes`]
+/// (`None` keeps the backend's or preset's own).
+pub(crate) fn bframes(config: &EncoderConfig) -> Option<u32> {
+    if zero_latency(config) {
+        Some(0)
+    } else {
+        config.bframes
+    }
+}
+
+/// The number of NVENC's preset `P1`..`P7` nearest to an x264-named preset (README table, column
+/// "NVENC"): ultrafast P1; superfast, veryfast P2; faster, fast P3; medium P4; slow P5; slower
+/// P6; veryslow, placebo P7.
+pub(crate) fn nvenc_preset_number(preset: Preset) -> u8 {
+    match preset {
+        Preset::Ultrafast => 1,
+        Preset::Superfast | Preset::Veryfast => 2,
+        Preset::Faster | Preset::Fast => 3,
+        Preset::Medium => 4,
+        Preset::Slow => 5,
+        Preset::Slower => 6,
+        _ => 7,
+    }
+}
+
+/// NVENC's tuning for an x264-named tune, by FFmpeg's `h264_nvenc` name: `ull` (ultra-low
+/// latency) for zerolatency, `ll` (low latency) for fastdecode, `hq` (high quality) otherwise.
+pub(crate) fn nvenc_tuning_name(tune: Option<Tune>) -> &'static str {
+    match tune {
+        Some(Tune::Zerolatency) => "ull",
+        Some(Tune::Fastdecode) => "ll",
+        _ => "hq",
+    }
+}
+
+/// `h264_qsv`'s preset: the same name, within its range veryfast..veryslow.
+fn qsv_preset(preset: Preset) -> &'static str {
+    match preset {
+        Preset::Ultrafast | Preset::Superfast => "veryfast",
+        Preset::Placebo => "veryslow",
+        other => other.name(),
+    }
+}
+
+/// FFmpeg's preset, tune and GOP options for `encoder` (README table, the ffmpeg columns): the
+/// arguments after `-c:v <encoder>` that come before the rate control ([`ffmpeg`]).
+pub(crate) fn ffmpeg_tuning(encoder: FfmpegH264Encoder, config: &EncoderConfig) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |a: &str, b: String| {
+        args.push(a.to_owned());
+        args.push(b);
+    };
+    match encoder {
+        FfmpegH264Encoder::Libx264 => {
+            push("-preset", config.preset.name().to_owned());
+            if let Some(tune) = config.tune {
+                push("-tune", tune.name().to_owned());
+            }
+            push("-threads", config.threads.to_string());
+        }
+        FfmpegH264Encoder::Nvenc => {
+            push(
+                "-preset",
+                format!("p{}", nvenc_preset_number(config.preset)),
+            );
+            push("-tune", nvenc_tuning_name(config.tune).to_owned());
+        }
+        FfmpegH264Encoder::Qsv => push("-preset", qsv_preset(config.preset).to_owned()),
+        FfmpegH264Encoder::VideoToolbox => {
+            if zero_latency(config) {
+                push("-realtime", "1".into());
+            }
+        }
+        FfmpegH264Encoder::Vaapi => {}
+    }
+    push("-g", config.gop_size.to_string());
+    if let Some(b) = bframes(config) {
+        push("-bf", b.to_string());
+    }
+    args
+}
+
+/// The 1..=51 quality for a CRF, for every backend without a CRF of its own: NVENC's
+/// `targetQuality` (its constant-quality scale is the same 0-51 QP-like scale, and 0 means
+/// "automatic", hence the floor of 1), `h264_nvenc`'s `-cq`, `h264_qsv`'s `-global_quality` and
+/// `h264_vaapi`'s `-qp`.
 pub(crate) fn target_quality(crf: f32) -> u8 {
     crf.round().clamp(1.0, 51.0) as u8
 }
@@ -180,7 +272,10 @@ pub(crate) fn nvenc(config: &EncoderConfig) -> NvencRc {
 ///
 /// # Errors
 /// [`Error::Unsupported`] for constant QP on `h264_videotoolbox`, which has none.
-pub(crate) fn ffmpeg(codec: FfmpegCodec, config: &EncoderConfig) -> Result<Vec<String>, Error> {
+pub(crate) fn ffmpeg(
+    codec: FfmpegH264Encoder,
+    config: &EncoderConfig,
+) -> Result<Vec<String>, Error> {
     let rc = config.rate_control;
     let crf = config.crf;
     let mut args: Vec<String> = Vec::new();
@@ -200,66 +295,63 @@ pub(crate) fn ffmpeg(codec: FfmpegCodec, config: &EncoderConfig) -> Result<Vec<S
         }
     };
     match (codec, rc) {
-        (FfmpegCodec::Libx264, RateControl::ConstantQp { qp }) => push("-qp", qp.to_string()),
-        (FfmpegCodec::Libx264, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+        (FfmpegH264Encoder::Libx264, RateControl::ConstantQp { qp }) => push("-qp", qp.to_string()),
+        (FfmpegH264Encoder::Libx264, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
             rates(&mut push, true)
         }
-        (FfmpegCodec::Libx264, _) => push("-crf", format!("{crf}")),
-        (FfmpegCodec::Nvenc, RateControl::ConstantQp { qp }) => {
+        (FfmpegH264Encoder::Libx264, _) => push("-crf", format!("{crf}")),
+        (FfmpegH264Encoder::Nvenc, RateControl::ConstantQp { qp }) => {
             push("-rc", "constqp".into());
             push("-qp", qp.to_string());
         }
-        (FfmpegCodec::Nvenc, RateControl::Cbr { .. }) => {
+        (FfmpegH264Encoder::Nvenc, RateControl::Cbr { .. }) => {
             push("-rc", "cbr".into());
             rates(&mut push, true);
         }
-        (FfmpegCodec::Nvenc, RateControl::Vbr { .. }) => {
+        (FfmpegH264Encoder::Nvenc, RateControl::Vbr { .. }) => {
             push("-rc", "vbr".into());
             rates(&mut push, true);
         }
-        (FfmpegCodec::Nvenc, _) => {
+        (FfmpegH264Encoder::Nvenc, _) => {
             push("-rc", "vbr".into());
             push("-cq", format!("{}", target_quality(crf)));
         }
         // FFmpeg's QSV wrapper picks CQP with the qscale flag (-q:v), CBR when the maximum equals
         // the target and VBR when it is higher.
-        (FfmpegCodec::Qsv, RateControl::ConstantQp { qp }) => push("-q:v", qp.to_string()),
-        (FfmpegCodec::Qsv, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+        (FfmpegH264Encoder::Qsv, RateControl::ConstantQp { qp }) => push("-q:v", qp.to_string()),
+        (FfmpegH264Encoder::Qsv, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
             rates(&mut push, true)
         }
-        (FfmpegCodec::Qsv, _) => push(
-            "-global_quality",
-            format!("{}", crf.round().clamp(1.0, 51.0)),
-        ),
-        (FfmpegCodec::VideoToolbox, RateControl::ConstantQp { .. }) => {
+        (FfmpegH264Encoder::Qsv, _) => push("-global_quality", target_quality(crf).to_string()),
+        (FfmpegH264Encoder::VideoToolbox, RateControl::ConstantQp { .. }) => {
             return Err(Error::Unsupported {
                 backend: EncoderKind::Ffmpeg(codec),
                 feature: "constant QP (VideoToolbox has no constant-QP mode)",
             })
         }
         // VideoToolbox limits the data rate over one second; it takes no buffer size.
-        (FfmpegCodec::VideoToolbox, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+        (FfmpegH264Encoder::VideoToolbox, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
             rates(&mut push, false)
         }
-        (FfmpegCodec::VideoToolbox, _) => push(
+        (FfmpegH264Encoder::VideoToolbox, _) => push(
             "-q:v",
             format!("{}", (100.0 - 2.0 * crf).round().clamp(1.0, 100.0)),
         ),
-        (FfmpegCodec::Vaapi, RateControl::ConstantQp { qp }) => {
+        (FfmpegH264Encoder::Vaapi, RateControl::ConstantQp { qp }) => {
             push("-rc_mode", "CQP".into());
             push("-qp", qp.to_string());
         }
-        (FfmpegCodec::Vaapi, RateControl::Cbr { .. }) => {
+        (FfmpegH264Encoder::Vaapi, RateControl::Cbr { .. }) => {
             push("-rc_mode", "CBR".into());
             rates(&mut push, true);
         }
-        (FfmpegCodec::Vaapi, RateControl::Vbr { .. }) => {
+        (FfmpegH264Encoder::Vaapi, RateControl::Vbr { .. }) => {
             push("-rc_mode", "VBR".into());
             rates(&mut push, true);
         }
-        (FfmpegCodec::Vaapi, _) => {
+        (FfmpegH264Encoder::Vaapi, _) => {
             push("-rc_mode", "CQP".into());
-            push("-qp", format!("{}", crf.round().clamp(1.0, 51.0)));
+            push("-qp", target_quality(crf).to_string());
         }
     }
     Ok(args)
@@ -308,6 +400,49 @@ pub(crate) const README_ROWS: &[[&str; 7]] = &[
     ],
 ];
 
+/// The preset, tune and CRF rows of the README's mapping table, cell by cell (columns as in
+/// [`README_ROWS`]), checked against [`nvenc_preset_number`], [`nvenc_tuning_name`],
+/// [`ffmpeg_tuning`] and [`ffmpeg`] below.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) const README_NEUTRAL_ROWS: &[[&str; 7]] = &[
+    [
+        "`preset` ultrafast / superfast, veryfast / faster, fast / medium / slow / slower / veryslow, placebo",
+        "same name",
+        "P1 / P2 / P3 / P4 / P5 / P6 / P7",
+        "same as NVENC",
+        "same name (ultrafast, superfast → veryfast; placebo → veryslow)",
+        "none",
+        "none",
+    ],
+    [
+        "`tune` zerolatency",
+        "`zerolatency`",
+        "ultra-low-latency tuning, no B-frames",
+        "`-tune ull`, `-bf 0`",
+        "`-bf 0`",
+        "`-realtime 1`, `-bf 0`",
+        "`-bf 0`",
+    ],
+    [
+        "`tune` fastdecode / others",
+        "same name",
+        "low-latency / high-quality tuning",
+        "`-tune ll` / `hq`",
+        "none",
+        "none",
+        "none",
+    ],
+    [
+        "`crf` c (0-51)",
+        "`--crf c`",
+        "constant-quality VBR, `targetQuality = round(c)` in 1..=51",
+        "`-rc vbr -cq round(c)`",
+        "`-global_quality` (ICQ)",
+        "`-q:v 100 - 2c`",
+        "`-rc_mode CQP -qp round(c)`",
+    ],
+];
+
 /// A row of [`README_ROWS`] as a Markdown table row.
 #[cfg(test)]
 fn render(row: &[&str; 7]) -> String {
@@ -317,7 +452,7 @@ fn render(row: &[&str; 7]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encoder::{Bitrate, EncoderConfig};
+    use crate::encoder::{Bitrate, EncoderConfig, Preset, Tune};
 
     fn configs() -> [(EncoderConfig, usize); 3] {
         let base = EncoderConfig::new(64, 64);
@@ -348,7 +483,7 @@ mod tests {
     #[test]
     fn readme_has_every_row_of_the_mapping_table() {
         let readme = include_str!("../../README.md");
-        for row in README_ROWS {
+        for row in README_ROWS.iter().chain(README_NEUTRAL_ROWS) {
             let line = render(row);
             assert!(
                 readme.lines().any(|l| l.trim() == line),
@@ -360,10 +495,10 @@ mod tests {
     #[test]
     fn table_rows_name_what_the_backends_are_given() {
         let codecs = [
-            (3, FfmpegCodec::Nvenc),
-            (4, FfmpegCodec::Qsv),
-            (5, FfmpegCodec::VideoToolbox),
-            (6, FfmpegCodec::Vaapi),
+            (3, FfmpegH264Encoder::Nvenc),
+            (4, FfmpegH264Encoder::Qsv),
+            (5, FfmpegH264Encoder::VideoToolbox),
+            (6, FfmpegH264Encoder::Vaapi),
         ];
         for (config, row) in configs() {
             let row = README_ROWS[row];
@@ -419,7 +554,7 @@ mod tests {
             ),
             (2_500_000, 4_000_000, 3_000_000, 2_700_000)
         );
-        let args = ffmpeg(FfmpegCodec::Libx264, &config).unwrap();
+        let args = ffmpeg(FfmpegH264Encoder::Libx264, &config).unwrap();
         assert_eq!(
             args,
             ["-b:v", "2500000", "-maxrate", "4000000", "-bufsize", "3000000"]
@@ -434,5 +569,144 @@ mod tests {
         assert_eq!(x264(&cq).method, X264Method::Crf(23.4));
         assert_eq!(target_quality(0.0), 1);
         assert_eq!(target_quality(51.0), 51);
+    }
+
+    /// `-flag value` pairs written in a table cell (inside backticks).
+    fn pairs(cell: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for code in cell.split('`').skip(1).step_by(2) {
+            let words: Vec<&str> = code.split_whitespace().collect();
+            for w in words.windows(2) {
+                if w[0].starts_with('-') && w[0].len() > 1 && !w[1].starts_with('-') {
+                    out.push((w[0].to_owned(), w[1].to_owned()));
+                }
+            }
+        }
+        out
+    }
+
+    fn has_pair(args: &[String], (flag, value): &(String, String)) -> bool {
+        args.windows(2).any(|w| &w[0] == flag && &w[1] == value)
+    }
+
+    const FFMPEG_COLUMNS: [(usize, FfmpegH264Encoder); 4] = [
+        (3, FfmpegH264Encoder::Nvenc),
+        (4, FfmpegH264Encoder::Qsv),
+        (5, FfmpegH264Encoder::VideoToolbox),
+        (6, FfmpegH264Encoder::Vaapi),
+    ];
+
+    #[test]
+    fn preset_row_is_what_the_backends_are_given() {
+        let row = README_NEUTRAL_ROWS[0];
+        let groups: Vec<Vec<Preset>> = row[0]
+            .trim_start_matches("`preset` ")
+            .split(" / ")
+            .map(|g| g.split(", ").map(|p| p.parse().unwrap()).collect())
+            .collect();
+        let numbers: Vec<&str> = row[2].split(" / ").collect();
+        assert_eq!(groups.len(), numbers.len());
+        let mut seen = 0;
+        for (group, number) in groups.iter().zip(&numbers) {
+            for &preset in group {
+                seen += 1;
+                assert_eq!(
+                    format!("P{}", nvenc_preset_number(preset)),
+                    *number,
+                    "{preset}"
+                );
+                let config = EncoderConfig::new(64, 64).with_preset(preset);
+                let nv = ffmpeg_tuning(FfmpegH264Encoder::Nvenc, &config);
+                assert!(
+                    has_pair(&nv, &("-preset".into(), number.to_lowercase())),
+                    "{nv:?}"
+                );
+                let qsv = ffmpeg_tuning(FfmpegH264Encoder::Qsv, &config);
+                let expected = match preset.name() {
+                    "ultrafast" | "superfast" => "veryfast",
+                    "placebo" => "veryslow",
+                    other => other,
+                };
+                assert!(row[4].contains("ultrafast, superfast → veryfast; placebo → veryslow"));
+                assert!(
+                    has_pair(&qsv, &("-preset".into(), expected.into())),
+                    "{qsv:?}"
+                );
+                for encoder in [FfmpegH264Encoder::VideoToolbox, FfmpegH264Encoder::Vaapi] {
+                    let args = ffmpeg_tuning(encoder, &config);
+                    assert!(
+                        !args.iter().any(|a| a == "-preset"),
+                        "{encoder:?}: {args:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(seen, Preset::NAMES.len(), "the row names every preset once");
+    }
+
+    #[test]
+    fn tune_rows_are_what_the_backends_are_given() {
+        let zero = EncoderConfig::new(64, 64)
+            .with_bframes(Some(3))
+            .with_tune(Some(Tune::Zerolatency));
+        let row = README_NEUTRAL_ROWS[1];
+        assert!(row[2].contains("no B-frames") && row[2].contains("ultra-low-latency"));
+        assert_eq!(bframes(&zero), Some(0));
+        assert_eq!(nvenc_tuning_name(zero.tune), "ull");
+        for (col, encoder) in FFMPEG_COLUMNS {
+            let args = ffmpeg_tuning(encoder, &zero);
+            let written = pairs(row[col]);
+            assert!(!written.is_empty(), "{encoder:?}");
+            for pair in &written {
+                assert!(
+                    has_pair(&args, pair),
+                    "{encoder:?}: {pair:?} not in {args:?}"
+                );
+            }
+        }
+        let row = README_NEUTRAL_ROWS[2];
+        assert!(row[2].contains("low-latency / high-quality"));
+        assert_eq!(nvenc_tuning_name(Some(Tune::Fastdecode)), "ll");
+        assert_eq!(nvenc_tuning_name(None), "hq");
+        assert_eq!(nvenc_tuning_name(Some(Tune::Film)), "hq");
+        assert_eq!(row[3], "`-tune ll` / `hq`");
+        let config = EncoderConfig::new(64, 64).with_tune(Some(Tune::Fastdecode));
+        assert!(has_pair(
+            &ffmpeg_tuning(FfmpegH264Encoder::Nvenc, &config),
+            &("-tune".into(), "ll".into())
+        ));
+        for (_, encoder) in &FFMPEG_COLUMNS[1..] {
+            assert!(!ffmpeg_tuning(*encoder, &config)
+                .iter()
+                .any(|a| a == "-tune"));
+        }
+        // Without zero latency the B-frames are the configuration's.
+        assert_eq!(bframes(&zero.with_tune(None)), Some(3));
+    }
+
+    #[test]
+    fn crf_row_is_what_the_backends_are_given() {
+        let row = README_NEUTRAL_ROWS[3];
+        let config = EncoderConfig::new(64, 64).with_crf(20.4);
+        assert!(row[2].contains("round(c)") && row[2].contains("1..=51"));
+        assert_eq!(nvenc(&config).target_quality, 20);
+        for (col, encoder) in FFMPEG_COLUMNS {
+            let args = ffmpeg(encoder, &config).unwrap();
+            let given: Vec<&str> = args
+                .iter()
+                .map(String::as_str)
+                .filter(|a| a.starts_with('-'))
+                .collect();
+            assert_eq!(flags(row[col]), given, "{encoder:?}: {}", row[col]);
+            let value = args.last().unwrap();
+            let expected = if encoder == FfmpegH264Encoder::VideoToolbox {
+                "59" // 100 - 2 x 20.4, rounded
+            } else {
+                "20" // round(20.4)
+            };
+            assert_eq!(value, expected, "{encoder:?}");
+        }
+        assert!(row[1].contains("--crf"));
+        assert_eq!(x264(&config).method, X264Method::Crf(20.4));
     }
 }

@@ -45,7 +45,9 @@ use std::time::{Duration, Instant};
 
 use ::metrics::{Counter, Gauge, Histogram, Label, SharedString, Unit};
 
-use crate::encoder::{EncodedChunk, EncoderConfig, EncoderKind, FfmpegCodec, Frame, VideoEncoder};
+use crate::encoder::{
+    EncodedChunk, EncoderConfig, EncoderKind, FfmpegH264Encoder, Frame, VideoEncoder,
+};
 use crate::error::Error;
 use crate::ring_buffer::RingStats;
 
@@ -313,7 +315,7 @@ pub fn error_kind(error: &Error) -> &'static str {
 fn on_gpu(kind: EncoderKind) -> bool {
     matches!(
         kind,
-        EncoderKind::Nvenc | EncoderKind::Ffmpeg(FfmpegCodec::Nvenc)
+        EncoderKind::Nvenc | EncoderKind::Ffmpeg(FfmpegH264Encoder::Nvenc)
     )
 }
 

@@ -136,7 +136,7 @@ struct InFlight {
     frame_index: u64,
 }
 
-/// The direct NVENC encoder. See the [module docs](self).
+/// The direct NVENC encoder. See the [module docs](super).
 ///
 /// # Errors and hangs
 /// An `Err` from `encode` means the frame was not accepted. A driver failure after which the

@@ -46,7 +46,7 @@ pub fn open_with(
 mod api;
 mod caps_cache;
 mod encoder;
-mod error;
+pub(crate) mod error;
 mod options;
 mod probe;
 mod watchdog;

@@ -1,5 +1,6 @@
 //! NVENC-only settings, kept beside the backend-neutral [`EncoderConfig`], and how the neutral
-//! settings map onto NVENC.
+//! settings map onto NVENC (the rules themselves are `crate::encoder::mapping`'s, shared with the
+//! other backends).
 //!
 //! | `EncoderConfig` | NVENC |
 //! |---|---|
@@ -19,6 +20,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::encoder::mapping;
 use crate::encoder::{Preset, Tune};
 use crate::error::ConfigError;
 
@@ -49,13 +51,13 @@ impl NvencPreset {
     /// The nearest NVENC preset to an x264-named preset (see the module table).
     #[must_use]
     pub fn from_preset(preset: Preset) -> Self {
-        match preset {
-            Preset::Ultrafast => NvencPreset::P1,
-            Preset::Superfast | Preset::Veryfast => NvencPreset::P2,
-            Preset::Faster | Preset::Fast => NvencPreset::P3,
-            Preset::Medium => NvencPreset::P4,
-            Preset::Slow => NvencPreset::P5,
-            Preset::Slower => NvencPreset::P6,
+        match mapping::nvenc_preset_number(preset) {
+            1 => NvencPreset::P1,
+            2 => NvencPreset::P2,
+            3 => NvencPreset::P3,
+            4 => NvencPreset::P4,
+            5 => NvencPreset::P5,
+            6 => NvencPreset::P6,
             _ => NvencPreset::P7,
         }
     }
@@ -120,9 +122,9 @@ impl NvencTuning {
     /// The tuning an x264-named tune maps to (see the module table).
     #[must_use]
     pub fn from_tune(tune: Option<Tune>) -> Self {
-        match tune {
-            Some(Tune::Zerolatency) => NvencTuning::UltraLowLatency,
-            Some(Tune::Fastdecode) => NvencTuning::LowLatency,
+        match mapping::nvenc_tuning_name(tune) {
+            "ull" => NvencTuning::UltraLowLatency,
+            "ll" => NvencTuning::LowLatency,
             _ => NvencTuning::HighQuality,
         }
     }
@@ -260,7 +262,7 @@ impl NvencOptions {
     /// The deadline that applies at `frame_rate`: [`NvencOptions::call_timeout`], raised to
     /// [`NvencOptions::MIN_DEADLINE_FRAMES`] frame intervals and [`NvencOptions::MIN_CALL_TIMEOUT`].
     #[must_use]
-    pub fn call_deadline(&self, frame_rate: crate::FrameRate) -> std::time::Duration {
+    pub fn call_deadline(&self, frame_rate: crate::encoder::FrameRate) -> std::time::Duration {
         let frames = std::time::Duration::from_secs(u64::from(frame_rate.den))
             .saturating_mul(Self::MIN_DEADLINE_FRAMES)
             .checked_div(frame_rate.num.max(1))
@@ -295,7 +297,7 @@ mod tests {
     #[test]
     fn call_deadline_is_never_below_several_frame_intervals() {
         use std::time::Duration;
-        let fps = |num, den| crate::FrameRate::new(num, den);
+        let fps = |num, den| crate::encoder::FrameRate::new(num, den);
         let options = NvencOptions::default();
         assert_eq!(options.call_deadline(fps(30, 1)), Duration::from_secs(5));
         let short = options

@@ -82,15 +82,15 @@ pub fn probe(device: usize) -> Result<NvencCaps, Error> {
     // cudarc makes the context it creates current; the caller's comes back when this drops
     // (declared before `context`, so it drops after it).
     let _callers = crate::ring_buffer::save_current().map_err(|e| Error::Unavailable {
-        backend: crate::EncoderKind::Nvenc,
+        backend: crate::encoder::EncoderKind::Nvenc,
         reason: e.to_string(),
     })?;
     let context = crate::ring_buffer::open_context(device).map_err(|e| Error::Unavailable {
-        backend: crate::EncoderKind::Nvenc,
+        backend: crate::encoder::EncoderKind::Nvenc,
         reason: e.to_string(),
     })?;
     let _current = crate::ring_buffer::push_context(&context).map_err(|e| Error::Unavailable {
-        backend: crate::EncoderKind::Nvenc,
+        backend: crate::encoder::EncoderKind::Nvenc,
         reason: e.to_string(),
     })?;
     // SAFETY: the context lives until the end of this function, after the session (dropped

@@ -1,224 +1,39 @@
-//! The software backend: libx264 in process.
-//!
-//! Built on `x264-sys` with a small safe layer of our own ([`Session`]), because the `x264` crate
-//! cannot set CRF, the thread count or in-band SPS/PPS on every IDR, all of which
-//! [`EncoderConfig`] needs. All of this module's `unsafe` is in [`Session`] and the log callback.
-//!
-//! Mapping of [`EncoderConfig`]: `preset` and `tune` are x264's own; `crf` is `--crf`; `gop_size`
-//! is `--keyint`; `bframes` is `--bframes`; `threads` is `--threads` (0 = x264's automatic
-//! choice); `rate_control` as `src/encoder/mapping.rs` says (ABR with a VBV for CBR and VBR, CQP). A rate change mid-stream goes through `x264_encoder_reconfig`, which
-//! changes the bit rate and VBV in place (no IDR) but cannot switch modes. Output is Annex B with SPS/PPS repeated before every IDR (`--repeat-headers`), and
-//! the time base is one frame.
+//! The owned libx264 handle ([`X264Handle`]) over `x264-sys`: all of the x264 backend's `unsafe`
+//! is here (the handle's calls and the log callback).
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr::{self, NonNull};
 
 use x264_sys as sys;
 
-use crate::encoder::mapping::{self, X264Method, X264Rc};
-use crate::encoder::{
-    EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameLayout, FrameType, InputGate,
-    PixelFormat, RateControl, VideoEncoder,
-};
+use crate::encoder::mapping::{X264Method, X264Rc};
+use crate::encoder::{EncoderConfig, EncoderKind, FrameLayout};
 use crate::error::Error;
 
-const KIND: EncoderKind = EncoderKind::X264;
+/// The backend's kind, for errors.
+pub(super) const KIND: EncoderKind = EncoderKind::X264;
 
-/// A libx264 encoder. Created with [`X264Encoder::new`]; see [`VideoEncoder`] for its use.
-#[derive(Debug)]
-pub struct X264Encoder {
-    session: Session,
-    gate: InputGate,
-    config: EncoderConfig,
-    layout: FrameLayout,
-    csp: c_int,
-    headers: Vec<u8>,
-    chunks_out: u64,
+/// One input picture for [`X264Handle::encode`].
+pub(super) struct Input<'a> {
+    pub(super) data: &'a [u8],
+    pub(super) layout: &'a FrameLayout,
+    pub(super) csp: c_int,
+    pub(super) pts: i64,
+    pub(super) frame_index: u64,
+    pub(super) force_idr: bool,
 }
 
-impl X264Encoder {
-    /// Opens libx264 with `config`.
-    ///
-    /// # Errors
-    /// [`Error::Config`] if `config` does not validate; [`Error::Backend`] if libx264 refuses a
-    /// setting or fails to open.
-    pub fn new(config: &EncoderConfig) -> Result<Self, Error> {
-        let gate = InputGate::new(KIND, config)?;
-        let layout = config.pixel_format.plane_layout(config.resolution)?;
-        let csp = match config.pixel_format {
-            PixelFormat::I420 => sys::X264_CSP_I420 as c_int,
-            PixelFormat::Nv12 => sys::X264_CSP_NV12 as c_int,
-        };
-        let mut param = Session::default_param(config)?;
-        // Sizes and counts below were range-checked by `validate`, so the casts are lossless.
-        param.i_width = config.resolution.width as c_int;
-        param.i_height = config.resolution.height as c_int;
-        param.i_csp = csp;
-        param.i_threads = config.threads as c_int;
-        param.i_fps_num = config.frame_rate.num;
-        param.i_fps_den = config.frame_rate.den;
-        param.i_timebase_num = config.frame_rate.den;
-        param.i_timebase_den = config.frame_rate.num;
-        // Rate control follows the nominal frame rate, not the caller's timestamps.
-        param.b_vfr_input = 0;
-        param.i_keyint_max = config.gop_size as c_int;
-        if let Some(bframes) = config.bframes {
-            param.i_bframe = bframes as c_int;
-        }
-        apply_rate_control(&mut param, &mapping::x264(config));
-        param.b_repeat_headers = 1;
-        param.b_annexb = 1;
-        let mut session = Session::open(&mut param)?;
-        let headers = session.sequence_headers()?;
-        tracing::debug!(
-            resolution = %config.resolution,
-            format = %config.pixel_format,
-            preset = %config.preset,
-            tune = ?config.tune,
-            crf = config.crf,
-            rate_control = %config.rate_control,
-            gop = config.gop_size,
-            bframes = param.i_bframe,
-            threads = param.i_threads,
-            "opened x264"
-        );
-        Ok(X264Encoder {
-            session,
-            gate,
-            config: config.clone(),
-            layout,
-            csp,
-            headers,
-            chunks_out: 0,
-        })
-    }
-
-    fn push_chunk(&mut self, encoded: Encoded, out: &mut Vec<EncodedChunk>) {
-        let frame_type = match encoded.pic_type as u32 {
-            sys::X264_TYPE_IDR => FrameType::Idr,
-            sys::X264_TYPE_I | sys::X264_TYPE_KEYFRAME => FrameType::I,
-            sys::X264_TYPE_B | sys::X264_TYPE_BREF => FrameType::B,
-            _ => FrameType::P,
-        };
-        self.chunks_out += 1;
-        out.push(EncodedChunk {
-            data: encoded.data,
-            pts: encoded.pts,
-            dts: encoded.dts,
-            duration: 1,
-            keyframe: encoded.keyframe,
-            frame_type,
-            frame_index: encoded.frame_index,
-        });
-    }
+/// One output picture from [`X264Handle::encode`].
+pub(super) struct Encoded {
+    pub(super) data: Vec<u8>,
+    pub(super) pts: i64,
+    pub(super) dts: i64,
+    pub(super) keyframe: bool,
+    pub(super) pic_type: c_int,
+    pub(super) frame_index: u64,
 }
 
-impl VideoEncoder for X264Encoder {
-    fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        let (frame_index, pts) = self.gate.check(&frame)?;
-        let input = Input {
-            data: frame.data,
-            layout: &self.layout,
-            csp: self.csp,
-            pts,
-            frame_index,
-            force_idr: frame.force_keyframe,
-        };
-        let encoded = self.session.encode(Some(input))?;
-        self.gate.accept(pts);
-        if let Some(encoded) = encoded {
-            self.push_chunk(encoded, out);
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        if self.gate.is_finished() {
-            return Ok(());
-        }
-        // Each call without input returns at most one delayed frame; x264 counts down what it
-        // holds. The bound turns a library that never drains into an error instead of a hang.
-        let mut tries = 0u32;
-        while self.session.delayed_frames() > 0 {
-            tries += 1;
-            if tries > 100_000 {
-                return Err(Error::Backend {
-                    backend: KIND,
-                    call: "x264_encoder_encode",
-                    message: "the encoder did not drain its delayed frames".into(),
-                });
-            }
-            if let Some(encoded) = self.session.encode(None)? {
-                self.push_chunk(encoded, out);
-            }
-        }
-        self.gate
-            .finish_accounted(self.chunks_out, "x264_encoder_encode")
-    }
-
-    fn reconfigure(&mut self, rate_control: RateControl) -> Result<(), Error> {
-        if self.gate.is_finished() {
-            return Err(Error::Finished { backend: KIND });
-        }
-        rate_control.validate()?;
-        let old = self.config.rate_control;
-        let same_mode = old.mode() == rate_control.mode();
-        // x264_encoder_reconfig copies the bit rate and VBV only when a VBV was on from the
-        // start (CBR and VBR always have one here) and never the method, the QP or the filler
-        // flag, so only CBR -> CBR and VBR -> VBR can change; constant quality has nothing to
-        // change.
-        match rate_control {
-            RateControl::ConstantQuality if same_mode => return Ok(()),
-            RateControl::Cbr { .. } | RateControl::Vbr { .. } if same_mode => {}
-            _ => {
-                return Err(Error::Unsupported {
-                    backend: KIND,
-                    feature: "changing the rate-control mode or the constant QP mid-stream \
-                              (x264_encoder_reconfig changes only the bit rate and VBV)",
-                })
-            }
-        }
-        let new_config = self.config.clone().with_rate_control(rate_control);
-        self.session.reconfigure(&mapping::x264(&new_config))?;
-        tracing::debug!(from = %old, to = %rate_control, "reconfigured x264");
-        self.config = new_config;
-        Ok(())
-    }
-
-    fn kind(&self) -> EncoderKind {
-        KIND
-    }
-
-    fn config(&self) -> &EncoderConfig {
-        &self.config
-    }
-
-    fn sequence_headers(&self) -> &[u8] {
-        &self.headers
-    }
-}
-
-/// One input picture for [`Session::encode`].
-struct Input<'a> {
-    data: &'a [u8],
-    layout: &'a FrameLayout,
-    csp: c_int,
-    pts: i64,
-    frame_index: u64,
-    force_idr: bool,
-}
-
-/// One output picture from [`Session::encode`].
-struct Encoded {
-    data: Vec<u8>,
-    pts: i64,
-    dts: i64,
-    keyframe: bool,
-    pic_type: c_int,
-    frame_index: u64,
-}
-
-fn backend_error(call: &'static str, message: impl Into<String>) -> Error {
+pub(super) fn backend_error(call: &'static str, message: impl Into<String>) -> Error {
     Error::Backend {
         backend: KIND,
         call,
@@ -228,17 +43,17 @@ fn backend_error(call: &'static str, message: impl Into<String>) -> Error {
 
 /// The owned `x264_t` handle: the thin unsafe layer over `x264-sys`.
 #[derive(Debug)]
-struct Session {
+pub(super) struct X264Handle {
     handle: NonNull<sys::x264_t>,
 }
 
 // SAFETY: an x264_t may be used from any thread as long as calls on it are not concurrent; the
-// handle is owned and only reachable through `&mut self`, so `Session` is `Send` but not `Sync`.
-unsafe impl Send for Session {}
+// handle is owned and only reachable through `&mut self`, so `X264Handle` is `Send` but not `Sync`.
+unsafe impl Send for X264Handle {}
 
-impl Session {
+impl X264Handle {
     /// x264's defaults for the preset and tune, with libx264's log routed to `tracing`.
-    fn default_param(config: &EncoderConfig) -> Result<sys::x264_param_t, Error> {
+    pub(super) fn default_param(config: &EncoderConfig) -> Result<sys::x264_param_t, Error> {
         let preset = CString::new(config.preset.name())
             .map_err(|_| backend_error("x264_param_default_preset", "preset name has a NUL"))?;
         let tune = config
@@ -272,12 +87,12 @@ impl Session {
         Ok(param)
     }
 
-    fn open(param: &mut sys::x264_param_t) -> Result<Session, Error> {
+    pub(super) fn open(param: &mut sys::x264_param_t) -> Result<X264Handle, Error> {
         // SAFETY: `param` is a fully initialised x264_param_t (from x264_param_default_preset);
         // x264 copies it and does not keep the pointer.
         let handle = unsafe { sys::x264_encoder_open(param) };
         NonNull::new(handle)
-            .map(|handle| Session { handle })
+            .map(|handle| X264Handle { handle })
             .ok_or_else(|| {
                 backend_error(
                     "x264_encoder_open",
@@ -287,7 +102,7 @@ impl Session {
     }
 
     /// The SPS and PPS NAL units, with start codes.
-    fn sequence_headers(&mut self) -> Result<Vec<u8>, Error> {
+    pub(super) fn sequence_headers(&mut self) -> Result<Vec<u8>, Error> {
         let mut nals: *mut sys::x264_nal_t = ptr::null_mut();
         let mut count: c_int = 0;
         // SAFETY: the handle is a live encoder owned by `self`; the out-pointers are valid.
@@ -318,7 +133,7 @@ impl Session {
 
     /// Changes the bit rate and VBV of the open encoder (`x264_encoder_reconfig`), from its
     /// current parameters.
-    fn reconfigure(&mut self, rc: &X264Rc) -> Result<(), Error> {
+    pub(super) fn reconfigure(&mut self, rc: &X264Rc) -> Result<(), Error> {
         // SAFETY: x264_param_t is a plain C struct for which all-zero bytes are valid;
         // x264_encoder_parameters overwrites it.
         let mut param: sys::x264_param_t = unsafe { std::mem::zeroed() };
@@ -337,13 +152,13 @@ impl Session {
         Ok(())
     }
 
-    fn delayed_frames(&mut self) -> c_int {
+    pub(super) fn delayed_frames(&mut self) -> c_int {
         // SAFETY: the handle is a live encoder owned by `self`.
         unsafe { sys::x264_encoder_delayed_frames(self.handle.as_ptr()) }
     }
 
     /// Encodes one picture (or drains one delayed picture with `None`).
-    fn encode(&mut self, input: Option<Input<'_>>) -> Result<Option<Encoded>, Error> {
+    pub(super) fn encode(&mut self, input: Option<Input<'_>>) -> Result<Option<Encoded>, Error> {
         // SAFETY: x264_picture_t is a plain C struct; all-zero is valid, and
         // x264_picture_init sets its defaults.
         let mut pic_in: sys::x264_picture_t = unsafe { std::mem::zeroed() };
@@ -422,7 +237,7 @@ impl Session {
     }
 }
 
-impl Drop for Session {
+impl Drop for X264Handle {
     fn drop(&mut self) {
         // SAFETY: the handle is a live encoder owned by `self` and never used after this.
         unsafe { sys::x264_encoder_close(self.handle.as_ptr()) };
@@ -430,7 +245,7 @@ impl Drop for Session {
 }
 
 /// Writes the rate-control fields of `param` (the mapping itself is in `mapping::x264`).
-fn apply_rate_control(param: &mut sys::x264_param_t, rc: &X264Rc) {
+pub(super) fn apply_rate_control(param: &mut sys::x264_param_t, rc: &X264Rc) {
     // Values come from a validated configuration: rates and buffers fit in c_int kbit.
     let int = |v: u32| c_int::try_from(v).unwrap_or(c_int::MAX);
     match rc.method {
@@ -505,62 +320,15 @@ fn install_log(param: &mut sys::x264_param_t) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encoder::Bitrate;
 
-    impl Session {
+    impl X264Handle {
         /// The encoder's current parameters (`x264_encoder_parameters`).
-        fn parameters(&mut self) -> sys::x264_param_t {
+        pub(in crate::x264) fn parameters(&mut self) -> sys::x264_param_t {
             // SAFETY: all-zero is a valid x264_param_t, which the call overwrites.
             let mut param: sys::x264_param_t = unsafe { std::mem::zeroed() };
             // SAFETY: the handle is a live encoder owned by `self`; `param` is writable.
             unsafe { sys::x264_encoder_parameters(self.handle.as_ptr(), &mut param) };
             param
         }
-    }
-
-    /// The VBV reaches libx264 at open and through a reconfiguration (a rate test on smooth
-    /// content cannot tell: x264's average-rate control alone stays under the maximum there).
-    #[test]
-    fn libx264_runs_with_the_mapped_vbv() {
-        let rc = RateControl::vbr(Bitrate::from_bps(2_000_000), Bitrate::from_bps(2_500_000))
-            .with_vbv_buffer_bits(250_000);
-        let config = EncoderConfig::new(64, 64)
-            .with_preset(crate::Preset::Ultrafast)
-            .with_threads(1)
-            .with_rate_control(rc);
-        let mut encoder = X264Encoder::new(&config).unwrap();
-        let p = encoder.session.parameters();
-        assert_eq!(p.rc.i_rc_method, sys::X264_RC_ABR as c_int);
-        assert_eq!(
-            (
-                p.rc.i_bitrate,
-                p.rc.i_vbv_max_bitrate,
-                p.rc.i_vbv_buffer_size
-            ),
-            (2_000, 2_500, 250)
-        );
-        let lower = RateControl::vbr(Bitrate::from_bps(1_000_000), Bitrate::from_bps(1_200_000))
-            .with_vbv_buffer_bits(120_000);
-        encoder.reconfigure(lower).unwrap();
-        // x264 applies a reconfiguration at its next encode call (with one thread, to the
-        // context x264_encoder_parameters reads).
-        let frame = vec![128u8; config.validate().unwrap()];
-        encoder.encode_frame(&frame, &mut Vec::new()).unwrap();
-        let p = encoder.session.parameters();
-        assert_eq!(
-            (
-                p.rc.i_bitrate,
-                p.rc.i_vbv_max_bitrate,
-                p.rc.i_vbv_buffer_size
-            ),
-            (1_000, 1_200, 120)
-        );
-        let cqp = EncoderConfig::new(64, 64).with_rate_control(RateControl::constant_qp(31));
-        let mut encoder = X264Encoder::new(&cqp).unwrap();
-        let p = encoder.session.parameters();
-        assert_eq!(
-            (p.rc.i_rc_method, p.rc.i_qp_constant),
-            (sys::X264_RC_CQP as c_int, 31)
-        );
     }
 }

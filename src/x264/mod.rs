@@ -1,0 +1,16 @@
+//! The software backend: libx264 in process.
+//!
+//! Built on `x264-sys` with a small safe layer of our own (`handle::X264Handle`), because the `x264` crate
+//! cannot set CRF, the thread count or in-band SPS/PPS on every IDR, all of which
+//! [`EncoderConfig`](crate::EncoderConfig) needs. All of this module's `unsafe` is in `handle.rs` (the handle and the log callback).
+//!
+//! Mapping of [`EncoderConfig`](crate::EncoderConfig): `preset` and `tune` are x264's own; `crf` is `--crf`; `gop_size`
+//! is `--keyint`; `bframes` is `--bframes`; `threads` is `--threads` (0 = x264's automatic
+//! choice); `rate_control` as `src/encoder/mapping.rs` says (ABR with a VBV for CBR and VBR, CQP). A rate change mid-stream goes through `x264_encoder_reconfig`, which
+//! changes the bit rate and VBV in place (no IDR) but cannot switch modes. Output is Annex B with SPS/PPS repeated before every IDR (`--repeat-headers`), and
+//! the time base is one frame.
+
+mod encoder;
+mod handle;
+
+pub use encoder::X264Encoder;
