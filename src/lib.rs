@@ -10,6 +10,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod cuda;
 pub mod detect;
 pub mod encoder;
 pub mod error;

@@ -249,7 +249,7 @@ impl RawEncoder {
     pub(crate) fn start_watchdog(
         &mut self,
         deadline: Duration,
-        context: Arc<crate::ring_buffer::CudaContext>,
+        context: crate::cuda::Context,
     ) -> std::io::Result<()> {
         let lib = Arc::clone(&self.lib);
         let session = SessionPtr(self.handle);
@@ -259,7 +259,7 @@ impl RawEncoder {
                 // The session's CUDA context stays current on the worker for its whole life,
                 // as it is on the caller's thread around every NVENC call. (The worker also
                 // keeps the context alive while a hung call may still use it.)
-                match crate::ring_buffer::push_context(&context) {
+                match context.push() {
                     Ok(guard) => {
                         std::mem::forget(guard);
                         entered = true;

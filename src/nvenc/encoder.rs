@@ -39,7 +39,6 @@
 use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::mem::ManuallyDrop;
-use std::sync::Arc;
 
 use nvenc_sys as sys;
 
@@ -48,6 +47,7 @@ use super::api::{
 };
 use super::options::{NvencOptions, NvencPreset, NvencTuning};
 use super::NvencError;
+use crate::cuda::{self, Context as CudaContext, Stream as CudaStream};
 use crate::encoder::mapping::{self, NvencRc, NvencRcMode};
 use crate::encoder::{
     DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameType, InputGate, PixelFormat,
@@ -55,11 +55,9 @@ use crate::encoder::{
 };
 use crate::error::Error;
 use crate::ring_buffer::{
-    self as ring_cuda, CudaContext, CudaStream, DeviceStorage, PinnedStorage,
-};
-use crate::ring_buffer::{
     Consumer, DeviceSurface, EncoderDepth, FrameMeta, FrameRing, Producer, ReadSlot,
 };
+use crate::ring_buffer::{DeviceStorage, PinnedStorage};
 
 const KIND: EncoderKind = EncoderKind::Nvenc;
 
@@ -163,8 +161,8 @@ pub struct NvencEncoder {
     /// The stream handle whose address was given to `nvEncSetIOCudaStreams`; held so that the
     /// address stays valid for the session.
     io_stream: ManuallyDrop<IoStream>,
-    stream: Arc<CudaStream>,
-    context: Arc<CudaContext>,
+    stream: CudaStream,
+    context: CudaContext,
     config: EncoderConfig,
     gate: InputGate,
     headers: Vec<u8>,
@@ -182,7 +180,7 @@ pub struct NvencEncoder {
     /// Set in `Drop`, and declared last so it drops last: once the stream and context fields
     /// (which cudarc releases by making their context current) are gone, the caller's context
     /// is current again.
-    callers_context: Option<ring_cuda::SavedContext>,
+    callers_context: Option<cuda::SavedContext>,
 }
 
 impl std::fmt::Debug for NvencEncoder {
@@ -241,9 +239,9 @@ fn call_err(e: CallError) -> Error {
 
 /// A missing CUDA driver makes NVENC unavailable; any other CUDA failure (out of memory, a
 /// failed copy) is an error of this encoder, which may not recur.
-fn ring_err(e: crate::ring_buffer::RingError) -> Error {
-    match e {
-        crate::ring_buffer::RingError::CudaUnavailable { .. } => Error::Unavailable {
+fn ring_err(e: impl Into<crate::ring_buffer::RingError>) -> Error {
+    match e.into() {
+        e @ crate::ring_buffer::RingError::CudaUnavailable { .. } => Error::Unavailable {
             backend: KIND,
             reason: e.to_string(),
         },
@@ -276,11 +274,11 @@ impl NvencEncoder {
         let gate = InputGate::new(KIND, config)?;
         let library = nvenc_sys::load()?;
         // cudarc makes the contexts it creates current; the caller's comes back when this drops.
-        let _callers = ring_cuda::save_current().map_err(ring_err)?;
-        let context = ring_cuda::open_context(options.device).map_err(ring_err)?;
+        let _callers = cuda::save_current().map_err(ring_err)?;
+        let context = CudaContext::open(options.device).map_err(ring_err)?;
         let stream = context.new_stream().map_err(|e| Error::Unavailable {
             backend: KIND,
-            reason: format!("cuStreamCreate failed: {e}"),
+            reason: e.to_string(),
         })?;
 
         let preset = options
@@ -297,11 +295,10 @@ impl NvencEncoder {
         };
 
         // Current for the whole open; the caller's context comes back when this drops.
-        let _context = ring_cuda::push_context(&context).map_err(ring_err)?;
+        let _context = context.push().map_err(ring_err)?;
         // SAFETY: the context is live and is kept (in `NvencEncoder::context`) until after the
         // session is destroyed.
-        let raw = unsafe { RawEncoder::open(library, context.cu_ctx().cast::<c_void>()) }
-            .map_err(nvenc_err)?;
+        let raw = unsafe { RawEncoder::open(library, context.raw()) }.map_err(nvenc_err)?;
 
         let codec = sys::NV_ENC_CODEC_H264_GUID;
         let guids = raw.encode_guids().map_err(nvenc_err)?;
@@ -469,7 +466,7 @@ impl NvencEncoder {
         let deadline = options.call_deadline(config.frame_rate);
         session
             .raw
-            .start_watchdog(deadline, Arc::clone(&context))
+            .start_watchdog(deadline, context.clone())
             .map_err(|e| Error::Backend {
                 backend: KIND,
                 call: "std::thread::spawn",
@@ -492,7 +489,7 @@ impl NvencEncoder {
             let output = session.raw.create_bitstream_buffer().map_err(nvenc_err)?;
             session.free_outputs.push(output);
         }
-        let mut io_stream = IoStream(Box::new(stream.cu_stream().cast::<c_void>()));
+        let mut io_stream = IoStream(Box::new(stream.raw()));
         let io_ptr: *mut sys::NV_ENC_CUSTREAM_PTR = &mut *io_stream.0;
         // SAFETY: `io_stream` holds the live CUstream of `stream`, both kept in the encoder for
         // the life of the session, and the box keeps the address fixed.
@@ -659,7 +656,7 @@ impl NvencEncoder {
             // a plane of it; `dst` is a plane of a surface of this encoder's device ring,
             // reserved above and not in use by NVENC.
             unsafe {
-                ring_cuda::copy_device_to_device_async(
+                cuda::copy_device_to_device_async(
                     frame.device_ptr + offset as u64,
                     pitch,
                     &dst,
@@ -697,7 +694,7 @@ impl NvencEncoder {
             // its bitstream is read back (after the stream ran this copy), and on an error the
             // caller synchronizes the stream before any slot is reused; `dst` is a plane of a
             // surface of this encoder's device ring, reserved and not in use by NVENC.
-            unsafe { ring_cuda::copy_pinned_to_device_async(src, pitch, &dst, &self.stream) }
+            unsafe { cuda::copy_host_to_device_async(src, pitch, &dst, &self.stream) }
                 .map_err(ring_err)?;
         }
         let meta = FrameMeta {
@@ -711,8 +708,8 @@ impl NvencEncoder {
     }
 
     /// Makes the encoder's CUDA context current until the guard drops, restoring the caller's.
-    fn enter(&self) -> Result<ring_cuda::ContextGuard, Error> {
-        ring_cuda::push_context(&self.context).map_err(ring_err)
+    fn enter(&self) -> Result<cuda::ContextGuard, Error> {
+        self.context.push().map_err(ring_err)
     }
 
     /// The planes of a frame whose luma rows are `src_pitch` bytes apart, as copies into a
@@ -1121,8 +1118,8 @@ struct Abandoned {
     staging_in: Producer<PinnedStorage>,
     staging_out: Consumer<PinnedStorage>,
     io_stream: IoStream,
-    stream: Arc<CudaStream>,
-    context: Arc<CudaContext>,
+    stream: CudaStream,
+    context: CudaContext,
     /// How the hung call ended.
     late: LateEnd,
 }
@@ -1132,7 +1129,7 @@ impl Drop for Abandoned {
         // On the worker, after the hung call returned: the same teardown as the encoder's,
         // minding what the call did. An output it read is not read again; a picture it did not
         // submit is not waited for (locking a buffer that was never submitted can wait forever).
-        let _context = ring_cuda::push_context(&self.context);
+        let _context = self.context.push();
         if let Some(session) = self.session.as_mut() {
             match (session.hung_at.take(), self.late) {
                 (Some(HungAt::Front), LateEnd::Succeeded) => {
@@ -1165,7 +1162,7 @@ impl Drop for NvencEncoder {
         // stream and context.
         // What the caller had current, unless that is this encoder's own context, which may not
         // outlive the fields about to drop.
-        self.callers_context = match ring_cuda::save_current() {
+        self.callers_context = match cuda::save_current() {
             Ok(saved) if saved.is(&self.context) => {
                 saved.discard();
                 None
@@ -1238,8 +1235,8 @@ impl NvencEncoder {
             staging_in,
             staging_out,
             io_stream,
-            stream: Arc::clone(&self.stream),
-            context: Arc::clone(&self.context),
+            stream: self.stream.clone(),
+            context: self.context.clone(),
             late: LateEnd::Unknown,
         };
         tracing::error!(

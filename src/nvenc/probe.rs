@@ -8,7 +8,6 @@
 //! and driver opens no probe session at all.
 
 use std::collections::HashMap;
-use std::ffi::c_void;
 use std::sync::{Mutex, OnceLock};
 
 use nvenc_sys as sys;
@@ -81,21 +80,21 @@ pub fn probe(device: usize) -> Result<NvencCaps, Error> {
     }
     // cudarc makes the context it creates current; the caller's comes back when this drops
     // (declared before `context`, so it drops after it).
-    let _callers = crate::ring_buffer::save_current().map_err(|e| Error::Unavailable {
+    let _callers = crate::cuda::save_current().map_err(|e| Error::Unavailable {
         backend: crate::EncoderKind::Nvenc,
         reason: e.to_string(),
     })?;
-    let context = crate::ring_buffer::open_context(device).map_err(|e| Error::Unavailable {
+    let context = crate::cuda::Context::open(device).map_err(|e| Error::Unavailable {
         backend: crate::EncoderKind::Nvenc,
         reason: e.to_string(),
     })?;
-    let _current = crate::ring_buffer::push_context(&context).map_err(|e| Error::Unavailable {
+    let _current = context.push().map_err(|e| Error::Unavailable {
         backend: crate::EncoderKind::Nvenc,
         reason: e.to_string(),
     })?;
     // SAFETY: the context lives until the end of this function, after the session (dropped
     // first, as it is declared later).
-    let raw = unsafe { RawEncoder::open(library, context.cu_ctx().cast::<c_void>()) }?;
+    let raw = unsafe { RawEncoder::open(library, context.raw()) }?;
     let codec = sys::NV_ENC_CODEC_H264_GUID;
     let h264 = raw.encode_guids()?.iter().any(|g| {
         g.Data1 == codec.Data1
