@@ -579,8 +579,13 @@ impl<E: VideoEncoder> Metered<E> {
     }
 }
 
-impl<E: VideoEncoder> VideoEncoder for Metered<E> {
-    fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+impl<E: VideoEncoder> Metered<E> {
+    /// One frame through `encode` (or `encode_slot`), measured.
+    fn metered_encode(
+        &mut self,
+        out: &mut Vec<EncodedChunk>,
+        encode: impl FnOnce(&mut E, &mut Vec<EncodedChunk>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let submitted = Instant::now();
         self.fps.start(submitted);
         if self.pending.is_empty() {
@@ -590,13 +595,27 @@ impl<E: VideoEncoder> VideoEncoder for Metered<E> {
         let start = out.len();
         let result = {
             let _scope = ScopeGuard::enter(&self.labels);
-            self.inner.encode(frame, out)
+            encode(&mut self.inner, out)
         };
         if result.is_ok() {
             self.submitted(submitted);
         }
         self.record(start, out, result.as_ref().err(), Instant::now());
         result
+    }
+}
+
+impl<E: VideoEncoder> VideoEncoder for Metered<E> {
+    fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        self.metered_encode(out, |inner, out| inner.encode(frame, out))
+    }
+
+    fn encode_slot(
+        &mut self,
+        slot: &crate::encoder::SlotFrame,
+        out: &mut Vec<EncodedChunk>,
+    ) -> Result<(), Error> {
+        self.metered_encode(out, |inner, out| inner.encode_slot(slot, out))
     }
 
     fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {

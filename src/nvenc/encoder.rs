@@ -51,7 +51,7 @@ use crate::cuda::{self, Context as CudaContext, Stream as CudaStream};
 use crate::encoder::mapping::{self, NvencRc, NvencRcMode};
 use crate::encoder::{
     DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameType, InputGate, PixelFormat,
-    RateControl, VideoEncoder,
+    RateControl, SlotFrame, VideoEncoder,
 };
 use crate::error::Error;
 use crate::ring_buffer::{
@@ -121,6 +121,22 @@ fn apply_rate_control(enc: &mut sys::NV_ENC_CONFIG, rc: &NvencRc) {
     }
 }
 
+/// Where a host frame is uploaded from: a slot of the encoder's own pinned staging ring (the
+/// frame was copied there), or the caller's ring slot (no copy).
+enum Staged {
+    Own(ReadSlot<PinnedStorage>),
+    Caller(SlotFrame),
+}
+
+impl Staged {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Staged::Own(slot) => slot,
+            Staged::Caller(slot) => slot.data(),
+        }
+    }
+}
+
 /// One picture between submission and read-back.
 struct InFlight {
     /// Held for its `Drop`: the surface goes back to the ring when the picture is read back.
@@ -128,7 +144,7 @@ struct InFlight {
     device: ReadSlot<DeviceStorage>,
     /// Held for its `Drop`: the staging slot must not be rewritten before the upload ran.
     #[allow(dead_code)]
-    staging: Option<ReadSlot<PinnedStorage>>,
+    staging: Option<Staged>,
     mapped: Option<Mapped>,
     output: Option<BitstreamBuffer>,
     frame_index: u64,
@@ -681,7 +697,7 @@ impl NvencEncoder {
         frame_index: u64,
         pts: i64,
         force_keyframe: bool,
-        staged: ReadSlot<PinnedStorage>,
+        staged: Staged,
         out: &mut Vec<EncodedChunk>,
     ) -> Result<(), Error> {
         let planes = self.planes(self.config.resolution.width as usize);
@@ -689,8 +705,9 @@ impl NvencEncoder {
         let slot = self.device_in.try_reserve().map_err(ring_flow)?;
         let surface = slot.surface();
         for (offset, pitch, dst) in planes.0[..planes.1].iter().map(|p| p.on(&surface)) {
-            let src = staged.get(offset..).unwrap_or_default();
-            // SAFETY: `src` is a pinned staging slot whose lease travels with the picture until
+            let src = staged.bytes().get(offset..).unwrap_or_default();
+            // SAFETY: `src` is a pinned slot (the encoder's or the caller's) whose lease travels
+            // with the picture until
             // its bitstream is read back (after the stream ran this copy), and on an error the
             // caller synchronizes the stream before any slot is reused; `dst` is a plane of a
             // surface of this encoder's device ring, reserved and not in use by NVENC.
@@ -815,7 +832,7 @@ impl NvencEncoder {
         frame_index: u64,
         pts: i64,
         force_idr: bool,
-        staging: Option<ReadSlot<PinnedStorage>>,
+        staging: Option<Staged>,
         out: &mut Vec<EncodedChunk>,
     ) -> Result<(), Error> {
         let device = self.device_out.try_pop().map_err(ring_flow)?;
@@ -1058,14 +1075,36 @@ impl VideoEncoder for NvencEncoder {
             message: format!("a {len}-byte frame does not fit a staging slot"),
         })?;
         dst.copy_from_slice(frame.data);
+        crate::encoder::count_host_copy();
         staging
             .commit(FrameMeta::with_len(len))
             .map_err(ring_flow)?;
-        let staged = self.staging_out.try_pop().map_err(ring_flow)?;
+        let staged = Staged::Own(self.staging_out.try_pop().map_err(ring_flow)?);
         let result = self.upload_and_submit(frame_index, pts, frame.force_keyframe, staged, out);
         if result.is_err() && !self.is_hung() {
             // An upload may still be queued: no slot may be reused before it ran. (Not after a
             // hang: the stream may be as stuck as the driver, and the slots stay pinned.)
+            let _ = self.synchronize();
+        }
+        result
+    }
+
+    /// From a pinned slot, the upload reads the caller's slot directly (its lease stays with
+    /// the picture until the bitstream is read back): no host copy. From a host slot, as
+    /// `encode` (one copy into pinned staging).
+    fn encode_slot(&mut self, slot: &SlotFrame, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        if !matches!(slot, SlotFrame::Pinned(_)) {
+            return self.encode(slot.frame(), out);
+        }
+        let frame = slot.frame();
+        let (frame_index, pts) = self.gate.check(&frame)?;
+        let force_keyframe = frame.force_keyframe;
+        let _context = self.enter()?;
+        self.make_room(out)?;
+        let staged = Staged::Caller(slot.clone());
+        let result = self.upload_and_submit(frame_index, pts, force_keyframe, staged, out);
+        if result.is_err() && !self.is_hung() {
+            // As in `encode`: no slot may be reused before a queued upload ran.
             let _ = self.synchronize();
         }
         result
