@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nvenc_sys as sys;
+
+use crate::cuda::{Context, Pending, PitchedBuffer, Stream};
 use nvenc_sys::{Library, GUID, NVENCSTATUS};
 
 use super::error::NvencError;
@@ -29,6 +31,59 @@ pub(crate) struct RawEncoder {
     /// Where the calls that may block forever run, once [`RawEncoder::start_watchdog`] was
     /// called; without it they run on the caller's thread.
     watchdog: Option<Watchdog<Blocking, Unblocked>>,
+    /// The session's CUDA context, retained until after the session is destroyed (fields drop
+    /// after `Drop::drop`).
+    _context: Context,
+    /// The stream given to `nvEncSetIOCudaStreams`, kept (at a fixed address) for the session.
+    io_stream: Option<IoStream>,
+}
+
+/// A `CUstream` handle in a box, so the address given to `nvEncSetIOCudaStreams` stays put, with
+/// the stream it names, kept alive as long as the box.
+struct IoStream {
+    _stream: Stream,
+    handle: Box<sys::NV_ENC_CUSTREAM_PTR>,
+}
+
+impl std::fmt::Debug for IoStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoStream").finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the box holds an opaque CUDA stream handle that this crate never dereferences; CUDA
+// stream handles may be used from any thread.
+unsafe impl Send for IoStream {}
+
+/// The init params and config a session runs with: `nvEncReconfigureEncoder` takes a full copy
+/// of them with the changed fields (API.h, `NV_ENC_RECONFIGURE_PARAMS::reInitEncodeParams`).
+/// `params.encodeConfig` is null here; each call points it at `config` for its duration.
+pub(crate) struct InitParams {
+    pub params: sys::NV_ENC_INITIALIZE_PARAMS,
+    pub config: Box<sys::NV_ENC_CONFIG>,
+}
+
+impl std::fmt::Debug for InitParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitParams")
+            .field("width", &self.params.encodeWidth)
+            .field("height", &self.params.encodeHeight)
+            .field("frame_interval_p", &self.config.frameIntervalP)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: both structs are plain data; their only pointers are `encodeConfig` (kept null),
+// `privData` and the reserved arrays (null, as the API requires), so nothing is shared with
+// another thread by moving them.
+unsafe impl Send for InitParams {}
+
+/// The H.264 member of an NVENC config's codec union.
+pub(crate) fn h264_config(config: &mut sys::NV_ENC_CONFIG) -> &mut sys::NV_ENC_CONFIG_H264 {
+    // SAFETY: every member of the codec-config union is plain integers and bit fields, so any
+    // bytes are a valid `NV_ENC_CONFIG_H264`; H.264 is the only codec this crate opens, so this
+    // is the member the driver reads.
+    unsafe { &mut config.encodeCodecConfig.h264Config }
 }
 
 /// A session handle, for the watchdog's worker thread.
@@ -115,9 +170,20 @@ unsafe impl Send for RawEncoder {}
 #[derive(Debug)]
 pub(crate) struct BitstreamBuffer(NonNull<c_void>);
 
-/// An external CUDA surface registered with `nvEncRegisterResource`.
+/// An external CUDA surface registered with `nvEncRegisterResource`, holding its memory until
+/// it is unregistered.
 #[derive(Debug)]
-pub(crate) struct Registered(NonNull<c_void>);
+pub(crate) struct Registered {
+    ptr: NonNull<c_void>,
+    memory: Arc<PitchedBuffer>,
+}
+
+impl Registered {
+    /// The registered memory.
+    pub(crate) fn memory(&self) -> &Arc<PitchedBuffer> {
+        &self.memory
+    }
+}
 
 /// A registered surface mapped for encoding with `nvEncMapInputResource`.
 #[derive(Debug)]
@@ -180,25 +246,19 @@ macro_rules! versioned {
 }
 
 impl RawEncoder {
-    /// `nvEncOpenEncodeSessionEx` on a CUDA context.
-    ///
-    /// # Safety
-    /// `cuda_context` must be a live `CUcontext` that outlives the returned session.
+    /// `nvEncOpenEncodeSessionEx` on a CUDA context, which the session keeps retained.
     #[doc(alias = "nvEncOpenEncodeSessionEx")]
-    pub(crate) unsafe fn open(
-        lib: Arc<Library>,
-        cuda_context: *mut c_void,
-    ) -> Result<Self, NvencError> {
+    pub(crate) fn open(lib: Arc<Library>, context: &Context) -> Result<Self, NvencError> {
         let mut params = versioned!(
             sys::NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS,
             sys::NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS_VER
         );
         params.deviceType = sys::NV_ENC_DEVICE_TYPE::NV_ENC_DEVICE_TYPE_CUDA;
-        params.device = cuda_context;
+        params.device = context.raw();
         params.apiVersion = sys::NVENCAPI_VERSION;
         let mut handle: *mut c_void = std::ptr::null_mut();
-        // SAFETY: `params` is a valid, versioned struct; `device` is a live CUDA context by this
-        // function's contract; `handle` is a valid out-pointer.
+        // SAFETY: `params` is a valid, versioned struct; `device` is a live CUDA context, which
+        // the session keeps retained (`_context`); `handle` is a valid out-pointer.
         let status = unsafe { (lib.fns().open_encode_session_ex)(&mut params, &mut handle) };
         if status.is_success() {
             if let Some(handle) = NonNull::new(handle) {
@@ -206,6 +266,8 @@ impl RawEncoder {
                     lib,
                     handle,
                     watchdog: None,
+                    _context: context.clone(),
+                    io_stream: None,
                 });
             }
         }
@@ -217,6 +279,8 @@ impl RawEncoder {
                     lib,
                     handle,
                     watchdog: None,
+                    _context: context.clone(),
+                    io_stream: None,
                 };
                 failed.last_error()
                 // `failed` drops here and destroys the half-open session.
@@ -249,7 +313,7 @@ impl RawEncoder {
     pub(crate) fn start_watchdog(
         &mut self,
         deadline: Duration,
-        context: crate::cuda::Context,
+        context: Context,
     ) -> std::io::Result<()> {
         let lib = Arc::clone(&self.lib);
         let session = SessionPtr(self.handle);
@@ -382,33 +446,40 @@ impl RawEncoder {
         Ok(config)
     }
 
-    /// `nvEncInitializeEncoder`.
-    ///
-    /// `params.encodeConfig` must be null or point at a config that lives through the call; the
-    /// caller builds both together (see `session.rs`).
+    /// `nvEncInitializeEncoder` with `init`'s params and config.
     #[doc(alias = "nvEncInitializeEncoder")]
-    pub(crate) fn initialize(
-        &self,
-        params: &mut sys::NV_ENC_INITIALIZE_PARAMS,
-    ) -> Result<(), NvencError> {
-        // SAFETY: live session; `params` is a valid versioned struct whose `encodeConfig` is
-        // null or points at a live config (the caller's contract above); the driver copies both.
-        let status = unsafe { (self.lib.fns().initialize_encoder)(self.raw(), params) };
+    pub(crate) fn initialize(&self, init: &mut InitParams) -> Result<(), NvencError> {
+        let mut params = init.params;
+        params.encodeConfig = &mut *init.config;
+        // SAFETY: live session; `params` is a valid versioned struct whose `encodeConfig`
+        // points at `init.config`, alive through the call; the driver copies both.
+        let status = unsafe { (self.lib.fns().initialize_encoder)(self.raw(), &mut params) };
         self.check("nvEncInitializeEncoder", status)
     }
 
-    /// `nvEncReconfigureEncoder`: `params.reInitEncodeParams` is a full copy of the init params
-    /// (API.h: "Encoder session re-initialization parameters"), with its `encodeConfig` pointing
-    /// at a config that lives through the call.
+    /// `nvEncReconfigureEncoder`: a full copy of the init params (API.h: "Encoder session
+    /// re-initialization parameters") with `config` as the new config; `reset` resets the
+    /// encoder and forces an IDR.
     #[doc(alias = "nvEncReconfigureEncoder")]
     pub(crate) fn reconfigure(
         &self,
-        params: &mut sys::NV_ENC_RECONFIGURE_PARAMS,
+        init: &InitParams,
+        config: &sys::NV_ENC_CONFIG,
+        reset: bool,
     ) -> Result<(), NvencError> {
+        let mut config = *config;
+        let mut params = versioned!(
+            sys::NV_ENC_RECONFIGURE_PARAMS,
+            sys::NV_ENC_RECONFIGURE_PARAMS_VER
+        );
+        params.reInitEncodeParams = init.params;
+        params.reInitEncodeParams.encodeConfig = &mut config;
+        params.set_resetEncoder(u32::from(reset));
+        params.set_forceIDR(u32::from(reset));
         // SAFETY: live, initialized session; `params` is a valid versioned struct whose
-        // `reInitEncodeParams.encodeConfig` is null or points at a live config (the caller's
-        // contract above); the driver copies both.
-        let status = unsafe { (self.lib.fns().reconfigure_encoder)(self.raw(), params) };
+        // `reInitEncodeParams.encodeConfig` points at `config`, alive through the call; the
+        // driver copies both.
+        let status = unsafe { (self.lib.fns().reconfigure_encoder)(self.raw(), &mut params) };
         self.check("nvEncReconfigureEncoder", status)
     }
 
@@ -448,21 +519,35 @@ impl RawEncoder {
             .map_err(|e| (buffer, e))
     }
 
-    /// `nvEncRegisterResource` for a pitched CUDA device allocation.
-    ///
-    /// # Safety
-    /// `device_ptr` must be a live device allocation of at least `pitch * rows` bytes (rows of the
-    /// whole frame, chroma included) that stays allocated until the returned handle is given to
-    /// [`RawEncoder::unregister`].
+    /// `nvEncRegisterResource` for a pitched CUDA device allocation of the session's context,
+    /// holding a `width x height` frame of `format` (`height * 3 / 2` rows); the registration
+    /// keeps the memory allocated until it is unregistered.
     #[doc(alias = "nvEncRegisterResource")]
-    pub(crate) unsafe fn register_cuda(
+    pub(crate) fn register_cuda(
         &self,
-        device_ptr: u64,
+        memory: Arc<PitchedBuffer>,
         width: u32,
         height: u32,
-        pitch: u32,
         format: sys::NV_ENC_BUFFER_FORMAT,
     ) -> Result<Registered, NvencError> {
+        let surface = memory.surface();
+        let pitch = u32::try_from(surface.pitch).ok();
+        let fits = surface.width_bytes >= width as usize
+            && surface.rows >= height as usize / 2 * 3 + (height as usize % 2);
+        let Some(pitch) = pitch.filter(|_| fits) else {
+            return Err(NvencError::new(
+                "nvEncRegisterResource",
+                NVENCSTATUS::NV_ENC_ERR_INVALID_PARAM,
+                format!(
+                    "a surface of {} rows x {} bytes (pitch {}) cannot hold a {width}x{height} \
+                     frame (expected >= {} rows of >= {width} bytes, pitch < 2^32)",
+                    surface.rows,
+                    surface.width_bytes,
+                    surface.pitch,
+                    height as usize * 3 / 2
+                ),
+            ));
+        };
         let mut params = versioned!(
             sys::NV_ENC_REGISTER_RESOURCE,
             sys::NV_ENC_REGISTER_RESOURCE_VER
@@ -472,15 +557,16 @@ impl RawEncoder {
         params.width = width;
         params.height = height;
         params.pitch = pitch;
-        params.resourceToRegister = device_ptr as usize as *mut c_void;
+        params.resourceToRegister = surface.device_ptr as usize as *mut c_void;
         params.bufferFormat = format;
         params.bufferUsage = sys::NV_ENC_BUFFER_USAGE::NV_ENC_INPUT_IMAGE;
-        // SAFETY: live session; valid versioned struct; the device allocation is live and large
-        // enough by this function's contract.
+        // SAFETY: live session; valid versioned struct; the device allocation holds the whole
+        // frame (checked above) and stays allocated while the registration (which keeps
+        // `memory`) lives.
         let status = unsafe { (self.lib.fns().register_resource)(self.raw(), &mut params) };
         self.check("nvEncRegisterResource", status)?;
         NonNull::new(params.registeredResource)
-            .map(Registered)
+            .map(|ptr| Registered { ptr, memory })
             .ok_or_else(|| {
                 NvencError::new(
                     "nvEncRegisterResource",
@@ -497,7 +583,7 @@ impl RawEncoder {
         // SAFETY: live session; the resource was registered by it; consumed on success, handed
         // back on failure.
         let status =
-            unsafe { (self.lib.fns().unregister_resource)(self.raw(), resource.0.as_ptr()) };
+            unsafe { (self.lib.fns().unregister_resource)(self.raw(), resource.ptr.as_ptr()) };
         self.check("nvEncUnregisterResource", status)
             .map_err(|e| (resource, e))
     }
@@ -509,7 +595,7 @@ impl RawEncoder {
             sys::NV_ENC_MAP_INPUT_RESOURCE,
             sys::NV_ENC_MAP_INPUT_RESOURCE_VER
         );
-        params.registeredResource = resource.0.as_ptr();
+        params.registeredResource = resource.ptr.as_ptr();
         // SAFETY: live session; valid versioned struct naming a resource registered by it.
         let status = unsafe { (self.lib.fns().map_input_resource)(self.raw(), &mut params) };
         self.check("nvEncMapInputResource", status)?;
@@ -613,16 +699,34 @@ impl RawEncoder {
     }
 
     /// `nvEncSetIOCudaStreams`: NVENC's input pre-processing and output post-processing run on
-    /// `stream` instead of the default stream, ordered after the uploads queued there.
-    ///
-    /// # Safety
-    /// `stream` must point at a live `CUstream` of the session's context that stays alive (and at
-    /// the same address) for the life of the session.
+    /// `stream` (of the session's context) instead of the default stream, ordered after the
+    /// uploads queued there. The session keeps the stream, and the handle whose address the
+    /// driver keeps, for its life.
     #[doc(alias = "nvEncSetIOCudaStreams")]
-    pub(crate) unsafe fn set_io_cuda_streams(&self, stream: *mut c_void) -> Result<(), NvencError> {
-        // SAFETY: live session; `stream` points at a live CUstream by this function's contract.
-        let status = unsafe { (self.lib.fns().set_io_cuda_streams)(self.raw(), stream, stream) };
+    pub(crate) fn set_io_cuda_streams(&mut self, stream: &Stream) -> Result<(), NvencError> {
+        let mut io = IoStream {
+            _stream: stream.clone(),
+            handle: Box::new(stream.raw()),
+        };
+        let ptr: *mut sys::NV_ENC_CUSTREAM_PTR = &mut *io.handle;
+        let ptr = ptr.cast::<c_void>();
+        // SAFETY: live session; `ptr` points at a live CUstream handle in a box that `self`
+        // keeps (with the stream) until after the session is destroyed, so it stays valid and
+        // at the same address.
+        let status = unsafe { (self.lib.fns().set_io_cuda_streams)(self.raw(), ptr, ptr) };
+        // Kept even on failure: the driver may have kept the address.
+        self.io_stream = Some(io);
         self.check("nvEncSetIOCudaStreams", status)
+    }
+
+    /// The source of the upload into a picture's input surface, given back once the picture's
+    /// bitstream was locked, without waiting for the stream.
+    pub(crate) fn input_consumed<T>(&self, _locked: &LockedInfo, upload: Pending<T>) -> Option<T> {
+        // SAFETY: the upload was queued on the session's IO stream before the picture was
+        // submitted, and NVENC's input processing of that picture runs on the same stream after
+        // it; a locked bitstream means the input was processed, so the copy ran. (The caller
+        // passes the upload of the picture whose output it locked.)
+        unsafe { upload.ran() }
     }
 
     /// `nvEncGetSequenceParams`: the SPS and PPS, Annex B. On the watchdog's worker once it

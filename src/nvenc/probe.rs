@@ -92,16 +92,10 @@ pub fn probe(device: usize) -> Result<NvencCaps, Error> {
         backend: crate::EncoderKind::Nvenc,
         reason: e.to_string(),
     })?;
-    // SAFETY: the context lives until the end of this function, after the session (dropped
-    // first, as it is declared later).
-    let raw = unsafe { RawEncoder::open(library, context.raw()) }?;
+    // The session keeps the context retained until it is destroyed.
+    let raw = RawEncoder::open(library, &context)?;
     let codec = sys::NV_ENC_CODEC_H264_GUID;
-    let h264 = raw.encode_guids()?.iter().any(|g| {
-        g.Data1 == codec.Data1
-            && g.Data2 == codec.Data2
-            && g.Data3 == codec.Data3
-            && g.Data4 == codec.Data4
-    });
+    let h264 = super::init::offers_h264(&raw)?;
     let cap = |c| {
         if h264 {
             raw.cap(codec, c).unwrap_or(0)

@@ -178,3 +178,15 @@ impl DeviceSlots for DeviceStorage {
         self.surfaces[index].surface()
     }
 }
+
+// SAFETY: a lease's bytes are a slot of the ring's storage, which does not move while the ring
+// (which the lease shares) lives; the producer cannot reserve, so cannot write, a slot while a
+// lease on it (or on an older slot) is alive (see the module docs of the ring).
+unsafe impl<S: HostSlots> cuda::HostBytes for super::ReadSlot<S>
+where
+    super::ReadSlot<S>: Send,
+{
+    fn host_bytes(&self) -> &[u8] {
+        self
+    }
+}
