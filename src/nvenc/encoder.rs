@@ -42,18 +42,19 @@ use std::sync::Arc;
 
 use nvenc_sys as sys;
 
-use super::api::{CallError, LockedInfo, PictureInput, RawEncoder, Submitted};
+use super::api::{CallError, PictureInput, RawEncoder, Submitted};
 use super::init::{self, apply_rate_control};
 use super::options::NvencOptions;
 use super::session::{self, HungAt, InFlight, Session, Staged};
-use super::NvencError;
 use crate::cuda::{self, Context, DeviceSource, Either, Plane, PlaneSource, Stream};
 use crate::encoder::mapping;
 use crate::encoder::{
-    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameType, InputGate, PixelFormat,
-    RateControl, SlotFrame, VideoEncoder,
+    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, PixelFormat, RateControl,
+    SlotFrame, VideoEncoder,
 };
 use crate::error::Error;
+
+mod output;
 
 const KIND: EncoderKind = EncoderKind::Nvenc;
 
@@ -72,20 +73,8 @@ pub struct DeviceFrame {
     pub force_keyframe: bool,
 }
 
-/// The direct NVENC encoder. See the [module docs](self).
-///
-/// # Errors and hangs
-/// An `Err` from `encode` means the frame was not accepted. A driver failure after which the
-/// session's state is unknown fails the encoder: later calls return an error and frames not yet
-/// read back never come out ([`crate::FallbackEncoder`] replays them elsewhere).
-///
-/// `nvEncEncodePicture` and `nvEncLockBitstream` run on a worker thread of the encoder, each
-/// awaited at most [`NvencOptions::call_deadline`]; one that does not return fails the encoder
-/// with [`Error::Hung`] naming the call. A session cannot be destroyed while a call is inside
-/// it, so a hung encoder, when dropped, leaves behind until the call returns (then the worker
-/// tears it all down in order) or the process exits: the NVENC session with its registrations,
-/// mappings and bitstream buffers, its device surfaces and pinned staging buffers, its CUDA
-/// stream, a reference to the CUDA context, and the blocked worker thread.
+/// The direct NVENC encoder. See the [module docs](self), whose "Errors and hangs" section says
+/// what a failed encoder does, and what a hung one leaves behind when dropped.
 pub struct NvencEncoder {
     // Field order is drop order: the session (destroyed, then its surfaces freed), then the
     // stream and the context. `Drop` tears the session down first, or, when a driver call hung,
@@ -164,7 +153,7 @@ impl NvencEncoder {
     /// [`Error::Config`] for an invalid configuration; [`Error::NvencLoad`] when the driver's
     /// library cannot be loaded; [`Error::Unavailable`] without a CUDA driver or device;
     /// [`Error::NvencCapability`] when the GPU lacks something the configuration needs;
-    /// [`Error::Nvenc`] when a call fails (see [`NvencError::kind`]: no encode device, likely
+    /// [`Error::Nvenc`] when a call fails (see [`NvencError::kind`](super::NvencError::kind): no encode device, likely
     /// session limit, ...).
     pub fn with_options(config: &EncoderConfig, options: &NvencOptions) -> Result<Self, Error> {
         let gate = InputGate::new(KIND, config)?;
@@ -497,122 +486,7 @@ impl NvencEncoder {
             .as_ref()
             .and_then(|s| s.surfaces.iter().flatten().next())
             .map_or(0, |r| r.memory().surface().pitch);
-        plane_copies(&self.config, src_pitch, dst_pitch)
-    }
-
-    /// Reads back outputs until an input surface and, for a host frame, a staging buffer are
-    /// free for the next frame.
-    fn make_room(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        loop {
-            let session = self.session()?;
-            if !session.free_surfaces.is_empty() {
-                return Ok(());
-            }
-            if session.ready == 0 || session.pending.is_empty() {
-                // The pool was sized for every frame NVENC may hold; reaching this means the
-                // driver held more than it said it would, or too many surfaces were retired.
-                return Err(no_surface(session));
-            }
-            self.read_one(out)?;
-        }
-    }
-
-    /// A staging buffer for a host frame, reading back outputs until one is free.
-    fn staging(&mut self, out: &mut Vec<EncodedChunk>) -> Result<cuda::PinnedBuffer, Error> {
-        loop {
-            let session = self.session()?;
-            if let Some(buffer) = session.free_staging.pop() {
-                return Ok(buffer);
-            }
-            if session.ready == 0 || session.pending.is_empty() {
-                return Err(Error::Backend {
-                    backend: KIND,
-                    call: "staging",
-                    message: "every pinned staging buffer is in flight and no output is ready"
-                        .into(),
-                });
-            }
-            self.read_one(out)?;
-        }
-    }
-
-    /// Locks the oldest ready output, appends its chunk, and frees what its picture held.
-    fn read_one(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        let session = self.session()?;
-        let Some(flight) = session.pending.pop_front() else {
-            return Ok(());
-        };
-        let mut data = Vec::new();
-        let read = match flight.output.as_ref() {
-            Some(output) => session.raw.read_bitstream(output, &mut data),
-            None => Err(CallError::Failed(NvencError::new(
-                "nvEncLockBitstream",
-                sys::NVENCSTATUS::NV_ENC_ERR_INVALID_PARAM,
-                "a pending picture without an output buffer".into(),
-            ))),
-        };
-        let info: LockedInfo = match read {
-            Ok(info) => info,
-            Err(e) => {
-                // Its input may still be in use by the driver (a hung call is still inside):
-                // everything stays with the session, for teardown.
-                if matches!(e, CallError::Hung(_)) {
-                    session.hung_at = Some(HungAt::Front);
-                }
-                session.pending.push_front(flight);
-                return Err(self.fail(e));
-            }
-        };
-        session.ready = session.ready.saturating_sub(1);
-        // The frame's input is no longer needed once its bitstream was locked.
-        session.release(flight, Some(&info));
-        // The output carries the input's timestamp: our frame index. Its pts is looked up from
-        // what `encode` recorded (B-frames come out of order).
-        let frame_index = info.timestamp;
-        let pts = self.pts_of(frame_index);
-        let dts = self.dts.next();
-        let frame_type = match info.picture_type {
-            sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_IDR => FrameType::Idr,
-            sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_I
-            | sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_INTRA_REFRESH => FrameType::I,
-            sys::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_B => FrameType::B,
-            _ => FrameType::P,
-        };
-        self.chunks_out += 1;
-        out.push(EncodedChunk {
-            data,
-            pts,
-            dts: dts.min(pts),
-            duration: 1,
-            keyframe: frame_type == FrameType::Idr,
-            frame_type,
-            frame_index,
-        });
-        Ok(())
-    }
-
-    /// The pts recorded for a submitted frame (outputs come back out of order with B-frames).
-    fn pts_of(&mut self, frame_index: u64) -> i64 {
-        match self.unread.iter().position(|&(i, _)| i == frame_index) {
-            Some(at) => self
-                .unread
-                .remove(at)
-                .map_or(frame_index as i64, |(_, pts)| pts),
-            None => {
-                tracing::warn!(
-                    frame_index,
-                    "NVENC returned a timestamp that was never submitted"
-                );
-                frame_index as i64
-            }
-        }
-    }
-
-    fn read_all(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        while self.session()?.pending.front().is_some() {
-            self.read_one(out)?;
-        }
-        Ok(())
+        init::plane_copies(&self.config, src_pitch, dst_pitch)
     }
 
     /// Whether a driver call is still inside the session.
@@ -791,45 +665,6 @@ impl Drop for NvencEncoder {
             tracing::warn!(error = %e, "cuStreamSynchronize failed at teardown");
         }
         self.session = None;
-    }
-}
-
-/// The plane copies of a frame of `config` with luma rows `src_pitch` bytes apart into a surface
-/// with rows `dst_pitch` bytes apart (see [`NvencEncoder::planes`]).
-fn plane_copies(config: &EncoderConfig, src_pitch: usize, dst_pitch: usize) -> ([Plane; 3], usize) {
-    let w = config.resolution.width as usize;
-    let h = config.resolution.height as usize;
-    let plane = |src_offset, src_pitch, dst_offset, dst_pitch, width, rows| Plane {
-        src_offset,
-        src_pitch,
-        dst_offset,
-        dst_pitch,
-        width,
-        rows,
-    };
-    match config.pixel_format {
-        PixelFormat::Nv12 => {
-            let all = plane(0, src_pitch, 0, dst_pitch, w, h * 3 / 2);
-            ([all; 3], 1)
-        }
-        _ => {
-            let (sc, dc) = (src_pitch / 2, dst_pitch / 2);
-            (
-                [
-                    plane(0, src_pitch, 0, dst_pitch, w, h),
-                    plane(src_pitch * h, sc, dst_pitch * h, dc, w / 2, h / 2),
-                    plane(
-                        src_pitch * h + sc * (h / 2),
-                        sc,
-                        dst_pitch * h + dc * (h / 2),
-                        dc,
-                        w / 2,
-                        h / 2,
-                    ),
-                ],
-                3,
-            )
-        }
     }
 }
 
