@@ -136,13 +136,14 @@ fn child_copy_count() {
     println!("COPIES bytes {copies}");
     assert_eq!(copies, 2 * FRAMES, "held copy + staging copy per frame");
 
-    // After: frames in pinned slots. The chain holds the lease, NVENC uploads from the slot.
-    let mut encoder = FallbackEncoder::new(&config, None).expect("open");
-    assert_eq!(encoder.current_kind(), EncoderKind::Nvenc);
+    // After: frames in pinned slots, through `Auto` as a user opens it (a boxed chain). The
+    // chain holds the lease, NVENC uploads from the slot.
+    let mut encoder = nvenc::open_encoder(nvenc::EncoderChoice::Auto, &config).expect("open");
+    assert_eq!(encoder.kind(), EncoderKind::Nvenc);
     let before = host_frame_copies();
     let (chunks, caller_copies) = encode_from_slots(&mut encoder, &input);
     let copies = host_frame_copies() - before;
-    assert_eq!(encoder.current_kind(), EncoderKind::Nvenc, "no failover");
+    assert_eq!(encoder.kind(), EncoderKind::Nvenc, "no failover");
     assert_decodes(&chunks, &input, &config);
     assert_slot_meta(&chunks);
     println!("COPIES slots {copies} caller {caller_copies}");

@@ -646,7 +646,7 @@ impl Drop for RawEncoder {
         for attempt in 1..=2 {
             // SAFETY: the session handle is live (a failed destroy leaves it so) and never used
             // after a successful one; the owner frees its buffers, registrations and mappings
-            // before dropping the session (encoder.rs).
+            // before dropping the session (`NvencSession::teardown`).
             let status = unsafe { (self.lib.fns().destroy_encoder)(self.raw()) };
             if status.is_success() {
                 return;

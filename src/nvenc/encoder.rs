@@ -45,7 +45,7 @@ use nvenc_sys as sys;
 use super::api::{CallError, PictureInput, RawEncoder, Submitted};
 use super::init::{self, apply_rate_control};
 use super::options::NvencOptions;
-use super::session::{self, HungAt, InFlight, Session, Staged};
+use super::session::{self, HungAt, InFlight, NvencSession, Staged};
 use crate::cuda::{self, Context, DeviceSource, Either, Plane, PlaneSource, Stream};
 use crate::encoder::mapping;
 use crate::encoder::{
@@ -79,7 +79,7 @@ pub struct NvencEncoder {
     // Field order is drop order: the session (destroyed, then its surfaces freed), then the
     // stream and the context. `Drop` tears the session down first, or, when a driver call hung,
     // hands it to the watchdog (see the module docs).
-    session: Option<Session>,
+    session: Option<NvencSession>,
     stream: Stream,
     context: Context,
     config: EncoderConfig,
@@ -180,7 +180,7 @@ impl NvencEncoder {
         raw.initialize(&mut plan.init).map_err(Error::Nvenc)?;
         let deadline = options.call_deadline(config.frame_rate);
         let (session, headers) =
-            Session::open(raw, &context, &stream, &plan, staging_len, deadline)?;
+            NvencSession::open(raw, &context, &stream, &plan, staging_len, deadline)?;
         tracing::debug!(
             preset = %plan.preset, tuning = %plan.tuning,
             width = config.resolution.width, height = config.resolution.height,
@@ -231,7 +231,7 @@ impl NvencEncoder {
         self.session.as_ref().map_or(0, |s| s.peak_in_flight)
     }
 
-    fn session(&mut self) -> Result<&mut Session, Error> {
+    fn session(&mut self) -> Result<&mut NvencSession, Error> {
         if let Some(failure) = self.failure() {
             return Err(failure);
         }
@@ -352,7 +352,7 @@ impl NvencEncoder {
         force_idr: bool,
         out: &mut Vec<EncodedChunk>,
     ) -> Result<(), Error> {
-        let give_back = |session: &mut Session, source: Option<Staged>| {
+        let give_back = |session: &mut NvencSession, source: Option<Staged>| {
             if let Some(Either::Left(staging)) = source {
                 session.free_staging.push(staging);
             }
@@ -668,7 +668,7 @@ impl Drop for NvencEncoder {
     }
 }
 
-fn no_surface(session: &Session) -> Error {
+fn no_surface(session: &NvencSession) -> Error {
     Error::Backend {
         backend: KIND,
         call: "nvEncEncodePicture",

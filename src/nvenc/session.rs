@@ -29,7 +29,7 @@ pub(crate) fn caller_slot(slot: &SlotFrame) -> Option<Staged> {
 
 /// One picture between submission and read-back.
 pub(crate) struct InFlight {
-    /// Index of its input surface in [`Session::surfaces`].
+    /// Index of its input surface in [`NvencSession::surfaces`].
     pub surface: usize,
     /// The copy into the surface, owning its source until it is known to have run.
     pub upload: Option<Pending<Staged>>,
@@ -37,7 +37,7 @@ pub(crate) struct InFlight {
     pub output: Option<BitstreamBuffer>,
 }
 
-/// The call that hung, as it concerns [`Session::pending`].
+/// The call that hung, as it concerns [`NvencSession::pending`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HungAt {
     /// The read-back of the oldest pending picture (`pending.front()`).
@@ -49,7 +49,7 @@ pub(crate) enum HungAt {
 }
 
 /// The NVENC session and everything registered with or created by it.
-pub(crate) struct Session {
+pub(crate) struct NvencSession {
     pub raw: RawEncoder,
     /// Every input surface, registered once at open; by index.
     pub surfaces: Vec<Option<Registered>>,
@@ -73,7 +73,7 @@ pub(crate) struct Session {
     _memory: Vec<Arc<PitchedBuffer>>,
 }
 
-impl Session {
+impl NvencSession {
     /// Allocates the surfaces and staging buffers `plan` asks for and registers the surfaces
     /// with `raw`, an initialized session, whose watchdog is started here; NVENC's IO runs on
     /// `stream`. On an error, what was done so far is undone in order (the session drops).
@@ -101,7 +101,7 @@ impl Session {
         for _ in 0..slots {
             free_staging.push(PinnedBuffer::new(context, staging_len).map_err(cuda_err)?);
         }
-        let mut session = Session {
+        let mut session = NvencSession {
             raw,
             surfaces: Vec::with_capacity(slots),
             free_surfaces: (0..slots).collect(),
@@ -221,7 +221,7 @@ impl Session {
     }
 
     /// Ends the session in the order the API requires: outputs read back and inputs unmapped
-    /// ([`Session::drain`]), unregister, destroy the bitstream buffers, destroy the session (when
+    /// ([`NvencSession::drain`]), unregister, destroy the bitstream buffers, destroy the session (when
     /// `raw` drops, after this), free the surfaces (`_memory`, after that). Best effort: failures
     /// are logged, and each release that fails is tried once more, since anything left behind
     /// holds video memory until the process ends.
@@ -290,7 +290,7 @@ impl Session {
     }
 }
 
-impl Drop for Session {
+impl Drop for NvencSession {
     fn drop(&mut self) {
         self.teardown();
     }
@@ -299,7 +299,7 @@ impl Drop for Session {
 /// What a hung driver call may still be using, in teardown order: handed to the watchdog's
 /// worker, which drops it (tearing the session down) if the call ever returns.
 struct Abandoned {
-    session: Option<Session>,
+    session: Option<NvencSession>,
     stream: Stream,
     context: Context,
     /// How the hung call ended.
