@@ -131,22 +131,23 @@ unsafe fn copy_2d_async(
 ///
 /// # Safety
 /// `host_bytes` returns the same bytes, at the same address, for as long as the value lives,
-/// wherever the value is moved, and nothing writes them while it lives.
+/// wherever the value is moved, and nothing can write them but through a `&mut` borrow of the
+/// value (which a [`Pending`] that owns it never takes).
 pub unsafe trait HostBytes: Send {
     /// The bytes a copy reads.
     fn host_bytes(&self) -> &[u8];
 }
 
-// SAFETY: the allocation is the buffer's own and does not move with it; a writer needs
-// `&mut PinnedBuffer`, which the holder of a queued copy (a `Pending`) never gives out.
+// SAFETY: the allocation is the buffer's own and does not move with it; the only writer is
+// `as_mut_slice`, which needs `&mut PinnedBuffer`.
 unsafe impl HostBytes for PinnedBuffer {
     fn host_bytes(&self) -> &[u8] {
         self.as_slice()
     }
 }
 
-// SAFETY: an `Arc` does not move its contents, and shares only `&T`, through which `T`'s
-// guarantee holds.
+// SAFETY: an `Arc` does not move its contents; `&mut T` is reachable only through `&mut Arc`
+// (`Arc::get_mut`), a `&mut` borrow of the value, as the contract allows.
 unsafe impl<T: HostBytes + Sync> HostBytes for Arc<T> {
     fn host_bytes(&self) -> &[u8] {
         (**self).host_bytes()
@@ -162,8 +163,8 @@ pub enum Either<A, B> {
     Right(B),
 }
 
-// SAFETY: each variant keeps its own guarantee; the variant never changes while the value lives
-// (a `Pending` owns it and gives out no `&mut`).
+// SAFETY: each variant keeps its own guarantee; the variant can change only through a `&mut`
+// borrow of the value, which the trait's contract already allows for.
 unsafe impl<A: HostBytes, B: HostBytes> HostBytes for Either<A, B> {
     fn host_bytes(&self) -> &[u8] {
         match self {
