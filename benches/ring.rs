@@ -192,15 +192,14 @@ fn crossbeam_small(items: u64) -> Duration {
 }
 
 fn cuda_upload() {
-    use nvenc::ring_buffer::{
-        copy_pinned_to_device_async, cuda_available, open_context, DeviceStorage, PinnedStorage,
-    };
-    if let Err(e) = cuda_available() {
+    use nvenc::cuda::{available, copy_host_to_device_async, Context};
+    use nvenc::ring_buffer::{DeviceStorage, PinnedStorage};
+    if let Err(e) = available() {
         println!("\n3. GPU upload: SKIPPED — {e}");
         return;
     }
     let run = || -> Result<(), Box<dyn std::error::Error>> {
-        let ctx = open_context(0)?;
+        let ctx = Context::open(0)?;
         let stream = ctx.new_stream()?;
         let (mut p, mut c) = FrameRing::with_storage(PinnedStorage::new(&ctx, 4, FRAME)?)?;
         let device = DeviceStorage::new(&ctx, 4, 1920, 1620)?;
@@ -215,7 +214,7 @@ fn cuda_upload() {
             let dst = nvenc::ring_buffer::DeviceSlots::surface(&device, i % 4);
             // SAFETY: the lease `f` and `device` outlive the copy: the stream is synchronized
             // before either is dropped.
-            unsafe { copy_pinned_to_device_async(&f, 1920, &dst, &stream)? };
+            unsafe { copy_host_to_device_async(&f, 1920, &dst, &stream)? };
             stream.synchronize()?;
         }
         let t = start.elapsed();

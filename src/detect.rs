@@ -267,10 +267,10 @@ fn nvidia_report() -> NvidiaReport {
         }
         Err(e) => report.nvml_error = Some(format!("NVML (libnvidia-ml) unavailable: {e}")),
     }
-    match crate::ring_buffer::cuda_available() {
-        Ok(()) => match cudarc::driver::CudaContext::device_count() {
-            Ok(n) => report.cuda_devices = Some(n),
-            Err(e) => report.cuda_error = Some(format!("cuInit/cuDeviceGetCount failed: {e}")),
+    match crate::cuda::available() {
+        Ok(()) => match crate::cuda::device_count() {
+            Ok(n) => report.cuda_devices = Some(i32::try_from(n).unwrap_or(i32::MAX)),
+            Err(e) => report.cuda_error = Some(e.to_string()),
         },
         Err(e) => report.cuda_error = Some(e.to_string()),
     }

@@ -31,6 +31,7 @@ pub(crate) mod kind;
 pub(crate) mod mapping;
 
 use std::fmt;
+use std::sync::Arc;
 
 pub use config::{
     Bitrate, Codec, EncoderConfig, FrameLayout, FrameRate, PixelFormat, Plane, Preset, RateControl,
@@ -39,6 +40,7 @@ pub use config::{
 pub use kind::{EncoderKind, FfmpegH264Encoder};
 
 use crate::error::{ConfigError, Error};
+use crate::ring_buffer::{FrameFlags, FrameMeta, HostStorage, PinnedStorage, ReadSlot};
 
 /// One raw input frame: tightly packed pixels in the configured format, plus per-frame options.
 #[derive(Debug, Clone, Copy)]
@@ -210,6 +212,97 @@ pub trait VideoEncoder: Send {
         let rate = self.config().frame_rate;
         (rate.den, rate.num)
     }
+
+    /// Encodes the frame that sits in a ring slot: its bytes are the slot's first
+    /// [`FrameMeta::len`] bytes, its pts is [`FrameMeta::pts`] and it is forced to be a keyframe
+    /// when [`FrameMeta::flags`] contains [`FrameFlags::FORCE_KEYFRAME`]. An encoder may keep a
+    /// clone of `slot` (a shared lease) instead of copying the bytes: NVENC uploads straight from
+    /// a pinned slot, and [`crate::FallbackEncoder`] holds the lease for a replay. The slot goes
+    /// back to the ring once every clone is dropped.
+    ///
+    /// The default encodes [`SlotFrame::frame`] with [`VideoEncoder::encode`]; a wrapper must
+    /// forward this method, or its inner encoder's own version never runs.
+    ///
+    /// # Errors
+    /// As [`VideoEncoder::encode`].
+    fn encode_slot(&mut self, slot: &SlotFrame, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        self.encode(slot.frame(), out)
+    }
+}
+
+/// A frame in a ring slot, for [`VideoEncoder::encode_slot`]: a shared [`ReadSlot`] lease on a
+/// host or pinned ring (cloning it clones the lease; the slot is released when the last clone
+/// drops).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SlotFrame {
+    /// A slot of a ring in plain host memory.
+    Host(Arc<ReadSlot<HostStorage>>),
+    /// A slot of a ring in CUDA pinned memory: NVENC uploads from it directly.
+    Pinned(Arc<ReadSlot<PinnedStorage>>),
+}
+
+impl SlotFrame {
+    /// The slot's metadata.
+    #[must_use]
+    pub fn meta(&self) -> &FrameMeta {
+        match self {
+            SlotFrame::Host(s) => s.meta(),
+            SlotFrame::Pinned(s) => s.meta(),
+        }
+    }
+
+    /// The frame's bytes: the first [`FrameMeta::len`] bytes of the slot (the ring refuses a
+    /// longer `len` at commit).
+    #[must_use]
+    pub fn data(&self) -> &[u8] {
+        let slot: &[u8] = match self {
+            SlotFrame::Host(s) => s,
+            SlotFrame::Pinned(s) => s,
+        };
+        slot.get(..self.meta().len).unwrap_or(slot)
+    }
+
+    /// The frame as [`VideoEncoder::encode`] takes it: the slot's bytes, `pts` from the metadata
+    /// and the force-keyframe flag.
+    pub fn frame(&self) -> Frame<'_> {
+        let meta = self.meta();
+        Frame {
+            data: self.data(),
+            pts: Some(meta.pts),
+            force_keyframe: meta.flags.contains(FrameFlags::FORCE_KEYFRAME),
+        }
+    }
+}
+
+impl From<ReadSlot<HostStorage>> for SlotFrame {
+    fn from(slot: ReadSlot<HostStorage>) -> Self {
+        SlotFrame::Host(Arc::new(slot))
+    }
+}
+
+impl From<ReadSlot<PinnedStorage>> for SlotFrame {
+    fn from(slot: ReadSlot<PinnedStorage>) -> Self {
+        SlotFrame::Pinned(Arc::new(slot))
+    }
+}
+
+/// Host copies of a frame's bytes made inside this crate (the fallback chain's held copy, NVENC's
+/// staging copy), counted for the copy-count tests; not a stable API.
+static HOST_FRAME_COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts one host copy of a frame's bytes (see [`host_frame_copies`]).
+pub(crate) fn count_host_copy() {
+    HOST_FRAME_COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many times this process copied a frame's bytes on the host inside this crate (the
+/// fallback chain's held copy, NVENC's pinned staging copy): what the copy-count tests read. Not
+/// a stable API.
+#[doc(hidden)]
+#[must_use]
+pub fn host_frame_copies() -> u64 {
+    HOST_FRAME_COPIES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Decoding timestamps for an encoder that reports only presentation order: output `k` in
@@ -398,5 +491,87 @@ impl<E: VideoEncoder + ?Sized> VideoEncoder for Box<E> {
 
     fn reconfigure(&mut self, rate_control: RateControl) -> Result<(), Error> {
         (**self).reconfigure(rate_control)
+    }
+
+    fn encode_slot(&mut self, slot: &SlotFrame, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        (**self).encode_slot(slot, out)
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+    use crate::ring_buffer::FrameRing;
+
+    /// Counts which entry each frame came through.
+    struct Probe {
+        config: EncoderConfig,
+        by_slot: usize,
+        by_bytes: usize,
+    }
+
+    impl VideoEncoder for Probe {
+        fn encode(&mut self, _: Frame<'_>, _: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+            self.by_bytes += 1;
+            Ok(())
+        }
+        fn encode_slot(&mut self, _: &SlotFrame, _: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+            self.by_slot += 1;
+            Ok(())
+        }
+        fn flush(&mut self, _: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+            Ok(())
+        }
+        fn kind(&self) -> EncoderKind {
+            EncoderKind::X264
+        }
+        fn config(&self) -> &EncoderConfig {
+            &self.config
+        }
+        fn sequence_headers(&self) -> &[u8] {
+            &[]
+        }
+    }
+
+    fn slot(pts: i64, flags: FrameFlags) -> SlotFrame {
+        let (mut p, mut c) = FrameRing::new(1, 16).unwrap();
+        let mut w = p.try_reserve().unwrap();
+        w[..4].copy_from_slice(&[1, 2, 3, 4]);
+        w.commit(FrameMeta {
+            len: 4,
+            pts,
+            seq: 0,
+            flags,
+        })
+        .unwrap();
+        SlotFrame::from(c.try_pop().unwrap())
+    }
+
+    #[test]
+    fn a_slot_frame_is_its_slots_bytes_pts_and_flag() {
+        let s = slot(7, FrameFlags::FORCE_KEYFRAME);
+        let f = s.frame();
+        assert_eq!(f.data, &[1, 2, 3, 4]);
+        assert_eq!(f.pts, Some(7));
+        assert!(f.force_keyframe);
+        assert!(!slot(0, FrameFlags::NONE).frame().force_keyframe);
+    }
+
+    /// A wrapper that does not forward `encode_slot` silently runs the default (a copy).
+    #[test]
+    fn box_and_metered_forward_encode_slot() {
+        let probe = || Probe {
+            config: EncoderConfig::new(16, 16),
+            by_slot: 0,
+            by_bytes: 0,
+        };
+        let s = slot(0, FrameFlags::NONE);
+        let mut out = Vec::new();
+        let mut boxed: Box<Probe> = Box::new(probe());
+        boxed.encode_slot(&s, &mut out).unwrap();
+        assert_eq!((boxed.by_slot, boxed.by_bytes), (1, 0));
+        let mut metered = crate::metrics::Metered::new(probe());
+        metered.encode_slot(&s, &mut out).unwrap();
+        assert_eq!((metered.inner().by_slot, metered.inner().by_bytes), (1, 0));
     }
 }

@@ -24,7 +24,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::encoder::{
-    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, RateControl, VideoEncoder,
+    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, RateControl, SlotFrame,
+    VideoEncoder,
 };
 use crate::error::{ConfigError, Error};
 use crate::nvenc::NvencOptions;
@@ -34,9 +35,16 @@ pub type Opener = Box<dyn FnMut(&EncoderConfig) -> Result<Box<dyn VideoEncoder>,
 
 /// A frame accepted but not yet delivered: kept so it can be encoded again after a failover.
 struct Held {
-    data: Vec<u8>,
+    data: HeldData,
     pts: i64,
     force_keyframe: bool,
+}
+
+/// Where a held frame's bytes are: a copy of the caller's buffer, or the ring slot it came in
+/// (a shared lease, so no bytes are copied; the slot goes back to its ring once delivered).
+enum HeldData {
+    Copy(Vec<u8>),
+    Slot(SlotFrame),
 }
 
 /// At most this many chunks may wait for an earlier frame before the encoder is judged to be
@@ -226,13 +234,21 @@ impl FallbackEncoder {
         }
     }
 
-    /// Accepts a frame and keeps a copy until it is delivered.
-    fn hold(&mut self, index: u64, pts: i64, frame: &Frame<'_>) {
+    /// Accepts a frame and keeps it until it is delivered: the lease on its ring slot when it
+    /// came in one, a copy of its bytes otherwise.
+    fn hold(&mut self, index: u64, pts: i64, frame: &Frame<'_>, slot: Option<&SlotFrame>) {
         self.gate.accept(pts);
         self.dts.push(pts);
-        let mut data = self.spare.pop().unwrap_or_default();
-        data.clear();
-        data.extend_from_slice(frame.data);
+        let data = match slot {
+            Some(slot) => HeldData::Slot(slot.clone()),
+            None => {
+                let mut data = self.spare.pop().unwrap_or_default();
+                data.clear();
+                data.extend_from_slice(frame.data);
+                crate::encoder::count_host_copy();
+                HeldData::Copy(data)
+            }
+        };
         self.held.insert(
             index,
             Held {
@@ -283,9 +299,12 @@ impl FallbackEncoder {
         }
         for mut chunk in self.waiting.drain(..cut) {
             if let Some(done) = self.held.remove(&chunk.frame_index) {
-                // Enough spares for every frame that can be in flight at once.
-                if self.spare.len() < MAX_WAITING {
-                    self.spare.push(done.data);
+                // Enough spares for every frame that can be in flight at once. (A held slot
+                // lease is released here.)
+                if let HeldData::Copy(data) = done.data {
+                    if self.spare.len() < MAX_WAITING {
+                        self.spare.push(data);
+                    }
                 }
             }
             chunk.dts = self.dts.next().min(chunk.pts);
@@ -344,16 +363,34 @@ impl FallbackEncoder {
         };
         let mut inner = Vec::new();
         for (i, held) in self.held.values().enumerate() {
-            let frame = Frame::new(&held.data).with_pts(held.pts);
+            let slot = match &held.data {
+                HeldData::Slot(slot) => Some(slot),
+                HeldData::Copy(_) => None,
+            };
+            let data = match &held.data {
+                HeldData::Copy(data) => data.as_slice(),
+                HeldData::Slot(slot) => slot.data(),
+            };
+            let frame = Frame::new(data).with_pts(held.pts);
             // The new encoder starts with an IDR (and SPS/PPS) anyway; a later frame that asked
-            // for one keeps asking, or goes plain where the encoder cannot force keyframes.
-            let result = if held.force_keyframe && i > 0 {
-                match current.encode(frame.with_force_keyframe(), &mut inner) {
-                    Err(Error::Unsupported { .. }) => current.encode(frame, &mut inner),
-                    other => other,
+            // for one keeps asking, or goes plain where the encoder cannot force keyframes. A
+            // frame from a slot goes in as a slot (its metadata carries its pts and flag) unless
+            // it must go plain.
+            let result = match (held.force_keyframe && i > 0, slot) {
+                (true, _) => {
+                    let first = match slot {
+                        Some(slot) => current.encode_slot(slot, &mut inner),
+                        None => current.encode(frame.with_force_keyframe(), &mut inner),
+                    };
+                    match first {
+                        Err(Error::Unsupported { .. }) => current.encode(frame, &mut inner),
+                        other => other,
+                    }
                 }
-            } else {
-                current.encode(frame, &mut inner)
+                (false, Some(slot)) if !held.force_keyframe => {
+                    current.encode_slot(slot, &mut inner)
+                }
+                (false, _) => current.encode(frame, &mut inner),
             };
             result?;
         }
@@ -426,23 +463,34 @@ fn open_next(
     Err(Error::NoEncoder(std::mem::take(rejected)))
 }
 
-impl VideoEncoder for FallbackEncoder {
-    fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+impl FallbackEncoder {
+    /// `encode` and `encode_slot`: the frame, and the slot it sits in if it came in one.
+    fn encode_held(
+        &mut self,
+        frame: Frame<'_>,
+        slot: Option<&SlotFrame>,
+        out: &mut Vec<EncodedChunk>,
+    ) -> Result<(), Error> {
         let (index, pts) = self.gate.check(&frame)?;
         let Some(current) = self.current.as_mut() else {
             return Err(self.dead());
         };
         let mut inner = std::mem::take(&mut self.scratch);
-        let result = current.encode(
-            Frame {
-                pts: Some(pts),
-                ..frame
-            },
-            &mut inner,
-        );
+        let result = match slot {
+            // The slot's pts is the frame's (`SlotFrame::frame`), so the inner encoder sees the
+            // same timestamps either way.
+            Some(slot) => current.encode_slot(slot, &mut inner),
+            None => current.encode(
+                Frame {
+                    pts: Some(pts),
+                    ..frame
+                },
+                &mut inner,
+            ),
+        };
         let outcome = match result {
             Ok(()) => {
-                self.hold(index, pts, &frame);
+                self.hold(index, pts, &frame, slot);
                 match self.collect(&mut inner, out) {
                     Ok(()) => Ok(()),
                     Err(e) => self.fail_over(e, out),
@@ -452,7 +500,7 @@ impl VideoEncoder for FallbackEncoder {
                 // The failed encoder did not take the frame (an error means "not accepted");
                 // accept it here and let the failover encode it with the others not yet
                 // delivered.
-                self.hold(index, pts, &frame);
+                self.hold(index, pts, &frame, slot);
                 let _ = self.collect(&mut inner, out);
                 self.fail_over(e, out)
             }
@@ -464,6 +512,18 @@ impl VideoEncoder for FallbackEncoder {
         inner.clear();
         self.scratch = inner;
         outcome
+    }
+}
+
+impl VideoEncoder for FallbackEncoder {
+    fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        self.encode_held(frame, None, out)
+    }
+
+    /// As [`VideoEncoder::encode`], holding the slot's lease for a replay instead of a copy of
+    /// its bytes, and handing the slot to the current encoder's own `encode_slot`.
+    fn encode_slot(&mut self, slot: &SlotFrame, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        self.encode_held(slot.frame(), Some(slot), out)
     }
 
     fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {

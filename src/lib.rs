@@ -11,6 +11,7 @@
 )]
 
 pub mod backends;
+pub mod cuda;
 pub mod detect;
 pub mod encoder;
 pub mod error;

@@ -5,12 +5,14 @@
 //! values that can only be created by [`RawEncoder`] and are given back to it by value to be
 //! destroyed, so a handle cannot be used after it was freed or freed twice.
 
-use std::ffi::{c_void, CStr};
+use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nvenc_sys as sys;
+
+use crate::cuda::{Context, Pending, PitchedBuffer, Stream};
 use nvenc_sys::{Library, GUID, NVENCSTATUS};
 
 use super::error::NvencError;
@@ -29,80 +31,18 @@ pub(crate) struct RawEncoder {
     /// Where the calls that may block forever run, once [`RawEncoder::start_watchdog`] was
     /// called; without it they run on the caller's thread.
     watchdog: Option<Watchdog<Blocking, Unblocked>>,
+    /// The session's CUDA context, retained until after the session is destroyed (fields drop
+    /// after `Drop::drop`).
+    _context: Context,
+    /// The stream given to `nvEncSetIOCudaStreams`, kept (at a fixed address) for the session.
+    io_stream: Option<IoStream>,
 }
 
-/// A session handle, for the watchdog's worker thread.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SessionPtr(NonNull<c_void>);
+mod params;
+use params::IoStream;
+pub(crate) use params::{h264_config, InitParams};
 
-// SAFETY: an opaque driver handle; the worker uses it only while the owner waits for the call
-// (calls on the session are never concurrent), or, once a call hung, only to finish that call,
-// and the owner then never touches the session again (it is handed to `Watchdog::abandon`).
-unsafe impl Send for SessionPtr {}
-
-/// A call that may block forever, as sent to the watchdog's worker.
-// Moved through one fixed slot; boxing the large variant would allocate on every frame.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Blocking {
-    /// `nvEncEncodePicture` with these parameters.
-    Submit(PicParams),
-    /// `nvEncLockBitstream` + copy + `nvEncUnlockBitstream` of this buffer into `out`.
-    Lock { buffer: SessionPtr, out: Vec<u8> },
-    /// `nvEncGetSequenceParams`.
-    SequenceParams,
-}
-
-/// `NV_ENC_PIC_PARAMS`, to be moved to the worker.
-pub(crate) struct PicParams(sys::NV_ENC_PIC_PARAMS);
-
-// SAFETY: the struct holds only plain values and opaque handles of the session (input, output),
-// which the driver reads during the call; the owner keeps those handles alive past the call (or
-// hands them to `Watchdog::abandon` with the session if the call hangs).
-unsafe impl Send for PicParams {}
-
-/// What a [`Blocking`] call returned.
-pub(crate) enum Unblocked {
-    Submitted(Result<Submitted, NvencError>),
-    Locked(Result<LockedInfo, NvencError>, Vec<u8>),
-    SequenceParams(Result<Vec<u8>, NvencError>),
-}
-
-/// How a call that hung ended, once (if ever) it returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LateEnd {
-    /// It did what it was asked: a picture was submitted, or an output read and unlocked.
-    Succeeded,
-    /// It failed: nothing was submitted, or the output was not read.
-    Failed,
-    /// No reply was seen.
-    Unknown,
-}
-
-impl LateEnd {
-    /// From the reply the watchdog's worker kept for a call that hung.
-    pub(crate) fn of(reply: Option<Unblocked>) -> Self {
-        match reply {
-            Some(Unblocked::Submitted(Ok(_)) | Unblocked::Locked(Ok(_), _)) => LateEnd::Succeeded,
-            Some(_) => LateEnd::Failed,
-            None => LateEnd::Unknown,
-        }
-    }
-}
-
-/// A failed call that may block: it failed, or it did not return within the deadline.
-#[derive(Debug)]
-pub(crate) enum CallError {
-    /// The driver returned an error.
-    Failed(NvencError),
-    /// The call did not return in time; the session must be abandoned, not destroyed.
-    Hung(Hung),
-}
-
-impl From<NvencError> for CallError {
-    fn from(e: NvencError) -> Self {
-        CallError::Failed(e)
-    }
-}
+pub(crate) use calls::{Blocking, CallError, LateEnd, PicParams, SessionPtr, Unblocked};
 
 // SAFETY: an NVENC session handle may be used from any thread in synchronous mode as long as
 // calls on it are not concurrent; `RawEncoder` is only reachable through `&self`/`&mut self` of
@@ -115,9 +55,20 @@ unsafe impl Send for RawEncoder {}
 #[derive(Debug)]
 pub(crate) struct BitstreamBuffer(NonNull<c_void>);
 
-/// An external CUDA surface registered with `nvEncRegisterResource`.
+/// An external CUDA surface registered with `nvEncRegisterResource`, holding its memory until
+/// it is unregistered.
 #[derive(Debug)]
-pub(crate) struct Registered(NonNull<c_void>);
+pub(crate) struct Registered {
+    ptr: NonNull<c_void>,
+    memory: Arc<PitchedBuffer>,
+}
+
+impl Registered {
+    /// The registered memory.
+    pub(crate) fn memory(&self) -> &Arc<PitchedBuffer> {
+        &self.memory
+    }
+}
 
 /// A registered surface mapped for encoding with `nvEncMapInputResource`.
 #[derive(Debug)]
@@ -180,25 +131,19 @@ macro_rules! versioned {
 }
 
 impl RawEncoder {
-    /// `nvEncOpenEncodeSessionEx` on a CUDA context.
-    ///
-    /// # Safety
-    /// `cuda_context` must be a live `CUcontext` that outlives the returned session.
+    /// `nvEncOpenEncodeSessionEx` on a CUDA context, which the session keeps retained.
     #[doc(alias = "nvEncOpenEncodeSessionEx")]
-    pub(crate) unsafe fn open(
-        lib: Arc<Library>,
-        cuda_context: *mut c_void,
-    ) -> Result<Self, NvencError> {
+    pub(crate) fn open(lib: Arc<Library>, context: &Context) -> Result<Self, NvencError> {
         let mut params = versioned!(
             sys::NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS,
             sys::NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS_VER
         );
         params.deviceType = sys::NV_ENC_DEVICE_TYPE::NV_ENC_DEVICE_TYPE_CUDA;
-        params.device = cuda_context;
+        params.device = context.raw();
         params.apiVersion = sys::NVENCAPI_VERSION;
         let mut handle: *mut c_void = std::ptr::null_mut();
-        // SAFETY: `params` is a valid, versioned struct; `device` is a live CUDA context by this
-        // function's contract; `handle` is a valid out-pointer.
+        // SAFETY: `params` is a valid, versioned struct; `device` is a live CUDA context, which
+        // the session keeps retained (`_context`); `handle` is a valid out-pointer.
         let status = unsafe { (lib.fns().open_encode_session_ex)(&mut params, &mut handle) };
         if status.is_success() {
             if let Some(handle) = NonNull::new(handle) {
@@ -206,6 +151,8 @@ impl RawEncoder {
                     lib,
                     handle,
                     watchdog: None,
+                    _context: context.clone(),
+                    io_stream: None,
                 });
             }
         }
@@ -217,6 +164,8 @@ impl RawEncoder {
                     lib,
                     handle,
                     watchdog: None,
+                    _context: context.clone(),
+                    io_stream: None,
                 };
                 failed.last_error()
                 // `failed` drops here and destroys the half-open session.
@@ -249,7 +198,7 @@ impl RawEncoder {
     pub(crate) fn start_watchdog(
         &mut self,
         deadline: Duration,
-        context: Arc<crate::ring_buffer::CudaContext>,
+        context: Context,
     ) -> std::io::Result<()> {
         let lib = Arc::clone(&self.lib);
         let session = SessionPtr(self.handle);
@@ -259,7 +208,7 @@ impl RawEncoder {
                 // The session's CUDA context stays current on the worker for its whole life,
                 // as it is on the caller's thread around every NVENC call. (The worker also
                 // keeps the context alive while a hung call may still use it.)
-                match crate::ring_buffer::push_context(&context) {
+                match context.push() {
                     Ok(guard) => {
                         std::mem::forget(guard);
                         entered = true;
@@ -382,33 +331,40 @@ impl RawEncoder {
         Ok(config)
     }
 
-    /// `nvEncInitializeEncoder`.
-    ///
-    /// `params.encodeConfig` must be null or point at a config that lives through the call; the
-    /// caller builds both together (see `session.rs`).
+    /// `nvEncInitializeEncoder` with `init`'s params and config.
     #[doc(alias = "nvEncInitializeEncoder")]
-    pub(crate) fn initialize(
-        &self,
-        params: &mut sys::NV_ENC_INITIALIZE_PARAMS,
-    ) -> Result<(), NvencError> {
-        // SAFETY: live session; `params` is a valid versioned struct whose `encodeConfig` is
-        // null or points at a live config (the caller's contract above); the driver copies both.
-        let status = unsafe { (self.lib.fns().initialize_encoder)(self.raw(), params) };
+    pub(crate) fn initialize(&self, init: &mut InitParams) -> Result<(), NvencError> {
+        let mut params = init.params;
+        params.encodeConfig = &mut *init.config;
+        // SAFETY: live session; `params` is a valid versioned struct whose `encodeConfig`
+        // points at `init.config`, alive through the call; the driver copies both.
+        let status = unsafe { (self.lib.fns().initialize_encoder)(self.raw(), &mut params) };
         self.check("nvEncInitializeEncoder", status)
     }
 
-    /// `nvEncReconfigureEncoder`: `params.reInitEncodeParams` is a full copy of the init params
-    /// (API.h: "Encoder session re-initialization parameters"), with its `encodeConfig` pointing
-    /// at a config that lives through the call.
+    /// `nvEncReconfigureEncoder`: a full copy of the init params (API.h: "Encoder session
+    /// re-initialization parameters") with `config` as the new config; `reset` resets the
+    /// encoder and forces an IDR.
     #[doc(alias = "nvEncReconfigureEncoder")]
     pub(crate) fn reconfigure(
         &self,
-        params: &mut sys::NV_ENC_RECONFIGURE_PARAMS,
+        init: &InitParams,
+        config: &sys::NV_ENC_CONFIG,
+        reset: bool,
     ) -> Result<(), NvencError> {
+        let mut config = *config;
+        let mut params = versioned!(
+            sys::NV_ENC_RECONFIGURE_PARAMS,
+            sys::NV_ENC_RECONFIGURE_PARAMS_VER
+        );
+        params.reInitEncodeParams = init.params;
+        params.reInitEncodeParams.encodeConfig = &mut config;
+        params.set_resetEncoder(u32::from(reset));
+        params.set_forceIDR(u32::from(reset));
         // SAFETY: live, initialized session; `params` is a valid versioned struct whose
-        // `reInitEncodeParams.encodeConfig` is null or points at a live config (the caller's
-        // contract above); the driver copies both.
-        let status = unsafe { (self.lib.fns().reconfigure_encoder)(self.raw(), params) };
+        // `reInitEncodeParams.encodeConfig` points at `config`, alive through the call; the
+        // driver copies both.
+        let status = unsafe { (self.lib.fns().reconfigure_encoder)(self.raw(), &mut params) };
         self.check("nvEncReconfigureEncoder", status)
     }
 
@@ -448,21 +404,35 @@ impl RawEncoder {
             .map_err(|e| (buffer, e))
     }
 
-    /// `nvEncRegisterResource` for a pitched CUDA device allocation.
-    ///
-    /// # Safety
-    /// `device_ptr` must be a live device allocation of at least `pitch * rows` bytes (rows of the
-    /// whole frame, chroma included) that stays allocated until the returned handle is given to
-    /// [`RawEncoder::unregister`].
+    /// `nvEncRegisterResource` for a pitched CUDA device allocation of the session's context,
+    /// holding a `width x height` frame of `format` (`height * 3 / 2` rows); the registration
+    /// keeps the memory allocated until it is unregistered.
     #[doc(alias = "nvEncRegisterResource")]
-    pub(crate) unsafe fn register_cuda(
+    pub(crate) fn register_cuda(
         &self,
-        device_ptr: u64,
+        memory: Arc<PitchedBuffer>,
         width: u32,
         height: u32,
-        pitch: u32,
         format: sys::NV_ENC_BUFFER_FORMAT,
     ) -> Result<Registered, NvencError> {
+        let surface = memory.surface();
+        let pitch = u32::try_from(surface.pitch).ok();
+        let fits = surface.width_bytes >= width as usize
+            && surface.rows >= height as usize / 2 * 3 + (height as usize % 2);
+        let Some(pitch) = pitch.filter(|_| fits) else {
+            return Err(NvencError::new(
+                "nvEncRegisterResource",
+                NVENCSTATUS::NV_ENC_ERR_INVALID_PARAM,
+                format!(
+                    "a surface of {} rows x {} bytes (pitch {}) cannot hold a {width}x{height} \
+                     frame (expected >= {} rows of >= {width} bytes, pitch < 2^32)",
+                    surface.rows,
+                    surface.width_bytes,
+                    surface.pitch,
+                    height as usize * 3 / 2
+                ),
+            ));
+        };
         let mut params = versioned!(
             sys::NV_ENC_REGISTER_RESOURCE,
             sys::NV_ENC_REGISTER_RESOURCE_VER
@@ -472,15 +442,16 @@ impl RawEncoder {
         params.width = width;
         params.height = height;
         params.pitch = pitch;
-        params.resourceToRegister = device_ptr as usize as *mut c_void;
+        params.resourceToRegister = surface.device_ptr as usize as *mut c_void;
         params.bufferFormat = format;
         params.bufferUsage = sys::NV_ENC_BUFFER_USAGE::NV_ENC_INPUT_IMAGE;
-        // SAFETY: live session; valid versioned struct; the device allocation is live and large
-        // enough by this function's contract.
+        // SAFETY: live session; valid versioned struct; the device allocation holds the whole
+        // frame (checked above) and stays allocated while the registration (which keeps
+        // `memory`) lives.
         let status = unsafe { (self.lib.fns().register_resource)(self.raw(), &mut params) };
         self.check("nvEncRegisterResource", status)?;
         NonNull::new(params.registeredResource)
-            .map(Registered)
+            .map(|ptr| Registered { ptr, memory })
             .ok_or_else(|| {
                 NvencError::new(
                     "nvEncRegisterResource",
@@ -497,7 +468,7 @@ impl RawEncoder {
         // SAFETY: live session; the resource was registered by it; consumed on success, handed
         // back on failure.
         let status =
-            unsafe { (self.lib.fns().unregister_resource)(self.raw(), resource.0.as_ptr()) };
+            unsafe { (self.lib.fns().unregister_resource)(self.raw(), resource.ptr.as_ptr()) };
         self.check("nvEncUnregisterResource", status)
             .map_err(|e| (resource, e))
     }
@@ -509,7 +480,7 @@ impl RawEncoder {
             sys::NV_ENC_MAP_INPUT_RESOURCE,
             sys::NV_ENC_MAP_INPUT_RESOURCE_VER
         );
-        params.registeredResource = resource.0.as_ptr();
+        params.registeredResource = resource.ptr.as_ptr();
         // SAFETY: live session; valid versioned struct naming a resource registered by it.
         let status = unsafe { (self.lib.fns().map_input_resource)(self.raw(), &mut params) };
         self.check("nvEncMapInputResource", status)?;
@@ -613,16 +584,34 @@ impl RawEncoder {
     }
 
     /// `nvEncSetIOCudaStreams`: NVENC's input pre-processing and output post-processing run on
-    /// `stream` instead of the default stream, ordered after the uploads queued there.
-    ///
-    /// # Safety
-    /// `stream` must point at a live `CUstream` of the session's context that stays alive (and at
-    /// the same address) for the life of the session.
+    /// `stream` (of the session's context) instead of the default stream, ordered after the
+    /// uploads queued there. The session keeps the stream, and the handle whose address the
+    /// driver keeps, for its life.
     #[doc(alias = "nvEncSetIOCudaStreams")]
-    pub(crate) unsafe fn set_io_cuda_streams(&self, stream: *mut c_void) -> Result<(), NvencError> {
-        // SAFETY: live session; `stream` points at a live CUstream by this function's contract.
-        let status = unsafe { (self.lib.fns().set_io_cuda_streams)(self.raw(), stream, stream) };
+    pub(crate) fn set_io_cuda_streams(&mut self, stream: &Stream) -> Result<(), NvencError> {
+        let mut io = IoStream {
+            _stream: stream.clone(),
+            handle: Box::new(stream.raw()),
+        };
+        let ptr: *mut sys::NV_ENC_CUSTREAM_PTR = &mut *io.handle;
+        let ptr = ptr.cast::<c_void>();
+        // SAFETY: live session; `ptr` points at a live CUstream handle in a box that `self`
+        // keeps (with the stream) until after the session is destroyed, so it stays valid and
+        // at the same address.
+        let status = unsafe { (self.lib.fns().set_io_cuda_streams)(self.raw(), ptr, ptr) };
+        // Kept even on failure: the driver may have kept the address.
+        self.io_stream = Some(io);
         self.check("nvEncSetIOCudaStreams", status)
+    }
+
+    /// The source of the upload into a picture's input surface, given back once the picture's
+    /// bitstream was locked, without waiting for the stream.
+    pub(crate) fn input_consumed<T>(&self, _locked: &LockedInfo, upload: Pending<T>) -> Option<T> {
+        // SAFETY: the upload was queued on the session's IO stream before the picture was
+        // submitted, and NVENC's input processing of that picture runs on the same stream after
+        // it; a locked bitstream means the input was processed, so the copy ran. (The caller
+        // passes the upload of the picture whose output it locked.)
+        unsafe { upload.ran() }
     }
 
     /// `nvEncGetSequenceParams`: the SPS and PPS, Annex B. On the watchdog's worker once it
@@ -657,7 +646,7 @@ impl Drop for RawEncoder {
         for attempt in 1..=2 {
             // SAFETY: the session handle is live (a failed destroy leaves it so) and never used
             // after a successful one; the owner frees its buffers, registrations and mappings
-            // before dropping the session (encoder.rs).
+            // before dropping the session (`NvencSession::teardown`).
             let status = unsafe { (self.lib.fns().destroy_encoder)(self.raw()) };
             if status.is_success() {
                 return;
@@ -667,151 +656,7 @@ impl Drop for RawEncoder {
     }
 }
 
-/// Runs a blocking call on the watchdog's worker.
-fn run_blocking(lib: &Library, session: SessionPtr, call: Blocking) -> Unblocked {
-    match call {
-        Blocking::Submit(mut params) => {
-            Unblocked::Submitted(submit_on(lib, session.0.as_ptr(), &mut params.0))
-        }
-        Blocking::Lock { buffer, mut out } => {
-            let locked = lock_on(lib, session.0.as_ptr(), buffer.0.as_ptr(), &mut out);
-            Unblocked::Locked(locked, out)
-        }
-        Blocking::SequenceParams => {
-            Unblocked::SequenceParams(sequence_params_on(lib, session.0.as_ptr()))
-        }
-    }
-}
-
-fn mixed_up() -> NvencError {
-    NvencError::new(
-        "nvenc watchdog",
-        NVENCSTATUS::NV_ENC_ERR_GENERIC,
-        "the worker answered a different call".into(),
-    )
-}
-
-/// `nvEncGetLastErrorString` of `session`, or an empty string.
-fn last_error_of(lib: &Library, session: *mut c_void) -> String {
-    // SAFETY: the caller passes a live session handle of `lib`.
-    let text = unsafe { (lib.fns().get_last_error_string)(session) };
-    if text.is_null() {
-        return String::new();
-    }
-    // SAFETY: the driver returns a NUL-terminated string owned by the session, valid until the
-    // next call on it; it is copied out at once.
-    unsafe { CStr::from_ptr(text) }
-        .to_string_lossy()
-        .trim()
-        .to_owned()
-}
-
-/// `nvEncEncodePicture`, retried while the encoder is busy.
-fn submit_on(
-    lib: &Library,
-    session: *mut c_void,
-    params: &mut sys::NV_ENC_PIC_PARAMS,
-) -> Result<Submitted, NvencError> {
-    for _ in 0..BUSY_RETRIES {
-        // SAFETY: `session` is a live session of `lib` (its owner keeps it open while a call is
-        // inside it); `params` is a valid versioned struct whose input and output handles (if
-        // any) belong to this session and are kept alive by the owner past the call.
-        let status = unsafe { (lib.fns().encode_picture)(session, params) };
-        match status {
-            NVENCSTATUS::NV_ENC_SUCCESS => return Ok(Submitted::OutputReady),
-            NVENCSTATUS::NV_ENC_ERR_NEED_MORE_INPUT => return Ok(Submitted::NeedMoreInput),
-            NVENCSTATUS::NV_ENC_ERR_ENCODER_BUSY => std::thread::sleep(BUSY_PAUSE),
-            other => {
-                return Err(NvencError::new(
-                    "nvEncEncodePicture",
-                    other,
-                    last_error_of(lib, session),
-                ))
-            }
-        }
-    }
-    Err(NvencError::new(
-        "nvEncEncodePicture",
-        NVENCSTATUS::NV_ENC_ERR_ENCODER_BUSY,
-        format!("still busy after {BUSY_RETRIES} tries {BUSY_PAUSE:?} apart"),
-    ))
-}
-
-/// `nvEncLockBitstream` (waiting), copy into `out`, `nvEncUnlockBitstream`.
-fn lock_on(
-    lib: &Library,
-    session: *mut c_void,
-    buffer: *mut c_void,
-    out: &mut Vec<u8>,
-) -> Result<LockedInfo, NvencError> {
-    let check = |call, status: NVENCSTATUS| {
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(NvencError::new(call, status, last_error_of(lib, session)))
-        }
-    };
-    let mut lock = versioned!(sys::NV_ENC_LOCK_BITSTREAM, sys::NV_ENC_LOCK_BITSTREAM_VER);
-    lock.outputBitstream = buffer;
-    // SAFETY: live session of `lib`; valid versioned struct naming a bitstream buffer of this
-    // session whose picture was submitted (the owner locks only submitted buffers, in order).
-    let status = unsafe { (lib.fns().lock_bitstream)(session, &mut lock) };
-    check("nvEncLockBitstream", status)?;
-    let size = lock.bitstreamSizeInBytes as usize;
-    let copied = if size == 0 {
-        Ok(())
-    } else if lock.bitstreamBufferPtr.is_null() {
-        Err(NvencError::new(
-            "nvEncLockBitstream",
-            NVENCSTATUS::NV_ENC_ERR_INVALID_PTR,
-            "null bitstream pointer".into(),
-        ))
-    } else {
-        // SAFETY: while locked, the driver guarantees `bitstreamSizeInBytes` readable bytes at
-        // `bitstreamBufferPtr`; they are copied before the unlock below.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(lock.bitstreamBufferPtr.cast::<u8>(), size) };
-        out.extend_from_slice(bytes);
-        Ok(())
-    };
-    // Unlock even when the copy failed, so the buffer can be destroyed; a failed unlock is
-    // tried once more, since a buffer left locked can be neither locked again nor destroyed.
-    // SAFETY: live session; the buffer was locked above.
-    let mut status = unsafe { (lib.fns().unlock_bitstream)(session, buffer) };
-    if !status.is_success() {
-        tracing::warn!(%status, "nvEncUnlockBitstream failed; trying again");
-        // SAFETY: as above; the buffer is still locked, since the unlock failed.
-        status = unsafe { (lib.fns().unlock_bitstream)(session, buffer) };
-    }
-    copied?;
-    check("nvEncUnlockBitstream", status)?;
-    Ok(LockedInfo {
-        timestamp: lock.outputTimeStamp,
-        picture_type: lock.pictureType,
-    })
-}
-
-/// `nvEncGetSequenceParams`: the SPS and PPS, Annex B.
-fn sequence_params_on(lib: &Library, session: *mut c_void) -> Result<Vec<u8>, NvencError> {
-    let mut buf = vec![0u8; sys::NV_MAX_SEQ_HDR_LEN as usize];
-    let mut size = 0u32;
-    let mut payload = versioned!(
-        sys::NV_ENC_SEQUENCE_PARAM_PAYLOAD,
-        sys::NV_ENC_SEQUENCE_PARAM_PAYLOAD_VER
-    );
-    payload.inBufferSize = buf.len() as u32;
-    payload.spsppsBuffer = buf.as_mut_ptr().cast();
-    payload.outSPSPPSPayloadSize = &mut size;
-    // SAFETY: a live session of `lib`; `payload` points at `buf` (its real size given) and at
-    // `size`, both alive for the call.
-    let status = unsafe { (lib.fns().get_sequence_params)(session, &mut payload) };
-    if !status.is_success() {
-        return Err(NvencError::new(
-            "nvEncGetSequenceParams",
-            status,
-            last_error_of(lib, session),
-        ));
-    }
-    buf.truncate((size as usize).min(buf.len()));
-    Ok(buf)
-}
+// The raw calls that run on the caller's thread or on the watchdog's worker (after the
+// `versioned!` macro, which they use).
+mod calls;
+use calls::{last_error_of, lock_on, mixed_up, run_blocking, sequence_params_on, submit_on};

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::probe::NvencCaps;
+use super::caps::NvencCaps;
 
 /// Environment variable: the cache file's path, or `off` for no cache.
 pub const ENV: &str = "NVENC_CAPS_CACHE";
@@ -58,13 +58,7 @@ pub(crate) fn path() -> Option<PathBuf> {
 /// The key of CUDA device `device` under the NVENC library `library`. Needs no context and opens
 /// no session. `Err` (with the reason) where CUDA cannot say.
 pub(crate) fn key(device: usize, library: &nvenc_sys::Library) -> Result<Key, String> {
-    use cudarc::driver::{result, sys};
-    crate::ring_buffer::cuda_available().map_err(|e| e.to_string())?;
-    result::init().map_err(|e| format!("cuInit: {e}"))?;
-    let ordinal = i32::try_from(device).map_err(|_| format!("device {device} out of range"))?;
-    let dev = result::device::get(ordinal).map_err(|e| format!("cuDeviceGet: {e}"))?;
-    let uuid = result::device::get_uuid(dev).map_err(|e| format!("cuDeviceGetUuid: {e}"))?;
-    let b: Vec<u8> = uuid.bytes.iter().map(|&c| c as u8).collect();
+    let b = crate::cuda::device_uuid(device).map_err(|e| e.to_string())?;
     let hex = |r: std::ops::Range<usize>| -> String {
         b[r].iter().map(|x| format!("{x:02x}")).collect::<String>()
     };
@@ -76,12 +70,7 @@ pub(crate) fn key(device: usize, library: &nvenc_sys::Library) -> Result<Key, St
         hex(8..10),
         hex(10..16)
     );
-    let mut cuda_version = 0;
-    // SAFETY: cuDriverGetVersion writes one int through a valid pointer; the driver is loaded
-    // (checked above).
-    unsafe { sys::cuDriverGetVersion(&mut cuda_version) }
-        .result()
-        .map_err(|e| format!("cuDriverGetVersion: {e}"))?;
+    let cuda_version = crate::cuda::driver_version().map_err(|e| e.to_string())?;
     let driver = format!(
         "cuda {cuda_version}; nvenc api {}; {}",
         library.driver_max_version(),

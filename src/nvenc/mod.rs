@@ -1,12 +1,15 @@
 //! The direct NVENC backend.
 //!
-//! [`NvencEncoder`] drives an NVENC session on CUDA surfaces that are slots of the
-//! [frame ring](crate::ring_buffer). The driver's `libnvidia-encode` and `libcuda` are loaded at
+//! [`NvencEncoder`] drives an NVENC session on CUDA surfaces it registered once, at open; a
+//! frame in a pinned [ring](crate::ring_buffer) slot is uploaded from the slot itself. The driver's `libnvidia-encode` and `libcuda` are loaded at
 //! run time, so [`open`] says precisely why NVENC cannot be used on a machine (no driver, driver
 //! too old, no CUDA device, a GPU without an encode engine, a session limit).
 //!
-//! Layers: `api` is the only code that calls through the driver's function table; `encoder`
-//! builds sessions, surfaces and the in-flight pipeline on top of it without raw NVENC pointers.
+//! Layers: `api` is the only code that calls through the driver's function table, taking the
+//! crate's CUDA types ([`crate::cuda`]); `init` computes a session's initialize parameters (a
+//! pure function of the configuration and what the GPU reports); `session` owns a session's
+//! surfaces, staging buffers and pictures in flight and tears them down in order; `encoder` is
+//! the per-frame path.
 
 use crate::encoder::{EncoderConfig, EncoderKind, VideoEncoder};
 use crate::error::Error;
@@ -44,14 +47,19 @@ pub fn open_with(
 }
 
 mod api;
+mod caps;
 mod caps_cache;
 mod encoder;
 pub(crate) mod error;
+mod fail;
+mod init;
 mod options;
 mod probe;
+mod session;
 mod watchdog;
 
+pub use caps::NvencCaps;
 pub use encoder::{DeviceFrame, NvencEncoder};
 pub use error::{NvencError, NvencErrorKind};
 pub use options::{NvencOptions, NvencPreset, NvencTuning};
-pub use probe::{probe, NvencCaps};
+pub use probe::probe;

@@ -8,45 +8,13 @@
 //! and driver opens no probe session at all.
 
 use std::collections::HashMap;
-use std::ffi::c_void;
 use std::sync::{Mutex, OnceLock};
 
 use nvenc_sys as sys;
-use serde::{Deserialize, Serialize};
 
 use super::api::RawEncoder;
+use super::caps::NvencCaps;
 use crate::error::Error;
-
-/// What one GPU's NVENC can do for H.264.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct NvencCaps {
-    /// CUDA device ordinal.
-    pub device: usize,
-    /// Whether the engine lists the H.264 codec.
-    pub h264: bool,
-    /// Largest frame width (`NV_ENC_CAPS_WIDTH_MAX`).
-    pub max_width: i32,
-    /// Largest frame height (`NV_ENC_CAPS_HEIGHT_MAX`).
-    pub max_height: i32,
-    /// Most consecutive B-frames (`NV_ENC_CAPS_NUM_MAX_BFRAMES`).
-    pub max_bframes: i32,
-    /// Whether lookahead is supported (`NV_ENC_CAPS_SUPPORT_LOOKAHEAD`).
-    pub lookahead: bool,
-    /// Encode engines on the GPU (`NV_ENC_CAPS_NUM_ENCODER_ENGINES`, 0 where the driver does not
-    /// say).
-    pub engines: i32,
-    /// The driver's highest NVENC API version, e.g. `"12.2"`.
-    pub driver_api: String,
-    /// The GPU's UUID (`cuDeviceGetUuid`), as `nvidia-smi -L` prints it
-    /// (`GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`); empty where CUDA could not say.
-    #[serde(default)]
-    pub gpu_uuid: String,
-    /// What identifies the driver: CUDA driver version, NVENC API version and the driver
-    /// library file; empty where CUDA could not say.
-    #[serde(default)]
-    pub driver_version: String,
-}
 
 type Cache = Mutex<HashMap<(usize, String), NvencCaps>>;
 
@@ -81,28 +49,22 @@ pub fn probe(device: usize) -> Result<NvencCaps, Error> {
     }
     // cudarc makes the context it creates current; the caller's comes back when this drops
     // (declared before `context`, so it drops after it).
-    let _callers = crate::ring_buffer::save_current().map_err(|e| Error::Unavailable {
+    let _callers = crate::cuda::save_current().map_err(|e| Error::Unavailable {
         backend: crate::encoder::EncoderKind::Nvenc,
         reason: e.to_string(),
     })?;
-    let context = crate::ring_buffer::open_context(device).map_err(|e| Error::Unavailable {
+    let context = crate::cuda::Context::open(device).map_err(|e| Error::Unavailable {
         backend: crate::encoder::EncoderKind::Nvenc,
         reason: e.to_string(),
     })?;
-    let _current = crate::ring_buffer::push_context(&context).map_err(|e| Error::Unavailable {
+    let _current = context.push().map_err(|e| Error::Unavailable {
         backend: crate::encoder::EncoderKind::Nvenc,
         reason: e.to_string(),
     })?;
-    // SAFETY: the context lives until the end of this function, after the session (dropped
-    // first, as it is declared later).
-    let raw = unsafe { RawEncoder::open(library, context.cu_ctx().cast::<c_void>()) }?;
+    // The session keeps the context retained until it is destroyed.
+    let raw = RawEncoder::open(library, &context)?;
     let codec = sys::NV_ENC_CODEC_H264_GUID;
-    let h264 = raw.encode_guids()?.iter().any(|g| {
-        g.Data1 == codec.Data1
-            && g.Data2 == codec.Data2
-            && g.Data3 == codec.Data3
-            && g.Data4 == codec.Data4
-    });
+    let h264 = super::init::offers_h264(&raw)?;
     let cap = |c| {
         if h264 {
             raw.cap(codec, c).unwrap_or(0)

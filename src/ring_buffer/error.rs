@@ -78,7 +78,7 @@ pub enum RingError {
         call: &'static str,
         /// The driver's error.
         #[source]
-        source: cudarc::driver::DriverError,
+        source: crate::cuda::DriverError,
     },
 }
 
@@ -146,4 +146,19 @@ pub enum PopError {
         /// Whether the producer was dropped during a panic.
         panicked: bool,
     },
+}
+
+impl From<crate::cuda::CudaError> for RingError {
+    fn from(e: crate::cuda::CudaError) -> Self {
+        use crate::cuda::CudaError;
+        match e {
+            CudaError::Unavailable { reason } => RingError::CudaUnavailable { reason },
+            CudaError::Call { call, source } => RingError::Cuda { call, source },
+            CudaError::AllocFailed { bytes } => RingError::AllocFailed { bytes },
+            CudaError::InvalidCopy {
+                width_bytes, rows, ..
+            } => RingError::InvalidLayout { width_bytes, rows },
+            // `CudaError` is non-exhaustive only to the crate's users.
+        }
+    }
 }

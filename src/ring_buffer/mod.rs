@@ -78,7 +78,7 @@
 
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod cuda;
+mod cuda_storage;
 mod error;
 mod ring;
 mod storage;
@@ -89,16 +89,11 @@ mod loom_tests;
 #[cfg(test)]
 mod tests;
 
-pub use cuda::{
-    copy_device_to_device_async, copy_pinned_to_device_async, cuda_available, open_context,
-    push_context, save_current, ContextGuard, CudaContext, CudaStream, DeviceStorage,
-    PinnedStorage, SavedContext,
-};
+pub use crate::cuda::DeviceSurface;
+pub use cuda_storage::{DeviceStorage, PinnedStorage};
 pub use error::{CommitError, PopError, ReserveError, RingError};
 pub use ring::{Consumer, FrameFlags, FrameMeta, Producer, ReadSlot, RingStats, WriteSlot};
-pub use storage::{
-    DeviceSlots, DeviceSurface, HostSlots, HostStorage, SlotStorage, HOST_SLOT_ALIGN, MAX_SLOTS,
-};
+pub use storage::{DeviceSlots, HostSlots, HostStorage, SlotStorage, HOST_SLOT_ALIGN, MAX_SLOTS};
 
 /// What an encoder keeps in flight, in frames, for [`required_slots`] and
 /// [`FrameRing::for_encoder`].

@@ -8,6 +8,7 @@ use std::alloc::Layout;
 use std::ptr::NonNull;
 
 use super::RingError;
+pub(crate) use crate::cuda::DeviceSurface;
 
 /// The largest number of slots a ring accepts.
 pub const MAX_SLOTS: usize = 1 << 16;
@@ -36,19 +37,6 @@ pub unsafe trait HostSlots: SlotStorage {
     /// # Panics
     /// May panic when `index >= slot_count()`; the ring never asks for such an index.
     fn slot_ptr(&self, index: usize) -> NonNull<u8>;
-}
-
-/// One slot of device memory: what an encoder registers as an input surface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeviceSurface {
-    /// Device address of the first row (`CUdeviceptr`).
-    pub device_ptr: u64,
-    /// Bytes from one row to the next (the allocation pitch).
-    pub pitch: usize,
-    /// Bytes of payload in a row (at most `pitch`).
-    pub width_bytes: usize,
-    /// Number of rows.
-    pub rows: usize,
 }
 
 /// Storage whose slots live in device memory: no host access, only addresses.

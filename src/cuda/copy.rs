@@ -1,0 +1,381 @@
+//! 2D copies into device memory, and [`Pending`]: queued copies that own their memory until
+//! they are known to have run.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::sys;
+
+use super::{call, CudaError, DeviceSurface, PinnedBuffer, PitchedBuffer, Stream};
+
+/// Enqueues on `stream` a copy of `dst.rows` rows of `dst.width_bytes` bytes from host memory
+/// `src` (rows `src_pitch` bytes apart) into the device surface `dst`. From pinned memory this is
+/// a direct DMA; from pageable memory the driver stages it.
+///
+/// # Errors
+/// [`CudaError::InvalidCopy`] when `src` is too short for the copy or `src_pitch <
+/// dst.width_bytes`; [`CudaError::Call`] naming `cuMemcpy2DAsync` when the driver refuses.
+///
+/// # Safety
+/// The copy runs after this returns: `src` must stay alive and unwritten, and `dst` allocated,
+/// until the stream has passed this copy (synchronize the stream or wait on an event recorded
+/// after it). `dst` must be device memory of `stream`'s context.
+pub unsafe fn copy_host_to_device_async(
+    src: &[u8],
+    src_pitch: usize,
+    dst: &DeviceSurface,
+    stream: &Stream,
+) -> Result<(), CudaError> {
+    let needed = src_pitch
+        .checked_mul(dst.rows.saturating_sub(1))
+        .and_then(|b| b.checked_add(dst.width_bytes));
+    if src_pitch < dst.width_bytes || needed.is_none_or(|n| n > src.len()) {
+        return Err(CudaError::InvalidCopy {
+            width_bytes: dst.width_bytes,
+            rows: dst.rows,
+            src_pitch,
+            src_len: src.len(),
+        });
+    }
+    // SAFETY: `src` is in bounds (checked above); the rest is this function's contract.
+    unsafe {
+        copy_2d_async(
+            Source::Host(src.as_ptr().cast::<c_void>()),
+            src_pitch,
+            dst,
+            stream,
+        )
+    }
+}
+
+/// Enqueues on `stream` a copy of `dst.rows` rows of `dst.width_bytes` bytes from device memory
+/// at `src` (rows `src_pitch` bytes apart) into the device surface `dst`: how a frame that is
+/// already on the GPU is copied without passing through the host.
+///
+/// # Errors
+/// [`CudaError::InvalidCopy`] when `src_pitch < dst.width_bytes`; [`CudaError::Call`] naming
+/// `cuMemcpy2DAsync` when the driver refuses, e.g. for an address that is not device memory.
+///
+/// # Safety
+/// `src` must be device memory of `stream`'s context holding `dst.rows` rows of
+/// `dst.width_bytes` bytes at `src_pitch`, alive and unwritten until the stream has passed this
+/// copy; `dst` as for [`copy_host_to_device_async`].
+pub unsafe fn copy_device_to_device_async(
+    src: u64,
+    src_pitch: usize,
+    dst: &DeviceSurface,
+    stream: &Stream,
+) -> Result<(), CudaError> {
+    if src_pitch < dst.width_bytes {
+        return Err(CudaError::InvalidCopy {
+            width_bytes: dst.width_bytes,
+            rows: dst.rows,
+            src_pitch,
+            src_len: usize::MAX,
+        });
+    }
+    // SAFETY: this function's contract is `copy_2d_async`'s.
+    unsafe { copy_2d_async(Source::Device(src), src_pitch, dst, stream) }
+}
+
+/// Where a 2D copy reads from.
+enum Source {
+    Host(*const c_void),
+    Device(sys::CUdeviceptr),
+}
+
+/// `cuMemcpy2DAsync` of `dst.rows` rows of `dst.width_bytes` bytes into device surface `dst`:
+/// the one copy both upload paths share.
+///
+/// # Safety
+/// The source holds that many rows at `src_pitch` and, like `dst`, stays alive and untouched
+/// until the stream has run the copy; `dst` is device memory of `stream`'s context.
+unsafe fn copy_2d_async(
+    src: Source,
+    src_pitch: usize,
+    dst: &DeviceSurface,
+    stream: &Stream,
+) -> Result<(), CudaError> {
+    let _current = stream.context().push()?;
+    let (src_type, src_host, src_device) = match src {
+        Source::Host(p) => (sys::CUmemorytype::CU_MEMORYTYPE_HOST, p, 0),
+        Source::Device(d) => (sys::CUmemorytype::CU_MEMORYTYPE_DEVICE, std::ptr::null(), d),
+    };
+    let copy = sys::CUDA_MEMCPY2D {
+        srcXInBytes: 0,
+        srcY: 0,
+        srcMemoryType: src_type,
+        srcHost: src_host,
+        srcDevice: src_device,
+        srcArray: std::ptr::null_mut(),
+        srcPitch: src_pitch,
+        dstXInBytes: 0,
+        dstY: 0,
+        dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        dstHost: std::ptr::null_mut(),
+        dstDevice: dst.device_ptr,
+        dstArray: std::ptr::null_mut(),
+        dstPitch: dst.pitch,
+        WidthInBytes: dst.width_bytes,
+        Height: dst.rows,
+    };
+    // SAFETY: the descriptor is fully initialized; source and destination are in bounds and
+    // alive until the copy has run, by this function's contract; the stream belongs to the
+    // bound context.
+    unsafe { sys::cuMemcpy2DAsync_v2(&copy, stream.0.cu_stream()) }
+        .result()
+        .map_err(call("cuMemcpy2DAsync"))
+}
+
+/// Host memory that a queued copy may read after the call that queued it has returned.
+///
+/// # Safety
+/// `host_bytes` returns the same bytes, at the same address, for as long as the value lives,
+/// wherever the value is moved, and nothing can write them but through a `&mut` borrow of the
+/// value (which a [`Pending`] that owns it never takes).
+pub unsafe trait HostBytes: Send {
+    /// The bytes a copy reads.
+    fn host_bytes(&self) -> &[u8];
+}
+
+// SAFETY: the allocation is the buffer's own and does not move with it; the only writer is
+// `as_mut_slice`, which needs `&mut PinnedBuffer`.
+unsafe impl HostBytes for PinnedBuffer {
+    fn host_bytes(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+// SAFETY: an `Arc` does not move its contents; `&mut T` is reachable only through `&mut Arc`
+// (`Arc::get_mut`), a `&mut` borrow of the value, as the contract allows.
+unsafe impl<T: HostBytes + Sync> HostBytes for Arc<T> {
+    fn host_bytes(&self) -> &[u8] {
+        (**self).host_bytes()
+    }
+}
+
+/// One of two host sources (an encoder's own staging buffer, or a caller's ring slot).
+#[derive(Debug)]
+pub enum Either<A, B> {
+    /// The first kind.
+    Left(A),
+    /// The second kind.
+    Right(B),
+}
+
+// SAFETY: each variant keeps its own guarantee; the variant can change only through a `&mut`
+// borrow of the value, which the trait's contract already allows for.
+unsafe impl<A: HostBytes, B: HostBytes> HostBytes for Either<A, B> {
+    fn host_bytes(&self) -> &[u8] {
+        match self {
+            Either::Left(a) => a.host_bytes(),
+            Either::Right(b) => b.host_bytes(),
+        }
+    }
+}
+
+/// Device memory holding a frame that this layer did not allocate (a caller's frame).
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceSource {
+    ptr: u64,
+}
+
+impl DeviceSource {
+    /// The device memory at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` must be device memory of the context of the stream it is copied on, holding every
+    /// plane the copy reads, allocated and unwritten until the stream has run the copy.
+    #[must_use]
+    pub unsafe fn new(ptr: u64) -> Self {
+        Self { ptr }
+    }
+}
+
+/// Where a frame is copied from: host bytes the copy owns until it is known to have run, or a
+/// caller's device memory.
+#[derive(Debug)]
+pub enum PlaneSource<T> {
+    /// Host bytes (pinned for a direct DMA).
+    Host(T),
+    /// Device memory.
+    Device(DeviceSource),
+}
+
+/// One plane of a frame copy: `rows` rows of `width` bytes from `src_offset` in the source (rows
+/// `src_pitch` apart) to `dst_offset` in the destination buffer (rows `dst_pitch` apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plane {
+    /// Where the plane starts in the source, in bytes.
+    pub src_offset: usize,
+    /// Bytes between source rows.
+    pub src_pitch: usize,
+    /// Where the plane starts in the destination, in bytes.
+    pub dst_offset: usize,
+    /// Bytes between destination rows.
+    pub dst_pitch: usize,
+    /// Bytes of payload in a row.
+    pub width: usize,
+    /// Number of rows.
+    pub rows: usize,
+}
+
+impl Plane {
+    /// The bytes the plane spans from its start: `pitch * (rows - 1) + width`, if it fits.
+    fn span(pitch: usize, width: usize, rows: usize) -> Option<usize> {
+        pitch
+            .checked_mul(rows.saturating_sub(1))
+            .and_then(|b| b.checked_add(width))
+    }
+}
+
+/// Copies queued on a stream that may still read their source and write their destination: it
+/// owns both until the copies are known to have run. Dropping it waits for the stream
+/// (`cuStreamSynchronize`); [`Pending::ran`] gives the source back without waiting, for a caller
+/// that knows otherwise that the stream has passed the copies.
+#[derive(Debug)]
+#[must_use = "dropping it waits for the stream"]
+pub struct Pending<T> {
+    src: Option<PlaneSource<T>>,
+    dst: Arc<PitchedBuffer>,
+    stream: Stream,
+}
+
+impl<T> Pending<T> {
+    /// The destination of the copies.
+    #[must_use]
+    pub fn destination(&self) -> &Arc<PitchedBuffer> {
+        &self.dst
+    }
+
+    /// Gives the source back without waiting for the stream.
+    ///
+    /// # Safety
+    /// The stream must have run the copies (e.g. work queued after them on the same stream is
+    /// known to have completed).
+    pub unsafe fn ran(mut self) -> Option<T> {
+        match self.src.take() {
+            Some(PlaneSource::Host(t)) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl<T> Pending<T> {
+    /// Waits for the stream (`cuStreamSynchronize`), then gives the host source back.
+    ///
+    /// # Errors
+    /// [`CudaError::Call`] naming `cuStreamSynchronize`; the source and destination are then
+    /// leaked, since a copy may still use them.
+    pub fn wait(mut self) -> Result<Option<T>, CudaError> {
+        if let Err(e) = self.stream.synchronize() {
+            if let Some(src) = self.src.take() {
+                std::mem::forget(src);
+            }
+            std::mem::forget(Arc::clone(&self.dst));
+            return Err(e);
+        }
+        match self.src.take() {
+            Some(PlaneSource::Host(t)) => Ok(Some(t)),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl<T> Drop for Pending<T> {
+    fn drop(&mut self) {
+        if self.src.is_none() {
+            return;
+        }
+        if let Err(e) = self.stream.synchronize() {
+            tracing::warn!(error = %e, "waiting for a queued copy failed; its memory is leaked");
+            // The copy may still run: neither its source nor its destination may be freed.
+            if let Some(src) = self.src.take() {
+                std::mem::forget(src);
+            }
+            std::mem::forget(Arc::clone(&self.dst));
+        }
+    }
+}
+
+/// Queues on `stream` the copy of `planes` from `src` into `dst`, and returns the copies with
+/// the memory they use ([`Pending`]). Every plane is checked to lie inside `dst`, and inside `src`
+/// for host memory.
+///
+/// # Errors
+/// [`CudaError::InvalidCopy`] for a plane outside its source or destination or with a pitch
+/// smaller than its width; [`CudaError::Call`] naming `cuMemcpy2DAsync` when the driver refuses.
+/// With the error comes the host source, once the copies queued before it have run (`None` when
+/// the stream could not be waited for: the source is then leaked, since a copy may still read it).
+#[allow(clippy::type_complexity)]
+pub fn copy_planes_async<T: HostBytes>(
+    src: PlaneSource<T>,
+    planes: &[Plane],
+    dst: &Arc<PitchedBuffer>,
+    stream: &Stream,
+) -> Result<Pending<T>, (CudaError, Option<T>)> {
+    let pending = Pending {
+        src: Some(src),
+        dst: Arc::clone(dst),
+        stream: stream.clone(),
+    };
+    match queue_planes(&pending, planes) {
+        Ok(()) => Ok(pending),
+        Err(e) => Err((e, pending.wait().ok().flatten())),
+    }
+}
+
+fn queue_planes<T: HostBytes>(pending: &Pending<T>, planes: &[Plane]) -> Result<(), CudaError> {
+    let surface = pending.dst.surface();
+    let dst_len = surface.pitch.saturating_mul(surface.rows);
+    for plane in planes {
+        let invalid = || CudaError::InvalidCopy {
+            width_bytes: plane.width,
+            rows: plane.rows,
+            src_pitch: plane.src_pitch,
+            src_len: match &pending.src {
+                Some(PlaneSource::Host(t)) => t.host_bytes().len(),
+                _ => usize::MAX,
+            },
+        };
+        let dst_end = Plane::span(plane.dst_pitch, plane.width, plane.rows)
+            .and_then(|s| s.checked_add(plane.dst_offset));
+        if plane.src_pitch < plane.width
+            || plane.dst_pitch < plane.width
+            || dst_end.is_none_or(|end| end > dst_len)
+        {
+            return Err(invalid());
+        }
+        let target = DeviceSurface {
+            device_ptr: surface.device_ptr + plane.dst_offset as u64,
+            pitch: plane.dst_pitch,
+            width_bytes: plane.width,
+            rows: plane.rows,
+        };
+        match &pending.src {
+            Some(PlaneSource::Host(t)) => {
+                let bytes = t.host_bytes().get(plane.src_offset..).unwrap_or_default();
+                // SAFETY: `bytes` stays alive and unwritten until the copy ran: `pending` owns
+                // it (HostBytes) and waits for the stream before giving it up, unless the caller
+                // of `Pending::ran` vouches that the copy ran; `target` lies inside `dst`
+                // (checked above), which `pending` keeps allocated the same way. The source's
+                // length is checked by the callee.
+                unsafe {
+                    copy_host_to_device_async(bytes, plane.src_pitch, &target, &pending.stream)
+                }?;
+            }
+            Some(PlaneSource::Device(d)) => {
+                let from = d
+                    .ptr
+                    .checked_add(plane.src_offset as u64)
+                    .ok_or_else(invalid)?;
+                // SAFETY: `DeviceSource::new`'s contract covers the source; `target` as above.
+                unsafe {
+                    copy_device_to_device_async(from, plane.src_pitch, &target, &pending.stream)
+                }?;
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,496 @@
+//! The initialize parameters of an NVENC session: a pure function of the configuration, the
+//! NVENC options and what the driver reports ([`Driver`]: caps, input formats, the preset's
+//! config), so it is tested without a driver. Also the checks every session starts with (the
+//! H.264 encode GUID), shared with `probe.rs`.
+
+use nvenc_sys as sys;
+
+use super::api::{h264_config, InitParams, RawEncoder};
+use super::options::{NvencOptions, NvencPreset, NvencTuning};
+use super::NvencError;
+use crate::cuda::Plane;
+use crate::encoder::mapping::{self, NvencRc, NvencRcMode};
+use crate::encoder::{EncoderConfig, PixelFormat};
+use crate::error::Error;
+use crate::ring_buffer::{required_slots, EncoderDepth};
+
+/// What a session reports that the initialize parameters depend on (for H.264).
+pub(crate) trait Driver {
+    /// `nvEncGetEncodeCaps`.
+    fn cap(&self, cap: sys::NV_ENC_CAPS) -> Result<i32, NvencError>;
+    /// `nvEncGetInputFormats`.
+    fn input_formats(&self) -> Result<Vec<sys::NV_ENC_BUFFER_FORMAT>, NvencError>;
+    /// `nvEncGetEncodePresetConfigEx`: the driver's config for a preset and tuning.
+    fn preset_config(
+        &self,
+        preset: sys::GUID,
+        tuning: sys::NV_ENC_TUNING_INFO,
+    ) -> Result<sys::NV_ENC_CONFIG, NvencError>;
+}
+
+impl Driver for RawEncoder {
+    fn cap(&self, cap: sys::NV_ENC_CAPS) -> Result<i32, NvencError> {
+        RawEncoder::cap(self, sys::NV_ENC_CODEC_H264_GUID, cap)
+    }
+    fn input_formats(&self) -> Result<Vec<sys::NV_ENC_BUFFER_FORMAT>, NvencError> {
+        RawEncoder::input_formats(self, sys::NV_ENC_CODEC_H264_GUID)
+    }
+    fn preset_config(
+        &self,
+        preset: sys::GUID,
+        tuning: sys::NV_ENC_TUNING_INFO,
+    ) -> Result<sys::NV_ENC_CONFIG, NvencError> {
+        RawEncoder::preset_config(self, sys::NV_ENC_CODEC_H264_GUID, preset, tuning)
+            .map(|c| c.presetCfg)
+    }
+}
+
+pub(crate) fn guid_eq(a: &sys::GUID, b: &sys::GUID) -> bool {
+    a.Data1 == b.Data1 && a.Data2 == b.Data2 && a.Data3 == b.Data3 && a.Data4 == b.Data4
+}
+
+/// Whether the session offers H.264 encoding (`nvEncGetEncodeGUIDs`).
+pub(crate) fn offers_h264(raw: &RawEncoder) -> Result<bool, NvencError> {
+    let codec = sys::NV_ENC_CODEC_H264_GUID;
+    Ok(raw.encode_guids()?.iter().any(|g| guid_eq(g, &codec)))
+}
+
+/// What a session is initialized with, and the sizes that follow from it.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub init: InitParams,
+    pub preset: NvencPreset,
+    pub tuning: NvencTuning,
+    pub format: sys::NV_ENC_BUFFER_FORMAT,
+    pub frame_interval_p: u32,
+    /// Outputs are read back this many frames behind the newest submission.
+    pub extra_output_delay: usize,
+    /// Input surfaces (and staging buffers) the session needs: every picture held for
+    /// reordering, plus the output delay, plus the one being submitted.
+    pub surfaces: usize,
+}
+
+/// Writes the rate-control fields of an NVENC config (the mapping itself is `mapping::nvenc`).
+pub(crate) fn apply_rate_control(enc: &mut sys::NV_ENC_CONFIG, rc: &NvencRc) {
+    let rcp = &mut enc.rcParams;
+    rcp.rateControlMode = match rc.mode {
+        NvencRcMode::ConstQp => sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CONSTQP,
+        NvencRcMode::Vbr => sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_VBR,
+        NvencRcMode::Cbr => sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CBR,
+    };
+    rcp.averageBitRate = rc.average_bps;
+    rcp.maxBitRate = rc.max_bps;
+    rcp.vbvBufferSize = rc.vbv_buffer_bits;
+    rcp.vbvInitialDelay = rc.vbv_initial_delay_bits;
+    rcp.targetQuality = rc.target_quality;
+    rcp.targetQualityLSB = 0;
+    // In the other modes constQP is the rate control's initial QP (API.h): the preset's stays.
+    if rc.mode == NvencRcMode::ConstQp {
+        let qp = u32::from(rc.const_qp);
+        rcp.constQP = sys::NV_ENC_QP {
+            qpInterP: qp,
+            qpInterB: qp,
+            qpIntra: qp,
+        };
+    }
+}
+
+/// The initialize parameters for `config` with `options` on a GPU that reports what `driver`
+/// says.
+///
+/// # Errors
+/// [`Error::NvencCapability`] when the GPU lacks something the configuration needs (input format,
+/// size, B-frames, lossless); [`Error::Nvenc`] when a query fails.
+pub(crate) fn plan(
+    config: &EncoderConfig,
+    options: &NvencOptions,
+    driver: &impl Driver,
+) -> Result<Plan, Error> {
+    let preset = options
+        .preset
+        .unwrap_or_else(|| NvencPreset::from_preset(config.preset));
+    let tuning = options
+        .tuning
+        .unwrap_or_else(|| NvencTuning::from_tune(config.tune));
+    let zero_latency = crate::encoder::mapping::zero_latency(config);
+    let (width, height) = (config.resolution.width, config.resolution.height);
+    let format = match config.pixel_format {
+        PixelFormat::Nv12 => sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_NV12,
+        _ => sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_IYUV,
+    };
+    let formats = driver.input_formats().map_err(Error::Nvenc)?;
+    if !formats.contains(&format) {
+        return Err(Error::NvencCapability {
+            cap: "input format (nvEncGetInputFormats)",
+            value: 0,
+            required: 1,
+        });
+    }
+    let cap = |c, name| driver.cap(c).map(|v| (name, v)).map_err(Error::Nvenc);
+    // (cap, its name, the size it bounds, whether it is a maximum)
+    let limits = [
+        (
+            sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MAX,
+            "NV_ENC_CAPS_WIDTH_MAX",
+            width,
+            true,
+        ),
+        (
+            sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MAX,
+            "NV_ENC_CAPS_HEIGHT_MAX",
+            height,
+            true,
+        ),
+        (
+            sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MIN,
+            "NV_ENC_CAPS_WIDTH_MIN",
+            width,
+            false,
+        ),
+        (
+            sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MIN,
+            "NV_ENC_CAPS_HEIGHT_MIN",
+            height,
+            false,
+        ),
+    ];
+    for (c, name, size, is_max) in limits {
+        let (name, value) = cap(c, name)?;
+        if is_max {
+            require_at_least(name, value, size)?;
+        } else {
+            require_at_most(name, value, size)?;
+        }
+    }
+    if tuning == NvencTuning::Lossless {
+        let (name, lossless) = cap(
+            sys::NV_ENC_CAPS::NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE,
+            "NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE",
+        )?;
+        require_at_least(name, lossless, 1)?;
+    }
+
+    let mut enc = driver
+        .preset_config(preset.guid(), tuning.raw())
+        .map_err(Error::Nvenc)?;
+    enc.gopLength = config.gop_size;
+    if let Some(b) = crate::encoder::mapping::bframes(config) {
+        enc.frameIntervalP = b as i32 + 1;
+    }
+    let frame_interval_p = enc.frameIntervalP.max(1) as u32;
+    if frame_interval_p > 1 {
+        let (name, max_b) = cap(
+            sys::NV_ENC_CAPS::NV_ENC_CAPS_NUM_MAX_BFRAMES,
+            "NV_ENC_CAPS_NUM_MAX_BFRAMES",
+        )?;
+        require_at_least(name, max_b, frame_interval_p - 1)?;
+    }
+    apply_rate_control(&mut enc, &mapping::nvenc(config));
+    // No lookahead: it would need more surfaces in flight and is what other wrappers found
+    // to lose frames and deadlock at end of stream when the ring was sized without it.
+    enc.rcParams.set_enableLookahead(0);
+    enc.rcParams.lookaheadDepth = 0;
+    let lossless = tuning == NvencTuning::Lossless;
+    let h264 = h264_config(&mut enc);
+    h264.idrPeriod = config.gop_size;
+    h264.set_repeatSPSPPS(1);
+    if lossless {
+        // The header's recipe for lossless (nvEncodeAPI.h 11.1, qpPrimeYZeroTransformBypassFlag):
+        // transform bypass, constant QP 0, High 4:4:4 Predictive; a quality target would
+        // make the stream lossy again.
+        h264.set_qpPrimeYZeroTransformBypassFlag(1);
+        enc.rcParams.rateControlMode = sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CONSTQP;
+        enc.rcParams.targetQuality = 0;
+        enc.rcParams.constQP = sys::NV_ENC_QP {
+            qpInterP: 0,
+            qpInterB: 0,
+            qpIntra: 0,
+        };
+        enc.profileGUID = sys::NV_ENC_H264_PROFILE_HIGH_444_GUID;
+    }
+
+    let params = sys::NV_ENC_INITIALIZE_PARAMS {
+        version: sys::NV_ENC_INITIALIZE_PARAMS_VER,
+        encodeGUID: sys::NV_ENC_CODEC_H264_GUID,
+        presetGUID: preset.guid(),
+        encodeWidth: width,
+        encodeHeight: height,
+        darWidth: width,
+        darHeight: height,
+        frameRateNum: config.frame_rate.num,
+        frameRateDen: config.frame_rate.den,
+        enableEncodeAsync: 0,
+        enablePTD: 1,
+        // Pointed at `config` by each call that takes these (`RawEncoder::initialize`).
+        encodeConfig: std::ptr::null_mut(),
+        maxEncodeWidth: width,
+        maxEncodeHeight: height,
+        tuningInfo: tuning.raw(),
+        ..Default::default()
+    };
+    // Zero latency means every frame's output is read back in the call that submitted it.
+    let extra_output_delay = if zero_latency {
+        0
+    } else {
+        options.extra_output_delay
+    };
+    let surfaces = required_slots(EncoderDepth {
+        frame_interval_p,
+        lookahead: 0,
+        extra_output_delay: extra_output_delay + 1,
+    });
+    Ok(Plan {
+        init: InitParams {
+            params,
+            config: Box::new(enc),
+        },
+        preset,
+        tuning,
+        format,
+        frame_interval_p,
+        extra_output_delay: extra_output_delay as usize,
+        surfaces,
+    })
+}
+
+/// The plane copies of a frame of `config` with luma rows `src_pitch` bytes apart into a surface
+/// with rows `dst_pitch` bytes apart (one copy for NV12, whose chroma shares the luma pitch; three for I420, whose chroma planes
+/// have half the pitch, as NVENC's IYUV layout has). A fixed array and a count, so the per-frame
+/// path allocates nothing.
+pub(crate) fn plane_copies(
+    config: &EncoderConfig,
+    src_pitch: usize,
+    dst_pitch: usize,
+) -> ([Plane; 3], usize) {
+    let w = config.resolution.width as usize;
+    let h = config.resolution.height as usize;
+    let plane = |src_offset, src_pitch, dst_offset, dst_pitch, width, rows| Plane {
+        src_offset,
+        src_pitch,
+        dst_offset,
+        dst_pitch,
+        width,
+        rows,
+    };
+    match config.pixel_format {
+        PixelFormat::Nv12 => {
+            let all = plane(0, src_pitch, 0, dst_pitch, w, h * 3 / 2);
+            ([all; 3], 1)
+        }
+        _ => {
+            let (sc, dc) = (src_pitch / 2, dst_pitch / 2);
+            (
+                [
+                    plane(0, src_pitch, 0, dst_pitch, w, h),
+                    plane(src_pitch * h, sc, dst_pitch * h, dc, w / 2, h / 2),
+                    plane(
+                        src_pitch * h + sc * (h / 2),
+                        sc,
+                        dst_pitch * h + dc * (h / 2),
+                        dc,
+                        w / 2,
+                        h / 2,
+                    ),
+                ],
+                3,
+            )
+        }
+    }
+}
+
+fn require_at_least(cap: &'static str, value: i32, required: u32) -> Result<(), Error> {
+    if i64::from(value) >= i64::from(required) {
+        Ok(())
+    } else {
+        Err(Error::NvencCapability {
+            cap,
+            value,
+            required: i64::from(required),
+        })
+    }
+}
+
+fn require_at_most(cap: &'static str, value: i32, required: u32) -> Result<(), Error> {
+    if i64::from(value) <= i64::from(required) {
+        Ok(())
+    } else {
+        Err(Error::NvencCapability {
+            cap,
+            value,
+            required: i64::from(required),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GPU that reports fixed caps and returns a zeroed preset config.
+    struct Fake {
+        max_width: i32,
+        max_bframes: i32,
+        lossless: i32,
+        formats: Vec<sys::NV_ENC_BUFFER_FORMAT>,
+    }
+
+    impl Default for Fake {
+        fn default() -> Self {
+            Fake {
+                max_width: 4096,
+                max_bframes: 4,
+                lossless: 1,
+                formats: vec![
+                    sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_NV12,
+                    sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_IYUV,
+                ],
+            }
+        }
+    }
+
+    impl Driver for Fake {
+        fn cap(&self, cap: sys::NV_ENC_CAPS) -> Result<i32, NvencError> {
+            Ok(match cap {
+                sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MAX => self.max_width,
+                sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MAX => 4096,
+                sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MIN
+                | sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MIN => 33,
+                sys::NV_ENC_CAPS::NV_ENC_CAPS_NUM_MAX_BFRAMES => self.max_bframes,
+                sys::NV_ENC_CAPS::NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE => self.lossless,
+                _ => 0,
+            })
+        }
+        fn input_formats(&self) -> Result<Vec<sys::NV_ENC_BUFFER_FORMAT>, NvencError> {
+            Ok(self.formats.clone())
+        }
+        fn preset_config(
+            &self,
+            _: sys::GUID,
+            _: sys::NV_ENC_TUNING_INFO,
+        ) -> Result<sys::NV_ENC_CONFIG, NvencError> {
+            Ok(sys::NV_ENC_CONFIG {
+                version: sys::NV_ENC_CONFIG_VER,
+                frameIntervalP: 1,
+                ..Default::default()
+            })
+        }
+    }
+
+    #[test]
+    fn the_plan_follows_the_configuration() {
+        let config = EncoderConfig::new(1280, 720)
+            .with_bframes(Some(2))
+            .with_gop_size(120);
+        let mut plan = plan(&config, &NvencOptions::default(), &Fake::default()).unwrap();
+        assert_eq!(plan.init.params.encodeWidth, 1280);
+        assert_eq!(plan.init.params.encodeHeight, 720);
+        assert!(plan.init.params.encodeConfig.is_null());
+        assert_eq!(plan.frame_interval_p, 3);
+        assert_eq!(plan.init.config.frameIntervalP, 3);
+        assert_eq!(plan.init.config.gopLength, 120);
+        assert_eq!(h264_config(&mut plan.init.config).idrPeriod, 120);
+        assert_eq!(plan.init.config.rcParams.lookaheadDepth, 0);
+        assert_eq!(
+            plan.format,
+            sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_IYUV
+        );
+        // Frame interval 3 + extra output delay 3 + the picture being submitted.
+        assert_eq!(plan.surfaces, 7);
+        assert_eq!(plan.extra_output_delay, 3);
+    }
+
+    #[test]
+    fn i420_chroma_planes_follow_the_luma_at_half_the_pitch() {
+        let config = EncoderConfig::new(64, 32);
+        let (planes, n) = plane_copies(&config, 64, 128);
+        assert_eq!(n, 3);
+        assert_eq!(
+            (planes[1].src_offset, planes[1].dst_offset),
+            (64 * 32, 128 * 32)
+        );
+        assert_eq!((planes[1].src_pitch, planes[1].dst_pitch), (32, 64));
+        assert_eq!(
+            (planes[2].src_offset, planes[2].dst_offset),
+            (64 * 32 + 32 * 16, 128 * 32 + 64 * 16)
+        );
+        assert_eq!((planes[2].width, planes[2].rows), (32, 16));
+        let nv12 = config.with_pixel_format(PixelFormat::Nv12);
+        let (planes, n) = plane_copies(&nv12, 64, 128);
+        assert_eq!(n, 1);
+        assert_eq!((planes[0].width, planes[0].rows), (64, 48));
+    }
+
+    #[test]
+    fn zero_latency_means_no_b_frames_and_no_output_delay() {
+        let config = EncoderConfig::new(640, 480)
+            .with_bframes(Some(3))
+            .with_tune(Some(crate::encoder::Tune::Zerolatency));
+        let plan = plan(&config, &NvencOptions::default(), &Fake::default()).unwrap();
+        assert_eq!(plan.frame_interval_p, 1);
+        assert_eq!(plan.extra_output_delay, 0);
+        assert_eq!(plan.surfaces, 2);
+    }
+
+    #[test]
+    fn what_the_gpu_lacks_is_a_capability_error_naming_it() {
+        let config = EncoderConfig::new(1920, 1080).with_bframes(Some(3));
+        let narrow = Fake {
+            max_width: 1280,
+            ..Fake::default()
+        };
+        match plan(&config, &NvencOptions::default(), &narrow) {
+            Err(Error::NvencCapability {
+                cap,
+                value,
+                required,
+            }) => {
+                assert_eq!(cap, "NV_ENC_CAPS_WIDTH_MAX");
+                assert_eq!((value, required), (1280, 1920));
+            }
+            other => panic!("expected a capability error, got {other:?}"),
+        }
+        let few_b = Fake {
+            max_bframes: 2,
+            ..Fake::default()
+        };
+        match plan(&config, &NvencOptions::default(), &few_b) {
+            Err(Error::NvencCapability { cap, .. }) => {
+                assert_eq!(cap, "NV_ENC_CAPS_NUM_MAX_BFRAMES");
+            }
+            other => panic!("expected a capability error, got {other:?}"),
+        }
+        let no_nv12 = Fake {
+            formats: vec![sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_IYUV],
+            ..Fake::default()
+        };
+        let nv12 = EncoderConfig::new(640, 480).with_pixel_format(PixelFormat::Nv12);
+        assert!(matches!(
+            plan(&nv12, &NvencOptions::default(), &no_nv12),
+            Err(Error::NvencCapability { .. })
+        ));
+    }
+
+    #[test]
+    fn lossless_takes_the_headers_recipe_and_needs_the_cap() {
+        let config = EncoderConfig::new(640, 480);
+        let options = NvencOptions::default().with_tuning(Some(NvencTuning::Lossless));
+        let mut plan = plan(&config, &options, &Fake::default()).unwrap();
+        assert_eq!(
+            plan.init.config.rcParams.rateControlMode,
+            sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CONSTQP
+        );
+        assert_eq!(plan.init.config.rcParams.constQP.qpIntra, 0);
+        assert_eq!(
+            h264_config(&mut plan.init.config).qpPrimeYZeroTransformBypassFlag(),
+            1
+        );
+        let without = Fake {
+            lossless: 0,
+            ..Fake::default()
+        };
+        assert!(matches!(
+            super::plan(&config, &options, &without),
+            Err(Error::NvencCapability { .. })
+        ));
+    }
+}

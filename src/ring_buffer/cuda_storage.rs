@@ -1,0 +1,192 @@
+//! CUDA storages for the ring: pinned host memory and pitched device memory, over the crate's
+//! CUDA layer ([`crate::cuda`]), which makes every driver call.
+//!
+//! The upload path for the NVENC backend: stage a frame in a [`PinnedStorage`] slot, then
+//! [`copy_host_to_device_async`](crate::cuda::copy_host_to_device_async) into a
+//! [`DeviceStorage`] surface on the encoder's input stream; the DMA engine reads pinned memory
+//! directly, with no staging copy.
+
+use std::ptr::NonNull;
+
+use super::storage::{check_counts, DeviceSlots, DeviceSurface, HostSlots, SlotStorage};
+use super::RingError;
+use crate::cuda::{self, Context, PinnedBuffer, PitchedBuffer};
+
+/// Page-locked host memory from `cuMemHostAlloc`, one allocation for all slots (see
+/// [`PinnedBuffer`]: not write-combined, so the CPU may read the slots at full speed).
+#[derive(Debug)]
+pub struct PinnedStorage {
+    buffer: PinnedBuffer,
+    slots: usize,
+    slot_len: usize,
+    stride: usize,
+}
+
+impl PinnedStorage {
+    /// Allocates `slots` zeroed slots of `slot_len` bytes of pinned memory in `ctx`.
+    ///
+    /// # Errors
+    /// [`RingError::CudaUnavailable`] without a driver; count errors as for
+    /// [`HostStorage::new`](super::HostStorage::new); [`RingError::Cuda`] when the driver refuses
+    /// (`cuMemHostAlloc`).
+    pub fn new(ctx: &Context, slots: usize, slot_len: usize) -> Result<Self, RingError> {
+        check_counts(slots, slot_len)?;
+        cuda::available()?;
+        let overflow = || RingError::SizeOverflow {
+            slots,
+            slot_len,
+            max: isize::MAX as usize,
+        };
+        let stride = slot_len
+            .checked_next_multiple_of(super::HOST_SLOT_ALIGN)
+            .ok_or_else(overflow)?;
+        let bytes = stride
+            .checked_mul(slots)
+            .filter(|b| *b <= isize::MAX as usize)
+            .ok_or_else(overflow)?;
+        Ok(Self {
+            buffer: PinnedBuffer::new(ctx, bytes)?,
+            slots,
+            slot_len,
+            stride,
+        })
+    }
+
+    /// Pinned storage on device `ordinal`'s primary context.
+    ///
+    /// # Errors
+    /// As [`Context::open`] and [`new`](Self::new).
+    pub fn on_device(ordinal: usize, slots: usize, slot_len: usize) -> Result<Self, RingError> {
+        check_counts(slots, slot_len)?;
+        Self::new(&Context::open(ordinal)?, slots, slot_len)
+    }
+
+    /// The CUDA context the memory belongs to.
+    #[must_use]
+    pub fn context(&self) -> &Context {
+        self.buffer.context()
+    }
+}
+
+impl SlotStorage for PinnedStorage {
+    fn slot_count(&self) -> usize {
+        self.slots
+    }
+    fn slot_len(&self) -> usize {
+        self.slot_len
+    }
+}
+
+// SAFETY: slot `i` is bytes `[i*stride, i*stride + slot_len)` of one zeroed pinned allocation that
+// lives until Drop; `slot_len <= stride`, so slots are disjoint.
+unsafe impl HostSlots for PinnedStorage {
+    fn slot_ptr(&self, index: usize) -> NonNull<u8> {
+        assert!(index < self.slots, "slot index {index} out of range");
+        // SAFETY: index < slots keeps the offset inside the allocation of slots*stride bytes.
+        unsafe { self.buffer.as_ptr().add(index * self.stride) }
+    }
+}
+
+/// Pitched device memory, one `cuMemAllocPitch` allocation per slot, so each slot can be
+/// registered with NVENC as its own input surface (`NV_ENC_INPUT_RESOURCE_TYPE_CUDADEVICEPTR` with
+/// the slot's pitch). The CPU cannot touch it; slots expose [`DeviceSurface`]s only.
+#[derive(Debug)]
+pub struct DeviceStorage {
+    ctx: Context,
+    surfaces: Vec<PitchedBuffer>,
+    slot_len: usize,
+}
+
+impl DeviceStorage {
+    /// Allocates `slots` surfaces of `rows` rows of `width_bytes` bytes (for NV12 of a
+    /// `w × h` frame: `width_bytes = w`, `rows = h * 3 / 2`) in `ctx`.
+    ///
+    /// # Errors
+    /// [`RingError::CudaUnavailable`] without a driver; [`RingError::InvalidSlotCount`],
+    /// [`RingError::InvalidLayout`] for zero width or rows; [`RingError::SizeOverflow`];
+    /// [`RingError::Cuda`] when `cuMemAllocPitch` fails (what was already allocated is freed).
+    pub fn new(
+        ctx: &Context,
+        slots: usize,
+        width_bytes: usize,
+        rows: usize,
+    ) -> Result<Self, RingError> {
+        check_counts(slots, 1)?;
+        if width_bytes == 0 || rows == 0 {
+            return Err(RingError::InvalidLayout { width_bytes, rows });
+        }
+        if width_bytes.checked_mul(rows).is_none() {
+            return Err(RingError::SizeOverflow {
+                slots,
+                slot_len: width_bytes,
+                max: usize::MAX,
+            });
+        }
+        cuda::available()?;
+        let mut surfaces = Vec::with_capacity(slots);
+        for _ in 0..slots {
+            // On an error the buffers allocated so far are freed as `surfaces` drops.
+            surfaces.push(PitchedBuffer::new(ctx, width_bytes, rows)?);
+        }
+        let pitch = surfaces.first().map_or(width_bytes, |s| s.surface().pitch);
+        let slot_len = pitch.checked_mul(rows).ok_or(RingError::SizeOverflow {
+            slots,
+            slot_len: pitch,
+            max: usize::MAX,
+        })?;
+        Ok(Self {
+            ctx: ctx.clone(),
+            surfaces,
+            slot_len,
+        })
+    }
+
+    /// Device storage on device `ordinal`'s primary context.
+    ///
+    /// # Errors
+    /// As [`Context::open`] and [`new`](Self::new).
+    pub fn on_device(
+        ordinal: usize,
+        slots: usize,
+        width_bytes: usize,
+        rows: usize,
+    ) -> Result<Self, RingError> {
+        check_counts(slots, 1)?;
+        Self::new(&Context::open(ordinal)?, slots, width_bytes, rows)
+    }
+
+    /// The CUDA context the memory belongs to.
+    #[must_use]
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+}
+
+impl SlotStorage for DeviceStorage {
+    fn slot_count(&self) -> usize {
+        self.surfaces.len()
+    }
+    /// `pitch × rows` of the first surface (the driver gives every surface of one layout the same
+    /// pitch).
+    fn slot_len(&self) -> usize {
+        self.slot_len
+    }
+}
+
+impl DeviceSlots for DeviceStorage {
+    fn surface(&self, index: usize) -> DeviceSurface {
+        self.surfaces[index].surface()
+    }
+}
+
+// SAFETY: a lease's bytes are a slot of the ring's storage, which does not move while the ring
+// (which the lease shares) lives; the producer cannot reserve, so cannot write, a slot while a
+// lease on it (or on an older slot) is alive (see the module docs of the ring).
+unsafe impl<S: HostSlots> cuda::HostBytes for super::ReadSlot<S>
+where
+    super::ReadSlot<S>: Send,
+{
+    fn host_bytes(&self) -> &[u8] {
+        self
+    }
+}
