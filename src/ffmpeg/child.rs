@@ -43,12 +43,26 @@ pub(crate) struct GroupChild {
 }
 
 impl GroupChild {
-    /// Starts `cmd` (made by [`command`]).
+    /// Starts `cmd` (made by [`command`]). `ETXTBSY` ("text file busy": the program file is
+    /// still open for writing somewhere, e.g. a wrapper script just written while another thread
+    /// of this process forked) is retried 10 times, 20 ms apart, then reported.
     pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Self> {
-        Ok(GroupChild {
-            child: cmd.spawn()?,
-            status: None,
-        })
+        let mut tries = 0;
+        loop {
+            match cmd.spawn() {
+                Ok(child) => {
+                    return Ok(GroupChild {
+                        child,
+                        status: None,
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 10 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The child's pid (and process group id).
