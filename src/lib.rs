@@ -19,6 +19,7 @@ mod gpu_config;
 pub mod h264;
 pub mod metrics;
 pub mod nvenc;
+pub mod pipeline;
 pub mod ring_buffer;
 mod select;
 pub mod sink;
