@@ -193,7 +193,7 @@ fn run_policy(policy: BackPressure, frames: i64) -> (Vec<i64>, Vec<i64>, u64, u6
     let reader = std::thread::spawn(move || {
         output
             .map(|item| item.expect("no error"))
-            .inspect(|c| check_chunk(c, c.pts, 0usize.max(16 * 16 * 3 / 2)))
+            .inspect(|c| check_chunk(c, c.pts, len))
             .map(|c| c.pts)
             .collect::<Vec<_>>()
     });
