@@ -535,3 +535,32 @@ fn bad_frames_get_typed_errors_and_submit_nothing() {
     assert_eq!(pts, vec![5, 6]);
     assert!(end.is_none());
 }
+
+#[test]
+fn async_producer_waiting_on_a_full_ring_is_woken_by_the_encoder() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let mut fake = FakeEncoder::new(&config());
+    fake.sleep = Duration::from_millis(2);
+    let (mut producer, output) = open(fake, PipelineOptions::default().with_ring_slots(2));
+    let len = producer.frame_len();
+    let reader = std::thread::spawn(move || collect_bounded(output));
+    let fed = rt.block_on(async move {
+        tokio::time::timeout(BOUND, async move {
+            for pts in 0..50 {
+                // No timeout around the future: only the encoder's wake-up can complete it.
+                let mut slot = producer.reserve_async().await.expect("reserve");
+                slot.copy_from_slice(&frame_for(pts, len));
+                let _ = slot.commit(pts, false).expect("commit");
+            }
+            producer.finish().expect("finish");
+        })
+        .await
+    });
+    assert!(fed.is_ok(), "the async producer was never woken");
+    let (pts, end) = reader.join().expect("reader");
+    assert_eq!(pts, (0..50).collect::<Vec<_>>());
+    assert!(end.is_none());
+}
