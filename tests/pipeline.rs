@@ -484,12 +484,20 @@ fn encoder_failure_comes_in_band_after_earlier_chunks_and_stops_the_producer() {
         matches!(stopped, Some(PipelineError::EncoderStopped)),
         "{stopped:?}"
     );
+    let stats = producer.stats();
     let (pts, end) = collect_bounded(output);
     assert_eq!(pts, (0..5).collect::<Vec<_>>());
-    assert!(
-        matches!(end, Some(PipelineError::Encoder(Error::Finished { .. }))),
-        "{end:?}"
-    );
+    match end {
+        Some(PipelineError::Encoder {
+            source: Error::Finished { .. },
+            unencoded,
+        }) => {
+            // Every committed frame either came out or is reported unencoded, and counted.
+            assert_eq!(5 + unencoded, stats.committed());
+            assert_eq!(stats.dropped(), unencoded as u64);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

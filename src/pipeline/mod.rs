@@ -57,7 +57,9 @@
 //!   [`PipelineError::ProducerDropped`] (`panicked` says which) and ends.
 //! - An encoder failure the fallback chain cannot absorb comes out as
 //!   [`PipelineError::Encoder`], after every chunk produced before it, and the output ends; the
-//!   producer's next call returns [`PipelineError::EncoderStopped`].
+//!   producer's next call returns [`PipelineError::EncoderStopped`]. The error says how many
+//!   committed frames were not encoded (the one refused and those queued behind it); they are
+//!   added to [`RingStats::dropped`], so no accepted frame disappears without a count.
 //! - An [`EncodedOutput`] that is dropped stops the encoder thread (after the encoder call in
 //!   progress), and the producer's next call, or the one it is blocked in, returns
 //!   [`PipelineError::OutputDropped`].
@@ -222,8 +224,18 @@ pub enum PipelineError {
         previous: i64,
     },
     /// In-band on the output: the encoder failed (after failover, if the chain had any left).
-    #[error("encoder failed: {0}")]
-    Encoder(#[source] Error),
+    #[error(
+        "encoder failed: {source}; {unencoded} committed frame(s) from the one it failed on were \
+         not encoded (counted as dropped)"
+    )]
+    Encoder {
+        /// The encoder's error.
+        #[source]
+        source: Error,
+        /// Frames committed but never encoded: the one the encoder refused and those still queued
+        /// behind it. They are added to [`RingStats::dropped`].
+        unencoded: usize,
+    },
     /// In-band on the output, after every frame the producer committed came out: the producer was
     /// dropped without [`FrameProducer::finish`], or dropped while its thread panicked.
     #[error("the producer was {} before finishing; every frame it committed was encoded", if *panicked { "dropped during a panic" } else { "dropped" })]
@@ -448,7 +460,24 @@ fn encoder_thread(
     .unwrap_or(Some(PipelineError::EncoderPanicked));
     // Dropping the consumer wakes a producer blocked in the ring; the waker wakes an async one.
     shared.encoder_stopped.store(true, Ordering::SeqCst);
-    drop(lock(consumer).take());
+    let leftover = lock(consumer).take();
+    let queued = leftover.as_ref().map_or(0, Consumer::queue_depth);
+    let mut lost = queued;
+    let end = end.map(|e| match e {
+        PipelineError::Encoder { source, unencoded } => {
+            lost += unencoded;
+            PipelineError::Encoder {
+                source,
+                unencoded: lost,
+            }
+        }
+        other => other,
+    });
+    if let Some(c) = &leftover {
+        // Frames never encoded (an encoder failure, or the output gone) are counted, not silent.
+        c.stats().note_dropped(lost as u64);
+    }
+    drop(leftover);
     shared.space_waker.wake();
     let mut out = lock(&shared.out);
     if let Some(error) = end {
@@ -484,8 +513,12 @@ fn encode_loop(
                 if !deliver(shared, &mut chunks) {
                     return None;
                 }
-                if let Err(e) = encoded {
-                    return Some(PipelineError::Encoder(e));
+                if let Err(source) = encoded {
+                    // The frame was not accepted: it is lost with the encoder.
+                    return Some(PipelineError::Encoder {
+                        source,
+                        unencoded: 1,
+                    });
                 }
             }
             Err(PopError::Timeout | PopError::Empty) => {}
@@ -494,7 +527,10 @@ fn encode_loop(
                 if !deliver(shared, &mut chunks) {
                     return None;
                 }
-                return flushed.err().map(PipelineError::Encoder);
+                return flushed.err().map(|source| PipelineError::Encoder {
+                    source,
+                    unencoded: 0,
+                });
             }
             Err(PopError::Disconnected { panicked }) => {
                 let flushed = encoder.flush(&mut chunks);
@@ -502,7 +538,10 @@ fn encode_loop(
                     return None;
                 }
                 return Some(match flushed {
-                    Err(e) => PipelineError::Encoder(e),
+                    Err(source) => PipelineError::Encoder {
+                        source,
+                        unencoded: 0,
+                    },
                     Ok(()) => PipelineError::ProducerDropped { panicked },
                 });
             }
