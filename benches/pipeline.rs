@@ -2,8 +2,9 @@
 //!
 //! 1. Jitter smoothing: a live source (bursty arrival at the encoder's own steady rate, stalls of
 //!    up to 10 frame intervals followed by a burst that catches up) into the stage with
-//!    `BackPressure::DropNewest`, for ring sizes 2, 4, 8, 16, 32: throughput as a fraction of the
-//!    encoder alone, frames lost, highest ring depth.
+//!    `BackPressure::DropNewest` (frames lost) and `Block` (nothing lost; time the source was held
+//!    back), for ring sizes 2, 4, 8, 16, 32: throughput as a fraction of the encoder alone, frames
+//!    lost, highest ring depth.
 //! 2. Submit-to-chunk latency p50/p99 at 1080p30, x264 ultrafast + zerolatency, real-time pacing.
 //! 3. `encode_yuv`'s path (a reading thread filling ring slots from a file) vs the `x264` CLI on
 //!    the same clip, preset ultrafast, crf 23, same threads.
@@ -59,6 +60,7 @@ struct Smoothing {
     fraction: f64,
     lost: u64,
     highest: usize,
+    blocked: Duration,
 }
 
 /// Arrival: frame i is due at i * interval; one frame in eight is preceded by a stall of 1..=10
@@ -68,11 +70,12 @@ fn smoothing(
     frames: &[Vec<u8>],
     slots: usize,
     alone_fps: f64,
+    policy: BackPressure,
 ) -> Result<Smoothing, BoxError> {
     let encoder = X264Encoder::new(config)?;
     let options = PipelineOptions::default()
         .with_ring_slots(slots)
-        .with_back_pressure(BackPressure::DropNewest);
+        .with_back_pressure(policy);
     let (mut producer, output) = EncodePipeline::with_encoder(Box::new(encoder), options)?.split();
     let interval = Duration::from_secs_f64(1.0 / alone_fps);
     let stats = producer.stats();
@@ -103,6 +106,7 @@ fn smoothing(
         fraction: (out as f64 / secs) / alone_fps,
         lost,
         highest,
+        blocked: stats.producer_blocked(),
     })
 }
 
@@ -216,16 +220,28 @@ fn main() -> Result<(), BoxError> {
         .with_threads(threads);
     let input = clip(&config, frames)?;
     let alone = encoder_alone(&config, &input)?;
-    println!("jitter smoothing: x264 ultrafast 1280x720, {frames} frames, encoder alone {alone:.0} fps; arrival at that rate, stalls 1-10 intervals then a burst, DropNewest");
+    println!("jitter smoothing: x264 ultrafast 1280x720, {frames} frames, encoder alone {alone:.0} fps; arrival at that rate, stalls 1-10 intervals then a burst");
     println!(
-        "{:>5} {:>10} {:>6} {:>8}",
-        "ring", "fraction", "lost", "highest"
+        "{:>5} | {:>22} {:>6} {:>8} | {:>16} {:>12} {:>8}",
+        "ring",
+        "DropNewest: fraction",
+        "lost",
+        "highest",
+        "Block: fraction",
+        "blocked ms",
+        "highest"
     );
     for slots in [2, 4, 8, 16, 32] {
-        let s = smoothing(&config, &input, slots, alone)?;
+        let d = smoothing(&config, &input, slots, alone, BackPressure::DropNewest)?;
+        let b = smoothing(&config, &input, slots, alone, BackPressure::Block)?;
         println!(
-            "{slots:>5} {:>10.3} {:>6} {:>8}",
-            s.fraction, s.lost, s.highest
+            "{slots:>5} | {:>22.3} {:>6} {:>8} | {:>16.3} {:>12.0} {:>8}",
+            d.fraction,
+            d.lost,
+            d.highest,
+            b.fraction,
+            b.blocked.as_secs_f64() * 1e3,
+            b.highest
         );
     }
 
