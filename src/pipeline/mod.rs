@@ -194,8 +194,9 @@ pub enum PipelineError {
     /// The output queue capacity is 0 (expected at least 1).
     #[error("output capacity 0 (expected at least 1 chunk)")]
     OutputCapacity,
-    /// Every slot is taken (only from `try_reserve`/`try_push` under [`BackPressure::Block`] or
-    /// [`BackPressure::DropOldest`] when nothing is queued to drop).
+    /// No slot is free now (only from `try_reserve`/`try_push`, under [`BackPressure::Block`], or
+    /// under [`BackPressure::DropOldest`] while the slot of a dropped frame waits for the encoder
+    /// call in progress).
     #[error("the pipeline's ring is full")]
     Full,
     /// No slot freed before the deadline (only from the `_timeout` variants).
@@ -1119,7 +1120,8 @@ impl EncodedOutput {
 
     /// The next item, waiting at most `timeout`.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Received {
-        self.recv_until(Some(Instant::now() + timeout))
+        // A timeout too long to represent waits without a deadline.
+        self.recv_until(Instant::now().checked_add(timeout))
     }
 
     /// The next item, without waiting.
