@@ -43,6 +43,7 @@ struct FakeEncoder {
     frames: u64,
     rng: Rng,
     stall_one_in: u64,
+    stall: Duration,
     sleep: Duration,
     fail_at: Option<u64>,
     panic_at: Option<u64>,
@@ -55,6 +56,7 @@ impl FakeEncoder {
             frames: 0,
             rng: Rng(0x9e37_79b9_7f4a_7c15),
             stall_one_in: 0,
+            stall: Duration::from_micros(200),
             sleep: Duration::ZERO,
             fail_at: None,
             panic_at: None,
@@ -74,7 +76,7 @@ impl VideoEncoder for FakeEncoder {
             "fake encoder panics on purpose"
         );
         if self.stall_one_in > 0 && self.rng.below(self.stall_one_in) == 0 {
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(self.stall);
         }
         if !self.sleep.is_zero() {
             std::thread::sleep(self.sleep);
@@ -289,7 +291,10 @@ fn async_producer_with_random_cancellations_loses_nothing_and_holds_nothing() {
         .build()
         .expect("runtime");
     let mut fake = FakeEncoder::new(&config());
-    fake.stall_one_in = 20;
+    // Stalls of 5 ms in one frame of ten keep the ring full for longer than many of the random
+    // timeouts below (0-3 ms), so pending futures do get cancelled.
+    fake.stall_one_in = 10;
+    fake.stall = Duration::from_millis(5);
     let (mut producer, mut output) = open(fake, PipelineOptions::default().with_ring_slots(3));
     let len = producer.frame_len();
     let cancelled = Arc::new(AtomicU64::new(0));
@@ -300,7 +305,7 @@ fn async_producer_with_random_cancellations_loses_nothing_and_holds_nothing() {
             for pts in 0..N {
                 let frame = frame_for(pts, len);
                 loop {
-                    let wait = Duration::from_micros(rng.below(400));
+                    let wait = Duration::from_micros(rng.below(3000));
                     // Half the time through reserve + write + commit, half through push.
                     let done = if pts % 2 == 0 {
                         race(producer.reserve_async(), tokio::time::sleep(wait))
