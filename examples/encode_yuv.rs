@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use nvenc::pipeline::{EncodePipeline, FrameProducer, PipelineOptions};
 use nvenc::sink::Mp4Writer;
 use nvenc::testsrc::TestPattern;
 use nvenc::{
@@ -131,6 +132,10 @@ type BoxError = Box<dyn std::error::Error>;
 /// Exit status after an interruption (SIGINT/SIGTERM), as shells report a death by SIGINT.
 const INTERRUPTED: u8 = 130;
 
+/// Ring slots between the reading thread and the encoder: enough to absorb a slow read (a disk
+/// seek, a pipe's writer pausing) without stalling the encoder; see the README's ring sizes.
+const RING_SLOTS: usize = 8;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -171,8 +176,16 @@ enum Outcome {
 
 /// Where frames come from.
 enum Source {
-    Synthetic { pattern: TestPattern, frames: u64 },
-    Raw { reader: Box<dyn Read>, name: String },
+    Synthetic {
+        pattern: TestPattern,
+        frames: u64,
+    },
+    Raw {
+        reader: Box<dyn Read + Send>,
+        name: String,
+        /// Standard input: wait for it with `poll`, so an interrupt is seen between frames.
+        is_stdin: bool,
+    },
 }
 
 /// Opens the input and checks it before anything is written: an input that cannot be read must
@@ -195,8 +208,9 @@ fn open_input(
             let meta = stdin_metadata();
             Ok((
                 Source::Raw {
-                    reader: Box::new(io::stdin().lock()),
+                    reader: Box::new(io::stdin()),
                     name: "standard input".into(),
+                    is_stdin: true,
                 },
                 None,
                 meta,
@@ -220,6 +234,7 @@ fn open_input(
                 Source::Raw {
                     reader: Box::new(io::BufReader::new(file)),
                     name: path.display().to_string(),
+                    is_stdin: false,
                 },
                 total,
                 Some(meta),
@@ -425,7 +440,7 @@ impl Sink {
     }
 }
 
-fn run(args: Args, stop: &AtomicBool) -> Result<Outcome, BoxError> {
+fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     let resolution = args.size.unwrap_or(Resolution::new(1920, 1080));
     let config = EncoderConfig::new(resolution.width, resolution.height)
         .with_pixel_format(args.pix_fmt)
@@ -441,7 +456,7 @@ fn run(args: Args, stop: &AtomicBool) -> Result<Outcome, BoxError> {
 
     // Input first, then the output (which refuses to be the input), then the encoder: nothing
     // is created or replaced before all three are known to work.
-    let (mut source, total_frames, input_meta) = open_input(&args, resolution, frame_len)?;
+    let (source, total_frames, input_meta) = open_input(&args, resolution, frame_len)?;
     if total_frames == Some(0) {
         let what = match &source {
             Source::Raw { name, .. } => format!("input {name} holds no whole frame"),
@@ -457,9 +472,19 @@ fn run(args: Args, stop: &AtomicBool) -> Result<Outcome, BoxError> {
     if let Some(addr) = args.metrics_addr {
         metrics_http::serve(addr)?;
     }
-    // Frames are read and encoded one at a time, so none wait in a queue.
-    let mut encoder = nvenc::metrics::Metered::new(nvenc::open_encoder(args.encoder, &config)?)
-        .with_queue_depth(|| 0);
+    // Frames go through the pipeline stage: this thread reads them into ring slots while the
+    // stage's encoder thread encodes, and the main thread writes the chunks.
+    let ring_stats: Arc<std::sync::OnceLock<nvenc::ring_buffer::RingStats>> = Arc::default();
+    let depth_stats = Arc::clone(&ring_stats);
+    let encoder = nvenc::metrics::Metered::new(nvenc::open_encoder(args.encoder, &config)?)
+        .with_queue_depth(move || depth_stats.get().map_or(0, |s| s.queue_depth()));
+    let (producer, output) = EncodePipeline::with_encoder(
+        Box::new(encoder),
+        PipelineOptions::default().with_ring_slots(RING_SLOTS),
+    )?
+    .split();
+    let _ = ring_stats.set(output.stats());
+    let kind = output.encoder_kind();
 
     let progress = match total_frames {
         Some(n) if !args.quiet && n >= 60 => {
@@ -476,67 +501,43 @@ fn run(args: Args, stop: &AtomicBool) -> Result<Outcome, BoxError> {
     };
 
     let started = Instant::now();
-    let mut frame = vec![0u8; frame_len];
+    let name = match &source {
+        Source::Raw { name, .. } => name.clone(),
+        Source::Synthetic { .. } => "the built-in clip".into(),
+    };
+    let reading = {
+        let stop = Arc::clone(stop);
+        let pix_fmt = args.pix_fmt;
+        let progress = progress.clone();
+        std::thread::Builder::new()
+            .name("encode_yuv-reader".into())
+            .spawn(move || {
+                read_into_stage(source, producer, &stop, &progress, resolution, pix_fmt)
+            })?
+    };
     let mut chunks: Vec<EncodedChunk> = Vec::new();
-    let mut frames_in: u64 = 0;
     let mut bytes_out: u64 = 0;
-    let mut interrupted = false;
-    // The first error ends the reading; everything the encoder already delivered (and whatever
-    // its flush still gives) is written before the error is reported.
-    let mut failure: Option<BoxError> = None;
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            interrupted = true;
-            break;
-        }
-        match &mut source {
-            Source::Synthetic { pattern, frames } => {
-                if frames_in == *frames {
-                    break;
-                }
-                pattern.fill(frames_in, &mut frame);
+    // Every chunk the encoder delivered is written; an in-band error (after them) is reported
+    // once the stream has ended.
+    let mut flushed: Result<(), nvenc::pipeline::PipelineError> = Ok(());
+    for item in output {
+        match item {
+            Ok(chunk) => {
+                chunks.push(chunk);
+                bytes_out += sink.write_chunks(&mut chunks)?;
             }
-            Source::Raw { reader, name } => match read_frame(reader.as_mut(), &mut frame) {
-                Ok(0) => break,
-                Ok(n) if n < frame_len => {
-                    failure = Some(
-                        format!(
-                            "input ends with a partial frame at byte offset {}: {n} of {frame_len} \
-                             bytes ({resolution} {}); the {frames_in} whole frames before it were \
-                             encoded and {} is a valid stream",
-                            frames_in * frame_len as u64,
-                            args.pix_fmt,
-                            sink.name()
-                        )
-                        .into(),
-                    );
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    failure = Some(format!("cannot read input {name}: {e}").into());
-                    break;
-                }
-            },
+            Err(e) => flushed = Err(e),
         }
-        let encoded = encoder.encode_frame(&frame, &mut chunks);
-        bytes_out += sink.write_chunks(&mut chunks)?;
-        if let Err(e) = encoded {
-            failure = Some(e.into());
-            break;
-        }
-        frames_in += 1;
-        progress.inc(1);
     }
+    let Reading {
+        frames_in,
+        failure,
+        interrupted,
+    } = reading.join().map_err(|_| "the reading thread panicked")?;
+    let failure = failure.map(|f| -> BoxError { f.replace("{sink}", &sink.name()).into() });
     if frames_in == 0 && failure.is_none() && !interrupted {
-        let name = match &source {
-            Source::Raw { name, .. } => name.clone(),
-            Source::Synthetic { .. } => "the built-in clip".into(),
-        };
         return Err(format!("input {name} is empty: nothing to encode, no output written").into());
     }
-    let flushed = encoder.flush(&mut chunks);
-    bytes_out += sink.write_chunks(&mut chunks)?;
     let output = sink.name();
     sink.finish()?;
     progress.finish_and_clear();
@@ -544,7 +545,7 @@ fn run(args: Args, stop: &AtomicBool) -> Result<Outcome, BoxError> {
 
     eprintln!(
         "{}: {} frames {} {} in {:.2} s, {:.1} fps, {:.1} MB/s raw input, {:.2} MB out -> {}",
-        encoder.kind(),
+        kind,
         frames_in,
         resolution,
         args.pix_fmt,
@@ -569,6 +570,108 @@ fn run(args: Args, stop: &AtomicBool) -> Result<Outcome, BoxError> {
             Ok(Outcome::Interrupted)
         }
         (None, Ok(())) => Ok(Outcome::Finished),
+    }
+}
+
+/// What the reading thread did.
+struct Reading {
+    frames_in: u64,
+    /// Why reading ended early (`{sink}` stands for the output's name).
+    failure: Option<String>,
+    interrupted: bool,
+}
+
+/// Reads frames straight into the stage's ring slots until the input ends, an interrupt, an
+/// error, or the stage stops taking frames (its error comes out on the output side); then ends
+/// the stage's input.
+fn read_into_stage(
+    mut source: Source,
+    mut producer: FrameProducer,
+    stop: &AtomicBool,
+    progress: &ProgressBar,
+    resolution: Resolution,
+    pix_fmt: PixelFormat,
+) -> Reading {
+    let frame_len = producer.frame_len();
+    let mut frames_in: u64 = 0;
+    let mut failure = None;
+    let mut interrupted = false;
+    let mut synthetic = Vec::new();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            interrupted = true;
+            break;
+        }
+        if let Source::Synthetic { frames, .. } = &source {
+            if frames_in == *frames {
+                break;
+            }
+        }
+        if matches!(source, Source::Raw { is_stdin: true, .. }) && !stdin_ready(stop) {
+            interrupted = true;
+            break;
+        }
+        // Blocks while the ring is full: the encoder sets the pace. It ends when the encoder
+        // thread stops (an encoder error, reported by the output side).
+        let Ok(mut slot) = producer.reserve() else {
+            break;
+        };
+        match &mut source {
+            Source::Synthetic { pattern, .. } => {
+                pattern.fill(frames_in, &mut synthetic);
+                slot.copy_from_slice(&synthetic);
+            }
+            Source::Raw { reader, name, .. } => match read_frame(reader.as_mut(), &mut slot) {
+                Ok(0) => break,
+                Ok(n) if n < frame_len => {
+                    failure = Some(format!(
+                        "input ends with a partial frame at byte offset {}: {n} of {frame_len} \
+                         bytes ({resolution} {pix_fmt}); the {frames_in} whole frames before it \
+                         were encoded and {{sink}} is a valid stream",
+                        frames_in * frame_len as u64,
+                    ));
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failure = Some(format!("cannot read input {name}: {e}"));
+                    break;
+                }
+            },
+        }
+        if slot.commit(frames_in as i64, false).is_err() {
+            break;
+        }
+        frames_in += 1;
+        progress.inc(1);
+    }
+    // An error here means the stage already stopped; its reason is on the output side.
+    let _ = producer.finish();
+    Reading {
+        frames_in,
+        failure,
+        interrupted,
+    }
+}
+
+/// Waits until standard input has data (or its end) to read, looking at `stop` every 100 ms, so an
+/// interrupt between frames is seen without another frame arriving. `false`: stop was requested.
+/// A `poll` error returns `true` and leaves the outcome to the read.
+fn stdin_ready(stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut fds = [libc::pollfd {
+            fd: libc::STDIN_FILENO,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: `fds` is a valid array of one initialized pollfd, alive for the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) };
+        if ready != 0 {
+            return true;
+        }
     }
 }
 

@@ -21,6 +21,7 @@ mod gpu_config;
 pub mod h264;
 pub mod metrics;
 pub mod nvenc;
+pub mod pipeline;
 pub mod ring_buffer;
 mod select;
 pub mod sink;

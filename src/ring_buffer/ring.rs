@@ -325,6 +325,12 @@ impl RingStats {
     pub fn dropped(&self) -> u64 {
         self.counters.dropped.load(Ordering::Relaxed)
     }
+
+    /// Counts `frames` dropped, as [`Producer::note_dropped`] does, from a handle that does not
+    /// borrow the producer (the pipeline stage's scratch slot for a frame it drops).
+    pub(crate) fn note_dropped(&self, frames: u64) {
+        self.counters.dropped.fetch_add(frames, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for RingStats {

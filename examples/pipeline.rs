@@ -1,0 +1,283 @@
+//! A network source feeding the pipeline stage: a sender thread streams raw frames of the built-in
+//! clip over loopback TCP with injected jitter (bursts and stalls); a tokio receiver reads the
+//! socket asynchronously straight into ring slots; the stage's encoder thread encodes; the main
+//! thread writes MP4 (`.mp4`) or Annex B (anything else) and prints one summary line.
+//!
+//! ```text
+//! cargo run --release --example pipeline -- --frames 300 --size 1280x720 --jitter-ms 0..200 \
+//!     --encoder x264 --preset ultrafast -o out.mp4
+//! ```
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use nvenc::pipeline::{EncodePipeline, FrameProducer, PipelineOptions};
+use nvenc::sink::{AnnexBWriter, Mp4Writer};
+use nvenc::testsrc::TestPattern;
+use nvenc::{EncoderConfig, EncoderKind, GpuEncoderConfig, PixelFormat, Preset, Resolution, Tune};
+use tokio::io::AsyncReadExt;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Loopback network source -> ring -> encoder thread -> MP4/Annex B.
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Frames to send.
+    #[arg(long, default_value_t = 300)]
+    frames: u64,
+    /// Frame size, WxH.
+    #[arg(long, default_value = "1280x720", value_parser = parse::<Resolution>)]
+    size: Resolution,
+    /// Frame rate the sender keeps on average.
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// Range of stall lengths in milliseconds, A..B; after a stall the sender bursts to catch up.
+    #[arg(long = "jitter-ms", default_value = "0..0", value_parser = parse_range)]
+    jitter_ms: (u64, u64),
+    /// Ring slots.
+    #[arg(long, default_value_t = 8)]
+    ring: usize,
+    /// Preferred encoder (auto, nvenc, x264, ffmpeg-x264, ...); the fallback chain follows.
+    #[arg(short = 'e', long, default_value = "auto")]
+    encoder: String,
+    /// Preset (ultrafast ... placebo).
+    #[arg(long, default_value = "medium", value_parser = parse::<Preset>)]
+    preset: Preset,
+    /// Tune (zerolatency, fastdecode, ...).
+    #[arg(long, value_parser = parse::<Tune>)]
+    tune: Option<Tune>,
+    /// Output file: .mp4 for MP4, anything else Annex B.
+    #[arg(short = 'o', long, default_value = "out.mp4")]
+    output: PathBuf,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn parse<T: std::str::FromStr<Err = nvenc::ConfigError>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: nvenc::ConfigError| e.to_string())
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("jitter range {s:?} (expected A..B in milliseconds, A <= B, e.g. 0..200)");
+    let (a, b) = s.split_once("..").ok_or_else(bad)?;
+    let (a, b) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// xorshift64: the jitter needs no cryptographic randomness.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        if n == 0 {
+            0
+        } else {
+            self.0 % n
+        }
+    }
+}
+
+/// Streams `frames` frames at `fps` on average; one frame in ten is preceded by a stall of A..B ms,
+/// after which the frames that fell behind go out back to back (a burst).
+fn sender(addr: std::net::SocketAddr, args: &Args, pattern: &TestPattern) -> std::io::Result<()> {
+    let mut socket = std::net::TcpStream::connect(addr)?;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.fps.max(1)));
+    let (lo, hi) = args.jitter_ms;
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    // A handful of distinct frames, rendered once, so the sender is never the bottleneck.
+    let clip: Vec<Vec<u8>> = (0..30).map(|i| pattern.frame(i)).collect();
+    let start = Instant::now();
+    for i in 0..args.frames {
+        if hi > 0 && rng.below(10) == 0 {
+            std::thread::sleep(Duration::from_millis(lo + rng.below(hi - lo + 1)));
+        }
+        let due = start + interval.mul_f64(i as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        socket.write_all(&clip[(i % 30) as usize])?;
+    }
+    socket.flush()
+}
+
+struct Received {
+    frames: u64,
+    highest_depth: usize,
+}
+
+/// Reads whole frames from the socket straight into ring slots.
+async fn receive(
+    listener: tokio::net::TcpListener,
+    mut producer: FrameProducer,
+    submitted: Arc<Vec<AtomicU64>>,
+    epoch: Instant,
+) -> Result<Received, BoxError> {
+    let (mut socket, _) = listener.accept().await?;
+    let stats = producer.stats();
+    let mut got = Received {
+        frames: 0,
+        highest_depth: 0,
+    };
+    loop {
+        let mut slot = producer.reserve_async().await?;
+        match socket.read_exact(&mut slot).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.into()),
+        }
+        let pts = got.frames as i64;
+        if let Some(at) = submitted.get(got.frames as usize) {
+            at.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+        let _ = slot.commit(pts, false)?;
+        got.frames += 1;
+        got.highest_depth = got
+            .highest_depth
+            .max(stats.queue_depth() + stats.in_flight());
+    }
+    producer.finish()?;
+    Ok(got)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+enum Sink {
+    Mp4(Mp4Writer<BufWriter<File>>),
+    AnnexB(AnnexBWriter<BufWriter<File>>),
+}
+
+fn run(args: Args) -> Result<(), BoxError> {
+    let config = EncoderConfig::new(args.size.width, args.size.height)
+        .with_pixel_format(PixelFormat::I420)
+        .with_frame_rate(nvenc::FrameRate::new(args.fps, 1))
+        .with_preset(args.preset)
+        .with_tune(args.tune);
+    let mut gpu = GpuEncoderConfig::default();
+    gpu.ring_buffer_size = args.ring;
+    gpu.preferred_encoder = match args.encoder.as_str() {
+        "auto" => None,
+        name => Some(name.parse::<EncoderKind>()?),
+    };
+    let pattern = TestPattern::new(args.size, PixelFormat::I420)?;
+    let pipeline =
+        EncodePipeline::open_with(&config, &gpu, PipelineOptions::from_gpu_config(&gpu))?;
+    let (producer, output) = pipeline.split();
+
+    let file = BufWriter::new(File::create(&args.output)?);
+    let mut sink = if args
+        .output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("mp4"))
+    {
+        Sink::Mp4(Mp4Writer::new(file, args.size, output.time_base())?)
+    } else {
+        Sink::AnnexB(AnnexBWriter::new(file))
+    };
+
+    let epoch = Instant::now();
+    let submitted: Arc<Vec<AtomicU64>> =
+        Arc::new((0..args.frames).map(|_| AtomicU64::new(0)).collect());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let receiver = {
+        let submitted = Arc::clone(&submitted);
+        std::thread::spawn(move || runtime.block_on(receive(listener, producer, submitted, epoch)))
+    };
+    let send_args = args.clone();
+    let sender = std::thread::spawn(move || sender(addr, &send_args, &pattern));
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(args.frames);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} frames",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    let kind = output.encoder_kind();
+    let stats = output.stats();
+    let mut latencies_ms = Vec::with_capacity(args.frames as usize);
+    let mut frames_out = 0u64;
+    let mut failure: Option<BoxError> = None;
+    for item in output {
+        match item {
+            Ok(chunk) => {
+                let now = epoch.elapsed().as_nanos() as u64;
+                if let Some(at) = usize::try_from(chunk.pts)
+                    .ok()
+                    .and_then(|i| submitted.get(i))
+                {
+                    latencies_ms
+                        .push((now.saturating_sub(at.load(Ordering::Relaxed))) as f64 / 1e6);
+                }
+                match &mut sink {
+                    Sink::Mp4(w) => w.write(&chunk)?,
+                    Sink::AnnexB(w) => w.write(&chunk)?,
+                }
+                frames_out += 1;
+                progress.inc(1);
+            }
+            Err(e) => failure = Some(e.into()),
+        }
+    }
+    progress.finish_and_clear();
+    match sink {
+        Sink::Mp4(w) => drop(w.finish()?),
+        Sink::AnnexB(w) => drop(w.finish()?),
+    }
+    let sent_result = sender.join().map_err(|_| "sender thread panicked")?;
+    let received = receiver.join().map_err(|_| "receiver thread panicked")??;
+    sent_result?;
+    latencies_ms.sort_by(f64::total_cmp);
+    println!(
+        "{kind}: frames in {}, frames out {frames_out}, lost {}, highest ring depth {}/{}, \
+         producer blocked {:.1} ms, submit-to-chunk latency p50 {:.1} ms p99 {:.1} ms -> {}",
+        received.frames,
+        args.frames.saturating_sub(frames_out),
+        received.highest_depth,
+        stats.capacity(),
+        stats.producer_blocked().as_secs_f64() * 1e3,
+        percentile(&latencies_ms, 0.50),
+        percentile(&latencies_ms, 0.99),
+        args.output.display()
+    );
+    failure.map_or(Ok(()), Err)
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
