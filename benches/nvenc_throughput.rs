@@ -17,14 +17,15 @@
 //! Turing P1 855, Ampere P1 868, Ada P1 885 (high quality; 910 low latency), P3 ~650, P5 ~290,
 //! P7 211, Blackwell P1 977. A session never exceeds one engine.
 
-use std::io::Read;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use nvenc::nvenc::{NvencEncoder, NvencOptions, NvencPreset};
-use nvenc::testsrc::TestPattern;
-use nvenc::{EncoderConfig, EncoderKind, PixelFormat, Resolution, VideoEncoder};
+use nvenc::nvenc::{NvencOptions, NvencPreset};
+use nvenc::EncoderKind;
 use nvenc_emu_harness::EmuDriver;
+
+#[path = "support/nvenc_child.rs"]
+mod support;
 
 const CHILD: &str = "NVENC_THROUGHPUT_CHILD";
 
@@ -35,15 +36,6 @@ const PRESETS: [(NvencPreset, &str); 3] = [
     (NvencPreset::P7, "p7"),
 ];
 
-fn children_cpu() -> Duration {
-    // SAFETY: `rusage` is a plain C struct of integers, for which all-zero bytes are valid.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `getrusage` writes one `rusage` into the valid local it is given.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
 /// The child: encodes the raw file with the direct backend at one preset, frame by frame.
 fn child(path: &str, frames: u64, preset: &str) -> Result<(), Box<dyn std::error::Error>> {
     let preset = PRESETS
@@ -51,24 +43,11 @@ fn child(path: &str, frames: u64, preset: &str) -> Result<(), Box<dyn std::error
         .find(|(_, name)| *name == preset)
         .map(|(p, _)| *p)
         .ok_or_else(|| format!("unknown preset {preset}"))?;
-    let config = EncoderConfig::new(1920, 1080);
-    let options = NvencOptions::default().with_preset(Some(preset));
-    let mut encoder = NvencEncoder::with_options(&config, &options)?;
-    let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut frame = vec![0u8; config.validate()?];
-    let mut chunks = Vec::new();
-    let mut out = 0u64;
-    for _ in 0..frames {
-        file.read_exact(&mut frame)?;
-        encoder.encode_frame(&frame, &mut chunks)?;
-        out += chunks.drain(..).count() as u64;
-    }
-    encoder.flush(&mut chunks)?;
-    out += chunks.len() as u64;
-    if out != frames {
-        return Err(format!("{out} of {frames} frames came out").into());
-    }
-    Ok(())
+    support::encode_file(
+        path,
+        frames,
+        &NvencOptions::default().with_preset(Some(preset)),
+    )
 }
 
 /// NVIDIA's published per-engine H.264 1080p fps for a GPU name and preset, where the note gives
@@ -96,11 +75,11 @@ struct Row {
 }
 
 fn measure(mut cmd: Command, frames: u64) -> Result<Row, String> {
-    let cpu0 = children_cpu();
+    let cpu0 = support::children_cpu();
     let t0 = Instant::now();
     let out = cmd.output().map_err(|e| format!("cannot start: {e}"))?;
     let wall = t0.elapsed();
-    let cpu = children_cpu() - cpu0;
+    let cpu = support::children_cpu() - cpu0;
     if !out.status.success() {
         return Err(format!(
             "{}: {}",
@@ -147,19 +126,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
     };
 
-    let res = Resolution::new(1920, 1080);
-    let pattern = TestPattern::new(res, PixelFormat::I420)?;
     let dir = tempfile::tempdir()?;
     let raw = dir.path().join("clip.yuv");
-    {
-        use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&raw)?);
-        let mut buf = Vec::new();
-        for i in 0..frames {
-            pattern.fill(i, &mut buf);
-            f.write_all(&buf)?;
-        }
-    }
+    support::write_clip(&raw, frames)?;
     let exe = std::env::current_exe()?;
     let command = |program: &std::ffi::OsStr| -> Command {
         if real {
@@ -227,16 +196,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if !real {
-        let report = emu.report();
-        for v in &report.violations {
-            failed.push(format!("emulator violation: {v}"));
-        }
-        for leak in report.leaks() {
-            failed.push(format!("emulator leak: {leak}"));
-        }
-        if report.live.is_empty() {
-            failed.push("the emulator wrote no report: was it loaded?".into());
-        }
+        support::check_emulator(&emu, &mut failed);
     }
     if failed.is_empty() {
         Ok(())

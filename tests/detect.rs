@@ -1,6 +1,8 @@
 //! Detection on a machine with no GPU (CI): every hardware encoder is reported unavailable with
 //! its reason, and x264 is chosen.
 
+mod common;
+
 use nvenc::{EncoderKind, FfmpegH264Encoder};
 
 fn has_nvidia_driver() -> bool {
@@ -60,14 +62,10 @@ fn without_gpu_only_software_is_available_and_every_rejection_has_a_reason() {
     assert!(json.contains("\"kind\":\"x264\""));
 }
 
-/// Writes an executable shell script into a new temporary folder.
+/// A stand-in `ffmpeg` with `body`, in a new temporary folder.
 fn fake(body: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let script = dir.path().join("ffmpeg");
-    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).expect("write script");
-    let mut perms = std::fs::metadata(&script).expect("metadata").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&script, perms).expect("chmod");
+    let script = common::script(dir.path(), "ffmpeg", body);
     (dir, script)
 }
 

@@ -118,11 +118,7 @@ fn a_hanging_ffmpeg_on_path_does_not_stop_auto_from_using_x264() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fake = dir.path().join("bin");
     std::fs::create_dir(&fake).expect("mkdir");
-    let script = fake.join("ffmpeg");
-    std::fs::write(&script, "#!/bin/sh\nexec sleep 1000\n").expect("write fake");
-    let mut perms = std::fs::metadata(&script).expect("metadata").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&script, perms).expect("chmod");
+    common::script(&fake, "ffmpeg", "exec sleep 1000");
     let input = dir.path().join("in.yuv");
     write_clip(&input, 10);
     let output = dir.path().join("a.h264");

@@ -78,11 +78,7 @@ fn killed_ffmpeg_is_reported_as_exited() {
 fn hung_ffmpeg_is_killed_after_the_timeout() {
     // A stand-in that never reads its input nor writes output.
     let dir = tempfile::tempdir().expect("temp dir");
-    let script = dir.path().join("ffmpeg");
-    std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").expect("write script");
-    let mut perms = std::fs::metadata(&script).expect("metadata").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&script, perms).expect("chmod");
+    let script = fake_ffmpeg(dir.path(), "exec sleep 60");
 
     let config = EncoderConfig::new(1920, 1080);
     let frame = vec![16u8; config.validate().expect("valid")];
@@ -104,14 +100,9 @@ fn hung_ffmpeg_is_killed_after_the_timeout() {
     );
 }
 
-/// Writes an executable shell script `ffmpeg` into `dir`.
+/// A stand-in `ffmpeg` with `body` in `dir`.
 fn fake_ffmpeg(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
-    let script = dir.join("ffmpeg");
-    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).expect("write script");
-    let mut perms = std::fs::metadata(&script).expect("metadata").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&script, perms).expect("chmod");
-    script
+    common::script(dir, "ffmpeg", body)
 }
 
 /// Whether a process is still running (gone, or a zombie waiting for its parent, is not).

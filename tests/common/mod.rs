@@ -626,3 +626,14 @@ macro_rules! contract_tests {
 /// tests and the backends read streams one way.
 #[allow(unused_imports)] // Like the helpers above, not every test binary uses it.
 pub use nvenc::h264::nal_types;
+
+/// Writes an executable shell script `name` with `body` into `dir` (a stand-in for a program
+/// such as `ffmpeg`), and returns its path.
+pub fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    let mut perms = std::fs::metadata(&path).expect("metadata").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&path, perms).expect("chmod");
+    path
+}
