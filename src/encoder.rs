@@ -373,6 +373,11 @@ impl InputGate {
         })
     }
 
+    /// The byte length of one input frame: what [`EncoderConfig::validate`] returned.
+    pub(crate) fn frame_len(&self) -> usize {
+        self.frame_len
+    }
+
     /// Checks a frame without accepting it; returns `(frame_index, pts)` for it.
     pub(crate) fn check(&self, frame: &Frame<'_>) -> Result<(u64, i64), Error> {
         if self.finished {

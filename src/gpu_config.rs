@@ -144,19 +144,6 @@ impl GpuEncoderConfig {
         FallbackEncoder::with_chain(&config, chain)
     }
 
-    /// Opens the [pipeline stage](crate::pipeline) with these settings: the encoder as
-    /// [`open`](Self::open) does, a ring of `ring_buffer_size` slots (one slot when
-    /// `enable_ring_buffer` is false), back-pressure `Block`.
-    ///
-    /// # Errors
-    /// As [`crate::pipeline::EncodePipeline::open`].
-    pub fn open_pipeline(
-        &self,
-        config: &EncoderConfig,
-    ) -> Result<crate::pipeline::EncodePipeline, crate::pipeline::PipelineError> {
-        crate::pipeline::EncodePipeline::open(config, self)
-    }
-
     /// The frame ring a pipeline puts between its producer and the encoder: `ring_buffer_size`
     /// slots of `frame_len` bytes in host memory, or `None` with `enable_ring_buffer` off.
     ///

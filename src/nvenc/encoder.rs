@@ -134,7 +134,8 @@ impl NvencEncoder {
     /// session limit, ...).
     pub fn with_options(config: &EncoderConfig, options: &NvencOptions) -> Result<Self, Error> {
         let gate = InputGate::new(KIND, config)?;
-        let staging_len = config.validate()?;
+        // The gate has just validated `config`; its frame length is the staging length.
+        let staging_len = gate.frame_len();
         let library = nvenc_sys::load()?;
         // cudarc makes the contexts it creates current; the caller's comes back when this drops.
         let _callers = cuda::save_current().map_err(cuda_error)?;

@@ -31,8 +31,11 @@ pub fn open_with(
     config: &EncoderConfig,
     options: &NvencOptions,
 ) -> Result<Box<dyn VideoEncoder>, Error> {
-    config.validate()?;
     if !cfg!(nvenc_platform) {
+        // A configuration error is reported in preference to the platform; on an NVENC platform
+        // `NvencEncoder::with_options` validates first thing (its input gate), so it is not
+        // validated twice there.
+        config.validate()?;
         return Err(Error::Unavailable {
             backend: EncoderKind::Nvenc,
             reason: format!(

@@ -1,0 +1,258 @@
+use super::*;
+use crate::encoder::{Bitrate, EncoderConfig, Preset, Tune};
+
+fn configs() -> [(EncoderConfig, usize); 3] {
+    let base = EncoderConfig::new(64, 64);
+    [
+        (
+            base.clone()
+                .with_rate_control(RateControl::cbr(Bitrate::from_bps(2_000_000))),
+            0,
+        ),
+        (
+            base.clone().with_rate_control(RateControl::vbr(
+                Bitrate::from_bps(2_000_000),
+                Bitrate::from_bps(3_000_000),
+            )),
+            1,
+        ),
+        (base.with_rate_control(RateControl::constant_qp(27)), 2),
+    ]
+}
+
+/// Options (`-x`) named in a table cell.
+fn flags(cell: &str) -> Vec<&str> {
+    cell.split(|c: char| c.is_whitespace() || c == '`')
+        .filter(|t| t.starts_with('-') && t.len() > 1)
+        .collect()
+}
+
+#[test]
+fn readme_has_every_row_of_the_mapping_table() {
+    let readme = include_str!("../../../README.md");
+    for row in README_ROWS.iter().chain(README_NEUTRAL_ROWS) {
+        let line = render(row);
+        assert!(
+            readme.lines().any(|l| l.trim() == line),
+            "README.md lacks the mapping row\n{line}"
+        );
+    }
+}
+
+#[test]
+fn table_rows_name_what_the_backends_are_given() {
+    let codecs = [
+        (3, FfmpegH264Encoder::Nvenc),
+        (4, FfmpegH264Encoder::Qsv),
+        (5, FfmpegH264Encoder::VideoToolbox),
+        (6, FfmpegH264Encoder::Vaapi),
+    ];
+    for (config, row) in configs() {
+        let row = README_ROWS[row];
+        let nv = nvenc(&config);
+        assert!(row[2].contains(nv.mode.name()), "{:?} vs {}", nv, row[2]);
+        let x = x264(&config);
+        let method = match x.method {
+            X264Method::Abr => "ABR",
+            X264Method::Cqp(_) => "CQP",
+            X264Method::Crf(_) => "CRF",
+        };
+        assert!(
+            row[1].contains(&format!("`i_rc_method` {method}")),
+            "{row:?}"
+        );
+        for (col, codec) in codecs {
+            match ffmpeg(codec, &config) {
+                Ok(args) => {
+                    let given: Vec<&str> = args
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|a| a.starts_with('-'))
+                        .collect();
+                    assert_eq!(flags(row[col]), given, "{codec:?}: {}", row[col]);
+                }
+                Err(Error::Unsupported { .. }) => {
+                    assert!(row[col].contains("Unsupported"), "{codec:?}")
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn rates_and_buffers_carry_their_values() {
+    let config = EncoderConfig::new(64, 64).with_rate_control(
+        RateControl::vbr(Bitrate::from_bps(2_500_000), Bitrate::from_bps(4_000_000))
+            .with_vbv_buffer_bits(3_000_000),
+    );
+    let x = x264(&config);
+    assert_eq!(
+        (x.bitrate_kbps, x.vbv_max_kbps, x.vbv_buffer_kbit),
+        (2_500, 4_000, 3_000)
+    );
+    let nv = nvenc(&config);
+    assert_eq!(
+        (
+            nv.average_bps,
+            nv.max_bps,
+            nv.vbv_buffer_bits,
+            nv.vbv_initial_delay_bits
+        ),
+        (2_500_000, 4_000_000, 3_000_000, 2_700_000)
+    );
+    let args = ffmpeg(FfmpegH264Encoder::Libx264, &config).unwrap();
+    assert_eq!(
+        args,
+        ["-b:v", "2500000", "-maxrate", "4000000", "-bufsize", "3000000"]
+    );
+    // The default VBV: one second at the target (CBR) or at the maximum (VBR).
+    let cbr = EncoderConfig::new(64, 64)
+        .with_rate_control(RateControl::cbr(Bitrate::from_bps(2_000_000)));
+    assert_eq!(nvenc(&cbr).vbv_buffer_bits, 2_000_000);
+    assert_eq!(x264(&cbr).vbv_buffer_kbit, 2_000);
+    let cq = EncoderConfig::new(64, 64).with_crf(23.4);
+    assert_eq!(nvenc(&cq).target_quality, 23);
+    assert_eq!(x264(&cq).method, X264Method::Crf(23.4));
+    assert_eq!(target_quality(0.0), 1);
+    assert_eq!(target_quality(51.0), 51);
+}
+
+/// `-flag value` pairs written in a table cell (inside backticks).
+fn pairs(cell: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for code in cell.split('`').skip(1).step_by(2) {
+        let words: Vec<&str> = code.split_whitespace().collect();
+        for w in words.windows(2) {
+            if w[0].starts_with('-') && w[0].len() > 1 && !w[1].starts_with('-') {
+                out.push((w[0].to_owned(), w[1].to_owned()));
+            }
+        }
+    }
+    out
+}
+
+fn has_pair(args: &[String], (flag, value): &(String, String)) -> bool {
+    args.windows(2).any(|w| &w[0] == flag && &w[1] == value)
+}
+
+const FFMPEG_COLUMNS: [(usize, FfmpegH264Encoder); 4] = [
+    (3, FfmpegH264Encoder::Nvenc),
+    (4, FfmpegH264Encoder::Qsv),
+    (5, FfmpegH264Encoder::VideoToolbox),
+    (6, FfmpegH264Encoder::Vaapi),
+];
+
+#[test]
+fn preset_row_is_what_the_backends_are_given() {
+    let row = README_NEUTRAL_ROWS[0];
+    let groups: Vec<Vec<Preset>> = row[0]
+        .trim_start_matches("`preset` ")
+        .split(" / ")
+        .map(|g| g.split(", ").map(|p| p.parse().unwrap()).collect())
+        .collect();
+    let numbers: Vec<&str> = row[2].split(" / ").collect();
+    assert_eq!(groups.len(), numbers.len());
+    let mut seen = 0;
+    for (group, number) in groups.iter().zip(&numbers) {
+        for &preset in group {
+            seen += 1;
+            assert_eq!(
+                format!("P{}", nvenc_preset_number(preset)),
+                *number,
+                "{preset}"
+            );
+            let config = EncoderConfig::new(64, 64).with_preset(preset);
+            let nv = ffmpeg_tuning(FfmpegH264Encoder::Nvenc, &config);
+            assert!(
+                has_pair(&nv, &("-preset".into(), number.to_lowercase())),
+                "{nv:?}"
+            );
+            let qsv = ffmpeg_tuning(FfmpegH264Encoder::Qsv, &config);
+            let expected = match preset.name() {
+                "ultrafast" | "superfast" => "veryfast",
+                "placebo" => "veryslow",
+                other => other,
+            };
+            assert!(row[4].contains("ultrafast, superfast → veryfast; placebo → veryslow"));
+            assert!(
+                has_pair(&qsv, &("-preset".into(), expected.into())),
+                "{qsv:?}"
+            );
+            for encoder in [FfmpegH264Encoder::VideoToolbox, FfmpegH264Encoder::Vaapi] {
+                let args = ffmpeg_tuning(encoder, &config);
+                assert!(
+                    !args.iter().any(|a| a == "-preset"),
+                    "{encoder:?}: {args:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(seen, Preset::NAMES.len(), "the row names every preset once");
+}
+
+#[test]
+fn tune_rows_are_what_the_backends_are_given() {
+    let zero = EncoderConfig::new(64, 64)
+        .with_bframes(Some(3))
+        .with_tune(Some(Tune::Zerolatency));
+    let row = README_NEUTRAL_ROWS[1];
+    assert!(row[2].contains("no B-frames") && row[2].contains("ultra-low-latency"));
+    assert_eq!(bframes(&zero), Some(0));
+    assert_eq!(nvenc_tuning_name(zero.tune), "ull");
+    for (col, encoder) in FFMPEG_COLUMNS {
+        let args = ffmpeg_tuning(encoder, &zero);
+        let written = pairs(row[col]);
+        assert!(!written.is_empty(), "{encoder:?}");
+        for pair in &written {
+            assert!(
+                has_pair(&args, pair),
+                "{encoder:?}: {pair:?} not in {args:?}"
+            );
+        }
+    }
+    let row = README_NEUTRAL_ROWS[2];
+    assert!(row[2].contains("low-latency / high-quality"));
+    assert_eq!(nvenc_tuning_name(Some(Tune::Fastdecode)), "ll");
+    assert_eq!(nvenc_tuning_name(None), "hq");
+    assert_eq!(nvenc_tuning_name(Some(Tune::Film)), "hq");
+    assert_eq!(row[3], "`-tune ll` / `hq`");
+    let config = EncoderConfig::new(64, 64).with_tune(Some(Tune::Fastdecode));
+    assert!(has_pair(
+        &ffmpeg_tuning(FfmpegH264Encoder::Nvenc, &config),
+        &("-tune".into(), "ll".into())
+    ));
+    for (_, encoder) in &FFMPEG_COLUMNS[1..] {
+        assert!(!ffmpeg_tuning(*encoder, &config)
+            .iter()
+            .any(|a| a == "-tune"));
+    }
+    // Without zero latency the B-frames are the configuration's.
+    assert_eq!(bframes(&zero.with_tune(None)), Some(3));
+}
+
+#[test]
+fn crf_row_is_what_the_backends_are_given() {
+    let row = README_NEUTRAL_ROWS[3];
+    let config = EncoderConfig::new(64, 64).with_crf(20.4);
+    assert!(row[2].contains("round(c)") && row[2].contains("1..=51"));
+    assert_eq!(nvenc(&config).target_quality, 20);
+    for (col, encoder) in FFMPEG_COLUMNS {
+        let args = ffmpeg(encoder, &config).unwrap();
+        let given: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .filter(|a| a.starts_with('-'))
+            .collect();
+        assert_eq!(flags(row[col]), given, "{encoder:?}: {}", row[col]);
+        let value = args.last().unwrap();
+        let expected = if encoder == FfmpegH264Encoder::VideoToolbox {
+            "59" // 100 - 2 x 20.4, rounded
+        } else {
+            "20" // round(20.4)
+        };
+        assert_eq!(value, expected, "{encoder:?}");
+    }
+    assert!(row[1].contains("--crf"));
+    assert_eq!(x264(&config).method, X264Method::Crf(20.4));
+}

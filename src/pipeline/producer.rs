@@ -1,0 +1,430 @@
+//! The producer end: [`FrameProducer`], its [`FrameSlot`] and [`ReserveFuture`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::encoder::Frame;
+use crate::ring_buffer::{
+    CommitError, FrameFlags, FrameMeta, HostStorage, Producer, ReserveError, RingStats, WriteSlot,
+};
+
+use super::state::{lock, BackPressure, PipelineError, Shared, SharedConsumer, Submitted, WaitFor};
+
+/// The producer end: reserve/write/commit or push, blocking, `try_`, timed or async. `Send`.
+pub struct FrameProducer {
+    pub(super) ring: Producer<HostStorage>,
+    pub(super) consumer: SharedConsumer,
+    pub(super) shared: Arc<Shared>,
+    pub(super) policy: BackPressure,
+    pub(super) frame_len: usize,
+    pub(super) scratch: Vec<u8>,
+    pub(super) seq: u64,
+    pub(super) last_pts: Option<i64>,
+    pub(super) dropped: u64,
+}
+
+impl fmt::Debug for FrameProducer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameProducer")
+            .field("policy", &self.policy)
+            .field("frame_len", &self.frame_len)
+            .field("stats", &self.ring.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(super) struct SlotCtx<'a> {
+    seq: &'a mut u64,
+    last_pts: &'a mut Option<i64>,
+    dropped: &'a mut u64,
+    frame_len: usize,
+    shared: &'a Shared,
+}
+
+impl FrameProducer {
+    /// Bytes of one frame (the length of every slot and of every pushed frame).
+    #[must_use]
+    pub fn frame_len(&self) -> usize {
+        self.frame_len
+    }
+
+    /// The ring's statistics.
+    #[must_use]
+    pub fn stats(&self) -> RingStats {
+        self.ring.stats()
+    }
+
+    /// Frames this producer dropped under its back-pressure policy.
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The back-pressure policy.
+    #[must_use]
+    pub fn back_pressure(&self) -> BackPressure {
+        self.policy
+    }
+
+    fn gone_error(&self) -> Option<PipelineError> {
+        if self.shared.output_gone.load(Ordering::SeqCst) {
+            Some(PipelineError::OutputDropped)
+        } else if self.shared.encoder_stopped.load(Ordering::SeqCst) {
+            Some(PipelineError::EncoderStopped)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a `try_reserve` on the ring would succeed now (conservative: a stale read says
+    /// "no", never a wrong "yes", because only this producer fills slots).
+    fn has_space(&self) -> bool {
+        let stats = self.ring.stats();
+        stats.queue_depth() + stats.in_flight() < stats.capacity()
+    }
+
+    /// Drops the oldest queued frame (for [`BackPressure::DropOldest`]); `true` if one was.
+    fn drop_oldest(&mut self) -> bool {
+        let popped = match lock(&self.consumer).as_mut() {
+            Some(c) => c.try_pop(),
+            None => return false,
+        };
+        match popped {
+            Ok(lease) => {
+                drop(lease);
+                self.ring.note_dropped(1);
+                self.dropped += 1;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn reserve_inner(&mut self, wait: WaitFor) -> Result<FrameSlot<'_>, PipelineError> {
+        if let Some(gone) = self.gone_error() {
+            return Err(gone);
+        }
+        if self.policy == BackPressure::DropOldest && !self.has_space() {
+            self.drop_oldest();
+        }
+        let stats = self.ring.stats();
+        let reserved = match wait {
+            WaitFor::No => self.ring.try_reserve(),
+            _ if self.policy == BackPressure::DropNewest => self.ring.try_reserve(),
+            WaitFor::Forever => self.ring.reserve(),
+            WaitFor::Until(deadline) => self
+                .ring
+                .reserve_timeout(deadline.saturating_duration_since(Instant::now())),
+        };
+        let ctx = SlotCtx {
+            seq: &mut self.seq,
+            last_pts: &mut self.last_pts,
+            dropped: &mut self.dropped,
+            frame_len: self.frame_len,
+            shared: &self.shared,
+        };
+        match reserved {
+            Ok(slot) => Ok(FrameSlot {
+                storage: SlotStorageRef::Ring(slot),
+                ctx,
+            }),
+            Err(ReserveError::Full) if self.policy == BackPressure::DropNewest => Ok(FrameSlot {
+                storage: SlotStorageRef::Dropped {
+                    buf: &mut self.scratch,
+                    stats,
+                },
+                ctx,
+            }),
+            Err(e) => Err(map_reserve_error(e, &self.shared)),
+        }
+    }
+
+    /// Reserves a slot of exactly one frame, waiting while the ring is full (under
+    /// [`BackPressure::Block`]; blocking by design, see [`reserve_timeout`](Self::reserve_timeout)).
+    ///
+    /// # Errors
+    /// [`PipelineError::OutputDropped`], [`PipelineError::EncoderStopped`].
+    pub fn reserve(&mut self) -> Result<FrameSlot<'_>, PipelineError> {
+        self.reserve_inner(WaitFor::Forever)
+    }
+
+    /// Reserves a slot without waiting.
+    ///
+    /// # Errors
+    /// [`PipelineError::Full`], and as [`reserve`](Self::reserve).
+    pub fn try_reserve(&mut self) -> Result<FrameSlot<'_>, PipelineError> {
+        self.reserve_inner(WaitFor::No)
+    }
+
+    /// Reserves a slot, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`PipelineError::Timeout`], and as [`reserve`](Self::reserve).
+    pub fn reserve_timeout(&mut self, timeout: Duration) -> Result<FrameSlot<'_>, PipelineError> {
+        self.reserve_inner(match Instant::now().checked_add(timeout) {
+            Some(deadline) => WaitFor::Until(deadline),
+            None => WaitFor::Forever,
+        })
+    }
+
+    /// Reserves a slot asynchronously, on any executor. Cancellation-safe: the slot is taken only
+    /// in the poll that returns it, so dropping the pending future reserves nothing; dropping the
+    /// returned slot uncommitted gives it back.
+    pub fn reserve_async(&mut self) -> ReserveFuture<'_> {
+        ReserveFuture {
+            producer: Some(self),
+        }
+    }
+
+    fn push_inner(&mut self, frame: Frame<'_>, wait: WaitFor) -> Result<Submitted, PipelineError> {
+        if frame.data.len() != self.frame_len {
+            return Err(PipelineError::FrameSize {
+                len: frame.data.len(),
+                expected: self.frame_len,
+            });
+        }
+        let pts = self.next_pts(frame.pts)?;
+        let mut slot = self.reserve_inner(wait)?;
+        slot.copy_from_slice(frame.data);
+        slot.commit(pts, frame.force_keyframe)
+    }
+
+    fn next_pts(&self, pts: Option<i64>) -> Result<i64, PipelineError> {
+        match (pts, self.last_pts) {
+            (Some(pts), _) => Ok(pts),
+            (None, Some(previous)) => {
+                previous
+                    .checked_add(1)
+                    .ok_or(PipelineError::NonMonotonicPts {
+                        pts: previous,
+                        previous,
+                    })
+            }
+            (None, None) => Ok(0),
+        }
+    }
+
+    /// Copies `frame` (exactly one frame; its pts, or the previous pts + 1, or 0 first) into a
+    /// slot and commits it, waiting while the ring is full (blocking by design; see
+    /// [`push_timeout`](Self::push_timeout)).
+    ///
+    /// # Errors
+    /// [`PipelineError::FrameSize`], [`PipelineError::NonMonotonicPts`], and as
+    /// [`reserve`](Self::reserve).
+    pub fn push<'f>(&mut self, frame: impl Into<Frame<'f>>) -> Result<Submitted, PipelineError> {
+        self.push_inner(frame.into(), WaitFor::Forever)
+    }
+
+    /// As [`push`](Self::push), without waiting.
+    ///
+    /// # Errors
+    /// [`PipelineError::Full`], and as [`push`](Self::push).
+    pub fn try_push<'f>(
+        &mut self,
+        frame: impl Into<Frame<'f>>,
+    ) -> Result<Submitted, PipelineError> {
+        self.push_inner(frame.into(), WaitFor::No)
+    }
+
+    /// As [`push`](Self::push), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`PipelineError::Timeout`], and as [`push`](Self::push).
+    pub fn push_timeout<'f>(
+        &mut self,
+        frame: impl Into<Frame<'f>>,
+        timeout: Duration,
+    ) -> Result<Submitted, PipelineError> {
+        let wait = match Instant::now().checked_add(timeout) {
+            Some(deadline) => WaitFor::Until(deadline),
+            None => WaitFor::Forever,
+        };
+        self.push_inner(frame.into(), wait)
+    }
+
+    /// As [`push`](Self::push), asynchronously. Cancellation-safe: the frame is copied and
+    /// committed in the poll that gets the slot, so a dropped future submitted nothing.
+    ///
+    /// # Errors
+    /// As [`push`](Self::push).
+    pub async fn push_async(&mut self, frame: Frame<'_>) -> Result<Submitted, PipelineError> {
+        if frame.data.len() != self.frame_len {
+            return Err(PipelineError::FrameSize {
+                len: frame.data.len(),
+                expected: self.frame_len,
+            });
+        }
+        let pts = self.next_pts(frame.pts)?;
+        let mut slot = self.reserve_async().await?;
+        slot.copy_from_slice(frame.data);
+        slot.commit(pts, frame.force_keyframe)
+    }
+
+    /// Ends the input: the encoder thread encodes every committed frame, flushes, and the output
+    /// ends after the last chunk.
+    ///
+    /// # Errors
+    /// [`PipelineError::OutputDropped`] or [`PipelineError::EncoderStopped`] when the frames
+    /// cannot all come out (the ring is closed all the same).
+    pub fn finish(self) -> Result<(), PipelineError> {
+        let gone = self.gone_error();
+        self.ring.close();
+        gone.map_or(Ok(()), Err)
+    }
+}
+
+pub(super) fn map_reserve_error(e: ReserveError, shared: &Shared) -> PipelineError {
+    match e {
+        ReserveError::Full => PipelineError::Full,
+        ReserveError::Timeout => PipelineError::Timeout,
+        _ if shared.output_gone.load(Ordering::SeqCst) => PipelineError::OutputDropped,
+        _ => PipelineError::EncoderStopped,
+    }
+}
+
+/// The future of [`FrameProducer::reserve_async`].
+#[must_use = "futures do nothing unless polled"]
+pub struct ReserveFuture<'a> {
+    producer: Option<&'a mut FrameProducer>,
+}
+
+impl fmt::Debug for ReserveFuture<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReserveFuture")
+            .field("done", &self.producer.is_none())
+            .finish()
+    }
+}
+
+impl<'a> Future for ReserveFuture<'a> {
+    type Output = Result<FrameSlot<'a>, PipelineError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(producer) = self.producer.take() else {
+            return Poll::Ready(Err(PipelineError::EncoderStopped));
+        };
+        for attempt in 0..2 {
+            let ready = producer.gone_error().is_some()
+                || producer.ring.is_abandoned()
+                || producer.policy == BackPressure::DropNewest
+                || producer.has_space()
+                || (producer.policy == BackPressure::DropOldest
+                    && producer.drop_oldest()
+                    && producer.has_space());
+            if ready {
+                return Poll::Ready(producer.reserve_inner(WaitFor::No));
+            }
+            if attempt == 0 {
+                // Register, then look again: a release between the first look and the
+                // registration wakes this waker.
+                producer.shared.space_waker.register(cx.waker());
+            }
+        }
+        self.producer = Some(producer);
+        Poll::Pending
+    }
+}
+
+pub(super) enum SlotStorageRef<'a> {
+    /// A ring slot in host memory. (Pinned or device storage would be further variants.)
+    Ring(WriteSlot<'a, HostStorage>),
+    /// The scratch buffer a frame dropped under [`BackPressure::DropNewest`] is written into.
+    Dropped { buf: &'a mut [u8], stats: RingStats },
+}
+
+/// A reserved slot of exactly one frame: write the frame into it (it derefs to `[u8]`), then
+/// [`commit`](Self::commit). Dropped uncommitted, it is given back and nothing is submitted.
+pub struct FrameSlot<'a> {
+    pub(super) storage: SlotStorageRef<'a>,
+    pub(super) ctx: SlotCtx<'a>,
+}
+
+impl fmt::Debug for FrameSlot<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameSlot")
+            .field("len", &self.ctx.frame_len)
+            .field("dropping", &self.will_drop())
+            .finish()
+    }
+}
+
+impl FrameSlot<'_> {
+    /// Whether committing this slot will drop the frame ([`BackPressure::DropNewest`] on a full
+    /// ring): a caller that reads from a socket still reads into it, to stay in step.
+    #[must_use]
+    pub fn will_drop(&self) -> bool {
+        matches!(self.storage, SlotStorageRef::Dropped { .. })
+    }
+
+    /// Publishes the frame with presentation timestamp `pts` (above the previous frame's) and,
+    /// if `force_keyframe`, a request for an IDR.
+    ///
+    /// # Errors
+    /// [`PipelineError::NonMonotonicPts`] (the slot is given back), or, when the encoder thread
+    /// is gone, [`PipelineError::OutputDropped`] / [`PipelineError::EncoderStopped`].
+    pub fn commit(self, pts: i64, force_keyframe: bool) -> Result<Submitted, PipelineError> {
+        let FrameSlot { storage, ctx } = self;
+        if let Some(previous) = *ctx.last_pts {
+            if pts <= previous {
+                return Err(PipelineError::NonMonotonicPts { pts, previous });
+            }
+        }
+        match storage {
+            SlotStorageRef::Ring(slot) => {
+                let flags = if force_keyframe {
+                    FrameFlags::FORCE_KEYFRAME
+                } else {
+                    FrameFlags::NONE
+                };
+                let meta = FrameMeta {
+                    len: ctx.frame_len,
+                    pts,
+                    seq: *ctx.seq,
+                    flags,
+                };
+                slot.commit(meta).map_err(|e| match e {
+                    CommitError::Disconnected { .. } => map_reserve_error(
+                        ReserveError::Disconnected { panicked: false },
+                        ctx.shared,
+                    ),
+                    _ => PipelineError::EncoderStopped,
+                })?;
+                *ctx.seq += 1;
+                *ctx.last_pts = Some(pts);
+                Ok(Submitted::Queued)
+            }
+            SlotStorageRef::Dropped { stats, .. } => {
+                stats.note_dropped(1);
+                *ctx.dropped += 1;
+                *ctx.last_pts = Some(pts);
+                Ok(Submitted::Dropped)
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for FrameSlot<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let len = self.ctx.frame_len;
+        match &self.storage {
+            SlotStorageRef::Ring(slot) => &slot[..len],
+            SlotStorageRef::Dropped { buf, .. } => &buf[..len],
+        }
+    }
+}
+
+impl std::ops::DerefMut for FrameSlot<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let len = self.ctx.frame_len;
+        match &mut self.storage {
+            SlotStorageRef::Ring(slot) => &mut slot[..len],
+            SlotStorageRef::Dropped { buf, .. } => &mut buf[..len],
+        }
+    }
+}
