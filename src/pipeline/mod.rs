@@ -374,6 +374,10 @@ fn encoder_thread(
     }
     drop(leftover);
     shared.space_waker.wake();
+    // Torn down before the end is announced, so the output's join of this thread (done under the
+    // output lock) waits for nothing: each backend's drop is bounded (a child's group kill and
+    // reap, NVENC teardown; a hung NVENC call is abandoned, not waited for).
+    drop(encoder);
     let mut out = lock(&shared.out);
     if let Some(error) = end {
         out.items.push_back(Err(error));
