@@ -228,6 +228,18 @@ pub trait VideoEncoder: Send {
     fn encode_slot(&mut self, slot: &SlotFrame, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
         self.encode(slot.frame(), out)
     }
+
+    /// The most ring-slot leases this encoder keeps alive at once after
+    /// [`encode_slot`](Self::encode_slot) returns: frames in flight whose bytes it reads later
+    /// (NVENC's uploads) or holds for a replay ([`crate::FallbackEncoder`]). A ring that feeds
+    /// it needs this many slots beyond those its producer queues into, or the producer waits on
+    /// slots the encoder holds while the encoder waits for frames: the
+    /// [pipeline stage](crate::pipeline) sizes its ring and its lease budget
+    /// ([`SlotFrame::lease_budget`]) by it. The default, 0, is for an encoder that reads a slot's
+    /// bytes during `encode_slot` and keeps nothing; a wrapper must forward this method.
+    fn max_slot_leases(&self) -> usize {
+        0
+    }
 }
 
 /// A frame in a ring slot, for [`VideoEncoder::encode_slot`]: a shared [`ReadSlot`] lease on a
@@ -249,6 +261,17 @@ impl SlotFrame {
         match self {
             SlotFrame::Host(s) => s.meta(),
             SlotFrame::Pinned(s) => s.meta(),
+        }
+    }
+
+    /// How many slots of this slot's ring an encoder should keep leased at most
+    /// ([`ReadSlot::lease_budget`], set by the ring's consumer): an encoder that holds leases
+    /// beyond `encode_slot` copies the oldest held frame rather than hold more.
+    #[must_use]
+    pub fn lease_budget(&self) -> usize {
+        match self {
+            SlotFrame::Host(s) => s.lease_budget(),
+            SlotFrame::Pinned(s) => s.lease_budget(),
         }
     }
 
@@ -500,6 +523,9 @@ impl<E: VideoEncoder + ?Sized> VideoEncoder for Box<E> {
 
     fn encode_slot(&mut self, slot: &SlotFrame, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
         (**self).encode_slot(slot, out)
+    }
+    fn max_slot_leases(&self) -> usize {
+        (**self).max_slot_leases()
     }
 }
 

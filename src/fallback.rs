@@ -62,6 +62,8 @@ pub struct FallbackEncoder {
     kind: EncoderKind,
     /// Frames accepted and not yet delivered, by outer frame index.
     held: BTreeMap<u64, Held>,
+    /// How many of `held` are slot leases ([`HeldData::Slot`]).
+    held_slots: usize,
     /// The current encoder's frame index 0 is this outer index.
     inner_base: u64,
     /// Chunks out of the encoder, in decoding order, not yet delivered.
@@ -198,6 +200,7 @@ impl FallbackEncoder {
             current: Some(current),
             kind,
             held: BTreeMap::new(),
+            held_slots: 0,
             inner_base: 0,
             waiting: VecDeque::new(),
             delivered_below: 0,
@@ -240,7 +243,10 @@ impl FallbackEncoder {
         self.gate.accept(pts);
         self.dts.push(pts);
         let data = match slot {
-            Some(slot) => HeldData::Slot(slot.clone()),
+            Some(slot) => {
+                self.held_slots += 1;
+                HeldData::Slot(slot.clone())
+            }
             None => {
                 let mut data = self.spare.pop().unwrap_or_default();
                 data.clear();
@@ -257,6 +263,37 @@ impl FallbackEncoder {
                 force_keyframe: frame.force_keyframe,
             },
         );
+        if let Some(slot) = slot {
+            self.spill(slot.lease_budget());
+        }
+    }
+
+    /// Keeps at most `budget` held frames as slot leases: beyond it, the oldest held slot's bytes
+    /// are copied and its lease released, so the ring's producer always has the slots the ring's
+    /// consumer left it (see [`crate::ring_buffer::Consumer::set_lease_budget`]). An encoder that
+    /// keeps frames longer than the budget (x264's lookahead) costs one host copy per frame; one
+    /// within it (NVENC, x264 with zero latency) none.
+    fn spill(&mut self, budget: usize) {
+        let mut from = self.delivered_below;
+        while self.held_slots > budget {
+            let Some((&index, held)) = self
+                .held
+                .range_mut(from..)
+                .find(|(_, h)| matches!(h.data, HeldData::Slot(_)))
+            else {
+                break;
+            };
+            if let HeldData::Slot(slot) = &held.data {
+                let mut data = self.spare.pop().unwrap_or_default();
+                data.clear();
+                data.extend_from_slice(slot.data());
+                crate::encoder::count_host_copy();
+                // Replacing the data drops this clone of the lease.
+                held.data = HeldData::Copy(data);
+            }
+            self.held_slots -= 1;
+            from = index + 1;
+        }
     }
 
     /// Takes chunks from the encoder's output, maps them to outer frame indices and delivers
@@ -301,10 +338,13 @@ impl FallbackEncoder {
             if let Some(done) = self.held.remove(&chunk.frame_index) {
                 // Enough spares for every frame that can be in flight at once. (A held slot
                 // lease is released here.)
-                if let HeldData::Copy(data) = done.data {
-                    if self.spare.len() < MAX_WAITING {
-                        self.spare.push(data);
+                match done.data {
+                    HeldData::Copy(data) => {
+                        if self.spare.len() < MAX_WAITING {
+                            self.spare.push(data);
+                        }
                     }
+                    HeldData::Slot(_) => self.held_slots -= 1,
                 }
             }
             chunk.dts = self.dts.next().min(chunk.pts);
@@ -567,6 +607,15 @@ impl VideoEncoder for FallbackEncoder {
         current.reconfigure(rate_control)?;
         self.config.rate_control = rate_control;
         Ok(())
+    }
+
+    /// The current encoder's, plus the frames this chain holds for reordering until their group
+    /// completes (beyond the budget of the slot's ring it holds copies instead, see `spill`).
+    fn max_slot_leases(&self) -> usize {
+        self.current
+            .as_ref()
+            .map_or(0, |c| c.max_slot_leases())
+            .saturating_add(reorder_depth(&self.config))
     }
 
     fn kind(&self) -> EncoderKind {

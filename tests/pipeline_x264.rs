@@ -148,3 +148,33 @@ fn pipeline_example_writes_an_mp4_ffprobe_counts() {
         .expect("ffprobe");
     assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "60");
 }
+
+/// x264 at `medium` keeps ~40 frames for its lookahead, far more than the slots the stage adds
+/// for the encoder's leases: the fallback chain must copy the oldest held frames beyond the
+/// ring's lease budget rather than keep their slots, or the producer waits for a slot while the
+/// encoder waits for a frame. Every wait is bounded, so a starved producer fails the test.
+#[test]
+fn deep_lookahead_with_a_one_slot_ring_never_starves_the_producer() {
+    let config = EncoderConfig::new(64, 48).with_preset(nvenc::Preset::Medium);
+    let mut gpu = GpuEncoderConfig::default();
+    gpu.preferred_encoder = Some(EncoderKind::X264);
+    let options = PipelineOptions::from_gpu_config(&gpu).with_ring_slots(1);
+    let (mut producer, output) = EncodePipeline::open_with(&config, &gpu, options)
+        .expect("open")
+        .split();
+    let input = common::clip(&config, 150);
+    let frames = input.clone();
+    let feeder = std::thread::spawn(move || {
+        for frame in &frames {
+            let _ = producer
+                .push_timeout(frame.as_slice(), Duration::from_secs(20))
+                .expect("a slot within 20 s: the encoder must not hold every slot");
+        }
+        producer.finish().expect("finish");
+    });
+    let chunks = collect(output);
+    feeder.join().expect("feeder");
+    common::assert_accounting(&chunks, 150);
+    let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);
+    assert_eq!(decoded.len(), 150, "decoded frame count");
+}

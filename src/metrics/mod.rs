@@ -621,6 +621,9 @@ impl<E: VideoEncoder> VideoEncoder for Metered<E> {
     ) -> Result<(), Error> {
         self.metered_encode(out, |inner, out| inner.encode_slot(slot, out))
     }
+    fn max_slot_leases(&self) -> usize {
+        self.inner.max_slot_leases()
+    }
 
     fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
         let start = out.len();

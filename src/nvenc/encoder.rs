@@ -594,6 +594,12 @@ impl VideoEncoder for NvencEncoder {
             .finish_accounted(self.chunks_out, "nvEncLockBitstream")
     }
 
+    /// One per input surface: a picture uploaded from a pinned slot keeps the slot's lease until
+    /// its bitstream is read back, and at most every surface is in flight.
+    fn max_slot_leases(&self) -> usize {
+        self.session.as_ref().map_or(0, |s| s.surfaces.len())
+    }
+
     fn kind(&self) -> EncoderKind {
         KIND
     }

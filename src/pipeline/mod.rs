@@ -75,13 +75,35 @@
 //!
 //! # Storage and failover
 //!
-//! The ring's slots are host memory ([`HostStorage`]), which every backend reads. The encoder
-//! thread hands each slot's bytes to the encoder in one place (`encode_lease`); the encoder's
-//! fallback chain copies the frames it has accepted but not yet delivered, so when it fails over
-//! mid-stream the frames already in the ring are still encoded, by the next backend, from the
-//! same host slots: a failover never changes or reallocates the ring's storage. (A CUDA-pinned or
-//! device storage for NVENC would be a further variant of [`FrameSlot`]'s storage; it is not
-//! offered yet.)
+//! The ring lives in the memory the encoder that opened reads ([`PipelineOptions::memory`],
+//! [`SlotMemory::Auto`] by default): CUDA pinned host memory when it is NVENC, so a frame written
+//! into a slot is uploaded from there by DMA and never copied again on the host (NVENC's staging
+//! *is* the ring); plain host memory for x264 and the ffmpeg-subprocess backends. The encoder
+//! thread hands each frame to the encoder as its slot ([`VideoEncoder::encode_slot`]), in one
+//! place: NVENC keeps the slot's lease until the picture's bitstream is read back, and the
+//! fallback chain keeps it to replay the frame after a failover.
+//!
+//! Because the encoder keeps slots, the ring has [`PipelineOptions::ring_slots`] for the producer
+//! to queue into *plus* the most leases the encoder keeps
+//! ([`VideoEncoder::max_slot_leases`]: NVENC's frames in flight and the chain's reordering
+//! depth), and it announces that count as its lease budget
+//! ([`crate::ring_buffer::Consumer::set_lease_budget`]). An encoder that would keep more (x264's
+//! lookahead at slower presets, or a backend the chain failed over to) copies the oldest held
+//! frame and gives its slot back, so the producer never waits on slots the encoder holds.
+//!
+//! When the fallback chain fails over mid-stream, the ring's storage does not change and is not
+//! reallocated: the frames already in the ring, and those the chain holds, are encoded by the
+//! next backend from the same slots (pinned memory is host memory to x264 and ffmpeg). Pinned
+//! slots cost nothing extra to a CPU backend; they stay pinned until the stage ends.
+//!
+//! # Choosing the ring size
+//!
+//! `ring_slots` is the smoothing depth: how far the producer may run ahead of the encoder. A
+//! source whose stalls last up to `s` frame intervals and which then delivers its backlog at
+//! once needs about `s` slots to keep the encoder busy through the stall; 8 (the default of
+//! [`GpuEncoderConfig::ring_buffer_size`]) covers stalls of about a quarter second at 30 fps,
+//! 16 to 32 covers network jitter of half a second to a second. More slots cost memory
+//! (`ring_slots × frame length`, pinned for NVENC) and add latency only while they are full.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -92,19 +114,19 @@ use std::time::Duration;
 use atomic_waker::AtomicWaker;
 
 use crate::encoder::EncoderConfig;
-use crate::encoder::{EncodedChunk, Frame, VideoEncoder};
-use crate::error::Error;
+use crate::encoder::{EncodedChunk, EncoderKind, VideoEncoder};
 use crate::gpu_config::GpuEncoderConfig;
-use crate::ring_buffer::{
-    Consumer, FrameFlags, FrameRing, HostStorage, PopError, Producer, ReadSlot, RingStats,
-};
+use crate::ring_buffer::{PopError, RingError, RingStats, MAX_SLOTS};
 
 mod output;
 mod producer;
+mod ring;
 mod state;
 
 pub use output::{EncodedOutput, Received};
 pub use producer::{FrameProducer, FrameSlot, ReserveFuture};
+pub use ring::SlotMemory;
+use ring::{RingConsumer, RingProducer};
 use state::{lock, OutQueue, Shared, SharedConsumer};
 pub use state::{BackPressure, PipelineError, Submitted};
 
@@ -119,6 +141,10 @@ pub struct PipelineOptions {
     pub back_pressure: BackPressure,
     /// Chunks the output queue holds before the encoder thread waits for a reader (at least 1).
     pub output_capacity: usize,
+    /// The memory the ring's slots live in.
+    pub memory: SlotMemory,
+    /// The CUDA device (ordinal) pinned slots are allocated on: the one NVENC encodes on.
+    pub cuda_device: usize,
 }
 
 impl Default for PipelineOptions {
@@ -127,6 +153,8 @@ impl Default for PipelineOptions {
             ring_slots: 8,
             back_pressure: BackPressure::Block,
             output_capacity: 64,
+            memory: SlotMemory::Auto,
+            cuda_device: 0,
         }
     }
 }
@@ -142,6 +170,7 @@ impl PipelineOptions {
             } else {
                 1
             },
+            cuda_device: gpu.nvenc_options().device,
             ..PipelineOptions::default()
         }
     }
@@ -164,6 +193,20 @@ impl PipelineOptions {
     #[must_use]
     pub const fn with_output_capacity(mut self, chunks: usize) -> Self {
         self.output_capacity = chunks;
+        self
+    }
+
+    /// With the ring's slots in `memory`.
+    #[must_use]
+    pub const fn with_slot_memory(mut self, memory: SlotMemory) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// With pinned slots on CUDA device `ordinal`.
+    #[must_use]
+    pub const fn with_cuda_device(mut self, ordinal: usize) -> Self {
+        self.cuda_device = ordinal;
         self
     }
 }
@@ -215,7 +258,7 @@ impl EncodePipeline {
             .config()
             .validate()
             .map_err(|e| PipelineError::Open(e.into()))?;
-        let (ring, consumer) = new_ring(options, frame_len)?;
+        let (ring, consumer) = stage_ring(encoder.as_ref(), options, frame_len)?;
         let metered = crate::metrics::Metered::new(encoder).with_ring(ring.stats());
         Self::start(Box::new(metered), ring, consumer, options, frame_len)
     }
@@ -234,14 +277,14 @@ impl EncodePipeline {
             .config()
             .validate()
             .map_err(|e| PipelineError::Open(e.into()))?;
-        let (ring, consumer) = new_ring(options, frame_len)?;
+        let (ring, consumer) = stage_ring(encoder.as_ref(), options, frame_len)?;
         Self::start(encoder, ring, consumer, options, frame_len)
     }
 
     fn start(
         encoder: Box<dyn VideoEncoder>,
-        ring: Producer<HostStorage>,
-        consumer: Consumer<HostStorage>,
+        ring: RingProducer,
+        consumer: RingConsumer,
         options: PipelineOptions,
         frame_len: usize,
     ) -> Result<Self, PipelineError> {
@@ -334,11 +377,41 @@ impl GpuEncoderConfig {
     }
 }
 
-fn new_ring(
+/// The stage's ring for `encoder`: in the memory it reads ([`SlotMemory::Auto`]: pinned for
+/// NVENC, host otherwise), with `ring_slots` slots for the producer to queue into plus the slots
+/// the encoder may keep leased ([`VideoEncoder::max_slot_leases`]), which is also the lease
+/// budget the ring's consumer announces (so a fallback chain that fails over to an encoder that
+/// keeps frames longer holds copies beyond it, never the producer's slots).
+fn stage_ring(
+    encoder: &dyn VideoEncoder,
     options: PipelineOptions,
     frame_len: usize,
-) -> Result<(Producer<HostStorage>, Consumer<HostStorage>), PipelineError> {
-    FrameRing::new(options.ring_slots, frame_len).map_err(PipelineError::Ring)
+) -> Result<(RingProducer, RingConsumer), PipelineError> {
+    if options.ring_slots == 0 || options.ring_slots > MAX_SLOTS {
+        return Err(PipelineError::Ring(RingError::InvalidSlotCount {
+            slots: options.ring_slots,
+            max: MAX_SLOTS,
+        }));
+    }
+    // At least one: an encoder whose output is late by a frame it did not announce must not
+    // hold the producer's only slot.
+    let held = encoder.max_slot_leases().max(1);
+    let slots = options.ring_slots.saturating_add(held).min(MAX_SLOTS);
+    let made = match options.memory {
+        SlotMemory::Auto if encoder.kind() == EncoderKind::Nvenc => {
+            match ring::new_ring(SlotMemory::Pinned, options.cuda_device, slots, frame_len) {
+                Ok(ends) => Ok(ends),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no pinned ring for NVENC; using host memory (one host copy per frame)");
+                    ring::new_ring(SlotMemory::Host, options.cuda_device, slots, frame_len)
+                }
+            }
+        }
+        memory => ring::new_ring(memory, options.cuda_device, slots, frame_len),
+    };
+    let (producer, consumer) = made.map_err(PipelineError::Ring)?;
+    consumer.set_lease_budget(held);
+    Ok((producer, consumer))
 }
 
 /// The encoder thread's body: pops leases until the ring ends, the encoder fails or the output
@@ -356,7 +429,7 @@ fn encoder_thread(
     // Dropping the consumer wakes a producer blocked in the ring; the waker wakes an async one.
     shared.encoder_stopped.store(true, Ordering::SeqCst);
     let leftover = lock(consumer).take();
-    let queued = leftover.as_ref().map_or(0, Consumer::queue_depth);
+    let queued = leftover.as_ref().map_or(0, RingConsumer::queue_depth);
     let mut lost = queued;
     let end = end.map(|e| match e {
         PipelineError::Encoder { source, unencoded } => {
@@ -405,9 +478,12 @@ fn encode_loop(
             None => Err(PopError::Closed),
         };
         match popped {
-            Ok(lease) => {
-                let encoded = encode_lease(encoder, &lease, &mut chunks);
-                drop(lease);
+            Ok(slot) => {
+                // The one place the stage hands a frame to the encoder: as its ring slot, so
+                // NVENC uploads from a pinned slot and the fallback chain holds the lease for a
+                // replay, with no host copy of the bytes.
+                let encoded = encoder.encode_slot(&slot, &mut chunks);
+                drop(slot);
                 shared.space_waker.wake();
                 if !deliver(shared, &mut chunks) {
                     return None;
@@ -446,21 +522,6 @@ fn encode_loop(
             }
         }
     }
-}
-
-/// Feeds one ring slot to the encoder: the one place that hands a slot's bytes to the backend.
-fn encode_lease(
-    encoder: &mut dyn VideoEncoder,
-    lease: &ReadSlot<HostStorage>,
-    out: &mut Vec<EncodedChunk>,
-) -> Result<(), Error> {
-    let meta = lease.meta();
-    let bytes = lease.slot().get(..meta.len).unwrap_or(lease.slot());
-    let mut frame = Frame::new(bytes).with_pts(meta.pts);
-    if meta.flags.contains(FrameFlags::FORCE_KEYFRAME) {
-        frame = frame.with_force_keyframe();
-    }
-    encoder.encode(frame, out)
 }
 
 /// Moves `chunks` into the output queue, waiting for room (by design, until the output reads or is

@@ -9,15 +9,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::encoder::Frame;
-use crate::ring_buffer::{
-    CommitError, FrameFlags, FrameMeta, HostStorage, Producer, ReserveError, RingStats, WriteSlot,
-};
+use crate::ring_buffer::{CommitError, FrameFlags, FrameMeta, ReserveError, RingStats};
 
+use super::ring::{RingProducer, RingWrite, SlotMemory};
 use super::state::{lock, BackPressure, PipelineError, Shared, SharedConsumer, Submitted, WaitFor};
 
 /// The producer end: reserve/write/commit or push, blocking, `try_`, timed or async. `Send`.
 pub struct FrameProducer {
-    pub(super) ring: Producer<HostStorage>,
+    pub(super) ring: RingProducer,
     pub(super) consumer: SharedConsumer,
     pub(super) shared: Arc<Shared>,
     pub(super) policy: BackPressure,
@@ -33,6 +32,7 @@ impl fmt::Debug for FrameProducer {
         f.debug_struct("FrameProducer")
             .field("policy", &self.policy)
             .field("frame_len", &self.frame_len)
+            .field("memory", &self.ring.memory())
             .field("stats", &self.ring.stats())
             .finish_non_exhaustive()
     }
@@ -71,6 +71,12 @@ impl FrameProducer {
         self.policy
     }
 
+    /// The memory the ring's slots are in ([`SlotMemory::Auto`] resolved at open).
+    #[must_use]
+    pub fn slot_memory(&self) -> SlotMemory {
+        self.ring.memory()
+    }
+
     fn gone_error(&self) -> Option<PipelineError> {
         if self.shared.output_gone.load(Ordering::SeqCst) {
             Some(PipelineError::OutputDropped)
@@ -90,19 +96,14 @@ impl FrameProducer {
 
     /// Drops the oldest queued frame (for [`BackPressure::DropOldest`]); `true` if one was.
     fn drop_oldest(&mut self) -> bool {
-        let popped = match lock(&self.consumer).as_mut() {
-            Some(c) => c.try_pop(),
-            None => return false,
-        };
-        match popped {
-            Ok(lease) => {
-                drop(lease);
-                self.ring.note_dropped(1);
-                self.dropped += 1;
-                true
-            }
-            Err(_) => false,
+        let dropped = lock(&self.consumer)
+            .as_mut()
+            .is_some_and(super::ring::RingConsumer::drop_oldest);
+        if dropped {
+            self.ring.note_dropped(1);
+            self.dropped += 1;
         }
+        dropped
     }
 
     fn reserve_inner(&mut self, wait: WaitFor) -> Result<FrameSlot<'_>, PipelineError> {
@@ -331,8 +332,8 @@ impl<'a> Future for ReserveFuture<'a> {
 }
 
 pub(super) enum SlotStorageRef<'a> {
-    /// A ring slot in host memory. (Pinned or device storage would be further variants.)
-    Ring(WriteSlot<'a, HostStorage>),
+    /// A ring slot, in host or pinned memory.
+    Ring(RingWrite<'a>),
     /// The scratch buffer a frame dropped under [`BackPressure::DropNewest`] is written into.
     Dropped { buf: &'a mut [u8], stats: RingStats },
 }
@@ -413,7 +414,7 @@ impl std::ops::Deref for FrameSlot<'_> {
     fn deref(&self) -> &[u8] {
         let len = self.ctx.frame_len;
         match &self.storage {
-            SlotStorageRef::Ring(slot) => &slot[..len],
+            SlotStorageRef::Ring(slot) => &slot.bytes()[..len],
             SlotStorageRef::Dropped { buf, .. } => &buf[..len],
         }
     }
@@ -423,7 +424,7 @@ impl std::ops::DerefMut for FrameSlot<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
         let len = self.ctx.frame_len;
         match &mut self.storage {
-            SlotStorageRef::Ring(slot) => &mut slot[..len],
+            SlotStorageRef::Ring(slot) => &mut slot.bytes_mut()[..len],
             SlotStorageRef::Dropped { buf, .. } => &mut buf[..len],
         }
     }

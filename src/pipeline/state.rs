@@ -10,7 +10,9 @@ use atomic_waker::AtomicWaker;
 
 use crate::encoder::EncodedChunk;
 use crate::error::Error;
-use crate::ring_buffer::{Consumer, HostStorage, RingError};
+use crate::ring_buffer::RingError;
+
+use super::ring::RingConsumer;
 
 /// What a producer does when the ring is full. See the [module docs](super#back-pressure).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -136,7 +138,7 @@ pub(super) struct Shared {
     pub(super) encoder_stopped: AtomicBool,
 }
 
-pub(super) type SharedConsumer = Arc<Mutex<Option<Consumer<HostStorage>>>>;
+pub(super) type SharedConsumer = Arc<Mutex<Option<RingConsumer>>>;
 
 pub(super) enum WaitFor {
     No,

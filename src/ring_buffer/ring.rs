@@ -47,6 +47,7 @@ pub(crate) fn split<S: SlotStorage>(storage: S) -> (Producer<S>, Consumer<S>) {
         released: Padded(AtomicUsize::new(0)),
         blocked_ns: StatCounter::new(0),
         dropped: StatCounter::new(0),
+        lease_budget: AtomicUsize::new(n),
     });
     let shared = Arc::new(Shared {
         _align: Padded(()),

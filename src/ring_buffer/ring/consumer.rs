@@ -192,6 +192,21 @@ impl<S: SlotStorage> Consumer<S> {
         self.stats().in_flight()
     }
 
+    /// Sets how many slots this consumer's leases should keep at most, `1..=capacity` (a value
+    /// outside is clamped): a hint for an encoder that keeps leases after
+    /// [`VideoEncoder::encode_slot`](crate::VideoEncoder::encode_slot) returns (for a replay after
+    /// a failover, or for an upload still in flight), read through
+    /// [`ReadSlot::lease_budget`]. An encoder that would hold more copies the oldest held frame
+    /// and releases its lease instead, so the producer always keeps `capacity - budget` slots to
+    /// queue into. The ring itself does not enforce it. Default: `capacity` (no limit).
+    pub fn set_lease_budget(&self, slots: usize) {
+        let slots = slots.clamp(1, self.capacity());
+        self.shared
+            .counters
+            .lease_budget
+            .store(slots, Ordering::Relaxed);
+    }
+
     /// A handle for reading the fill level from any thread.
     #[must_use]
     pub fn stats(&self) -> RingStats {
@@ -262,6 +277,13 @@ impl<S: SlotStorage> ReadSlot<S> {
 
     /// Gives the slot back (the same as dropping the lease, spelled out).
     pub fn release(self) {}
+
+    /// How many slots the consumer's leases should keep at most (see
+    /// [`Consumer::set_lease_budget`]).
+    #[must_use]
+    pub fn lease_budget(&self) -> usize {
+        self.shared.counters.lease_budget.load(Ordering::Relaxed)
+    }
 }
 
 impl<S: HostSlots> ReadSlot<S> {

@@ -89,6 +89,10 @@ pub(super) struct Counters {
     /// the producer waited for a free slot, and frames the producer reported dropped.
     pub(super) blocked_ns: StatCounter,
     pub(super) dropped: StatCounter,
+    /// How many slots the consumer's leases should keep at most (a hint for encoders that hold
+    /// leases, see `Consumer::set_lease_budget`); `capacity` unless set. `Relaxed`: a plain
+    /// setting, read by whoever holds a lease, not a synchronization point.
+    pub(super) lease_budget: AtomicUsize,
 }
 
 /// Nothing is guarded by `Shared::lock` itself: it only orders sleeping against waking.

@@ -1,0 +1,159 @@
+//! The pipeline stage on the emulated NVENC: the ring's slots are NVENC's pinned staging (no host
+//! copy of a frame's bytes inside the crate, one upload per plane, nothing else), and a device
+//! loss mid-pipeline fails over to x264 with every frame out and decodable.
+//!
+//! How copies are counted: the crate counts each host copy of a frame's bytes it makes
+//! (`nvenc::encoder::host_frame_copies`), and the CUDA emulator counts the upload calls. The
+//! producer's own write into its slot (here a `copy_from_slice`; in a receiver, the socket read)
+//! is the test's.
+//!
+//! Child halves (`#[ignore]`) run only in a child process against the emulated driver pair.
+
+mod common;
+
+use std::time::Duration;
+
+use nvenc::encoder::host_frame_copies;
+use nvenc::pipeline::{EncodePipeline, PipelineOptions, SlotMemory};
+use nvenc::{EncodedChunk, EncoderConfig, EncoderKind, GpuEncoderConfig};
+use nvenc_emu_harness::EmuDriver;
+
+const FRAMES: usize = 60;
+/// As in `nvenc_emulated.rs`: the emulated NVENC encodes with libx264 at crf 18.
+const PSNR_FLOOR_DB: f64 = 38.0;
+/// Every wait of the producer and the reader.
+const BOUND: Duration = Duration::from_secs(60);
+
+fn assert_child() {
+    assert!(
+        std::env::var_os("NVENC_EMU_REPORT").is_some(),
+        "this test runs only in a child process against the emulated driver (see the parent tests)"
+    );
+}
+
+fn config() -> EncoderConfig {
+    EncoderConfig::new(320, 240)
+        .with_preset(nvenc::Preset::Veryfast)
+        .with_crf(18.0)
+        .with_bframes(Some(2))
+}
+
+/// Runs `input` through a stage opened as a user opens it (`Auto`: NVENC first), writing each
+/// frame into its reserved slot; returns the chunks, the slot memory and the encoder kind at
+/// open.
+fn through_the_stage(
+    config: &EncoderConfig,
+    input: &[Vec<u8>],
+) -> (Vec<EncodedChunk>, SlotMemory, EncoderKind) {
+    let mut gpu = GpuEncoderConfig::default();
+    gpu.ring_buffer_size = 4;
+    let options = PipelineOptions::from_gpu_config(&gpu);
+    let (mut producer, mut output) = EncodePipeline::open_with(config, &gpu, options)
+        .expect("open")
+        .split();
+    let memory = producer.slot_memory();
+    let kind = output.encoder_kind();
+    let frames = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        for (pts, frame) in frames.iter().enumerate() {
+            let mut slot = producer.reserve_timeout(BOUND).expect("a slot in time");
+            slot.copy_from_slice(frame);
+            let _ = slot.commit(pts as i64, false).expect("commit");
+        }
+        producer.finish().expect("finish");
+    });
+    let mut chunks = Vec::new();
+    loop {
+        match output.recv_timeout(BOUND) {
+            nvenc::pipeline::Received::Item(item) => chunks.push(item.expect("no in-band error")),
+            nvenc::pipeline::Received::End => break,
+            nvenc::pipeline::Received::Pending => panic!("no chunk within {BOUND:?}"),
+        }
+    }
+    feeder.join().expect("feeder");
+    (chunks, memory, kind)
+}
+
+fn assert_decodes(chunks: &[EncodedChunk], input: &[Vec<u8>], config: &EncoderConfig) {
+    common::assert_accounting(chunks, input.len() as u64);
+    let decoded = common::decode_h264(&common::concat(chunks), config.resolution);
+    assert_eq!(decoded.len(), input.len(), "decoded frame count");
+    for (i, (want, got)) in input.iter().zip(&decoded).enumerate() {
+        let p = common::psnr(want, got);
+        assert!(p >= PSNR_FLOOR_DB, "frame {i}: PSNR {p:.2} dB");
+    }
+}
+
+#[test]
+#[ignore = "child half of nvenc_stage_uploads_from_pinned_slots_with_no_host_copy"]
+fn child_stage_copies() {
+    assert_child();
+    let config = config();
+    let input = common::clip(&config, FRAMES as u64);
+    let before = host_frame_copies();
+    let (chunks, memory, kind) = through_the_stage(&config, &input);
+    let copies = host_frame_copies() - before;
+    assert_eq!(kind, EncoderKind::Nvenc);
+    assert_eq!(
+        memory,
+        SlotMemory::Pinned,
+        "Auto puts NVENC's ring in pinned memory"
+    );
+    assert_decodes(&chunks, &input, &config);
+    println!("STAGE COPIES {copies}");
+    assert_eq!(copies, 0, "no host copy of a frame inside the crate");
+}
+
+#[test]
+fn nvenc_stage_uploads_from_pinned_slots_with_no_host_copy() {
+    let emu = EmuDriver::new();
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = emu.command(exe);
+    cmd.args(["--ignored", "--exact", "child_stage_copies", "--nocapture"]);
+    let out = common::run_child_tests(cmd, 1, "child_stage_copies");
+    assert!(out.contains("STAGE COPIES 0"), "{out}");
+    let report = emu.report();
+    report.assert_clean();
+    let cuda = report
+        .calls
+        .get("cuda")
+        .expect("the CUDA emulator's call counts");
+    let calls = |entry: &str| cuda.get(entry).copied().unwrap_or(0);
+    // I420: one upload per plane, three per frame, straight from the slot; no other host-to-device
+    // copy. With the producer's own write into the slot, one host copy per frame in all.
+    assert_eq!(calls("cuMemcpy2DAsync_v2"), 3 * FRAMES as u64, "{cuda:?}");
+    for entry in ["cuMemcpyHtoD_v2", "cuMemcpyHtoDAsync_v2", "cuMemcpy2D_v2"] {
+        assert_eq!(calls(entry), 0, "{entry}: {cuda:?}");
+    }
+}
+
+#[test]
+#[ignore = "child half of nvenc_device_loss_mid_stage_fails_over_with_every_frame"]
+fn child_stage_failover() {
+    assert_child();
+    let config = config();
+    let input = common::clip(&config, FRAMES as u64);
+    let (chunks, memory, kind) = through_the_stage(&config, &input);
+    assert_eq!(kind, EncoderKind::Nvenc);
+    assert_eq!(memory, SlotMemory::Pinned);
+    // x264 reads the pinned slots as host memory: the frames queued when NVENC failed, and those
+    // the chain held for a replay, come out of x264.
+    assert_decodes(&chunks, &input, &config);
+}
+
+/// NVENC's device goes away at its 25th picture (`NV_ENC_ERR_DEVICE_NOT_EXIST`, 5): the chain
+/// fails over to x264 inside the stage; every frame comes out once and decodes.
+#[test]
+fn nvenc_device_loss_mid_stage_fails_over_with_every_frame() {
+    let emu = EmuDriver::new().fault("nvEncEncodePicture", 25, 5);
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = emu.command(exe);
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "child_stage_failover",
+        "--nocapture",
+    ]);
+    common::run_child_tests(cmd, 1, "child_stage_failover");
+    emu.report().assert_clean();
+}
