@@ -1,7 +1,13 @@
 //! CPU time per frame of the direct NVENC backend beside FFmpeg's `h264_nvenc`, both driving the
 //! emulated driver in fast mode (no pixel read-back, no encoding in the emulator), same raw clip
 //! and frame count, in one run. What remains is each client's own work per frame: reading the
-//! frame, staging and uploading it, the NVENC calls, reading the bitstream back.
+//! frame, staging and uploading it, the NVENC calls, reading the bitstream back. The crate runs
+//! twice: frame by frame on the encoder, and through the pipeline stage, where the file is read
+//! straight into the ring's pinned slots and the encoder thread uploads from them.
+//!
+//!
+//! Then the submit-to-chunk latency through the stage at 1080p paced at 30 fps, with NVENC's
+//! zero-latency tuning (no B-frames, no output delay) and with the defaults.
 //!
 //! ```text
 //! cargo bench --bench nvenc_overhead                       # 1080p I420, 300 frames
@@ -24,11 +30,22 @@ use nvenc_emu_harness::EmuDriver;
 mod support;
 
 const CHILD: &str = "NVENC_BENCH_CHILD";
+const STAGE: &str = "NVENC_BENCH_STAGE";
+const LATENCY: &str = "NVENC_BENCH_LATENCY";
+/// Frames of each latency run: 5 s at 30 fps.
+const LATENCY_FRAMES: u64 = 150;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if let Ok(mode) = std::env::var(LATENCY) {
+        let options = nvenc::nvenc::NvencOptions::default().with_preset(Some(NvencPreset::P1));
+        return support::stage_latency(LATENCY_FRAMES, mode == "zerolatency", &options);
+    }
     if let Ok(path) = std::env::var(CHILD) {
         let frames = std::env::var("NVENC_BENCH_FRAMES_CHILD")?.parse()?;
         let options = nvenc::nvenc::NvencOptions::default().with_preset(Some(NvencPreset::P1));
+        if std::env::var_os(STAGE).is_some() {
+            return support::encode_file_through_stage(&path, frames, &options);
+        }
         return support::encode_file(&path, frames, &options);
     }
     let frames: u64 = std::env::var("NVENC_BENCH_FRAMES")
@@ -38,41 +55,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let raw = dir.path().join("clip.yuv");
     support::write_clip(&raw, frames)?;
-    let emu = EmuDriver::new().fast();
     let exe = std::env::current_exe()?;
     let with_ffmpeg = nvenc_emu_harness::video::ffmpeg_with_nvenc();
-    let runs: [(&str, Command); 2] = [
-        ("nvenc crate (direct)", {
-            let mut c = emu.command(&exe);
-            c.env(CHILD, &raw)
-                .env("NVENC_BENCH_FRAMES_CHILD", frames.to_string());
-            c
-        }),
-        ("ffmpeg -c:v h264_nvenc", {
-            let mut c = emu.command("ffmpeg");
-            c.args([
-                "-hide_banner",
-                "-nostdin",
-                "-v",
-                "error",
-                "-f",
-                "rawvideo",
-                "-pix_fmt",
-                "yuv420p",
-            ])
-            .args(["-s", "1920x1080", "-r", "30", "-i"])
-            .arg(&raw)
-            .args(["-c:v", "h264_nvenc", "-preset", "p1", "-f", "null", "-"]);
-            c
-        }),
+    // One emulator (one report) per client, so each row's copy-engine time is its own.
+    let child = |stage: bool| {
+        let emu = EmuDriver::new().fast();
+        let mut c = emu.command(&exe);
+        c.env(CHILD, &raw)
+            .env("NVENC_BENCH_FRAMES_CHILD", frames.to_string());
+        if stage {
+            c.env(STAGE, "1");
+        }
+        (emu, c)
+    };
+    let ffmpeg = {
+        let emu = EmuDriver::new().fast();
+        let mut c = emu.command("ffmpeg");
+        c.args([
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args(["-s", "1920x1080", "-r", "30", "-i"])
+        .arg(&raw)
+        .args(["-c:v", "h264_nvenc", "-preset", "p1", "-f", "null", "-"]);
+        (emu, c)
+    };
+    let runs: [(&str, (EmuDriver, Command)); 3] = [
+        ("nvenc crate (direct)", child(false)),
+        ("nvenc crate (stage)", child(true)),
+        ("ffmpeg -c:v h264_nvenc", ffmpeg),
     ];
     println!("CPU time per frame against the emulated NVENC (fast mode): {frames} frames 1920x1080 yuv420p, preset p1");
     println!(
-        "{:<26} {:>12} {:>10} {:>10}",
-        "client", "CPU ms/frame", "wall s", "fps"
+        "(copy engine: the CPU time the CUDA emulator spent on copies a GPU's copy engine makes without the CPU; \
+         client: CPU minus copy engine)"
+    );
+    println!(
+        "{:<26} {:>12} {:>12} {:>12} {:>10} {:>8} {:>10}",
+        "client", "CPU ms/frame", "copy engine", "client ms", "vs ffmpeg", "wall s", "fps"
     );
     let mut failed = Vec::new();
-    for (name, mut cmd) in runs {
+    let mut rows = Vec::new();
+    for (name, (emu, mut cmd)) in runs {
         if name.starts_with("ffmpeg") && !with_ffmpeg {
             println!("{name:<26} skipped: ffmpeg has no h264_nvenc");
             continue;
@@ -87,15 +117,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             failed.push(format!("{name} failed ({})", out.status));
             continue;
         }
+        let (engine_ns, _) = emu.report().copy_engine();
+        support::check_emulator(&emu, &mut failed);
+        let per_frame = |ns: f64| ns / 1e6 / frames as f64;
+        let cpu_ms = per_frame(cpu.as_nanos() as f64);
+        let engine_ms = per_frame(engine_ns as f64);
+        rows.push((name, cpu_ms, engine_ms, cpu_ms - engine_ms, wall));
+    }
+    let ffmpeg_client = rows.iter().find(|r| r.0.starts_with("ffmpeg")).map(|r| r.3);
+    for (name, cpu_ms, engine_ms, client_ms, wall) in &rows {
+        let ratio = ffmpeg_client.map_or("-".to_owned(), |f| format!("{:.2}x", client_ms / f));
         println!(
-            "{:<26} {:>12.3} {:>10.2} {:>10.1}",
+            "{:<26} {:>12.3} {:>12.3} {:>12.3} {:>10} {:>8.2} {:>10.1}",
             name,
-            cpu.as_secs_f64() * 1e3 / frames as f64,
+            cpu_ms,
+            engine_ms,
+            client_ms,
+            ratio,
             wall.as_secs_f64(),
             frames as f64 / wall.as_secs_f64()
         );
     }
-    support::check_emulator(&emu, &mut failed);
+    println!(
+        "\nsubmit-to-chunk latency through the stage, 1080p paced at 30 fps, {LATENCY_FRAMES} frames, preset p1 (ms):"
+    );
+    for mode in ["zerolatency", "default"] {
+        let emu = EmuDriver::new().fast();
+        let out = emu.command(&exe).env(LATENCY, mode).output()?;
+        if !out.status.success() {
+            failed.push(format!(
+                "latency {mode} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            continue;
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.starts_with("latency ") {
+                println!("{line}");
+            }
+        }
+        support::check_emulator(&emu, &mut failed);
+    }
     if failed.is_empty() {
         Ok(())
     } else {

@@ -2,9 +2,36 @@
 //! `cuPointerGetAttribute`; every device range is checked against one live allocation.
 
 use std::ffi::{c_int, c_uint, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crate::state::{bad, need_ctx, state, State, DEVICE_MEM_BASE};
 use crate::status::*;
+
+/// Nanoseconds and bytes of every copy this emulator carried out on the CPU: on a GPU the copy
+/// engine moves these bytes (a DMA from pinned host memory, or within device memory) and the
+/// CPU does not. Reported at exit as `cuda copy_engine ns=.. bytes=..`, so a benchmark can tell
+/// its client's own CPU time from the emulated GPU's.
+pub(crate) static COPY_ENGINE_NS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static COPY_ENGINE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `copy`, the bytes-moving part of a copy entry point, counting it as copy-engine work.
+fn copy_engine(bytes: usize, copy: impl FnOnce()) {
+    let start = Instant::now();
+    copy();
+    let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    COPY_ENGINE_NS.fetch_add(ns, Ordering::Relaxed);
+    COPY_ENGINE_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+/// The `copy_engine` report line.
+pub(crate) fn copy_engine_line() -> String {
+    format!(
+        "copy_engine ns={} bytes={}",
+        COPY_ENGINE_NS.load(Ordering::Relaxed),
+        COPY_ENGINE_BYTES.load(Ordering::Relaxed)
+    )
+}
 
 /// Layout of `CUDA_MEMCPY2D` (the `_v2` struct).
 #[repr(C)]
@@ -150,7 +177,7 @@ pub(crate) fn copy_linear(
     // SAFETY: device ranges were bounds-checked against their allocations (kept alive by the
     // held lock); host ranges are the caller's, valid for `n` bytes per the API contract. `copy`
     // tolerates overlap (device-to-device within one allocation).
-    unsafe { std::ptr::copy(s, d, n) };
+    copy_engine(n, || unsafe { std::ptr::copy(s, d, n) });
     SUCCESS
 }
 
@@ -386,17 +413,19 @@ pub(crate) fn copy_2d(
         Ok(p) => p,
         Err(e) => return e,
     };
-    for row in 0..c.Height {
-        // SAFETY: both footprints were bounds-checked above (device) or are the caller's buffers
-        // described by the same parameters (host); row `row` starts `row * pitch` bytes in and is
-        // `WidthInBytes` long, inside the checked span. `copy` tolerates overlap.
-        let (from, to) = (
-            src_ptr.wrapping_add(row * c.srcPitch),
-            dst_ptr.wrapping_add(row * c.dstPitch),
-        );
-        // SAFETY: as above: `from` and `to` are row starts inside the checked spans.
-        unsafe { std::ptr::copy(from, to, c.WidthInBytes) };
-    }
+    copy_engine(c.Height * c.WidthInBytes, || {
+        for row in 0..c.Height {
+            // SAFETY: both footprints were bounds-checked above (device) or are the caller's buffers
+            // described by the same parameters (host); row `row` starts `row * pitch` bytes in and is
+            // `WidthInBytes` long, inside the checked span. `copy` tolerates overlap.
+            let (from, to) = (
+                src_ptr.wrapping_add(row * c.srcPitch),
+                dst_ptr.wrapping_add(row * c.dstPitch),
+            );
+            // SAFETY: as above: `from` and `to` are row starts inside the checked spans.
+            unsafe { std::ptr::copy(from, to, c.WidthInBytes) };
+        }
+    });
     SUCCESS
 }
 

@@ -122,6 +122,7 @@ extern "C" fn at_exit() {
             let line = st.live_line();
             drop(st);
             EMU.line(&EMU.calls_line());
+            EMU.line(&copies::copy_engine_line());
             EMU.line(&format!("{line} at=exit"));
         }
     });

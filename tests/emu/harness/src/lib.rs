@@ -449,6 +449,27 @@ impl Report {
         r
     }
 
+    /// Nanoseconds and bytes of the copies the CUDA emulator carried out on the CPU, which a GPU's
+    /// copy engine does without it (the `cuda copy_engine ns=.. bytes=..` lines, summed over the
+    /// processes that wrote to this report).
+    #[must_use]
+    pub fn copy_engine(&self) -> (u64, u64) {
+        let mut total = (0, 0);
+        for line in &self.lines {
+            let Some(rest) = line.strip_prefix("cuda copy_engine ") else {
+                continue;
+            };
+            for field in rest.split_whitespace() {
+                match field.split_once('=') {
+                    Some(("ns", v)) => total.0 += v.parse::<u64>().unwrap_or(0),
+                    Some(("bytes", v)) => total.1 += v.parse::<u64>().unwrap_or(0),
+                    _ => {}
+                }
+            }
+        }
+        total
+    }
+
     /// Non-zero live-handle counts at the end (`"encode bitstream_buffers=2"`, ...). The CUDA
     /// primary context counts as a leak too: a client must release what it retained.
     #[must_use]
