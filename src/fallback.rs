@@ -363,34 +363,30 @@ impl FallbackEncoder {
         };
         let mut inner = Vec::new();
         for (i, held) in self.held.values().enumerate() {
-            let slot = match &held.data {
-                HeldData::Slot(slot) => Some(slot),
-                HeldData::Copy(_) => None,
-            };
-            let data = match &held.data {
-                HeldData::Copy(data) => data.as_slice(),
-                HeldData::Slot(slot) => slot.data(),
-            };
-            let frame = Frame::new(data).with_pts(held.pts);
             // The new encoder starts with an IDR (and SPS/PPS) anyway; a later frame that asked
-            // for one keeps asking, or goes plain where the encoder cannot force keyframes. A
-            // frame from a slot goes in as a slot (its metadata carries its pts and flag) unless
-            // it must go plain.
-            let result = match (held.force_keyframe && i > 0, slot) {
-                (true, _) => {
-                    let first = match slot {
-                        Some(slot) => current.encode_slot(slot, &mut inner),
-                        None => current.encode(frame.with_force_keyframe(), &mut inner),
-                    };
-                    match first {
-                        Err(Error::Unsupported { .. }) => current.encode(frame, &mut inner),
-                        other => other,
+            // for one keeps asking, or goes plain where the encoder cannot force keyframes.
+            let result = match &held.data {
+                // A frame from a slot goes in as a slot: its metadata carries its pts and flag,
+                // and a device slot stays on the GPU for an encoder that reads it there.
+                HeldData::Slot(slot) => match current.encode_slot(slot, &mut inner) {
+                    Err(Error::Unsupported { .. }) if held.force_keyframe => {
+                        let bytes = slot.host_bytes(&self.config, current.kind())?;
+                        let frame = Frame::new(&bytes).with_pts(held.pts);
+                        current.encode(frame, &mut inner)
+                    }
+                    other => other,
+                },
+                HeldData::Copy(data) => {
+                    let frame = Frame::new(data).with_pts(held.pts);
+                    if held.force_keyframe && i > 0 {
+                        match current.encode(frame.with_force_keyframe(), &mut inner) {
+                            Err(Error::Unsupported { .. }) => current.encode(frame, &mut inner),
+                            other => other,
+                        }
+                    } else {
+                        current.encode(frame, &mut inner)
                     }
                 }
-                (false, Some(slot)) if !held.force_keyframe => {
-                    current.encode_slot(slot, &mut inner)
-                }
-                (false, _) => current.encode(frame, &mut inner),
             };
             result?;
         }
@@ -471,7 +467,15 @@ impl FallbackEncoder {
         slot: Option<&SlotFrame>,
         out: &mut Vec<EncodedChunk>,
     ) -> Result<(), Error> {
-        let (index, pts) = self.gate.check(&frame)?;
+        let (index, pts) = match slot {
+            // A device slot's bytes are not in host memory: its surface is checked instead.
+            Some(SlotFrame::Device(device)) => {
+                let (index, pts) = self.gate.check_pts(frame.pts)?;
+                crate::encoder::check_device_surface(&device.surface(), &self.config, index)?;
+                (index, pts)
+            }
+            _ => self.gate.check(&frame)?,
+        };
         let Some(current) = self.current.as_mut() else {
             return Err(self.dead());
         };
@@ -522,8 +526,13 @@ impl VideoEncoder for FallbackEncoder {
 
     /// As [`VideoEncoder::encode`], holding the slot's lease for a replay instead of a copy of
     /// its bytes, and handing the slot to the current encoder's own `encode_slot`.
+    ///
+    /// A device slot is held as a lease like a pinned one; after a failover to an encoder that
+    /// reads host memory, it is downloaded when it is encoded again ([`SlotFrame::host_bytes`]).
     fn encode_slot(&mut self, slot: &SlotFrame, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        self.encode_held(slot.frame(), Some(slot), out)
+        // A device slot has no host bytes: its frame carries none (and is never read as such).
+        let frame = slot.frame().unwrap_or_else(|| slot.frame_from(&[]));
+        self.encode_held(frame, Some(slot), out)
     }
 
     fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
