@@ -40,7 +40,9 @@ pub use config::{
 pub use kind::{EncoderKind, FfmpegH264Encoder};
 
 use crate::error::{ConfigError, Error};
-use crate::ring_buffer::{FrameFlags, FrameMeta, HostStorage, PinnedStorage, ReadSlot};
+use crate::ring_buffer::{
+    DeviceStorage, FrameFlags, FrameMeta, HostStorage, PinnedStorage, ReadSlot,
+};
 
 /// One raw input frame: tightly packed pixels in the configured format, plus per-frame options.
 #[derive(Debug, Clone, Copy)]
@@ -214,19 +216,28 @@ pub trait VideoEncoder: Send {
     }
 
     /// Encodes the frame that sits in a ring slot: its bytes are the slot's first
-    /// [`FrameMeta::len`] bytes, its pts is [`FrameMeta::pts`] and it is forced to be a keyframe
-    /// when [`FrameMeta::flags`] contains [`FrameFlags::FORCE_KEYFRAME`]. An encoder may keep a
-    /// clone of `slot` (a shared lease) instead of copying the bytes: NVENC uploads straight from
-    /// a pinned slot, and [`crate::FallbackEncoder`] holds the lease for a replay. The slot goes
-    /// back to the ring once every clone is dropped.
+    /// [`FrameMeta::len`] bytes (a device slot: its surface, laid out as
+    /// [`SlotFrame::Device`] says), its pts is [`FrameMeta::pts`] and it is forced to be a
+    /// keyframe when [`FrameMeta::flags`] contains [`FrameFlags::FORCE_KEYFRAME`]. An encoder may
+    /// keep a clone of `slot` (a shared lease) instead of copying the bytes: NVENC uploads
+    /// straight from a pinned slot and encodes straight from a device slot's surface, and
+    /// [`crate::FallbackEncoder`] holds the lease for a replay. The slot goes back to the ring
+    /// once every clone is dropped.
     ///
-    /// The default encodes [`SlotFrame::frame`] with [`VideoEncoder::encode`]; a wrapper must
+    /// The default encodes the slot's bytes with [`VideoEncoder::encode`]: in place for a host or
+    /// pinned slot; a device slot is first downloaded to host memory
+    /// ([`SlotFrame::host_bytes`]: one device-to-host copy, ordered after the producer's work on
+    /// the storage's stream, counted as a host copy), which is what x264, the ffmpeg backends
+    /// and the fallback chain after a failover from NVENC do with device slots. A wrapper must
     /// forward this method, or its inner encoder's own version never runs.
     ///
     /// # Errors
-    /// As [`VideoEncoder::encode`].
+    /// As [`VideoEncoder::encode`]; for a device slot also [`Error::FrameSize`] when its surface
+    /// does not hold a frame of the configuration, and [`Error::Backend`] naming the CUDA call
+    /// when the download fails.
     fn encode_slot(&mut self, slot: &SlotFrame, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        self.encode(slot.frame(), out)
+        let bytes = slot.host_bytes(self.config(), self.kind())?;
+        self.encode(slot.frame_from(&bytes), out)
     }
 
     /// The most ring-slot leases this encoder keeps alive at once after
@@ -243,8 +254,8 @@ pub trait VideoEncoder: Send {
 }
 
 /// A frame in a ring slot, for [`VideoEncoder::encode_slot`]: a shared [`ReadSlot`] lease on a
-/// host or pinned ring (cloning it clones the lease; the slot is released when the last clone
-/// drops).
+/// host, pinned or device ring (cloning it clones the lease; the slot is released when the last
+/// clone drops).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum SlotFrame {
@@ -252,6 +263,15 @@ pub enum SlotFrame {
     Host(Arc<ReadSlot<HostStorage>>),
     /// A slot of a ring in CUDA pinned memory: NVENC uploads from it directly.
     Pinned(Arc<ReadSlot<PinnedStorage>>),
+    /// A slot of a ring in CUDA device memory ([`DeviceStorage`]), written by the producer on the
+    /// storage's [stream](DeviceStorage::stream) before it was committed. The frame is laid out
+    /// at the surface's pitch `p`: for NV12 `h` luma rows then `h / 2` interleaved chroma rows,
+    /// all `p` bytes apart; for I420 `h` luma rows `p` apart, then the U and V planes, `h / 2`
+    /// rows each, `p / 2` apart (NVENC's IYUV layout). The surface must be exactly `w` bytes by
+    /// `h * 3 / 2` rows (`DeviceStorage::new(ctx, n, w, h * 3 / 2)`). NVENC registers the surface
+    /// and encodes from it with no copy; other encoders download it ([`SlotFrame::host_bytes`]).
+    /// [`FrameMeta::len`] is not used for a device slot.
+    Device(Arc<ReadSlot<DeviceStorage>>),
 }
 
 impl SlotFrame {
@@ -261,6 +281,7 @@ impl SlotFrame {
         match self {
             SlotFrame::Host(s) => s.meta(),
             SlotFrame::Pinned(s) => s.meta(),
+            SlotFrame::Device(s) => s.meta(),
         }
     }
 
@@ -272,30 +293,129 @@ impl SlotFrame {
         match self {
             SlotFrame::Host(s) => s.lease_budget(),
             SlotFrame::Pinned(s) => s.lease_budget(),
+            SlotFrame::Device(s) => s.lease_budget(),
         }
     }
 
-    /// The frame's bytes: the first [`FrameMeta::len`] bytes of the slot (the ring refuses a
-    /// longer `len` at commit).
+    /// Whether the slot's metadata asks for a keyframe ([`FrameFlags::FORCE_KEYFRAME`]).
     #[must_use]
-    pub fn data(&self) -> &[u8] {
+    pub fn force_keyframe(&self) -> bool {
+        self.meta().flags.contains(FrameFlags::FORCE_KEYFRAME)
+    }
+
+    /// The frame's bytes in host memory, when the slot is in host memory: the first
+    /// [`FrameMeta::len`] bytes of the slot (the ring refuses a longer `len` at commit). `None`
+    /// for a device slot, whose bytes the CPU cannot read (see [`SlotFrame::host_bytes`]).
+    #[must_use]
+    pub fn data(&self) -> Option<&[u8]> {
         let slot: &[u8] = match self {
             SlotFrame::Host(s) => s,
             SlotFrame::Pinned(s) => s,
+            SlotFrame::Device(_) => return None,
         };
-        slot.get(..self.meta().len).unwrap_or(slot)
+        Some(slot.get(..self.meta().len).unwrap_or(slot))
     }
 
-    /// The frame as [`VideoEncoder::encode`] takes it: the slot's bytes, `pts` from the metadata
-    /// and the force-keyframe flag.
-    pub fn frame(&self) -> Frame<'_> {
-        let meta = self.meta();
+    /// The frame as [`VideoEncoder::encode`] takes it, when its bytes are in host memory: the
+    /// slot's bytes, `pts` from the metadata and the force-keyframe flag. `None` for a device
+    /// slot (see [`SlotFrame::frame_from`]).
+    #[must_use]
+    pub fn frame(&self) -> Option<Frame<'_>> {
+        self.data().map(|data| self.frame_from(data))
+    }
+
+    /// The slot's frame with its bytes in `data` (e.g. a device slot's download): `pts` from
+    /// the metadata and the force-keyframe flag.
+    pub fn frame_from<'a>(&self, data: &'a [u8]) -> Frame<'a> {
         Frame {
-            data: self.data(),
-            pts: Some(meta.pts),
-            force_keyframe: meta.flags.contains(FrameFlags::FORCE_KEYFRAME),
+            data,
+            pts: Some(self.meta().pts),
+            force_keyframe: self.force_keyframe(),
         }
     }
+
+    /// The frame's bytes in host memory, tightly packed as [`Frame::data`] for `config`: borrowed
+    /// from a host or pinned slot (no copy), or downloaded from a device slot's surface, for an
+    /// encoder that reads host memory. The download is one device-to-host copy
+    /// (`cuMemcpy2DAsync` per plane on the storage's stream, so after the producer's writes,
+    /// then `cuStreamSynchronize`, which waits as long as the GPU takes), into a new buffer, and
+    /// is counted as a host copy. `kind` names the encoder in errors.
+    ///
+    /// # Errors
+    /// [`Error::FrameSize`] when a device slot's surface does not hold one frame of `config`
+    /// (its `frame_index` is then the slot's [`FrameMeta::seq`], the encoder's own index not
+    /// being known here); [`Error::Backend`] naming the CUDA call when the download fails.
+    pub fn host_bytes(
+        &self,
+        config: &EncoderConfig,
+        kind: EncoderKind,
+    ) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
+        let slot = match self {
+            SlotFrame::Device(slot) => slot,
+            _ => return Ok(std::borrow::Cow::Borrowed(self.data().unwrap_or_default())),
+        };
+        check_device_surface(&slot.surface(), config, slot.meta().seq)?;
+        let surface = slot.surface();
+        let len = config.validate()?;
+        let (planes, n) =
+            crate::nvenc::plane_copies(config, surface.pitch, config.resolution.width as usize);
+        let buffer = slot.storage().buffer(slot.index());
+        let bytes =
+            crate::cuda::download_planes(buffer, &planes[..n], len, slot.storage().stream())
+                .map_err(|e| Error::Backend {
+                    backend: kind,
+                    call: match &e {
+                        crate::cuda::CudaError::Call { call, .. } => call,
+                        _ => "cuMemcpy2DAsync",
+                    },
+                    message: format!("downloading a device slot to host memory failed: {e}"),
+                })?;
+        count_host_copy();
+        Ok(std::borrow::Cow::Owned(bytes))
+    }
+}
+
+/// Checks that a device slot's surface holds exactly one frame of `config` in the layout
+/// [`SlotFrame::Device`] describes, at a pitch NVENC can register (at least the width and a
+/// multiple of 4: nvEncodeAPI.h 11.1, `NV_ENC_REGISTER_RESOURCE::pitch`, lines 2149-2154; a
+/// multiple of 4 is even, as I420's half-pitch chroma needs).
+///
+/// # Errors
+/// [`Error::FrameSize`] with `frame_index`: `expected` is the frame's tightly packed length,
+/// `actual` the surface's `width_bytes * rows`, or `pitch * rows` when only the pitch is wrong.
+pub(crate) fn check_device_surface(
+    surface: &crate::cuda::DeviceSurface,
+    config: &EncoderConfig,
+    frame_index: u64,
+) -> Result<(), Error> {
+    let width = config.resolution.width as usize;
+    let rows = config.resolution.height as usize * 3 / 2;
+    let expected = config.validate()?;
+    let error = |actual: usize| {
+        tracing::debug!(
+            frame_index,
+            width_bytes = surface.width_bytes,
+            rows = surface.rows,
+            pitch = surface.pitch,
+            expected_width = width,
+            expected_rows = rows,
+            "a device slot does not hold a frame of the configuration"
+        );
+        Err(Error::FrameSize {
+            frame_index,
+            expected,
+            actual,
+            resolution: config.resolution,
+            format: config.pixel_format,
+        })
+    };
+    if surface.width_bytes != width || surface.rows != rows {
+        return error(surface.width_bytes.saturating_mul(surface.rows));
+    }
+    if surface.pitch < width || surface.pitch % 4 != 0 || u32::try_from(surface.pitch).is_err() {
+        return error(surface.pitch.saturating_mul(surface.rows));
+    }
+    Ok(())
 }
 
 impl From<ReadSlot<HostStorage>> for SlotFrame {
@@ -310,8 +430,14 @@ impl From<ReadSlot<PinnedStorage>> for SlotFrame {
     }
 }
 
+impl From<ReadSlot<DeviceStorage>> for SlotFrame {
+    fn from(slot: ReadSlot<DeviceStorage>) -> Self {
+        SlotFrame::Device(Arc::new(slot))
+    }
+}
+
 /// Host copies of a frame's bytes made inside this crate (the fallback chain's held copy, NVENC's
-/// staging copy), counted for the copy-count tests; not a stable API.
+/// staging copy, a device slot's download), counted for the copy-count tests; not a stable API.
 static HOST_FRAME_COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Counts one host copy of a frame's bytes (see [`host_frame_copies`]).
@@ -320,7 +446,7 @@ pub(crate) fn count_host_copy() {
 }
 
 /// How many times this process copied a frame's bytes on the host inside this crate (the
-/// fallback chain's held copy, NVENC's pinned staging copy): what the copy-count tests read. Not
+/// fallback chain's held copy, NVENC's pinned staging copy, a device slot's download): what the copy-count tests read. Not
 /// a stable API.
 #[doc(hidden)]
 #[must_use]
@@ -581,11 +707,11 @@ mod slot_tests {
     #[test]
     fn a_slot_frame_is_its_slots_bytes_pts_and_flag() {
         let s = slot(7, FrameFlags::FORCE_KEYFRAME);
-        let f = s.frame();
+        let f = s.frame().unwrap();
         assert_eq!(f.data, &[1, 2, 3, 4]);
         assert_eq!(f.pts, Some(7));
         assert!(f.force_keyframe);
-        assert!(!slot(0, FrameFlags::NONE).frame().force_keyframe);
+        assert!(!slot(0, FrameFlags::NONE).frame().unwrap().force_keyframe);
     }
 
     /// A wrapper that does not forward `encode_slot` silently runs the default (a copy).

@@ -283,16 +283,29 @@ impl FallbackEncoder {
             else {
                 break;
             };
-            if let HeldData::Slot(slot) = &held.data {
-                let mut data = self.spare.pop().unwrap_or_default();
-                data.clear();
-                data.extend_from_slice(slot.data());
-                crate::encoder::count_host_copy();
-                // Replacing the data drops this clone of the lease.
-                held.data = HeldData::Copy(data);
-            }
-            self.held_slots -= 1;
             from = index + 1;
+            let HeldData::Slot(slot) = &held.data else {
+                continue;
+            };
+            // A device slot is downloaded (that is its copy, counted by `host_bytes`).
+            let copy = match slot.host_bytes(&self.config, self.kind) {
+                Ok(std::borrow::Cow::Borrowed(bytes)) => {
+                    let mut data = self.spare.pop().unwrap_or_default();
+                    data.clear();
+                    data.extend_from_slice(bytes);
+                    crate::encoder::count_host_copy();
+                    data
+                }
+                Ok(std::borrow::Cow::Owned(data)) => data,
+                Err(e) => {
+                    // Kept as a lease: the next held slot is copied instead.
+                    tracing::warn!(frame = index, error = %e, "cannot copy a held slot; keeping its lease");
+                    continue;
+                }
+            };
+            // Replacing the data drops this clone of the lease.
+            held.data = HeldData::Copy(copy);
+            self.held_slots -= 1;
         }
     }
 
@@ -403,34 +416,30 @@ impl FallbackEncoder {
         };
         let mut inner = Vec::new();
         for (i, held) in self.held.values().enumerate() {
-            let slot = match &held.data {
-                HeldData::Slot(slot) => Some(slot),
-                HeldData::Copy(_) => None,
-            };
-            let data = match &held.data {
-                HeldData::Copy(data) => data.as_slice(),
-                HeldData::Slot(slot) => slot.data(),
-            };
-            let frame = Frame::new(data).with_pts(held.pts);
             // The new encoder starts with an IDR (and SPS/PPS) anyway; a later frame that asked
-            // for one keeps asking, or goes plain where the encoder cannot force keyframes. A
-            // frame from a slot goes in as a slot (its metadata carries its pts and flag) unless
-            // it must go plain.
-            let result = match (held.force_keyframe && i > 0, slot) {
-                (true, _) => {
-                    let first = match slot {
-                        Some(slot) => current.encode_slot(slot, &mut inner),
-                        None => current.encode(frame.with_force_keyframe(), &mut inner),
-                    };
-                    match first {
-                        Err(Error::Unsupported { .. }) => current.encode(frame, &mut inner),
-                        other => other,
+            // for one keeps asking, or goes plain where the encoder cannot force keyframes.
+            let result = match &held.data {
+                // A frame from a slot goes in as a slot: its metadata carries its pts and flag,
+                // and a device slot stays on the GPU for an encoder that reads it there.
+                HeldData::Slot(slot) => match current.encode_slot(slot, &mut inner) {
+                    Err(Error::Unsupported { .. }) if held.force_keyframe => {
+                        let bytes = slot.host_bytes(&self.config, current.kind())?;
+                        let frame = Frame::new(&bytes).with_pts(held.pts);
+                        current.encode(frame, &mut inner)
+                    }
+                    other => other,
+                },
+                HeldData::Copy(data) => {
+                    let frame = Frame::new(data).with_pts(held.pts);
+                    if held.force_keyframe && i > 0 {
+                        match current.encode(frame.with_force_keyframe(), &mut inner) {
+                            Err(Error::Unsupported { .. }) => current.encode(frame, &mut inner),
+                            other => other,
+                        }
+                    } else {
+                        current.encode(frame, &mut inner)
                     }
                 }
-                (false, Some(slot)) if !held.force_keyframe => {
-                    current.encode_slot(slot, &mut inner)
-                }
-                (false, _) => current.encode(frame, &mut inner),
             };
             result?;
         }
@@ -511,7 +520,15 @@ impl FallbackEncoder {
         slot: Option<&SlotFrame>,
         out: &mut Vec<EncodedChunk>,
     ) -> Result<(), Error> {
-        let (index, pts) = self.gate.check(&frame)?;
+        let (index, pts) = match slot {
+            // A device slot's bytes are not in host memory: its surface is checked instead.
+            Some(SlotFrame::Device(device)) => {
+                let (index, pts) = self.gate.check_pts(frame.pts)?;
+                crate::encoder::check_device_surface(&device.surface(), &self.config, index)?;
+                (index, pts)
+            }
+            _ => self.gate.check(&frame)?,
+        };
         let Some(current) = self.current.as_mut() else {
             return Err(self.dead());
         };
@@ -562,8 +579,13 @@ impl VideoEncoder for FallbackEncoder {
 
     /// As [`VideoEncoder::encode`], holding the slot's lease for a replay instead of a copy of
     /// its bytes, and handing the slot to the current encoder's own `encode_slot`.
+    ///
+    /// A device slot is held as a lease like a pinned one; after a failover to an encoder that
+    /// reads host memory, it is downloaded when it is encoded again ([`SlotFrame::host_bytes`]).
     fn encode_slot(&mut self, slot: &SlotFrame, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        self.encode_held(slot.frame(), Some(slot), out)
+        // A device slot has no host bytes: its frame carries none (and is never read as such).
+        let frame = slot.frame().unwrap_or_else(|| slot.frame_from(&[]));
+        self.encode_held(frame, Some(slot), out)
     }
 
     fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {

@@ -379,3 +379,83 @@ fn queue_planes<T: HostBytes>(pending: &Pending<T>, planes: &[Plane]) -> Result<
     }
     Ok(())
 }
+
+/// Copies `planes` of the device allocation `src` into a new host buffer of `len` bytes: each
+/// plane's rows from `src_offset` in `src` (rows `src_pitch` apart) to `dst_offset` in the
+/// buffer (rows `dst_pitch` apart). The copies are queued on `stream` (so they run after the work
+/// queued there before, e.g. a producer's writes into `src`) and waited for (`cuStreamSynchronize`)
+/// before this returns: a download, the one device-to-host copy of a frame for an encoder that
+/// reads host memory.
+///
+/// # Errors
+/// [`CudaError::InvalidCopy`] for a plane outside `src` or the buffer, or with a pitch smaller
+/// than its width; [`CudaError::Call`] naming `cuMemcpy2DAsync` or `cuStreamSynchronize` when the
+/// driver refuses. When the stream cannot be waited for, the buffer is leaked (a copy may still
+/// write it).
+pub fn download_planes(
+    src: &PitchedBuffer,
+    planes: &[Plane],
+    len: usize,
+    stream: &Stream,
+) -> Result<Vec<u8>, CudaError> {
+    let surface = src.surface();
+    let src_len = surface.pitch.saturating_mul(surface.rows);
+    for plane in planes {
+        let src_end = Plane::span(plane.src_pitch, plane.width, plane.rows)
+            .and_then(|s| s.checked_add(plane.src_offset));
+        let dst_end = Plane::span(plane.dst_pitch, plane.width, plane.rows)
+            .and_then(|s| s.checked_add(plane.dst_offset));
+        if plane.src_pitch < plane.width
+            || plane.dst_pitch < plane.width
+            || src_end.is_none_or(|end| end > src_len)
+            || dst_end.is_none_or(|end| end > len)
+        {
+            return Err(CudaError::InvalidCopy {
+                width_bytes: plane.width,
+                rows: plane.rows,
+                src_pitch: plane.src_pitch,
+                src_len,
+            });
+        }
+    }
+    let mut host = vec![0u8; len];
+    let _current = stream.context().push()?;
+    let mut queued = Ok(());
+    for plane in planes {
+        let copy = sys::CUDA_MEMCPY2D {
+            srcXInBytes: 0,
+            srcY: 0,
+            srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            srcHost: std::ptr::null(),
+            srcDevice: surface.device_ptr + plane.src_offset as u64,
+            srcArray: std::ptr::null_mut(),
+            srcPitch: plane.src_pitch,
+            dstXInBytes: 0,
+            dstY: 0,
+            dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_HOST,
+            dstHost: host[plane.dst_offset..].as_mut_ptr().cast::<c_void>(),
+            dstDevice: 0,
+            dstArray: std::ptr::null_mut(),
+            dstPitch: plane.dst_pitch,
+            WidthInBytes: plane.width,
+            Height: plane.rows,
+        };
+        // SAFETY: the descriptor is fully initialized; both regions lie inside their buffers
+        // (checked above): `src` is a live allocation that `&PitchedBuffer` keeps allocated for
+        // this call, and `host` is not read, moved out or freed until the stream has been
+        // waited for below (or is leaked when that fails). The stream belongs to the context
+        // made current above.
+        queued = unsafe { sys::cuMemcpy2DAsync_v2(&copy, stream.0.cu_stream()) }
+            .result()
+            .map_err(call("cuMemcpy2DAsync"));
+        if queued.is_err() {
+            break;
+        }
+    }
+    // Whatever was queued must have run before `host` is touched again, even after an error.
+    if let Err(e) = stream.synchronize() {
+        std::mem::forget(host);
+        return Err(e);
+    }
+    queued.map(|()| host)
+}

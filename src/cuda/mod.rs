@@ -25,8 +25,8 @@ mod copy;
 mod memory;
 
 pub use copy::{
-    copy_device_to_device_async, copy_host_to_device_async, copy_planes_async, DeviceSource,
-    Either, HostBytes, Pending, Plane, PlaneSource,
+    copy_device_to_device_async, copy_host_to_device_async, copy_planes_async, download_planes,
+    DeviceSource, Either, HostBytes, Pending, Plane, PlaneSource,
 };
 pub use memory::{DeviceSurface, PinnedBuffer, PitchedBuffer};
 
@@ -335,5 +335,26 @@ impl Stream {
     /// The driver handle, for the NVENC layer (`nvEncSetIOCudaStreams`); valid while `self` lives.
     pub(crate) fn raw(&self) -> *mut c_void {
         self.0.cu_stream().cast::<c_void>()
+    }
+
+    /// Orders everything queued on `self` from now on after everything queued on `other` so far,
+    /// without waiting on the host: an event recorded on `other` (`cuEventRecord`) that `self`
+    /// waits for (`cuStreamWaitEvent`). Both streams must belong to the same context. The
+    /// caller's current context is restored afterwards.
+    ///
+    /// # Errors
+    /// [`CudaError::Call`] naming `cuCtxPushCurrent`, `cuEventCreate`, `cuEventRecord` or
+    /// `cuStreamWaitEvent` (e.g. `CUDA_ERROR_INVALID_CONTEXT` for streams of two contexts).
+    pub fn wait_for(&self, other: &Stream) -> Result<(), CudaError> {
+        let _current = self.context().push()?;
+        // The event may be destroyed (when it drops, below) while the wait is pending: the
+        // driver releases it once the wait has completed (cuEventDestroy's documentation).
+        let event = other
+            .0
+            .context()
+            .new_event(None)
+            .map_err(call("cuEventCreate"))?;
+        event.record(&other.0).map_err(call("cuEventRecord"))?;
+        self.0.wait(&event).map_err(call("cuStreamWaitEvent"))
     }
 }

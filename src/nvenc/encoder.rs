@@ -5,19 +5,33 @@
 //! A host frame is copied into one of the session's pinned staging buffers (page-locked, so the
 //! upload is a direct DMA), or, from [`VideoEncoder::encode_slot`] with a pinned ring slot, read
 //! from that slot with no copy; it is then copied asynchronously on the encoder's CUDA stream
-//! into a free input surface (`cuMemAllocPitch`), registered with NVENC once, at open. NVENC's input processing runs on the same stream (`nvEncSetIOCudaStreams`), so it is
-//! ordered after the upload without a host wait. A frame already in device memory is copied
-//! device-to-device into the surface, with no host copy.
+//! into a free input surface (`cuMemAllocPitch`), registered with NVENC once, at open. NVENC's
+//! input processing runs on the same stream (`nvEncSetIOCudaStreams`), so it is ordered after the
+//! upload without a host wait.
 //!
-//! Several frames are in flight: each submitted picture keeps its surface, its staging source,
-//! its mapping and its output buffer until its bitstream has been read back. Outputs are read in
-//! submission order, `extra_output_delay` frames behind the newest, so upload, encode and
-//! read-back overlap (Linux has synchronous mode only: `nvEncLockBitstream` waits).
+//! A frame in a device ring slot ([`SlotFrame::Device`]) is not copied at all: the slot's own
+//! surface is registered with NVENC the first time it is seen (`NV_ENC_INPUT_RESOURCE_TYPE_CUDADEVICEPTR`
+//! at the slot's pitch; a bounded cache keyed by device address, least recently used evicted),
+//! mapped and encoded. The encoder's stream first waits (`cuEventRecord` on the ring's stream,
+//! `cuStreamWaitEvent` on the encoder's) for the work the producer queued on the storage's
+//! stream before committing, so NVENC's input processing, which runs on the encoder's stream
+//! (nvEncodeAPI.h 11.1 lines 2808-2812), reads the frame the producer wrote; the encoder thread
+//! does not wait. The picture keeps the slot's lease until its bitstream has been read back and
+//! the surface unmapped; only then can the producer write that slot again.
+//!
+//! Several frames are in flight: each submitted picture keeps its surface, its staging source
+//! or slot lease, its mapping and its output buffer until its bitstream has been read back.
+//! Outputs are read in submission order, `extra_output_delay` frames behind the newest, so
+//! upload, encode and read-back overlap (Linux has synchronous mode only: `nvEncLockBitstream`
+//! waits).
 //!
 //! # Teardown
 //! In the order the API requires, on every path (flush, error, drop, unwinding): end of stream,
-//! read back or discard pending outputs, unmap, unregister, destroy bitstream buffers, destroy
-//! the session, free the surfaces, release the CUDA context. A surface whose unmap failed is
+//! read back or discard pending outputs, unmap (releasing the slot leases), unregister (the
+//! session's surfaces and every cached device slot), destroy bitstream buffers, destroy the
+//! session, free the surfaces, release the CUDA context. A registration holds its memory (a
+//! device slot's allocation is shared with the ring), so memory is never freed while registered,
+//! whichever of the ring and the encoder is dropped first. A surface whose unmap failed is
 //! retired (never mapped again); its unmap is tried again at teardown.
 //!
 //! # Errors and hangs
@@ -32,33 +46,19 @@ use super::api::{CallError, PictureInput, RawEncoder, Submitted};
 use super::fail::{call_err, cuda_error};
 use super::init::{self, apply_rate_control};
 use super::options::NvencOptions;
-use super::session::{self, HungAt, InFlight, NvencSession, Staged};
-use crate::cuda::{self, Context, DeviceSource, Either, Plane, PlaneSource, Stream};
+use super::session::{self, HungAt, InFlight, NvencSession, Staged, Surface};
+use crate::cuda::{self, Context, Either, Plane, PlaneSource, Stream};
 use crate::encoder::mapping;
 use crate::encoder::{
-    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, PixelFormat, RateControl,
-    SlotFrame, VideoEncoder,
+    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, RateControl, SlotFrame,
+    VideoEncoder,
 };
 use crate::error::Error;
+use crate::ring_buffer::{DeviceStorage, ReadSlot};
 
 mod output;
 
 const KIND: EncoderKind = EncoderKind::Nvenc;
-
-/// A frame that is already in CUDA device memory, in the encoder's context: tightly laid out
-/// planes of the configured pixel format with rows `pitch` bytes apart (for I420 the chroma
-/// planes have pitch `pitch / 2`, as NVENC's IYUV layout has).
-#[derive(Debug, Clone, Copy)]
-pub struct DeviceFrame {
-    /// Device address of the first luma row (`CUdeviceptr`).
-    pub device_ptr: u64,
-    /// Bytes between luma rows; at least the width, and even for I420.
-    pub pitch: usize,
-    /// Presentation timestamp, as [`Frame::pts`].
-    pub pts: Option<i64>,
-    /// Make this frame an IDR keyframe.
-    pub force_keyframe: bool,
-}
 
 /// The direct NVENC encoder: what a failed encoder does, and what a hung one leaves behind.
 ///
@@ -182,8 +182,8 @@ impl NvencEncoder {
         })
     }
 
-    /// Waits until every copy queued on the encoder's CUDA stream has run: after this, the
-    /// source of a [`DeviceFrame`] given to [`NvencEncoder::encode_device`] may be reused.
+    /// Waits until everything queued on the encoder's CUDA stream has run (the uploads of host
+    /// frames, NVENC's input processing).
     ///
     /// # Errors
     /// [`Error::Backend`] naming `cuStreamSynchronize` when the driver reports a failure of the
@@ -248,58 +248,6 @@ impl NvencEncoder {
         call_err(e)
     }
 
-    /// Encodes a frame that is already in device memory (see [`DeviceFrame`]): copied
-    /// device-to-device into an encoder surface, never through the host.
-    ///
-    /// # Errors
-    /// As [`VideoEncoder::encode`]; [`Error::FrameSize`] when `pitch` is smaller than a row.
-    ///
-    /// # Safety
-    /// `frame.device_ptr` must be a live allocation in this encoder's CUDA context holding the
-    /// whole frame at `frame.pitch`, left unchanged and allocated until the copy queued here has
-    /// run: until [`NvencEncoder::synchronize`], [`VideoEncoder::flush`], or the drop of the
-    /// encoder. Once the encoder failed with [`Error::Hung`], its stream is not waited for (the
-    /// GPU may be as stuck as the driver): the memory of every frame given to it must then stay
-    /// allocated for the life of the process.
-    pub unsafe fn encode_device(
-        &mut self,
-        frame: DeviceFrame,
-        out: &mut Vec<EncodedChunk>,
-    ) -> Result<(), Error> {
-        let width = self.config.resolution.width as usize;
-        let rows = self.config.resolution.height as usize * 3 / 2;
-        let (frame_index, pts) = self.gate.check_pts(frame.pts)?;
-        let fits = frame
-            .pitch
-            .checked_mul(rows)
-            .and_then(|bytes| frame.device_ptr.checked_add(bytes as u64))
-            .is_some();
-        if frame.pitch < width
-            || !fits
-            || (self.config.pixel_format == PixelFormat::I420 && frame.pitch % 2 != 0)
-        {
-            return Err(Error::FrameSize {
-                frame_index,
-                expected: width,
-                actual: frame.pitch,
-                resolution: self.config.resolution,
-                format: self.config.pixel_format,
-            });
-        }
-        // SAFETY: this function's contract: the frame is device memory of this encoder's
-        // context, holding every plane at `pitch`, alive and unchanged until the copy ran.
-        let source = unsafe { DeviceSource::new(frame.device_ptr) };
-        let source = PlaneSource::Device(source);
-        self.submit_frame(
-            source,
-            frame.pitch,
-            frame_index,
-            pts,
-            frame.force_keyframe,
-            out,
-        )
-    }
-
     /// The one submit path, over a plane source (a host buffer or device memory): makes room,
     /// queues the copies of the frame's planes into a free input surface, maps it and submits it.
     fn submit_frame(
@@ -314,8 +262,8 @@ impl NvencEncoder {
         let _context = self.enter()?;
         let result = self.copy_and_submit(source, src_pitch, frame_index, pts, force_keyframe, out);
         if result.is_err() && !self.is_hung() {
-            // A copy may still be queued: the caller's buffer and the surface are only safe to
-            // reuse once it ran. (Not after a hang: see `encode_device`'s safety section.)
+            // A copy may still be queued: the staging buffer and the surface are only safe to
+            // reuse once it ran. (Not after a hang: the GPU may be as stuck as the driver.)
             let _ = self.synchronize();
         }
         result
@@ -335,14 +283,13 @@ impl NvencEncoder {
                 session.free_staging.push(staging);
             }
         };
-        if let Err(e) = self.make_room(out) {
+        if let Err(e) = self.make_room(true, out) {
             if let (PlaneSource::Host(staged), Some(session)) = (source, self.session.as_mut()) {
                 give_back(session, Some(staged));
             }
             return Err(e);
         }
         let planes = self.planes(src_pitch);
-        let (w, h) = (self.config.resolution.width, self.config.resolution.height);
         let stream = self.stream.clone();
         let session = self.session()?;
         let Some(index) = session.free_surfaces.pop_front() else {
@@ -363,11 +310,7 @@ impl NvencEncoder {
             }
         };
         let pitch = pitch_u32(memory.surface().pitch)?;
-        let output = session.free_outputs.pop().ok_or_else(|| Error::Backend {
-            backend: KIND,
-            call: "nvEncEncodePicture",
-            message: "no free output buffer".into(),
-        });
+        let output = session.free_outputs.pop().ok_or_else(no_output);
         let mapped = output.and_then(|output| match session.surfaces.get(index) {
             Some(Some(registered)) => match session.raw.map(registered) {
                 Ok(m) => Ok((m, output)),
@@ -386,7 +329,8 @@ impl NvencEncoder {
             Err(e) => {
                 // Nothing was submitted: the frame is not accepted, the session unchanged.
                 let flight = InFlight {
-                    surface: index,
+                    surface: Surface::Own(index),
+                    lease: None,
                     upload: Some(upload),
                     mapped: None,
                     output: None,
@@ -395,9 +339,97 @@ impl NvencEncoder {
                 return Err(e);
             }
         };
+        let flight = InFlight {
+            surface: Surface::Own(index),
+            lease: None,
+            upload: Some(upload),
+            mapped: Some(mapped),
+            output: Some(output),
+        };
+        self.submit_flight(flight, pitch, frame_index, pts, force_idr, out)
+    }
+
+    /// Encodes a frame from a caller's device slot, whose surface has been checked against the
+    /// configuration and whose context is the encoder's: orders the encoder's stream after the
+    /// producer's, maps the slot's surface (registering it on first sight) and submits it, the
+    /// picture holding the lease. No copy.
+    fn submit_slot(
+        &mut self,
+        lease: &Arc<ReadSlot<DeviceStorage>>,
+        frame_index: u64,
+        pts: i64,
+        force_idr: bool,
+        out: &mut Vec<EncodedChunk>,
+    ) -> Result<(), Error> {
+        let _context = self.enter()?;
+        self.make_room(false, out)?;
+        let memory = lease.storage().buffer(lease.index());
+        let ptr = memory.surface().device_ptr;
+        // The same slot given again while its earlier picture is in flight: read back until that
+        // picture is done, if the encoder can.
+        while self.session()?.external_busy(ptr) {
+            let session = self.session()?;
+            if session.ready == 0 || session.pending.is_empty() {
+                return Err(Error::Unsupported {
+                    backend: KIND,
+                    feature: "encoding a device slot again while its earlier picture is held \
+                              for reordering (give each frame its own slot)",
+                });
+            }
+            self.read_one(out)?;
+        }
+        let pitch = pitch_u32(memory.surface().pitch)?;
+        // NVENC's input processing runs on the encoder's stream: after the producer's writes.
+        self.stream
+            .wait_for(lease.storage().stream())
+            .map_err(|e| Error::Backend {
+                backend: KIND,
+                call: match &e {
+                    cuda::CudaError::Call { call, .. } => call,
+                    _ => "cuStreamWaitEvent",
+                },
+                message: format!("ordering NVENC after the device slot's stream failed: {e}"),
+            })?;
+        let session = self.session()?;
+        let output = session.free_outputs.pop().ok_or_else(no_output)?;
+        let (mapped, surface) = match session.map_external(memory) {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Nothing was submitted: the frame is not accepted, the session unchanged.
+                session.free_outputs.push(output);
+                return Err(Error::Nvenc(e));
+            }
+        };
+        let flight = InFlight {
+            surface,
+            lease: Some(Arc::clone(lease)),
+            upload: None,
+            mapped: Some(mapped),
+            output: Some(output),
+        };
+        self.submit_flight(flight, pitch, frame_index, pts, force_idr, out)
+    }
+
+    /// Submits a picture whose input is mapped and whose output buffer is taken; on success it
+    /// is pending, and outputs `extra_output_delay` behind are read back.
+    fn submit_flight(
+        &mut self,
+        flight: InFlight,
+        pitch: u32,
+        frame_index: u64,
+        pts: i64,
+        force_idr: bool,
+        out: &mut Vec<EncodedChunk>,
+    ) -> Result<(), Error> {
+        let (w, h) = (self.config.resolution.width, self.config.resolution.height);
+        let session = self.session()?;
+        let (Some(mapped), Some(output)) = (flight.mapped.as_ref(), flight.output.as_ref()) else {
+            session.release(flight, None);
+            return Err(no_output());
+        };
         let picture = PictureInput {
-            input: &mapped,
-            output: &output,
+            input: mapped,
+            output,
             width: w,
             height: h,
             pitch,
@@ -406,12 +438,6 @@ impl NvencEncoder {
             output_spspps: force_idr,
         };
         let submitted = session.raw.encode_picture(&picture);
-        let flight = InFlight {
-            surface: index,
-            upload: Some(upload),
-            mapped: Some(mapped),
-            output: Some(output),
-        };
         match submitted {
             Ok(state) => {
                 session.pending.push_back(flight);
@@ -557,12 +583,38 @@ impl VideoEncoder for NvencEncoder {
 
     /// From a pinned slot, the upload reads the caller's slot directly (its lease stays with
     /// the picture until the bitstream is read back): no host copy. From a host slot, as
-    /// `encode` (one copy into pinned staging).
+    /// `encode` (one copy into pinned staging). From a device slot, NVENC encodes the slot's
+    /// surface itself, with no copy at all (see the module docs).
+    ///
+    /// # Errors
+    /// As [`VideoEncoder::encode`]. For a device slot also: [`Error::FrameSize`] when its
+    /// surface is not `width` bytes by `height * 3 / 2` rows at a pitch of at least the width
+    /// and a multiple of 4 (the frame is rejected, the encoder stays usable);
+    /// [`Error::Unsupported`] for a slot of another CUDA context than the encoder's, or the
+    /// same slot given again while its earlier picture is still held for reordering.
     fn encode_slot(&mut self, slot: &SlotFrame, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
-        let Some(staged) = session::caller_slot(slot) else {
-            return self.encode(slot.frame(), out);
+        if let SlotFrame::Device(lease) = slot {
+            let (frame_index, pts) = self.gate.check_pts(Some(lease.meta().pts))?;
+            crate::encoder::check_device_surface(&lease.surface(), &self.config, frame_index)?;
+            if !lease.storage().context().same(&self.context) {
+                return Err(Error::Unsupported {
+                    backend: KIND,
+                    feature: "encoding a device slot of another CUDA context than the \
+                              encoder's (open both on the same device)",
+                });
+            }
+            return self.submit_slot(lease, frame_index, pts, slot.force_keyframe(), out);
+        }
+        let Some(frame) = slot.frame() else {
+            // Only a device slot has no host bytes, and it was handled above.
+            return Err(Error::Unsupported {
+                backend: KIND,
+                feature: "a ring slot of an unknown kind",
+            });
         };
-        let frame = slot.frame();
+        let Some(staged) = session::caller_slot(slot) else {
+            return self.encode(frame, out);
+        };
         let (frame_index, pts) = self.gate.check(&frame)?;
         let width = self.config.resolution.width as usize;
         let force = frame.force_keyframe;
@@ -661,6 +713,14 @@ fn no_surface(session: &NvencSession) -> Error {
              no output is ready",
             session.retired.len()
         ),
+    }
+}
+
+fn no_output() -> Error {
+    Error::Backend {
+        backend: KIND,
+        call: "nvEncEncodePicture",
+        message: "no free output buffer".into(),
     }
 }
 

@@ -1,7 +1,9 @@
 //! The direct NVENC backend.
 //!
 //! [`NvencEncoder`] drives an NVENC session on CUDA surfaces it registered once, at open; a
-//! frame in a pinned [ring](crate::ring_buffer) slot is uploaded from the slot itself. The driver's `libnvidia-encode` and `libcuda` are loaded at
+//! frame in a pinned [ring](crate::ring_buffer) slot is uploaded from the slot itself, and a
+//! frame in a device slot ([`DeviceStorage`](crate::ring_buffer::DeviceStorage)) is encoded from
+//! the slot's own surface, registered with NVENC the first time it is seen. The driver's `libnvidia-encode` and `libcuda` are loaded at
 //! run time, so [`open`] says precisely why NVENC cannot be used on a machine (no driver, driver
 //! too old, no CUDA device, a GPU without an encode engine, a session limit).
 //!
@@ -62,7 +64,8 @@ mod session;
 mod watchdog;
 
 pub use caps::NvencCaps;
-pub use encoder::{DeviceFrame, NvencEncoder};
+pub use encoder::NvencEncoder;
 pub use error::{NvencError, NvencErrorKind};
+pub(crate) use init::plane_copies;
 pub use options::{NvencOptions, NvencPreset, NvencTuning};
 pub use probe::probe;

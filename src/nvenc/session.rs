@@ -1,5 +1,6 @@
 //! An NVENC session's resources: the input surfaces it registered, the pinned staging buffers
-//! host frames are uploaded from, its output buffers and the pictures in flight; and their
+//! host frames are uploaded from, the caller's device ring slots it registered on the way (a
+//! bounded cache), its output buffers and the pictures in flight; and their
 //! teardown in the order the API requires, including the path of a session abandoned to the
 //! watchdog while a call is stuck in the driver.
 
@@ -13,7 +14,7 @@ use super::init::Plan;
 use super::NvencError;
 use crate::cuda::{Context, Either, Pending, PinnedBuffer, PitchedBuffer, Stream};
 use crate::encoder::SlotFrame;
-use crate::ring_buffer::{PinnedStorage, ReadSlot};
+use crate::ring_buffer::{DeviceStorage, PinnedStorage, ReadSlot};
 
 /// The host memory an upload reads: one of the session's staging buffers (the frame was copied
 /// there), or the caller's pinned ring slot (no copy).
@@ -27,10 +28,43 @@ pub(crate) fn caller_slot(slot: &SlotFrame) -> Option<Staged> {
     }
 }
 
+/// The surface a picture is encoded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Surface {
+    /// One of the session's own surfaces, by index in [`NvencSession::surfaces`].
+    Own(usize),
+    /// A caller's device slot, by the device address its cached registration is keyed by
+    /// ([`NvencSession::external`]).
+    External(u64),
+}
+
+/// How many caller surfaces (device ring slots) stay registered at once, at least: FFmpeg's
+/// `h264_nvenc` keeps 64 registrations (NVENC-NOTES item 10). A device ring of more slots than
+/// that still works: the registration of the surface used least recently (and not mapped) is
+/// dropped (`nvEncUnregisterResource`) to make room.
+pub(crate) const MIN_REGISTRATION_CACHE: usize = 64;
+
+/// A caller's surface registered with the session, kept for the next frame in the same slot.
+pub(crate) struct External {
+    /// The surface's device address: the cache key. The registration keeps the allocation
+    /// (`Registered::memory`), so no other allocation can take this address while it lives.
+    pub ptr: u64,
+    pub reg: Registered,
+    /// When it was last mapped, on [`NvencSession::clock`].
+    pub last_used: u64,
+    /// Mapped for a picture in flight (or, if `retired`, mapped still after a failed unmap).
+    pub mapped: bool,
+    /// Its unmap failed: never mapped again nor evicted; unmapped again at teardown.
+    pub retired: bool,
+}
+
 /// One picture between submission and read-back.
 pub(crate) struct InFlight {
-    /// Index of its input surface in [`NvencSession::surfaces`].
-    pub surface: usize,
+    /// Its input surface.
+    pub surface: Surface,
+    /// The caller's device slot the picture is encoded from, leased until its bitstream was
+    /// read back and its surface unmapped.
+    pub lease: Option<Arc<ReadSlot<DeviceStorage>>>,
     /// The copy into the surface, owning its source until it is known to have run.
     pub upload: Option<Pending<Staged>>,
     pub mapped: Option<Mapped>,
@@ -63,13 +97,22 @@ pub(crate) struct NvencSession {
     pub ready: usize,
     /// The most pictures that were submitted and not yet read back at once.
     pub peak_in_flight: usize,
-    /// Mappings whose unmap failed, with their surface's index: the surface is never mapped
-    /// again (it still is; mapping it again would fail), and the unmap is tried again at
-    /// teardown.
-    pub retired: Vec<(Mapped, usize)>,
+    /// Mappings whose unmap failed, with their surface: the surface is never mapped again (it
+    /// still is; mapping it again would fail), and the unmap is tried again at teardown.
+    pub retired: Vec<(Mapped, Surface)>,
     /// Which call hung, if one did: what its picture is to `pending`.
     pub hung_at: Option<HungAt>,
-    /// The surfaces' memory, freed after the session is destroyed (fields drop after `raw`).
+    /// Caller surfaces (device ring slots) registered so far, at most `external_cap`.
+    pub external: Vec<External>,
+    external_cap: usize,
+    /// Counts mappings of caller surfaces, for evicting the one used least recently.
+    clock: u64,
+    /// What every registration describes: the frame size and buffer format.
+    width: u32,
+    height: u32,
+    format: sys::NV_ENC_BUFFER_FORMAT,
+    /// The surfaces' memory, freed after the session is destroyed (fields drop after `raw`);
+    /// also the memory of a caller's surface whose unregistration failed.
     _memory: Vec<Arc<PitchedBuffer>>,
 }
 
@@ -112,6 +155,12 @@ impl NvencSession {
             peak_in_flight: 0,
             retired: Vec::new(),
             hung_at: None,
+            external: Vec::new(),
+            external_cap: MIN_REGISTRATION_CACHE.max(slots + 1),
+            clock: 0,
+            width,
+            height,
+            format: plan.format,
             _memory: memory.clone(),
         };
         session
@@ -166,17 +215,121 @@ impl NvencSession {
                 self.free_staging.push(staging);
             }
         }
-        let index = flight.surface;
+        let surface = flight.surface;
         match flight.mapped.take().map(|m| self.raw.unmap(m)) {
             Some(Err((mapped, e))) => {
                 tracing::warn!(
-                    error = %e, surface = index,
+                    error = %e, surface = ?surface,
                     "nvEncUnmapInputResource failed; the surface is retired and unmapped at teardown"
                 );
-                self.retired.push((mapped, index));
+                if let Surface::External(ptr) = surface {
+                    if let Some(entry) = self.external.iter_mut().find(|e| e.ptr == ptr) {
+                        entry.retired = true;
+                    }
+                }
+                self.retired.push((mapped, surface));
             }
-            Some(Ok(())) | None => self.free_surfaces.push_back(index),
+            Some(Ok(())) | None => match surface {
+                Surface::Own(index) => self.free_surfaces.push_back(index),
+                Surface::External(ptr) => {
+                    if let Some(entry) = self.external.iter_mut().find(|e| e.ptr == ptr) {
+                        entry.mapped = false;
+                    }
+                }
+            },
         }
+        // The caller's slot goes back to its ring only now: its bitstream was read back (or it
+        // was never submitted) and its surface is no longer mapped.
+        drop(flight.lease.take());
+    }
+
+    /// Whether the caller's surface at `ptr` is mapped for a picture in flight (or retired).
+    pub(crate) fn external_busy(&self, ptr: u64) -> bool {
+        self.external
+            .iter()
+            .any(|e| e.ptr == ptr && (e.mapped || e.retired))
+    }
+
+    /// Maps a caller's device surface (`memory`, a device ring slot's allocation), registering
+    /// it first unless it is registered already (`NV_ENC_INPUT_RESOURCE_TYPE_CUDADEVICEPTR` at
+    /// the surface's pitch, with the session's size and format); when the cache is full, the
+    /// registration used least recently that is not mapped is unregistered first. The surface
+    /// must not be mapped already ([`NvencSession::external_busy`]).
+    pub(crate) fn map_external(
+        &mut self,
+        memory: &Arc<PitchedBuffer>,
+    ) -> Result<(Mapped, Surface), NvencError> {
+        let ptr = memory.surface().device_ptr;
+        self.clock += 1;
+        let at = match self
+            .external
+            .iter()
+            .position(|e| e.ptr == ptr && Arc::ptr_eq(e.reg.memory(), memory))
+        {
+            Some(at) => at,
+            None => {
+                if self.external.len() >= self.external_cap {
+                    self.evict_external()?;
+                }
+                let reg = self.raw.register_cuda(
+                    Arc::clone(memory),
+                    self.width,
+                    self.height,
+                    self.format,
+                )?;
+                self.external.push(External {
+                    ptr,
+                    reg,
+                    last_used: 0,
+                    mapped: false,
+                    retired: false,
+                });
+                self.external.len() - 1
+            }
+        };
+        let clock = self.clock;
+        let Some(entry) = self.external.get_mut(at) else {
+            return Err(unregistered(at));
+        };
+        if entry.mapped || entry.retired {
+            return Err(NvencError::new(
+                "nvEncMapInputResource",
+                sys::NVENCSTATUS::NV_ENC_ERR_MAP_FAILED,
+                format!("the surface at {ptr:#x} is still mapped for an earlier picture"),
+            ));
+        }
+        let mapped = self.raw.map(&entry.reg)?;
+        entry.mapped = true;
+        entry.last_used = clock;
+        Ok((mapped, Surface::External(ptr)))
+    }
+
+    /// Unregisters the cached registration used least recently that is not mapped.
+    fn evict_external(&mut self) -> Result<(), NvencError> {
+        let victim = self
+            .external
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.mapped && !e.retired)
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(at, _)| at);
+        let Some(at) = victim else {
+            return Err(NvencError::new(
+                "nvEncRegisterResource",
+                sys::NVENCSTATUS::NV_ENC_ERR_RESOURCE_REGISTER_FAILED,
+                format!(
+                    "all {} cached registrations of device slots are mapped or retired",
+                    self.external.len()
+                ),
+            ));
+        };
+        let entry = self.external.swap_remove(at);
+        if let Err((reg, e)) = self.raw.unregister(entry.reg) {
+            // Left to nvEncDestroyEncoder; its memory stays allocated until then.
+            tracing::warn!(error = %e, ptr = entry.ptr, "nvEncUnregisterResource of a cached device slot failed");
+            self._memory.push(Arc::clone(reg.memory()));
+        }
+        Ok(())
     }
 
     /// The part of teardown that may block: ends the stream and reads back (discarding) every
@@ -236,19 +389,26 @@ impl NvencSession {
             return;
         }
         self.drain();
-        for (mapped, index) in std::mem::take(&mut self.retired) {
+        for (mapped, surface) in std::mem::take(&mut self.retired) {
             if let Err((mapped, e)) = self.raw.unmap(mapped) {
-                tracing::warn!(error = %e, surface = index, "nvEncUnmapInputResource failed at teardown; trying again");
+                tracing::warn!(error = %e, surface = ?surface, "nvEncUnmapInputResource failed at teardown; trying again");
                 if let Err((_, e)) = self.raw.unmap(mapped) {
-                    tracing::warn!(error = %e, surface = index, "nvEncUnmapInputResource failed twice; left to nvEncDestroyEncoder");
+                    tracing::warn!(error = %e, surface = ?surface, "nvEncUnmapInputResource failed twice; left to nvEncDestroyEncoder");
                 }
             }
         }
-        for reg in std::mem::take(&mut self.surfaces).into_iter().flatten() {
+        // The session's own surfaces, then the caller's device slots registered on the way.
+        let own = std::mem::take(&mut self.surfaces).into_iter().flatten();
+        let external = std::mem::take(&mut self.external)
+            .into_iter()
+            .map(|e| e.reg);
+        for reg in own.chain(external) {
             if let Err((reg, e)) = self.raw.unregister(reg) {
                 tracing::warn!(error = %e, "nvEncUnregisterResource failed at teardown; trying again");
-                if let Err((_, e)) = self.raw.unregister(reg) {
+                if let Err((reg, e)) = self.raw.unregister(reg) {
                     tracing::warn!(error = %e, "nvEncUnregisterResource failed twice; left to nvEncDestroyEncoder");
+                    // Still registered: its memory is freed only after the session is destroyed.
+                    self._memory.push(Arc::clone(reg.memory()));
                 }
             }
         }

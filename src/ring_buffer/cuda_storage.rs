@@ -7,10 +7,11 @@
 //! directly, with no staging copy.
 
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use super::storage::{check_counts, DeviceSlots, DeviceSurface, HostSlots, SlotStorage};
 use super::RingError;
-use crate::cuda::{self, Context, PinnedBuffer, PitchedBuffer};
+use crate::cuda::{self, Context, PinnedBuffer, PitchedBuffer, Stream};
 
 /// Page-locked host memory from `cuMemHostAlloc`, one allocation for all slots (see
 /// [`PinnedBuffer`]: not write-combined, so the CPU may read the slots at full speed).
@@ -90,21 +91,37 @@ unsafe impl HostSlots for PinnedStorage {
 /// Pitched device memory, one `cuMemAllocPitch` allocation per slot, so each slot can be
 /// registered with NVENC as its own input surface (`NV_ENC_INPUT_RESOURCE_TYPE_CUDADEVICEPTR` with
 /// the slot's pitch). The CPU cannot touch it; slots expose [`DeviceSurface`]s only.
+///
+/// The storage owns a CUDA [`Stream`](crate::cuda::Stream) of its context
+/// ([`DeviceStorage::stream`]): a producer queues its writes into a slot (a kernel, a
+/// `cuMemcpy2DAsync` from a decoder's surface, [`copy_host_to_device_async`]) on that stream and
+/// commits the slot without waiting; whoever reads the slot orders itself after that stream
+/// (NVENC with `cuStreamWaitEvent`, a download by queuing its copy on it).
+///
+/// Each surface is held in an `Arc`, and an NVENC registration of a surface holds a clone, so a
+/// registered surface stays allocated until it is unregistered, whichever of the ring and the
+/// encoder goes first.
+///
+/// [`copy_host_to_device_async`]: crate::cuda::copy_host_to_device_async
 #[derive(Debug)]
 pub struct DeviceStorage {
     ctx: Context,
-    surfaces: Vec<PitchedBuffer>,
+    /// Dropped (after waiting for it) in `Drop`, before the surfaces.
+    stream: std::mem::ManuallyDrop<Stream>,
+    surfaces: Vec<Arc<PitchedBuffer>>,
     slot_len: usize,
 }
 
 impl DeviceStorage {
-    /// Allocates `slots` surfaces of `rows` rows of `width_bytes` bytes (for NV12 of a
-    /// `w × h` frame: `width_bytes = w`, `rows = h * 3 / 2`) in `ctx`.
+    /// Allocates `slots` surfaces of `rows` rows of `width_bytes` bytes (for NV12 or I420 of a
+    /// `w × h` frame: `width_bytes = w`, `rows = h * 3 / 2`) in `ctx`, and the storage's stream.
+    /// The caller's current CUDA context is current again when this returns.
     ///
     /// # Errors
     /// [`RingError::CudaUnavailable`] without a driver; [`RingError::InvalidSlotCount`],
     /// [`RingError::InvalidLayout`] for zero width or rows; [`RingError::SizeOverflow`];
-    /// [`RingError::Cuda`] when `cuMemAllocPitch` fails (what was already allocated is freed).
+    /// [`RingError::Cuda`] when `cuMemAllocPitch` or `cuStreamCreate` fails (what was already
+    /// allocated is freed).
     pub fn new(
         ctx: &Context,
         slots: usize,
@@ -126,7 +143,7 @@ impl DeviceStorage {
         let mut surfaces = Vec::with_capacity(slots);
         for _ in 0..slots {
             // On an error the buffers allocated so far are freed as `surfaces` drops.
-            surfaces.push(PitchedBuffer::new(ctx, width_bytes, rows)?);
+            surfaces.push(Arc::new(PitchedBuffer::new(ctx, width_bytes, rows)?));
         }
         let pitch = surfaces.first().map_or(width_bytes, |s| s.surface().pitch);
         let slot_len = pitch.checked_mul(rows).ok_or(RingError::SizeOverflow {
@@ -134,8 +151,14 @@ impl DeviceStorage {
             slot_len: pitch,
             max: usize::MAX,
         })?;
+        // cudarc makes the context current to create the stream; the caller's comes back here.
+        let stream = {
+            let _callers = cuda::save_current()?;
+            ctx.new_stream()?
+        };
         Ok(Self {
             ctx: ctx.clone(),
+            stream: std::mem::ManuallyDrop::new(stream),
             surfaces,
             slot_len,
         })
@@ -152,6 +175,7 @@ impl DeviceStorage {
         rows: usize,
     ) -> Result<Self, RingError> {
         check_counts(slots, 1)?;
+        let _callers = cuda::save_current()?;
         Self::new(&Context::open(ordinal)?, slots, width_bytes, rows)
     }
 
@@ -159,6 +183,36 @@ impl DeviceStorage {
     #[must_use]
     pub fn context(&self) -> &Context {
         &self.ctx
+    }
+
+    /// The stream a producer orders its writes into a slot on (a kernel, a `cuMemcpy2DAsync`)
+    /// before committing the slot: readers of the slot order themselves after this stream, so
+    /// the producer need not wait for its own work. It belongs to [`DeviceStorage::context`].
+    #[must_use]
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// The allocation of slot `index`, shared: an NVENC registration keeps a clone.
+    ///
+    /// # Panics
+    /// When `index >= slot_count()`; the ring never asks for such an index.
+    pub(crate) fn buffer(&self, index: usize) -> &Arc<PitchedBuffer> {
+        &self.surfaces[index]
+    }
+}
+
+impl Drop for DeviceStorage {
+    fn drop(&mut self) {
+        // Writes a producer queued into the surfaces must have run before they are freed. (A
+        // wedged GPU makes this wait as long as it is wedged, like every CUDA free would.)
+        if let Err(e) = self.stream.synchronize() {
+            tracing::warn!(error = %e, "cuStreamSynchronize failed when dropping a device ring");
+        }
+        // cudarc makes the stream's context current to destroy it; the caller's comes back.
+        let _callers = cuda::save_current();
+        // SAFETY: the stream is dropped here once and never used again (`self` is being dropped).
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.stream) };
     }
 }
 

@@ -12,12 +12,16 @@ use crate::encoder::{EncodedChunk, FrameType};
 use crate::error::Error;
 
 impl NvencEncoder {
-    /// Reads back outputs until an input surface and, for a host frame, a staging buffer are
-    /// free for the next frame.
-    pub(super) fn make_room(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+    /// Reads back outputs until an output buffer and, when `surface` (not for a device slot,
+    /// which brings its own), an input surface of the session are free for the next frame.
+    pub(super) fn make_room(
+        &mut self,
+        surface: bool,
+        out: &mut Vec<EncodedChunk>,
+    ) -> Result<(), Error> {
         loop {
             let session = self.session()?;
-            if !session.free_surfaces.is_empty() {
+            if (!surface || !session.free_surfaces.is_empty()) && !session.free_outputs.is_empty() {
                 return Ok(());
             }
             if session.ready == 0 || session.pending.is_empty() {

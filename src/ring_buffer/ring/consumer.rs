@@ -275,6 +275,12 @@ impl<S: SlotStorage> ReadSlot<S> {
         self.index
     }
 
+    /// The ring's storage (for device storage: its context and stream).
+    #[must_use]
+    pub fn storage(&self) -> &S {
+        &self.shared.storage
+    }
+
     /// Gives the slot back (the same as dropping the lease, spelled out).
     pub fn release(self) {}
 

@@ -273,6 +273,12 @@ impl<S: SlotStorage> WriteSlot<'_, S> {
         self.producer.slot_len()
     }
 
+    /// The ring's storage (for device storage: the stream to queue the slot's writes on).
+    #[must_use]
+    pub fn storage(&self) -> &S {
+        self.producer.storage()
+    }
+
     /// Publishes the slot to the consumer with `meta` (whose `len` is the frame's byte count).
     ///
     /// # Errors

@@ -1,0 +1,410 @@
+//! Frames in CUDA device ring slots (`DeviceStorage`), written by a CUDA copy on the storage's
+//! stream and committed, encoded by the emulated NVENC straight from the slots' surfaces
+//! (`VideoEncoder::encode_slot` with `SlotFrame::Device`): no host copy inside the crate, each
+//! slot registered with NVENC once; a slot of the wrong size is a typed rejection; after a
+//! failover to x264 the held device slots are downloaded (one counted host copy per frame x264
+//! encodes) and every frame still comes out.
+//!
+//! How copies are counted: the crate counts each host copy of a frame's bytes it makes
+//! (`nvenc::encoder::host_frame_copies`: the fallback chain's held copy, NVENC's staging copy, a
+//! device slot's download), and the CUDA emulator counts driver calls (every
+//! `cuMemcpy2DAsync`, whoever queued it; the emulated NVENC reads each input surface with one
+//! `cuMemcpyDtoH`, where a real engine reads video memory itself).
+//!
+//! Child halves (`#[ignore]`) run only in a child process against the emulated driver pair.
+
+mod common;
+
+use nvenc::cuda::{copy_host_to_device_async, Context, DeviceSurface};
+use nvenc::encoder::{host_frame_copies, SlotFrame};
+use nvenc::nvenc::NvencEncoder;
+use nvenc::ring_buffer::{
+    DeviceStorage, FrameFlags, FrameMeta, FrameRing, PinnedStorage, WriteSlot,
+};
+use nvenc::{EncodedChunk, EncoderConfig, EncoderKind, Error, FallbackEncoder, PixelFormat};
+use nvenc::{FrameType, VideoEncoder};
+use nvenc_emu_harness::EmuDriver;
+
+const FRAMES: u64 = 30;
+/// As in `nvenc_emulated.rs`: the emulated NVENC encodes with libx264 at crf 18.
+const PSNR_FLOOR_DB: f64 = 38.0;
+/// Slots of the device rings of the direct-NVENC runs: more than NVENC keeps in flight here
+/// (B-frames, output delay), fewer than the frames, so every slot is used more than once.
+const SLOTS: usize = 16;
+
+fn assert_child() {
+    assert!(
+        std::env::var_os("NVENC_EMU_REPORT").is_some(),
+        "this test runs only in a child process against the emulated driver (see the parent tests)"
+    );
+}
+
+fn config(format: PixelFormat) -> EncoderConfig {
+    EncoderConfig::new(320, 240)
+        .with_pixel_format(format)
+        .with_preset(nvenc::Preset::Veryfast)
+        .with_crf(18.0)
+        .with_bframes(Some(2))
+}
+
+/// A device ring whose slots hold one frame of `config` (`width` bytes by `height * 3 / 2`
+/// rows, as `SlotFrame::Device` requires).
+fn device_ring(
+    config: &EncoderConfig,
+    slots: usize,
+) -> (
+    nvenc::ring_buffer::Producer<DeviceStorage>,
+    nvenc::ring_buffer::Consumer<DeviceStorage>,
+) {
+    let ctx = Context::open(0).expect("CUDA context");
+    let (w, h) = (
+        config.resolution.width as usize,
+        config.resolution.height as usize,
+    );
+    let storage = DeviceStorage::new(&ctx, slots, w, h * 3 / 2).expect("device ring");
+    FrameRing::with_storage(storage).expect("ring")
+}
+
+/// Queues on the slot's storage stream the copy of a tightly packed host frame into the slot's
+/// surface, in the layout `SlotFrame::Device` describes (the surface's pitch for luma and NV12
+/// chroma, half of it for I420 chroma): what a producer does before committing, without
+/// waiting for the copy.
+fn upload(slot: &WriteSlot<'_, DeviceStorage>, frame: &[u8], config: &EncoderConfig) {
+    let s = slot.surface();
+    let (w, h) = (
+        config.resolution.width as usize,
+        config.resolution.height as usize,
+    );
+    // (source offset, source pitch, destination offset, destination pitch, width, rows)
+    let planes = match config.pixel_format {
+        PixelFormat::Nv12 => vec![(0, w, 0, s.pitch, w, h * 3 / 2)],
+        _ => {
+            let (sc, dc) = (w / 2, s.pitch / 2);
+            vec![
+                (0, w, 0, s.pitch, w, h),
+                (w * h, sc, s.pitch * h, dc, w / 2, h / 2),
+                (
+                    w * h + sc * (h / 2),
+                    sc,
+                    s.pitch * h + dc * (h / 2),
+                    dc,
+                    w / 2,
+                    h / 2,
+                ),
+            ]
+        }
+    };
+    for (src, src_pitch, dst, dst_pitch, width, rows) in planes {
+        let target = DeviceSurface {
+            device_ptr: s.device_ptr + dst as u64,
+            pitch: dst_pitch,
+            width_bytes: width,
+            rows,
+        };
+        // SAFETY: `target` lies inside the slot's surface (a `cuMemAllocPitch` allocation of
+        // the storage's context, pitch x rows bytes, which the ring keeps allocated); the
+        // stream is the storage's own. `frame` is one of the test's input frames, which every
+        // caller keeps alive and unchanged until after the ring (whose storage waits for its
+        // stream when dropped) is gone.
+        unsafe {
+            copy_host_to_device_async(&frame[src..], src_pitch, &target, slot.storage().stream())
+        }
+        .expect("cuMemcpy2DAsync into the device slot");
+    }
+}
+
+/// Writes `input` into device slots of a ring of `slots` slots (pts = frame number) and encodes
+/// each from its slot; returns the chunks. `input` must outlive nothing here: the ring is
+/// dropped before this returns.
+fn encode_device_slots(
+    encoder: &mut dyn VideoEncoder,
+    config: &EncoderConfig,
+    input: &[Vec<u8>],
+    slots: usize,
+) -> Vec<EncodedChunk> {
+    let (mut producer, mut consumer) = device_ring(config, slots);
+    let mut chunks = Vec::new();
+    for (i, frame) in input.iter().enumerate() {
+        let slot = producer
+            .try_reserve()
+            .expect("a free slot: the encoder must give back the slots it has read back");
+        upload(&slot, frame, config);
+        slot.commit(FrameMeta {
+            len: frame.len(),
+            pts: i as i64,
+            seq: i as u64,
+            flags: FrameFlags::NONE,
+        })
+        .expect("commit");
+        let lease = consumer.try_pop().expect("the frame just committed");
+        encoder
+            .encode_slot(&SlotFrame::from(lease), &mut chunks)
+            .expect("encode_slot");
+    }
+    encoder.flush(&mut chunks).expect("flush");
+    chunks
+}
+
+fn assert_decodes(chunks: &[EncodedChunk], input: &[Vec<u8>], config: &EncoderConfig) {
+    common::assert_accounting(chunks, input.len() as u64);
+    let decoded = common::decode_h264(&common::concat(chunks), config.resolution);
+    assert_eq!(decoded.len(), input.len(), "decoded frames");
+    for (i, (want, got)) in input.iter().zip(&decoded).enumerate() {
+        let p = common::psnr(&common::as_i420(config, want), got);
+        assert!(
+            p >= PSNR_FLOOR_DB,
+            "{} frame {i}: PSNR {p:.2} dB",
+            config.pixel_format
+        );
+    }
+}
+
+#[test]
+#[ignore = "child half of device_slots_are_encoded_with_no_host_copy"]
+fn child_device_slots() {
+    assert_child();
+    for format in [PixelFormat::Nv12, PixelFormat::I420] {
+        let config = config(format);
+        let input = common::clip(&config, FRAMES);
+        let mut encoder = NvencEncoder::new(&config).expect("open");
+        let before = host_frame_copies();
+        let chunks = encode_device_slots(&mut encoder, &config, &input, SLOTS);
+        let copies = host_frame_copies() - before;
+        assert!(
+            chunks.iter().any(|c| c.frame_type == FrameType::B),
+            "no B-frames: the slots were not kept in flight"
+        );
+        drop(encoder);
+        assert_decodes(&chunks, &input, &config);
+        println!("COPIES device {format} {copies}");
+        assert_eq!(copies, 0, "no host copy of a frame from a device slot");
+    }
+
+    // Pinned slots, side by side: NVENC uploads from the slot itself (the test's own copy into
+    // the slot is not the crate's).
+    let config = config(PixelFormat::Nv12);
+    let input = common::clip(&config, FRAMES);
+    let mut encoder = NvencEncoder::new(&config).expect("open");
+    let ctx = Context::open(0).expect("CUDA context");
+    let storage = PinnedStorage::new(&ctx, SLOTS, input[0].len()).expect("pinned ring");
+    let (mut producer, mut consumer) = FrameRing::with_storage(storage).expect("ring");
+    let before = host_frame_copies();
+    let mut chunks = Vec::new();
+    for (i, frame) in input.iter().enumerate() {
+        let mut slot = producer.try_reserve().expect("a free slot");
+        slot[..frame.len()].copy_from_slice(frame);
+        slot.commit(FrameMeta {
+            len: frame.len(),
+            pts: i as i64,
+            seq: i as u64,
+            flags: FrameFlags::NONE,
+        })
+        .expect("commit");
+        let lease = consumer.try_pop().expect("the frame just committed");
+        encoder
+            .encode_slot(&SlotFrame::from(lease), &mut chunks)
+            .expect("encode_slot");
+    }
+    encoder.flush(&mut chunks).expect("flush");
+    let copies = host_frame_copies() - before;
+    assert_decodes(&chunks, &input, &config);
+    println!("COPIES pinned {copies}");
+    assert_eq!(copies, 0, "no host copy of a frame from a pinned slot");
+}
+
+/// Parent: NV12 and I420 from device slots, then NV12 from pinned slots, each 30 frames, on the
+/// emulated driver pair.
+#[test]
+fn device_slots_are_encoded_with_no_host_copy() {
+    let emu = EmuDriver::new();
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = emu.command(exe);
+    cmd.args(["--ignored", "--exact", "child_device_slots", "--nocapture"]);
+    let out = common::run_child_tests(cmd, 1, "child_device_slots");
+    for line in [
+        "COPIES device nv12 0",
+        "COPIES device yuv420p 0",
+        "COPIES pinned 0",
+    ] {
+        assert!(out.contains(line), "{line:?} missing:\n{out}");
+    }
+    let report = emu.report();
+    report.assert_clean();
+    let count = |lib: &str, entry: &str| {
+        report
+            .calls
+            .get(lib)
+            .and_then(|calls| calls.get(entry))
+            .copied()
+            .unwrap_or(0)
+    };
+    let frames = FRAMES;
+    // Every 2D copy is the test's own upload into a device slot (one per NV12 frame, three per
+    // I420 frame) or NVENC's upload from a pinned slot (one per NV12 frame): the backend copies
+    // no device frame anywhere.
+    assert_eq!(
+        count("cuda", "cuMemcpy2DAsync_v2"),
+        frames + 3 * frames + frames,
+        "{:?}",
+        report.calls
+    );
+    // The emulated NVENC reads each picture's input once; nothing else reads device memory
+    // back, and nothing copies device to device.
+    assert_eq!(
+        count("cuda", "cuMemcpyDtoH_v2"),
+        3 * frames,
+        "{:?}",
+        report.calls
+    );
+    for entry in [
+        "cuMemcpyDtoD_v2",
+        "cuMemcpyDtoDAsync_v2",
+        "cuMemcpyHtoD_v2",
+        "cuMemcpyHtoDAsync_v2",
+        "cuMemcpyDtoHAsync_v2",
+        "cuMemcpy2D_v2",
+    ] {
+        assert_eq!(count("cuda", entry), 0, "{entry}: {:?}", report.calls);
+    }
+    // NVENC is ordered after each device slot's stream without a host wait.
+    assert_eq!(
+        count("cuda", "cuStreamWaitEvent"),
+        2 * frames,
+        "{:?}",
+        report.calls
+    );
+    // Every picture is mapped once; each device slot is registered once however often it is
+    // used (the 16 slots of each ring carry 30 frames), besides each session's own surfaces.
+    assert_eq!(
+        count("encode", "nvEncMapInputResource"),
+        3 * frames,
+        "{:?}",
+        report.calls
+    );
+    let own = count("encode", "nvEncRegisterResource") - 2 * SLOTS as u64;
+    assert_eq!(
+        own % 3,
+        0,
+        "three sessions with the same number of own surfaces: {:?}",
+        report.calls
+    );
+    assert_eq!(
+        count("encode", "nvEncUnregisterResource"),
+        count("encode", "nvEncRegisterResource"),
+        "every registration undone at teardown: {:?}",
+        report.calls
+    );
+}
+
+#[test]
+#[ignore = "child half of a_device_slot_of_the_wrong_size_is_rejected"]
+fn child_wrong_size() {
+    assert_child();
+    let config = config(PixelFormat::Nv12);
+    let input = common::clip(&config, 1);
+    let ctx = Context::open(0).expect("CUDA context");
+    let mut encoder = NvencEncoder::new(&config).expect("open");
+    let mut chain = FallbackEncoder::new(&config, None).expect("open");
+    assert_eq!(chain.current_kind(), EncoderKind::Nvenc);
+    let mut out = Vec::new();
+    // Too few rows (a ring for a 320x80 frame), then too narrow (a ring for 160x240).
+    for (width, rows, actual) in [(320, 120, 320 * 120), (160, 360, 160 * 360)] {
+        let storage = DeviceStorage::new(&ctx, 2, width, rows).expect("device ring");
+        let (mut producer, mut consumer) = FrameRing::with_storage(storage).expect("ring");
+        producer
+            .try_reserve()
+            .expect("slot")
+            .commit(FrameMeta::default())
+            .expect("commit");
+        let slot = SlotFrame::from(consumer.try_pop().expect("committed"));
+        for (name, result) in [
+            ("nvenc", encoder.encode_slot(&slot, &mut out)),
+            ("chain", chain.encode_slot(&slot, &mut out)),
+        ] {
+            match result {
+                Err(Error::FrameSize {
+                    frame_index: 0,
+                    expected,
+                    actual: got,
+                    ..
+                }) => {
+                    assert_eq!(expected, 320 * 240 * 3 / 2, "{name}");
+                    assert_eq!(got, actual, "{name}");
+                }
+                other => panic!("{name}: {width}x{rows} slot: expected FrameSize, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        chain.switches(),
+        0,
+        "a rejected frame is no encoder failure"
+    );
+    // Both are still usable: a slot of the right size is encoded.
+    for encoder in [&mut encoder as &mut dyn VideoEncoder, &mut chain] {
+        let chunks = encode_device_slots(encoder, &config, &input, 2);
+        assert_decodes(&chunks, &input, &config);
+    }
+}
+
+#[test]
+fn a_device_slot_of_the_wrong_size_is_rejected() {
+    let emu = EmuDriver::new();
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = emu.command(exe);
+    cmd.args(["--ignored", "--exact", "child_wrong_size", "--nocapture"]);
+    common::run_child_tests(cmd, 1, "child_wrong_size");
+    emu.report().assert_clean();
+}
+
+/// Slots of the failover run's ring: the chain holds every frame's lease until delivered, and
+/// x264 at `veryfast` holds its lookahead and B-frames (as in `nvenc_slots.rs`).
+const FAILOVER_SLOTS: usize = 64;
+/// NVENC fails on this picture (`NV_ENC_ERR_DEVICE_NOT_EXIST`).
+const FAILING_PICTURE: u64 = 25;
+
+#[test]
+#[ignore = "child half of device_slots_are_replayed_on_x264_after_a_failover"]
+fn child_device_failover() {
+    assert_child();
+    let config = config(PixelFormat::I420);
+    let input = common::clip(&config, 2 * FRAMES);
+    let mut encoder = FallbackEncoder::new(&config, None).expect("open");
+    assert_eq!(encoder.current_kind(), EncoderKind::Nvenc);
+    let before = host_frame_copies();
+    let chunks = encode_device_slots(&mut encoder, &config, &input, FAILOVER_SLOTS);
+    let copies = host_frame_copies() - before;
+    assert_eq!(encoder.switches(), 1);
+    assert_eq!(encoder.current_kind(), EncoderKind::X264);
+    assert_decodes(&chunks, &input, &config);
+    println!("COPIES failover {copies}");
+    // One download per frame x264 encoded: every frame NVENC had not delivered when its
+    // picture 25 failed (held as leases, not copies), and every later frame. At most 24
+    // pictures went through NVENC.
+    let frames = 2 * FRAMES;
+    assert!(
+        (frames - (FAILING_PICTURE - 1)..=frames).contains(&copies),
+        "{copies} host copies for {frames} frames"
+    );
+}
+
+#[test]
+fn device_slots_are_replayed_on_x264_after_a_failover() {
+    // NV_ENC_ERR_DEVICE_NOT_EXIST (5).
+    let emu = EmuDriver::new().fault("nvEncEncodePicture", FAILING_PICTURE, 5);
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = emu.command(exe);
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "child_device_failover",
+        "--nocapture",
+    ]);
+    common::run_child_tests(cmd, 1, "child_device_failover");
+    let report = emu.report();
+    assert!(report
+        .faults
+        .iter()
+        .any(|f| f.contains("nvEncEncodePicture")));
+    report.assert_clean();
+}
