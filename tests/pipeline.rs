@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use nvenc::pipeline::{
     BackPressure, EncodePipeline, EncodedOutput, FrameProducer, PipelineError, PipelineOptions,
-    Submitted,
+    SlotMemory, Submitted,
 };
+use nvenc::ring_buffer::RingError;
 use nvenc::{EncodedChunk, EncoderConfig, EncoderKind, Error, Frame, FrameType, VideoEncoder};
 
 /// Every wait in these tests ends within this bound or the test fails.
@@ -576,4 +577,45 @@ fn async_producer_waiting_on_a_full_ring_is_woken_by_the_encoder() {
     let (pts, end) = reader.join().expect("reader");
     assert_eq!(pts, (0..50).collect::<Vec<_>>());
     assert!(end.is_none());
+}
+
+/// A device slot asked of a ring in host memory is a typed error naming the call and what to use
+/// instead; the producer stays usable.
+#[test]
+fn a_device_slot_from_a_host_ring_is_a_typed_error() {
+    let encoder = FakeEncoder::new(&config());
+    let (mut producer, output) =
+        EncodePipeline::with_encoder(Box::new(encoder), PipelineOptions::default())
+            .expect("open")
+            .split();
+    assert_eq!(producer.slot_memory(), SlotMemory::Host);
+    match producer.try_reserve_device() {
+        Err(PipelineError::WrongSlotMemory { memory, call, .. }) => {
+            assert_eq!(memory, SlotMemory::Host);
+            assert_eq!(call, "reserve_device");
+        }
+        other => panic!("expected WrongSlotMemory, got {other:?}"),
+    }
+    let frame = vec![7u8; producer.frame_len()];
+    let _ = producer.push(frame.as_slice()).expect("still usable");
+    producer.finish().expect("finish");
+    assert_eq!(output.count(), 1);
+}
+
+/// Device slots need the CUDA driver: without one, opening a device ring is a typed error (with
+/// one, it opens).
+#[test]
+fn a_device_ring_without_a_cuda_driver_is_a_typed_error() {
+    let encoder = FakeEncoder::new(&config());
+    let options = PipelineOptions::default().with_slot_memory(SlotMemory::Device);
+    let opened = EncodePipeline::with_encoder(Box::new(encoder), options);
+    if nvenc::cuda::available().is_ok() {
+        let (producer, _output) = opened.expect("a CUDA driver is here").split();
+        assert_eq!(producer.slot_memory(), SlotMemory::Device);
+        return;
+    }
+    match opened {
+        Err(PipelineError::Ring(RingError::CudaUnavailable { .. })) => {}
+        other => panic!("expected Ring(CudaUnavailable), got {other:?}"),
+    }
 }

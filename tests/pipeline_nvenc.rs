@@ -7,14 +7,23 @@
 //! producer's own write into its slot (here a `copy_from_slice`; in a receiver, the socket read)
 //! is the test's.
 //!
+//! Device slots: a producer whose frames are on the GPU reserves device slots, writes each frame
+//! by a CUDA copy on the slot's stream and commits it; NVENC encodes from the slot with no host
+//! copy inside the crate.
+//!
 //! Child halves (`#[ignore]`) run only in a child process against the emulated driver pair.
 
 mod common;
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use nvenc::cuda::{copy_host_to_device_async, DeviceSurface};
 use nvenc::encoder::host_frame_copies;
-use nvenc::pipeline::{EncodePipeline, PipelineOptions, SlotMemory};
+use nvenc::pipeline::{
+    DeviceFrameSlot, EncodePipeline, PipelineError, PipelineOptions, SlotMemory,
+};
 use nvenc::{EncodedChunk, EncoderConfig, EncoderKind, GpuEncoderConfig};
 use nvenc_emu_harness::EmuDriver;
 
@@ -156,4 +165,129 @@ fn nvenc_device_loss_mid_stage_fails_over_with_every_frame() {
     ]);
     common::run_child_tests(cmd, 1, "child_stage_failover");
     emu.report().assert_clean();
+}
+
+/// Queues on the slot's stream the copy of a tightly packed I420 host frame into the slot's
+/// surface, in the layout `DeviceFrameSlot` describes (luma at the surface's pitch, chroma at
+/// half of it): what a GPU producer does with a `cuMemcpy2DAsync` or a kernel.
+fn upload(slot: &DeviceFrameSlot<'_>, frame: &[u8], config: &EncoderConfig) {
+    let s = slot.surface();
+    let (w, h) = (
+        config.resolution.width as usize,
+        config.resolution.height as usize,
+    );
+    let (sc, dc) = (w / 2, s.pitch / 2);
+    // (source offset, source pitch, destination offset, destination pitch, width, rows)
+    let planes = [
+        (0, w, 0, s.pitch, w, h),
+        (w * h, sc, s.pitch * h, dc, w / 2, h / 2),
+        (
+            w * h + sc * (h / 2),
+            sc,
+            s.pitch * h + dc * (h / 2),
+            dc,
+            w / 2,
+            h / 2,
+        ),
+    ];
+    for (src, src_pitch, dst, dst_pitch, width, rows) in planes {
+        let target = DeviceSurface {
+            device_ptr: s.device_ptr + dst as u64,
+            pitch: dst_pitch,
+            width_bytes: width,
+            rows,
+        };
+        // SAFETY: `target` lies inside the slot's surface (one `cuMemAllocPitch` allocation of
+        // the ring's context, pitch x rows bytes, which the ring keeps allocated), and the stream
+        // is the ring's own. `frame` is one of the test's input frames, which the test keeps
+        // alive and unchanged until the stage has ended and its ring (whose storage waits for its
+        // stream when dropped) is gone.
+        unsafe { copy_host_to_device_async(&frame[src..], src_pitch, &target, slot.stream()) }
+            .expect("cuMemcpy2DAsync into the device slot");
+    }
+}
+
+#[test]
+#[ignore = "child half of device_slots_through_the_stage_are_encoded_with_no_host_copy"]
+fn child_stage_device_slots() {
+    assert_child();
+    let config = config();
+    let input = Arc::new(common::clip(&config, FRAMES as u64));
+    let mut gpu = GpuEncoderConfig::default();
+    gpu.ring_buffer_size = 4;
+    let options = PipelineOptions::from_gpu_config(&gpu).with_slot_memory(SlotMemory::Device);
+    let (mut producer, mut output) = EncodePipeline::open_with(&config, &gpu, options)
+        .expect("open")
+        .split();
+    assert_eq!(output.encoder_kind(), EncoderKind::Nvenc);
+    assert_eq!(producer.slot_memory(), SlotMemory::Device);
+    // Host frames have no way into a device ring but the GPU: typed errors, nothing lost.
+    match producer.push(input[0].as_slice()) {
+        Err(PipelineError::WrongSlotMemory { memory, call, .. }) => {
+            assert_eq!((memory, call), (SlotMemory::Device, "push"));
+        }
+        other => panic!("expected WrongSlotMemory, got {other:?}"),
+    }
+    assert!(matches!(
+        producer.try_reserve(),
+        Err(PipelineError::WrongSlotMemory { .. })
+    ));
+    let before = host_frame_copies();
+    let frames = Arc::clone(&input);
+    let feeder = std::thread::spawn(move || {
+        for (pts, frame) in frames.iter().enumerate() {
+            let slot = producer
+                .reserve_device_timeout(BOUND)
+                .expect("a slot in time");
+            upload(&slot, frame, &self::config());
+            let _ = slot.commit(pts as i64, pts == 30).expect("commit");
+        }
+        producer.finish().expect("finish");
+    });
+    let mut chunks = Vec::new();
+    loop {
+        match output.recv_timeout(BOUND) {
+            nvenc::pipeline::Received::Item(item) => chunks.push(item.expect("no in-band error")),
+            nvenc::pipeline::Received::End => break,
+            nvenc::pipeline::Received::Pending => panic!("no chunk within {BOUND:?}"),
+        }
+    }
+    feeder.join().expect("feeder");
+    drop(output);
+    let copies = host_frame_copies() - before;
+    assert_decodes(&chunks, &input, &config);
+    assert!(
+        chunks.iter().any(|c| c.pts == 30 && c.keyframe),
+        "the keyframe asked for at commit"
+    );
+    println!("DEVICE STAGE COPIES {copies}");
+    assert_eq!(copies, 0, "no host copy of a frame inside the crate");
+}
+
+#[test]
+fn device_slots_through_the_stage_are_encoded_with_no_host_copy() {
+    let emu = EmuDriver::new();
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = emu.command(exe);
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "child_stage_device_slots",
+        "--nocapture",
+    ]);
+    let out = common::run_child_tests(cmd, 1, "child_stage_device_slots");
+    assert!(out.contains("DEVICE STAGE COPIES 0"), "{out}");
+    let report = emu.report();
+    report.assert_clean();
+    let cuda = report
+        .calls
+        .get("cuda")
+        .expect("the CUDA emulator's call counts");
+    let calls = |entry: &str| cuda.get(entry).copied().unwrap_or(0);
+    // The producer's uploads only (three planes a frame); the crate copies nothing on the
+    // device either: NVENC reads the registered slot.
+    assert_eq!(calls("cuMemcpy2DAsync_v2"), 3 * FRAMES as u64, "{cuda:?}");
+    for entry in ["cuMemcpyDtoDAsync_v2", "cuMemcpyDtoD_v2", "cuMemcpyHtoD_v2"] {
+        assert_eq!(calls(entry), 0, "{entry}: {cuda:?}");
+    }
 }

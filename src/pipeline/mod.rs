@@ -118,10 +118,13 @@ use crate::encoder::{EncodedChunk, EncoderKind, VideoEncoder};
 use crate::gpu_config::GpuEncoderConfig;
 use crate::ring_buffer::{PopError, RingError, RingStats, MAX_SLOTS};
 
+mod device;
 mod output;
 mod producer;
 mod ring;
 mod state;
+
+pub use device::{DeviceFrameSlot, ReserveDeviceFuture};
 
 pub use output::{EncodedOutput, Received};
 pub use producer::{FrameProducer, FrameSlot, ReserveFuture};
@@ -306,6 +309,7 @@ impl EncodePipeline {
             encoder_stopped: AtomicBool::new(false),
         });
         let kind = encoder.kind();
+        let encoder_config = &encoder.config().clone();
         let headers = encoder.sequence_headers().to_vec();
         let time_base = encoder.time_base();
         let consumer: SharedConsumer = Arc::new(Mutex::new(Some(consumer)));
@@ -323,8 +327,15 @@ impl EncodePipeline {
                 .map_err(PipelineError::Spawn)?
         };
         let stats = ring.stats();
+        let device_scratch = device::drop_scratch(
+            ring.memory(),
+            options.back_pressure,
+            options.cuda_device,
+            encoder_config,
+        )?;
         Ok(EncodePipeline {
             producer: FrameProducer {
+                device_scratch,
                 scratch: if options.back_pressure == BackPressure::DropNewest {
                     vec![0; frame_len]
                 } else {
@@ -396,18 +407,31 @@ fn stage_ring(
     // At least one: an encoder whose output is late by a frame it did not announce must not
     // hold the producer's only slot.
     let held = encoder.max_slot_leases().max(1);
+    let config = encoder.config();
     let slots = options.ring_slots.saturating_add(held).min(MAX_SLOTS);
     let made = match options.memory {
         SlotMemory::Auto if encoder.kind() == EncoderKind::Nvenc => {
-            match ring::new_ring(SlotMemory::Pinned, options.cuda_device, slots, frame_len) {
+            match ring::new_ring(
+                SlotMemory::Pinned,
+                options.cuda_device,
+                slots,
+                config,
+                frame_len,
+            ) {
                 Ok(ends) => Ok(ends),
                 Err(e) => {
                     tracing::warn!(error = %e, "no pinned ring for NVENC; using host memory (one host copy per frame)");
-                    ring::new_ring(SlotMemory::Host, options.cuda_device, slots, frame_len)
+                    ring::new_ring(
+                        SlotMemory::Host,
+                        options.cuda_device,
+                        slots,
+                        config,
+                        frame_len,
+                    )
                 }
             }
         }
-        memory => ring::new_ring(memory, options.cuda_device, slots, frame_len),
+        memory => ring::new_ring(memory, options.cuda_device, slots, config, frame_len),
     };
     let (producer, consumer) = made.map_err(PipelineError::Ring)?;
     consumer.set_lease_budget(held);

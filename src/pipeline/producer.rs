@@ -9,9 +9,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::encoder::Frame;
-use crate::ring_buffer::{CommitError, FrameFlags, FrameMeta, ReserveError, RingStats};
+use crate::ring_buffer::{
+    CommitError, DeviceStorage, FrameFlags, FrameMeta, ReserveError, RingStats,
+};
 
-use super::ring::{RingProducer, RingWrite, SlotMemory};
+use super::ring::{HostWrite, Reserve, RingProducer, RingWrite, SlotMemory};
 use super::state::{lock, BackPressure, PipelineError, Shared, SharedConsumer, Submitted, WaitFor};
 
 /// The producer end: reserve/write/commit or push, blocking, `try_`, timed or async. `Send`.
@@ -22,6 +24,9 @@ pub struct FrameProducer {
     pub(super) policy: BackPressure,
     pub(super) frame_len: usize,
     pub(super) scratch: Vec<u8>,
+    /// The surface a device frame dropped under [`BackPressure::DropNewest`] is written into
+    /// (a device ring under that policy only).
+    pub(super) device_scratch: Option<DeviceStorage>,
     pub(super) seq: u64,
     pub(super) last_pts: Option<i64>,
     pub(super) dropped: u64,
@@ -39,11 +44,83 @@ impl fmt::Debug for FrameProducer {
 }
 
 pub(super) struct SlotCtx<'a> {
-    seq: &'a mut u64,
-    last_pts: &'a mut Option<i64>,
-    dropped: &'a mut u64,
-    frame_len: usize,
-    shared: &'a Shared,
+    pub(super) seq: &'a mut u64,
+    pub(super) last_pts: &'a mut Option<i64>,
+    pub(super) dropped: &'a mut u64,
+    pub(super) frame_len: usize,
+    pub(super) shared: &'a Shared,
+}
+
+impl SlotCtx<'_> {
+    /// Publishes a reserved ring slot through `commit` with the frame's metadata, or counts a
+    /// dropped frame when `commit` is `None`: the pts check and the bookkeeping both slot kinds
+    /// share.
+    pub(super) fn publish(
+        self,
+        pts: i64,
+        force_keyframe: bool,
+        commit: Result<impl FnOnce(FrameMeta) -> Result<(), CommitError>, RingStats>,
+    ) -> Result<Submitted, PipelineError> {
+        if let Some(previous) = *self.last_pts {
+            if pts <= previous {
+                return Err(PipelineError::NonMonotonicPts { pts, previous });
+            }
+        }
+        match commit {
+            Ok(commit) => {
+                let flags = if force_keyframe {
+                    FrameFlags::FORCE_KEYFRAME
+                } else {
+                    FrameFlags::NONE
+                };
+                let meta = FrameMeta {
+                    len: self.frame_len,
+                    pts,
+                    seq: *self.seq,
+                    flags,
+                };
+                commit(meta).map_err(|e| match e {
+                    CommitError::Disconnected { .. } => map_reserve_error(
+                        ReserveError::Disconnected { panicked: false },
+                        self.shared,
+                    ),
+                    _ => PipelineError::EncoderStopped,
+                })?;
+                *self.seq += 1;
+                *self.last_pts = Some(pts);
+                Ok(Submitted::Queued)
+            }
+            Err(stats) => {
+                stats.note_dropped(1);
+                *self.dropped += 1;
+                *self.last_pts = Some(pts);
+                Ok(Submitted::Dropped)
+            }
+        }
+    }
+}
+
+/// Reserves a slot of `ring` under `policy`, waiting as `wait` says: `Ok(None)` when the ring is
+/// full under [`BackPressure::DropNewest`] (the frame is to be dropped).
+pub(super) fn reserve_ring<'r>(
+    ring: &'r mut RingProducer,
+    policy: BackPressure,
+    wait: &WaitFor,
+    shared: &Shared,
+) -> Result<Option<RingWrite<'r>>, PipelineError> {
+    let how = match wait {
+        WaitFor::No => Reserve::Now,
+        _ if policy == BackPressure::DropNewest => Reserve::Now,
+        WaitFor::Forever => Reserve::Forever,
+        WaitFor::Until(deadline) => {
+            Reserve::For(deadline.saturating_duration_since(Instant::now()))
+        }
+    };
+    match ring.reserve(how) {
+        Ok(slot) => Ok(Some(slot)),
+        Err(ReserveError::Full) if policy == BackPressure::DropNewest => Ok(None),
+        Err(e) => Err(map_reserve_error(e, shared)),
+    }
 }
 
 impl FrameProducer {
@@ -106,22 +183,53 @@ impl FrameProducer {
         dropped
     }
 
-    fn reserve_inner(&mut self, wait: WaitFor) -> Result<FrameSlot<'_>, PipelineError> {
+    /// What every reserve does first: the typed error when the stage has stopped, and under
+    /// [`BackPressure::DropOldest`] on a full ring, the oldest queued frame dropped.
+    pub(super) fn before_reserve(&mut self) -> Result<(), PipelineError> {
         if let Some(gone) = self.gone_error() {
             return Err(gone);
         }
         if self.policy == BackPressure::DropOldest && !self.has_space() {
             self.drop_oldest();
         }
+        Ok(())
+    }
+
+    /// Whether a reserve without waiting would not report a full ring now: for the async
+    /// reserves, which register their waker and look again when this says no.
+    pub(super) fn ready_to_reserve(&mut self) -> bool {
+        self.gone_error().is_some()
+            || self.ring.is_abandoned()
+            || self.policy == BackPressure::DropNewest
+            || self.has_space()
+            || (self.policy == BackPressure::DropOldest && self.drop_oldest() && self.has_space())
+    }
+
+    /// [`PipelineError::WrongSlotMemory`] for `call` (a host frame's way in) on a device ring.
+    fn host_ring(&self, call: &'static str) -> Result<(), PipelineError> {
+        let memory = self.ring.memory();
+        if memory == SlotMemory::Device {
+            return Err(PipelineError::WrongSlotMemory {
+                memory,
+                call,
+                use_instead: "reserve_device, or a ring in pinned memory for frames in host memory",
+            });
+        }
+        Ok(())
+    }
+
+    fn reserve_inner(&mut self, wait: WaitFor) -> Result<FrameSlot<'_>, PipelineError> {
+        self.before_reserve()?;
+        let memory = self.ring.memory();
+        if memory == SlotMemory::Device {
+            return Err(PipelineError::WrongSlotMemory {
+                memory,
+                call: "reserve",
+                use_instead: "reserve_device (a device slot, written on the GPU)",
+            });
+        }
         let stats = self.ring.stats();
-        let reserved = match wait {
-            WaitFor::No => self.ring.try_reserve(),
-            _ if self.policy == BackPressure::DropNewest => self.ring.try_reserve(),
-            WaitFor::Forever => self.ring.reserve(),
-            WaitFor::Until(deadline) => self
-                .ring
-                .reserve_timeout(deadline.saturating_duration_since(Instant::now())),
-        };
+        let reserved = reserve_ring(&mut self.ring, self.policy, &wait, &self.shared)?;
         let ctx = SlotCtx {
             seq: &mut self.seq,
             last_pts: &mut self.last_pts,
@@ -130,18 +238,23 @@ impl FrameProducer {
             shared: &self.shared,
         };
         match reserved {
-            Ok(slot) => Ok(FrameSlot {
+            Some(RingWrite::Host(slot)) => Ok(FrameSlot {
                 storage: SlotStorageRef::Ring(slot),
                 ctx,
             }),
-            Err(ReserveError::Full) if self.policy == BackPressure::DropNewest => Ok(FrameSlot {
+            // Not reached: a device ring was refused above.
+            Some(RingWrite::Device(_)) => Err(PipelineError::WrongSlotMemory {
+                memory,
+                call: "reserve",
+                use_instead: "reserve_device (a device slot, written on the GPU)",
+            }),
+            None => Ok(FrameSlot {
                 storage: SlotStorageRef::Dropped {
                     buf: &mut self.scratch,
                     stats,
                 },
                 ctx,
             }),
-            Err(e) => Err(map_reserve_error(e, &self.shared)),
         }
     }
 
@@ -189,6 +302,7 @@ impl FrameProducer {
                 expected: self.frame_len,
             });
         }
+        self.host_ring("push")?;
         let pts = self.next_pts(frame.pts)?;
         let mut slot = self.reserve_inner(wait)?;
         slot.copy_from_slice(frame.data);
@@ -260,6 +374,7 @@ impl FrameProducer {
                 expected: self.frame_len,
             });
         }
+        self.host_ring("push_async")?;
         let pts = self.next_pts(frame.pts)?;
         let mut slot = self.reserve_async().await?;
         slot.copy_from_slice(frame.data);
@@ -310,14 +425,7 @@ impl<'a> Future for ReserveFuture<'a> {
             return Poll::Ready(Err(PipelineError::EncoderStopped));
         };
         for attempt in 0..2 {
-            let ready = producer.gone_error().is_some()
-                || producer.ring.is_abandoned()
-                || producer.policy == BackPressure::DropNewest
-                || producer.has_space()
-                || (producer.policy == BackPressure::DropOldest
-                    && producer.drop_oldest()
-                    && producer.has_space());
-            if ready {
+            if producer.ready_to_reserve() {
                 return Poll::Ready(producer.reserve_inner(WaitFor::No));
             }
             if attempt == 0 {
@@ -333,7 +441,7 @@ impl<'a> Future for ReserveFuture<'a> {
 
 pub(super) enum SlotStorageRef<'a> {
     /// A ring slot, in host or pinned memory.
-    Ring(RingWrite<'a>),
+    Ring(HostWrite<'a>),
     /// The scratch buffer a frame dropped under [`BackPressure::DropNewest`] is written into.
     Dropped { buf: &'a mut [u8], stats: RingStats },
 }
@@ -370,42 +478,11 @@ impl FrameSlot<'_> {
     /// is gone, [`PipelineError::OutputDropped`] / [`PipelineError::EncoderStopped`].
     pub fn commit(self, pts: i64, force_keyframe: bool) -> Result<Submitted, PipelineError> {
         let FrameSlot { storage, ctx } = self;
-        if let Some(previous) = *ctx.last_pts {
-            if pts <= previous {
-                return Err(PipelineError::NonMonotonicPts { pts, previous });
-            }
-        }
-        match storage {
-            SlotStorageRef::Ring(slot) => {
-                let flags = if force_keyframe {
-                    FrameFlags::FORCE_KEYFRAME
-                } else {
-                    FrameFlags::NONE
-                };
-                let meta = FrameMeta {
-                    len: ctx.frame_len,
-                    pts,
-                    seq: *ctx.seq,
-                    flags,
-                };
-                slot.commit(meta).map_err(|e| match e {
-                    CommitError::Disconnected { .. } => map_reserve_error(
-                        ReserveError::Disconnected { panicked: false },
-                        ctx.shared,
-                    ),
-                    _ => PipelineError::EncoderStopped,
-                })?;
-                *ctx.seq += 1;
-                *ctx.last_pts = Some(pts);
-                Ok(Submitted::Queued)
-            }
-            SlotStorageRef::Dropped { stats, .. } => {
-                stats.note_dropped(1);
-                *ctx.dropped += 1;
-                *ctx.last_pts = Some(pts);
-                Ok(Submitted::Dropped)
-            }
-        }
+        let commit = match storage {
+            SlotStorageRef::Ring(slot) => Ok(move |meta| slot.commit(meta)),
+            SlotStorageRef::Dropped { stats, .. } => Err(stats),
+        };
+        ctx.publish(pts, force_keyframe, commit)
     }
 }
 

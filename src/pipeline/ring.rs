@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use crate::cuda::Context;
-use crate::encoder::SlotFrame;
+use crate::encoder::{EncoderConfig, SlotFrame};
 use crate::ring_buffer::{
-    CommitError, Consumer, FrameMeta, FrameRing, HostStorage, PinnedStorage, PopError, Producer,
-    ReserveError, RingError, RingStats, WriteSlot,
+    CommitError, Consumer, DeviceStorage, FrameMeta, FrameRing, HostStorage, PinnedStorage,
+    PopError, Producer, ReserveError, RingError, RingStats, WriteSlot,
 };
 
 /// Which memory the stage's ring slots live in. See the [module docs](super#storage-and-failover).
@@ -26,6 +26,17 @@ pub enum SlotMemory {
     ///
     /// [`PipelineOptions::cuda_device`]: super::PipelineOptions::cuda_device
     Pinned,
+    /// CUDA device memory on [`PipelineOptions::cuda_device`], one pitched surface per slot, for
+    /// a producer whose frames are already on the GPU: it reserves a
+    /// [`DeviceFrameSlot`](super::DeviceFrameSlot) ([`FrameProducer::reserve_device`]), writes
+    /// the frame on the slot's stream and commits it; NVENC encodes from the slot with no
+    /// copy. Host frames [`push`](super::FrameProducer::push)ed into a device ring are uploaded
+    /// into a slot. A backend that reads host memory (after a failover from NVENC) downloads
+    /// each frame. Needs the CUDA driver; never chosen by `Auto`.
+    ///
+    /// [`PipelineOptions::cuda_device`]: super::PipelineOptions::cuda_device
+    /// [`FrameProducer::reserve_device`]: super::FrameProducer::reserve_device
+    Device,
 }
 
 impl std::fmt::Display for SlotMemory {
@@ -34,36 +45,61 @@ impl std::fmt::Display for SlotMemory {
             SlotMemory::Auto => "auto",
             SlotMemory::Host => "host memory",
             SlotMemory::Pinned => "CUDA pinned memory",
+            SlotMemory::Device => "CUDA device memory",
         })
     }
 }
 
-/// Applies `$body` to the storage-typed end inside an enum value.
+/// Applies `$body` to the storage-typed end inside an [`Ends`] value.
 macro_rules! each {
     ($value:expr, $end:ident => $body:expr) => {
         match $value {
             Ends::Host($end) => $body,
             Ends::Pinned($end) => $body,
+            Ends::Device($end) => $body,
         }
     };
 }
 
 /// One value per storage the stage's ring can be in.
-pub(super) enum Ends<H, P> {
+pub(super) enum Ends<H, P, D> {
     Host(H),
     Pinned(P),
+    Device(D),
 }
 
-pub(super) type RingProducer = Ends<Producer<HostStorage>, Producer<PinnedStorage>>;
-pub(super) type RingConsumer = Ends<Consumer<HostStorage>, Consumer<PinnedStorage>>;
-pub(super) type RingWrite<'a> = Ends<WriteSlot<'a, HostStorage>, WriteSlot<'a, PinnedStorage>>;
+pub(super) type RingProducer =
+    Ends<Producer<HostStorage>, Producer<PinnedStorage>, Producer<DeviceStorage>>;
+pub(super) type RingConsumer =
+    Ends<Consumer<HostStorage>, Consumer<PinnedStorage>, Consumer<DeviceStorage>>;
 
-/// Creates the ring: `slots` slots of `frame_len` bytes in `memory` (not `Auto`: resolved by the
-/// caller).
+/// How long [`RingProducer::reserve`] waits for a free slot.
+#[derive(Clone, Copy)]
+pub(super) enum Reserve {
+    Now,
+    Forever,
+    For(Duration),
+}
+
+/// A reserved slot: one the CPU writes, or a device one.
+pub(super) enum RingWrite<'a> {
+    Host(HostWrite<'a>),
+    Device(WriteSlot<'a, DeviceStorage>),
+}
+
+/// A reserved slot the CPU can write: host or pinned memory.
+pub(super) enum HostWrite<'a> {
+    Host(WriteSlot<'a, HostStorage>),
+    Pinned(WriteSlot<'a, PinnedStorage>),
+}
+
+/// Creates the ring: `slots` slots for frames of `config` (`frame_len` bytes each) in `memory`
+/// (not `Auto`: resolved by the caller).
 pub(super) fn new_ring(
     memory: SlotMemory,
     cuda_device: usize,
     slots: usize,
+    config: &EncoderConfig,
     frame_len: usize,
 ) -> Result<(RingProducer, RingConsumer), RingError> {
     Ok(match memory {
@@ -72,6 +108,11 @@ pub(super) fn new_ring(
             let (p, c) = FrameRing::with_storage(storage)?;
             (Ends::Pinned(p), Ends::Pinned(c))
         }
+        SlotMemory::Device => {
+            let storage = device_storage(cuda_device, slots, config)?;
+            let (p, c) = FrameRing::with_storage(storage)?;
+            (Ends::Device(p), Ends::Device(c))
+        }
         SlotMemory::Host | SlotMemory::Auto => {
             let (p, c) = FrameRing::new(slots, frame_len)?;
             (Ends::Host(p), Ends::Host(c))
@@ -79,11 +120,26 @@ pub(super) fn new_ring(
     })
 }
 
+/// Device storage of `slots` surfaces that each hold one frame of `config` in the layout
+/// [`SlotFrame::Device`] describes (`width` bytes by `height * 3 / 2` rows).
+pub(super) fn device_storage(
+    cuda_device: usize,
+    slots: usize,
+    config: &EncoderConfig,
+) -> Result<DeviceStorage, RingError> {
+    let (w, h) = (
+        config.resolution.width as usize,
+        config.resolution.height as usize,
+    );
+    DeviceStorage::on_device(cuda_device, slots, w, h.saturating_mul(3) / 2)
+}
+
 impl RingProducer {
     pub(super) fn memory(&self) -> SlotMemory {
         match self {
             Ends::Host(_) => SlotMemory::Host,
             Ends::Pinned(_) => SlotMemory::Pinned,
+            Ends::Device(_) => SlotMemory::Device,
         }
     }
 
@@ -103,43 +159,47 @@ impl RingProducer {
         each!(self, p => p.close());
     }
 
-    pub(super) fn try_reserve(&mut self) -> Result<RingWrite<'_>, ReserveError> {
+    /// Reserves a slot: without waiting, waiting as long as it takes (blocking by design; the
+    /// stage's plain `reserve`), or at most `timeout`.
+    pub(super) fn reserve(&mut self, wait: Reserve) -> Result<RingWrite<'_>, ReserveError> {
+        fn one<S: crate::ring_buffer::SlotStorage>(
+            p: &mut Producer<S>,
+            wait: Reserve,
+        ) -> Result<WriteSlot<'_, S>, ReserveError> {
+            match wait {
+                Reserve::Now => p.try_reserve(),
+                Reserve::Forever => p.reserve(),
+                Reserve::For(timeout) => p.reserve_timeout(timeout),
+            }
+        }
         Ok(match self {
-            Ends::Host(p) => Ends::Host(p.try_reserve()?),
-            Ends::Pinned(p) => Ends::Pinned(p.try_reserve()?),
-        })
-    }
-
-    /// Blocking by design (the stage's plain `reserve`); `reserve_timeout` bounds it.
-    pub(super) fn reserve(&mut self) -> Result<RingWrite<'_>, ReserveError> {
-        Ok(match self {
-            Ends::Host(p) => Ends::Host(p.reserve()?),
-            Ends::Pinned(p) => Ends::Pinned(p.reserve()?),
-        })
-    }
-
-    pub(super) fn reserve_timeout(
-        &mut self,
-        timeout: Duration,
-    ) -> Result<RingWrite<'_>, ReserveError> {
-        Ok(match self {
-            Ends::Host(p) => Ends::Host(p.reserve_timeout(timeout)?),
-            Ends::Pinned(p) => Ends::Pinned(p.reserve_timeout(timeout)?),
+            Ends::Host(p) => RingWrite::Host(HostWrite::Host(one(p, wait)?)),
+            Ends::Pinned(p) => RingWrite::Host(HostWrite::Pinned(one(p, wait)?)),
+            Ends::Device(p) => RingWrite::Device(one(p, wait)?),
         })
     }
 }
 
-impl RingWrite<'_> {
+impl HostWrite<'_> {
     pub(super) fn bytes(&self) -> &[u8] {
-        each!(self, s => &s[..])
+        match self {
+            HostWrite::Host(s) => &s[..],
+            HostWrite::Pinned(s) => &s[..],
+        }
     }
 
     pub(super) fn bytes_mut(&mut self) -> &mut [u8] {
-        each!(self, s => &mut s[..])
+        match self {
+            HostWrite::Host(s) => &mut s[..],
+            HostWrite::Pinned(s) => &mut s[..],
+        }
     }
 
     pub(super) fn commit(self, meta: FrameMeta) -> Result<(), CommitError> {
-        each!(self, s => s.commit(meta))
+        match self {
+            HostWrite::Host(s) => s.commit(meta),
+            HostWrite::Pinned(s) => s.commit(meta),
+        }
     }
 }
 
@@ -150,6 +210,7 @@ impl RingConsumer {
         Ok(match self {
             Ends::Host(c) => SlotFrame::from(c.pop_timeout(timeout)?),
             Ends::Pinned(c) => SlotFrame::from(c.pop_timeout(timeout)?),
+            Ends::Device(c) => SlotFrame::from(c.pop_timeout(timeout)?),
         })
     }
 

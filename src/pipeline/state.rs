@@ -12,7 +12,7 @@ use crate::encoder::EncodedChunk;
 use crate::error::Error;
 use crate::ring_buffer::RingError;
 
-use super::ring::RingConsumer;
+use super::ring::{RingConsumer, SlotMemory};
 
 /// What a producer does when the ring is full. See the [module docs](super#back-pressure).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -58,6 +58,17 @@ pub enum PipelineError {
     /// The encoder thread stopped (an encoder failure, reported on the output side).
     #[error("the pipeline's encoder thread stopped; its error is on the output side")]
     EncoderStopped,
+    /// The call does not fit the memory of the ring's slots: a host slot or a host frame for a
+    /// ring in device memory, or a device slot for one in host or pinned memory.
+    #[error("{call} cannot be used on a ring in {memory}; use {use_instead}")]
+    WrongSlotMemory {
+        /// The memory of the ring's slots.
+        memory: SlotMemory,
+        /// The producer call made.
+        call: &'static str,
+        /// What works on this ring instead.
+        use_instead: &'static str,
+    },
     /// A pushed frame's length is not one frame.
     #[error("frame of {len} bytes pushed (expected exactly {expected} bytes, one frame)")]
     FrameSize {

@@ -1,0 +1,238 @@
+//! Device slots: a producer whose frames are already in CUDA memory (a decoder's surfaces, a
+//! renderer's output, a kernel's result) writes each frame into a ring slot on the GPU and
+//! commits it; NVENC encodes from the slot with no copy. [`FrameProducer::reserve_device`] and
+//! its `try_`, `_timeout` and async forms, and [`DeviceFrameSlot`].
+//!
+//! The slot's lifetime is the lease's: the surface is the producer's from `reserve_device` until
+//! `commit` (or the slot's drop, which gives it back unpublished), then the encoder's until the
+//! picture made from it has been read back; the ring hands it out again only after that. Work
+//! the producer queues on [`DeviceFrameSlot::stream`] before committing is ordered before the
+//! encoder's reads (NVENC waits on an event recorded on that stream), so the producer need not
+//! wait for its own copies or kernels.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::cuda::{DeviceSurface, Stream};
+use crate::ring_buffer::{DeviceStorage, RingStats, WriteSlot};
+
+use super::producer::{reserve_ring, FrameProducer, SlotCtx};
+use super::ring::{RingWrite, SlotMemory};
+use super::state::{BackPressure, PipelineError, Submitted, WaitFor};
+
+/// A reserved device slot of a ring in [`SlotMemory::Device`]: write the frame into
+/// [`surface`](Self::surface) (a `cuMemcpy2DAsync` from a decoder's surface, a kernel) with the
+/// work ordered on [`stream`](Self::stream), then [`commit`](Self::commit). Dropped uncommitted,
+/// it is given back and nothing is submitted.
+///
+/// The frame's layout in the surface (`pitch` bytes per row): for NV12, `height` luma rows then
+/// `height / 2` interleaved chroma rows; for I420, `height` luma rows, then the U and V planes of
+/// `height / 2` rows each at `pitch / 2` (NVENC's IYUV layout). See
+/// [`SlotFrame::Device`](crate::encoder::SlotFrame::Device).
+pub struct DeviceFrameSlot<'a> {
+    storage: DeviceSlotRef<'a>,
+    ctx: SlotCtx<'a>,
+}
+
+enum DeviceSlotRef<'a> {
+    /// A slot of the ring.
+    Ring(WriteSlot<'a, DeviceStorage>),
+    /// The scratch surface a frame dropped under [`BackPressure::DropNewest`] is written into.
+    Dropped {
+        scratch: &'a DeviceStorage,
+        stats: RingStats,
+    },
+}
+
+impl fmt::Debug for DeviceFrameSlot<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceFrameSlot")
+            .field("surface", &self.surface())
+            .field("dropping", &self.will_drop())
+            .finish()
+    }
+}
+
+impl DeviceFrameSlot<'_> {
+    /// The device surface to write the frame into: its address (`CUdeviceptr`), pitch, row
+    /// width and rows, in the ring's CUDA context (that of [`PipelineOptions::cuda_device`]).
+    ///
+    /// [`PipelineOptions::cuda_device`]: super::PipelineOptions::cuda_device
+    #[must_use]
+    pub fn surface(&self) -> DeviceSurface {
+        use crate::ring_buffer::DeviceSlots;
+        match &self.storage {
+            DeviceSlotRef::Ring(slot) => slot.surface(),
+            DeviceSlotRef::Dropped { scratch, .. } => scratch.surface(0),
+        }
+    }
+
+    /// The CUDA stream to queue the work that writes the frame on, before committing; the
+    /// encoder orders its reads after it.
+    #[must_use]
+    pub fn stream(&self) -> &Stream {
+        match &self.storage {
+            DeviceSlotRef::Ring(slot) => slot.storage().stream(),
+            DeviceSlotRef::Dropped { scratch, .. } => scratch.stream(),
+        }
+    }
+
+    /// Whether committing this slot will drop the frame ([`BackPressure::DropNewest`] on a full
+    /// ring; the surface is then a scratch surface, so the producer's code stays the same).
+    #[must_use]
+    pub fn will_drop(&self) -> bool {
+        matches!(self.storage, DeviceSlotRef::Dropped { .. })
+    }
+
+    /// Publishes the frame with presentation timestamp `pts` (above the previous frame's) and,
+    /// if `force_keyframe`, a request for an IDR. The work queued on [`stream`](Self::stream)
+    /// need not have run: the encoder waits for it on the GPU.
+    ///
+    /// # Errors
+    /// [`PipelineError::NonMonotonicPts`] (the slot is given back), or, when the encoder thread
+    /// is gone, [`PipelineError::OutputDropped`] / [`PipelineError::EncoderStopped`].
+    pub fn commit(self, pts: i64, force_keyframe: bool) -> Result<Submitted, PipelineError> {
+        let DeviceFrameSlot { storage, ctx } = self;
+        let commit = match storage {
+            DeviceSlotRef::Ring(slot) => Ok(move |meta| slot.commit(meta)),
+            DeviceSlotRef::Dropped { stats, .. } => Err(stats),
+        };
+        ctx.publish(pts, force_keyframe, commit)
+    }
+}
+
+impl FrameProducer {
+    fn reserve_device_inner(
+        &mut self,
+        wait: WaitFor,
+    ) -> Result<DeviceFrameSlot<'_>, PipelineError> {
+        let memory = self.ring.memory();
+        let wrong = PipelineError::WrongSlotMemory {
+            memory,
+            call: "reserve_device",
+            use_instead:
+                "reserve or push (a ring opened with SlotMemory::Device takes device slots)",
+        };
+        if memory != SlotMemory::Device {
+            return Err(wrong);
+        }
+        self.before_reserve()?;
+        let stats = self.ring.stats();
+        let reserved = reserve_ring(&mut self.ring, self.policy, &wait, &self.shared)?;
+        let ctx = SlotCtx {
+            seq: &mut self.seq,
+            last_pts: &mut self.last_pts,
+            dropped: &mut self.dropped,
+            frame_len: self.frame_len,
+            shared: &self.shared,
+        };
+        let storage = match reserved {
+            Some(RingWrite::Device(slot)) => DeviceSlotRef::Ring(slot),
+            // Not reached: the ring is in device memory (checked above).
+            Some(RingWrite::Host(_)) => return Err(wrong),
+            None => match &self.device_scratch {
+                Some(scratch) => DeviceSlotRef::Dropped { scratch, stats },
+                // Not reached: a device ring under DropNewest is opened with its scratch.
+                None => return Err(PipelineError::Full),
+            },
+        };
+        Ok(DeviceFrameSlot { storage, ctx })
+    }
+
+    /// Reserves a device slot (a ring in [`SlotMemory::Device`]), waiting while the ring is full
+    /// (under [`BackPressure::Block`]; blocking by design, see
+    /// [`reserve_device_timeout`](Self::reserve_device_timeout)).
+    ///
+    /// # Errors
+    /// [`PipelineError::WrongSlotMemory`] for a ring in host or pinned memory;
+    /// [`PipelineError::OutputDropped`], [`PipelineError::EncoderStopped`].
+    pub fn reserve_device(&mut self) -> Result<DeviceFrameSlot<'_>, PipelineError> {
+        self.reserve_device_inner(WaitFor::Forever)
+    }
+
+    /// Reserves a device slot without waiting.
+    ///
+    /// # Errors
+    /// [`PipelineError::Full`], and as [`reserve_device`](Self::reserve_device).
+    pub fn try_reserve_device(&mut self) -> Result<DeviceFrameSlot<'_>, PipelineError> {
+        self.reserve_device_inner(WaitFor::No)
+    }
+
+    /// Reserves a device slot, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`PipelineError::Timeout`], and as [`reserve_device`](Self::reserve_device).
+    pub fn reserve_device_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<DeviceFrameSlot<'_>, PipelineError> {
+        self.reserve_device_inner(match Instant::now().checked_add(timeout) {
+            Some(deadline) => WaitFor::Until(deadline),
+            None => WaitFor::Forever,
+        })
+    }
+
+    /// Reserves a device slot asynchronously, on any executor. Cancellation-safe as
+    /// [`reserve_async`](Self::reserve_async): the slot is taken only in the poll that returns
+    /// it.
+    pub fn reserve_device_async(&mut self) -> ReserveDeviceFuture<'_> {
+        ReserveDeviceFuture {
+            producer: Some(self),
+        }
+    }
+}
+
+/// The future of [`FrameProducer::reserve_device_async`].
+#[must_use = "futures do nothing unless polled"]
+pub struct ReserveDeviceFuture<'a> {
+    producer: Option<&'a mut FrameProducer>,
+}
+
+impl fmt::Debug for ReserveDeviceFuture<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReserveDeviceFuture")
+            .field("done", &self.producer.is_none())
+            .finish()
+    }
+}
+
+impl<'a> Future for ReserveDeviceFuture<'a> {
+    type Output = Result<DeviceFrameSlot<'a>, PipelineError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(producer) = self.producer.take() else {
+            return Poll::Ready(Err(PipelineError::EncoderStopped));
+        };
+        for attempt in 0..2 {
+            if producer.ring.memory() != SlotMemory::Device || producer.ready_to_reserve() {
+                return Poll::Ready(producer.reserve_device_inner(WaitFor::No));
+            }
+            if attempt == 0 {
+                // Register, then look again: a release between the first look and the
+                // registration wakes this waker.
+                producer.shared.space_waker.register(cx.waker());
+            }
+        }
+        self.producer = Some(producer);
+        Poll::Pending
+    }
+}
+
+/// Under [`BackPressure::DropNewest`], a device ring needs one surface for frames that are
+/// dropped; `None` otherwise.
+pub(super) fn drop_scratch(
+    memory: SlotMemory,
+    policy: BackPressure,
+    cuda_device: usize,
+    config: &crate::encoder::EncoderConfig,
+) -> Result<Option<DeviceStorage>, PipelineError> {
+    if memory != SlotMemory::Device || policy != BackPressure::DropNewest {
+        return Ok(None);
+    }
+    super::ring::device_storage(cuda_device, 1, config)
+        .map(Some)
+        .map_err(PipelineError::Ring)
+}
