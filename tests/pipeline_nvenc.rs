@@ -291,3 +291,130 @@ fn device_slots_through_the_stage_are_encoded_with_no_host_copy() {
         assert_eq!(calls(entry), 0, "{entry}: {cuda:?}");
     }
 }
+
+/// A slow CPU encoder (as x264 is to a GPU producer): emits one chunk per frame carrying its pts
+/// and a checksum of the bytes it was given.
+struct SlowChecksum {
+    config: EncoderConfig,
+    frames: u64,
+}
+
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+impl nvenc::VideoEncoder for SlowChecksum {
+    fn encode(
+        &mut self,
+        frame: nvenc::Frame<'_>,
+        out: &mut Vec<EncodedChunk>,
+    ) -> Result<(), nvenc::Error> {
+        std::thread::sleep(Duration::from_millis(5));
+        let pts = frame.pts.unwrap_or(0);
+        out.push(EncodedChunk {
+            data: fnv(frame.data).to_le_bytes().to_vec(),
+            pts,
+            dts: pts,
+            duration: 1,
+            keyframe: true,
+            frame_type: nvenc::FrameType::I,
+            frame_index: self.frames,
+        });
+        self.frames += 1;
+        Ok(())
+    }
+    fn flush(&mut self, _out: &mut Vec<EncodedChunk>) -> Result<(), nvenc::Error> {
+        Ok(())
+    }
+    fn kind(&self) -> EncoderKind {
+        EncoderKind::X264
+    }
+    fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+    fn sequence_headers(&self) -> &[u8] {
+        &[]
+    }
+}
+
+#[test]
+#[ignore = "child half of a_device_ring_feeds_a_cpu_encoder_and_drops_newest_counted"]
+fn child_device_ring_cpu_encoder_drop_newest() {
+    assert_child();
+    let config = config();
+    let input = Arc::new(common::clip(&config, FRAMES as u64));
+    let encoder = SlowChecksum {
+        config: config.clone(),
+        frames: 0,
+    };
+    let options = PipelineOptions::default()
+        .with_ring_slots(2)
+        .with_slot_memory(SlotMemory::Device)
+        .with_back_pressure(nvenc::pipeline::BackPressure::DropNewest);
+    let (mut producer, output) = EncodePipeline::with_encoder(Box::new(encoder), options)
+        .expect("open")
+        .split();
+    let frames = Arc::clone(&input);
+    let feeder = std::thread::spawn(move || {
+        let mut dropped = 0u64;
+        for (pts, frame) in frames.iter().enumerate() {
+            // Never waits: a full ring hands out the scratch surface, and the frame is dropped.
+            let slot = producer.reserve_device().expect("reserve_device");
+            let will_drop = slot.will_drop();
+            upload(&slot, frame, &self::config());
+            let submitted = slot.commit(pts as i64, false).expect("commit");
+            assert_eq!(
+                submitted == nvenc::pipeline::Submitted::Dropped,
+                will_drop,
+                "frame {pts}"
+            );
+            dropped += u64::from(will_drop);
+        }
+        assert_eq!(producer.dropped(), dropped);
+        assert_eq!(producer.stats().dropped(), dropped);
+        producer.finish().expect("finish");
+        dropped
+    });
+    let chunks: Vec<EncodedChunk> = output.map(|item| item.expect("no in-band error")).collect();
+    let dropped = feeder.join().expect("feeder");
+    println!("DEVICE DROP NEWEST out {} dropped {dropped}", chunks.len());
+    assert!(
+        dropped > 0,
+        "a 5 ms encoder behind a producer that never waits drops frames"
+    );
+    assert_eq!(
+        chunks.len() as u64 + dropped,
+        FRAMES as u64,
+        "every frame out or counted"
+    );
+    // Each frame that came out was downloaded intact from its device slot.
+    for chunk in &chunks {
+        let want = fnv(&input[chunk.pts as usize]).to_le_bytes();
+        assert_eq!(chunk.data, want, "frame {} downloaded intact", chunk.pts);
+    }
+}
+
+/// A device ring feeding an encoder that reads host memory (what the chain does after failing
+/// over from NVENC): each frame is downloaded from its slot, intact; under `DropNewest` a full
+/// ring hands the producer a scratch surface, and every dropped frame is counted.
+#[test]
+fn a_device_ring_feeds_a_cpu_encoder_and_drops_newest_counted() {
+    let emu = EmuDriver::new();
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = emu.command(exe);
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "child_device_ring_cpu_encoder_drop_newest",
+        "--nocapture",
+    ]);
+    let out = common::run_child_tests(cmd, 1, "child_device_ring_cpu_encoder_drop_newest");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("DEVICE DROP NEWEST"))
+        .unwrap_or_else(|| panic!("the child's summary line:\n{out}"));
+    println!("{line}");
+    emu.report().assert_clean();
+}
