@@ -96,6 +96,37 @@
 //! next backend from the same slots (pinned memory is host memory to x264 and ffmpeg). Pinned
 //! slots cost nothing extra to a CPU backend; they stay pinned until the stage ends.
 //!
+//! # Device slots
+//!
+//! A producer whose frames are already on the GPU (a hardware decoder's surfaces, a renderer, a
+//! CUDA kernel) opens the stage with [`SlotMemory::Device`]: every slot is a pitched surface in
+//! device memory. It [`reserve_device`](FrameProducer::reserve_device)s a slot (or
+//! `try_`/`_timeout`/[`reserve_device_async`](FrameProducer::reserve_device_async)), queues
+//! the work that writes the frame on the slot's [`stream`](DeviceFrameSlot::stream) (a
+//! `cuMemcpy2DAsync` from its own surface, a kernel) and commits it without waiting for that
+//! work: NVENC orders its reads after the stream and encodes from the registered slot, with no
+//! copy. The slot's lease is what keeps the surface alive and unwritten while NVENC reads it, so
+//! nothing rests on the caller's discipline. Should the chain fail over to a backend that reads
+//! host memory, each frame is downloaded from its slot (one device-to-host copy).
+//!
+//! ```no_run
+//! use nvenc::pipeline::{EncodePipeline, PipelineOptions, SlotMemory};
+//! use nvenc::{EncoderConfig, GpuEncoderConfig};
+//!
+//! let config = EncoderConfig::new(1920, 1080);
+//! let gpu = GpuEncoderConfig::default();
+//! let options = PipelineOptions::from_gpu_config(&gpu).with_slot_memory(SlotMemory::Device);
+//! let (mut producer, output) = EncodePipeline::open_with(&config, &gpu, options)?.split();
+//! # let _ = output;
+//! let slot = producer.reserve_device()?;
+//! let surface = slot.surface(); // device_ptr, pitch: where the frame goes
+//! let stream = slot.stream(); // queue the copy or kernel that writes it here
+//! # let _ = (surface, stream);
+//! slot.commit(0, false)?; // no wait for the GPU work
+//! producer.finish()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Choosing the ring size
 //!
 //! `ring_slots` is the smoothing depth: how far the producer may run ahead of the encoder. A
