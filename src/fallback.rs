@@ -631,13 +631,16 @@ impl VideoEncoder for FallbackEncoder {
         Ok(())
     }
 
-    /// The current encoder's, plus the frames this chain holds for reordering until their group
-    /// completes (beyond the budget of the slot's ring it holds copies instead, see `spill`).
+    /// Where the current encoder keeps leases (NVENC), its count plus the frames this chain holds
+    /// after the encoder gave them back, until their reordering group completes; 0 where it keeps
+    /// none (x264, ffmpeg): such an encoder copies every frame into its own buffers anyway, and
+    /// its lookahead outlasts any budget worth reserving, so the chain copies each held frame
+    /// once rather than make the ring hold the encoder's whole delay (see `spill`).
     fn max_slot_leases(&self) -> usize {
-        self.current
-            .as_ref()
-            .map_or(0, |c| c.max_slot_leases())
-            .saturating_add(reorder_depth(&self.config))
+        match self.current.as_ref().map_or(0, |c| c.max_slot_leases()) {
+            0 => 0,
+            held => held.saturating_add(reorder_depth(&self.config)),
+        }
     }
 
     fn kind(&self) -> EncoderKind {

@@ -89,7 +89,11 @@
 //! depth), and it announces that count as its lease budget
 //! ([`crate::ring_buffer::Consumer::set_lease_budget`]). An encoder that would keep more (x264's
 //! lookahead at slower presets, or a backend the chain failed over to) copies the oldest held
-//! frame and gives its slot back, so the producer never waits on slots the encoder holds.
+//! frame and gives its slot back, so the producer never waits on slots the encoder holds. With
+//! x264 and the ffmpeg backends, which copy each frame into their own buffers and keep no
+//! leases, no slots are added: the chain keeps the newest frame's lease and copies each older
+//! frame it must hold for a replay once (none with `zerolatency`, where a frame's chunk comes
+//! out in the call that took it).
 //!
 //! When the fallback chain fails over mid-stream, the ring's storage does not change and is not
 //! reallocated: the frames already in the ring, and those the chain holds, are encoded by the
