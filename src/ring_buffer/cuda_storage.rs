@@ -1,10 +1,11 @@
 //! CUDA storages for the ring: pinned host memory and pitched device memory, over the crate's
 //! CUDA layer ([`crate::cuda`]), which makes every driver call.
 //!
-//! The upload path for the NVENC backend: stage a frame in a [`PinnedStorage`] slot, then
-//! [`copy_host_to_device_async`](crate::cuda::copy_host_to_device_async) into a
-//! [`DeviceStorage`] surface on the encoder's input stream; the DMA engine reads pinned memory
-//! directly, with no staging copy.
+//! What the NVENC backend does with each (see [`crate::nvenc::NvencEncoder`]): a frame in a
+//! [`PinnedStorage`] slot is uploaded from the slot itself (the DMA engine reads pinned memory
+//! directly, with no staging copy); a frame in a [`DeviceStorage`] slot, written there by the
+//! producer on the storage's [stream](DeviceStorage::stream), is encoded from the slot's own
+//! surface, which NVENC registers once, with no copy at all.
 
 use std::ptr::NonNull;
 use std::sync::Arc;
