@@ -408,3 +408,57 @@ fn device_slots_are_replayed_on_x264_after_a_failover() {
         .any(|f| f.contains("nvEncEncodePicture")));
     report.assert_clean();
 }
+
+/// A device ring of more slots than NVENC keeps registered at once (at least 64).
+const MANY_SLOTS: usize = 80;
+const MANY_FRAMES: u64 = 100;
+
+#[test]
+#[ignore = "child half of a_ring_larger_than_the_registration_cache_is_encoded"]
+fn child_many_slots() {
+    assert_child();
+    let config = config(PixelFormat::Nv12);
+    let input = common::clip(&config, MANY_FRAMES);
+    let mut encoder = NvencEncoder::new(&config).expect("open");
+    let chunks = encode_device_slots(&mut encoder, &config, &input, MANY_SLOTS);
+    drop(encoder);
+    assert_decodes(&chunks, &input, &config);
+}
+
+/// The registration cache is bounded: a ring of 80 slots used in turn by 100 frames misses the
+/// cache of 64 on every frame, so each frame registers its slot, evicting the registration
+/// used least recently (unregistered at once), and the session still ends with nothing left
+/// registered.
+#[test]
+fn a_ring_larger_than_the_registration_cache_is_encoded() {
+    let emu = EmuDriver::new();
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = emu.command(exe);
+    cmd.args(["--ignored", "--exact", "child_many_slots", "--nocapture"]);
+    common::run_child_tests(cmd, 1, "child_many_slots");
+    let report = emu.report();
+    report.assert_clean();
+    let count = |entry: &str| {
+        report
+            .calls
+            .get("encode")
+            .and_then(|calls| calls.get(entry))
+            .copied()
+            .unwrap_or(0)
+    };
+    // Own surfaces (one output buffer each), plus one registration per frame: more than the
+    // ring's 80 slots, so slots were registered again after being evicted.
+    let own = count("nvEncCreateBitstreamBuffer");
+    assert_eq!(
+        count("nvEncRegisterResource"),
+        own + MANY_FRAMES,
+        "{:?}",
+        report.calls
+    );
+    assert_eq!(
+        count("nvEncUnregisterResource"),
+        count("nvEncRegisterResource"),
+        "{:?}",
+        report.calls
+    );
+}

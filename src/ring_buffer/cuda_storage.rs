@@ -101,7 +101,8 @@ unsafe impl HostSlots for PinnedStorage {
 ///
 /// Each surface is held in an `Arc`, and an NVENC registration of a surface holds a clone, so a
 /// registered surface stays allocated until it is unregistered, whichever of the ring and the
-/// encoder goes first.
+/// encoder goes first: the surfaces of a ring dropped before the encoder are freed when the
+/// encoder unregisters them (when it evicts them from its bounded cache, or at its teardown).
 ///
 /// [`copy_host_to_device_async`]: crate::cuda::copy_host_to_device_async
 #[derive(Debug)]
