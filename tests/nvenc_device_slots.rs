@@ -386,6 +386,17 @@ fn child_device_failover() {
         (frames - (FAILING_PICTURE - 1)..=frames).contains(&copies),
         "{copies} host copies for {frames} frames"
     );
+
+    // x264 on its own (the default `encode_slot`): exactly one download per frame.
+    let mut x264 = nvenc::open_encoder(nvenc::EncoderChoice::Only(EncoderKind::X264), &config)
+        .expect("open x264");
+    let input = common::clip(&config, FRAMES);
+    let before = host_frame_copies();
+    let chunks = encode_device_slots(&mut x264, &config, &input, FAILOVER_SLOTS);
+    let copies = host_frame_copies() - before;
+    assert_decodes(&chunks, &input, &config);
+    println!("COPIES x264 {copies}");
+    assert_eq!(copies, FRAMES, "one download per frame");
 }
 
 #[test]
@@ -400,7 +411,11 @@ fn device_slots_are_replayed_on_x264_after_a_failover() {
         "child_device_failover",
         "--nocapture",
     ]);
-    common::run_child_tests(cmd, 1, "child_device_failover");
+    let out = common::run_child_tests(cmd, 1, "child_device_failover");
+    assert!(out.contains(&format!("COPIES x264 {FRAMES}")), "{out}");
+    for line in out.lines().filter(|l| l.starts_with("COPIES")) {
+        eprintln!("{line}");
+    }
     let report = emu.report();
     assert!(report
         .faults
