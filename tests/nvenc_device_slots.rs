@@ -274,18 +274,18 @@ fn device_slots_are_encoded_with_no_host_copy() {
         report.calls
     );
     // Every picture is mapped once; each device slot is registered once however often it is
-    // used (the 16 slots of each ring carry 30 frames), besides each session's own surfaces.
+    // used (the 16 slots of each ring carry 30 frames), besides each session's own surfaces
+    // (one output buffer per own surface, so those are the bitstream buffers created).
     assert_eq!(
         count("encode", "nvEncMapInputResource"),
         3 * frames,
         "{:?}",
         report.calls
     );
-    let own = count("encode", "nvEncRegisterResource") - 2 * SLOTS as u64;
     assert_eq!(
-        own % 3,
-        0,
-        "three sessions with the same number of own surfaces: {:?}",
+        count("encode", "nvEncRegisterResource"),
+        count("encode", "nvEncCreateBitstreamBuffer") + 2 * SLOTS as u64,
+        "{:?}",
         report.calls
     );
     assert_eq!(
@@ -386,6 +386,17 @@ fn child_device_failover() {
         (frames - (FAILING_PICTURE - 1)..=frames).contains(&copies),
         "{copies} host copies for {frames} frames"
     );
+
+    // x264 on its own (the default `encode_slot`): exactly one download per frame.
+    let mut x264 = nvenc::open_encoder(nvenc::EncoderChoice::Only(EncoderKind::X264), &config)
+        .expect("open x264");
+    let input = common::clip(&config, FRAMES);
+    let before = host_frame_copies();
+    let chunks = encode_device_slots(&mut x264, &config, &input, FAILOVER_SLOTS);
+    let copies = host_frame_copies() - before;
+    assert_decodes(&chunks, &input, &config);
+    println!("COPIES x264 {copies}");
+    assert_eq!(copies, FRAMES, "one download per frame");
 }
 
 #[test]
@@ -400,11 +411,138 @@ fn device_slots_are_replayed_on_x264_after_a_failover() {
         "child_device_failover",
         "--nocapture",
     ]);
-    common::run_child_tests(cmd, 1, "child_device_failover");
+    let out = common::run_child_tests(cmd, 1, "child_device_failover");
+    assert!(out.contains(&format!("COPIES x264 {FRAMES}")), "{out}");
+    for line in out.lines().filter(|l| l.starts_with("COPIES")) {
+        eprintln!("{line}");
+    }
     let report = emu.report();
     assert!(report
         .faults
         .iter()
         .any(|f| f.contains("nvEncEncodePicture")));
     report.assert_clean();
+}
+
+/// A device ring of more slots than NVENC keeps registered at once (at least 64).
+const MANY_SLOTS: usize = 80;
+const MANY_FRAMES: u64 = 100;
+
+#[test]
+#[ignore = "child half of a_ring_larger_than_the_registration_cache_is_encoded"]
+fn child_many_slots() {
+    assert_child();
+    let config = config(PixelFormat::Nv12);
+    let input = common::clip(&config, MANY_FRAMES);
+    let mut encoder = NvencEncoder::new(&config).expect("open");
+    let chunks = encode_device_slots(&mut encoder, &config, &input, MANY_SLOTS);
+    drop(encoder);
+    assert_decodes(&chunks, &input, &config);
+}
+
+/// The registration cache is bounded: a ring of 80 slots used in turn by 100 frames misses the
+/// cache of 64 on every frame, so each frame registers its slot, evicting the registration
+/// used least recently (unregistered at once), and the session still ends with nothing left
+/// registered.
+#[test]
+fn a_ring_larger_than_the_registration_cache_is_encoded() {
+    let emu = EmuDriver::new();
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = emu.command(exe);
+    cmd.args(["--ignored", "--exact", "child_many_slots", "--nocapture"]);
+    common::run_child_tests(cmd, 1, "child_many_slots");
+    let report = emu.report();
+    report.assert_clean();
+    let count = |entry: &str| {
+        report
+            .calls
+            .get("encode")
+            .and_then(|calls| calls.get(entry))
+            .copied()
+            .unwrap_or(0)
+    };
+    // Own surfaces (one output buffer each), plus one registration per frame: more than the
+    // ring's 80 slots, so slots were registered again after being evicted.
+    let own = count("nvEncCreateBitstreamBuffer");
+    assert_eq!(
+        count("nvEncRegisterResource"),
+        own + MANY_FRAMES,
+        "{:?}",
+        report.calls
+    );
+    assert_eq!(
+        count("nvEncUnregisterResource"),
+        count("nvEncRegisterResource"),
+        "{:?}",
+        report.calls
+    );
+}
+
+#[test]
+#[ignore = "child half of a_device_slot_of_another_context_is_rejected"]
+fn child_other_context() {
+    assert_child();
+    let config = config(PixelFormat::Nv12);
+    let input = common::clip(&config, 1);
+    let (w, h) = (
+        config.resolution.width as usize,
+        config.resolution.height as usize,
+    );
+    // The encoders are on device 0's primary context; the ring on device 1's.
+    let mut encoder = NvencEncoder::new(&config).expect("open");
+    let mut chain = FallbackEncoder::new(&config, None).expect("open");
+    assert_eq!(chain.current_kind(), EncoderKind::Nvenc);
+    let mut x264 = nvenc::open_encoder(nvenc::EncoderChoice::Only(EncoderKind::X264), &config)
+        .expect("open x264");
+    let storage = DeviceStorage::on_device(1, 2, w, h * 3 / 2).expect("a ring on device 1");
+    let (mut producer, mut consumer) = FrameRing::with_storage(storage).expect("ring");
+    let slot = producer.try_reserve().expect("slot");
+    upload(&slot, &input[0], &config);
+    slot.commit(FrameMeta {
+        len: input[0].len(),
+        ..FrameMeta::default()
+    })
+    .expect("commit");
+    let slot = SlotFrame::from(consumer.try_pop().expect("committed"));
+    let mut out = Vec::new();
+    for (name, result) in [
+        ("nvenc", encoder.encode_slot(&slot, &mut out)),
+        ("chain", chain.encode_slot(&slot, &mut out)),
+    ] {
+        assert!(
+            matches!(result, Err(Error::Unsupported { backend: EncoderKind::Nvenc, feature })
+                if feature.contains("another CUDA context")),
+            "{name}: {result:?}"
+        );
+    }
+    assert_eq!(
+        chain.switches(),
+        0,
+        "a rejected frame is no encoder failure"
+    );
+    // x264 downloads the slot on its own context's stream: that works from any device.
+    x264.encode_slot(&slot, &mut out)
+        .expect("x264 from a device-1 slot");
+    x264.flush(&mut out).expect("flush");
+    assert_decodes(&out, &input, &config);
+    // The NVENC encoders are still usable.
+    drop(slot);
+    drop((producer, consumer));
+    for encoder in [&mut encoder as &mut dyn VideoEncoder, &mut chain] {
+        let chunks = encode_device_slots(encoder, &config, &input, 2);
+        assert_decodes(&chunks, &input, &config);
+    }
+}
+
+/// Two emulated devices: a device slot of device 1's context given to NVENC on device 0 is
+/// rejected with a typed error, the encoder (and the chain around it) stays usable, and x264
+/// encodes the same slot (downloaded on the slot's own stream).
+#[test]
+fn a_device_slot_of_another_context_is_rejected() {
+    let emu = EmuDriver::new().cuda_devices(2);
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = emu.command(exe);
+    cmd.args(["--ignored", "--exact", "child_other_context", "--nocapture"]);
+    common::run_child_tests(cmd, 1, "child_other_context");
+    emu.report().assert_clean();
 }

@@ -75,8 +75,10 @@ const KIND: EncoderKind = EncoderKind::Nvenc;
 /// fails the encoder with [`Error::Hung`] naming it. Nothing may be destroyed while a call is
 /// inside the driver, so a hung encoder, when dropped, leaves behind: the NVENC session with its
 /// registrations, mappings and bitstream buffers, its device surfaces and pinned staging buffers
-/// (about `slots * 2.5` frames of memory), its CUDA stream and a reference to the
-/// CUDA context, and the blocked worker thread. If the call ever returns, the worker tears all
+/// (about `slots * 2.5` frames of memory), the leases of the caller's ring slots its pictures in
+/// flight were encoded from (those slots, and every slot after them, stay out of their ring),
+/// the device slots it registered, its CUDA stream and a reference to the CUDA context, and the
+/// blocked worker thread. If the call ever returns, the worker tears all
 /// of it down in the API's order (the module's "Teardown") and exits; otherwise it stays until
 /// the process exits.
 pub struct NvencEncoder {

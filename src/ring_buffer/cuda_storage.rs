@@ -1,10 +1,11 @@
 //! CUDA storages for the ring: pinned host memory and pitched device memory, over the crate's
 //! CUDA layer ([`crate::cuda`]), which makes every driver call.
 //!
-//! The upload path for the NVENC backend: stage a frame in a [`PinnedStorage`] slot, then
-//! [`copy_host_to_device_async`](crate::cuda::copy_host_to_device_async) into a
-//! [`DeviceStorage`] surface on the encoder's input stream; the DMA engine reads pinned memory
-//! directly, with no staging copy.
+//! What the NVENC backend does with each (see [`crate::nvenc::NvencEncoder`]): a frame in a
+//! [`PinnedStorage`] slot is uploaded from the slot itself (the DMA engine reads pinned memory
+//! directly, with no staging copy); a frame in a [`DeviceStorage`] slot, written there by the
+//! producer on the storage's [stream](DeviceStorage::stream), is encoded from the slot's own
+//! surface, which NVENC registers once, with no copy at all.
 
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -100,7 +101,8 @@ unsafe impl HostSlots for PinnedStorage {
 ///
 /// Each surface is held in an `Arc`, and an NVENC registration of a surface holds a clone, so a
 /// registered surface stays allocated until it is unregistered, whichever of the ring and the
-/// encoder goes first.
+/// encoder goes first: the surfaces of a ring dropped before the encoder are freed when the
+/// encoder unregisters them (when it evicts them from its bounded cache, or at its teardown).
 ///
 /// [`copy_host_to_device_async`]: crate::cuda::copy_host_to_device_async
 #[derive(Debug)]

@@ -19,19 +19,20 @@ pub(crate) fn primary_retain(out: *mut *mut c_void, dev: c_int) -> i32 {
         );
     }
     let mut st = state();
-    let h = match st.primary {
-        Some(h) => h,
+    let h = match st.primary.get(&dev) {
+        Some(&h) => h,
         None => {
             let h = st.new_handle(CTX_BASE);
             st.ctxs.insert(
                 h,
                 Ctx {
                     primary: true,
+                    device: dev,
                     refs: 0,
                     alive: false,
                 },
             );
-            st.primary = Some(h);
+            st.primary.insert(dev, h);
             h
         }
     };
@@ -55,7 +56,7 @@ pub(crate) fn primary_release(entry: &'static str, dev: c_int) -> i32 {
         return e;
     }
     let mut st = state();
-    let Some(h) = st.primary else {
+    let Some(h) = st.primary.get(&dev).copied() else {
         return bad(entry, INVALID_CONTEXT, "primary context was never retained");
     };
     let Some(c) = st.ctxs.get_mut(&h) else {
@@ -106,7 +107,7 @@ pub(crate) fn primary_set_flags(entry: &'static str, dev: c_int, flags: c_uint) 
     if let Err(e) = check_dev(entry, dev) {
         return e;
     }
-    state().primary_flags = flags;
+    state().primary_flags.insert(dev, flags);
     SUCCESS
 }
 
@@ -138,8 +139,8 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(
             return e;
         }
         let st = state();
-        let is_active = st.primary.is_some_and(|h| st.live_ctx(h));
-        let f = st.primary_flags;
+        let is_active = st.primary.get(&dev).is_some_and(|&h| st.live_ctx(h));
+        let f = st.primary_flags.get(&dev).copied().unwrap_or(0);
         drop(st);
         out!("cuDevicePrimaryCtxGetState", flags, f);
         out!("cuDevicePrimaryCtxGetState", active, c_int::from(is_active));
@@ -152,7 +153,7 @@ pub(crate) fn primary_reset(entry: &'static str, dev: c_int) -> i32 {
         return e;
     }
     let mut st = state();
-    if let Some(h) = st.primary {
+    if let Some(h) = st.primary.get(&dev).copied() {
         let leak = st.reap(h);
         drop(st);
         if let Some(leak) = leak {
@@ -194,6 +195,7 @@ pub unsafe extern "C" fn cuCtxCreate_v2(out: *mut *mut c_void, _flags: c_uint, d
             h,
             Ctx {
                 primary: false,
+                device: dev,
                 refs: 1,
                 alive: true,
             },
@@ -327,10 +329,13 @@ pub unsafe extern "C" fn cuCtxGetCurrent(out: *mut *mut c_void) -> i32 {
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxGetDevice(out: *mut c_int) -> i32 {
     entry!("cuCtxGetDevice", {
-        if let Err(e) = need_ctx("cuCtxGetDevice", &state()) {
-            return e;
-        }
-        out!("cuCtxGetDevice", out, 0);
+        let st = state();
+        let device = match need_ctx("cuCtxGetDevice", &st) {
+            Ok(ctx) => st.ctxs.get(&ctx).map_or(0, |c| c.device),
+            Err(e) => return e,
+        };
+        drop(st);
+        out!("cuCtxGetDevice", out, device);
         SUCCESS
     })
 }
@@ -376,8 +381,9 @@ pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(
     })
 }
 
-/// `cuDeviceCanAccessPeer`: the emulated machine has one device, and the driver answers 0 when
-/// a device is asked about itself (peer access is between two different devices).
+/// `cuDeviceCanAccessPeer`: 0. The driver answers 0 when a device is asked about itself (peer
+/// access is between two different devices), and the emulated devices (more than one only with
+/// `NVENC_EMU_CUDA_DEVICES`) are not peers.
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceCanAccessPeer(can: *mut c_int, dev: c_int, peer: c_int) -> i32 {
     entry!("cuDeviceCanAccessPeer", {

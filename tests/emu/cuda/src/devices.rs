@@ -1,5 +1,6 @@
-//! Initialisation and device queries: `cuInit`, the driver version, the one device, its name,
-//! UUID, compute capability, attributes and memory size.
+//! Initialisation and device queries: `cuInit`, the driver version, the devices (one unless
+//! `NVENC_EMU_CUDA_DEVICES` says more), their name, UUID, compute capability, attributes and
+//! memory size.
 
 use std::ffi::{c_char, c_int, c_uint};
 
@@ -43,8 +44,19 @@ pub unsafe extern "C" fn cuDriverGetVersion(v: *mut c_int) -> i32 {
     })
 }
 
+/// The number of emulated devices: `NVENC_EMU_CUDA_DEVICES` (1 to 8), default 1. Every device
+/// is the same GPU model; they share the one address space (as with unified addressing), and
+/// each has its own primary context.
+pub(crate) fn device_count() -> c_int {
+    std::env::var("NVENC_EMU_CUDA_DEVICES")
+        .ok()
+        .and_then(|v| v.parse::<c_int>().ok())
+        .filter(|n| (1..=8).contains(n))
+        .unwrap_or(1)
+}
+
 pub(crate) fn check_dev(entry: &'static str, dev: c_int) -> Result<(), i32> {
-    if dev == 0 {
+    if (0..device_count()).contains(&dev) {
         Ok(())
     } else {
         Err(bad(entry, INVALID_DEVICE, &format!("no device {dev}")))
@@ -55,7 +67,7 @@ pub(crate) fn check_dev(entry: &'static str, dev: c_int) -> Result<(), i32> {
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetCount(n: *mut c_int) -> i32 {
     entry!("cuDeviceGetCount", {
-        out!("cuDeviceGetCount", n, 1);
+        out!("cuDeviceGetCount", n, device_count());
         SUCCESS
     })
 }
@@ -64,14 +76,14 @@ pub unsafe extern "C" fn cuDeviceGetCount(n: *mut c_int) -> i32 {
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGet(dev: *mut c_int, ordinal: c_int) -> i32 {
     entry!("cuDeviceGet", {
-        if ordinal != 0 {
+        if !(0..device_count()).contains(&ordinal) {
             return bad(
                 "cuDeviceGet",
                 INVALID_DEVICE,
                 &format!("no device {ordinal}"),
             );
         }
-        out!("cuDeviceGet", dev, 0);
+        out!("cuDeviceGet", dev, ordinal);
         SUCCESS
     })
 }
@@ -112,6 +124,11 @@ pub(crate) fn uuid(entry: &'static str, out: *mut [u8; 16], dev: c_int) -> i32 {
         for (d, s) in id.iter_mut().zip(v.bytes()) {
             *d = s;
         }
+    }
+    // Every further device has its own UUID: the last two bytes are its ordinal.
+    if dev > 0 {
+        let ordinal = format!("{:02}", dev % 100);
+        id[14..].copy_from_slice(ordinal.as_bytes());
     }
     // SAFETY: `out` is non-null and, per the API, points at a CUuuid (16 bytes).
     unsafe { out.write(id) };

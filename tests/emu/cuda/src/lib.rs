@@ -9,7 +9,8 @@
 //! # What is emulated
 //!
 //! One device ("Emulated NVENC GPU", compute capability 8.6, 8 GiB, no memory pools, so cudarc
-//! allocates with plain `cuMemAlloc`), primary and created contexts with a per-thread current
+//! allocates with plain `cuMemAlloc`; more identical ones with `NVENC_EMU_CUDA_DEVICES`), primary
+//! and created contexts with a per-thread current
 //! context stack, device memory, pinned host memory, streams and events. "Device memory" is host
 //! memory this library owns, handed out at fake addresses from `0x7000_0000_0000` upward with a
 //! guard gap after every allocation, so a host pointer used as a device pointer, or an access
@@ -34,6 +35,7 @@
 //! | `NVENC_EMU_FAULTS` | `entry:N:status,...`: the `N`th call of `entry` (e.g. `cuMemAllocPitch_v2:1:2`) returns `status` |
 //! | `NVENC_EMU_REPORT` | file to append report lines to (violations, faults, `cuda live_handles ...`) |
 //! | `NVENC_EMU_CUDA_NO_DEVICE` | `1`: `cuInit` fails with `CUDA_ERROR_NO_DEVICE` |
+//! | `NVENC_EMU_CUDA_DEVICES` | how many devices (1 to 8, default 1), each with its own primary context and UUID (the last two bytes of device `n > 0`'s are `n`) |
 //! | `NVENC_EMU_CUDA_MEM_MB` | device memory size in MiB (default 8192) |
 //! | `NVENC_EMU_CUDA_UUID` | the device's UUID (`cuDeviceGetUuid`): up to 16 bytes of text (default `nvenc-emu-gpu-00`) |
 //! | `NVENC_EMU_CUDA_DRIVER_VERSION` | what `cuDriverGetVersion` reports (default 12040) |

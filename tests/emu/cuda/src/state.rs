@@ -29,6 +29,8 @@ thread_local! {
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pub(crate) primary: bool,
+    /// The device ordinal the context is on.
+    pub(crate) device: std::ffi::c_int,
     /// Primary contexts: retain count; created contexts: 1 while alive.
     pub(crate) refs: u32,
     pub(crate) alive: bool,
@@ -59,8 +61,10 @@ pub(crate) struct State {
     pub(crate) next_id: u64,
     pub(crate) next_addr: u64,
     pub(crate) ctxs: HashMap<u64, Ctx>,
-    pub(crate) primary: Option<u64>,
-    pub(crate) primary_flags: u32,
+    /// Each device's primary context, once retained.
+    pub(crate) primary: BTreeMap<std::ffi::c_int, u64>,
+    /// Each device's primary-context flags.
+    pub(crate) primary_flags: BTreeMap<std::ffi::c_int, u32>,
     pub(crate) allocs: BTreeMap<u64, Alloc>,
     pub(crate) host_allocs: HashMap<usize, std::alloc::Layout>,
     pub(crate) streams: HashMap<u64, Stream>,
@@ -80,8 +84,8 @@ impl State {
             next_id: 1,
             next_addr: DEVICE_MEM_BASE,
             ctxs: HashMap::new(),
-            primary: None,
-            primary_flags: 0,
+            primary: BTreeMap::new(),
+            primary_flags: BTreeMap::new(),
             allocs: BTreeMap::new(),
             host_allocs: HashMap::new(),
             streams: HashMap::new(),

@@ -68,6 +68,10 @@ pub(crate) unsafe extern "C" fn nvEncRegisterResource(
                 format!("resource {}x{} outside caps", p.width, p.height),
             ));
         }
+        // nvEncodeAPI.h 11.1 lines 2149-2154: for CUDADEVICEPTR the pitch is the one
+        // cuMemAllocPitch returned or the width in bytes of a cuMemAlloc allocation, so never
+        // below the width, and "must be a multiple of 4". Any such pitch is accepted (a driver
+        // cannot tell how the client allocated), as long as the frame fits the allocation.
         if p.pitch < p.width {
             return Err(v(
                 INVALID_PARAM,

@@ -282,6 +282,12 @@ impl EmuDriver {
         self.env("NVENC_EMU_CUDA_DRIVER_VERSION", version.to_string())
     }
 
+    /// `n` emulated CUDA devices (1 to 8) instead of one, each with its own primary context.
+    #[must_use]
+    pub fn cuda_devices(self, n: u32) -> Self {
+        self.env("NVENC_EMU_CUDA_DEVICES", n.to_string())
+    }
+
     /// `cuInit` fails with `CUDA_ERROR_NO_DEVICE`.
     #[must_use]
     pub fn no_cuda_device(self) -> Self {

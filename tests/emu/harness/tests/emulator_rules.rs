@@ -115,6 +115,30 @@ fn misuse_is_refused_with_the_drivers_status_and_recorded() {
     assert!(report.leaks().is_empty(), "{:?}", report.leaks());
 }
 
+/// External CUDA memory registers at every pitch the header allows (the allocation's pitch from
+/// `cuMemAllocPitch`, the width in bytes of a `cuMemAlloc` allocation, any multiple of 4 that
+/// fits; nvEncodeAPI.h 11.1 lines 2149-2154) and is refused with `NV_ENC_ERR_INVALID_PARAM` at
+/// a pitch that is not a multiple of 4 (line 2154), which is recorded.
+#[test]
+fn registration_takes_every_pitch_the_header_allows() {
+    let (out, stdout, report) = run(&EmuDriver::new(), &["pitches"]);
+    assert_ok(&out, &report);
+    for line in [
+        "ok register at the cuMemAllocPitch pitch",
+        "ok register at the width in bytes",
+        "ok register at a wider pitch, a multiple of 4",
+        "ok register at a width in bytes that is not a multiple of 4",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing:\n{stdout}");
+    }
+    assert_eq!(report.violations.len(), 1, "{:#?}", report.violations);
+    assert!(report
+        .violations_of("nvEncRegisterResource")
+        .iter()
+        .any(|v| v.reason.contains("not a multiple of 4")));
+    assert!(report.leaks().is_empty(), "{:?}", report.leaks());
+}
+
 /// The frames `nvenc-emu-client encode` uploads (320x192 NV12: luma `x + y + 4n`, both chroma
 /// planes `128 + ((i + n) & 31)`), as I420, for PSNR against the decoded stream.
 fn client_frames(frames: usize) -> Vec<u8> {

@@ -4,7 +4,7 @@
 //! itself and exits non-zero on the first unexpected one; the test then checks the emulator's
 //! report. Test infrastructure, not product.
 //!
-//! Scenarios: `load`, `sessions N`, `misuse`, `queries`, `symbols`,
+//! Scenarios: `load`, `sessions N`, `misuse`, `pitches`, `queries`, `symbols`,
 //! `encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]` (`pitch0`: every
 //! `NV_ENC_PIC_PARAMS::inputPitch` 0; `pitchw`: `inputWidth`; by default the allocation's pitch).
 
@@ -28,6 +28,7 @@ struct Cu {
     ctx_pop: unsafe extern "C" fn(*mut *mut c_void) -> c_int,
     ctx_push: unsafe extern "C" fn(*mut c_void) -> c_int,
     alloc_pitch: unsafe extern "C" fn(*mut u64, *mut usize, usize, usize, c_uint) -> c_int,
+    alloc: unsafe extern "C" fn(*mut u64, usize) -> c_int,
     free: unsafe extern "C" fn(u64) -> c_int,
     htod: unsafe extern "C" fn(u64, *const c_void, usize) -> c_int,
 }
@@ -49,6 +50,7 @@ impl Cu {
             ctx_pop: sym!(b"cuCtxPopCurrent_v2\0"),
             ctx_push: sym!(b"cuCtxPushCurrent_v2\0"),
             alloc_pitch: sym!(b"cuMemAllocPitch_v2\0"),
+            alloc: sym!(b"cuMemAlloc_v2\0"),
             free: sym!(b"cuMemFree_v2\0"),
             htod: sym!(b"cuMemcpyHtoD_v2\0"),
             _lib: lib,
@@ -811,6 +813,76 @@ fn scenario_misuse() -> Result<(), String> {
     Ok(())
 }
 
+/// Registers external CUDA memory at each pitch nvEncodeAPI.h 11.1 allows for
+/// `NV_ENC_INPUT_RESOURCE_TYPE_CUDADEVICEPTR` (lines 2149-2154: "the pitch as obtained from
+/// cuMemAllocPitch(), or ... the width in bytes (if this resource was created by using
+/// cuMemAlloc()). This value must be a multiple of 4."), as a device ring slot's surface is
+/// registered, and one it does not (a width in bytes that is not a multiple of 4).
+fn scenario_pitches() -> Result<(), String> {
+    let lib = lib()?;
+    let cu = Cu::open()?;
+    let ctx = cu.context()?;
+    let (st, s) = open(&lib, ctx);
+    expect("open", st, S::NV_ENC_SUCCESS)?;
+    let (w, h) = (320u32, 240u32);
+    let mut cfg = s.preset()?;
+    let mut ip = init_params(&mut cfg, w, h, 1);
+    // SAFETY: live session, valid struct (its encodeConfig points at `cfg`, alive here).
+    let st = unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) };
+    expect("init", st, S::NV_ENC_SUCCESS)?;
+    let rows = (h * 3 / 2) as usize;
+    // cuMemAllocPitch: the allocation's pitch (the emulated CUDA's is 512 for 320 bytes).
+    let (mut pitched, mut pitch) = (0u64, 0usize);
+    // SAFETY: valid out-pointers; the context is current.
+    let rc = unsafe { (cu.alloc_pitch)(&mut pitched, &mut pitch, w as usize, rows, 16) };
+    if rc != 0 {
+        return fail(format!("cuMemAllocPitch: {rc}"));
+    }
+    // cuMemAlloc: the width in bytes; 324 x rows bytes, room for a 324-byte pitch too.
+    let mut plain = 0u64;
+    // SAFETY: as above.
+    let rc = unsafe { (cu.alloc)(&mut plain, 324 * rows) };
+    if rc != 0 {
+        return fail(format!("cuMemAlloc: {rc}"));
+    }
+    let mut regs = Vec::new();
+    for (what, ptr, p) in [
+        (
+            "register at the cuMemAllocPitch pitch",
+            pitched,
+            pitch as u32,
+        ),
+        ("register at the width in bytes", plain, w),
+        ("register at a wider pitch, a multiple of 4", plain, 324),
+    ] {
+        let (st, reg) = s.register(ptr, w, h, p);
+        expect(what, st, S::NV_ENC_SUCCESS)?;
+        regs.push(reg);
+    }
+    let (st, _) = s.register(plain, w - 2, h, w - 2);
+    expect(
+        "register at a width in bytes that is not a multiple of 4",
+        st,
+        S::NV_ENC_ERR_INVALID_PARAM,
+    )?;
+    for reg in regs {
+        // SAFETY: live session; each registration made above, unmapped.
+        let st = unsafe { (s.f.unregister_resource)(s.enc, reg) };
+        expect("unregister", st, S::NV_ENC_SUCCESS)?;
+    }
+    expect("destroy", s.destroy(), S::NV_ENC_SUCCESS)?;
+    for ptr in [pitched, plain] {
+        // SAFETY: freeing the allocations made above, in the current context, once.
+        let rc = unsafe { (cu.free)(ptr) };
+        if rc != 0 {
+            return fail(format!("cuMemFree: {rc}"));
+        }
+    }
+    // SAFETY: destroying the context created above.
+    unsafe { (cu.ctx_destroy)(ctx) };
+    Ok(())
+}
+
 /// Encodes `frames` NV12 frames from CUDA memory with frameIntervalP = `interval`, using a ring of
 /// `interval + 3` surfaces, checks NVENC's NEED_MORE_INPUT pattern and writes the stream to `out`.
 /// The first failing call ends the encode and everything made so far is torn down in order
@@ -952,6 +1024,7 @@ fn main() -> ExitCode {
         Some("load") => scenario_load(),
         Some("sessions") => scenario_sessions(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3)),
         Some("misuse") => scenario_misuse(),
+        Some("pitches") => scenario_pitches(),
         Some("queries") => scenario_queries(),
         Some("symbols") => scenario_symbols(),
         Some("encode") => {
@@ -974,7 +1047,7 @@ fn main() -> ExitCode {
                 r => r,
             }
         }
-        _ => Err("usage: nvenc-emu-client load | sessions N | misuse | queries | symbols | encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]".into()),
+        _ => Err("usage: nvenc-emu-client load | sessions N | misuse | pitches | queries | symbols | encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]".into()),
     };
     let _ = std::io::stdout().flush();
     match r {
