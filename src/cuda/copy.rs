@@ -262,6 +262,16 @@ impl<T> Pending<T> {
 }
 
 impl<T> Pending<T> {
+    /// Replaces the host source by `f(source)`, which must keep the memory the copies read
+    /// allocated (it need not give access to it): the copies may still run.
+    pub(crate) fn map_source(&mut self, f: impl FnOnce(T) -> T) {
+        if let Some(PlaneSource::Host(t)) = self.src.take() {
+            self.src = Some(PlaneSource::Host(f(t)));
+        }
+    }
+}
+
+impl<T> Pending<T> {
     /// Waits for the stream (`cuStreamSynchronize`), then gives the host source back.
     ///
     /// # Errors

@@ -12,18 +12,41 @@ use nvenc_sys as sys;
 use super::api::{BitstreamBuffer, CallError, LateEnd, LockedInfo, Mapped, RawEncoder, Registered};
 use super::init::Plan;
 use super::NvencError;
-use crate::cuda::{Context, Either, Pending, PinnedBuffer, PitchedBuffer, Stream};
+use crate::cuda::{Context, Either, HostBytes, Pending, PinnedBuffer, PitchedBuffer, Stream};
 use crate::encoder::SlotFrame;
-use crate::ring_buffer::{DeviceStorage, PinnedStorage, ReadSlot};
+use crate::ring_buffer::{DeviceStorage, PinnedStorage, ReadSlot, StorageHold};
 
 /// The host memory an upload reads: one of the session's staging buffers (the frame was copied
 /// there), or the caller's pinned ring slot (no copy).
-pub(crate) type Staged = Either<PinnedBuffer, Arc<ReadSlot<PinnedStorage>>>;
+pub(crate) type Staged = Either<PinnedBuffer, SlotUpload>;
+
+/// A caller's pinned ring slot as an upload source.
+#[derive(Debug)]
+pub(crate) enum SlotUpload {
+    /// The slot's lease: the slot stays the encoder's until the upload is known to have run.
+    Lease(Arc<ReadSlot<PinnedStorage>>),
+    /// The slot given back when the session was abandoned on a hung call (so the producer can go
+    /// on with the next encoder), its ring's memory still held: the upload may yet run.
+    /// (Held, never read: what it keeps alive is the point.)
+    Released(#[allow(dead_code)] StorageHold<PinnedStorage>),
+}
+
+// SAFETY: a lease's bytes are its slot's, which the lease keeps from the producer and the ring
+// keeps allocated (see `ReadSlot`'s impl); a released upload gives no bytes at all (an empty
+// slice is always valid), so nothing can read memory the producer writes again.
+unsafe impl HostBytes for SlotUpload {
+    fn host_bytes(&self) -> &[u8] {
+        match self {
+            SlotUpload::Lease(lease) => lease.host_bytes(),
+            SlotUpload::Released(_) => &[],
+        }
+    }
+}
 
 /// A caller's slot as an upload source, if it is pinned.
 pub(crate) fn caller_slot(slot: &SlotFrame) -> Option<Staged> {
     match slot {
-        SlotFrame::Pinned(s) => Some(Either::Right(Arc::clone(s))),
+        SlotFrame::Pinned(s) => Some(Either::Right(SlotUpload::Lease(Arc::clone(s)))),
         _ => None,
     }
 }
@@ -430,6 +453,22 @@ impl NvencSession {
         let Some(watchdog) = self.raw.take_watchdog() else {
             return;
         };
+        // The caller's ring slots go back to their rings now, or a producer feeding the next
+        // encoder would wait forever for slots a hung call keeps (the ring gives slots back in
+        // order). Their memory stays: a device slot's with its registration (which holds the
+        // allocation), a pinned slot's with the ring storage held. The producer may write them
+        // again; the abandoned pictures' output is never read.
+        for flight in &mut self.pending {
+            flight.lease = None;
+            if let Some(upload) = flight.upload.as_mut() {
+                upload.map_source(|source| match source {
+                    Either::Right(SlotUpload::Lease(lease)) => {
+                        Either::Right(SlotUpload::Released(lease.hold_storage()))
+                    }
+                    other => other,
+                });
+            }
+        }
         let hung = watchdog.hung();
         let abandoned = Abandoned {
             session: Some(self),

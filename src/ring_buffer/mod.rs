@@ -92,7 +92,9 @@ mod tests;
 pub use crate::cuda::DeviceSurface;
 pub use cuda_storage::{DeviceStorage, PinnedStorage};
 pub use error::{CommitError, PopError, ReserveError, RingError};
-pub use ring::{Consumer, FrameFlags, FrameMeta, Producer, ReadSlot, RingStats, WriteSlot};
+pub use ring::{
+    Consumer, FrameFlags, FrameMeta, Producer, ReadSlot, RingStats, StorageHold, WriteSlot,
+};
 pub use storage::{DeviceSlots, HostSlots, HostStorage, SlotStorage, HOST_SLOT_ALIGN, MAX_SLOTS};
 
 /// What an encoder keeps in flight, in frames, for [`required_slots`] and

@@ -29,7 +29,7 @@ use std::marker::PhantomData;
 use super::storage::SlotStorage;
 use super::sync::{Arc, AtomicBool, AtomicU8, AtomicUsize, Condvar, Mutex, StatCounter};
 
-pub use consumer::{Consumer, ReadSlot};
+pub use consumer::{Consumer, ReadSlot, StorageHold};
 pub use producer::{Producer, WriteSlot};
 use shared::{Counters, Padded, Shared};
 pub use shared::{FrameFlags, FrameMeta, RingStats};

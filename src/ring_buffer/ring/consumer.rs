@@ -284,6 +284,17 @@ impl<S: SlotStorage> ReadSlot<S> {
     /// Gives the slot back (the same as dropping the lease, spelled out).
     pub fn release(self) {}
 
+    /// Keeps the ring's storage allocated without keeping this slot: for an encoder that must
+    /// give the slot back while a device may still read it (a driver call that never returned):
+    /// the producer may then write the slot again, but its memory is not freed while the hold
+    /// lives.
+    #[must_use]
+    pub fn hold_storage(&self) -> StorageHold<S> {
+        StorageHold {
+            _shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// How many slots the consumer's leases should keep at most (see
     /// [`Consumer::set_lease_budget`]).
     #[must_use]
@@ -317,6 +328,17 @@ impl<S: DeviceSlots> ReadSlot<S> {
     #[must_use]
     pub fn surface(&self) -> DeviceSurface {
         self.shared.storage.surface(self.index)
+    }
+}
+
+/// Keeps a ring's storage allocated, holding no slot ([`ReadSlot::hold_storage`]).
+pub struct StorageHold<S: SlotStorage> {
+    _shared: Arc<Shared<S>>,
+}
+
+impl<S: SlotStorage> fmt::Debug for StorageHold<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageHold").finish_non_exhaustive()
     }
 }
 
