@@ -44,70 +44,207 @@ fn clip(config: &EncoderConfig, n: u64) -> Result<Vec<Vec<u8>>, BoxError> {
     Ok((0..n).map(|i| pattern.frame(i)).collect())
 }
 
-/// Frames per second of the encoder alone, frames fed back to back.
+/// Seconds the encoder alone takes for `frames`, fed back to back from memory, flush included
+/// (the clock starts at the first frame, after the encoder has opened, as in [`stage`]).
 fn encoder_alone(config: &EncoderConfig, frames: &[Vec<u8>]) -> Result<f64, BoxError> {
     let mut encoder = X264Encoder::new(config)?;
     let mut out = Vec::new();
     let started = Instant::now();
     for f in frames {
         encoder.encode_frame(f, &mut out)?;
+        out.clear();
     }
     encoder.flush(&mut out)?;
-    Ok(frames.len() as f64 / started.elapsed().as_secs_f64())
+    Ok(started.elapsed().as_secs_f64())
 }
 
-struct Smoothing {
-    fraction: f64,
+/// When each frame reaches the receiver, as an offset from the start: a live source on a network.
+/// The sender sends frame `i` at `i * interval`. One frame in eight (outside a stall) starts a
+/// stall of 1 to 10 intervals: the link holds everything sent during it and delivers it when the
+/// stall ends, all at once (queued bytes arrive at line rate). Stalls are placed in the sender's
+/// time, not after the receiver's own delays, so they do not pile up: the mean rate stays
+/// `1 / interval` and a receiver that fell behind catches up as fast as it can take the frames.
+fn arrivals(n: usize, interval: Duration, seed: u64) -> Vec<Duration> {
+    let mut rng = Rng(seed);
+    let mut stall_end = Duration::ZERO;
+    (0..n)
+        .map(|i| {
+            let sent = interval.mul_f64(i as f64);
+            if sent >= stall_end && rng.below(8) == 0 {
+                stall_end = sent + interval * (1 + rng.below(10) as u32);
+            }
+            sent.max(stall_end)
+        })
+        .collect()
+}
+
+/// The best any stage can do with these arrivals: an encoder that takes exactly `interval` per
+/// frame and never waits for room (an unbounded ring); its rate as a fraction of `1 / interval`.
+/// With the mean arrival rate equal to the encoder's rate, time the encoder idles during a stall
+/// is never made up (it has no spare speed), so this is below 1 by the longest backlog a stall
+/// built up, over the stream's length.
+fn ceiling(arrivals: &[Duration], interval: Duration) -> f64 {
+    let mut free = Duration::ZERO;
+    for &a in arrivals {
+        free = free.max(a) + interval;
+    }
+    interval.as_secs_f64() * arrivals.len() as f64 / free.as_secs_f64()
+}
+
+/// How the source writes a frame into the stage.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// `push`: one copy of the frame into the slot (what a socket read into the slot costs).
+    Copy,
+    /// `reserve` + `commit` of the slot as it is: the stage's own cost per frame, no bytes moved.
+    /// The first `slots` frames are pushed to fill the slots, so the encoder gets clip frames
+    /// `i % slots` (compare with the encoder alone fed the same sequence).
+    InPlace,
+}
+
+struct Run {
+    secs: f64,
+    out: usize,
     lost: u64,
     highest: usize,
     blocked: Duration,
 }
 
-/// Arrival: frame i is due at i * interval; one frame in eight is preceded by a stall of 1..=10
-/// intervals, after which the late frames go out back to back (the mean rate stays 1/interval).
-fn smoothing(
+/// The stage fed with `frames` at `arrivals` (`None`: back to back, as fast as it takes them).
+fn stage(
     config: &EncoderConfig,
     frames: &[Vec<u8>],
+    arrivals: Option<&[Duration]>,
     slots: usize,
-    alone_fps: f64,
     policy: BackPressure,
-) -> Result<Smoothing, BoxError> {
+    write: Write,
+) -> Result<Run, BoxError> {
     let encoder = X264Encoder::new(config)?;
     let options = PipelineOptions::default()
         .with_ring_slots(slots)
         .with_back_pressure(policy);
     let (mut producer, output) = EncodePipeline::with_encoder(Box::new(encoder), options)?.split();
-    let interval = Duration::from_secs_f64(1.0 / alone_fps);
     let stats = producer.stats();
-    let reader = std::thread::spawn(move || output.filter(Result::is_ok).count());
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let reader = std::thread::spawn(move || {
+        let out = output.filter(Result::is_ok).count();
+        (out, Instant::now())
+    });
     let mut highest = 0;
-    let started = Instant::now();
     let mut lost = 0;
+    let started = Instant::now();
     for (i, f) in frames.iter().enumerate() {
-        if rng.below(8) == 0 {
-            let stall = interval * (1 + rng.below(10) as u32);
-            std::thread::sleep(stall);
+        if let Some(arrivals) = arrivals {
+            if let Some(wait) = (started + arrivals[i]).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
         }
-        // The schedule is kept, so the frames a stall delayed go out back to back (the burst).
-        let due = started + interval.mul_f64(i as f64);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        if producer.push(&f[..])? == Submitted::Dropped {
+        let submitted = match write {
+            Write::Copy => producer.push(&f[..])?,
+            // The first pass over the slots fills them; later frames are what the slot holds.
+            Write::InPlace if i < slots => producer.push(&f[..])?,
+            Write::InPlace => producer.reserve()?.commit(i as i64, false)?,
+        };
+        if submitted == Submitted::Dropped {
             lost += 1;
         }
         highest = highest.max(stats.queue_depth() + stats.in_flight());
     }
     producer.finish()?;
-    let out = reader.join().map_err(|_| "reader panicked")?;
-    let secs = started.elapsed().as_secs_f64();
-    Ok(Smoothing {
-        fraction: (out as f64 / secs) / alone_fps,
+    let (out, ended) = reader.join().map_err(|_| "reader panicked")?;
+    Ok(Run {
+        secs: ended.duration_since(started).as_secs_f64(),
+        out,
         lost,
         highest,
         blocked: stats.producer_blocked(),
     })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Section 1: stage overhead (source flooding) and jitter smoothing.
+fn jitter_smoothing(frames: u64, threads: u32) -> Result<(), BoxError> {
+    let config = EncoderConfig::new(1280, 720)
+        .with_preset(Preset::Ultrafast)
+        .with_threads(threads);
+    let input = clip(&config, frames)?;
+    let n = input.len() as f64;
+    // The sequence the in-place source gives the encoder (see `Write::InPlace`).
+    let cyclic: Vec<Vec<u8>> = (0..input.len()).map(|i| input[i % 8].clone()).collect();
+    // Warm-up (page faults, x264's tables, the CPU's clock), then 5 rounds, the four runs of a
+    // round back to back so that load from elsewhere on the machine falls on all alike; medians.
+    encoder_alone(&config, &input)?;
+    let (mut t_alone, mut t_copy, mut t_cyclic, mut t_in_place) = (vec![], vec![], vec![], vec![]);
+    let flood = |frames: &[Vec<u8>], write| -> Result<f64, BoxError> {
+        let run = stage(&config, frames, None, 8, BackPressure::Block, write)?;
+        if run.out != frames.len() {
+            return Err(format!("{} frames in, {} out", frames.len(), run.out).into());
+        }
+        Ok(run.secs)
+    };
+    for _ in 0..5 {
+        t_alone.push(encoder_alone(&config, &input)?);
+        t_copy.push(flood(&input, Write::Copy)?);
+        t_cyclic.push(encoder_alone(&config, &cyclic)?);
+        t_in_place.push(flood(&input, Write::InPlace)?);
+    }
+    let alone_fps = n / median(t_alone);
+    let copy = n / median(t_copy);
+    let alone_cyclic = n / median(t_cyclic);
+    let in_place = n / median(t_in_place);
+    drop(cyclic);
+    println!("stage overhead: x264 ultrafast 1280x720 threads {threads}, {frames} frames fed back to back, ring 8, median of 5:");
+    println!("  encoder alone {alone_fps:.0} fps; stage, push (one copy per frame) {copy:.0} fps ({:.3} of it)",
+        copy / alone_fps);
+    println!("  encoder alone on frames i % 8 {alone_cyclic:.0} fps; stage, reserve+commit in place (same frames, no copy) {in_place:.0} fps ({:.3} of it)",
+        in_place / alone_cyclic);
+
+    let interval = Duration::from_secs_f64(1.0 / alone_fps);
+    let arrivals = arrivals(input.len(), interval, 0x1234_5678_9abc_def1);
+    let best = ceiling(&arrivals, interval);
+    println!("jitter smoothing: arrival at the encoder's rate ({alone_fps:.0} fps), one frame in 8 starts a stall of 1-10 intervals, its frames arrive together when it ends; \
+the source pushes (one copy); ceiling {best:.3} (an ideal encoder with an unbounded ring: stall idle time is never made up at utilisation 1)");
+    println!(
+        "{:>5} | {:>20} {:>6} {:>8} | {:>15} {:>10} {:>8}",
+        "ring",
+        "DropNewest: fraction",
+        "lost",
+        "highest",
+        "Block: fraction",
+        "blocked ms",
+        "highest"
+    );
+    for slots in [2, 4, 8, 16, 32] {
+        let d = stage(
+            &config,
+            &input,
+            Some(&arrivals),
+            slots,
+            BackPressure::DropNewest,
+            Write::Copy,
+        )?;
+        let b = stage(
+            &config,
+            &input,
+            Some(&arrivals),
+            slots,
+            BackPressure::Block,
+            Write::Copy,
+        )?;
+        println!(
+            "{slots:>5} | {:>20.3} {:>6} {:>8} | {:>15.3} {:>10.0} {:>8}",
+            d.out as f64 / d.secs / alone_fps,
+            d.lost,
+            d.highest,
+            b.out as f64 / b.secs / alone_fps,
+            b.blocked.as_secs_f64() * 1e3,
+            b.highest
+        );
+    }
+    Ok(())
 }
 
 /// Submit-to-chunk latency at real-time pacing (30 fps).
@@ -214,38 +351,25 @@ fn main() -> Result<(), BoxError> {
     let frames: u64 = env_or("PIPE_BENCH_FRAMES", 300);
     let threads: u32 = env_or("PIPE_BENCH_THREADS", 2);
 
-    // 1. Jitter smoothing.
-    let config = EncoderConfig::new(1280, 720)
-        .with_preset(Preset::Ultrafast)
-        .with_threads(threads);
-    let input = clip(&config, frames)?;
-    let alone = encoder_alone(&config, &input)?;
-    println!("jitter smoothing: x264 ultrafast 1280x720, {frames} frames, encoder alone {alone:.0} fps; arrival at that rate, stalls 1-10 intervals then a burst");
-    println!(
-        "{:>5} | {:>22} {:>6} {:>8} | {:>16} {:>12} {:>8}",
-        "ring",
-        "DropNewest: fraction",
-        "lost",
-        "highest",
-        "Block: fraction",
-        "blocked ms",
-        "highest"
-    );
-    for slots in [2, 4, 8, 16, 32] {
-        let d = smoothing(&config, &input, slots, alone, BackPressure::DropNewest)?;
-        let b = smoothing(&config, &input, slots, alone, BackPressure::Block)?;
-        println!(
-            "{slots:>5} | {:>22.3} {:>6} {:>8} | {:>16.3} {:>12.0} {:>8}",
-            d.fraction,
-            d.lost,
-            d.highest,
-            b.fraction,
-            b.blocked.as_secs_f64() * 1e3,
-            b.highest
-        );
-    }
+    let sections: String = env_or("PIPE_BENCH_SECTIONS", "123".to_owned());
 
-    // 2. Latency at 1080p30.
+    // 1. Stage overhead and jitter smoothing.
+    if sections.contains('1') {
+        let jitter_frames: u64 = env_or("PIPE_BENCH_JITTER_FRAMES", 1000);
+        let jitter_threads: u32 = env_or("PIPE_BENCH_JITTER_THREADS", threads);
+        jitter_smoothing(jitter_frames, jitter_threads)?;
+    }
+    if sections.contains('2') {
+        latency_section(threads)?;
+    }
+    if sections.contains('3') {
+        versus_cli(frames, threads)?;
+    }
+    Ok(())
+}
+
+/// Section 2: latency at 1080p30.
+fn latency_section(threads: u32) -> Result<(), BoxError> {
     let config = EncoderConfig::new(1920, 1080)
         .with_preset(Preset::Ultrafast)
         .with_tune(Some(Tune::Zerolatency))
@@ -253,8 +377,11 @@ fn main() -> Result<(), BoxError> {
     let input = clip(&config, 90)?;
     let (p50, p99) = latency(&config, &input)?;
     println!("latency: 1080p30 x264 ultrafast zerolatency, 90 frames at 30 fps: submit-to-chunk p50 {p50:.1} ms, p99 {p99:.1} ms (frame interval 33.3 ms)");
+    Ok(())
+}
 
-    // 3. encode_yuv's path vs the x264 CLI.
+/// Section 3: `encode_yuv`'s path vs the x264 CLI.
+fn versus_cli(frames: u64, threads: u32) -> Result<(), BoxError> {
     let config = EncoderConfig::new(1280, 720)
         .with_preset(Preset::Ultrafast)
         .with_crf(23.0)
