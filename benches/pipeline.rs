@@ -1,15 +1,22 @@
 //! Measurements of the pipeline stage, printed side by side in one run (not timed tests):
 //!
-//! 1. Jitter smoothing: a live source (bursty arrival at the encoder's own steady rate, stalls of
-//!    up to 10 frame intervals followed by a burst that catches up) into the stage with
-//!    `BackPressure::DropNewest` (frames lost) and `Block` (nothing lost; time the source was held
-//!    back), for ring sizes 2, 4, 8, 16, 32: throughput as a fraction of the encoder alone, frames
-//!    lost, highest ring depth.
+//! 1. The stage's own cost: the encoder alone vs the stage with a source that floods it (`push`,
+//!    one copy per frame; and reserve+commit in place, no copy), same frames, interleaved runs.
+//!    Then jitter smoothing: a live source on a network (arrival at the encoder's own steady rate;
+//!    stalls of up to 10 frame intervals, after which what was sent during the stall arrives at
+//!    once) into the stage with `BackPressure::DropNewest` (frames lost) and `Block` (nothing
+//!    lost; time the source was held back), for ring sizes 2, 4, 8, 16, 32: throughput as a
+//!    fraction of the encoder alone, frames lost, highest ring depth, next to the ceiling that an
+//!    ideal encoder with an unbounded ring reaches with the same arrivals.
 //! 2. Submit-to-chunk latency p50/p99 at 1080p30, x264 ultrafast + zerolatency, real-time pacing.
 //! 3. `encode_yuv`'s path (a reading thread filling ring slots from a file) vs the `x264` CLI on
 //!    the same clip, preset ultrafast, crf 23, same threads.
 //!
-//! `cargo bench --bench pipeline` (env: PIPE_BENCH_FRAMES, PIPE_BENCH_THREADS).
+//! `cargo bench --bench pipeline` (env: PIPE_BENCH_SECTIONS, e.g. `13`, default `123`;
+//! PIPE_BENCH_FRAMES for section 3, default 300; PIPE_BENCH_JITTER_FRAMES, default 1000;
+//! PIPE_BENCH_LATENCY_FRAMES, default 300; PIPE_BENCH_THREADS, default 2, and
+//! PIPE_BENCH_JITTER_THREADS for section 1, default PIPE_BENCH_THREADS). Each section prints the
+//! machine's load average: figures taken while other work runs are skewed.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -160,6 +167,27 @@ fn stage(
     })
 }
 
+/// Three runs of one setting: the median rate and blocked time, the most frames lost and the
+/// highest depth of any run.
+struct Three {
+    fps: f64,
+    lost: u64,
+    highest: usize,
+    blocked: Duration,
+}
+
+fn three(mut run: impl FnMut() -> Result<Run, BoxError>) -> Result<Three, BoxError> {
+    let runs = [run()?, run()?, run()?];
+    Ok(Three {
+        fps: median(runs.iter().map(|r| r.out as f64 / r.secs).collect()),
+        lost: runs.iter().map(|r| r.lost).max().unwrap_or(0),
+        highest: runs.iter().map(|r| r.highest).max().unwrap_or(0),
+        blocked: Duration::from_secs_f64(median(
+            runs.iter().map(|r| r.blocked.as_secs_f64()).collect(),
+        )),
+    })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -177,36 +205,48 @@ fn jitter_smoothing(frames: u64, threads: u32) -> Result<(), BoxError> {
     // Warm-up (page faults, x264's tables, the CPU's clock), then 5 rounds, the four runs of a
     // round back to back so that load from elsewhere on the machine falls on all alike; medians.
     encoder_alone(&config, &input)?;
-    let (mut t_alone, mut t_copy, mut t_cyclic, mut t_in_place) = (vec![], vec![], vec![], vec![]);
-    let flood = |frames: &[Vec<u8>], write| -> Result<f64, BoxError> {
+    // Wall seconds and process CPU seconds (every thread: x264's, the stage's, the source's).
+    let (mut alone, mut copy, mut cyclic_alone, mut in_place) = (vec![], vec![], vec![], vec![]);
+    let flood = |frames: &[Vec<u8>], write| -> Result<(f64, f64), BoxError> {
+        let cpu = cpu_secs();
         let run = stage(&config, frames, None, 8, BackPressure::Block, write)?;
         if run.out != frames.len() {
             return Err(format!("{} frames in, {} out", frames.len(), run.out).into());
         }
-        Ok(run.secs)
+        Ok((run.secs, cpu_secs() - cpu))
+    };
+    let alone_run = |frames: &[Vec<u8>]| -> Result<(f64, f64), BoxError> {
+        let cpu = cpu_secs();
+        let secs = encoder_alone(&config, frames)?;
+        Ok((secs, cpu_secs() - cpu))
     };
     for _ in 0..5 {
-        t_alone.push(encoder_alone(&config, &input)?);
-        t_copy.push(flood(&input, Write::Copy)?);
-        t_cyclic.push(encoder_alone(&config, &cyclic)?);
-        t_in_place.push(flood(&input, Write::InPlace)?);
+        alone.push(alone_run(&input)?);
+        copy.push(flood(&input, Write::Copy)?);
+        cyclic_alone.push(alone_run(&cyclic)?);
+        in_place.push(flood(&input, Write::InPlace)?);
     }
-    let alone_fps = n / median(t_alone);
-    let copy = n / median(t_copy);
-    let alone_cyclic = n / median(t_cyclic);
-    let in_place = n / median(t_in_place);
     drop(cyclic);
-    println!("stage overhead: x264 ultrafast 1280x720 threads {threads}, {frames} frames fed back to back, ring 8, median of 5:");
-    println!("  encoder alone {alone_fps:.0} fps; stage, push (one copy per frame) {copy:.0} fps ({:.3} of it)",
-        copy / alone_fps);
-    println!("  encoder alone on frames i % 8 {alone_cyclic:.0} fps; stage, reserve+commit in place (same frames, no copy) {in_place:.0} fps ({:.3} of it)",
-        in_place / alone_cyclic);
+    // (frames per second, CPU milliseconds per frame), medians.
+    let rate = |runs: Vec<(f64, f64)>| {
+        let (wall, cpu): (Vec<f64>, Vec<f64>) = runs.into_iter().unzip();
+        (n / median(wall), median(cpu) * 1e3 / n)
+    };
+    let (alone_fps, alone_cpu) = rate(alone);
+    let (copy_fps, copy_cpu) = rate(copy);
+    let (cyclic_fps, cyclic_cpu) = rate(cyclic_alone);
+    let (in_place_fps, in_place_cpu) = rate(in_place);
+    println!("stage overhead: x264 ultrafast 1280x720 threads {threads}, {frames} frames fed back to back, ring 8, median of 5 interleaved; load average {}", load_average());
+    println!("  encoder alone {alone_fps:.0} fps, {alone_cpu:.2} CPU ms/frame; stage, push (one copy per frame) {copy_fps:.0} fps ({:.3} of it), {copy_cpu:.2} CPU ms/frame",
+        copy_fps / alone_fps);
+    println!("  encoder alone on frames i % 8 {cyclic_fps:.0} fps, {cyclic_cpu:.2} CPU ms/frame; stage, reserve+commit in place (same frames, no copy) {in_place_fps:.0} fps ({:.3} of it), {in_place_cpu:.2} CPU ms/frame",
+        in_place_fps / cyclic_fps);
 
     let interval = Duration::from_secs_f64(1.0 / alone_fps);
     let arrivals = arrivals(input.len(), interval, 0x1234_5678_9abc_def1);
     let best = ceiling(&arrivals, interval);
     println!("jitter smoothing: arrival at the encoder's rate ({alone_fps:.0} fps), one frame in 8 starts a stall of 1-10 intervals, its frames arrive together when it ends; \
-the source pushes (one copy); ceiling {best:.3} (an ideal encoder with an unbounded ring: stall idle time is never made up at utilisation 1)");
+the source pushes (one copy); median of 3 runs, most lost and highest depth of the 3; ceiling {best:.3} (an ideal encoder with an unbounded ring: stall idle time is never made up at utilisation 1)");
     println!(
         "{:>5} | {:>20} {:>6} {:>8} | {:>15} {:>10} {:>8}",
         "ring",
@@ -218,28 +258,32 @@ the source pushes (one copy); ceiling {best:.3} (an ideal encoder with an unboun
         "highest"
     );
     for slots in [2, 4, 8, 16, 32] {
-        let d = stage(
-            &config,
-            &input,
-            Some(&arrivals),
-            slots,
-            BackPressure::DropNewest,
-            Write::Copy,
-        )?;
-        let b = stage(
-            &config,
-            &input,
-            Some(&arrivals),
-            slots,
-            BackPressure::Block,
-            Write::Copy,
-        )?;
+        let d = three(|| {
+            stage(
+                &config,
+                &input,
+                Some(&arrivals),
+                slots,
+                BackPressure::DropNewest,
+                Write::Copy,
+            )
+        })?;
+        let b = three(|| {
+            stage(
+                &config,
+                &input,
+                Some(&arrivals),
+                slots,
+                BackPressure::Block,
+                Write::Copy,
+            )
+        })?;
         println!(
             "{slots:>5} | {:>20.3} {:>6} {:>8} | {:>15.3} {:>10.0} {:>8}",
-            d.out as f64 / d.secs / alone_fps,
+            d.fps / alone_fps,
             d.lost,
             d.highest,
-            b.out as f64 / b.secs / alone_fps,
+            b.fps / alone_fps,
             b.blocked.as_secs_f64() * 1e3,
             b.highest
         );
@@ -248,7 +292,7 @@ the source pushes (one copy); ceiling {best:.3} (an ideal encoder with an unboun
 }
 
 /// Submit-to-chunk latency at real-time pacing (30 fps).
-fn latency(config: &EncoderConfig, frames: &[Vec<u8>]) -> Result<(f64, f64), BoxError> {
+fn latency(config: &EncoderConfig, frames: &[Vec<u8>]) -> Result<(f64, f64, f64), BoxError> {
     let encoder = X264Encoder::new(config)?;
     let (mut producer, output) =
         EncodePipeline::with_encoder(Box::new(encoder), PipelineOptions::default())?.split();
@@ -282,8 +326,11 @@ fn latency(config: &EncoderConfig, frames: &[Vec<u8>]) -> Result<(f64, f64), Box
     producer.finish()?;
     let mut lat = reader.join().map_err(|_| "reader panicked")?;
     lat.sort_by(f64::total_cmp);
+    if lat.len() != frames.len() {
+        return Err(format!("{} frames in, {} chunks out", frames.len(), lat.len()).into());
+    }
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-    Ok((pct(0.5), pct(0.99)))
+    Ok((pct(0.5), pct(0.99), pct(1.0)))
 }
 
 /// `encode_yuv`'s path: a reading thread fills ring slots straight from the file.
@@ -360,7 +407,7 @@ fn main() -> Result<(), BoxError> {
         jitter_smoothing(jitter_frames, jitter_threads)?;
     }
     if sections.contains('2') {
-        latency_section(threads)?;
+        latency_section(env_or("PIPE_BENCH_LATENCY_FRAMES", 300), threads)?;
     }
     if sections.contains('3') {
         versus_cli(frames, threads)?;
@@ -369,15 +416,41 @@ fn main() -> Result<(), BoxError> {
 }
 
 /// Section 2: latency at 1080p30.
-fn latency_section(threads: u32) -> Result<(), BoxError> {
+fn latency_section(frames: u64, threads: u32) -> Result<(), BoxError> {
     let config = EncoderConfig::new(1920, 1080)
         .with_preset(Preset::Ultrafast)
-        .with_tune(Some(Tune::Zerolatency))
-        .with_threads(threads);
-    let input = clip(&config, 90)?;
-    let (p50, p99) = latency(&config, &input)?;
-    println!("latency: 1080p30 x264 ultrafast zerolatency, 90 frames at 30 fps: submit-to-chunk p50 {p50:.1} ms, p99 {p99:.1} ms (frame interval 33.3 ms)");
+        .with_tune(Some(Tune::Zerolatency));
+    let input = clip(&config, frames)?;
+    // zerolatency is x264's sliced threads (one frame split across threads, no frame delay): one
+    // thread and the configured count side by side.
+    for threads in [1, threads] {
+        let (p50, p99, max) = latency(&config.clone().with_threads(threads), &input)?;
+        println!("latency: 1080p30 x264 ultrafast zerolatency threads {threads}, {frames} frames paced at 30 fps: submit-to-chunk p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (frame interval 33.3 ms); load average {}", load_average());
+    }
     Ok(())
+}
+
+/// CPU seconds this process has used, all threads, user and system.
+fn cpu_secs() -> f64 {
+    // SAFETY: `getrusage` writes only into the `rusage` it is given, which all-zero initialises
+    // validly (a plain C struct of integers).
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return f64::NAN;
+        }
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// The 1-minute load average (`/proc/loadavg`): other work on the machine skews every figure.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Section 3: `encode_yuv`'s path vs the x264 CLI.
@@ -397,6 +470,6 @@ fn versus_cli(frames: u64, threads: u32) -> Result<(), BoxError> {
         stage = stage.min(stage_from_file(&config, &path)?);
         cli = cli.min(x264_cli(&config, &path, threads)?);
     }
-    println!("encode_yuv path vs x264 CLI: 1280x720 {frames} frames ultrafast crf 23 threads {threads}, best of 3: stage {stage:.3} s, CLI {cli:.3} s, ratio {:.2}", stage / cli);
+    println!("encode_yuv path vs x264 CLI: 1280x720 {frames} frames ultrafast crf 23 threads {threads}, best of 3: stage {stage:.3} s, CLI {cli:.3} s, ratio {:.2}; load average {}", stage / cli, load_average());
     Ok(())
 }
