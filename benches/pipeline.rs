@@ -432,15 +432,12 @@ fn latency_section(frames: u64, threads: u32) -> Result<(), BoxError> {
 
 /// CPU seconds this process has used, all threads, user and system.
 fn cpu_secs() -> f64 {
-    // SAFETY: `getrusage` writes only into the `rusage` it is given, which all-zero initialises
-    // validly (a plain C struct of integers).
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
-            return f64::NAN;
-        }
-        usage
-    };
+    // SAFETY: `rusage` is a plain C struct of integers, for which all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `getrusage` writes only into the `rusage` it is given, which is valid and writable.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
