@@ -195,6 +195,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Section 1: stage overhead (source flooding) and jitter smoothing.
 fn jitter_smoothing(frames: u64, threads: u32) -> Result<(), BoxError> {
+    let load = load_average();
     let config = EncoderConfig::new(1280, 720)
         .with_preset(Preset::Ultrafast)
         .with_threads(threads);
@@ -236,7 +237,7 @@ fn jitter_smoothing(frames: u64, threads: u32) -> Result<(), BoxError> {
     let (copy_fps, copy_cpu) = rate(copy);
     let (cyclic_fps, cyclic_cpu) = rate(cyclic_alone);
     let (in_place_fps, in_place_cpu) = rate(in_place);
-    println!("stage overhead: x264 ultrafast 1280x720 threads {threads}, {frames} frames fed back to back, ring 8, median of 5 interleaved; load average {}", load_average());
+    println!("stage overhead: x264 ultrafast 1280x720 threads {threads}, {frames} frames fed back to back, ring 8, median of 5 interleaved; load average before {load}");
     println!("  encoder alone {alone_fps:.0} fps, {alone_cpu:.2} CPU ms/frame; stage, push (one copy per frame) {copy_fps:.0} fps ({:.3} of it), {copy_cpu:.2} CPU ms/frame",
         copy_fps / alone_fps);
     println!("  encoder alone on frames i % 8 {cyclic_fps:.0} fps, {cyclic_cpu:.2} CPU ms/frame; stage, reserve+commit in place (same frames, no copy) {in_place_fps:.0} fps ({:.3} of it), {in_place_cpu:.2} CPU ms/frame",
@@ -417,6 +418,7 @@ fn main() -> Result<(), BoxError> {
 
 /// Section 2: latency at 1080p30.
 fn latency_section(frames: u64, threads: u32) -> Result<(), BoxError> {
+    let load = load_average();
     let config = EncoderConfig::new(1920, 1080)
         .with_preset(Preset::Ultrafast)
         .with_tune(Some(Tune::Zerolatency));
@@ -425,7 +427,7 @@ fn latency_section(frames: u64, threads: u32) -> Result<(), BoxError> {
     // thread and the configured count side by side.
     for threads in [1, threads] {
         let (p50, p99, max) = latency(&config.clone().with_threads(threads), &input)?;
-        println!("latency: 1080p30 x264 ultrafast zerolatency threads {threads}, {frames} frames paced at 30 fps: submit-to-chunk p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (frame interval 33.3 ms); load average {}", load_average());
+        println!("latency: 1080p30 x264 ultrafast zerolatency threads {threads}, {frames} frames paced at 30 fps: submit-to-chunk p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (frame interval 33.3 ms); load average before {load}");
     }
     Ok(())
 }
@@ -442,7 +444,8 @@ fn cpu_secs() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-/// The 1-minute load average (`/proc/loadavg`): other work on the machine skews every figure.
+/// The 1-minute load average (`/proc/loadavg`): other work on the machine skews every figure. Read
+/// before a section starts, since the bench's own threads raise it while they run.
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -452,6 +455,7 @@ fn load_average() -> String {
 
 /// Section 3: `encode_yuv`'s path vs the x264 CLI.
 fn versus_cli(frames: u64, threads: u32) -> Result<(), BoxError> {
+    let load = load_average();
     let config = EncoderConfig::new(1280, 720)
         .with_preset(Preset::Ultrafast)
         .with_crf(23.0)
@@ -467,6 +471,6 @@ fn versus_cli(frames: u64, threads: u32) -> Result<(), BoxError> {
         stage = stage.min(stage_from_file(&config, &path)?);
         cli = cli.min(x264_cli(&config, &path, threads)?);
     }
-    println!("encode_yuv path vs x264 CLI: 1280x720 {frames} frames ultrafast crf 23 threads {threads}, best of 3: stage {stage:.3} s, CLI {cli:.3} s, ratio {:.2}; load average {}", stage / cli, load_average());
+    println!("encode_yuv path vs x264 CLI: 1280x720 {frames} frames ultrafast crf 23 threads {threads}, best of 3: stage {stage:.3} s, CLI {cli:.3} s, ratio {:.2}; load average before {load}", stage / cli);
     Ok(())
 }
