@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 
 use nvenc::pipeline::{BackPressure, EncodePipeline, PipelineOptions, Submitted};
 use nvenc::testsrc::TestPattern;
-use nvenc::{EncoderConfig, Preset, Tune, VideoEncoder, X264Encoder};
+use nvenc::{
+    EncodedChunk, EncoderConfig, EncoderKind, Error, Frame, FrameType, Preset, Tune, VideoEncoder,
+    X264Encoder,
+};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -193,9 +196,76 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// An encoder that does no work: one 1 KiB chunk per frame, at once. Through the stage it shows
+/// the stage's own cost per frame (the ring hand-off, the encoder thread's wake-ups, the output
+/// queue), with nothing to hide it.
+struct Null {
+    config: EncoderConfig,
+    next: u64,
+}
+
+impl VideoEncoder for Null {
+    fn encode(&mut self, _frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        out.push(EncodedChunk {
+            data: vec![0; 1024],
+            pts: self.next as i64,
+            dts: self.next as i64,
+            duration: 1,
+            keyframe: self.next == 0,
+            frame_type: FrameType::P,
+            frame_index: self.next,
+        });
+        self.next += 1;
+        Ok(())
+    }
+    fn flush(&mut self, _out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        Ok(())
+    }
+    fn kind(&self) -> EncoderKind {
+        EncoderKind::X264
+    }
+    fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+    fn sequence_headers(&self) -> &[u8] {
+        &[]
+    }
+}
+
+/// The stage's own cost per frame: `frames` frames committed in place (no bytes written) through
+/// an encoder that does no work, ring 8; wall and CPU microseconds per frame, best of 5.
+fn stage_cost(frames: u64) -> Result<(f64, f64), BoxError> {
+    let config = EncoderConfig::new(64, 64);
+    let (mut wall, mut cpu) = (f64::MAX, f64::MAX);
+    for _ in 0..5 {
+        let encoder = Null {
+            config: config.clone(),
+            next: 0,
+        };
+        let (mut producer, output) =
+            EncodePipeline::with_encoder(Box::new(encoder), PipelineOptions::default())?.split();
+        let reader = std::thread::spawn(move || output.filter(Result::is_ok).count());
+        let cpu_at = cpu_secs();
+        let started = Instant::now();
+        for pts in 0..frames {
+            let _ = producer.reserve()?.commit(pts as i64, false)?;
+        }
+        producer.finish()?;
+        let out = reader.join().map_err(|_| "reader panicked")?;
+        if out as u64 != frames {
+            return Err(format!("{frames} frames in, {out} out").into());
+        }
+        wall = wall.min(started.elapsed().as_secs_f64());
+        cpu = cpu.min(cpu_secs() - cpu_at);
+    }
+    Ok((wall * 1e6 / frames as f64, cpu * 1e6 / frames as f64))
+}
+
 /// Section 1: stage overhead (source flooding) and jitter smoothing.
 fn jitter_smoothing(frames: u64, threads: u32) -> Result<(), BoxError> {
     let load = load_average();
+    let (wall_us, cpu_us) = stage_cost(100_000)?;
+    println!("stage cost: 100000 frames through an encoder that does no work, reserve+commit in place, ring 8, best of 5: {wall_us:.1} us wall, {cpu_us:.1} us CPU per frame (all threads); load average before {load}");
     let config = EncoderConfig::new(1280, 720)
         .with_preset(Preset::Ultrafast)
         .with_threads(threads);
