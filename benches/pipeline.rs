@@ -14,8 +14,9 @@
 //!
 //! `cargo bench --bench pipeline` (env: PIPE_BENCH_SECTIONS, e.g. `13`, default `123`;
 //! PIPE_BENCH_FRAMES for section 3, default 300; PIPE_BENCH_JITTER_FRAMES, default 1000;
-//! PIPE_BENCH_LATENCY_FRAMES, default 300; PIPE_BENCH_THREADS, default 2, and
-//! PIPE_BENCH_JITTER_THREADS for section 1, default PIPE_BENCH_THREADS). Each section prints the
+//! PIPE_BENCH_LATENCY_FRAMES, default 300; PIPE_BENCH_THREADS, default 2;
+//! PIPE_BENCH_JITTER_THREADS for the jitter runs, default PIPE_BENCH_THREADS but at most the cores
+//! less one, so the source has a core; PIPE_BENCH_ROUNDS, default 7). Each section prints the
 //! machine's load average: figures taken while other work runs are skewed.
 
 use std::io::Read;
@@ -157,7 +158,9 @@ fn stage(
         if submitted == Submitted::Dropped {
             lost += 1;
         }
-        highest = highest.max(stats.queue_depth() + stats.in_flight());
+        // The two counts are read one after the other, so their sum can pass the ring's size for
+        // a moment; the ring never holds more than its slots.
+        highest = highest.max((stats.queue_depth() + stats.in_flight()).min(slots));
     }
     producer.finish()?;
     let (out, ended) = reader.join().map_err(|_| "reader panicked")?;
@@ -261,62 +264,95 @@ fn stage_cost(frames: u64) -> Result<(f64, f64), BoxError> {
     Ok((wall * 1e6 / frames as f64, cpu * 1e6 / frames as f64))
 }
 
-/// Section 1: stage overhead (source flooding) and jitter smoothing.
-fn jitter_smoothing(frames: u64, threads: u32) -> Result<(), BoxError> {
+/// Section 1a: the stage's own cost, over an encoder that does no work and over x264.
+fn stage_overhead(frames: u64, threads: &[u32]) -> Result<(), BoxError> {
     let load = load_average();
     let (wall_us, cpu_us) = stage_cost(100_000)?;
     println!("stage cost: 100000 frames through an encoder that does no work, reserve+commit in place, ring 8, best of 5: {wall_us:.1} us wall, {cpu_us:.1} us CPU per frame (all threads); load average before {load}");
+    let rounds: usize = env_or("PIPE_BENCH_ROUNDS", 7);
+    for &threads in threads {
+        let load = load_average();
+        let config = EncoderConfig::new(1280, 720)
+            .with_preset(Preset::Ultrafast)
+            .with_threads(threads);
+        let input = clip(&config, frames)?;
+        let n = input.len() as f64;
+        // The sequence the in-place source gives the encoder (see `Write::InPlace`).
+        let cyclic: Vec<Vec<u8>> = (0..input.len()).map(|i| input[i % 8].clone()).collect();
+        // Wall seconds and process CPU seconds (every thread: x264's, the stage's, the source's).
+        let flood = |frames: &[Vec<u8>], write| -> Result<(f64, f64), BoxError> {
+            let cpu = cpu_secs();
+            let run = stage(&config, frames, None, 8, BackPressure::Block, write)?;
+            if run.out != frames.len() {
+                return Err(format!("{} frames in, {} out", frames.len(), run.out).into());
+            }
+            Ok((run.secs, cpu_secs() - cpu))
+        };
+        let alone = |frames: &[Vec<u8>]| -> Result<(f64, f64), BoxError> {
+            let cpu = cpu_secs();
+            let secs = encoder_alone(&config, frames)?;
+            Ok((secs, cpu_secs() - cpu))
+        };
+        // Warm-up (page faults, x264's tables, the CPU's clock), then rounds of four runs back to
+        // back, so that load from elsewhere on the machine falls on a round's runs alike; each
+        // stage run is compared with the encoder-alone run of its own round (a paired ratio).
+        alone(&input)?;
+        let (mut copy_ratio, mut in_place_ratio) = (vec![], vec![]);
+        let (mut cpu_alone, mut cpu_copy, mut cpu_cyclic, mut cpu_in_place) =
+            (vec![], vec![], vec![], vec![]);
+        let mut fps_alone = vec![];
+        for _ in 0..rounds {
+            let a = alone(&input)?;
+            let c = flood(&input, Write::Copy)?;
+            let ac = alone(&cyclic)?;
+            let i = flood(&input, Write::InPlace)?;
+            copy_ratio.push(a.0 / c.0);
+            in_place_ratio.push(ac.0 / i.0);
+            fps_alone.push(n / a.0);
+            cpu_alone.push(a.1 * 1e3 / n);
+            cpu_copy.push(c.1 * 1e3 / n);
+            cpu_cyclic.push(ac.1 * 1e3 / n);
+            cpu_in_place.push(i.1 * 1e3 / n);
+        }
+        let spread = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::MAX, f64::min);
+            let hi = v.iter().copied().fold(f64::MIN, f64::max);
+            format!("{lo:.3}-{hi:.3}")
+        };
+        println!("stage overhead: x264 ultrafast 1280x720 threads {threads}, {frames} frames fed back to back, ring 8, {rounds} interleaved rounds, medians; load average before {load}");
+        println!(
+            "  encoder alone {:.0} fps, {:.2} CPU ms/frame",
+            median(fps_alone),
+            median(cpu_alone)
+        );
+        println!("  stage, push (one copy per frame): {:.3} of the encoder alone's rate (rounds {}), {:.2} CPU ms/frame",
+            median(copy_ratio.clone()), spread(&copy_ratio), median(cpu_copy));
+        println!("  stage, reserve+commit in place (no copy; frames i % 8): {:.3} of the encoder alone on the same frames (rounds {}), {:.2} CPU ms/frame against {:.2}",
+            median(in_place_ratio.clone()), spread(&in_place_ratio), median(cpu_in_place), median(cpu_cyclic));
+    }
+    Ok(())
+}
+
+/// Section 1b: jitter smoothing.
+fn jitter_smoothing(frames: u64, threads: u32) -> Result<(), BoxError> {
+    let load = load_average();
     let config = EncoderConfig::new(1280, 720)
         .with_preset(Preset::Ultrafast)
         .with_threads(threads);
     let input = clip(&config, frames)?;
     let n = input.len() as f64;
-    // The sequence the in-place source gives the encoder (see `Write::InPlace`).
-    let cyclic: Vec<Vec<u8>> = (0..input.len()).map(|i| input[i % 8].clone()).collect();
-    // Warm-up (page faults, x264's tables, the CPU's clock), then 5 rounds, the four runs of a
-    // round back to back so that load from elsewhere on the machine falls on all alike; medians.
+    // The encoder's steady rate on these frames, measured just before: warm-up, median of 5.
     encoder_alone(&config, &input)?;
-    // Wall seconds and process CPU seconds (every thread: x264's, the stage's, the source's).
-    let (mut alone, mut copy, mut cyclic_alone, mut in_place) = (vec![], vec![], vec![], vec![]);
-    let flood = |frames: &[Vec<u8>], write| -> Result<(f64, f64), BoxError> {
-        let cpu = cpu_secs();
-        let run = stage(&config, frames, None, 8, BackPressure::Block, write)?;
-        if run.out != frames.len() {
-            return Err(format!("{} frames in, {} out", frames.len(), run.out).into());
-        }
-        Ok((run.secs, cpu_secs() - cpu))
-    };
-    let alone_run = |frames: &[Vec<u8>]| -> Result<(f64, f64), BoxError> {
-        let cpu = cpu_secs();
-        let secs = encoder_alone(&config, frames)?;
-        Ok((secs, cpu_secs() - cpu))
-    };
-    for _ in 0..5 {
-        alone.push(alone_run(&input)?);
-        copy.push(flood(&input, Write::Copy)?);
-        cyclic_alone.push(alone_run(&cyclic)?);
-        in_place.push(flood(&input, Write::InPlace)?);
-    }
-    drop(cyclic);
-    // (frames per second, CPU milliseconds per frame), medians.
-    let rate = |runs: Vec<(f64, f64)>| {
-        let (wall, cpu): (Vec<f64>, Vec<f64>) = runs.into_iter().unzip();
-        (n / median(wall), median(cpu) * 1e3 / n)
-    };
-    let (alone_fps, alone_cpu) = rate(alone);
-    let (copy_fps, copy_cpu) = rate(copy);
-    let (cyclic_fps, cyclic_cpu) = rate(cyclic_alone);
-    let (in_place_fps, in_place_cpu) = rate(in_place);
-    println!("stage overhead: x264 ultrafast 1280x720 threads {threads}, {frames} frames fed back to back, ring 8, median of 5 interleaved; load average before {load}");
-    println!("  encoder alone {alone_fps:.0} fps, {alone_cpu:.2} CPU ms/frame; stage, push (one copy per frame) {copy_fps:.0} fps ({:.3} of it), {copy_cpu:.2} CPU ms/frame",
-        copy_fps / alone_fps);
-    println!("  encoder alone on frames i % 8 {cyclic_fps:.0} fps, {cyclic_cpu:.2} CPU ms/frame; stage, reserve+commit in place (same frames, no copy) {in_place_fps:.0} fps ({:.3} of it), {in_place_cpu:.2} CPU ms/frame",
-        in_place_fps / cyclic_fps);
-
+    let alone_fps = n / median(
+        (0..5)
+            .map(|_| encoder_alone(&config, &input))
+            .collect::<Result<_, _>>()?,
+    );
     let interval = Duration::from_secs_f64(1.0 / alone_fps);
     let arrivals = arrivals(input.len(), interval, 0x1234_5678_9abc_def1);
     let best = ceiling(&arrivals, interval);
-    println!("jitter smoothing: arrival at the encoder's rate ({alone_fps:.0} fps), one frame in 8 starts a stall of 1-10 intervals, its frames arrive together when it ends; \
+    println!("jitter smoothing: x264 ultrafast 1280x720 threads {threads}, {frames} frames; load average before {load}");
+    println!("  arrival at the encoder's rate ({alone_fps:.0} fps), one frame in 8 starts a stall of 1-10 intervals, its frames arrive together when it ends; \
 the source pushes (one copy); median of 3 runs, most lost and highest depth of the 3; ceiling {best:.3} (an ideal encoder with an unbounded ring: stall idle time is never made up at utilisation 1)");
     println!(
         "{:>5} | {:>20} {:>6} {:>8} | {:>15} {:>10} {:>8}",
@@ -474,7 +510,21 @@ fn main() -> Result<(), BoxError> {
     // 1. Stage overhead and jitter smoothing.
     if sections.contains('1') {
         let jitter_frames: u64 = env_or("PIPE_BENCH_JITTER_FRAMES", 1000);
-        let jitter_threads: u32 = env_or("PIPE_BENCH_JITTER_THREADS", threads);
+        // On a machine of few cores, x264 on every core leaves the source none: its copy and the
+        // stage's threads then slow the encoder below the rate they are paced at, whatever the
+        // ring. The jitter run is about the ring, so by default x264 leaves the source one core.
+        let jitter_threads: u32 = env_or(
+            "PIPE_BENCH_JITTER_THREADS",
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get() as u32 - 1)
+                .min(threads)
+                .max(1),
+        );
+        let mut overhead_threads = vec![jitter_threads];
+        if threads != jitter_threads {
+            overhead_threads.push(threads);
+        }
+        stage_overhead(jitter_frames, &overhead_threads)?;
         jitter_smoothing(jitter_frames, jitter_threads)?;
     }
     if sections.contains('2') {

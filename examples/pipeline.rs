@@ -158,7 +158,8 @@ async fn receive(
         got.frames += 1;
         got.highest_depth = got
             .highest_depth
-            .max(stats.queue_depth() + stats.in_flight());
+            // Read one after the other, the two counts can sum past the ring's size for a moment.
+            .max((stats.queue_depth() + stats.in_flight()).min(stats.capacity()));
     }
     producer.finish()?;
     Ok(got)
