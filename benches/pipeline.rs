@@ -1,8 +1,8 @@
 //! Measurements of the pipeline stage, printed side by side in one run (not timed tests):
 //!
-//! 1. The stage's own cost: the encoder alone vs the stage with a source that floods it (`push`,
+//! 0. The stage's own cost: the encoder alone vs the stage with a source that floods it (`push`,
 //!    one copy per frame; and reserve+commit in place, no copy), same frames, interleaved runs.
-//!    Then jitter smoothing: a live source on a network (arrival at the encoder's own steady rate;
+//! 1. Jitter smoothing: a live source on a network (arrival at the encoder's own steady rate;
 //!    stalls of up to 10 frame intervals, after which what was sent during the stall arrives at
 //!    once) into the stage with `BackPressure::DropNewest` (frames lost) and `Block` (nothing
 //!    lost; time the source was held back), for ring sizes 2, 4, 8, 16, 32: throughput as a
@@ -12,7 +12,8 @@
 //! 3. `encode_yuv`'s path (a reading thread filling ring slots from a file) vs the `x264` CLI on
 //!    the same clip, preset ultrafast, crf 23, same threads.
 //!
-//! `cargo bench --bench pipeline` (env: PIPE_BENCH_SECTIONS, e.g. `13`, default `123`;
+//! `cargo bench --bench pipeline` (env: PIPE_BENCH_SECTIONS, e.g. `13`, default `0123`, where 0 is
+//! the stage's overhead and 1 the jitter runs;
 //! PIPE_BENCH_FRAMES for section 3, default 300; PIPE_BENCH_JITTER_FRAMES, default 1000;
 //! PIPE_BENCH_LATENCY_FRAMES, default 300; PIPE_BENCH_THREADS, default 2;
 //! PIPE_BENCH_JITTER_THREADS for the jitter runs, default PIPE_BENCH_THREADS but at most the cores
@@ -24,7 +25,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nvenc::pipeline::{BackPressure, EncodePipeline, PipelineOptions, Submitted};
+use nvenc::pipeline::{BackPressure, EncodePipeline, PipelineOptions, Received, Submitted};
 use nvenc::testsrc::TestPattern;
 use nvenc::{
     EncodedChunk, EncoderConfig, EncoderKind, Error, Frame, FrameType, Preset, Tune, VideoEncoder,
@@ -111,6 +112,11 @@ enum Write {
     /// The first `slots` frames are pushed to fill the slots, so the encoder gets clip frames
     /// `i % slots` (compare with the encoder alone fed the same sequence).
     InPlace,
+    /// As `InPlace`, but neither the source nor the reader ever sleeps in the stage: the source
+    /// naps 1 ms while the ring is full and the reader polls the output every 1 ms, so the
+    /// encoder thread has no one to wake per frame. Compared with `InPlace`, it shows what the
+    /// per-frame wake-ups cost when x264's threads occupy every core.
+    InPlaceQuiet,
 }
 
 struct Run {
@@ -137,7 +143,19 @@ fn stage(
     let (mut producer, output) = EncodePipeline::with_encoder(Box::new(encoder), options)?.split();
     let stats = producer.stats();
     let reader = std::thread::spawn(move || {
-        let out = output.filter(Result::is_ok).count();
+        let mut output = output;
+        let out = if write == Write::InPlaceQuiet {
+            let mut out = 0;
+            loop {
+                match output.try_recv() {
+                    Received::Item(item) => out += usize::from(item.is_ok()),
+                    Received::Pending => std::thread::sleep(Duration::from_millis(1)),
+                    Received::End => break out,
+                }
+            }
+        } else {
+            output.filter(Result::is_ok).count()
+        };
         (out, Instant::now())
     });
     let mut highest = 0;
@@ -152,8 +170,15 @@ fn stage(
         let submitted = match write {
             Write::Copy => producer.push(&f[..])?,
             // The first pass over the slots fills them; later frames are what the slot holds.
-            Write::InPlace if i < slots => producer.push(&f[..])?,
+            Write::InPlace | Write::InPlaceQuiet if i < slots => producer.push(&f[..])?,
             Write::InPlace => producer.reserve()?.commit(i as i64, false)?,
+            Write::InPlaceQuiet => {
+                // Only this source fills slots, so once one is free `reserve` does not wait.
+                while stats.queue_depth() + stats.in_flight() >= slots {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                producer.reserve()?.commit(i as i64, false)?
+            }
         };
         if submitted == Submitted::Dropped {
             lost += 1;
@@ -297,7 +322,7 @@ fn stage_overhead(frames: u64, threads: &[u32]) -> Result<(), BoxError> {
         // back, so that load from elsewhere on the machine falls on a round's runs alike; each
         // stage run is compared with the encoder-alone run of its own round (a paired ratio).
         alone(&input)?;
-        let (mut copy_ratio, mut in_place_ratio) = (vec![], vec![]);
+        let (mut copy_ratio, mut in_place_ratio, mut quiet_ratio) = (vec![], vec![], vec![]);
         let (mut cpu_alone, mut cpu_copy, mut cpu_cyclic, mut cpu_in_place) =
             (vec![], vec![], vec![], vec![]);
         let mut fps_alone = vec![];
@@ -306,8 +331,10 @@ fn stage_overhead(frames: u64, threads: &[u32]) -> Result<(), BoxError> {
             let c = flood(&input, Write::Copy)?;
             let ac = alone(&cyclic)?;
             let i = flood(&input, Write::InPlace)?;
+            let q = flood(&input, Write::InPlaceQuiet)?;
             copy_ratio.push(a.0 / c.0);
             in_place_ratio.push(ac.0 / i.0);
+            quiet_ratio.push(ac.0 / q.0);
             fps_alone.push(n / a.0);
             cpu_alone.push(a.1 * 1e3 / n);
             cpu_copy.push(c.1 * 1e3 / n);
@@ -329,6 +356,8 @@ fn stage_overhead(frames: u64, threads: &[u32]) -> Result<(), BoxError> {
             median(copy_ratio.clone()), spread(&copy_ratio), median(cpu_copy));
         println!("  stage, reserve+commit in place (no copy; frames i % 8): {:.3} of the encoder alone on the same frames (rounds {}), {:.2} CPU ms/frame against {:.2}",
             median(in_place_ratio.clone()), spread(&in_place_ratio), median(cpu_in_place), median(cpu_cyclic));
+        println!("  the same with no per-frame wake-ups (source naps while full, reader polls every 1 ms): {:.3} (rounds {})",
+            median(quiet_ratio.clone()), spread(&quiet_ratio));
     }
     Ok(())
 }
@@ -505,10 +534,10 @@ fn main() -> Result<(), BoxError> {
     let frames: u64 = env_or("PIPE_BENCH_FRAMES", 300);
     let threads: u32 = env_or("PIPE_BENCH_THREADS", 2);
 
-    let sections: String = env_or("PIPE_BENCH_SECTIONS", "123".to_owned());
+    let sections: String = env_or("PIPE_BENCH_SECTIONS", "0123".to_owned());
 
-    // 1. Stage overhead and jitter smoothing.
-    if sections.contains('1') {
+    // 0. Stage overhead; 1. jitter smoothing.
+    if sections.contains('0') || sections.contains('1') {
         let jitter_frames: u64 = env_or("PIPE_BENCH_JITTER_FRAMES", 1000);
         // On a machine of few cores, x264 on every core leaves the source none: its copy and the
         // stage's threads then slow the encoder below the rate they are paced at, whatever the
@@ -524,8 +553,12 @@ fn main() -> Result<(), BoxError> {
         if threads != jitter_threads {
             overhead_threads.push(threads);
         }
-        stage_overhead(jitter_frames, &overhead_threads)?;
-        jitter_smoothing(jitter_frames, jitter_threads)?;
+        if sections.contains('0') {
+            stage_overhead(jitter_frames, &overhead_threads)?;
+        }
+        if sections.contains('1') {
+            jitter_smoothing(jitter_frames, jitter_threads)?;
+        }
     }
     if sections.contains('2') {
         latency_section(env_or("PIPE_BENCH_LATENCY_FRAMES", 300), threads)?;
