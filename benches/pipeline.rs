@@ -1,24 +1,36 @@
 //! Measurements of the pipeline stage, printed side by side in one run (not timed tests):
 //!
-//! 1. Jitter smoothing: a live source (bursty arrival at the encoder's own steady rate, stalls of
-//!    up to 10 frame intervals followed by a burst that catches up) into the stage with
-//!    `BackPressure::DropNewest` (frames lost) and `Block` (nothing lost; time the source was held
-//!    back), for ring sizes 2, 4, 8, 16, 32: throughput as a fraction of the encoder alone, frames
-//!    lost, highest ring depth.
+//! 0. The stage's own cost: the encoder alone vs the stage with a source that floods it (`push`,
+//!    one copy per frame; and reserve+commit in place, no copy), same frames, interleaved runs.
+//! 1. Jitter smoothing: a live source on a network (arrival at the encoder's own steady rate;
+//!    stalls of up to 10 frame intervals, after which what was sent during the stall arrives at
+//!    once) into the stage with `BackPressure::DropNewest` (frames lost) and `Block` (nothing
+//!    lost; time the source was held back), for ring sizes 2, 4, 8, 16, 32: throughput as a
+//!    fraction of the encoder alone, frames lost, highest ring depth, next to the ceiling that an
+//!    ideal encoder with an unbounded ring reaches with the same arrivals.
 //! 2. Submit-to-chunk latency p50/p99 at 1080p30, x264 ultrafast + zerolatency, real-time pacing.
 //! 3. `encode_yuv`'s path (a reading thread filling ring slots from a file) vs the `x264` CLI on
 //!    the same clip, preset ultrafast, crf 23, same threads.
 //!
-//! `cargo bench --bench pipeline` (env: PIPE_BENCH_FRAMES, PIPE_BENCH_THREADS).
+//! `cargo bench --bench pipeline` (env: PIPE_BENCH_SECTIONS, e.g. `13`, default `0123`, where 0 is
+//! the stage's overhead and 1 the jitter runs;
+//! PIPE_BENCH_FRAMES for section 3, default 300; PIPE_BENCH_JITTER_FRAMES, default 1000;
+//! PIPE_BENCH_LATENCY_FRAMES, default 300; PIPE_BENCH_THREADS, default 2;
+//! PIPE_BENCH_JITTER_THREADS for the jitter runs, default PIPE_BENCH_THREADS but at most the cores
+//! less one, so the source has a core; PIPE_BENCH_ROUNDS, default 7). Each section prints the
+//! machine's load average: figures taken while other work runs are skewed.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nvenc::pipeline::{BackPressure, EncodePipeline, PipelineOptions, Submitted};
+use nvenc::pipeline::{BackPressure, EncodePipeline, PipelineOptions, Received, Submitted};
 use nvenc::testsrc::TestPattern;
-use nvenc::{EncoderConfig, Preset, Tune, VideoEncoder, X264Encoder};
+use nvenc::{
+    EncodedChunk, EncoderConfig, EncoderKind, Error, Frame, FrameType, Preset, Tune, VideoEncoder,
+    X264Encoder,
+};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -44,74 +56,392 @@ fn clip(config: &EncoderConfig, n: u64) -> Result<Vec<Vec<u8>>, BoxError> {
     Ok((0..n).map(|i| pattern.frame(i)).collect())
 }
 
-/// Frames per second of the encoder alone, frames fed back to back.
+/// Seconds the encoder alone takes for `frames`, fed back to back from memory, flush included
+/// (the clock starts at the first frame, after the encoder has opened, as in [`stage`]).
 fn encoder_alone(config: &EncoderConfig, frames: &[Vec<u8>]) -> Result<f64, BoxError> {
     let mut encoder = X264Encoder::new(config)?;
     let mut out = Vec::new();
     let started = Instant::now();
     for f in frames {
         encoder.encode_frame(f, &mut out)?;
+        out.clear();
     }
     encoder.flush(&mut out)?;
-    Ok(frames.len() as f64 / started.elapsed().as_secs_f64())
+    Ok(started.elapsed().as_secs_f64())
 }
 
-struct Smoothing {
-    fraction: f64,
+/// When each frame reaches the receiver, as an offset from the start: a live source on a network.
+/// The sender sends frame `i` at `i * interval`. One frame in eight (outside a stall) starts a
+/// stall of 1 to 10 intervals: the link holds everything sent during it and delivers it when the
+/// stall ends, all at once (queued bytes arrive at line rate). Stalls are placed in the sender's
+/// time, not after the receiver's own delays, so they do not pile up: the mean rate stays
+/// `1 / interval` and a receiver that fell behind catches up as fast as it can take the frames.
+fn arrivals(n: usize, interval: Duration, seed: u64) -> Vec<Duration> {
+    let mut rng = Rng(seed);
+    let mut stall_end = Duration::ZERO;
+    (0..n)
+        .map(|i| {
+            let sent = interval.mul_f64(i as f64);
+            if sent >= stall_end && rng.below(8) == 0 {
+                stall_end = sent + interval * (1 + rng.below(10) as u32);
+            }
+            sent.max(stall_end)
+        })
+        .collect()
+}
+
+/// The best any stage can do with these arrivals: an encoder that takes exactly `interval` per
+/// frame and never waits for room (an unbounded ring); its rate as a fraction of `1 / interval`.
+/// With the mean arrival rate equal to the encoder's rate, time the encoder idles during a stall
+/// is never made up (it has no spare speed), so this is below 1 by the longest backlog a stall
+/// built up, over the stream's length.
+fn ceiling(arrivals: &[Duration], interval: Duration) -> f64 {
+    let mut free = Duration::ZERO;
+    for &a in arrivals {
+        free = free.max(a) + interval;
+    }
+    interval.as_secs_f64() * arrivals.len() as f64 / free.as_secs_f64()
+}
+
+/// How the source writes a frame into the stage.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// `push`: one copy of the frame into the slot (what a socket read into the slot costs).
+    Copy,
+    /// `reserve` + `commit` of the slot as it is: the stage's own cost per frame, no bytes moved.
+    /// The first `slots` frames are pushed to fill the slots, so the encoder gets clip frames
+    /// `i % slots` (compare with the encoder alone fed the same sequence).
+    InPlace,
+    /// As `InPlace`, but neither the source nor the reader ever sleeps in the stage: the source
+    /// naps 1 ms while the ring is full and the reader polls the output every 1 ms, so the
+    /// encoder thread has no one to wake per frame. Compared with `InPlace`, it shows what the
+    /// per-frame wake-ups cost when x264's threads occupy every core.
+    InPlaceQuiet,
+}
+
+struct Run {
+    secs: f64,
+    out: usize,
     lost: u64,
     highest: usize,
     blocked: Duration,
 }
 
-/// Arrival: frame i is due at i * interval; one frame in eight is preceded by a stall of 1..=10
-/// intervals, after which the late frames go out back to back (the mean rate stays 1/interval).
-fn smoothing(
+/// The stage fed with `frames` at `arrivals` (`None`: back to back, as fast as it takes them).
+fn stage(
     config: &EncoderConfig,
     frames: &[Vec<u8>],
+    arrivals: Option<&[Duration]>,
     slots: usize,
-    alone_fps: f64,
     policy: BackPressure,
-) -> Result<Smoothing, BoxError> {
+    write: Write,
+) -> Result<Run, BoxError> {
     let encoder = X264Encoder::new(config)?;
     let options = PipelineOptions::default()
         .with_ring_slots(slots)
         .with_back_pressure(policy);
     let (mut producer, output) = EncodePipeline::with_encoder(Box::new(encoder), options)?.split();
-    let interval = Duration::from_secs_f64(1.0 / alone_fps);
     let stats = producer.stats();
-    let reader = std::thread::spawn(move || output.filter(Result::is_ok).count());
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let reader = std::thread::spawn(move || {
+        let mut output = output;
+        let out = if write == Write::InPlaceQuiet {
+            let mut out = 0;
+            loop {
+                match output.try_recv() {
+                    Received::Item(item) => out += usize::from(item.is_ok()),
+                    Received::Pending => std::thread::sleep(Duration::from_millis(1)),
+                    Received::End => break out,
+                }
+            }
+        } else {
+            output.filter(Result::is_ok).count()
+        };
+        (out, Instant::now())
+    });
     let mut highest = 0;
-    let started = Instant::now();
     let mut lost = 0;
+    let started = Instant::now();
     for (i, f) in frames.iter().enumerate() {
-        if rng.below(8) == 0 {
-            let stall = interval * (1 + rng.below(10) as u32);
-            std::thread::sleep(stall);
+        if let Some(arrivals) = arrivals {
+            if let Some(wait) = (started + arrivals[i]).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
         }
-        // The schedule is kept, so the frames a stall delayed go out back to back (the burst).
-        let due = started + interval.mul_f64(i as f64);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        if producer.push(&f[..])? == Submitted::Dropped {
+        let submitted = match write {
+            Write::Copy => producer.push(&f[..])?,
+            // The first pass over the slots fills them; later frames are what the slot holds.
+            Write::InPlace | Write::InPlaceQuiet if i < slots => producer.push(&f[..])?,
+            Write::InPlace => producer.reserve()?.commit(i as i64, false)?,
+            Write::InPlaceQuiet => {
+                // Only this source fills slots, so once one is free `reserve` does not wait.
+                while stats.queue_depth() + stats.in_flight() >= slots {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                producer.reserve()?.commit(i as i64, false)?
+            }
+        };
+        if submitted == Submitted::Dropped {
             lost += 1;
         }
-        highest = highest.max(stats.queue_depth() + stats.in_flight());
+        // The two counts are read one after the other, so their sum can pass the ring's size for
+        // a moment; the ring never holds more than its slots.
+        highest = highest.max((stats.queue_depth() + stats.in_flight()).min(slots));
     }
     producer.finish()?;
-    let out = reader.join().map_err(|_| "reader panicked")?;
-    let secs = started.elapsed().as_secs_f64();
-    Ok(Smoothing {
-        fraction: (out as f64 / secs) / alone_fps,
+    let (out, ended) = reader.join().map_err(|_| "reader panicked")?;
+    Ok(Run {
+        secs: ended.duration_since(started).as_secs_f64(),
+        out,
         lost,
         highest,
         blocked: stats.producer_blocked(),
     })
 }
 
+/// Three runs of one setting: the median rate and blocked time, the most frames lost and the
+/// highest depth of any run.
+struct Three {
+    fps: f64,
+    lost: u64,
+    highest: usize,
+    blocked: Duration,
+}
+
+fn three(mut run: impl FnMut() -> Result<Run, BoxError>) -> Result<Three, BoxError> {
+    let runs = [run()?, run()?, run()?];
+    Ok(Three {
+        fps: median(runs.iter().map(|r| r.out as f64 / r.secs).collect()),
+        lost: runs.iter().map(|r| r.lost).max().unwrap_or(0),
+        highest: runs.iter().map(|r| r.highest).max().unwrap_or(0),
+        blocked: Duration::from_secs_f64(median(
+            runs.iter().map(|r| r.blocked.as_secs_f64()).collect(),
+        )),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// An encoder that does no work: one 1 KiB chunk per frame, at once. Through the stage it shows
+/// the stage's own cost per frame (the ring hand-off, the encoder thread's wake-ups, the output
+/// queue), with nothing to hide it.
+struct Null {
+    config: EncoderConfig,
+    next: u64,
+}
+
+impl VideoEncoder for Null {
+    fn encode(&mut self, _frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        out.push(EncodedChunk {
+            data: vec![0; 1024],
+            pts: self.next as i64,
+            dts: self.next as i64,
+            duration: 1,
+            keyframe: self.next == 0,
+            frame_type: FrameType::P,
+            frame_index: self.next,
+        });
+        self.next += 1;
+        Ok(())
+    }
+    fn flush(&mut self, _out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        Ok(())
+    }
+    fn kind(&self) -> EncoderKind {
+        EncoderKind::X264
+    }
+    fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+    fn sequence_headers(&self) -> &[u8] {
+        &[]
+    }
+}
+
+/// The stage's own cost per frame: `frames` frames committed in place (no bytes written) through
+/// an encoder that does no work, ring 8; wall and CPU microseconds per frame, best of 5.
+fn stage_cost(frames: u64) -> Result<(f64, f64), BoxError> {
+    let config = EncoderConfig::new(64, 64);
+    let (mut wall, mut cpu) = (f64::MAX, f64::MAX);
+    for _ in 0..5 {
+        let encoder = Null {
+            config: config.clone(),
+            next: 0,
+        };
+        let (mut producer, output) =
+            EncodePipeline::with_encoder(Box::new(encoder), PipelineOptions::default())?.split();
+        let reader = std::thread::spawn(move || output.filter(Result::is_ok).count());
+        let cpu_at = cpu_secs();
+        let started = Instant::now();
+        for pts in 0..frames {
+            let _ = producer.reserve()?.commit(pts as i64, false)?;
+        }
+        producer.finish()?;
+        let out = reader.join().map_err(|_| "reader panicked")?;
+        if out as u64 != frames {
+            return Err(format!("{frames} frames in, {out} out").into());
+        }
+        wall = wall.min(started.elapsed().as_secs_f64());
+        cpu = cpu.min(cpu_secs() - cpu_at);
+    }
+    Ok((wall * 1e6 / frames as f64, cpu * 1e6 / frames as f64))
+}
+
+/// Section 1a: the stage's own cost, over an encoder that does no work and over x264.
+fn stage_overhead(frames: u64, threads: &[u32]) -> Result<(), BoxError> {
+    let load = load_average();
+    let (wall_us, cpu_us) = stage_cost(100_000)?;
+    println!("stage cost: 100000 frames through an encoder that does no work, reserve+commit in place, ring 8, best of 5: {wall_us:.1} us wall, {cpu_us:.1} us CPU per frame (all threads); load average before {load}");
+    let rounds: usize = env_or("PIPE_BENCH_ROUNDS", 7);
+    for &threads in threads {
+        let load = load_average();
+        let config = EncoderConfig::new(1280, 720)
+            .with_preset(Preset::Ultrafast)
+            .with_threads(threads);
+        let input = clip(&config, frames)?;
+        let n = input.len() as f64;
+        // The sequence the in-place source gives the encoder (see `Write::InPlace`).
+        let cyclic: Vec<Vec<u8>> = (0..input.len()).map(|i| input[i % 8].clone()).collect();
+        // Wall seconds and process CPU seconds (every thread: x264's, the stage's, the source's).
+        let flood = |frames: &[Vec<u8>], write| -> Result<(f64, f64), BoxError> {
+            let cpu = cpu_secs();
+            let run = stage(&config, frames, None, 8, BackPressure::Block, write)?;
+            if run.out != frames.len() {
+                return Err(format!("{} frames in, {} out", frames.len(), run.out).into());
+            }
+            Ok((run.secs, cpu_secs() - cpu))
+        };
+        let alone = |frames: &[Vec<u8>]| -> Result<(f64, f64), BoxError> {
+            let cpu = cpu_secs();
+            let secs = encoder_alone(&config, frames)?;
+            Ok((secs, cpu_secs() - cpu))
+        };
+        // Warm-up (page faults, x264's tables, the CPU's clock), then rounds of four runs back to
+        // back, so that load from elsewhere on the machine falls on a round's runs alike; each
+        // stage run is compared with the encoder-alone run of its own round (a paired ratio).
+        alone(&input)?;
+        let (mut copy_ratio, mut in_place_ratio, mut quiet_ratio) = (vec![], vec![], vec![]);
+        let (mut cpu_alone, mut cpu_copy, mut cpu_cyclic, mut cpu_in_place) =
+            (vec![], vec![], vec![], vec![]);
+        let mut fps_alone = vec![];
+        for _ in 0..rounds {
+            let a = alone(&input)?;
+            let c = flood(&input, Write::Copy)?;
+            let ac = alone(&cyclic)?;
+            let i = flood(&input, Write::InPlace)?;
+            let q = flood(&input, Write::InPlaceQuiet)?;
+            copy_ratio.push(a.0 / c.0);
+            in_place_ratio.push(ac.0 / i.0);
+            quiet_ratio.push(ac.0 / q.0);
+            fps_alone.push(n / a.0);
+            cpu_alone.push(a.1 * 1e3 / n);
+            cpu_copy.push(c.1 * 1e3 / n);
+            cpu_cyclic.push(ac.1 * 1e3 / n);
+            cpu_in_place.push(i.1 * 1e3 / n);
+        }
+        let spread = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::MAX, f64::min);
+            let hi = v.iter().copied().fold(f64::MIN, f64::max);
+            format!("{lo:.3}-{hi:.3}")
+        };
+        println!("stage overhead: x264 ultrafast 1280x720 threads {threads}, {frames} frames fed back to back, ring 8, {rounds} interleaved rounds, medians; load average before {load}");
+        println!(
+            "  encoder alone {:.0} fps, {:.2} CPU ms/frame",
+            median(fps_alone),
+            median(cpu_alone)
+        );
+        println!("  stage, push (one copy per frame): {:.3} of the encoder alone's rate (rounds {}), {:.2} CPU ms/frame",
+            median(copy_ratio.clone()), spread(&copy_ratio), median(cpu_copy));
+        println!("  stage, reserve+commit in place (no copy; frames i % 8): {:.3} of the encoder alone on the same frames (rounds {}), {:.2} CPU ms/frame against {:.2}",
+            median(in_place_ratio.clone()), spread(&in_place_ratio), median(cpu_in_place), median(cpu_cyclic));
+        println!("  the same with no per-frame wake-ups (source naps while full, reader polls every 1 ms): {:.3} (rounds {})",
+            median(quiet_ratio.clone()), spread(&quiet_ratio));
+    }
+    Ok(())
+}
+
+/// Section 1b: jitter smoothing.
+fn jitter_smoothing(frames: u64, threads: u32) -> Result<(), BoxError> {
+    let load = load_average();
+    let config = EncoderConfig::new(1280, 720)
+        .with_preset(Preset::Ultrafast)
+        .with_threads(threads);
+    let input = clip(&config, frames)?;
+    let n = input.len() as f64;
+    // The encoder's steady rate on these frames, measured just before (warm-up, then 5
+    // interleaved rounds, medians): alone, and in the stage fed back to back by the same source
+    // (its copy of each frame costs the machine something the encoder alone does not pay).
+    encoder_alone(&config, &input)?;
+    let (mut alone, mut flooded) = (vec![], vec![]);
+    for _ in 0..5 {
+        alone.push(encoder_alone(&config, &input)?);
+        flooded.push(stage(&config, &input, None, 8, BackPressure::Block, Write::Copy)?.secs);
+    }
+    let (alone_fps, flooded_fps) = (n / median(alone), n / median(flooded));
+    // The source keeps the rate the encoder sustains with this source (`PIPE_BENCH_PACE=alone`:
+    // the encoder alone's, which a source that costs anything pushes past what the stage can
+    // take, so the backlog grows without end whatever the ring).
+    let pace = if std::env::var("PIPE_BENCH_PACE").is_ok_and(|p| p == "alone") {
+        alone_fps
+    } else {
+        flooded_fps
+    };
+    let interval = Duration::from_secs_f64(1.0 / pace);
+    let arrivals = arrivals(input.len(), interval, 0x1234_5678_9abc_def1);
+    let best = ceiling(&arrivals, interval);
+    println!("jitter smoothing: x264 ultrafast 1280x720 threads {threads}, {frames} frames; encoder alone {alone_fps:.0} fps, in the stage fed back to back by the source {flooded_fps:.0} fps; load average before {load}");
+    println!("  arrival at {pace:.0} fps on average, one frame in 8 starts a stall of 1-10 intervals, its frames arrive together when it ends; \
+the source pushes (one copy); median of 3 runs, most lost and highest depth of the 3; ceiling {best:.3} of the paced rate (an ideal encoder with an unbounded ring: stall idle time is never made up at utilisation 1)");
+    println!("  fractions: of the encoder alone / of the stage fed back to back");
+    println!(
+        "{:>5} | {:>22} {:>6} {:>8} | {:>22} {:>10} {:>8}",
+        "ring",
+        "DropNewest: fractions",
+        "lost",
+        "highest",
+        "Block: fractions",
+        "blocked ms",
+        "highest"
+    );
+    for slots in [2, 4, 8, 16, 32] {
+        let d = three(|| {
+            stage(
+                &config,
+                &input,
+                Some(&arrivals),
+                slots,
+                BackPressure::DropNewest,
+                Write::Copy,
+            )
+        })?;
+        let b = three(|| {
+            stage(
+                &config,
+                &input,
+                Some(&arrivals),
+                slots,
+                BackPressure::Block,
+                Write::Copy,
+            )
+        })?;
+        let fractions = |fps: f64| format!("{:.3} / {:.3}", fps / alone_fps, fps / flooded_fps);
+        println!(
+            "{slots:>5} | {:>22} {:>6} {:>8} | {:>22} {:>10.0} {:>8}",
+            fractions(d.fps),
+            d.lost,
+            d.highest,
+            fractions(b.fps),
+            b.blocked.as_secs_f64() * 1e3,
+            b.highest
+        );
+    }
+    Ok(())
+}
+
 /// Submit-to-chunk latency at real-time pacing (30 fps).
-fn latency(config: &EncoderConfig, frames: &[Vec<u8>]) -> Result<(f64, f64), BoxError> {
+fn latency(config: &EncoderConfig, frames: &[Vec<u8>]) -> Result<(f64, f64, f64), BoxError> {
     let encoder = X264Encoder::new(config)?;
     let (mut producer, output) =
         EncodePipeline::with_encoder(Box::new(encoder), PipelineOptions::default())?.split();
@@ -145,8 +475,11 @@ fn latency(config: &EncoderConfig, frames: &[Vec<u8>]) -> Result<(f64, f64), Box
     producer.finish()?;
     let mut lat = reader.join().map_err(|_| "reader panicked")?;
     lat.sort_by(f64::total_cmp);
+    if lat.len() != frames.len() {
+        return Err(format!("{} frames in, {} chunks out", frames.len(), lat.len()).into());
+    }
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-    Ok((pct(0.5), pct(0.99)))
+    Ok((pct(0.5), pct(0.99), pct(1.0)))
 }
 
 /// `encode_yuv`'s path: a reading thread fills ring slots straight from the file.
@@ -214,47 +547,81 @@ fn main() -> Result<(), BoxError> {
     let frames: u64 = env_or("PIPE_BENCH_FRAMES", 300);
     let threads: u32 = env_or("PIPE_BENCH_THREADS", 2);
 
-    // 1. Jitter smoothing.
-    let config = EncoderConfig::new(1280, 720)
-        .with_preset(Preset::Ultrafast)
-        .with_threads(threads);
-    let input = clip(&config, frames)?;
-    let alone = encoder_alone(&config, &input)?;
-    println!("jitter smoothing: x264 ultrafast 1280x720, {frames} frames, encoder alone {alone:.0} fps; arrival at that rate, stalls 1-10 intervals then a burst");
-    println!(
-        "{:>5} | {:>22} {:>6} {:>8} | {:>16} {:>12} {:>8}",
-        "ring",
-        "DropNewest: fraction",
-        "lost",
-        "highest",
-        "Block: fraction",
-        "blocked ms",
-        "highest"
-    );
-    for slots in [2, 4, 8, 16, 32] {
-        let d = smoothing(&config, &input, slots, alone, BackPressure::DropNewest)?;
-        let b = smoothing(&config, &input, slots, alone, BackPressure::Block)?;
-        println!(
-            "{slots:>5} | {:>22.3} {:>6} {:>8} | {:>16.3} {:>12.0} {:>8}",
-            d.fraction,
-            d.lost,
-            d.highest,
-            b.fraction,
-            b.blocked.as_secs_f64() * 1e3,
-            b.highest
-        );
-    }
+    let sections: String = env_or("PIPE_BENCH_SECTIONS", "0123".to_owned());
 
-    // 2. Latency at 1080p30.
+    // 0. Stage overhead; 1. jitter smoothing.
+    if sections.contains('0') || sections.contains('1') {
+        let jitter_frames: u64 = env_or("PIPE_BENCH_JITTER_FRAMES", 1000);
+        // On a machine of few cores, x264 on every core leaves the source none: its copy and the
+        // stage's threads then slow the encoder below the rate they are paced at, whatever the
+        // ring. The jitter run is about the ring, so by default x264 leaves the source one core.
+        let jitter_threads: u32 = env_or(
+            "PIPE_BENCH_JITTER_THREADS",
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get() as u32 - 1)
+                .min(threads)
+                .max(1),
+        );
+        let mut overhead_threads = vec![jitter_threads];
+        if threads != jitter_threads {
+            overhead_threads.push(threads);
+        }
+        if sections.contains('0') {
+            stage_overhead(jitter_frames, &overhead_threads)?;
+        }
+        if sections.contains('1') {
+            jitter_smoothing(jitter_frames, jitter_threads)?;
+        }
+    }
+    if sections.contains('2') {
+        latency_section(env_or("PIPE_BENCH_LATENCY_FRAMES", 300), threads)?;
+    }
+    if sections.contains('3') {
+        versus_cli(frames, threads)?;
+    }
+    Ok(())
+}
+
+/// Section 2: latency at 1080p30.
+fn latency_section(frames: u64, threads: u32) -> Result<(), BoxError> {
+    let load = load_average();
     let config = EncoderConfig::new(1920, 1080)
         .with_preset(Preset::Ultrafast)
-        .with_tune(Some(Tune::Zerolatency))
-        .with_threads(threads);
-    let input = clip(&config, 90)?;
-    let (p50, p99) = latency(&config, &input)?;
-    println!("latency: 1080p30 x264 ultrafast zerolatency, 90 frames at 30 fps: submit-to-chunk p50 {p50:.1} ms, p99 {p99:.1} ms (frame interval 33.3 ms)");
+        .with_tune(Some(Tune::Zerolatency));
+    let input = clip(&config, frames)?;
+    // zerolatency is x264's sliced threads (one frame split across threads, no frame delay): one
+    // thread and the configured count side by side.
+    for threads in [1, threads] {
+        let (p50, p99, max) = latency(&config.clone().with_threads(threads), &input)?;
+        println!("latency: 1080p30 x264 ultrafast zerolatency threads {threads}, {frames} frames paced at 30 fps: submit-to-chunk p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (frame interval 33.3 ms); load average before {load}");
+    }
+    Ok(())
+}
 
-    // 3. encode_yuv's path vs the x264 CLI.
+/// CPU seconds this process has used, all threads, user and system.
+fn cpu_secs() -> f64 {
+    // SAFETY: `rusage` is a plain C struct of integers, for which all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `getrusage` writes only into the `rusage` it is given, which is valid and writable.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// The 1-minute load average (`/proc/loadavg`): other work on the machine skews every figure. Read
+/// before a section starts, since the bench's own threads raise it while they run.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Section 3: `encode_yuv`'s path vs the x264 CLI.
+fn versus_cli(frames: u64, threads: u32) -> Result<(), BoxError> {
+    let load = load_average();
     let config = EncoderConfig::new(1280, 720)
         .with_preset(Preset::Ultrafast)
         .with_crf(23.0)
@@ -270,6 +637,6 @@ fn main() -> Result<(), BoxError> {
         stage = stage.min(stage_from_file(&config, &path)?);
         cli = cli.min(x264_cli(&config, &path, threads)?);
     }
-    println!("encode_yuv path vs x264 CLI: 1280x720 {frames} frames ultrafast crf 23 threads {threads}, best of 3: stage {stage:.3} s, CLI {cli:.3} s, ratio {:.2}", stage / cli);
+    println!("encode_yuv path vs x264 CLI: 1280x720 {frames} frames ultrafast crf 23 threads {threads}, best of 3: stage {stage:.3} s, CLI {cli:.3} s, ratio {:.2}; load average before {load}", stage / cli);
     Ok(())
 }

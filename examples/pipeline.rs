@@ -119,6 +119,9 @@ fn sender(addr: std::net::SocketAddr, args: &Args, pattern: &TestPattern) -> std
 struct Received {
     frames: u64,
     highest_depth: usize,
+    /// Per frame, milliseconds the receiver spent in `reserve` and `commit` (not in the socket
+    /// read): the stage's cost to the producer, waits for a free slot included.
+    submit_ms: Vec<f64>,
 }
 
 /// Reads whole frames from the socket straight into ring slots.
@@ -133,9 +136,12 @@ async fn receive(
     let mut got = Received {
         frames: 0,
         highest_depth: 0,
+        submit_ms: Vec::new(),
     };
     loop {
+        let reserving = Instant::now();
         let mut slot = producer.reserve_async().await?;
+        let reserved = reserving.elapsed();
         match socket.read_exact(&mut slot).await {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
@@ -145,11 +151,15 @@ async fn receive(
         if let Some(at) = submitted.get(got.frames as usize) {
             at.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
+        let committing = Instant::now();
         let _ = slot.commit(pts, false)?;
+        got.submit_ms
+            .push((reserved + committing.elapsed()).as_secs_f64() * 1e3);
         got.frames += 1;
         got.highest_depth = got
             .highest_depth
-            .max(stats.queue_depth() + stats.in_flight());
+            // Read one after the other, the two counts can sum past the ring's size for a moment.
+            .max((stats.queue_depth() + stats.in_flight()).min(stats.capacity()));
     }
     producer.finish()?;
     Ok(got)
@@ -222,12 +232,13 @@ fn run(args: Args) -> Result<(), BoxError> {
         );
         bar
     };
-    let kind = output.encoder_kind();
+    let mut output = output;
+    let opened = output.encoder_kind();
     let stats = output.stats();
     let mut latencies_ms = Vec::with_capacity(args.frames as usize);
     let mut frames_out = 0u64;
     let mut failure: Option<BoxError> = None;
-    for item in output {
+    for item in output.by_ref() {
         match item {
             Ok(chunk) => {
                 let now = epoch.elapsed().as_nanos() as u64;
@@ -254,17 +265,26 @@ fn run(args: Args) -> Result<(), BoxError> {
         Sink::AnnexB(w) => drop(w.finish()?),
     }
     let sent_result = sender.join().map_err(|_| "sender thread panicked")?;
-    let received = receiver.join().map_err(|_| "receiver thread panicked")??;
+    let mut received = receiver.join().map_err(|_| "receiver thread panicked")??;
     sent_result?;
     latencies_ms.sort_by(f64::total_cmp);
+    received.submit_ms.sort_by(f64::total_cmp);
+    // The output has ended, so it knows which encoder finished the stream.
+    let encoder = match output.finished_by() {
+        Some(last) if last != opened => format!("{opened}->{last}"),
+        _ => opened.to_string(),
+    };
     println!(
-        "{kind}: frames in {}, frames out {frames_out}, lost {}, highest ring depth {}/{}, \
-         producer blocked {:.1} ms, submit-to-chunk latency p50 {:.1} ms p99 {:.1} ms -> {}",
+        "encoder {encoder}: frames in {}, frames out {frames_out}, lost {}, highest ring depth \
+         {}/{}, producer blocked {:.1} ms, submit (reserve+commit) p50 {:.3} ms p99 {:.3} ms, \
+         submit-to-chunk latency p50 {:.1} ms p99 {:.1} ms -> {}",
         received.frames,
         args.frames.saturating_sub(frames_out),
         received.highest_depth,
         stats.capacity(),
         stats.producer_blocked().as_secs_f64() * 1e3,
+        percentile(&received.submit_ms, 0.50),
+        percentile(&received.submit_ms, 0.99),
         percentile(&latencies_ms, 0.50),
         percentile(&latencies_ms, 0.99),
         args.output.display()

@@ -18,8 +18,11 @@ use nvenc::{
 
 const BOUND: Duration = Duration::from_secs(60);
 
-fn collect(output: EncodedOutput) -> Vec<EncodedChunk> {
-    output.map(|item| item.expect("no in-band error")).collect()
+fn collect(output: &mut EncodedOutput) -> Vec<EncodedChunk> {
+    output
+        .by_ref()
+        .map(|item| item.expect("no in-band error"))
+        .collect()
 }
 
 #[test]
@@ -30,7 +33,7 @@ fn x264_through_the_stage_decodes_every_frame() {
     let mut gpu = GpuEncoderConfig::default();
     gpu.preferred_encoder = Some(EncoderKind::X264);
     gpu.ring_buffer_size = 4;
-    let (mut producer, output) = EncodePipeline::open(&config, &gpu).expect("open").split();
+    let (mut producer, mut output) = EncodePipeline::open(&config, &gpu).expect("open").split();
     let input = common::clip(&config, 120);
     let frames = input.clone();
     let feeder = std::thread::spawn(move || {
@@ -41,8 +44,10 @@ fn x264_through_the_stage_decodes_every_frame() {
         }
         producer.finish().expect("finish");
     });
-    let chunks = collect(output);
+    let chunks = collect(&mut output);
     feeder.join().expect("feeder");
+    assert_eq!(output.encoder_kind(), EncoderKind::X264);
+    assert_eq!(output.finished_by(), Some(EncoderKind::X264), "no failover");
     common::assert_accounting(&chunks, 120);
     assert!(
         chunks.iter().any(|c| c.pts == 60 && c.keyframe),
@@ -76,7 +81,7 @@ fn failover_mid_pipeline_loses_no_frame() {
         (EncoderKind::X264, x264),
     ];
     let encoder = FallbackEncoder::with_chain(&config, chain).expect("open");
-    let (mut producer, output) =
+    let (mut producer, mut output) =
         EncodePipeline::with_encoder(Box::new(encoder), PipelineOptions::default())
             .expect("stage")
             .split();
@@ -95,8 +100,15 @@ fn failover_mid_pipeline_loses_no_frame() {
         }
         producer.finish().expect("finish");
     });
-    let chunks = collect(output);
+    let chunks = collect(&mut output);
     feeder.join().expect("feeder");
+    // The output names both ends of the failover: the encoder that opened and the one that
+    // finished the stream.
+    assert_eq!(
+        output.encoder_kind(),
+        EncoderKind::Ffmpeg(FfmpegH264Encoder::Libx264)
+    );
+    assert_eq!(output.finished_by(), Some(EncoderKind::X264));
     common::assert_accounting(&chunks, 60);
     let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);
     assert_eq!(decoded.len(), 60, "every frame decodes across the failover");
@@ -137,8 +149,25 @@ fn pipeline_example_writes_an_mp4_ffprobe_counts() {
         String::from_utf8_lossy(&status.stderr)
     );
     assert!(
-        stdout.contains("frames in 60, frames out 60, lost 0"),
+        stdout.contains("encoder x264: frames in 60, frames out 60, lost 0"),
         "{stdout}"
+    );
+    // The summary's figures: each present, a number, and consistent with the others.
+    let depth = field(&stdout, "highest ring depth ");
+    assert!(
+        (1.0..=8.0).contains(&depth),
+        "depth {depth} within the ring's 8 slots: {stdout}"
+    );
+    assert!(field(&stdout, "producer blocked ") >= 0.0, "{stdout}");
+    let (submit_p50, submit_p99) = p50_p99(&stdout, "submit (reserve+commit)");
+    assert!(
+        submit_p50 >= 0.0 && submit_p50 <= submit_p99,
+        "submit p50 {submit_p50} <= p99 {submit_p99}: {stdout}"
+    );
+    let (latency_p50, latency_p99) = p50_p99(&stdout, "submit-to-chunk latency");
+    assert!(
+        latency_p50 > 0.0 && latency_p50 <= latency_p99,
+        "latency p50 {latency_p50} <= p99 {latency_p99}: {stdout}"
     );
     let probe = std::process::Command::new("ffprobe")
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
@@ -172,9 +201,37 @@ fn deep_lookahead_with_a_one_slot_ring_never_starves_the_producer() {
         }
         producer.finish().expect("finish");
     });
-    let chunks = collect(output);
+    let mut output = output;
+    let chunks = collect(&mut output);
     feeder.join().expect("feeder");
     common::assert_accounting(&chunks, 150);
     let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);
     assert_eq!(decoded.len(), 150, "decoded frame count");
+}
+
+/// The number that follows `label` in `text`, and the text after it.
+fn number_after<'a>(text: &'a str, label: &str) -> (f64, &'a str) {
+    let at = text
+        .find(label)
+        .unwrap_or_else(|| panic!("{label:?} in {text}"));
+    let rest = &text[at + label.len()..];
+    let len = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    let number = rest[..len]
+        .parse()
+        .unwrap_or_else(|_| panic!("a number after {label:?} in {text}"));
+    (number, &rest[len..])
+}
+
+/// The figure after `label` in the example's summary line.
+fn field(summary: &str, label: &str) -> f64 {
+    number_after(summary, label).0
+}
+
+/// The pair `LABEL p50 X ms p99 Y` in the example's summary line.
+fn p50_p99(summary: &str, label: &str) -> (f64, f64) {
+    let (p50, rest) = number_after(summary, &format!("{label} p50 "));
+    let (p99, _) = number_after(rest, " p99 ");
+    (p50, p99)
 }

@@ -334,6 +334,7 @@ impl EncodePipeline {
                 items: VecDeque::with_capacity(options.output_capacity),
                 ended: false,
                 output_gone: false,
+                finished_by: None,
             }),
             capacity: options.output_capacity,
             ready: Condvar::new(),
@@ -506,6 +507,7 @@ fn encoder_thread(
     }
     drop(leftover);
     shared.space_waker.wake();
+    let finished_by = encoder.kind();
     // Torn down before the end is announced, so the output's join of this thread (done under the
     // output lock) waits for nothing: each backend's drop is bounded (a child's group kill and
     // reap, NVENC teardown; a hung NVENC call is abandoned, not waited for).
@@ -515,6 +517,7 @@ fn encoder_thread(
         out.items.push_back(Err(error));
     }
     out.ended = true;
+    out.finished_by = Some(finished_by);
     drop(out);
     shared.ready.notify_all();
     shared.out_waker.wake();

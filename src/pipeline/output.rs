@@ -51,6 +51,15 @@ impl EncodedOutput {
         self.kind
     }
 
+    /// The encoder that finished the stream: after a mid-stream failover, the one the fallback
+    /// chain failed over to (otherwise the same as [`encoder_kind`](Self::encoder_kind)). `None`
+    /// until the encoder thread has ended, which the output shows by ending (`None` from the
+    /// `Iterator` or the `Stream`).
+    #[must_use]
+    pub fn finished_by(&self) -> Option<EncoderKind> {
+        lock(&self.shared.out).finished_by
+    }
+
     /// The encoder's SPS/PPS as it opened.
     #[must_use]
     pub fn sequence_headers(&self) -> &[u8] {

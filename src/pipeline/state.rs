@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use atomic_waker::AtomicWaker;
 
-use crate::encoder::EncodedChunk;
+use crate::encoder::{EncodedChunk, EncoderKind};
 use crate::error::Error;
 use crate::ring_buffer::RingError;
 
@@ -132,6 +132,9 @@ pub(super) struct OutQueue {
     pub(super) ended: bool,
     /// The output side was dropped.
     pub(super) output_gone: bool,
+    /// The encoder's kind when the encoder thread ended (after a failover, the one failed over
+    /// to); set with `ended`.
+    pub(super) finished_by: Option<EncoderKind>,
 }
 
 pub(super) struct Shared {
