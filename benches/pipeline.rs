@@ -174,7 +174,7 @@ fn stage(
             Write::InPlace => producer.reserve()?.commit(i as i64, false)?,
             Write::InPlaceQuiet => {
                 // Only this source fills slots, so once one is free `reserve` does not wait.
-                while stats.queue_depth() + stats.in_flight() >= slots {
+                while stats.occupied() >= slots {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 producer.reserve()?.commit(i as i64, false)?
@@ -183,9 +183,9 @@ fn stage(
         if submitted == Submitted::Dropped {
             lost += 1;
         }
-        // The two counts are read one after the other, so their sum can pass the ring's size for
-        // a moment; the ring never holds more than its slots.
-        highest = highest.max((stats.queue_depth() + stats.in_flight()).min(slots));
+        // Frames queued and held by the encoder, the one slot added for the encoder's leases
+        // not counted past the ring's size.
+        highest = highest.max(stats.occupied().min(slots));
     }
     producer.finish()?;
     let (out, ended) = reader.join().map_err(|_| "reader panicked")?;

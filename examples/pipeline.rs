@@ -156,10 +156,7 @@ async fn receive(
         got.submit_ms
             .push((reserved + committing.elapsed()).as_secs_f64() * 1e3);
         got.frames += 1;
-        got.highest_depth = got
-            .highest_depth
-            // Read one after the other, the two counts can sum past the ring's size for a moment.
-            .max((stats.queue_depth() + stats.in_flight()).min(stats.capacity()));
+        got.highest_depth = got.highest_depth.max(stats.occupied());
     }
     producer.finish()?;
     Ok(got)

@@ -168,7 +168,7 @@ impl FrameProducer {
     /// "no", never a wrong "yes", because only this producer fills slots).
     fn has_space(&self) -> bool {
         let stats = self.ring.stats();
-        stats.queue_depth() + stats.in_flight() < stats.capacity()
+        stats.occupied() < stats.capacity()
     }
 
     /// Drops the oldest queued frame (for [`BackPressure::DropOldest`]); `true` if one was.

@@ -205,7 +205,13 @@ fn stats_are_shared_and_cloneable() {
     assert_eq!(other.queue_depth(), 2);
     let lease = c.try_pop().unwrap();
     assert_eq!((stats.queue_depth(), stats.in_flight()), (1, 1));
+    assert_eq!(stats.occupied(), 2, "one queued, one leased");
     drop(lease);
+    assert_eq!(
+        stats.occupied(),
+        1,
+        "the released slot is the producer's again"
+    );
     drop(p);
     drop(c);
     assert_eq!(stats.queue_depth(), 1);

@@ -244,6 +244,16 @@ impl RingStats {
         let head = self.counters.head.0.load(Ordering::Acquire);
         head.wrapping_sub(released).min(self.counters.capacity)
     }
+    /// Slots the producer cannot write now: frames queued plus those the consumer still holds
+    /// (`queue_depth + in_flight`, read as one difference so the two cannot disagree). Read
+    /// `released` first: it only grows and never passes `tail`, so a stale value makes the count
+    /// too high, never too low or wrapped; capped at the capacity.
+    #[must_use]
+    pub fn occupied(&self) -> usize {
+        let released = self.counters.released.0.load(Ordering::Acquire);
+        let tail = self.counters.tail.0.load(Ordering::Acquire);
+        tail.wrapping_sub(released).min(self.counters.capacity)
+    }
     /// Frames committed in total since creation (wrapping at `usize::MAX`).
     #[must_use]
     pub fn committed(&self) -> usize {
