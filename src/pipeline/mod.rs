@@ -134,10 +134,12 @@
 //! # Choosing the ring size
 //!
 //! `ring_slots` is the smoothing depth: how far the producer may run ahead of the encoder. A
-//! source whose stalls last up to `s` frame intervals and which then delivers its backlog at
-//! once needs about `s` slots to keep the encoder busy through the stall; 8 (the default of
-//! [`GpuEncoderConfig::ring_buffer_size`]) covers stalls of about a quarter second at 30 fps,
-//! 16 to 32 covers network jitter of half a second to a second. More slots cost memory
+//! source with headroom over the encoder whose stalls last up to `s` frame intervals, and which
+//! then delivers its backlog at once, needs about `s + 2` slots: 8 (the default of
+//! [`GpuEncoderConfig::ring_buffer_size`]) for stalls up to ~6 frames (200 ms at 30 fps). A
+//! source at the encoder's full rate has no slack to drain a backlog and needs more: with stalls
+//! of up to 10 frame intervals, 16 to 32 slots lost nothing in `cargo bench --bench pipeline`
+//! where 8 lost 8% (the README has the figures). More slots cost memory
 //! (`ring_slots × frame length`, pinned for NVENC) and add latency only while they are full.
 
 use std::collections::VecDeque;
