@@ -28,6 +28,7 @@
 
 pub(crate) mod config;
 pub(crate) mod kind;
+pub(crate) mod layout;
 pub(crate) mod mapping;
 
 use std::fmt;
@@ -358,7 +359,7 @@ impl SlotFrame {
         let surface = slot.surface();
         let len = config.validate()?;
         let (planes, n) =
-            crate::nvenc::plane_copies(config, surface.pitch, config.resolution.width as usize);
+            layout::plane_copies(config, surface.pitch, config.resolution.width as usize);
         let buffer = slot.storage().buffer(slot.index());
         let bytes =
             crate::cuda::download_planes(buffer, &planes[..n], len, slot.storage().stream())

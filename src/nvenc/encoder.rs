@@ -492,7 +492,7 @@ impl NvencEncoder {
             .as_ref()
             .and_then(|s| s.surfaces.iter().flatten().next())
             .map_or(0, |r| r.memory().surface().pitch);
-        init::plane_copies(&self.config, src_pitch, dst_pitch)
+        crate::encoder::layout::plane_copies(&self.config, src_pitch, dst_pitch)
     }
 
     /// Whether a driver call is still inside the session.

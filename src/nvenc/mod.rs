@@ -66,6 +66,5 @@ mod watchdog;
 pub use caps::NvencCaps;
 pub use encoder::NvencEncoder;
 pub use error::{NvencError, NvencErrorKind};
-pub(crate) use init::plane_copies;
 pub use options::{NvencOptions, NvencPreset, NvencTuning};
 pub use probe::probe;
