@@ -64,6 +64,8 @@ pub struct FallbackEncoder {
     held: BTreeMap<u64, Held>,
     /// How many of `held` are slot leases ([`HeldData::Slot`]).
     held_slots: usize,
+    /// Every held frame below this index that came in a slot was copied by `spill`.
+    spill_from: u64,
     /// The current encoder's frame index 0 is this outer index.
     inner_base: u64,
     /// Chunks out of the encoder, in decoding order, not yet delivered.
@@ -201,6 +203,7 @@ impl FallbackEncoder {
             kind,
             held: BTreeMap::new(),
             held_slots: 0,
+            spill_from: 0,
             inner_base: 0,
             waiting: VecDeque::new(),
             delivered_below: 0,
@@ -274,7 +277,9 @@ impl FallbackEncoder {
     /// keeps frames longer than the budget (x264's lookahead) costs one host copy per frame; one
     /// within it (NVENC, x264 with zero latency) none.
     fn spill(&mut self, budget: usize) {
-        let mut from = self.delivered_below;
+        // No held slot lies below `spill_from` (they were copied in order), so the search starts
+        // there, not at the oldest held frame: x264's ~40 held copies are not walked per frame.
+        let mut from = self.spill_from.max(self.delivered_below);
         while self.held_slots > budget {
             let Some((&index, held)) = self
                 .held
@@ -306,6 +311,7 @@ impl FallbackEncoder {
             // Replacing the data drops this clone of the lease.
             held.data = HeldData::Copy(copy);
             self.held_slots -= 1;
+            self.spill_from = from;
         }
     }
 
