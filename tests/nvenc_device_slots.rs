@@ -15,7 +15,7 @@
 
 mod common;
 
-use nvenc::cuda::{copy_host_to_device_async, Context, DeviceSurface};
+use nvenc::cuda::Context;
 use nvenc::encoder::{host_frame_copies, SlotFrame};
 use nvenc::nvenc::NvencEncoder;
 use nvenc::ring_buffer::{
@@ -65,52 +65,12 @@ fn device_ring(
     FrameRing::with_storage(storage).expect("ring")
 }
 
-/// Queues on the slot's storage stream the copy of a tightly packed host frame into the slot's
-/// surface, in the layout `SlotFrame::Device` describes (the surface's pitch for luma and NV12
-/// chroma, half of it for I420 chroma): what a producer does before committing, without
-/// waiting for the copy.
+/// Queues the upload of `frame` into a reserved device slot (see
+/// `common::upload_to_device_slot`).
 fn upload(slot: &WriteSlot<'_, DeviceStorage>, frame: &[u8], config: &EncoderConfig) {
-    let s = slot.surface();
-    let (w, h) = (
-        config.resolution.width as usize,
-        config.resolution.height as usize,
-    );
-    // (source offset, source pitch, destination offset, destination pitch, width, rows)
-    let planes = match config.pixel_format {
-        PixelFormat::Nv12 => vec![(0, w, 0, s.pitch, w, h * 3 / 2)],
-        _ => {
-            let (sc, dc) = (w / 2, s.pitch / 2);
-            vec![
-                (0, w, 0, s.pitch, w, h),
-                (w * h, sc, s.pitch * h, dc, w / 2, h / 2),
-                (
-                    w * h + sc * (h / 2),
-                    sc,
-                    s.pitch * h + dc * (h / 2),
-                    dc,
-                    w / 2,
-                    h / 2,
-                ),
-            ]
-        }
-    };
-    for (src, src_pitch, dst, dst_pitch, width, rows) in planes {
-        let target = DeviceSurface {
-            device_ptr: s.device_ptr + dst as u64,
-            pitch: dst_pitch,
-            width_bytes: width,
-            rows,
-        };
-        // SAFETY: `target` lies inside the slot's surface (a `cuMemAllocPitch` allocation of
-        // the storage's context, pitch x rows bytes, which the ring keeps allocated); the
-        // stream is the storage's own. `frame` is one of the test's input frames, which every
-        // caller keeps alive and unchanged until after the ring (whose storage waits for its
-        // stream when dropped) is gone.
-        unsafe {
-            copy_host_to_device_async(&frame[src..], src_pitch, &target, slot.storage().stream())
-        }
-        .expect("cuMemcpy2DAsync into the device slot");
-    }
+    // SAFETY: the surface is the slot's, its stream the ring storage's own; every caller keeps
+    // `frame` (one of its input frames) alive and unchanged until the ring is gone.
+    unsafe { common::upload_to_device_slot(slot.surface(), slot.storage().stream(), frame, config) }
 }
 
 /// Writes `input` into device slots of a ring of `slots` slots (pts = frame number) and encodes

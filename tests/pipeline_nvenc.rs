@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use nvenc::cuda::{copy_host_to_device_async, DeviceSurface};
 use nvenc::encoder::host_frame_copies;
 use nvenc::pipeline::{
     DeviceFrameSlot, EncodePipeline, PipelineError, PipelineOptions, SlotMemory,
@@ -83,6 +82,19 @@ fn through_the_stage(
     (chunks, memory, kind)
 }
 
+/// Runs the child test `name` against `emu`, checks the emulator saw no violation or leak, and
+/// returns the child's output and the CUDA emulator's call counts.
+fn run_child(emu: &EmuDriver, name: &str) -> (String, std::collections::BTreeMap<String, u64>) {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = emu.command(exe);
+    cmd.args(["--ignored", "--exact", name, "--nocapture"]);
+    let out = common::run_child_tests(cmd, 1, name);
+    let report = emu.report();
+    report.assert_clean();
+    let cuda = report.calls.get("cuda").cloned().unwrap_or_default();
+    (out, cuda)
+}
+
 fn assert_decodes(chunks: &[EncodedChunk], input: &[Vec<u8>], config: &EncoderConfig) {
     common::assert_accounting(chunks, input.len() as u64);
     let decoded = common::decode_h264(&common::concat(chunks), config.resolution);
@@ -116,17 +128,8 @@ fn child_stage_copies() {
 #[test]
 fn nvenc_stage_uploads_from_pinned_slots_with_no_host_copy() {
     let emu = EmuDriver::new();
-    let exe = std::env::current_exe().expect("test binary");
-    let mut cmd = emu.command(exe);
-    cmd.args(["--ignored", "--exact", "child_stage_copies", "--nocapture"]);
-    let out = common::run_child_tests(cmd, 1, "child_stage_copies");
+    let (out, cuda) = run_child(&emu, "child_stage_copies");
     assert!(out.contains("STAGE COPIES 0"), "{out}");
-    let report = emu.report();
-    report.assert_clean();
-    let cuda = report
-        .calls
-        .get("cuda")
-        .expect("the CUDA emulator's call counts");
     let calls = |entry: &str| cuda.get(entry).copied().unwrap_or(0);
     // I420: one upload per plane, three per frame, straight from the slot; no other host-to-device
     // copy. With the producer's own write into the slot, one host copy per frame in all.
@@ -155,56 +158,16 @@ fn child_stage_failover() {
 #[test]
 fn nvenc_device_loss_mid_stage_fails_over_with_every_frame() {
     let emu = EmuDriver::new().fault("nvEncEncodePicture", 25, 5);
-    let exe = std::env::current_exe().expect("test binary");
-    let mut cmd = emu.command(exe);
-    cmd.args([
-        "--ignored",
-        "--exact",
-        "child_stage_failover",
-        "--nocapture",
-    ]);
-    common::run_child_tests(cmd, 1, "child_stage_failover");
-    emu.report().assert_clean();
+    let _ = run_child(&emu, "child_stage_failover");
 }
 
-/// Queues on the slot's stream the copy of a tightly packed I420 host frame into the slot's
-/// surface, in the layout `DeviceFrameSlot` describes (luma at the surface's pitch, chroma at
-/// half of it): what a GPU producer does with a `cuMemcpy2DAsync` or a kernel.
+/// Queues the upload of `frame` into a reserved device slot (see
+/// `common::upload_to_device_slot`).
 fn upload(slot: &DeviceFrameSlot<'_>, frame: &[u8], config: &EncoderConfig) {
-    let s = slot.surface();
-    let (w, h) = (
-        config.resolution.width as usize,
-        config.resolution.height as usize,
-    );
-    let (sc, dc) = (w / 2, s.pitch / 2);
-    // (source offset, source pitch, destination offset, destination pitch, width, rows)
-    let planes = [
-        (0, w, 0, s.pitch, w, h),
-        (w * h, sc, s.pitch * h, dc, w / 2, h / 2),
-        (
-            w * h + sc * (h / 2),
-            sc,
-            s.pitch * h + dc * (h / 2),
-            dc,
-            w / 2,
-            h / 2,
-        ),
-    ];
-    for (src, src_pitch, dst, dst_pitch, width, rows) in planes {
-        let target = DeviceSurface {
-            device_ptr: s.device_ptr + dst as u64,
-            pitch: dst_pitch,
-            width_bytes: width,
-            rows,
-        };
-        // SAFETY: `target` lies inside the slot's surface (one `cuMemAllocPitch` allocation of
-        // the ring's context, pitch x rows bytes, which the ring keeps allocated), and the stream
-        // is the ring's own. `frame` is one of the test's input frames, which the test keeps
-        // alive and unchanged until the stage has ended and its ring (whose storage waits for its
-        // stream when dropped) is gone.
-        unsafe { copy_host_to_device_async(&frame[src..], src_pitch, &target, slot.stream()) }
-            .expect("cuMemcpy2DAsync into the device slot");
-    }
+    // SAFETY: the surface is the slot's, its stream the ring's own; the callers keep `frame`
+    // (one of their input frames, in an `Arc` held until the end) alive and unchanged until the
+    // stage has ended and its ring is gone.
+    unsafe { common::upload_to_device_slot(slot.surface(), slot.stream(), frame, config) }
 }
 
 #[test]
@@ -267,22 +230,8 @@ fn child_stage_device_slots() {
 #[test]
 fn device_slots_through_the_stage_are_encoded_with_no_host_copy() {
     let emu = EmuDriver::new();
-    let exe = std::env::current_exe().expect("test binary");
-    let mut cmd = emu.command(exe);
-    cmd.args([
-        "--ignored",
-        "--exact",
-        "child_stage_device_slots",
-        "--nocapture",
-    ]);
-    let out = common::run_child_tests(cmd, 1, "child_stage_device_slots");
+    let (out, cuda) = run_child(&emu, "child_stage_device_slots");
     assert!(out.contains("DEVICE STAGE COPIES 0"), "{out}");
-    let report = emu.report();
-    report.assert_clean();
-    let cuda = report
-        .calls
-        .get("cuda")
-        .expect("the CUDA emulator's call counts");
     let calls = |entry: &str| cuda.get(entry).copied().unwrap_or(0);
     // The producer's uploads only (three planes a frame); the crate copies nothing on the
     // device either: NVENC reads the registered slot.
@@ -402,19 +351,10 @@ fn child_device_ring_cpu_encoder_drop_newest() {
 #[test]
 fn a_device_ring_feeds_a_cpu_encoder_and_drops_newest_counted() {
     let emu = EmuDriver::new();
-    let exe = std::env::current_exe().expect("test binary");
-    let mut cmd = emu.command(exe);
-    cmd.args([
-        "--ignored",
-        "--exact",
-        "child_device_ring_cpu_encoder_drop_newest",
-        "--nocapture",
-    ]);
-    let out = common::run_child_tests(cmd, 1, "child_device_ring_cpu_encoder_drop_newest");
+    let (out, _) = run_child(&emu, "child_device_ring_cpu_encoder_drop_newest");
     let line = out
         .lines()
         .find(|l| l.starts_with("DEVICE DROP NEWEST"))
         .unwrap_or_else(|| panic!("the child's summary line:\n{out}"));
     println!("{line}");
-    emu.report().assert_clean();
 }

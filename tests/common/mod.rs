@@ -637,3 +637,58 @@ pub fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathB
     std::fs::set_permissions(&path, perms).expect("chmod");
     path
 }
+
+/// Queues on `stream` the copy of a tightly packed host frame of `config` into a device ring
+/// slot's `surface`, in the layout `SlotFrame::Device` describes (the surface's pitch for luma
+/// and NV12 chroma, half of it for I420 chroma): what a GPU producer does before committing,
+/// without waiting for the copy.
+///
+/// # Safety
+/// `surface` must be a slot's whole surface in `stream`'s context, kept allocated by its ring;
+/// `frame` must stay alive and unchanged until the stream has run the copies (the callers keep
+/// their input frames until the ring, whose storage waits for its stream when dropped, is gone).
+pub unsafe fn upload_to_device_slot(
+    surface: nvenc::cuda::DeviceSurface,
+    stream: &nvenc::cuda::Stream,
+    frame: &[u8],
+    config: &EncoderConfig,
+) {
+    let s = surface;
+    let (w, h) = (
+        config.resolution.width as usize,
+        config.resolution.height as usize,
+    );
+    // (source offset, source pitch, destination offset, destination pitch, width, rows)
+    let planes = match config.pixel_format {
+        PixelFormat::Nv12 => vec![(0, w, 0, s.pitch, w, h * 3 / 2)],
+        _ => {
+            let (sc, dc) = (w / 2, s.pitch / 2);
+            vec![
+                (0, w, 0, s.pitch, w, h),
+                (w * h, sc, s.pitch * h, dc, w / 2, h / 2),
+                (
+                    w * h + sc * (h / 2),
+                    sc,
+                    s.pitch * h + dc * (h / 2),
+                    dc,
+                    w / 2,
+                    h / 2,
+                ),
+            ]
+        }
+    };
+    for (src, src_pitch, dst, dst_pitch, width, rows) in planes {
+        let target = nvenc::cuda::DeviceSurface {
+            device_ptr: s.device_ptr + dst as u64,
+            pitch: dst_pitch,
+            width_bytes: width,
+            rows,
+        };
+        // SAFETY: `target` lies inside the slot's surface (pitch x rows bytes of one allocation
+        // of the stream's context); `frame` outlives the copy: this function's contract.
+        unsafe {
+            nvenc::cuda::copy_host_to_device_async(&frame[src..], src_pitch, &target, stream)
+        }
+        .expect("cuMemcpy2DAsync into the device slot");
+    }
+}
