@@ -596,6 +596,23 @@ fn a_device_slot_from_a_host_ring_is_a_typed_error() {
         }
         other => panic!("expected WrongSlotMemory, got {other:?}"),
     }
+    // The async form resolves at once with the same error (it does not wait for a slot).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let waited =
+        rt.block_on(async { tokio::time::timeout(BOUND, producer.reserve_device_async()).await });
+    assert!(
+        matches!(
+            waited,
+            Ok(Err(PipelineError::WrongSlotMemory {
+                call: "reserve_device",
+                ..
+            }))
+        ),
+        "{waited:?}"
+    );
     let frame = vec![7u8; producer.frame_len()];
     let _ = producer.push(frame.as_slice()).expect("still usable");
     producer.finish().expect("finish");

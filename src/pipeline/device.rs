@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::cuda::{DeviceSurface, Stream};
 use crate::ring_buffer::{DeviceStorage, RingStats, WriteSlot};
 
-use super::producer::{reserve_ring, FrameProducer, SlotCtx};
+use super::producer::{poll_ready, reserve_ring, FrameProducer, SlotCtx};
 use super::ring::{RingWrite, SlotMemory};
 use super::state::{BackPressure, PipelineError, Submitted, WaitFor};
 
@@ -203,21 +203,11 @@ impl<'a> Future for ReserveDeviceFuture<'a> {
     type Output = Result<DeviceFrameSlot<'a>, PipelineError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(producer) = self.producer.take() else {
-            return Poll::Ready(Err(PipelineError::EncoderStopped));
-        };
-        for attempt in 0..2 {
-            if producer.ring.memory() != SlotMemory::Device || producer.ready_to_reserve() {
-                return Poll::Ready(producer.reserve_device_inner(WaitFor::No));
-            }
-            if attempt == 0 {
-                // Register, then look again: a release between the first look and the
-                // registration wakes this waker.
-                producer.shared.space_waker.register(cx.waker());
-            }
-        }
-        self.producer = Some(producer);
-        Poll::Pending
+        let wrong_memory = |p: &FrameProducer| p.ring.memory() != SlotMemory::Device;
+        poll_ready(&mut self.producer, cx, wrong_memory).map(|producer| match producer {
+            Some(producer) => producer.reserve_device_inner(WaitFor::No),
+            None => Err(PipelineError::EncoderStopped),
+        })
     }
 }
 

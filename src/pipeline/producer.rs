@@ -421,22 +421,36 @@ impl<'a> Future for ReserveFuture<'a> {
     type Output = Result<FrameSlot<'a>, PipelineError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(producer) = self.producer.take() else {
-            return Poll::Ready(Err(PipelineError::EncoderStopped));
-        };
-        for attempt in 0..2 {
-            if producer.ready_to_reserve() {
-                return Poll::Ready(producer.reserve_inner(WaitFor::No));
-            }
-            if attempt == 0 {
-                // Register, then look again: a release between the first look and the
-                // registration wakes this waker.
-                producer.shared.space_waker.register(cx.waker());
-            }
-        }
-        self.producer = Some(producer);
-        Poll::Pending
+        poll_ready(&mut self.producer, cx, |_| false).map(|producer| match producer {
+            Some(producer) => producer.reserve_inner(WaitFor::No),
+            None => Err(PipelineError::EncoderStopped),
+        })
     }
+}
+
+/// The poll both async reserves share. `Ready(Some(producer))` once a reserve without waiting
+/// will not report a full ring, or once `fails_now` says the call fails at once anyway;
+/// `Ready(None)` when the future already completed. Between a first look and a second it
+/// registers the waker, so a slot released in between wakes it. Cancellation-safe: nothing is
+/// reserved here.
+pub(super) fn poll_ready<'a>(
+    held: &mut Option<&'a mut FrameProducer>,
+    cx: &mut Context<'_>,
+    fails_now: fn(&FrameProducer) -> bool,
+) -> Poll<Option<&'a mut FrameProducer>> {
+    let Some(producer) = held.take() else {
+        return Poll::Ready(None);
+    };
+    for attempt in 0..2 {
+        if fails_now(producer) || producer.ready_to_reserve() {
+            return Poll::Ready(Some(producer));
+        }
+        if attempt == 0 {
+            producer.shared.space_waker.register(cx.waker());
+        }
+    }
+    *held = Some(producer);
+    Poll::Pending
 }
 
 pub(super) enum SlotStorageRef<'a> {
