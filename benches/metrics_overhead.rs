@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use metrics_util::debugging::DebuggingRecorder;
-use nvenc::metrics::Metered;
-use nvenc::ring_buffer::FrameRing;
-use nvenc::testsrc::TestPattern;
-use nvenc::{
+use nvencode::metrics::Metered;
+use nvencode::ring_buffer::FrameRing;
+use nvencode::testsrc::TestPattern;
+use nvencode::{
     EncodedChunk, EncoderConfig, EncoderKind, Error, Frame, FrameType, Preset, Tune, VideoEncoder,
     X264Encoder,
 };
@@ -98,9 +98,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(
-                nvenc::metrics::names::LATENCY_SECONDS.into(),
+                nvencode::metrics::names::LATENCY_SECONDS.into(),
             ),
-            nvenc::metrics::LATENCY_BUCKETS,
+            nvencode::metrics::LATENCY_BUCKETS,
         )?
         .build_recorder();
     let (producer, _consumer) = FrameRing::new(8, 64)?;

@@ -21,14 +21,14 @@
 
 use std::time::{Duration, Instant};
 
-use nvenc::cuda::{copy_host_to_device_async, Context, DeviceSurface};
-use nvenc::encoder::SlotFrame;
-use nvenc::nvenc::{NvencEncoder, NvencOptions, NvencPreset};
-use nvenc::ring_buffer::{
+use nvencode::cuda::{copy_host_to_device_async, Context, DeviceSurface};
+use nvencode::encoder::SlotFrame;
+use nvencode::nvenc::{NvencEncoder, NvencOptions, NvencPreset};
+use nvencode::ring_buffer::{
     Consumer, DeviceStorage, FrameMeta, FrameRing, PinnedStorage, Producer, SlotStorage,
 };
-use nvenc::testsrc::TestPattern;
-use nvenc::{EncodedChunk, EncoderConfig, PixelFormat, VideoEncoder};
+use nvencode::testsrc::TestPattern;
+use nvencode::{EncodedChunk, EncoderConfig, PixelFormat, VideoEncoder};
 use nvenc_emu_harness::EmuDriver;
 
 #[path = "support/nvenc_child.rs"]
@@ -197,7 +197,7 @@ fn run_slots<S: SlotStorage>(
     len: usize,
 ) -> Result<(Duration, usize)>
 where
-    SlotFrame: From<nvenc::ring_buffer::ReadSlot<S>>,
+    SlotFrame: From<nvencode::ring_buffer::ReadSlot<S>>,
 {
     while let Ok(filled) = consumer.try_pop() {
         filled.release();

@@ -23,7 +23,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use nvenc::nvenc::NvencPreset;
+use nvencode::nvenc::NvencPreset;
 use nvenc_emu_harness::EmuDriver;
 
 #[path = "support/nvenc_child.rs"]
@@ -37,12 +37,12 @@ const LATENCY_FRAMES: u64 = 150;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(mode) = std::env::var(LATENCY) {
-        let options = nvenc::nvenc::NvencOptions::default().with_preset(Some(NvencPreset::P1));
+        let options = nvencode::nvenc::NvencOptions::default().with_preset(Some(NvencPreset::P1));
         return support::stage_latency(LATENCY_FRAMES, mode == "zerolatency", &options);
     }
     if let Ok(path) = std::env::var(CHILD) {
         let frames = std::env::var("NVENC_BENCH_FRAMES_CHILD")?.parse()?;
-        let options = nvenc::nvenc::NvencOptions::default().with_preset(Some(NvencPreset::P1));
+        let options = nvencode::nvenc::NvencOptions::default().with_preset(Some(NvencPreset::P1));
         if std::env::var_os(STAGE).is_some() {
             return support::encode_file_through_stage(&path, frames, &options);
         }
@@ -87,8 +87,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (emu, c)
     };
     let runs: [(&str, (EmuDriver, Command)); 3] = [
-        ("nvenc crate (direct)", child(false)),
-        ("nvenc crate (stage)", child(true)),
+        ("nvencode (direct)", child(false)),
+        ("nvencode (stage)", child(true)),
         ("ffmpeg -c:v h264_nvenc", ffmpeg),
     ];
     println!("CPU time per frame against the emulated NVENC (fast mode): {frames} frames 1920x1080 yuv420p, preset p1");

@@ -20,8 +20,8 @@
 use std::process::Command;
 use std::time::Instant;
 
-use nvenc::nvenc::{NvencOptions, NvencPreset};
-use nvenc::EncoderKind;
+use nvencode::nvenc::{NvencOptions, NvencPreset};
+use nvencode::EncoderKind;
 use nvenc_emu_harness::EmuDriver;
 
 #[path = "support/nvenc_child.rs"]
@@ -103,7 +103,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
-    let report = nvenc::detect();
+    let report = nvencode::detect();
     let real = report
         .candidate(EncoderKind::Nvenc)
         .is_some_and(|c| c.available);

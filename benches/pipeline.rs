@@ -25,9 +25,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nvenc::pipeline::{BackPressure, EncodePipeline, PipelineOptions, Received, Submitted};
-use nvenc::testsrc::TestPattern;
-use nvenc::{
+use nvencode::pipeline::{BackPressure, EncodePipeline, PipelineOptions, Received, Submitted};
+use nvencode::testsrc::TestPattern;
+use nvencode::{
     EncodedChunk, EncoderConfig, EncoderKind, Error, Frame, FrameType, Preset, Tune, VideoEncoder,
     X264Encoder,
 };

@@ -14,7 +14,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use nvenc::ring_buffer::{FrameMeta, FrameRing, PopError};
+use nvencode::ring_buffer::{FrameMeta, FrameRing, PopError};
 
 const FRAME: usize = 1920 * 1080 * 3 / 2;
 const SLOTS: usize = 8;
@@ -192,8 +192,8 @@ fn crossbeam_small(items: u64) -> Duration {
 }
 
 fn cuda_upload() {
-    use nvenc::cuda::{available, copy_host_to_device_async, Context};
-    use nvenc::ring_buffer::{DeviceStorage, PinnedStorage};
+    use nvencode::cuda::{available, copy_host_to_device_async, Context};
+    use nvencode::ring_buffer::{DeviceStorage, PinnedStorage};
     if let Err(e) = available() {
         println!("\n3. GPU upload: SKIPPED — {e}");
         return;
@@ -211,7 +211,7 @@ fn cuda_upload() {
             s.copy_from_slice(&src);
             s.commit(FrameMeta::with_len(FRAME))?;
             let f = c.pop()?;
-            let dst = nvenc::ring_buffer::DeviceSlots::surface(&device, i % 4);
+            let dst = nvencode::ring_buffer::DeviceSlots::surface(&device, i % 4);
             // SAFETY: the lease `f` and `device` outlive the copy: the stream is synchronized
             // before either is dropped.
             unsafe { copy_host_to_device_async(&f, 1920, &dst, &stream)? };

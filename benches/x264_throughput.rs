@@ -14,8 +14,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nvenc::testsrc::TestPattern;
-use nvenc::{EncoderConfig, Preset, VideoEncoder, X264Encoder};
+use nvencode::testsrc::TestPattern;
+use nvencode::{EncoderConfig, Preset, VideoEncoder, X264Encoder};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -68,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bytes = chunks.iter().map(|c| c.data.len() as u64).sum();
     }
     runs.push(Run {
-        name: "nvenc crate, x264 backend".into(),
+        name: "nvencode, x264 backend".into(),
         best,
         bytes,
     });

@@ -10,7 +10,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nvenc::EncoderKind;
+use nvencode::EncoderKind;
 
 #[derive(Parser, Debug)]
 #[command(about = "Detect the H.264 encoders available on this machine")]
@@ -26,12 +26,12 @@ struct Args {
 }
 
 fn parse_kind(s: &str) -> Result<EncoderKind, String> {
-    s.parse().map_err(|e: nvenc::ConfigError| e.to_string())
+    s.parse().map_err(|e: nvencode::ConfigError| e.to_string())
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let report = nvenc::detect();
+    let report = nvencode::detect();
     if let Err(e) = print(&args, report) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
@@ -66,9 +66,9 @@ fn main() -> ExitCode {
 
 /// Opens `kind` and encodes one 256x256 frame with it.
 fn probe_encode(kind: EncoderKind) -> Result<(), String> {
-    let config = nvenc::EncoderConfig::new(256, 256);
+    let config = nvencode::EncoderConfig::new(256, 256);
     let frame = vec![128u8; config.validate().map_err(|e| e.to_string())?];
-    let mut encoder = nvenc::open_backend(kind, &config).map_err(|e| e.to_string())?;
+    let mut encoder = nvencode::open_backend(kind, &config).map_err(|e| e.to_string())?;
     let mut chunks = Vec::new();
     encoder
         .encode_frame(&frame, &mut chunks)
@@ -80,7 +80,7 @@ fn probe_encode(kind: EncoderKind) -> Result<(), String> {
     }
 }
 
-fn print(args: &Args, report: &nvenc::DetectionReport) -> Result<(), Box<dyn std::error::Error>> {
+fn print(args: &Args, report: &nvencode::DetectionReport) -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());

@@ -23,10 +23,10 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use nvenc::pipeline::{EncodePipeline, FrameProducer, PipelineOptions};
-use nvenc::sink::Mp4Writer;
-use nvenc::testsrc::TestPattern;
-use nvenc::{
+use nvencode::pipeline::{EncodePipeline, FrameProducer, PipelineOptions};
+use nvencode::sink::Mp4Writer;
+use nvencode::testsrc::TestPattern;
+use nvencode::{
     EncodedChunk, EncoderChoice, EncoderConfig, FrameRate, PixelFormat, Preset, Resolution, Tune,
     VideoEncoder,
 };
@@ -90,17 +90,17 @@ struct Args {
 #[derive(clap::Args, Debug)]
 struct RateArgs {
     /// Target bit rate: 2M, 2500k or bits/s (implies --rc cbr, or vbr with --maxrate).
-    #[arg(long, value_parser = parse::<nvenc::Bitrate>)]
-    bitrate: Option<nvenc::Bitrate>,
+    #[arg(long, value_parser = parse::<nvencode::Bitrate>)]
+    bitrate: Option<nvencode::Bitrate>,
     /// Maximum bit rate for --rc vbr (2M, 2500k, bits/s).
-    #[arg(long, value_parser = parse::<nvenc::Bitrate>)]
-    maxrate: Option<nvenc::Bitrate>,
+    #[arg(long, value_parser = parse::<nvencode::Bitrate>)]
+    maxrate: Option<nvencode::Bitrate>,
     /// VBV buffer size in bits (1M, 500k, ...); default one second at the peak rate.
-    #[arg(long, value_parser = parse::<nvenc::Bitrate>)]
-    bufsize: Option<nvenc::Bitrate>,
+    #[arg(long, value_parser = parse::<nvencode::Bitrate>)]
+    bufsize: Option<nvencode::Bitrate>,
     /// Rate control: cq (constant quality, --crf), cbr, vbr or cqp (constant QP, --qp).
-    #[arg(long, value_parser = parse::<nvenc::RateControlMode>)]
-    rc: Option<nvenc::RateControlMode>,
+    #[arg(long, value_parser = parse::<nvencode::RateControlMode>)]
+    rc: Option<nvencode::RateControlMode>,
     /// Constant QP, 0-51 (implies --rc cqp).
     #[arg(long)]
     qp: Option<u32>,
@@ -109,12 +109,12 @@ struct RateArgs {
 impl RateArgs {
     /// The rate control these options ask for; a value that does not apply to the mode is an
     /// error, not ignored.
-    fn rate_control(&self) -> Result<nvenc::RateControl, nvenc::ConfigError> {
-        nvenc::RateControl::from_parts(
+    fn rate_control(&self) -> Result<nvencode::RateControl, nvencode::ConfigError> {
+        nvencode::RateControl::from_parts(
             self.rc,
             self.bitrate,
             self.maxrate,
-            self.bufsize.map(nvenc::Bitrate::bps),
+            self.bufsize.map(nvencode::Bitrate::bps),
             self.qp,
         )
     }
@@ -123,8 +123,8 @@ impl RateArgs {
 #[path = "support/metrics_http.rs"]
 mod metrics_http;
 
-fn parse<T: std::str::FromStr<Err = nvenc::ConfigError>>(s: &str) -> Result<T, String> {
-    s.parse().map_err(|e: nvenc::ConfigError| e.to_string())
+fn parse<T: std::str::FromStr<Err = nvencode::ConfigError>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: nvencode::ConfigError| e.to_string())
 }
 
 type BoxError = Box<dyn std::error::Error>;
@@ -474,9 +474,9 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     }
     // Frames go through the pipeline stage: this thread reads them into ring slots while the
     // stage's encoder thread encodes, and the main thread writes the chunks.
-    let ring_stats: Arc<std::sync::OnceLock<nvenc::ring_buffer::RingStats>> = Arc::default();
+    let ring_stats: Arc<std::sync::OnceLock<nvencode::ring_buffer::RingStats>> = Arc::default();
     let depth_stats = Arc::clone(&ring_stats);
-    let encoder = nvenc::metrics::Metered::new(nvenc::open_encoder(args.encoder, &config)?)
+    let encoder = nvencode::metrics::Metered::new(nvencode::open_encoder(args.encoder, &config)?)
         .with_queue_depth(move || depth_stats.get().map_or(0, |s| s.queue_depth()));
     let (producer, output) = EncodePipeline::with_encoder(
         Box::new(encoder),
@@ -519,7 +519,7 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     let mut bytes_out: u64 = 0;
     // Every chunk the encoder delivered is written; an in-band error (after them) is reported
     // once the stream has ended.
-    let mut flushed: Result<(), nvenc::pipeline::PipelineError> = Ok(());
+    let mut flushed: Result<(), nvencode::pipeline::PipelineError> = Ok(());
     for item in output {
         match item {
             Ok(chunk) => {

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use nvenc::pipeline::{EncodePipeline, FrameProducer, PipelineOptions};
-use nvenc::sink::{AnnexBWriter, Mp4Writer};
-use nvenc::testsrc::TestPattern;
-use nvenc::{EncoderConfig, EncoderKind, GpuEncoderConfig, PixelFormat, Preset, Resolution, Tune};
+use nvencode::pipeline::{EncodePipeline, FrameProducer, PipelineOptions};
+use nvencode::sink::{AnnexBWriter, Mp4Writer};
+use nvencode::testsrc::TestPattern;
+use nvencode::{EncoderConfig, EncoderKind, GpuEncoderConfig, PixelFormat, Preset, Resolution, Tune};
 use tokio::io::AsyncReadExt;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,8 +61,8 @@ struct Args {
     quiet: bool,
 }
 
-fn parse<T: std::str::FromStr<Err = nvenc::ConfigError>>(s: &str) -> Result<T, String> {
-    s.parse().map_err(|e: nvenc::ConfigError| e.to_string())
+fn parse<T: std::str::FromStr<Err = nvencode::ConfigError>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: nvencode::ConfigError| e.to_string())
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -178,7 +178,7 @@ enum Sink {
 fn run(args: Args) -> Result<(), BoxError> {
     let config = EncoderConfig::new(args.size.width, args.size.height)
         .with_pixel_format(PixelFormat::I420)
-        .with_frame_rate(nvenc::FrameRate::new(args.fps, 1))
+        .with_frame_rate(nvencode::FrameRate::new(args.fps, 1))
         .with_preset(args.preset)
         .with_tune(args.tune);
     let mut gpu = GpuEncoderConfig::default();

@@ -305,7 +305,7 @@ fn open_x264(
 /// Why x264 cannot be opened in a build without the `x264` feature.
 #[cfg(not(feature = "x264"))]
 const X264_NOT_BUILT: &str =
-    "this build of the nvenc crate has no in-process x264: it was compiled without its `x264` \
+    "this build of nvencode has no in-process x264: it was compiled without its `x264` \
      feature (which links libx264, GPL-2.0-or-later); enable the feature, or use ffmpeg-x264";
 
 #[cfg(not(feature = "x264"))]

@@ -140,10 +140,10 @@ impl fmt::Debug for EncodedChunk {
 /// contract.
 ///
 /// ```no_run
-/// use nvenc::{EncoderChoice, EncoderConfig, VideoEncoder};
+/// use nvencode::{EncoderChoice, EncoderConfig, VideoEncoder};
 ///
 /// let config = EncoderConfig::new(1280, 720);
-/// let mut encoder = nvenc::open_encoder(EncoderChoice::Auto, &config)?;
+/// let mut encoder = nvencode::open_encoder(EncoderChoice::Auto, &config)?;
 /// let frame = vec![128u8; config.validate()?];
 /// let mut chunks = Vec::new();
 /// for _ in 0..30 {
@@ -151,7 +151,7 @@ impl fmt::Debug for EncodedChunk {
 /// }
 /// encoder.flush(&mut chunks)?;
 /// assert_eq!(chunks.len(), 30);
-/// # Ok::<(), nvenc::Error>(())
+/// # Ok::<(), nvencode::Error>(())
 /// ```
 pub trait VideoEncoder: Send {
     /// Encodes one frame, appending any chunks that became ready to `out`.

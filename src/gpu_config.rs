@@ -9,9 +9,9 @@
 //!     nvenc_preset = "p4"
 //!     nvenc_tune = "ll"
 //! "#;
-//! let config: nvenc::GpuEncoderConfig = toml::from_str(text)?;
+//! let config: nvencode::GpuEncoderConfig = toml::from_str(text)?;
 //! config.validate()?;
-//! assert_eq!(config.nvenc_preset, nvenc::nvenc::NvencPreset::P4);
+//! assert_eq!(config.nvenc_preset, nvencode::nvenc::NvencPreset::P4);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use nvenc::{EncoderKind, FfmpegH264Encoder};
+use nvencode::{EncoderKind, FfmpegH264Encoder};
 
 fn has_nvidia_driver() -> bool {
     std::path::Path::new("/proc/driver/nvidia").exists()
@@ -15,10 +15,10 @@ fn without_gpu_only_software_is_available_and_every_rejection_has_a_reason() {
         eprintln!("skipped: this machine has an NVIDIA driver");
         return;
     }
-    let report = nvenc::detect();
+    let report = nvencode::detect();
     assert_eq!(
         report.candidates.iter().map(|c| c.kind).collect::<Vec<_>>(),
-        nvenc::detect::PRIORITY.to_vec()
+        nvencode::detect::PRIORITY.to_vec()
     );
     for kind in [
         EncoderKind::Nvenc,
@@ -47,9 +47,9 @@ fn without_gpu_only_software_is_available_and_every_rejection_has_a_reason() {
         assert!(!qsv.unwrap_or_default().contains("does not list"));
     }
     if cfg!(feature = "x264") {
-        assert_eq!(nvenc::detect_available_encoders(), vec![EncoderKind::X264]);
+        assert_eq!(nvencode::detect_available_encoders(), vec![EncoderKind::X264]);
     } else {
-        assert_eq!(nvenc::detect_available_encoders(), vec![]);
+        assert_eq!(nvencode::detect_available_encoders(), vec![]);
         let x264 = report.candidate(EncoderKind::X264).expect("listed");
         assert!(x264
             .reason
@@ -69,7 +69,7 @@ fn fake(body: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, script)
 }
 
-fn ffmpeg_backends_rejected(report: &nvenc::DetectionReport, needle: &str) {
+fn ffmpeg_backends_rejected(report: &nvencode::DetectionReport, needle: &str) {
     let error = report.ffmpeg.error.as_deref().unwrap_or("");
     assert!(
         error.contains("ffmpeg backends unavailable") && error.contains(needle),
@@ -97,12 +97,12 @@ fn a_hanging_ffmpeg_is_killed_at_the_detection_limit() {
     for body in ["exec sleep 1000", "sleep 1000"] {
         let (_dir, script) = fake(body);
         let started = std::time::Instant::now();
-        let report = nvenc::detect::detect_with(&script);
+        let report = nvencode::detect::detect_with(&script);
         let took = started.elapsed();
         // Two queries at most would be 2 x the limit; one suffices, as -version is not asked
         // once -encoders failed. The margin is for a loaded machine.
         assert!(
-            took < nvenc::detect::FFMPEG_QUERY_LIMIT * 2,
+            took < nvencode::detect::FFMPEG_QUERY_LIMIT * 2,
             "{body:?}: detection took {took:?}"
         );
         ffmpeg_backends_rejected(&report, "did not finish");
@@ -112,6 +112,6 @@ fn a_hanging_ffmpeg_is_killed_at_the_detection_limit() {
 #[test]
 fn a_flooding_ffmpeg_is_cut_at_the_cap() {
     let (_dir, script) = fake("exec yes 'V..... flood'");
-    let report = nvenc::detect::detect_with(&script);
+    let report = nvencode::detect::detect_with(&script);
     ffmpeg_backends_rejected(&report, "more than");
 }

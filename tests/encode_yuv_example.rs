@@ -6,8 +6,8 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use nvenc::testsrc::TestPattern;
-use nvenc::{PixelFormat, Resolution};
+use nvencode::testsrc::TestPattern;
+use nvencode::{PixelFormat, Resolution};
 
 /// `cargo test` builds the examples next to the test binaries' `deps/` folder.
 fn example() -> PathBuf {
@@ -129,7 +129,7 @@ fn a_hanging_ffmpeg_on_path_does_not_stop_auto_from_using_x264() {
             .args(["--size", "160x96", "-e", "auto", "-q", "-o"])
             .arg(&output)
             .env("PATH", path),
-        nvenc::detect::FFMPEG_QUERY_LIMIT * 4,
+        nvencode::detect::FFMPEG_QUERY_LIMIT * 4,
     );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");

@@ -5,9 +5,9 @@ mod common;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use nvenc::fallback::Opener;
-use nvenc::ffmpeg::{FfmpegEncoder, FfmpegOptions};
-use nvenc::{
+use nvencode::fallback::Opener;
+use nvencode::ffmpeg::{FfmpegEncoder, FfmpegOptions};
+use nvencode::{
     EncoderConfig, EncoderKind, Error, FallbackEncoder, FfmpegH264Encoder, VideoEncoder,
     X264Encoder,
 };
@@ -71,7 +71,7 @@ fn preferred_encoder_is_tried_first() {
 #[test]
 fn failover_mid_stream_loses_no_frame() {
     let config = EncoderConfig::new(320, 240)
-        .with_preset(nvenc::Preset::Veryfast)
+        .with_preset(nvencode::Preset::Veryfast)
         .with_crf(18.0)
         .with_gop_size(30)
         .with_bframes(Some(2));
@@ -123,8 +123,8 @@ struct Failing {
 impl VideoEncoder for Failing {
     fn encode(
         &mut self,
-        frame: nvenc::Frame<'_>,
-        out: &mut Vec<nvenc::EncodedChunk>,
+        frame: nvencode::Frame<'_>,
+        out: &mut Vec<nvencode::EncodedChunk>,
     ) -> Result<(), Error> {
         self.seen += 1;
         if self.seen >= self.fail_at {
@@ -136,7 +136,7 @@ impl VideoEncoder for Failing {
         }
         self.inner.encode(frame, out)
     }
-    fn flush(&mut self, out: &mut Vec<nvenc::EncodedChunk>) -> Result<(), Error> {
+    fn flush(&mut self, out: &mut Vec<nvencode::EncodedChunk>) -> Result<(), Error> {
         self.inner.flush(out)
     }
     fn kind(&self) -> EncoderKind {
@@ -155,7 +155,7 @@ impl VideoEncoder for Failing {
 #[test]
 fn failover_to_deeper_reordering_keeps_dts_valid() {
     let config = EncoderConfig::new(320, 240)
-        .with_preset(nvenc::Preset::Veryfast)
+        .with_preset(nvencode::Preset::Veryfast)
         .with_crf(18.0);
     let shallow: Opener = Box::new(|c: &EncoderConfig| {
         let inner = X264Encoder::new(&c.clone().with_bframes(Some(0)))?;
@@ -175,7 +175,7 @@ fn failover_to_deeper_reordering_keeps_dts_valid() {
     assert_eq!(encoder.switches(), 1);
     common::assert_accounting(&chunks, 50);
     assert!(
-        chunks.iter().any(|c| c.frame_type == nvenc::FrameType::B),
+        chunks.iter().any(|c| c.frame_type == nvencode::FrameType::B),
         "no B-frames after the switch"
     );
     let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);

@@ -6,14 +6,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use nvenc::ffmpeg::{FfmpegEncoder, FfmpegOptions};
-use nvenc::{EncoderConfig, FfmpegH264Encoder, SubprocessProblem, VideoEncoder};
+use nvencode::ffmpeg::{FfmpegEncoder, FfmpegOptions};
+use nvencode::{EncoderConfig, FfmpegH264Encoder, SubprocessProblem, VideoEncoder};
 
 /// The same settings as the in-process x264 contract tests, through ffmpeg's libx264 (lowest
 /// frame measured 46.7 dB there; ffmpeg's libx264 wrapper changes nothing that matters here).
 const PSNR_FLOOR_DB: f64 = 38.0;
 
-fn open_ffmpeg_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, nvenc::Error> {
+fn open_ffmpeg_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, nvencode::Error> {
     Ok(Box::new(FfmpegEncoder::new(
         config,
         &FfmpegOptions::new(FfmpegH264Encoder::Libx264),
@@ -22,9 +22,9 @@ fn open_ffmpeg_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, nve
 
 contract_tests!(open_ffmpeg_x264);
 
-fn subprocess_problem(err: nvenc::Error) -> SubprocessProblem {
+fn subprocess_problem(err: nvencode::Error) -> SubprocessProblem {
     match err {
-        nvenc::Error::Subprocess { problem, .. } => problem,
+        nvencode::Error::Subprocess { problem, .. } => problem,
         other => panic!("expected a subprocess error, got {other:?}"),
     }
 }
@@ -220,7 +220,7 @@ fn error_carries_what_ffmpeg_wrote_to_stderr() {
         .or_else(|| encoder.flush(&mut chunks).err())
         .expect("an ffmpeg that exits at once must fail the stream");
     match err {
-        nvenc::Error::Subprocess { stderr, .. } => assert!(
+        nvencode::Error::Subprocess { stderr, .. } => assert!(
             stderr.contains("Unknown encoder: the fake has none"),
             "stderr missing from the error: {stderr:?}"
         ),
@@ -241,7 +241,7 @@ fn frames_refused_after_a_kill_never_come_out() {
     let mut chunks = Vec::new();
     for (i, frame) in input[..10].iter().enumerate() {
         encoder
-            .encode(nvenc::Frame::new(frame).with_pts(i as i64), &mut chunks)
+            .encode(nvencode::Frame::new(frame).with_pts(i as i64), &mut chunks)
             .expect("encode before the kill");
     }
     let status = std::process::Command::new("kill")
@@ -255,7 +255,7 @@ fn frames_refused_after_a_kill_never_come_out() {
     let mut refused = Vec::new();
     for (i, frame) in input.iter().enumerate().skip(10) {
         let pts = i as i64;
-        match encoder.encode(nvenc::Frame::new(frame).with_pts(pts), &mut rest) {
+        match encoder.encode(nvencode::Frame::new(frame).with_pts(pts), &mut rest) {
             Ok(()) => accepted.push(pts),
             Err(_) => refused.push(pts),
         }

@@ -1,4 +1,4 @@
-//! The metrics (`nvenc::metrics`): what a recorder sees after frames go through x264, the
+//! The metrics (`nvencode::metrics`): what a recorder sees after frames go through x264, the
 //! emulated NVENC and a failover; the queue gauges over a real ring; the GPU sampler with a fake
 //! NVML; the Grafana dashboard against the metric names; and a real Prometheus scrape of the
 //! `encode_yuv` example.
@@ -19,14 +19,14 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use nvenc::fallback::Opener;
-use nvenc::ffmpeg::{FfmpegEncoder, FfmpegOptions};
-use nvenc::metrics::{
+use nvencode::fallback::Opener;
+use nvencode::ffmpeg::{FfmpegEncoder, FfmpegOptions};
+use nvencode::metrics::{
     gpu_sampler_state, names, GpuSample, GpuSampler, GpuSamplerState, GpuUtilizationSource,
     LabelError, Metered, MetricLabels, NvmlSource,
 };
-use nvenc::ring_buffer::{FrameMeta, FrameRing, ReserveError};
-use nvenc::{
+use nvencode::ring_buffer::{FrameMeta, FrameRing, ReserveError};
+use nvencode::{
     EncodedChunk, EncoderConfig, EncoderKind, FallbackEncoder, FfmpegH264Encoder, Frame, Tune,
     VideoEncoder, X264Encoder,
 };
@@ -359,7 +359,7 @@ fn queue_gauges_follow_the_ring() {
             .with_ring(producer.stats());
         let mut chunks = Vec::new();
         let mut next = 0usize;
-        let mut fill = |producer: &mut nvenc::ring_buffer::Producer<_>, n: usize| {
+        let mut fill = |producer: &mut nvencode::ring_buffer::Producer<_>, n: usize| {
             for _ in 0..n {
                 let mut slot = producer.try_reserve().expect("a free slot");
                 slot[..frame_len].copy_from_slice(&input[next]);
@@ -519,7 +519,7 @@ fn emulated_nvenc_counts_and_no_gpu_gauge_without_nvml() {
     recorder.install().expect("the child's only recorder");
     let config = EncoderConfig::new(320, 240).with_bframes(Some(2));
     let input = common::clip(&config, 24);
-    let encoder = nvenc::nvenc::NvencEncoder::new(&config).expect("emulated NVENC opens");
+    let encoder = nvencode::nvenc::NvencEncoder::new(&config).expect("emulated NVENC opens");
     let mut encoder = Metered::new(encoder).with_labels(&camera());
     let mut seen = Seen::default();
     let chunks = encode_recorded(&mut encoder, &input, &snapshotter, &mut seen);
@@ -673,7 +673,7 @@ fn dashboard_queries_only_metrics_the_crate_records() {
         assert!(!found.is_empty(), "query names no encoder metric: {q}");
         for name in found {
             assert!(
-                nvenc::metrics::NAMES.contains(&name.as_str()),
+                nvencode::metrics::NAMES.contains(&name.as_str()),
                 "the dashboard queries {name}, which the crate does not record ({q})"
             );
             used.insert(name);
@@ -720,7 +720,7 @@ fn metrics_in_finds_names_and_maps_histogram_series() {
 #[test]
 fn readme_table_lists_every_metric() {
     let readme = include_str!("../README.md");
-    for name in nvenc::metrics::NAMES {
+    for name in nvencode::metrics::NAMES {
         assert!(
             readme
                 .lines()

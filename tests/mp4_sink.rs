@@ -8,12 +8,12 @@ use std::io::BufWriter;
 use std::path::Path;
 use std::process::Command;
 
-use nvenc::sink::{Mp4Writer, SinkError};
-use nvenc::{EncodedChunk, EncoderChoice, EncoderConfig, EncoderKind, FrameRate};
+use nvencode::sink::{Mp4Writer, SinkError};
+use nvencode::{EncodedChunk, EncoderChoice, EncoderConfig, EncoderKind, FrameRate};
 
 fn encode(config: &EncoderConfig, frames: u64) -> Vec<EncodedChunk> {
     let mut encoder =
-        nvenc::open_encoder(EncoderChoice::Only(EncoderKind::X264), config).expect("x264");
+        nvencode::open_encoder(EncoderChoice::Only(EncoderKind::X264), config).expect("x264");
     let mut chunks = Vec::new();
     for frame in common::clip(config, frames) {
         encoder.encode_frame(&frame, &mut chunks).expect("encode");
@@ -152,8 +152,8 @@ fn decoding_times_must_increase() {
     let mut bare =
         Mp4Writer::new(std::io::Cursor::new(Vec::new()), config.resolution, (1, 30)).expect("mp4");
     let mut p = chunks[1].clone();
-    p.data = nvenc::h264::nal_units(&chunks[1].data)
-        .filter(|n| nvenc::h264::nal_unit_type(n) == Some(nvenc::h264::NAL_SLICE))
+    p.data = nvencode::h264::nal_units(&chunks[1].data)
+        .filter(|n| nvencode::h264::nal_unit_type(n) == Some(nvencode::h264::NAL_SLICE))
         .flat_map(|n| [&[0, 0, 0, 1][..], n].concat())
         .collect();
     bare.write(&p).expect("write");

@@ -10,8 +10,8 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use nvenc::nvenc::NvencEncoder;
-use nvenc::{EncoderConfig, VideoEncoder};
+use nvencode::nvenc::NvencEncoder;
+use nvencode::{EncoderConfig, VideoEncoder};
 use nvenc_emu_harness::EmuDriver;
 
 /// Counts allocations (and reallocations) while `COUNTING` is set.
@@ -70,14 +70,14 @@ fn child_count_allocations() {
     );
     for (bframes, fallback) in [(0, false), (2, false), (2, true)] {
         let config = EncoderConfig::new(320, 240)
-            .with_preset(nvenc::Preset::Veryfast)
+            .with_preset(nvencode::Preset::Veryfast)
             .with_gop_size(30)
             .with_bframes(Some(bframes));
         let input = common::clip(&config, 4);
         let mut encoder: Box<dyn VideoEncoder> = if fallback {
             // The same backend behind the fallback chain, which holds each frame for replay.
-            let encoder = nvenc::FallbackEncoder::new(&config, None).expect("open");
-            assert_eq!(encoder.current_kind(), nvenc::EncoderKind::Nvenc);
+            let encoder = nvencode::FallbackEncoder::new(&config, None).expect("open");
+            assert_eq!(encoder.current_kind(), nvencode::EncoderKind::Nvenc);
             Box::new(encoder)
         } else {
             Box::new(NvencEncoder::new(&config).expect("open"))

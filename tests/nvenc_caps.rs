@@ -1,11 +1,11 @@
-//! `nvenc::nvenc::probe` against the emulated driver pair: the capability report, its GUIDs and
+//! `nvencode::nvenc::probe` against the emulated driver pair: the capability report, its GUIDs and
 //! caps, the probe session always destroyed, and the on-disk cache keyed by GPU UUID and driver
 //! (`NVENC_CAPS_CACHE`, `XDG_CACHE_HOME`). Each probe runs in a child process, as a new process
 //! on the machine would.
 
 use std::path::Path;
 
-use nvenc::nvenc::NvencCaps;
+use nvencode::nvenc::NvencCaps;
 use nvenc_emu_harness::{in_child, EmuDriver, Report};
 
 /// The emulated GPU's UUID, `nvenc-emu-gpu-00` as bytes, formatted as `nvidia-smi -L` does.
@@ -20,9 +20,9 @@ fn child_probe() {
     // The cache's warnings go to stderr, where the parent looks for them.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter("nvenc=debug")
+        .with_env_filter("nvencode=debug")
         .try_init();
-    match nvenc::nvenc::probe(0) {
+    match nvencode::nvenc::probe(0) {
         Ok(caps) => println!("CAPS {}", serde_json::to_string(&caps).unwrap()),
         Err(e) => println!("PROBE_ERROR {e}"),
     }
@@ -160,7 +160,7 @@ fn a_corrupt_cache_file_is_ignored_with_a_warning() {
     assert_eq!(sessions_opened(&report), 0);
 }
 
-/// Without `NVENC_CAPS_CACHE` the cache is `$XDG_CACHE_HOME/nvenc/nvenc-caps.json`.
+/// Without `NVENC_CAPS_CACHE` the cache is `$XDG_CACHE_HOME/nvencode/nvenc-caps.json`.
 #[test]
 fn the_cache_lives_in_the_users_cache_folder() {
     let dir = tempfile::tempdir().unwrap();
@@ -170,7 +170,7 @@ fn the_cache_lives_in_the_users_cache_folder() {
         .env("XDG_CACHE_HOME", dir.path());
     let out = cmd.output().unwrap();
     assert!(out.status.success());
-    let file = dir.path().join("nvenc").join("nvenc-caps.json");
+    let file = dir.path().join("nvencode").join("nvenc-caps.json");
     let text = std::fs::read_to_string(&file).expect("cache file in XDG_CACHE_HOME");
     assert!(text.contains(EMU_UUID), "{text}");
 }

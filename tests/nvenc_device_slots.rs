@@ -6,7 +6,7 @@
 //! encodes) and every frame still comes out.
 //!
 //! How copies are counted: the crate counts each host copy of a frame's bytes it makes
-//! (`nvenc::encoder::host_frame_copies`: the fallback chain's held copy, NVENC's staging copy, a
+//! (`nvencode::encoder::host_frame_copies`: the fallback chain's held copy, NVENC's staging copy, a
 //! device slot's download), and the CUDA emulator counts driver calls (every
 //! `cuMemcpy2DAsync`, whoever queued it; the emulated NVENC reads each input surface with one
 //! `cuMemcpyDtoH`, where a real engine reads video memory itself).
@@ -15,14 +15,14 @@
 
 mod common;
 
-use nvenc::cuda::Context;
-use nvenc::encoder::{host_frame_copies, SlotFrame};
-use nvenc::nvenc::NvencEncoder;
-use nvenc::ring_buffer::{
+use nvencode::cuda::Context;
+use nvencode::encoder::{host_frame_copies, SlotFrame};
+use nvencode::nvenc::NvencEncoder;
+use nvencode::ring_buffer::{
     DeviceStorage, FrameFlags, FrameMeta, FrameRing, PinnedStorage, WriteSlot,
 };
-use nvenc::{EncodedChunk, EncoderConfig, EncoderKind, Error, FallbackEncoder, PixelFormat};
-use nvenc::{FrameType, VideoEncoder};
+use nvencode::{EncodedChunk, EncoderConfig, EncoderKind, Error, FallbackEncoder, PixelFormat};
+use nvencode::{FrameType, VideoEncoder};
 use nvenc_emu_harness::EmuDriver;
 
 const FRAMES: u64 = 30;
@@ -42,7 +42,7 @@ fn assert_child() {
 fn config(format: PixelFormat) -> EncoderConfig {
     EncoderConfig::new(320, 240)
         .with_pixel_format(format)
-        .with_preset(nvenc::Preset::Veryfast)
+        .with_preset(nvencode::Preset::Veryfast)
         .with_crf(18.0)
         .with_bframes(Some(2))
 }
@@ -53,8 +53,8 @@ fn device_ring(
     config: &EncoderConfig,
     slots: usize,
 ) -> (
-    nvenc::ring_buffer::Producer<DeviceStorage>,
-    nvenc::ring_buffer::Consumer<DeviceStorage>,
+    nvencode::ring_buffer::Producer<DeviceStorage>,
+    nvencode::ring_buffer::Consumer<DeviceStorage>,
 ) {
     let ctx = Context::open(0).expect("CUDA context");
     let (w, h) = (
@@ -348,7 +348,7 @@ fn child_device_failover() {
     );
 
     // x264 on its own (the default `encode_slot`): exactly one download per frame.
-    let mut x264 = nvenc::open_encoder(nvenc::EncoderChoice::Only(EncoderKind::X264), &config)
+    let mut x264 = nvencode::open_encoder(nvencode::EncoderChoice::Only(EncoderKind::X264), &config)
         .expect("open x264");
     let input = common::clip(&config, FRAMES);
     let before = host_frame_copies();
@@ -452,7 +452,7 @@ fn child_other_context() {
     let mut encoder = NvencEncoder::new(&config).expect("open");
     let mut chain = FallbackEncoder::new(&config, None).expect("open");
     assert_eq!(chain.current_kind(), EncoderKind::Nvenc);
-    let mut x264 = nvenc::open_encoder(nvenc::EncoderChoice::Only(EncoderKind::X264), &config)
+    let mut x264 = nvencode::open_encoder(nvencode::EncoderChoice::Only(EncoderKind::X264), &config)
         .expect("open x264");
     let storage = DeviceStorage::on_device(1, 2, w, h * 3 / 2).expect("a ring on device 1");
     let (mut producer, mut consumer) = FrameRing::with_storage(storage).expect("ring");

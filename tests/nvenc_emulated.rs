@@ -8,8 +8,8 @@
 
 mod common;
 
-use nvenc::nvenc::{NvencEncoder, NvencErrorKind, NvencOptions};
-use nvenc::{EncoderConfig, EncoderKind, Error, FallbackEncoder, VideoEncoder};
+use nvencode::nvenc::{NvencEncoder, NvencErrorKind, NvencOptions};
+use nvencode::{EncoderConfig, EncoderKind, Error, FallbackEncoder, VideoEncoder};
 use nvenc_emu_harness::EmuDriver;
 
 /// Emulated NVENC encodes with libx264 at a quality derived from `targetQuality`; at crf 18 on
@@ -65,7 +65,7 @@ fn emulated_contract_suite() {
 #[ignore = "child half of thousand_frames_with_bframes_in_flight"]
 fn child_thousand_frames() {
     let config = EncoderConfig::new(320, 240)
-        .with_preset(nvenc::Preset::Veryfast)
+        .with_preset(nvencode::Preset::Veryfast)
         .with_crf(18.0)
         .with_gop_size(60)
         .with_bframes(Some(3));
@@ -85,7 +85,7 @@ fn child_thousand_frames() {
     );
     common::assert_accounting(&chunks, 1000);
     assert!(
-        chunks.iter().any(|c| c.frame_type == nvenc::FrameType::B),
+        chunks.iter().any(|c| c.frame_type == nvencode::FrameType::B),
         "no B-frames"
     );
     let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);
@@ -260,7 +260,7 @@ fn child_open_error_kind() {
     let err = NvencEncoder::new(&config).expect_err("the emulator is set to refuse");
     let kind = match &err {
         Error::Nvenc(e) => format!("{:?}", e.kind()),
-        Error::NvencLoad(nvenc::LoadError::DriverTooOld { .. }) => "DriverTooOld".into(),
+        Error::NvencLoad(nvencode::LoadError::DriverTooOld { .. }) => "DriverTooOld".into(),
         other => format!("other: {other}"),
     };
     eprintln!("KIND {kind}");
@@ -317,7 +317,7 @@ fn old_driver_is_typed_and_falls_back_to_x264() {
 fn child_failover() {
     assert_child();
     let config = EncoderConfig::new(320, 240)
-        .with_preset(nvenc::Preset::Veryfast)
+        .with_preset(nvencode::Preset::Veryfast)
         .with_crf(18.0)
         .with_bframes(Some(2));
     let mut encoder = FallbackEncoder::new(&config, None).expect("open");
@@ -449,7 +449,7 @@ fn child_lossless() {
     // The parent says which GPU this is: lossless cap 1 (`NVENC_EMU_LOSSLESS=1`) or 0.
     let cap = std::env::var("NVENC_EMU_LOSSLESS").is_ok_and(|v| v == "1");
     let config = EncoderConfig::new(320, 240).with_bframes(Some(0));
-    let options = NvencOptions::default().with_tuning(Some(nvenc::nvenc::NvencTuning::Lossless));
+    let options = NvencOptions::default().with_tuning(Some(nvencode::nvenc::NvencTuning::Lossless));
     let opened = NvencEncoder::with_options(&config, &options);
     if !cap {
         match opened {
@@ -495,7 +495,7 @@ fn lossless_is_checked_against_the_caps() {
 /// The config of the fault-path and hang tests: the 320x240, B-frames in flight.
 fn fault_config() -> EncoderConfig {
     EncoderConfig::new(320, 240)
-        .with_preset(nvenc::Preset::Veryfast)
+        .with_preset(nvencode::Preset::Veryfast)
         .with_crf(18.0)
         .with_gop_size(30)
         .with_bframes(Some(2))
@@ -503,7 +503,7 @@ fn fault_config() -> EncoderConfig {
 
 /// Decodes `chunks` and checks each decoded frame against the input frame it came from (the
 /// frames whose chunks came out, in display order; automatic pts count frames).
-fn assert_decodes_as(chunks: &[nvenc::EncodedChunk], input: &[Vec<u8>], config: &EncoderConfig) {
+fn assert_decodes_as(chunks: &[nvencode::EncodedChunk], input: &[Vec<u8>], config: &EncoderConfig) {
     let decoded = common::decode_h264(&common::concat(chunks), config.resolution);
     assert_eq!(
         decoded.len(),
@@ -869,7 +869,7 @@ fn child_hung_lock_fallback() {
     let config = fault_config();
     let input = common::clip(&config, 60);
     let options = NvencOptions::default().with_call_timeout(HANG_DEADLINE);
-    let chain = nvenc::fallback::chain_with(None, &options).expect("chain");
+    let chain = nvencode::fallback::chain_with(None, &options).expect("chain");
     let mut encoder = FallbackEncoder::with_chain(&config, chain).expect("open");
     assert_eq!(encoder.current_kind(), EncoderKind::Nvenc);
     let chunks = common::encode_all(&mut encoder, &input);

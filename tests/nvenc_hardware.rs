@@ -9,8 +9,8 @@
 
 mod common;
 
-use nvenc::nvenc::NvencEncoder;
-use nvenc::{EncoderConfig, Error, VideoEncoder};
+use nvencode::nvenc::NvencEncoder;
+use nvencode::{EncoderConfig, Error, VideoEncoder};
 
 /// NVENC at crf 18 (constant-quality target 18) on the synthetic pattern; the same floor as the
 /// software backends' tests. Unmeasured on hardware so far: revisit with the first GPU run.

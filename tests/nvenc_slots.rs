@@ -3,7 +3,7 @@
 //! that path counted, before (frames given as `&[u8]`) and after (frames in pinned slots).
 //!
 //! How copies are counted: the crate counts each host copy of a frame's bytes it makes
-//! (`nvenc::encoder::host_frame_copies`: the fallback chain's held copy and NVENC's staging
+//! (`nvencode::encoder::host_frame_copies`: the fallback chain's held copy and NVENC's staging
 //! copy), and the CUDA emulator counts the upload calls (`cuMemcpy2DAsync`, one per plane). The
 //! caller's own copy into a slot is the test's, counted by the test.
 //!
@@ -11,10 +11,10 @@
 
 mod common;
 
-use nvenc::cuda::Context;
-use nvenc::encoder::{host_frame_copies, SlotFrame};
-use nvenc::ring_buffer::{FrameFlags, FrameMeta, FrameRing, PinnedStorage};
-use nvenc::{EncoderConfig, EncoderKind, FallbackEncoder, VideoEncoder};
+use nvencode::cuda::Context;
+use nvencode::encoder::{host_frame_copies, SlotFrame};
+use nvencode::ring_buffer::{FrameFlags, FrameMeta, FrameRing, PinnedStorage};
+use nvencode::{EncoderConfig, EncoderKind, FallbackEncoder, VideoEncoder};
 use nvenc_emu_harness::EmuDriver;
 
 const FRAMES: u64 = 30;
@@ -32,7 +32,7 @@ fn assert_child() {
 
 fn config() -> EncoderConfig {
     EncoderConfig::new(320, 240)
-        .with_preset(nvenc::Preset::Veryfast)
+        .with_preset(nvencode::Preset::Veryfast)
         .with_crf(18.0)
         .with_bframes(Some(2))
 }
@@ -48,7 +48,7 @@ const SLOTS: usize = 64;
 fn encode_from_slots(
     encoder: &mut dyn VideoEncoder,
     input: &[Vec<u8>],
-) -> (Vec<nvenc::EncodedChunk>, u64) {
+) -> (Vec<nvencode::EncodedChunk>, u64) {
     let len = input[0].len();
     let ctx = Context::open(0).expect("CUDA context");
     let storage = PinnedStorage::new(&ctx, SLOTS, len).expect("pinned ring");
@@ -82,7 +82,7 @@ fn encode_from_slots(
     (chunks, caller_copies)
 }
 
-fn assert_decodes(chunks: &[nvenc::EncodedChunk], input: &[Vec<u8>], config: &EncoderConfig) {
+fn assert_decodes(chunks: &[nvencode::EncodedChunk], input: &[Vec<u8>], config: &EncoderConfig) {
     // One chunk per frame, each frame once, dts increasing and never after pts (the pts are
     // checked by the callers: automatic, or the slots' own).
     assert_eq!(chunks.len(), input.len(), "one chunk per frame");
@@ -105,7 +105,7 @@ fn assert_decodes(chunks: &[nvenc::EncodedChunk], input: &[Vec<u8>], config: &En
 }
 
 /// Each chunk carries the pts its slot's metadata gave, and the flagged frame is an IDR.
-fn assert_slot_meta(chunks: &[nvenc::EncodedChunk]) {
+fn assert_slot_meta(chunks: &[nvencode::EncodedChunk]) {
     for chunk in chunks {
         assert_eq!(chunk.pts, 2 * chunk.frame_index as i64, "{chunk:?}");
     }
@@ -138,7 +138,7 @@ fn child_copy_count() {
 
     // After: frames in pinned slots, through `Auto` as a user opens it (a boxed chain). The
     // chain holds the lease, NVENC uploads from the slot.
-    let mut encoder = nvenc::open_encoder(nvenc::EncoderChoice::Auto, &config).expect("open");
+    let mut encoder = nvencode::open_encoder(nvencode::EncoderChoice::Auto, &config).expect("open");
     assert_eq!(encoder.kind(), EncoderKind::Nvenc);
     let before = host_frame_copies();
     let (chunks, caller_copies) = encode_from_slots(&mut encoder, &input);

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use nvenc::pipeline::{
+use nvencode::pipeline::{
     BackPressure, EncodePipeline, EncodedOutput, FrameProducer, PipelineError, PipelineOptions,
     SlotMemory, Submitted,
 };
-use nvenc::ring_buffer::RingError;
-use nvenc::{EncodedChunk, EncoderConfig, EncoderKind, Error, Frame, FrameType, VideoEncoder};
+use nvencode::ring_buffer::RingError;
+use nvencode::{EncodedChunk, EncoderConfig, EncoderKind, Error, Frame, FrameType, VideoEncoder};
 
 /// Every wait in these tests ends within this bound or the test fails.
 const BOUND: Duration = Duration::from_secs(60);
@@ -379,16 +379,16 @@ fn collect_bounded(mut output: EncodedOutput) -> (Vec<i64>, Option<PipelineError
     let mut pts = Vec::new();
     loop {
         match output.recv_timeout(BOUND) {
-            nvenc::pipeline::Received::Item(Ok(c)) => pts.push(c.pts),
-            nvenc::pipeline::Received::Item(Err(e)) => {
+            nvencode::pipeline::Received::Item(Ok(c)) => pts.push(c.pts),
+            nvencode::pipeline::Received::Item(Err(e)) => {
                 assert!(
-                    matches!(output.recv_timeout(BOUND), nvenc::pipeline::Received::End),
+                    matches!(output.recv_timeout(BOUND), nvencode::pipeline::Received::End),
                     "the stream ends after its error"
                 );
                 return (pts, Some(e));
             }
-            nvenc::pipeline::Received::End => return (pts, None),
-            nvenc::pipeline::Received::Pending => panic!("no item within {BOUND:?}"),
+            nvencode::pipeline::Received::End => return (pts, None),
+            nvencode::pipeline::Received::Pending => panic!("no item within {BOUND:?}"),
         }
     }
 }
@@ -626,7 +626,7 @@ fn a_device_ring_without_a_cuda_driver_is_a_typed_error() {
     let encoder = FakeEncoder::new(&config());
     let options = PipelineOptions::default().with_slot_memory(SlotMemory::Device);
     let opened = EncodePipeline::with_encoder(Box::new(encoder), options);
-    if nvenc::cuda::available().is_ok() {
+    if nvencode::cuda::available().is_ok() {
         let (producer, _output) = opened.expect("a CUDA driver is here").split();
         assert_eq!(producer.slot_memory(), SlotMemory::Device);
         return;

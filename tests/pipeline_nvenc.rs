@@ -3,7 +3,7 @@
 //! loss mid-pipeline fails over to x264 with every frame out and decodable.
 //!
 //! How copies are counted: the crate counts each host copy of a frame's bytes it makes
-//! (`nvenc::encoder::host_frame_copies`), and the CUDA emulator counts the upload calls. The
+//! (`nvencode::encoder::host_frame_copies`), and the CUDA emulator counts the upload calls. The
 //! producer's own write into its slot (here a `copy_from_slice`; in a receiver, the socket read)
 //! is the test's.
 //!
@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use nvenc::encoder::host_frame_copies;
-use nvenc::pipeline::{
+use nvencode::encoder::host_frame_copies;
+use nvencode::pipeline::{
     DeviceFrameSlot, EncodePipeline, PipelineError, PipelineOptions, SlotMemory,
 };
-use nvenc::{EncodedChunk, EncoderConfig, EncoderKind, GpuEncoderConfig};
+use nvencode::{EncodedChunk, EncoderConfig, EncoderKind, GpuEncoderConfig};
 use nvenc_emu_harness::EmuDriver;
 
 const FRAMES: usize = 60;
@@ -41,7 +41,7 @@ fn assert_child() {
 
 fn config() -> EncoderConfig {
     EncoderConfig::new(320, 240)
-        .with_preset(nvenc::Preset::Veryfast)
+        .with_preset(nvencode::Preset::Veryfast)
         .with_crf(18.0)
         .with_bframes(Some(2))
 }
@@ -73,9 +73,9 @@ fn through_the_stage(
     let mut chunks = Vec::new();
     loop {
         match output.recv_timeout(BOUND) {
-            nvenc::pipeline::Received::Item(item) => chunks.push(item.expect("no in-band error")),
-            nvenc::pipeline::Received::End => break,
-            nvenc::pipeline::Received::Pending => panic!("no chunk within {BOUND:?}"),
+            nvencode::pipeline::Received::Item(item) => chunks.push(item.expect("no in-band error")),
+            nvencode::pipeline::Received::End => break,
+            nvencode::pipeline::Received::Pending => panic!("no chunk within {BOUND:?}"),
         }
     }
     feeder.join().expect("feeder");
@@ -210,9 +210,9 @@ fn child_stage_device_slots() {
     let mut chunks = Vec::new();
     loop {
         match output.recv_timeout(BOUND) {
-            nvenc::pipeline::Received::Item(item) => chunks.push(item.expect("no in-band error")),
-            nvenc::pipeline::Received::End => break,
-            nvenc::pipeline::Received::Pending => panic!("no chunk within {BOUND:?}"),
+            nvencode::pipeline::Received::Item(item) => chunks.push(item.expect("no in-band error")),
+            nvencode::pipeline::Received::End => break,
+            nvencode::pipeline::Received::Pending => panic!("no chunk within {BOUND:?}"),
         }
     }
     feeder.join().expect("feeder");
@@ -254,12 +254,12 @@ fn fnv(data: &[u8]) -> u64 {
     })
 }
 
-impl nvenc::VideoEncoder for SlowChecksum {
+impl nvencode::VideoEncoder for SlowChecksum {
     fn encode(
         &mut self,
-        frame: nvenc::Frame<'_>,
+        frame: nvencode::Frame<'_>,
         out: &mut Vec<EncodedChunk>,
-    ) -> Result<(), nvenc::Error> {
+    ) -> Result<(), nvencode::Error> {
         std::thread::sleep(Duration::from_millis(5));
         let pts = frame.pts.unwrap_or(0);
         out.push(EncodedChunk {
@@ -268,13 +268,13 @@ impl nvenc::VideoEncoder for SlowChecksum {
             dts: pts,
             duration: 1,
             keyframe: true,
-            frame_type: nvenc::FrameType::I,
+            frame_type: nvencode::FrameType::I,
             frame_index: self.frames,
         });
         self.frames += 1;
         Ok(())
     }
-    fn flush(&mut self, _out: &mut Vec<EncodedChunk>) -> Result<(), nvenc::Error> {
+    fn flush(&mut self, _out: &mut Vec<EncodedChunk>) -> Result<(), nvencode::Error> {
         Ok(())
     }
     fn kind(&self) -> EncoderKind {
@@ -301,7 +301,7 @@ fn child_device_ring_cpu_encoder_drop_newest() {
     let options = PipelineOptions::default()
         .with_ring_slots(2)
         .with_slot_memory(SlotMemory::Device)
-        .with_back_pressure(nvenc::pipeline::BackPressure::DropNewest);
+        .with_back_pressure(nvencode::pipeline::BackPressure::DropNewest);
     let (mut producer, output) = EncodePipeline::with_encoder(Box::new(encoder), options)
         .expect("open")
         .split();
@@ -315,7 +315,7 @@ fn child_device_ring_cpu_encoder_drop_newest() {
             upload(&slot, frame, &self::config());
             let submitted = slot.commit(pts as i64, false).expect("commit");
             assert_eq!(
-                submitted == nvenc::pipeline::Submitted::Dropped,
+                submitted == nvencode::pipeline::Submitted::Dropped,
                 will_drop,
                 "frame {pts}"
             );

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nvenc::fallback::Opener;
-use nvenc::ffmpeg::{FfmpegEncoder, FfmpegOptions};
-use nvenc::pipeline::{EncodePipeline, EncodedOutput, PipelineOptions};
-use nvenc::{
+use nvencode::fallback::Opener;
+use nvencode::ffmpeg::{FfmpegEncoder, FfmpegOptions};
+use nvencode::pipeline::{EncodePipeline, EncodedOutput, PipelineOptions};
+use nvencode::{
     EncodedChunk, EncoderConfig, EncoderKind, FallbackEncoder, FfmpegH264Encoder, GpuEncoderConfig,
     VideoEncoder, X264Encoder,
 };
@@ -28,7 +28,7 @@ fn collect(output: &mut EncodedOutput) -> Vec<EncodedChunk> {
 #[test]
 fn x264_through_the_stage_decodes_every_frame() {
     let config = EncoderConfig::new(160, 96)
-        .with_preset(nvenc::Preset::Veryfast)
+        .with_preset(nvencode::Preset::Veryfast)
         .with_bframes(Some(3));
     let mut gpu = GpuEncoderConfig::default();
     gpu.preferred_encoder = Some(EncoderKind::X264);
@@ -64,7 +64,7 @@ fn x264_through_the_stage_decodes_every_frame() {
 #[test]
 fn failover_mid_pipeline_loses_no_frame() {
     let config = EncoderConfig::new(320, 240)
-        .with_preset(nvenc::Preset::Veryfast)
+        .with_preset(nvencode::Preset::Veryfast)
         .with_gop_size(30)
         .with_bframes(Some(2));
     let pid = Arc::new(AtomicU32::new(0));
@@ -184,7 +184,7 @@ fn pipeline_example_writes_an_mp4_ffprobe_counts() {
 /// encoder waits for a frame. Every wait is bounded, so a starved producer fails the test.
 #[test]
 fn deep_lookahead_with_a_one_slot_ring_never_starves_the_producer() {
-    let config = EncoderConfig::new(64, 48).with_preset(nvenc::Preset::Medium);
+    let config = EncoderConfig::new(64, 48).with_preset(nvencode::Preset::Medium);
     let mut gpu = GpuEncoderConfig::default();
     gpu.preferred_encoder = Some(EncoderKind::X264);
     let options = PipelineOptions::from_gpu_config(&gpu).with_ring_slots(1);

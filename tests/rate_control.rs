@@ -10,10 +10,10 @@ mod common;
 
 use std::process::Stdio;
 
-use nvenc::ffmpeg::{FfmpegEncoder, FfmpegOptions};
-use nvenc::nvenc::NvencEncoder;
-use nvenc::testsrc::TestPattern;
-use nvenc::{
+use nvencode::ffmpeg::{FfmpegEncoder, FfmpegOptions};
+use nvencode::nvenc::NvencEncoder;
+use nvencode::testsrc::TestPattern;
+use nvencode::{
     Bitrate, ConfigError, EncodedChunk, EncoderConfig, EncoderKind, Error, FallbackEncoder,
     FfmpegH264Encoder, FrameType, Preset, RateControl, Tune, VideoEncoder, X264Encoder,
 };
@@ -173,7 +173,7 @@ fn check_cqp(open: Open, backend: &str) {
     for qp in [22u8, 36] {
         // Quarter size: nothing here depends on the size, and it halves the suite's time.
         let config =
-            config(RateControl::constant_qp(qp)).with_resolution(nvenc::Resolution::new(640, 360));
+            config(RateControl::constant_qp(qp)).with_resolution(nvencode::Resolution::new(640, 360));
         let mut encoder = open(&config).expect("open");
         let chunks = encode(encoder.as_mut(), None);
         let (mean, qps) = p_frames(&chunks);
@@ -487,7 +487,7 @@ fn fallback_forwards_reconfigure() {
     let small = EncoderConfig::new(64, 64)
         .with_preset(Preset::Ultrafast)
         .with_rate_control(RateControl::cbr(mbps(1.0)));
-    let chain: Vec<(EncoderKind, nvenc::fallback::Opener)> = vec![(
+    let chain: Vec<(EncoderKind, nvencode::fallback::Opener)> = vec![(
         EncoderKind::X264,
         Box::new(|c: &EncoderConfig| open_x264(c)),
     )];

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use nvenc::ring_buffer::{FrameMeta, FrameRing, HostStorage, PopError, ReadSlot, ReserveError};
+use nvencode::ring_buffer::{FrameMeta, FrameRing, HostStorage, PopError, ReadSlot, ReserveError};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use nvenc::ring_buffer::{FrameMeta, FrameRing, HostStorage, PopError, ReadSlot};
+use nvencode::ring_buffer::{FrameMeta, FrameRing, HostStorage, PopError, ReadSlot};
 
 const SLOT_LEN: usize = 512;
 

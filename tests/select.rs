@@ -1,6 +1,6 @@
 //! Backend selection on a machine without an NVIDIA driver (CI, most developer machines).
 
-use nvenc::{EncoderChoice, EncoderConfig, EncoderKind, Error};
+use nvencode::{EncoderChoice, EncoderConfig, EncoderKind, Error};
 
 fn has_nvidia_driver() -> bool {
     std::path::Path::new("/proc/driver/nvidia").exists()
@@ -14,8 +14,8 @@ fn nvenc_without_driver_is_a_typed_load_error() {
         return;
     }
     let config = EncoderConfig::new(320, 240);
-    match nvenc::open_encoder(EncoderChoice::Only(EncoderKind::Nvenc), &config) {
-        Err(Error::NvencLoad(nvenc::LoadError::LibraryNotFound { tried, .. })) => {
+    match nvencode::open_encoder(EncoderChoice::Only(EncoderKind::Nvenc), &config) {
+        Err(Error::NvencLoad(nvencode::LoadError::LibraryNotFound { tried, .. })) => {
             assert!(
                 tried.iter().any(|t| t.contains("libnvidia-encode")),
                 "{tried:?}"
@@ -34,15 +34,15 @@ fn auto_falls_back_to_x264_without_driver() {
         return;
     }
     let config = EncoderConfig::new(320, 240);
-    let encoder = nvenc::open_encoder(EncoderChoice::Auto, &config).expect("x264 always opens");
+    let encoder = nvencode::open_encoder(EncoderChoice::Auto, &config).expect("x264 always opens");
     assert_eq!(encoder.kind(), EncoderKind::X264);
 }
 
 #[test]
 fn invalid_config_fails_before_any_backend_is_tried() {
     let config = EncoderConfig::new(320, 240).with_crf(99.0);
-    match nvenc::open_encoder(EncoderChoice::Auto, &config) {
-        Err(Error::Config(nvenc::ConfigError::CrfOutOfRange { .. })) => {}
+    match nvencode::open_encoder(EncoderChoice::Auto, &config) {
+        Err(Error::Config(nvencode::ConfigError::CrfOutOfRange { .. })) => {}
         Err(other) => panic!("expected CrfOutOfRange, got {other:?}"),
         Ok(_) => panic!("accepted crf 99"),
     }
@@ -57,18 +57,18 @@ fn choice_parses_auto_and_backend_names() {
     assert_eq!(
         "h264_nvenc".parse(),
         Ok(EncoderChoice::Only(EncoderKind::Ffmpeg(
-            nvenc::FfmpegH264Encoder::Nvenc
+            nvencode::FfmpegH264Encoder::Nvenc
         )))
     );
     assert_eq!(
         "qsv".parse(),
         Ok(EncoderChoice::Only(EncoderKind::Ffmpeg(
-            nvenc::FfmpegH264Encoder::Qsv
+            nvencode::FfmpegH264Encoder::Qsv
         )))
     );
     assert!(matches!(
         "amf".parse::<EncoderChoice>(),
-        Err(nvenc::ConfigError::UnknownEncoder { .. })
+        Err(nvencode::ConfigError::UnknownEncoder { .. })
     ));
 }
 
@@ -110,13 +110,13 @@ fn child_backend_env_forces_ffmpeg_x264() {
     );
     let config = EncoderConfig::new(64, 64);
     // Without the variable Auto never tries ffmpeg-x264 (the in-process x264 does that work).
-    let encoder = nvenc::open_encoder(EncoderChoice::Auto, &config).expect("ffmpeg-x264 opens");
+    let encoder = nvencode::open_encoder(EncoderChoice::Auto, &config).expect("ffmpeg-x264 opens");
     assert_eq!(
         encoder.kind(),
-        EncoderKind::Ffmpeg(nvenc::FfmpegH264Encoder::Libx264)
+        EncoderKind::Ffmpeg(nvencode::FfmpegH264Encoder::Libx264)
     );
     // An explicit choice is not affected.
-    let only = nvenc::open_encoder(EncoderChoice::Only(EncoderKind::Nvenc), &config);
+    let only = nvencode::open_encoder(EncoderChoice::Only(EncoderKind::Nvenc), &config);
     assert!(!matches!(only, Err(Error::Config(_))));
 }
 
@@ -129,8 +129,8 @@ fn a_bad_backend_env_is_a_typed_error_naming_the_value() {
 #[ignore = "child half of a_bad_backend_env_is_a_typed_error_naming_the_value"]
 fn child_bad_backend_env() {
     let config = EncoderConfig::new(64, 64);
-    match nvenc::open_encoder(EncoderChoice::Auto, &config) {
-        Err(Error::Config(nvenc::ConfigError::BadBackendList {
+    match nvencode::open_encoder(EncoderChoice::Auto, &config) {
+        Err(Error::Config(nvencode::ConfigError::BadBackendList {
             variable,
             name,
             valid,

@@ -2,7 +2,7 @@
 
 mod common;
 
-use nvenc::{EncoderConfig, VideoEncoder};
+use nvencode::{EncoderConfig, VideoEncoder};
 
 /// At crf 18 (x264's "visually lossless" region) on the synthetic pattern, the lowest frame
 /// measured 46.7 dB and the mean 51.3 dB with Debian's libx264 (build 164) when this was
@@ -11,8 +11,8 @@ use nvenc::{EncoderConfig, VideoEncoder};
 /// below 30 dB).
 const PSNR_FLOOR_DB: f64 = 38.0;
 
-fn open_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, nvenc::Error> {
-    Ok(Box::new(nvenc::X264Encoder::new(config)?))
+fn open_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, nvencode::Error> {
+    Ok(Box::new(nvencode::X264Encoder::new(config)?))
 }
 
 contract_tests!(open_x264);

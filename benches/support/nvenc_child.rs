@@ -5,9 +5,9 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use nvenc::nvenc::{NvencEncoder, NvencOptions};
-use nvenc::testsrc::TestPattern;
-use nvenc::{EncoderConfig, PixelFormat, Resolution, VideoEncoder};
+use nvencode::nvenc::{NvencEncoder, NvencOptions};
+use nvencode::testsrc::TestPattern;
+use nvencode::{EncoderConfig, PixelFormat, Resolution, VideoEncoder};
 use nvenc_emu_harness::EmuDriver;
 
 /// User + system CPU time of every child waited for so far (all of each child's threads).
@@ -69,7 +69,7 @@ pub fn encode_file_through_stage(
     frames: u64,
     options: &NvencOptions,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use nvenc::pipeline::{EncodePipeline, PipelineOptions, SlotMemory};
+    use nvencode::pipeline::{EncodePipeline, PipelineOptions, SlotMemory};
     let config = EncoderConfig::new(1920, 1080);
     let encoder = NvencEncoder::with_options(&config, options)?;
     let stage = PipelineOptions::default().with_slot_memory(SlotMemory::Pinned);
@@ -105,10 +105,10 @@ pub fn stage_latency(
     zero_latency: bool,
     options: &NvencOptions,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use nvenc::pipeline::{EncodePipeline, PipelineOptions, SlotMemory};
+    use nvencode::pipeline::{EncodePipeline, PipelineOptions, SlotMemory};
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
-    let tune = zero_latency.then_some(nvenc::Tune::Zerolatency);
+    let tune = zero_latency.then_some(nvencode::Tune::Zerolatency);
     let config = EncoderConfig::new(1920, 1080).with_tune(tune);
     let encoder = NvencEncoder::with_options(&config, options)?;
     let stage = PipelineOptions::default().with_slot_memory(SlotMemory::Pinned);

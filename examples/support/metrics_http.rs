@@ -30,8 +30,8 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 pub fn serve(addr: SocketAddr) -> Result<SocketAddr, Box<dyn std::error::Error>> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
-            Matcher::Full(nvenc::metrics::names::LATENCY_SECONDS.into()),
-            nvenc::metrics::LATENCY_BUCKETS,
+            Matcher::Full(nvencode::metrics::names::LATENCY_SECONDS.into()),
+            nvencode::metrics::LATENCY_BUCKETS,
         )?
         .install_recorder()?;
     let listener = TcpListener::bind(addr)

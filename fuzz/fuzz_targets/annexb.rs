@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nvenc::h264;
+use nvencode::h264;
 
 fuzz_target!(|data: &[u8]| {
     let base = data.as_ptr() as usize;

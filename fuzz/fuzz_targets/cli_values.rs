@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nvenc::{EncoderChoice, FrameRate, PixelFormat, Preset, Resolution, Tune};
+use nvencode::{EncoderChoice, FrameRate, PixelFormat, Preset, Resolution, Tune};
 
 fn round_trip<T>(text: &str)
 where
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     // Whatever parses into a configuration validates without panicking.
     if let Ok(res) = text.parse::<Resolution>() {
         for format in [PixelFormat::I420, PixelFormat::Nv12] {
-            let _ = nvenc::EncoderConfig::new(res.width, res.height)
+            let _ = nvencode::EncoderConfig::new(res.width, res.height)
                 .with_pixel_format(format)
                 .validate()
                 .map_err(|e| e.to_string());

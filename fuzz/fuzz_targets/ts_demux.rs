@@ -9,5 +9,5 @@ fuzz_target!(|input: &[u8]| {
     };
     // Piece sizes from 1 byte to several packets, as pipe reads deliver them.
     let chunk = usize::from(chunk) * 3 + 1;
-    nvenc::fuzzing::ts_demux(data, chunk);
+    nvencode::fuzzing::ts_demux(data, chunk);
 });

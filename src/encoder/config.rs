@@ -15,7 +15,7 @@ pub use units::{Bitrate, Codec, FrameRate, Preset, Tune};
 /// with a [`ConfigError`] that names it and what would be valid.
 ///
 /// ```
-/// use nvenc::{EncoderConfig, PixelFormat, Preset, Tune, FrameRate};
+/// use nvencode::{EncoderConfig, PixelFormat, Preset, Tune, FrameRate};
 ///
 /// let config = EncoderConfig::new(1920, 1080)
 ///     .with_pixel_format(PixelFormat::Nv12)
@@ -25,7 +25,7 @@ pub use units::{Bitrate, Codec, FrameRate, Preset, Tune};
 ///     .with_crf(21.0)
 ///     .with_gop_size(60);
 /// assert_eq!(config.validate()?, 1920 * 1080 * 3 / 2);
-/// # Ok::<(), nvenc::ConfigError>(())
+/// # Ok::<(), nvencode::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

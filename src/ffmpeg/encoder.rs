@@ -554,7 +554,7 @@ fn spawn_stderr(
                 Err(_) => break,
             }
             let line = String::from_utf8_lossy(&raw).trim_end().to_owned();
-            tracing::debug!(target: "nvenc::ffmpeg", "{line}");
+            tracing::debug!(target: "nvencode::ffmpeg", "{line}");
             if let Ok(mut tail) = tail.lock() {
                 if tail.len() == STDERR_LINES {
                     tail.pop_front();

@@ -20,12 +20,12 @@
 //!
 //! ```
 //! # #[cfg(feature = "x264")] { // the example opens the in-process x264 backend
-//! use nvenc::metrics::{MetricLabels, Metered};
-//! use nvenc::{EncoderChoice, EncoderConfig, EncoderKind, VideoEncoder};
+//! use nvencode::metrics::{MetricLabels, Metered};
+//! use nvencode::{EncoderChoice, EncoderConfig, EncoderKind, VideoEncoder};
 //!
 //! let config = EncoderConfig::new(320, 240);
 //! let labels = MetricLabels::new().with("camera", "front-left")?;
-//! let encoder = nvenc::open_encoder(EncoderChoice::Only(EncoderKind::X264), &config)?;
+//! let encoder = nvencode::open_encoder(EncoderChoice::Only(EncoderKind::X264), &config)?;
 //! let mut encoder = Metered::new(encoder).with_labels(&labels);
 //! let frame = vec![128u8; config.validate()?];
 //! let mut chunks = Vec::new();

@@ -3,7 +3,7 @@
 //! `--encoder auto`).
 //!
 //! The file is JSON, in `$NVENC_CAPS_CACHE` if that is set (`off` disables the cache), else
-//! `$XDG_CACHE_HOME/nvenc/nvenc-caps.json`, else `~/.cache/nvenc/nvenc-caps.json`. Each entry
+//! `$XDG_CACHE_HOME/nvencode/nvenc-caps.json`, else `~/.cache/nvencode/nvenc-caps.json`. Each entry
 //! is one [`NvencCaps`] keyed by the GPU's UUID (`cuDeviceGetUuid`) and a driver fingerprint
 //! (the CUDA driver version, the NVENC API version and the driver library file that was
 //! loaded), so a changed GPU or driver misses and is probed again. A file that cannot be read or
@@ -52,7 +52,7 @@ pub(crate) fn path() -> Option<PathBuf> {
                 .filter(|p| p.is_absolute())
                 .map(|h| h.join(".cache"))
         })?;
-    Some(base.join("nvenc").join("nvenc-caps.json"))
+    Some(base.join("nvencode").join("nvenc-caps.json"))
 }
 
 /// The key of CUDA device `device` under the NVENC library `library`. Needs no context and opens

@@ -16,14 +16,14 @@
 //!
 //! ```
 //! # #[cfg(feature = "x264")] {
-//! use nvenc::pipeline::EncodePipeline;
-//! use nvenc::{EncoderConfig, GpuEncoderConfig, EncoderKind};
+//! use nvencode::pipeline::EncodePipeline;
+//! use nvencode::{EncoderConfig, GpuEncoderConfig, EncoderKind};
 //!
 //! let config = EncoderConfig::new(64, 64);
 //! let mut gpu = GpuEncoderConfig::default();
 //! gpu.preferred_encoder = Some(EncoderKind::X264);
 //! let (mut producer, output) = EncodePipeline::open(&config, &gpu)?.split();
-//! let reader = std::thread::spawn(move || -> Result<(), nvenc::pipeline::PipelineError> {
+//! let reader = std::thread::spawn(move || -> Result<(), nvencode::pipeline::PipelineError> {
 //!     for pts in 0..10 {
 //!         let mut slot = producer.reserve()?; // waits while the ring is full
 //!         slot.fill(pts as u8);               // or: socket.read_exact(&mut slot)
@@ -114,8 +114,8 @@
 //! host memory, each frame is downloaded from its slot (one device-to-host copy).
 //!
 //! ```no_run
-//! use nvenc::pipeline::{EncodePipeline, PipelineOptions, SlotMemory};
-//! use nvenc::{EncoderConfig, GpuEncoderConfig};
+//! use nvencode::pipeline::{EncodePipeline, PipelineOptions, SlotMemory};
+//! use nvencode::{EncoderConfig, GpuEncoderConfig};
 //!
 //! let config = EncoderConfig::new(1920, 1080);
 //! let gpu = GpuEncoderConfig::default();

@@ -6,7 +6,7 @@
 //! consumer [`pop`](Consumer::pop)s a [`ReadSlot`] lease, reads the frame in place and releases it.
 //!
 //! ```
-//! use nvenc::ring_buffer::{FrameMeta, FrameRing, PopError};
+//! use nvencode::ring_buffer::{FrameMeta, FrameRing, PopError};
 //!
 //! let (mut producer, mut consumer) = FrameRing::new(4, 1024)?;
 //! let encoder = std::thread::spawn(move || {

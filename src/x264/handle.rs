@@ -266,7 +266,7 @@ pub(super) fn apply_rate_control(param: &mut sys::x264_param_t, rc: &X264Rc) {
     param.rc.i_vbv_buffer_size = int(rc.vbv_buffer_kbit);
 }
 
-/// Routes libx264's log lines to `tracing` (target `nvenc::x264`).
+/// Routes libx264's log lines to `tracing` (target `nvencode::x264`).
 #[cfg(x264_log_to_tracing)]
 fn install_log(param: &mut sys::x264_param_t) {
     extern "C" {
@@ -299,10 +299,10 @@ fn install_log(param: &mut sys::x264_param_t) {
         let text = text.trim_end();
         // Nothing here can panic, but a panic must never cross back into C.
         let _ = std::panic::catch_unwind(|| match level {
-            0 => tracing::error!(target: "nvenc::x264", "{text}"),
-            1 => tracing::warn!(target: "nvenc::x264", "{text}"),
-            2 => tracing::debug!(target: "nvenc::x264", "{text}"),
-            _ => tracing::trace!(target: "nvenc::x264", "{text}"),
+            0 => tracing::error!(target: "nvencode::x264", "{text}"),
+            1 => tracing::warn!(target: "nvencode::x264", "{text}"),
+            2 => tracing::debug!(target: "nvencode::x264", "{text}"),
+            _ => tracing::trace!(target: "nvencode::x264", "{text}"),
         });
     }
 

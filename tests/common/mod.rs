@@ -6,11 +6,11 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use nvenc::testsrc::{nv12_to_i420, TestPattern};
-use nvenc::{EncodedChunk, EncoderConfig, PixelFormat, Resolution, VideoEncoder};
+use nvencode::testsrc::{nv12_to_i420, TestPattern};
+use nvencode::{EncodedChunk, EncoderConfig, PixelFormat, Resolution, VideoEncoder};
 
 /// Opens a backend under test.
-pub type Opener = fn(&EncoderConfig) -> Result<Box<dyn VideoEncoder>, nvenc::Error>;
+pub type Opener = fn(&EncoderConfig) -> Result<Box<dyn VideoEncoder>, nvencode::Error>;
 
 /// The `ffmpeg` binary. Tests that decode fail (not skip) without it: the README's test command
 /// installs it.
@@ -203,7 +203,7 @@ pub struct ErrorRun {
 
 /// Sends `frames` (frame `i` with pts `i`), carrying on after errors, and flushes; each frame
 /// whose `encode` failed is sent once more when `resend` is set. Then checks the contract's
-/// meaning of an error from `encode` (see `nvenc::encoder`): a frame is in the output at most
+/// meaning of an error from `encode` (see `nvencode::encoder`): a frame is in the output at most
 /// once; a frame that no `encode` accepted is not in it at all; after a successful flush every
 /// accepted frame is.
 pub fn drive_through_errors(
@@ -218,7 +218,7 @@ pub fn drive_through_errors(
         let pts = i as i64;
         let tries = if resend { 2 } else { 1 };
         for _ in 0..tries {
-            match encoder.encode(nvenc::Frame::new(frame).with_pts(pts), &mut chunks) {
+            match encoder.encode(nvencode::Frame::new(frame).with_pts(pts), &mut chunks) {
                 Ok(()) => {
                     accepted.push(pts);
                     break;
@@ -260,11 +260,11 @@ macro_rules! contract_tests {
         mod contract {
         #[allow(unused_imports)]
         use super::*;
-        use nvenc::{ConfigError, Error, Frame, FrameType};
+        use nvencode::{ConfigError, Error, Frame, FrameType};
 
         fn small() -> EncoderConfig {
             EncoderConfig::new(320, 240)
-                .with_preset(nvenc::Preset::Veryfast)
+                .with_preset(nvencode::Preset::Veryfast)
                 .with_crf(18.0)
                 .with_gop_size(30)
         }
@@ -289,20 +289,20 @@ macro_rules! contract_tests {
         #[test]
         $(#[$attr])*
         fn roundtrip_nv12_decodes_with_ffmpeg() {
-            let config = small().with_pixel_format(nvenc::PixelFormat::Nv12);
+            let config = small().with_pixel_format(nvencode::PixelFormat::Nv12);
             common::assert_roundtrip($open, &config, 45, PSNR_FLOOR_DB);
         }
 
         #[test]
         $(#[$attr])*
         fn roundtrip_zerolatency_outputs_every_frame_at_once() {
-            let config = small().with_tune(Some(nvenc::Tune::Zerolatency));
+            let config = small().with_tune(Some(nvencode::Tune::Zerolatency));
             let input = common::clip(&config, 20);
             let mut encoder = ($open)(&config).expect("open");
             let mut chunks = Vec::new();
             // An in-process encoder hands each frame back from the call that took it; a
             // subprocess adds pipe latency, so for it only the order is checked.
-            let in_process = !matches!(encoder.kind(), nvenc::EncoderKind::Ffmpeg(_));
+            let in_process = !matches!(encoder.kind(), nvencode::EncoderKind::Ffmpeg(_));
             for (i, frame) in input.iter().enumerate() {
                 encoder.encode_frame(frame, &mut chunks).expect("encode");
                 if in_process {
@@ -357,7 +357,7 @@ macro_rules! contract_tests {
             let mut chunks = Vec::new();
             // Every in-process backend forces keyframes; only the FFmpeg subprocess backend
             // may refuse (its frames go through a pipe with no per-frame side channel).
-            let must_support = !matches!(encoder.kind(), nvenc::EncoderKind::Ffmpeg(_));
+            let must_support = !matches!(encoder.kind(), nvencode::EncoderKind::Ffmpeg(_));
             let mut supported = true;
             for (i, frame) in input.iter().enumerate() {
                 if i == 7 {
@@ -435,7 +435,7 @@ macro_rules! contract_tests {
                 fn encode(
                     &mut self,
                     frame: Frame<'_>,
-                    out: &mut Vec<nvenc::EncodedChunk>,
+                    out: &mut Vec<nvencode::EncodedChunk>,
                 ) -> Result<(), Error> {
                     self.sent += 1;
                     match (frame.pts, self.sent) {
@@ -444,10 +444,10 @@ macro_rules! contract_tests {
                         _ => self.inner.encode(frame, out),
                     }
                 }
-                fn flush(&mut self, out: &mut Vec<nvenc::EncodedChunk>) -> Result<(), Error> {
+                fn flush(&mut self, out: &mut Vec<nvencode::EncodedChunk>) -> Result<(), Error> {
                     self.inner.flush(out)
                 }
-                fn kind(&self) -> nvenc::EncoderKind {
+                fn kind(&self) -> nvencode::EncoderKind {
                     self.inner.kind()
                 }
                 fn config(&self) -> &EncoderConfig {
@@ -532,7 +532,7 @@ macro_rules! contract_tests {
             let base = small();
             let cases: Vec<(EncoderConfig, fn(&ConfigError) -> bool)> = vec![
                 (
-                    base.clone().with_resolution(nvenc::Resolution::new(0, 240)),
+                    base.clone().with_resolution(nvencode::Resolution::new(0, 240)),
                     |e| {
                         matches!(
                             e,
@@ -545,23 +545,23 @@ macro_rules! contract_tests {
                 ),
                 (
                     base.clone()
-                        .with_resolution(nvenc::Resolution::new(321, 240)),
+                        .with_resolution(nvencode::Resolution::new(321, 240)),
                     |e| matches!(e, ConfigError::OddResolution { width: 321, .. }),
                 ),
                 (
                     base.clone()
-                        .with_resolution(nvenc::Resolution::new(320, 241))
-                        .with_pixel_format(nvenc::PixelFormat::Nv12),
+                        .with_resolution(nvencode::Resolution::new(320, 241))
+                        .with_pixel_format(nvencode::PixelFormat::Nv12),
                     |e| matches!(e, ConfigError::OddResolution { height: 241, .. }),
                 ),
                 (
                     base.clone()
-                        .with_resolution(nvenc::Resolution::new(u32::MAX - 1, u32::MAX - 1)),
+                        .with_resolution(nvencode::Resolution::new(u32::MAX - 1, u32::MAX - 1)),
                     |e| matches!(e, ConfigError::FrameSizeOverflow { .. }),
                 ),
                 (
                     base.clone()
-                        .with_resolution(nvenc::Resolution::new(32768, 16)),
+                        .with_resolution(nvencode::Resolution::new(32768, 16)),
                     |e| {
                         matches!(
                             e,
@@ -604,7 +604,7 @@ macro_rules! contract_tests {
                     )
                 }),
                 (
-                    base.clone().with_frame_rate(nvenc::FrameRate::new(30, 0)),
+                    base.clone().with_frame_rate(nvencode::FrameRate::new(30, 0)),
                     |e| matches!(e, ConfigError::InvalidFrameRate { num: 30, den: 0 }),
                 ),
             ];
@@ -625,7 +625,7 @@ macro_rules! contract_tests {
 /// The NAL unit types in an Annex B buffer, in order: the crate's own Annex B parser, so the
 /// tests and the backends read streams one way.
 #[allow(unused_imports)] // Like the helpers above, not every test binary uses it.
-pub use nvenc::h264::nal_types;
+pub use nvencode::h264::nal_types;
 
 /// Writes an executable shell script `name` with `body` into `dir` (a stand-in for a program
 /// such as `ffmpeg`), and returns its path.
@@ -648,8 +648,8 @@ pub fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathB
 /// `frame` must stay alive and unchanged until the stream has run the copies (the callers keep
 /// their input frames until the ring, whose storage waits for its stream when dropped, is gone).
 pub unsafe fn upload_to_device_slot(
-    surface: nvenc::cuda::DeviceSurface,
-    stream: &nvenc::cuda::Stream,
+    surface: nvencode::cuda::DeviceSurface,
+    stream: &nvencode::cuda::Stream,
     frame: &[u8],
     config: &EncoderConfig,
 ) {
@@ -678,7 +678,7 @@ pub unsafe fn upload_to_device_slot(
         }
     };
     for (src, src_pitch, dst, dst_pitch, width, rows) in planes {
-        let target = nvenc::cuda::DeviceSurface {
+        let target = nvencode::cuda::DeviceSurface {
             device_ptr: s.device_ptr + dst as u64,
             pitch: dst_pitch,
             width_bytes: width,
@@ -687,7 +687,7 @@ pub unsafe fn upload_to_device_slot(
         // SAFETY: `target` lies inside the slot's surface (pitch x rows bytes of one allocation
         // of the stream's context); `frame` outlives the copy: this function's contract.
         unsafe {
-            nvenc::cuda::copy_host_to_device_async(&frame[src..], src_pitch, &target, stream)
+            nvencode::cuda::copy_host_to_device_async(&frame[src..], src_pitch, &target, stream)
         }
         .expect("cuMemcpy2DAsync into the device slot");
     }
