@@ -21,6 +21,7 @@
 
 use std::time::{Duration, Instant};
 
+use nvenc_emu_harness::EmuDriver;
 use nvencode::cuda::{copy_host_to_device_async, Context, DeviceSurface};
 use nvencode::encoder::SlotFrame;
 use nvencode::nvenc::{NvencEncoder, NvencOptions, NvencPreset};
@@ -29,7 +30,6 @@ use nvencode::ring_buffer::{
 };
 use nvencode::testsrc::TestPattern;
 use nvencode::{EncodedChunk, EncoderConfig, PixelFormat, VideoEncoder};
-use nvenc_emu_harness::EmuDriver;
 
 #[path = "support/nvenc_child.rs"]
 #[allow(dead_code)]

@@ -23,8 +23,8 @@
 use std::process::Command;
 use std::time::Instant;
 
-use nvencode::nvenc::NvencPreset;
 use nvenc_emu_harness::EmuDriver;
+use nvencode::nvenc::NvencPreset;
 
 #[path = "support/nvenc_child.rs"]
 mod support;

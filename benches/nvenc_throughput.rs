@@ -20,9 +20,9 @@
 use std::process::Command;
 use std::time::Instant;
 
+use nvenc_emu_harness::EmuDriver;
 use nvencode::nvenc::{NvencOptions, NvencPreset};
 use nvencode::EncoderKind;
-use nvenc_emu_harness::EmuDriver;
 
 #[path = "support/nvenc_child.rs"]
 mod support;

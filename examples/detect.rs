@@ -80,7 +80,10 @@ fn probe_encode(kind: EncoderKind) -> Result<(), String> {
     }
 }
 
-fn print(args: &Args, report: &nvencode::DetectionReport) -> Result<(), Box<dyn std::error::Error>> {
+fn print(
+    args: &Args,
+    report: &nvencode::DetectionReport,
+) -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());

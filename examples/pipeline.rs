@@ -21,7 +21,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nvencode::pipeline::{EncodePipeline, FrameProducer, PipelineOptions};
 use nvencode::sink::{AnnexBWriter, Mp4Writer};
 use nvencode::testsrc::TestPattern;
-use nvencode::{EncoderConfig, EncoderKind, GpuEncoderConfig, PixelFormat, Preset, Resolution, Tune};
+use nvencode::{
+    EncoderConfig, EncoderKind, GpuEncoderConfig, PixelFormat, Preset, Resolution, Tune,
+};
 use tokio::io::AsyncReadExt;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -47,7 +47,10 @@ fn without_gpu_only_software_is_available_and_every_rejection_has_a_reason() {
         assert!(!qsv.unwrap_or_default().contains("does not list"));
     }
     if cfg!(feature = "x264") {
-        assert_eq!(nvencode::detect_available_encoders(), vec![EncoderKind::X264]);
+        assert_eq!(
+            nvencode::detect_available_encoders(),
+            vec![EncoderKind::X264]
+        );
     } else {
         assert_eq!(nvencode::detect_available_encoders(), vec![]);
         let x264 = report.candidate(EncoderKind::X264).expect("listed");

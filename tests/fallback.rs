@@ -175,7 +175,9 @@ fn failover_to_deeper_reordering_keeps_dts_valid() {
     assert_eq!(encoder.switches(), 1);
     common::assert_accounting(&chunks, 50);
     assert!(
-        chunks.iter().any(|c| c.frame_type == nvencode::FrameType::B),
+        chunks
+            .iter()
+            .any(|c| c.frame_type == nvencode::FrameType::B),
         "no B-frames after the switch"
     );
     let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);

@@ -19,6 +19,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use nvenc_emu_harness::{in_child, EmuDriver};
 use nvencode::fallback::Opener;
 use nvencode::ffmpeg::{FfmpegEncoder, FfmpegOptions};
 use nvencode::metrics::{
@@ -30,7 +31,6 @@ use nvencode::{
     EncodedChunk, EncoderConfig, EncoderKind, FallbackEncoder, FfmpegH264Encoder, Frame, Tune,
     VideoEncoder, X264Encoder,
 };
-use nvenc_emu_harness::{in_child, EmuDriver};
 
 /// One series: metric name and its labels, sorted.
 type Series = (String, Vec<(String, String)>);

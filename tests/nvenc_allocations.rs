@@ -10,9 +10,9 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use nvenc_emu_harness::EmuDriver;
 use nvencode::nvenc::NvencEncoder;
 use nvencode::{EncoderConfig, VideoEncoder};
-use nvenc_emu_harness::EmuDriver;
 
 /// Counts allocations (and reallocations) while `COUNTING` is set.
 struct Counting;

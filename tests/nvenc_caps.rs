@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use nvencode::nvenc::NvencCaps;
 use nvenc_emu_harness::{in_child, EmuDriver, Report};
+use nvencode::nvenc::NvencCaps;
 
 /// The emulated GPU's UUID, `nvenc-emu-gpu-00` as bytes, formatted as `nvidia-smi -L` does.
 const EMU_UUID: &str = "GPU-6e76656e-632d-656d-752d-6770752d3030";

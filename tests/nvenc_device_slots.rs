@@ -6,7 +6,7 @@
 //! encodes) and every frame still comes out.
 //!
 //! How copies are counted: the crate counts each host copy of a frame's bytes it makes
-//! (`nvencode::encoder::host_frame_copies`: the fallback chain's held copy, NVENC's staging copy, a
+//! (`nvencode::metrics::host_frame_copies`: the fallback chain's held copy, NVENC's staging copy, a
 //! device slot's download), and the CUDA emulator counts driver calls (every
 //! `cuMemcpy2DAsync`, whoever queued it; the emulated NVENC reads each input surface with one
 //! `cuMemcpyDtoH`, where a real engine reads video memory itself).
@@ -15,15 +15,16 @@
 
 mod common;
 
+use nvenc_emu_harness::EmuDriver;
 use nvencode::cuda::Context;
-use nvencode::encoder::{host_frame_copies, SlotFrame};
+use nvencode::encoder::SlotFrame;
+use nvencode::metrics::host_frame_copies;
 use nvencode::nvenc::NvencEncoder;
 use nvencode::ring_buffer::{
     DeviceStorage, FrameFlags, FrameMeta, FrameRing, PinnedStorage, WriteSlot,
 };
 use nvencode::{EncodedChunk, EncoderConfig, EncoderKind, Error, FallbackEncoder, PixelFormat};
 use nvencode::{FrameType, VideoEncoder};
-use nvenc_emu_harness::EmuDriver;
 
 const FRAMES: u64 = 30;
 /// As in `nvenc_emulated.rs`: the emulated NVENC encodes with libx264 at crf 18.
@@ -348,8 +349,9 @@ fn child_device_failover() {
     );
 
     // x264 on its own (the default `encode_slot`): exactly one download per frame.
-    let mut x264 = nvencode::open_encoder(nvencode::EncoderChoice::Only(EncoderKind::X264), &config)
-        .expect("open x264");
+    let mut x264 =
+        nvencode::open_encoder(nvencode::EncoderChoice::Only(EncoderKind::X264), &config)
+            .expect("open x264");
     let input = common::clip(&config, FRAMES);
     let before = host_frame_copies();
     let chunks = encode_device_slots(&mut x264, &config, &input, FAILOVER_SLOTS);
@@ -452,8 +454,9 @@ fn child_other_context() {
     let mut encoder = NvencEncoder::new(&config).expect("open");
     let mut chain = FallbackEncoder::new(&config, None).expect("open");
     assert_eq!(chain.current_kind(), EncoderKind::Nvenc);
-    let mut x264 = nvencode::open_encoder(nvencode::EncoderChoice::Only(EncoderKind::X264), &config)
-        .expect("open x264");
+    let mut x264 =
+        nvencode::open_encoder(nvencode::EncoderChoice::Only(EncoderKind::X264), &config)
+            .expect("open x264");
     let storage = DeviceStorage::on_device(1, 2, w, h * 3 / 2).expect("a ring on device 1");
     let (mut producer, mut consumer) = FrameRing::with_storage(storage).expect("ring");
     let slot = producer.try_reserve().expect("slot");

@@ -8,9 +8,9 @@
 
 mod common;
 
+use nvenc_emu_harness::EmuDriver;
 use nvencode::nvenc::{NvencEncoder, NvencErrorKind, NvencOptions};
 use nvencode::{EncoderConfig, EncoderKind, Error, FallbackEncoder, VideoEncoder};
-use nvenc_emu_harness::EmuDriver;
 
 /// Emulated NVENC encodes with libx264 at a quality derived from `targetQuality`; at crf 18 on
 /// the synthetic pattern that is the same region as the x264 backend's tests (lowest frame 46.7
@@ -85,7 +85,9 @@ fn child_thousand_frames() {
     );
     common::assert_accounting(&chunks, 1000);
     assert!(
-        chunks.iter().any(|c| c.frame_type == nvencode::FrameType::B),
+        chunks
+            .iter()
+            .any(|c| c.frame_type == nvencode::FrameType::B),
         "no B-frames"
     );
     let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);

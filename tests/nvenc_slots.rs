@@ -3,7 +3,7 @@
 //! that path counted, before (frames given as `&[u8]`) and after (frames in pinned slots).
 //!
 //! How copies are counted: the crate counts each host copy of a frame's bytes it makes
-//! (`nvencode::encoder::host_frame_copies`: the fallback chain's held copy and NVENC's staging
+//! (`nvencode::metrics::host_frame_copies`: the fallback chain's held copy and NVENC's staging
 //! copy), and the CUDA emulator counts the upload calls (`cuMemcpy2DAsync`, one per plane). The
 //! caller's own copy into a slot is the test's, counted by the test.
 //!
@@ -11,11 +11,12 @@
 
 mod common;
 
+use nvenc_emu_harness::EmuDriver;
 use nvencode::cuda::Context;
-use nvencode::encoder::{host_frame_copies, SlotFrame};
+use nvencode::encoder::SlotFrame;
+use nvencode::metrics::host_frame_copies;
 use nvencode::ring_buffer::{FrameFlags, FrameMeta, FrameRing, PinnedStorage};
 use nvencode::{EncoderConfig, EncoderKind, FallbackEncoder, VideoEncoder};
-use nvenc_emu_harness::EmuDriver;
 
 const FRAMES: u64 = 30;
 /// As in `nvenc_emulated.rs`: the emulated NVENC encodes with libx264 at crf 18.

@@ -382,7 +382,10 @@ fn collect_bounded(mut output: EncodedOutput) -> (Vec<i64>, Option<PipelineError
             nvencode::pipeline::Received::Item(Ok(c)) => pts.push(c.pts),
             nvencode::pipeline::Received::Item(Err(e)) => {
                 assert!(
-                    matches!(output.recv_timeout(BOUND), nvencode::pipeline::Received::End),
+                    matches!(
+                        output.recv_timeout(BOUND),
+                        nvencode::pipeline::Received::End
+                    ),
                     "the stream ends after its error"
                 );
                 return (pts, Some(e));

@@ -3,7 +3,7 @@
 //! loss mid-pipeline fails over to x264 with every frame out and decodable.
 //!
 //! How copies are counted: the crate counts each host copy of a frame's bytes it makes
-//! (`nvencode::encoder::host_frame_copies`), and the CUDA emulator counts the upload calls. The
+//! (`nvencode::metrics::host_frame_copies`), and the CUDA emulator counts the upload calls. The
 //! producer's own write into its slot (here a `copy_from_slice`; in a receiver, the socket read)
 //! is the test's.
 //!
@@ -19,12 +19,12 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use nvencode::encoder::host_frame_copies;
+use nvenc_emu_harness::EmuDriver;
+use nvencode::metrics::host_frame_copies;
 use nvencode::pipeline::{
     DeviceFrameSlot, EncodePipeline, PipelineError, PipelineOptions, SlotMemory,
 };
 use nvencode::{EncodedChunk, EncoderConfig, EncoderKind, GpuEncoderConfig};
-use nvenc_emu_harness::EmuDriver;
 
 const FRAMES: usize = 60;
 /// As in `nvenc_emulated.rs`: the emulated NVENC encodes with libx264 at crf 18.
@@ -73,7 +73,9 @@ fn through_the_stage(
     let mut chunks = Vec::new();
     loop {
         match output.recv_timeout(BOUND) {
-            nvencode::pipeline::Received::Item(item) => chunks.push(item.expect("no in-band error")),
+            nvencode::pipeline::Received::Item(item) => {
+                chunks.push(item.expect("no in-band error"))
+            }
             nvencode::pipeline::Received::End => break,
             nvencode::pipeline::Received::Pending => panic!("no chunk within {BOUND:?}"),
         }
@@ -210,7 +212,9 @@ fn child_stage_device_slots() {
     let mut chunks = Vec::new();
     loop {
         match output.recv_timeout(BOUND) {
-            nvencode::pipeline::Received::Item(item) => chunks.push(item.expect("no in-band error")),
+            nvencode::pipeline::Received::Item(item) => {
+                chunks.push(item.expect("no in-band error"))
+            }
             nvencode::pipeline::Received::End => break,
             nvencode::pipeline::Received::Pending => panic!("no chunk within {BOUND:?}"),
         }

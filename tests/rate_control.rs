@@ -10,6 +10,7 @@ mod common;
 
 use std::process::Stdio;
 
+use nvenc_emu_harness::EmuDriver;
 use nvencode::ffmpeg::{FfmpegEncoder, FfmpegOptions};
 use nvencode::nvenc::NvencEncoder;
 use nvencode::testsrc::TestPattern;
@@ -17,7 +18,6 @@ use nvencode::{
     Bitrate, ConfigError, EncodedChunk, EncoderConfig, EncoderKind, Error, FallbackEncoder,
     FfmpegH264Encoder, FrameType, Preset, RateControl, Tune, VideoEncoder, X264Encoder,
 };
-use nvenc_emu_harness::EmuDriver;
 
 const FPS: u32 = 30;
 /// Ten seconds at 30 fps.
@@ -172,8 +172,8 @@ fn check_cqp(open: Open, backend: &str) {
     let mut sizes = Vec::new();
     for qp in [22u8, 36] {
         // Quarter size: nothing here depends on the size, and it halves the suite's time.
-        let config =
-            config(RateControl::constant_qp(qp)).with_resolution(nvencode::Resolution::new(640, 360));
+        let config = config(RateControl::constant_qp(qp))
+            .with_resolution(nvencode::Resolution::new(640, 360));
         let mut encoder = open(&config).expect("open");
         let chunks = encode(encoder.as_mut(), None);
         let (mean, qps) = p_frames(&chunks);

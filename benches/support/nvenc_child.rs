@@ -5,10 +5,10 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
+use nvenc_emu_harness::EmuDriver;
 use nvencode::nvenc::{NvencEncoder, NvencOptions};
 use nvencode::testsrc::TestPattern;
 use nvencode::{EncoderConfig, PixelFormat, Resolution, VideoEncoder};
-use nvenc_emu_harness::EmuDriver;
 
 /// User + system CPU time of every child waited for so far (all of each child's threads).
 pub fn children_cpu() -> Duration {
