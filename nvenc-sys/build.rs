@@ -12,6 +12,15 @@
 //!
 //! If neither is found the build fails with a message that says what to install or set.
 //!
+//! # Documentation builds (docs.rs)
+//!
+//! docs.rs builds without the header, without libclang and without network, and sets `DOCS_RS`
+//! for every build script. With `DOCS_RS` set this script generates nothing: it sets the cfg
+//! `nvenc_sys_docs_only`, under which the crate compiles `src/docs_only.rs` (placeholders named
+//! after the C types, with no layout, and a loader that refuses to open any library) instead of
+//! the bindings. Such a build documents the crate and lets crates above it be documented; it can
+//! never call the driver. No header text and no generated binding is kept in the repository.
+//!
 //! # What is generated into `OUT_DIR`
 //!
 //! - `bindings.rs`: bindgen's output, NVENC items only. C enums become `#[repr(transparent)]`
@@ -41,10 +50,26 @@ const INCLUDE_DIR_ENV: &str = "NVENC_INCLUDE_DIR";
 /// Where Debian/Ubuntu's `libffmpeg-nvenc-dev` installs the header.
 const SYSTEM_HEADER: &str = "/usr/include/ffnvcodec/nvEncodeAPI.h";
 const HEADER_NAME: &str = "nvEncodeAPI.h";
+/// Set by docs.rs in the environment of every build script of a documentation build.
+const DOCS_RS_ENV: &str = "DOCS_RS";
+/// The cfg under which the crate compiles its documentation-only placeholders.
+const DOCS_ONLY_CFG: &str = "nvenc_sys_docs_only";
 
 fn main() {
     println!("cargo:rerun-if-env-changed={INCLUDE_DIR_ENV}");
+    println!("cargo:rerun-if-env-changed={DOCS_RS_ENV}");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rustc-check-cfg=cfg({DOCS_ONLY_CFG})");
+
+    if env::var_os(DOCS_RS_ENV).is_some() {
+        // No header, no libclang: see "Documentation builds" above.
+        println!("cargo:rustc-cfg={DOCS_ONLY_CFG}");
+        println!(
+            "cargo:warning=nvenc-sys: {DOCS_RS_ENV} is set, so this is a documentation-only build \
+             without NVENC bindings; it cannot load the driver. Unset {DOCS_RS_ENV} for a real build."
+        );
+        return;
+    }
 
     let header = find_header();
     println!("cargo:rerun-if-changed={}", header.display());

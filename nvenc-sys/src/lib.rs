@@ -38,11 +38,11 @@
 //! - `NVENCAPI_VERSION = NVENCAPI_MAJOR_VERSION | (NVENCAPI_MINOR_VERSION << 24)`,
 //! - `NVENCAPI_STRUCT_VERSION(n) = NVENCAPI_VERSION | (n << 16) | (0x7 << 28)`,
 //! - `NV_ENC_XXX_VER = NVENCAPI_STRUCT_VERSION(n)`, some with `| (1 << 31)`, with `n` as the header
-//!   states it for each struct (for example [`NV_ENC_CONFIG_VER`], [`NV_ENC_PIC_PARAMS_VER`]).
+//!   states it for each struct (for example `NV_ENC_CONFIG_VER`, `NV_ENC_PIC_PARAMS_VER`).
 //!
 //! The GUIDs (codecs, profiles, presets P1..P7, ...) are `static const` data in C; they are read
 //! from the header text as well and appear here as `const` [`GUID`] values, for example
-//! [`NV_ENC_CODEC_H264_GUID`] and [`NV_ENC_PRESET_P4_GUID`]. The [`FunctionTable`] is generated
+//! `NV_ENC_CODEC_H264_GUID` and `NV_ENC_PRESET_P4_GUID`. The [`FunctionTable`] is generated
 //! from the fields of `NV_ENCODE_API_FUNCTION_LIST` in the same way, so no number, GUID or entry
 //! point of one SDK release is written down by hand.
 //!
@@ -62,6 +62,15 @@
 //! | `NVENC_INCLUDE_DIR` | at build time | folder holding the `nvEncodeAPI.h` to generate the bindings from |
 //! | `NVENC_LIBRARY_PATH` | at run time, by [`load`] | load exactly this file instead of the driver's `libnvidia-encode.so.1` / `nvEncodeAPI64.dll` |
 //!
+//! # This documentation
+//!
+//! The bindings are generated on the machine that builds the crate, from the header found there;
+//! docs.rs has no such header. In a documentation build (`DOCS_RS` set, as docs.rs does) the
+//! build script generates nothing, the C declarations appear below as placeholders with the C
+//! names and no fields, and [`load`] refuses to open any library. Read the declarations
+//! themselves in `nvEncodeAPI.h` and NVIDIA's NVENC Programming Guide, or build the documentation
+//! locally (`cargo doc -p nvenc-sys --open`) to see the bindings of your header.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -75,8 +84,11 @@
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+// A documentation build compiles the loader without the code that calls the driver.
+#![cfg_attr(nvenc_sys_docs_only, allow(dead_code, unused_imports))]
 
 /// The bindgen output and the items the build script reads from the header text.
+#[cfg(not(nvenc_sys_docs_only))]
 mod bindings {
     // The names are the C names, so that the header and NVIDIA's documentation can be searched.
     #![allow(non_upper_case_globals, non_camel_case_types, non_snake_case)]
@@ -99,11 +111,20 @@ mod bindings {
     include!(concat!(env!("OUT_DIR"), "/header_items.rs"));
 }
 
+#[cfg(not(nvenc_sys_docs_only))]
 mod function_table {
     use crate::bindings::*;
 
     include!(concat!(env!("OUT_DIR"), "/function_table.rs"));
 }
+
+/// A documentation build (docs.rs, `DOCS_RS` set at build time): placeholders instead of the
+/// bindings, see the crate documentation.
+#[cfg(nvenc_sys_docs_only)]
+#[path = "docs_only.rs"]
+mod bindings;
+#[cfg(nvenc_sys_docs_only)]
+use bindings as function_table;
 
 pub mod loader;
 

@@ -294,6 +294,19 @@ fn is_bare_name(path: &Path) -> bool {
     path.parent().is_none_or(|p| p.as_os_str().is_empty())
 }
 
+/// A documentation build (`DOCS_RS` set at build time) has no bindings, so it never opens a
+/// library: calling into a driver with placeholder layouts would be undefined behaviour.
+#[cfg(nvenc_sys_docs_only)]
+fn open_and_init(path: &Path, _missing: impl FnOnce() -> LoadError) -> Result<Library, LoadError> {
+    Err(LoadError::LibraryNotFound {
+        tried: vec![path.display().to_string()],
+        reason: "this nvenc-sys was built for documentation only (DOCS_RS was set at build time) \
+                 and has no NVENC bindings; rebuild without DOCS_RS"
+            .into(),
+    })
+}
+
+#[cfg(not(nvenc_sys_docs_only))]
 fn open_and_init(path: &Path, missing: impl FnOnce() -> LoadError) -> Result<Library, LoadError> {
     let bare = is_bare_name(path);
     // Only a definite "does not exist"; if existence cannot be checked (permissions), the

@@ -2,7 +2,7 @@
 
 use std::ffi::c_int;
 
-use x264_sys as sys;
+use super::sys;
 
 use super::handle::{apply_rate_control, Encoded, Input, X264Handle, KIND};
 use crate::encoder::mapping;

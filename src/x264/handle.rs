@@ -4,7 +4,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr::{self, NonNull};
 
-use x264_sys as sys;
+use super::sys;
 
 use crate::encoder::mapping::{X264Method, X264Rc};
 use crate::encoder::{EncoderConfig, EncoderKind, FrameLayout};

@@ -14,3 +14,20 @@ mod encoder;
 mod handle;
 
 pub use encoder::X264Encoder;
+
+#[cfg(feature = "x264")]
+use x264_sys as sys;
+
+/// A documentation build without the `x264` feature (docs.rs, which has no libx264 to build
+/// `x264-sys` against): placeholders with the names this module's signatures use, so that the
+/// backend is documented. rustdoc does not type-check function bodies; no other build compiles
+/// this module without the feature (see the crate root).
+#[cfg(not(feature = "x264"))]
+#[allow(non_camel_case_types, dead_code)]
+mod sys {
+    pub(crate) struct x264_t;
+    pub(crate) struct x264_param_t;
+    pub(crate) struct x264_nal_t;
+    pub(crate) struct x264_picture_t;
+    pub(crate) struct __va_list_tag;
+}
