@@ -437,22 +437,9 @@ impl From<ReadSlot<DeviceStorage>> for SlotFrame {
     }
 }
 
-/// Host copies of a frame's bytes made inside this crate (the fallback chain's held copy, NVENC's
-/// staging copy, a device slot's download), counted for the copy-count tests; not a stable API.
-static HOST_FRAME_COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Counts one host copy of a frame's bytes (see [`host_frame_copies`]).
+/// Counts one host copy of a frame's bytes (see [`metrics::host_frame_copies`](crate::metrics::host_frame_copies)).
 pub(crate) fn count_host_copy() {
-    HOST_FRAME_COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// How many times this process copied a frame's bytes on the host inside this crate (the
-/// fallback chain's held copy, NVENC's pinned staging copy, a device slot's download): what the copy-count tests read. Not
-/// a stable API.
-#[doc(hidden)]
-#[must_use]
-pub fn host_frame_copies() -> u64 {
-    HOST_FRAME_COPIES.load(std::sync::atomic::Ordering::Relaxed)
+    crate::metrics::copies::count();
 }
 
 /// Decoding timestamps for an encoder that reports only presentation order: output `k` in

@@ -1,14 +1,17 @@
 // The README is the crate documentation; its examples run the in-process x264 backend, so a build
-// without the `x264` feature documents itself in one line instead.
-#![cfg_attr(feature = "x264", doc = include_str!("../README.md"))]
+// without the `x264` feature documents itself in one line instead. docs.rs (`docsrs`) builds
+// without the feature, for lack of libx264, and shows the README and the x264 backend all the same.
+#![cfg_attr(any(feature = "x264", docsrs), doc = include_str!("../README.md"))]
 #![cfg_attr(
-    not(feature = "x264"),
+    not(any(feature = "x264", docsrs)),
     doc = "H.264 encoding for video pipelines: NVIDIA NVENC direct, ffmpeg subprocess backends (built without the in-process `x264` feature). See README.md."
 )]
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+// docs.rs (nightly rustdoc) marks feature-gated items with the feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backends;
 pub mod cuda;
@@ -25,15 +28,15 @@ pub mod pipeline;
 pub mod ring_buffer;
 mod select;
 pub mod sink;
-/// Not part of the stable API: a synthetic test pattern for this crate's tests, examples and
-/// benchmarks (hidden from the documentation).
-#[doc(hidden)]
 pub mod testsrc;
-#[cfg(feature = "x264")]
+// docs.rs documents it without the feature (and without libx264; see `x264/mod.rs`).
+#[cfg(any(feature = "x264", docsrs))]
+#[cfg_attr(docsrs, doc(cfg(feature = "x264")))]
 pub mod x264;
 
 /// Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature): not a stable API.
 #[cfg(feature = "fuzzing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::ffmpeg::ts::fuzz_demux as ts_demux;
@@ -42,15 +45,23 @@ pub mod fuzzing {
 pub use detect::{detect, detect_available_encoders, DetectionReport};
 pub use encoder::{
     Bitrate, Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegH264Encoder, Frame, FrameRate,
-    FrameType, PixelFormat, Preset, RateControl, RateControlMode, Resolution, Tune, VideoEncoder,
+    FrameType, PixelFormat, Preset, RateControl, RateControlMode, Resolution, SlotFrame, Tune,
+    VideoEncoder,
 };
 pub use error::{ConfigError, Error, SubprocessProblem};
 pub use fallback::FallbackEncoder;
 pub use ffmpeg::{FfmpegEncoder, FfmpegOptions};
 pub use gpu_config::{GpuEncoderConfig, HostRing};
-pub use nvenc::{NvencEncoder, NvencOptions, NvencPreset, NvencTuning};
+pub use nvenc::{NvencEncoder, NvencError, NvencErrorKind, NvencOptions, NvencPreset, NvencTuning};
 pub use nvenc_sys::LoadError;
+pub use pipeline::{
+    BackPressure, EncodePipeline, EncodedOutput, FrameProducer, PipelineError, PipelineOptions,
+    SlotMemory,
+};
+pub use ring_buffer::FrameRing;
 pub use select::{open_backend, open_encoder, EncoderChoice};
+pub use sink::{AnnexBWriter, Mp4Writer, SinkError};
 // Every backend's encoder type is at the root (x264's only where it is built).
-#[cfg(feature = "x264")]
+#[cfg(any(feature = "x264", docsrs))]
+#[cfg_attr(docsrs, doc(cfg(feature = "x264")))]
 pub use x264::X264Encoder;

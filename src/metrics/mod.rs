@@ -12,6 +12,8 @@
 //!   and dropped frames.
 //! - The fallback chain counts `encoder_failovers_total{from, to}` where it switches encoder.
 //! - One process-wide sampler reads the NVENC engine utilization from NVML ([`gpu`]).
+//! - [`host_frame_copies`] counts the frame copies the crate made on the host, to check that a
+//!   pipeline meant to be zero-copy is.
 //! - [`MetricLabels`] adds an application's own labels (a stream or camera id) to every metric
 //!   of one encoder.
 //!
@@ -35,6 +37,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub(crate) mod copies;
 pub mod gpu;
 
 use std::cell::Cell;
@@ -51,6 +54,7 @@ use crate::encoder::{
 use crate::error::Error;
 use crate::ring_buffer::RingStats;
 
+pub use copies::host_frame_copies;
 pub use gpu::{
     gpu_sampler_state, GpuSample, GpuSampler, GpuSamplerState, GpuUtilizationSource, NvmlSource,
 };
