@@ -9,13 +9,9 @@ use std::process::Command;
 use nvencode::testsrc::TestPattern;
 use nvencode::{PixelFormat, Resolution};
 
-/// `cargo test` builds the examples next to the test binaries' `deps/` folder.
+/// The `encode_yuv` example, built with this test's profile and features.
 fn example() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join("examples").join("encode_yuv");
-    assert!(path.exists(), "example not built at {}", path.display());
-    path
+    common::example("encode_yuv")
 }
 
 #[test]

@@ -2,16 +2,14 @@
 //! the built-in 720p clip gives a file whose size over the clip's duration is within 10% of
 //! 2 Mbit/s, and options that do not fit the mode are refused with the error naming them.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
-/// `cargo test` builds the examples next to the test binaries' `deps/` folder.
+/// The `encode_yuv` example, built with this test's profile and features.
 fn example() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join("examples").join("encode_yuv");
-    assert!(path.exists(), "example not built at {}", path.display());
-    path
+    common::example("encode_yuv")
 }
 
 #[test]

@@ -34,8 +34,8 @@ fn x264_opener() -> (EncoderKind, Opener) {
 
 #[test]
 fn default_chain_without_gpu_opens_x264_and_keeps_every_reason() {
-    if std::path::Path::new("/proc/driver/nvidia").exists() {
-        eprintln!("skipped: this machine has an NVIDIA driver");
+    if !common::without_nvidia_driver("default_chain_without_gpu_opens_x264_and_keeps_every_reason")
+    {
         return;
     }
     let encoder =

@@ -421,6 +421,173 @@ fn queue_gauges_follow_the_ring() {
     });
 }
 
+/// Holds frame k for `HOLD[k % 4]` calls, sleeping `call` in each, so chunks come out of input
+/// order as with B-frames (frame 1 before frame 0); records when each call began and ended, so
+/// the latency each frame should have is known exactly.
+struct ReorderingEncoder {
+    config: EncoderConfig,
+    call: Duration,
+    frames: u64,
+    /// Frames not yet emitted: (index, the call that emits it).
+    held: Vec<(u64, u64)>,
+    /// (start, end) of each call: the encodes, then the flush.
+    calls: Vec<(Instant, Instant)>,
+}
+
+impl ReorderingEncoder {
+    /// Calls each frame is held for, by its index modulo 4.
+    const HOLD: [u64; 4] = [3, 1, 1, 0];
+
+    /// Emits, in input order, every held frame due by call `now`.
+    fn emit_due(&mut self, out: &mut Vec<EncodedChunk>, now: u64) {
+        let mut due: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(index, _)| *index)
+            .collect();
+        due.sort_unstable();
+        self.held.retain(|(_, at)| *at > now);
+        for index in due {
+            out.push(EncodedChunk {
+                data: vec![0, 0, 0, 1, 0x65],
+                pts: index as i64,
+                dts: index as i64,
+                duration: 1,
+                keyframe: index == 0,
+                frame_type: nvencode::FrameType::P,
+                frame_index: index,
+            });
+        }
+    }
+
+    /// The call that emits frame `k` of a stream of `frames` (the flush is call `frames`).
+    fn emitted_in(k: u64, frames: u64) -> u64 {
+        (k + Self::HOLD[(k % 4) as usize]).min(frames)
+    }
+}
+
+impl VideoEncoder for ReorderingEncoder {
+    fn encode(
+        &mut self,
+        _frame: Frame<'_>,
+        out: &mut Vec<EncodedChunk>,
+    ) -> Result<(), nvencode::Error> {
+        let start = Instant::now();
+        std::thread::sleep(self.call);
+        let k = self.frames;
+        self.held.push((k, k + Self::HOLD[(k % 4) as usize]));
+        self.emit_due(out, k);
+        self.frames += 1;
+        self.calls.push((start, Instant::now()));
+        Ok(())
+    }
+    fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), nvencode::Error> {
+        let start = Instant::now();
+        self.emit_due(out, u64::MAX);
+        self.calls.push((start, Instant::now()));
+        Ok(())
+    }
+    fn kind(&self) -> EncoderKind {
+        EncoderKind::X264
+    }
+    fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+    fn sequence_headers(&self) -> &[u8] {
+        &[]
+    }
+}
+
+/// Each latency sample is the time from its own frame's submission to its chunk: frame k,
+/// submitted in call k and delivered in a later call (or the flush), took from the start of the
+/// one call to the end of the other, whatever order the chunks come out in. The counts-only
+/// checks above cannot see a sample matched to the wrong frame; this test was checked against two
+/// such breakages: chunks matched to the oldest pending frame instead of their own (right only
+/// without reordering), and to the frame after their own.
+#[test]
+fn latency_is_measured_from_each_frames_own_submission() {
+    const FRAMES: u64 = 10;
+    let call = Duration::from_millis(25);
+    let config = EncoderConfig::new(16, 16);
+    let frame = vec![0u8; config.validate().expect("valid")];
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let mut seen = Seen::default();
+    let calls = metrics::with_local_recorder(&recorder, || {
+        let mut encoder = Metered::new(ReorderingEncoder {
+            config: config.clone(),
+            call,
+            frames: 0,
+            held: Vec::new(),
+            calls: Vec::new(),
+        });
+        let mut chunks = Vec::new();
+        for _ in 0..FRAMES {
+            encoder.encode_frame(&frame, &mut chunks).expect("encode");
+        }
+        encoder.flush(&mut chunks).expect("flush");
+        let order: Vec<u64> = chunks.iter().map(|c| c.frame_index).collect();
+        assert_eq!(order.len() as u64, FRAMES);
+        assert!(
+            order.windows(2).any(|w| w[0] > w[1]),
+            "the test needs chunks out of input order: {order:?}"
+        );
+        encoder.into_inner().calls
+    });
+    seen.take(&snapshotter);
+    let at = |i: u64| usize::try_from(i).expect("small");
+    let mut expected: Vec<f64> = (0..FRAMES)
+        .map(|k| {
+            let delivered = calls[at(ReorderingEncoder::emitted_in(k, FRAMES))].1;
+            delivered.duration_since(calls[at(k)].0).as_secs_f64()
+        })
+        .collect();
+    let mut measured = seen
+        .histogram(names::LATENCY_SECONDS, &[("encoder_type", "x264")])
+        .expect("latency recorded")
+        .clone();
+    assert_eq!(measured.len() as u64, FRAMES);
+    expected.sort_by(f64::total_cmp);
+    measured.sort_by(f64::total_cmp);
+    // The wrapper's clock reads sit just outside the encoder's own: microseconds, or a
+    // preemption. A sample of another frame is off by at least one call (25 ms).
+    let slack = call.as_secs_f64() / 3.0;
+    for (want, got) in expected.iter().zip(&measured) {
+        assert!(
+            (got - want).abs() < slack,
+            "latencies {measured:?}, expected {expected:?} (seconds)"
+        );
+    }
+}
+
+/// `with_queue_depth` exports whatever depth the application's own queue reports, at each call.
+/// Checked against the gauge left at 0.
+#[test]
+fn queue_depth_of_an_applications_own_queue() {
+    let config = EncoderConfig::new(160, 96).with_tune(Some(Tune::Zerolatency));
+    let input = common::clip(&config, 4);
+    let depth = Arc::new(AtomicU32::new(0));
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let mut seen = Seen::default();
+    metrics::with_local_recorder(&recorder, || {
+        let reported = Arc::clone(&depth);
+        let mut encoder = Metered::new(X264Encoder::new(&config).expect("x264 opens"))
+            .with_queue_depth(move || reported.load(Ordering::SeqCst) as usize);
+        let mut chunks = Vec::new();
+        for (frame, queued) in input.iter().zip([7u32, 3, 12, 0]) {
+            depth.store(queued, Ordering::SeqCst);
+            encoder.encode_frame(frame, &mut chunks).expect("encode");
+            seen.take(&snapshotter);
+            assert_eq!(
+                seen.gauge(names::QUEUE_DEPTH, &[("encoder_type", "x264")]),
+                Some(f64::from(queued))
+            );
+        }
+    });
+}
+
 struct FakeNvml(Result<Vec<GpuSample>, String>);
 
 impl GpuUtilizationSource for FakeNvml {
@@ -475,8 +642,7 @@ fn gpu_sampler_emits_nothing_when_its_source_fails() {
 
 #[test]
 fn nvml_is_unavailable_on_this_machine() {
-    if std::path::Path::new("/proc/driver/nvidia").exists() {
-        eprintln!("skipped: this machine has an NVIDIA driver");
+    if !common::without_nvidia_driver("nvml_is_unavailable_on_this_machine") {
         return;
     }
     let err = NvmlSource::init().expect_err("no NVML without an NVIDIA driver");
@@ -732,13 +898,9 @@ fn readme_table_lists_every_metric() {
 
 // ---- A real scrape of the example. ----
 
-/// `cargo test` builds the examples next to the test binaries' `deps/` folder.
+/// The `encode_yuv` example, built with this test's profile and features.
 fn example() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join("examples").join("encode_yuv");
-    assert!(path.exists(), "example not built at {}", path.display());
-    path
+    common::example("encode_yuv")
 }
 
 /// GET `/metrics` from `addr`: the body, or why not (connect, send and read bounded by 5 s).

@@ -74,6 +74,27 @@ fn probe(path: &Path) -> (usize, f64, Vec<f64>) {
     (frames, duration, pts)
 }
 
+/// The sync-sample table (`stss`) of the file's first track, as the file has it: the 1-based
+/// numbers of the samples a player may start decoding at. `None` when there is no table, which
+/// ISO/IEC 14496-12 reads as "every sample is a sync sample". Read from the boxes themselves:
+/// FFmpeg re-derives keyframe flags from the H.264 bitstream and would not notice a missing table.
+fn sync_samples(path: &Path) -> Option<Vec<u32>> {
+    use mp4_atom::{Any, ReadFrom};
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).expect("open the MP4"));
+    while let Some(atom) = Option::<Any>::read_from(&mut file).expect("read a box") {
+        if let Any::Moov(moov) = atom {
+            return moov.trak[0]
+                .mdia
+                .minf
+                .stbl
+                .stss
+                .as_ref()
+                .map(|stss| stss.entries.clone());
+        }
+    }
+    panic!("no moov box in {}", path.display());
+}
+
 fn check(config: &EncoderConfig, frames: u64) {
     let chunks = encode(config, frames);
     if config.bframes.unwrap_or(0) > 0 {
@@ -106,6 +127,23 @@ fn check(config: &EncoderConfig, frames: u64) {
             "pts step {step} after frame {i}: {pts:?}"
         );
     }
+    // Sync samples: a player sees a keyframe exactly where the encoder made one (the `stss`
+    // table; without it every sample is a sync sample). Checked against the sink writing no
+    // `stss`, which neither the decode checks nor ffprobe's packet flags notice.
+    let keyframes: Vec<bool> = chunks.iter().map(|c| c.keyframe).collect();
+    assert!(
+        keyframes.iter().filter(|&&k| k).count() >= 2 && keyframes.contains(&false),
+        "the test needs several keyframes and some frames that are not: {keyframes:?}"
+    );
+    let expected: Vec<u32> = (1u32..)
+        .zip(&keyframes)
+        .filter_map(|(n, &key)| key.then_some(n))
+        .collect();
+    assert_eq!(
+        sync_samples(&path),
+        Some(expected),
+        "sync samples of the MP4 (1-based, decoding order)"
+    );
     // The same pictures as the Annex B stream of the same chunks.
     let annexb: Vec<u8> = chunks.iter().flat_map(|c| c.data.iter().copied()).collect();
     let reference = common::decode_h264(&annexb, config.resolution);
@@ -126,13 +164,19 @@ fn check(config: &EncoderConfig, frames: u64) {
 
 #[test]
 fn three_b_frames_decode_in_order_with_the_right_duration() {
-    check(&EncoderConfig::new(320, 240).with_bframes(Some(3)), 45);
+    check(
+        &EncoderConfig::new(320, 240)
+            .with_bframes(Some(3))
+            .with_gop_size(15),
+        45,
+    );
 }
 
 #[test]
 fn ntsc_rate_without_b_frames() {
     let config = EncoderConfig::new(160, 96)
         .with_bframes(Some(0))
+        .with_gop_size(10)
         .with_frame_rate(FrameRate::new(30000, 1001));
     check(&config, 31);
 }

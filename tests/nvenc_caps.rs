@@ -11,12 +11,15 @@ use nvencode::nvenc::NvencCaps;
 /// The emulated GPU's UUID, `nvenc-emu-gpu-00` as bytes, formatted as `nvidia-smi -L` does.
 const EMU_UUID: &str = "GPU-6e76656e-632d-656d-752d-6770752d3030";
 
-/// The child half: probes device 0 and prints the report as JSON (or the error).
+/// The child half: probes device 0 and prints the report as JSON (or the error). Run only by
+/// the tests below, in a child process against the emulated driver.
 #[test]
+#[ignore = "child half: run by the probe tests in a child process"]
 fn child_probe() {
-    if !in_child() {
-        return;
-    }
+    assert!(
+        in_child(),
+        "a child half: run by the probe tests of this file"
+    );
     // The cache's warnings go to stderr, where the parent looks for them.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -142,6 +145,43 @@ fn the_cache_skips_the_probe_until_the_gpu_or_driver_changes() {
     // Now the entry is the new driver's: the old driver probes again.
     let (_, report, ..) = probe_in_child(with_cache(EmuDriver::new(), &file));
     assert_eq!(sessions_opened(&report), 1);
+}
+
+/// Another driver library file (another driver installed beside the first, or one named by
+/// `NVENC_LIBRARY_PATH`) is another driver, even where the CUDA and NVENC API versions are the
+/// same: it is probed, not answered from the first one's entry. Checked against the library file
+/// dropped from the cache key, which the test above lets through (it changes versions only).
+#[test]
+fn another_driver_library_file_probes_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("caps.json");
+    let (first, report, ..) = probe_in_child(with_cache(EmuDriver::new(), &file));
+    assert_eq!(sessions_opened(&report), 1);
+    let (_, report, ..) = probe_in_child(with_cache(EmuDriver::new(), &file));
+    assert_eq!(sessions_opened(&report), 0, "the same library probed again");
+
+    let other = dir.path().join("other-driver");
+    std::fs::create_dir(&other).unwrap();
+    let copy = other.join("libnvidia-encode.so.1");
+    std::fs::copy(
+        nvenc_emu_harness::libs().dir.join("libnvidia-encode.so.1"),
+        &copy,
+    )
+    .unwrap();
+    let emu = with_cache(EmuDriver::new(), &file).env("NVENC_LIBRARY_PATH", copy.to_str().unwrap());
+    let (second, report, ..) = probe_in_child(emu);
+    assert_eq!(
+        sessions_opened(&report),
+        1,
+        "a different driver library was answered from the cache"
+    );
+    let second = second.unwrap();
+    assert_ne!(second.driver_version, first.unwrap().driver_version);
+    assert!(
+        second.driver_version.contains("other-driver"),
+        "{}",
+        second.driver_version
+    );
 }
 
 /// A corrupt cache file is never trusted: it is reported, the GPU is probed, and the file is

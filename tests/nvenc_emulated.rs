@@ -677,6 +677,20 @@ fn a_stream_sync_failure_in_flush_is_a_backend_error() {
 /// The hang tests' deadline: short, so the suite stays quick.
 const HANG_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long after the deadline a hung call may take to fail: the watchdog's own reaction plus a
+/// loaded machine's scheduling. A watchdog that waits a multiple of the deadline fails the hang
+/// tests (checked with the deadline multiplied by 100).
+const HANG_SLACK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Checks that a call stuck in the driver failed after `waited`: not before the deadline, and
+/// not much after it.
+fn assert_failed_at_the_deadline(waited: std::time::Duration) {
+    assert!(
+        waited >= HANG_DEADLINE && waited < HANG_DEADLINE + HANG_SLACK,
+        "the hung call failed after {waited:?}; the deadline is {HANG_DEADLINE:?}"
+    );
+}
+
 #[test]
 #[ignore = "child half of a_hung_lock_fails_the_encoder_within_the_deadline"]
 fn child_hung_lock() {
@@ -703,7 +717,7 @@ fn child_hung_lock() {
         other => panic!("expected Error::Hung, got {other}"),
     }
     assert!(error.to_string().contains("nvEncLockBitstream"), "{error}");
-    assert!(waited >= HANG_DEADLINE, "gave up after {waited:?}");
+    assert_failed_at_the_deadline(waited);
     eprintln!("frame {at}: {error} (after {waited:?})");
     // A hung encoder stays failed and says so again, without calling into the driver.
     let again = encoder.flush(&mut chunks).expect_err("still hung");
@@ -806,10 +820,16 @@ fn child_hung_lock_returns_late() {
     let options = NvencOptions::default().with_call_timeout(HANG_DEADLINE);
     let mut encoder = NvencEncoder::with_options(&config, &options).expect("open");
     let mut chunks = Vec::new();
-    let error = input
+    let (error, waited) = input
         .iter()
-        .find_map(|frame| encoder.encode_frame(frame, &mut chunks).err())
+        .find_map(|frame| {
+            let started = std::time::Instant::now();
+            let result = encoder.encode_frame(frame, &mut chunks);
+            result.err().map(|e| (e, started.elapsed()))
+        })
         .expect("the 20th read-back outlasts the deadline");
+    // It fails at the deadline (1 s), not when the driver returns (3 s).
+    assert_failed_at_the_deadline(waited);
     assert!(
         matches!(
             error,
@@ -874,7 +894,23 @@ fn child_hung_lock_fallback() {
     let chain = nvencode::fallback::chain_with(None, &options).expect("chain");
     let mut encoder = FallbackEncoder::with_chain(&config, chain).expect("open");
     assert_eq!(encoder.current_kind(), EncoderKind::Nvenc);
-    let chunks = common::encode_all(&mut encoder, &input);
+    // Each call timed: the one that met the hung driver call (an encode, or the flush) waited
+    // for the deadline and no longer, then failed over within it.
+    let mut chunks = Vec::new();
+    let mut slowest = std::time::Duration::ZERO;
+    for frame in &input {
+        let started = std::time::Instant::now();
+        encoder.encode_frame(frame, &mut chunks).expect("encode");
+        slowest = slowest.max(started.elapsed());
+    }
+    let started = std::time::Instant::now();
+    encoder.flush(&mut chunks).expect("flush");
+    slowest = slowest.max(started.elapsed());
+    // The replay on x264 adds its own encode time to the call that failed over.
+    assert!(
+        slowest >= HANG_DEADLINE && slowest < HANG_DEADLINE + HANG_SLACK * 2,
+        "the slowest call took {slowest:?}; the deadline is {HANG_DEADLINE:?}"
+    );
     assert_eq!(encoder.switches(), 1);
     assert_eq!(encoder.current_kind(), EncoderKind::X264);
     assert!(
@@ -920,18 +956,7 @@ fn a_hung_lock_fails_over_and_loses_no_frame() {
 /// with an error naming the hung call, and the frames before it decode.
 #[test]
 fn encode_yuv_survives_a_hung_lock() {
-    let exe = std::env::current_exe().expect("test binary");
-    let example = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("examples")
-        .join("encode_yuv");
-    assert!(
-        example.exists(),
-        "example not built at {}",
-        example.display()
-    );
+    let example = common::example("encode_yuv");
     let config = EncoderConfig::new(320, 240);
     let dir = tempfile::tempdir().expect("temp dir");
     for (choice, succeeds) in [("auto", true), ("nvenc", false)] {

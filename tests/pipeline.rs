@@ -183,7 +183,9 @@ fn hundred_thousand_frames_with_stalls_both_sides_come_out_once_in_order() {
     assert_eq!(stats.committed(), N as usize);
 }
 
-fn run_policy(policy: BackPressure, frames: i64) -> (Vec<i64>, Vec<i64>, u64, u64) {
+/// (chunks' pts, pts reported dropped, drops counted by the producer, drops in the ring's
+/// stats, the producer's blocked time in the ring's stats)
+fn run_policy(policy: BackPressure, frames: i64) -> (Vec<i64>, Vec<i64>, u64, u64, Duration) {
     let mut fake = FakeEncoder::new(&config());
     fake.sleep = Duration::from_micros(300);
     let (mut producer, output) = open(
@@ -215,20 +217,32 @@ fn run_policy(policy: BackPressure, frames: i64) -> (Vec<i64>, Vec<i64>, u64, u6
     let stats = producer.stats();
     producer.finish().expect("finish");
     let out = reader.join().expect("reader");
-    (out, reported_dropped, counted_by_producer, stats.dropped())
+    (
+        out,
+        reported_dropped,
+        counted_by_producer,
+        stats.dropped(),
+        stats.producer_blocked(),
+    )
 }
 
 #[test]
 fn block_never_drops() {
-    let (out, reported, counted, stats) = run_policy(BackPressure::Block, 300);
+    let (out, reported, counted, stats, blocked) = run_policy(BackPressure::Block, 300);
     assert_eq!(out, (0..300).collect::<Vec<_>>());
     assert!(reported.is_empty());
     assert_eq!((counted, stats), (0, 0));
+    // The encoder takes at least 300 x 300 µs; the producer, which pushes as fast as it can into
+    // 4 slots, waits for nearly all of it. Checked against the ring never adding its waits.
+    assert!(
+        blocked >= Duration::from_millis(40),
+        "producer blocked {blocked:?} behind a 90 ms encoder"
+    );
 }
 
 #[test]
 fn drop_newest_drops_exactly_the_counted_frames() {
-    let (out, reported, counted, stats) = run_policy(BackPressure::DropNewest, 300);
+    let (out, reported, counted, stats, _) = run_policy(BackPressure::DropNewest, 300);
     assert!(
         !reported.is_empty(),
         "a 300 µs encoder behind a fast producer must drop"
@@ -244,7 +258,7 @@ fn drop_newest_drops_exactly_the_counted_frames() {
 
 #[test]
 fn drop_oldest_drops_exactly_the_counted_frames() {
-    let (out, reported, counted, stats) = run_policy(BackPressure::DropOldest, 300);
+    let (out, reported, counted, stats, _) = run_policy(BackPressure::DropOldest, 300);
     assert!(
         reported.is_empty(),
         "DropOldest drops queued frames, not the one pushed"

@@ -259,6 +259,23 @@ fn x264_reconfigures_the_bitrate_without_an_idr() {
     check_reconfigure(open_x264, "x264", false);
 }
 
+fn open_chain_over_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
+    let chain: Vec<(EncoderKind, nvencode::fallback::Opener)> = vec![(
+        EncoderKind::X264,
+        Box::new(|c: &EncoderConfig| open_x264(c)),
+    )];
+    Ok(Box::new(FallbackEncoder::with_chain(config, chain)?))
+}
+
+/// The chain passes a rate change to the encoder it runs on, and that encoder encodes at the new
+/// rate: measured in the stream, not read back from the chain's configuration. Checked against
+/// an x264 whose reconfigure accepts the change and does nothing, which
+/// `fallback_forwards_reconfigure` lets through.
+#[test]
+fn the_chain_encodes_at_the_rate_it_was_reconfigured_to() {
+    check_reconfigure(open_chain_over_x264, "fallback chain over x264", false);
+}
+
 #[test]
 fn ffmpeg_x264_cbr_holds_the_target() {
     check_cbr(open_ffmpeg_x264, "ffmpeg-x264");

@@ -1,16 +1,21 @@
 //! Backend selection on a machine without an NVIDIA driver (CI, most developer machines).
 
+mod common;
+
 use nvencode::{EncoderChoice, EncoderConfig, EncoderKind, Error};
 
-fn has_nvidia_driver() -> bool {
-    std::path::Path::new("/proc/driver/nvidia").exists()
-        || std::env::var_os("NVENC_LIBRARY_PATH").is_some()
+/// Whether `test`, which expects the default NVENC library to be missing, runs here.
+fn without_nvenc_library(test: &str) -> bool {
+    if std::env::var_os("NVENC_LIBRARY_PATH").is_some() {
+        common::skipped(test, "NVENC_LIBRARY_PATH names a library to load instead");
+        return false;
+    }
+    common::without_nvidia_driver(test)
 }
 
 #[test]
 fn nvenc_without_driver_is_a_typed_load_error() {
-    if has_nvidia_driver() {
-        eprintln!("skipped: this machine has an NVIDIA driver");
+    if !without_nvenc_library("nvenc_without_driver_is_a_typed_load_error") {
         return;
     }
     let config = EncoderConfig::new(320, 240);
@@ -29,8 +34,7 @@ fn nvenc_without_driver_is_a_typed_load_error() {
 #[cfg(feature = "x264")]
 #[test]
 fn auto_falls_back_to_x264_without_driver() {
-    if has_nvidia_driver() {
-        eprintln!("skipped: this machine has an NVIDIA driver");
+    if !without_nvenc_library("auto_falls_back_to_x264_without_driver") {
         return;
     }
     let config = EncoderConfig::new(320, 240);

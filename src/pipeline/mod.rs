@@ -611,3 +611,6 @@ fn deliver(shared: &Shared, chunks: &mut Vec<EncodedChunk>) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests;

@@ -446,6 +446,8 @@ pub(super) fn poll_ready<'a>(
             return Poll::Ready(Some(producer));
         }
         if attempt == 0 {
+            #[cfg(test)]
+            tests_hook::between_looks();
             producer.shared.space_waker.register(cx.waker());
         }
     }
@@ -518,5 +520,34 @@ impl std::ops::DerefMut for FrameSlot<'_> {
             SlotStorageRef::Ring(slot) => &mut slot.bytes_mut()[..len],
             SlotStorageRef::Dropped { buf, .. } => &mut buf[..len],
         }
+    }
+}
+
+/// A hook for the deterministic interleaving tests (`pipeline/tests.rs`): code that runs in the
+/// window between the async reserve's first look and the registration of its waker.
+#[cfg(test)]
+pub(super) mod tests_hook {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static BETWEEN_LOOKS: RefCell<Option<Box<dyn FnMut()>>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `hook` in that window on this thread until [`clear`].
+    pub(in crate::pipeline) fn set(hook: impl FnMut() + 'static) {
+        BETWEEN_LOOKS.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+    }
+
+    /// Removes the hook.
+    pub(in crate::pipeline) fn clear() {
+        BETWEEN_LOOKS.with(|h| *h.borrow_mut() = None);
+    }
+
+    pub(super) fn between_looks() {
+        BETWEEN_LOOKS.with(|h| {
+            if let Some(hook) = h.borrow_mut().as_mut() {
+                hook();
+            }
+        });
     }
 }

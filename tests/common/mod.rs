@@ -20,6 +20,69 @@ pub fn ffmpeg() -> Command {
     cmd
 }
 
+/// Says that `test` skipped and why on the process's standard error, written past the test
+/// harness's capture (which takes only `print!` and `eprint!`), so that the CI log shows it even
+/// where the test is reported `ok`.
+pub fn skipped(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+}
+
+/// Whether a test that describes a machine without an NVIDIA driver runs here: where there is no
+/// driver, or where `NVENCODE_TEST_FORCE=1` asks for it anyway (a GPU runner that hides its
+/// driver from the tests, or one checking which of them hold there too). Otherwise the skip is
+/// reported with [`skipped`].
+pub fn without_nvidia_driver(test: &str) -> bool {
+    if !std::path::Path::new("/proc/driver/nvidia").exists()
+        || std::env::var("NVENCODE_TEST_FORCE").is_ok_and(|v| v == "1")
+    {
+        return true;
+    }
+    skipped(
+        test,
+        "this machine has an NVIDIA driver (/proc/driver/nvidia); NVENCODE_TEST_FORCE=1 runs it anyway",
+    );
+    false
+}
+
+/// The example binary `name`, built first with this test's profile and features, so that a
+/// targeted `cargo test --test X` (which builds no examples) never runs a stale one. Built once per
+/// test process; cargo's own lock orders concurrent builds.
+pub fn example(name: &str) -> std::path::PathBuf {
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<BTreeMap<String, std::path::PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test binary>: the examples are in target/<profile>/examples.
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env(
+            "CARGO_TARGET_DIR",
+            profile_dir.parent().expect("target dir"),
+        );
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        cargo.arg("--release");
+    }
+    if cfg!(not(feature = "x264")) {
+        cargo.arg("--no-default-features");
+    }
+    let status = cargo.status().expect("run cargo build");
+    assert!(status.success(), "cargo build --example {name} failed");
+    let path = profile_dir.join("examples").join(name);
+    assert!(path.exists(), "example not built at {}", path.display());
+    built.insert(name.to_owned(), path.clone());
+    path
+}
+
 /// Runs a child test process and asserts it succeeded having passed `passed` tests; returns its
 /// output (stdout then stderr) for further checks.
 pub fn run_child_tests(mut cmd: Command, passed: usize, what: &str) -> String {

@@ -256,3 +256,121 @@ fn crf_row_is_what_the_backends_are_given() {
     assert!(row[1].contains("--crf"));
     assert_eq!(x264(&config).method, X264Method::Crf(20.4));
 }
+
+/// `field` = ... = expression assignments of a table cell (`averageBitRate` = `maxBitRate` = b,
+/// `vbvInitialDelay` = 0.9 v, `i_vbv_buffer_size` = v (kbit)): each field with its expression.
+fn assignments(cell: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for part in cell.split(", ") {
+        let Some((names, expr)) = part.rsplit_once(" = ") else {
+            continue;
+        };
+        for name in names.split('`').skip(1).step_by(2) {
+            out.push((name.to_owned(), expr.to_owned()));
+        }
+    }
+    out
+}
+
+/// The value of a table expression: a symbol (`b`, `m`, `v`, `q`), optionally after a factor
+/// (`0.9 v`); the words after it (`(kbit)`, `for I, P and B`) are units and prose.
+fn eval(expr: &str, symbol: &dyn Fn(&str) -> f64) -> f64 {
+    let words: Vec<&str> = expr.split_whitespace().collect();
+    match words.as_slice() {
+        [factor, sym, ..] if factor.parse::<f64>().is_ok() => {
+            factor.parse::<f64>().unwrap_or(f64::NAN) * symbol(sym)
+        }
+        [sym, ..] => symbol(sym),
+        [] => f64::NAN,
+    }
+}
+
+/// The rate-control rows carry values, not only names: with the target `b`, the maximum `m`,
+/// the VBV `v` and the QP `q` all different, every `-flag value` pair and every `field = value`
+/// the README names is what the backend is given. Checked against two breakages that the
+/// name-only test above let through: `h264_nvenc` VBR with `-b:v` and `-maxrate` swapped, and
+/// NVENC CBR's `vbvInitialDelay` at half the buffer instead of nine tenths.
+#[test]
+fn rate_rows_carry_the_values_they_name() {
+    const B: u64 = 2_000_000;
+    const M: u64 = 3_000_000;
+    const V: u64 = 1_500_000;
+    const Q: u8 = 27;
+    let symbol = |s: &str| -> f64 {
+        match s {
+            "b" => B as f64,
+            "m" => M as f64,
+            "v" => V as f64,
+            "q" => f64::from(Q),
+            other => panic!("the table uses {other:?}, which this test does not know"),
+        }
+    };
+    let rows = [
+        (
+            0,
+            RateControl::cbr(Bitrate::from_bps(B)).with_vbv_buffer_bits(V),
+        ),
+        (
+            1,
+            RateControl::vbr(Bitrate::from_bps(B), Bitrate::from_bps(M)).with_vbv_buffer_bits(V),
+        ),
+        (2, RateControl::constant_qp(Q)),
+    ];
+    for (index, rc) in rows {
+        let row = README_ROWS[index];
+        let config = EncoderConfig::new(64, 64).with_rate_control(rc);
+
+        let mut checked = 0;
+        for (col, codec) in FFMPEG_COLUMNS {
+            let Ok(args) = ffmpeg(codec, &config) else {
+                continue; // the refusal is checked by table_rows_name_what_the_backends_are_given
+            };
+            for (flag, sym) in pairs(row[col]) {
+                let want = if sym.len() == 1 && sym.chars().all(|c| c.is_ascii_lowercase()) {
+                    format!("{}", symbol(&sym))
+                } else {
+                    sym.clone()
+                };
+                assert!(
+                    has_pair(&args, &(flag.clone(), want.clone())),
+                    "{codec:?} {}: {flag} {want} not in {args:?}",
+                    row[0]
+                );
+                checked += 1;
+            }
+        }
+
+        let nv = nvenc(&config);
+        for (field, expr) in assignments(row[2]) {
+            let got = match field.as_str() {
+                "averageBitRate" => nv.average_bps,
+                "maxBitRate" => nv.max_bps,
+                "vbvBufferSize" => nv.vbv_buffer_bits,
+                "vbvInitialDelay" => nv.vbv_initial_delay_bits,
+                "constQP" => u32::from(nv.const_qp),
+                other => panic!("NVENC field {other} is not checked by this test"),
+            };
+            let want = eval(&expr, &symbol);
+            assert_eq!(f64::from(got), want.round(), "NVENC {field} = {expr}");
+            checked += 1;
+        }
+
+        let x = x264(&config);
+        for (field, expr) in assignments(row[1]) {
+            let (got, scale) = match field.as_str() {
+                "i_bitrate" => (x.bitrate_kbps, 1000.0),
+                "i_vbv_max_bitrate" => (x.vbv_max_kbps, 1000.0),
+                "i_vbv_buffer_size" => (x.vbv_buffer_kbit, 1000.0),
+                "i_qp_constant" => match x.method {
+                    X264Method::Cqp(q) => (u32::from(q), 1.0),
+                    other => panic!("{other:?} where the table says CQP"),
+                },
+                other => panic!("x264 field {other} is not checked by this test"),
+            };
+            let want = eval(&expr, &symbol) / scale;
+            assert_eq!(f64::from(got), want.round(), "x264 {field} = {expr}");
+            checked += 1;
+        }
+        assert!(checked >= 4, "{}: only {checked} values checked", row[0]);
+    }
+}

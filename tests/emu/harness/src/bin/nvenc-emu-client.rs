@@ -690,6 +690,16 @@ fn scenario_misuse() -> Result<(), String> {
     expect("register", st, S::NV_ENC_SUCCESS)?;
     let (st, mapped) = s.map(reg);
     expect("map", st, S::NV_ENC_SUCCESS)?;
+    // One mapping per registration: a mapping lives until NvEncUnmapInputResource, which
+    // "should be invalidated ... before the external resource is destroyed" (nvEncodeAPI.h 11.1,
+    // NvEncUnmapInputResource); mapping it again is NV_ENC_ERR_MAP_FAILED, which
+    // NvEncMapInputResource lists among its returns.
+    let (st, _) = s.map(reg);
+    expect(
+        "map an already-mapped resource",
+        st,
+        S::NV_ENC_ERR_MAP_FAILED,
+    )?;
     // SAFETY: live session; `reg` is the registration above.
     let st = unsafe { (s.f.unregister_resource)(s.enc, reg) };
     expect("unregister while mapped", st, S::NV_ENC_ERR_INVALID_CALL)?;
