@@ -2,19 +2,22 @@
 //!
 //! 0. The stage's own cost: the encoder alone vs the stage with a source that floods it (`push`,
 //!    one copy per frame; and reserve+commit in place, no copy), same frames, interleaved runs.
-//! 1. Jitter smoothing: a live source on a network (arrival at the encoder's own steady rate;
-//!    stalls of up to 10 frame intervals, after which what was sent during the stall arrives at
-//!    once) into the stage with `BackPressure::DropNewest` (frames lost) and `Block` (nothing
-//!    lost; time the source was held back), for ring sizes 2, 4, 8, 16, 32: throughput as a
-//!    fraction of the encoder alone, frames lost, highest ring depth, next to the ceiling that an
-//!    ideal encoder with an unbounded ring reaches with the same arrivals.
+//! 1. Ring sizing under jitter (x264 ultrafast 1080p): a live source on a network (stalls of up to 10 frame intervals,
+//!    after which what was sent during the stall arrives at once) at a utilisation of 0.8, 0.9,
+//!    0.95 and 1.0 of the encoder's sustained rate, into rings of 2 to 32 slots: frames lost with
+//!    `BackPressure::DropNewest` (median and worst of 5 runs), throughput as a fraction of the
+//!    source's rate, highest depth, and how long `Block` held the source back; then the smallest
+//!    ring that lost nothing beside what `pipeline::ring_slots_for` says.
 //! 2. Submit-to-chunk latency p50/p99 at 1080p30, x264 ultrafast + zerolatency, real-time pacing.
 //! 3. `encode_yuv`'s path (a reading thread filling ring slots from a file) vs the `x264` CLI on
 //!    the same clip, preset ultrafast, crf 23, same threads.
 //!
 //! `cargo bench --bench pipeline` (env: PIPE_BENCH_SECTIONS, e.g. `13`, default `0123`, where 0 is
 //! the stage's overhead and 1 the jitter runs;
-//! PIPE_BENCH_FRAMES for section 3, default 300; PIPE_BENCH_JITTER_FRAMES, default 1000;
+//! PIPE_BENCH_FRAMES for section 3, default 300; PIPE_BENCH_OVERHEAD_FRAMES, default 1000;
+//! PIPE_BENCH_JITTER_FRAMES, default 600;
+//! PIPE_BENCH_JITTER_RUNS, default 5; PIPE_BENCH_UTILISATIONS, default `0.8,0.9,0.95,1.0`;
+//! PIPE_BENCH_RING_SIZES, default `2,4,8,10,11,12,13,14,16,24,32`;
 //! PIPE_BENCH_LATENCY_FRAMES, default 300; PIPE_BENCH_THREADS, default 2;
 //! PIPE_BENCH_JITTER_THREADS for the jitter runs, default PIPE_BENCH_THREADS but at most the cores
 //! less one, so the source has a core; PIPE_BENCH_ROUNDS, default 7). Each section prints the
@@ -32,6 +35,9 @@ use nvencode::{
     X264Encoder,
 };
 
+#[path = "support/network_stalls.rs"]
+mod network_stalls;
+
 type BoxError = Box<dyn std::error::Error>;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -39,16 +45,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
 }
 
 fn clip(config: &EncoderConfig, n: u64) -> Result<Vec<Vec<u8>>, BoxError> {
@@ -68,39 +64,6 @@ fn encoder_alone(config: &EncoderConfig, frames: &[Vec<u8>]) -> Result<f64, BoxE
     }
     encoder.flush(&mut out)?;
     Ok(started.elapsed().as_secs_f64())
-}
-
-/// When each frame reaches the receiver, as an offset from the start: a live source on a network.
-/// The sender sends frame `i` at `i * interval`. One frame in eight (outside a stall) starts a
-/// stall of 1 to 10 intervals: the link holds everything sent during it and delivers it when the
-/// stall ends, all at once (queued bytes arrive at line rate). Stalls are placed in the sender's
-/// time, not after the receiver's own delays, so they do not pile up: the mean rate stays
-/// `1 / interval` and a receiver that fell behind catches up as fast as it can take the frames.
-fn arrivals(n: usize, interval: Duration, seed: u64) -> Vec<Duration> {
-    let mut rng = Rng(seed);
-    let mut stall_end = Duration::ZERO;
-    (0..n)
-        .map(|i| {
-            let sent = interval.mul_f64(i as f64);
-            if sent >= stall_end && rng.below(8) == 0 {
-                stall_end = sent + interval * (1 + rng.below(10) as u32);
-            }
-            sent.max(stall_end)
-        })
-        .collect()
-}
-
-/// The best any stage can do with these arrivals: an encoder that takes exactly `interval` per
-/// frame and never waits for room (an unbounded ring); its rate as a fraction of `1 / interval`.
-/// With the mean arrival rate equal to the encoder's rate, time the encoder idles during a stall
-/// is never made up (it has no spare speed), so this is below 1 by the longest backlog a stall
-/// built up, over the stream's length.
-fn ceiling(arrivals: &[Duration], interval: Duration) -> f64 {
-    let mut free = Duration::ZERO;
-    for &a in arrivals {
-        free = free.max(a) + interval;
-    }
-    interval.as_secs_f64() * arrivals.len() as f64 / free.as_secs_f64()
 }
 
 /// How the source writes a frame into the stage.
@@ -195,27 +158,6 @@ fn stage(
         lost,
         highest,
         blocked: stats.producer_blocked(),
-    })
-}
-
-/// Three runs of one setting: the median rate and blocked time, the most frames lost and the
-/// highest depth of any run.
-struct Three {
-    fps: f64,
-    lost: u64,
-    highest: usize,
-    blocked: Duration,
-}
-
-fn three(mut run: impl FnMut() -> Result<Run, BoxError>) -> Result<Three, BoxError> {
-    let runs = [run()?, run()?, run()?];
-    Ok(Three {
-        fps: median(runs.iter().map(|r| r.out as f64 / r.secs).collect()),
-        lost: runs.iter().map(|r| r.lost).max().unwrap_or(0),
-        highest: runs.iter().map(|r| r.highest).max().unwrap_or(0),
-        blocked: Duration::from_secs_f64(median(
-            runs.iter().map(|r| r.blocked.as_secs_f64()).collect(),
-        )),
     })
 }
 
@@ -362,82 +304,140 @@ fn stage_overhead(frames: u64, threads: &[u32]) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Section 1b: jitter smoothing.
+/// Section 1b: ring sizing under jitter. The source runs at a set utilisation of the rate the
+/// encoder sustains in the stage fed by this source (measured just before), with the network
+/// stalls of `support/network_stalls.rs` (1 to 10 intervals). For each utilisation and ring size: frames lost
+/// with `DropNewest` (median and worst of the runs, each run its own stall pattern, the same
+/// patterns in every invocation), throughput as a fraction of the source's rate, the highest
+/// depth, and the time a `Block` source was held back instead (one run); then the smallest ring
+/// that lost nothing in every run beside what `pipeline::ring_slots_for` says it needs.
 fn jitter_smoothing(frames: u64, threads: u32) -> Result<(), BoxError> {
     let load = load_average();
-    let config = EncoderConfig::new(1280, 720)
+    let runs: u64 = env_or("PIPE_BENCH_JITTER_RUNS", 5);
+    let utilisations: Vec<f64> = env_or("PIPE_BENCH_UTILISATIONS", "0.8,0.9,0.95,1.0".to_owned())
+        .split(',')
+        .filter_map(|u| u.trim().parse().ok())
+        .collect();
+    let sizes: Vec<usize> = env_or(
+        "PIPE_BENCH_RING_SIZES",
+        "2,4,8,10,11,12,13,14,16,24,32".to_owned(),
+    )
+    .split(',')
+    .filter_map(|n| n.trim().parse().ok())
+    .collect();
+    // 1080p: an interval of ~6 ms at this machine's x264 rate, so that the machine's own
+    // hiccups (tens of milliseconds) are a few intervals, not the dozen they are at 720p.
+    let config = EncoderConfig::new(1920, 1080)
         .with_preset(Preset::Ultrafast)
         .with_threads(threads);
     let input = clip(&config, frames)?;
     let n = input.len() as f64;
-    // The encoder's steady rate on these frames, measured just before (warm-up, then 5
-    // interleaved rounds, medians): alone, and in the stage fed back to back by the same source
-    // (its copy of each frame costs the machine something the encoder alone does not pay).
-    encoder_alone(&config, &input)?;
-    let (mut alone, mut flooded) = (vec![], vec![]);
+    // The encoder's steady rate in the stage fed back to back by this source (warm-up, then 5
+    // rounds, median), and the spread of its time per frame alone (what a ring must also absorb).
+    stage(&config, &input, None, 8, BackPressure::Block, Write::Copy)?;
+    let mut flooded = vec![];
     for _ in 0..5 {
-        alone.push(encoder_alone(&config, &input)?);
         flooded.push(stage(&config, &input, None, 8, BackPressure::Block, Write::Copy)?.secs);
     }
-    let (alone_fps, flooded_fps) = (n / median(alone), n / median(flooded));
-    // The source keeps the rate the encoder sustains with this source (`PIPE_BENCH_PACE=alone`:
-    // the encoder alone's, which a source that costs anything pushes past what the stage can
-    // take, so the backlog grows without end whatever the ring).
-    let pace = if std::env::var("PIPE_BENCH_PACE").is_ok_and(|p| p == "alone") {
-        alone_fps
-    } else {
-        flooded_fps
-    };
-    let interval = Duration::from_secs_f64(1.0 / pace);
-    let arrivals = arrivals(input.len(), interval, 0x1234_5678_9abc_def1);
-    let best = ceiling(&arrivals, interval);
-    println!("jitter smoothing: x264 ultrafast 1280x720 threads {threads}, {frames} frames; encoder alone {alone_fps:.0} fps, in the stage fed back to back by the source {flooded_fps:.0} fps; load average before {load}");
-    println!("  arrival at {pace:.0} fps on average, one frame in 8 starts a stall of 1-10 intervals, its frames arrive together when it ends; \
-the source pushes (one copy); median of 3 runs, most lost and highest depth of the 3; ceiling {best:.3} of the paced rate (an ideal encoder with an unbounded ring: stall idle time is never made up at utilisation 1)");
-    println!("  fractions: of the encoder alone / of the stage fed back to back");
+    let flooded_fps = n / median(flooded);
+    let cv = service_time_cv(&config, &input)?;
+    let longest_stall = network_stalls::LONGEST_STALL;
+    println!("ring sizing under jitter: x264 ultrafast 1920x1080 threads {threads}, {frames} frames a run, {runs} runs a setting; encoder in the stage fed back to back by the source {flooded_fps:.0} fps, its time per frame alone varies by {:.1}% (coefficient of variation); load average before {load}", cv * 100.0);
+    println!("  the source pushes each frame (one copy) at the utilisation's share of {flooded_fps:.0} fps; one frame in 8 starts a stall of 1-{longest_stall} intervals, and what was sent during it arrives at once when it ends");
     println!(
-        "{:>5} | {:>22} {:>6} {:>8} | {:>22} {:>10} {:>8}",
-        "ring",
-        "DropNewest: fractions",
-        "lost",
-        "highest",
-        "Block: fractions",
-        "blocked ms",
-        "highest"
+        "{:>5} {:>5} | {:>12} {:>6} {:>8} {:>8} | {:>11}",
+        "util", "ring", "lost med/max", "of", "through", "highest", "Block: held"
     );
-    for slots in [2, 4, 8, 16, 32] {
-        let d = three(|| {
-            stage(
+    for &u in &utilisations {
+        let interval = Duration::from_secs_f64(1.0 / (u * flooded_fps));
+        let patterns: Vec<Vec<Duration>> = (1..=runs)
+            .map(|run| {
+                network_stalls::arrivals(input.len(), network_stalls::seed(run))
+                    .into_iter()
+                    .map(|at| interval.mul_f64(at))
+                    .collect()
+            })
+            .collect();
+        let mut smallest_lossless = None;
+        let mut lossless_in_a_row = 0;
+        for &slots in &sizes {
+            if lossless_in_a_row >= 2 {
+                println!(
+                    "{u:>5.2} {slots:>5} | not run: the two sizes below lost nothing in every run"
+                );
+                continue;
+            }
+            let mut lost = vec![];
+            let mut through = vec![];
+            let mut highest = 0;
+            for pattern in &patterns {
+                let r = stage(
+                    &config,
+                    &input,
+                    Some(pattern),
+                    slots,
+                    BackPressure::DropNewest,
+                    Write::Copy,
+                )?;
+                lost.push(r.lost as f64);
+                through.push(r.out as f64 / r.secs / (u * flooded_fps));
+                highest = highest.max(r.highest);
+            }
+            let held = stage(
                 &config,
                 &input,
-                Some(&arrivals),
-                slots,
-                BackPressure::DropNewest,
-                Write::Copy,
-            )
-        })?;
-        let b = three(|| {
-            stage(
-                &config,
-                &input,
-                Some(&arrivals),
+                Some(&patterns[0]),
                 slots,
                 BackPressure::Block,
                 Write::Copy,
-            )
-        })?;
-        let fractions = |fps: f64| format!("{:.3} / {:.3}", fps / alone_fps, fps / flooded_fps);
-        println!(
-            "{slots:>5} | {:>22} {:>6} {:>8} | {:>22} {:>10.0} {:>8}",
-            fractions(d.fps),
-            d.lost,
-            d.highest,
-            fractions(b.fps),
-            b.blocked.as_secs_f64() * 1e3,
-            b.highest
+            )?
+            .blocked;
+            let worst = lost.iter().copied().fold(0.0, f64::max);
+            if worst == 0.0 {
+                lossless_in_a_row += 1;
+                smallest_lossless.get_or_insert(slots);
+            } else {
+                lossless_in_a_row = 0;
+                smallest_lossless = None;
+            }
+            println!(
+                "{u:>5.2} {slots:>5} | {:>5.0} / {:>4.0} {:>6} {:>8.3} {:>8} | {:>8.0} ms",
+                median(lost),
+                worst,
+                frames,
+                median(through),
+                highest,
+                held.as_secs_f64() * 1e3
+            );
+        }
+        let arithmetic = nvencode::pipeline::ring_slots_for(longest_stall, u).map_or_else(
+            || "no finite ring (no headroom)".to_owned(),
+            |s| format!("{s} slots"),
         );
+        let measured = smallest_lossless.map_or_else(
+            || "none of these sizes".to_owned(),
+            |s| format!("{s} slots"),
+        );
+        println!("{u:>5.2}  arithmetic: {arithmetic}; smallest ring that lost nothing in all {runs} runs: {measured}");
     }
     Ok(())
+}
+
+/// The coefficient of variation of the encoder's time per frame, alone, over `frames`.
+fn service_time_cv(config: &EncoderConfig, frames: &[Vec<u8>]) -> Result<f64, BoxError> {
+    let mut encoder = X264Encoder::new(config)?;
+    let mut out = Vec::new();
+    let mut times = Vec::with_capacity(frames.len());
+    for f in frames {
+        let started = Instant::now();
+        encoder.encode_frame(f, &mut out)?;
+        times.push(started.elapsed().as_secs_f64());
+        out.clear();
+    }
+    encoder.flush(&mut out)?;
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let var = times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / times.len() as f64;
+    Ok(var.sqrt() / mean)
 }
 
 /// Submit-to-chunk latency at real-time pacing (30 fps).
@@ -551,7 +551,7 @@ fn main() -> Result<(), BoxError> {
 
     // 0. Stage overhead; 1. jitter smoothing.
     if sections.contains('0') || sections.contains('1') {
-        let jitter_frames: u64 = env_or("PIPE_BENCH_JITTER_FRAMES", 1000);
+        let jitter_frames: u64 = env_or("PIPE_BENCH_JITTER_FRAMES", 600);
         // On a machine of few cores, x264 on every core leaves the source none: its copy and the
         // stage's threads then slow the encoder below the rate they are paced at, whatever the
         // ring. The jitter run is about the ring, so by default x264 leaves the source one core.
@@ -567,7 +567,10 @@ fn main() -> Result<(), BoxError> {
             overhead_threads.push(threads);
         }
         if sections.contains('0') {
-            stage_overhead(jitter_frames, &overhead_threads)?;
+            stage_overhead(
+                env_or("PIPE_BENCH_OVERHEAD_FRAMES", 1000),
+                &overhead_threads,
+            )?;
         }
         if sections.contains('1') {
             jitter_smoothing(jitter_frames, jitter_threads)?;

@@ -133,14 +133,15 @@
 //!
 //! # Choosing the ring size
 //!
-//! `ring_slots` is the smoothing depth: how far the producer may run ahead of the encoder. A
-//! source with headroom over the encoder whose stalls last up to `s` frame intervals, and which
-//! then delivers its backlog at once, needs about `s + 2` slots: 8 (the default of
-//! [`GpuEncoderConfig::ring_buffer_size`]) for stalls up to ~6 frames (200 ms at 30 fps). A
-//! source at the encoder's full rate has no slack to drain a backlog and needs more: with stalls
-//! of up to 10 frame intervals, 16 to 32 slots lost nothing in `cargo bench --bench pipeline`
-//! where 8 lost 8% (the README has the figures). More slots cost memory
-//! (`ring_slots × frame length`, pinned for NVENC) and add latency only while they are full.
+//! `ring_slots` is the smoothing depth: how far the producer may run ahead of the encoder. It
+//! depends on the source's longest stall `s` (in frame intervals; a network source delivers what
+//! it sent during a stall at once when the stall ends) and on its utilisation, its mean rate as a
+//! fraction of the rate the encoder sustains: `s + 2` slots with 10% headroom or more, `s + 3`
+//! with less, and no finite ring without headroom, where a ring only delays the loss.
+//! [`ring_slots_for`] computes it; the README has the measurements behind it. The default 8 (of
+//! [`GpuEncoderConfig::ring_buffer_size`]) covers stalls of up to 6 intervals (200 ms at 30 fps)
+//! with 10% headroom. More slots cost memory (`ring_slots × frame length`, pinned for NVENC) and
+//! add latency only while they are full.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -159,6 +160,7 @@ mod device;
 mod output;
 mod producer;
 mod ring;
+mod sizing;
 mod state;
 
 pub use device::{DeviceFrameSlot, ReserveDeviceFuture};
@@ -167,6 +169,7 @@ pub use output::{EncodedOutput, Received};
 pub use producer::{FrameProducer, FrameSlot, ReserveFuture};
 pub use ring::SlotMemory;
 use ring::{RingConsumer, RingProducer};
+pub use sizing::ring_slots_for;
 use state::{lock, OutQueue, Shared, SharedConsumer};
 pub use state::{BackPressure, PipelineError, Submitted};
 
