@@ -262,9 +262,12 @@ fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
 }
 
 /// Where the stream goes. A regular file is written under a temporary name in its own folder and
-/// renamed into place at the end, so an existing file is replaced only by a complete run's output
-/// (or, after an error, by everything encoded before it), never emptied up front. Standard output
-/// (`-o -`), devices and pipes are written directly.
+/// renamed into place at the end, so an existing file is never emptied up front and never
+/// replaced by less than a whole run: a run that encoded nothing leaves it as it was (the
+/// temporary file is removed), and a run that failed after encoding some frames keeps them beside
+/// it (`NAME.partial.EXT`). Standard output (`-o -`, or `/dev/stdout` and any other name of the
+/// file standard output is, which keeps the shell's append mode), devices and pipes are written
+/// directly.
 enum Sink {
     Stdout(BufWriter<io::Stdout>),
     Direct {
@@ -274,12 +277,34 @@ enum Sink {
     Replace {
         out: BufWriter<tempfile::NamedTempFile>,
         path: PathBuf,
+        /// Whether a file of that name existed when the run started.
+        existed: bool,
     },
     /// An MP4 file (chosen by the `.mp4` / `.m4v` extension), written like `Replace`.
     Mp4 {
         out: Mp4Writer<BufWriter<tempfile::NamedTempFile>>,
         path: PathBuf,
+        existed: bool,
     },
+}
+
+/// How a run ended, for what becomes of its output.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Every frame read was encoded (or the user interrupted and all read frames were).
+    Complete,
+    /// An error ended the run after `chunks` chunks were written.
+    Failed { chunks: u64 },
+}
+
+/// `out.h264` -> `out.partial.h264`: where a failed run keeps its frames beside an existing file.
+fn partial_name(path: &Path) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.partial.{}", ext.to_string_lossy()),
+        None => format!("{stem}.partial"),
+    };
+    path.with_file_name(name)
 }
 
 /// What an MP4 file needs to know up front: the frame size and the timestamps' unit.
@@ -315,6 +340,25 @@ impl Sink {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(format!("cannot use output {}: {e}", output.display()).into()),
         };
+        // `/dev/stdout`, `/proc/self/fd/1` or the redirected file's own name: standard output
+        // itself, written through the descriptor the shell opened (`>>` appends, a pipe stays a
+        // pipe), never replaced under it.
+        if mp4.is_none() {
+            if let (Some(existing), Some(stdout)) = (&existing, stdout_metadata()) {
+                if same_file(existing, &stdout) {
+                    if let Some(input) = input {
+                        if same_file(input, &stdout) {
+                            return Err(format!(
+                                "output {} is the input file: refusing to overwrite it",
+                                output.display()
+                            )
+                            .into());
+                        }
+                    }
+                    return Ok(Sink::Stdout(BufWriter::new(io::stdout())));
+                }
+            }
+        }
         if let (Some(input), Some(existing)) = (input, &existing) {
             if same_file(input, existing) {
                 return Err(format!(
@@ -347,7 +391,8 @@ impl Sink {
                 })
             }
             existing => {
-                // Through symlinks (`/dev/stdout` redirected to a file), to the real file.
+                let existed = existing.is_some();
+                // Through symlinks, to the real file.
                 let path = match existing {
                     Some(_) => fs::canonicalize(output)
                         .map_err(|e| format!("cannot resolve output {}: {e}", output.display()))?,
@@ -383,8 +428,9 @@ impl Sink {
                             format!("cannot start MP4 output {}: {e}", output.display())
                         })?,
                         path,
+                        existed,
                     }),
-                    None => Ok(Sink::Replace { out, path }),
+                    None => Ok(Sink::Replace { out, path, existed }),
                 }
             }
         }
@@ -418,25 +464,50 @@ impl Sink {
         Ok(bytes)
     }
 
-    /// Flushes and, for a replaced file, syncs it and renames it into place.
-    fn finish(self) -> Result<(), BoxError> {
+    /// Flushes, and puts a file written under a temporary name where `ending` says: into place
+    /// for a complete run or a new file; beside an existing file (`NAME.partial.EXT`) for a run
+    /// that failed after writing something; nowhere for a run that wrote nothing (the existing
+    /// file is left as it was). Returns what became of the output, in words.
+    fn finish(self, ending: Ending) -> Result<String, BoxError> {
         let name = self.name();
         let fail =
             |e: &dyn std::fmt::Display| -> BoxError { format!("cannot write {name}: {e}").into() };
-        match self {
-            Sink::Stdout(mut out) => out.flush().map_err(|e| fail(&e)),
-            Sink::Direct { mut out, .. } => out.flush().map_err(|e| fail(&e)),
-            Sink::Mp4 { out, path } => {
-                let out = out.finish().map_err(|e| fail(&e))?;
-                Sink::Replace { out, path }.finish()
+        let (out, path, existed) = match self {
+            Sink::Stdout(mut out) => {
+                out.flush().map_err(|e| fail(&e))?;
+                return Ok(name);
             }
-            Sink::Replace { out, path } => {
-                let tmp = out.into_inner().map_err(|e| fail(e.error()))?;
-                tmp.as_file().sync_all().map_err(|e| fail(&e))?;
-                tmp.persist(&path).map_err(|e| fail(&e.error))?;
-                Ok(())
+            Sink::Direct { mut out, .. } => {
+                out.flush().map_err(|e| fail(&e))?;
+                return Ok(name);
             }
-        }
+            Sink::Replace { path, existed, .. } | Sink::Mp4 { path, existed, .. }
+                if ending == (Ending::Failed { chunks: 0 }) =>
+            {
+                // Dropping the sink removes its temporary file.
+                return Ok(if existed {
+                    format!("nothing encoded: {} left as it was", path.display())
+                } else {
+                    format!("nothing encoded: no {} created", path.display())
+                });
+            }
+            Sink::Replace { out, path, existed } => (out, path, existed),
+            Sink::Mp4 { out, path, existed } => {
+                (out.finish().map_err(|e| fail(&e))?, path, existed)
+            }
+        };
+        let target = match ending {
+            Ending::Failed { .. } if existed => partial_name(&path),
+            _ => path.clone(),
+        };
+        let tmp = out.into_inner().map_err(|e| fail(e.error()))?;
+        tmp.as_file().sync_all().map_err(|e| fail(&e))?;
+        tmp.persist(&target).map_err(|e| fail(&e.error))?;
+        Ok(if target == path {
+            path.display().to_string()
+        } else {
+            format!("{} ({} left as it was)", target.display(), path.display())
+        })
     }
 }
 
@@ -517,6 +588,7 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     };
     let mut chunks: Vec<EncodedChunk> = Vec::new();
     let mut bytes_out: u64 = 0;
+    let mut chunks_out: u64 = 0;
     // Every chunk the encoder delivered is written; an in-band error (after them) is reported
     // once the stream has ended.
     let mut flushed: Result<(), nvencode::pipeline::PipelineError> = Ok(());
@@ -525,6 +597,7 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
             Ok(chunk) => {
                 chunks.push(chunk);
                 bytes_out += sink.write_chunks(&mut chunks)?;
+                chunks_out += 1;
             }
             Err(e) => flushed = Err(e),
         }
@@ -535,11 +608,25 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
         interrupted,
     } = reading.join().map_err(|_| "the reading thread panicked")?;
     let failure = failure.map(|f| -> BoxError { f.replace("{sink}", &sink.name()).into() });
-    if frames_in == 0 && failure.is_none() && !interrupted {
+    let failed = failure.is_some() || flushed.is_err();
+    if frames_in == 0 && !failed && !interrupted {
         return Err(format!("input {name} is empty: nothing to encode, no output written").into());
     }
-    let output = sink.name();
-    sink.finish()?;
+    // A run that ends with nothing encoded, by an error or an early interrupt, replaces nothing.
+    let ending = if failed || chunks_out == 0 {
+        Ending::Failed { chunks: chunks_out }
+    } else {
+        Ending::Complete
+    };
+    let output = match sink.finish(ending) {
+        Ok(output) => output,
+        // The run's own error comes first; the output's is said beside it.
+        Err(e) if failed => {
+            eprintln!("{e}");
+            "an unfinished output".to_owned()
+        }
+        Err(e) => return Err(e),
+    };
     progress.finish_and_clear();
     let secs = started.elapsed().as_secs_f64().max(1e-9);
 
@@ -562,6 +649,10 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
         }
         (Some(e), Ok(())) => Err(e),
         (None, Err(e)) => Err(e.into()),
+        (None, Ok(())) if interrupted && chunks_out == 0 => {
+            eprintln!("interrupted before any frame was encoded: {output}");
+            Ok(Outcome::Interrupted)
+        }
         (None, Ok(())) if interrupted => {
             eprintln!(
                 "interrupted after {frames_in} frames: every frame read was encoded and written \

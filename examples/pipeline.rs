@@ -273,7 +273,8 @@ fn run(args: Args) -> Result<(), BoxError> {
         Some(last) if last != opened => format!("{opened}->{last}"),
         _ => opened.to_string(),
     };
-    println!(
+    // On standard error, like the progress and the errors: standard output may be the stream.
+    eprintln!(
         "encoder {encoder}: frames in {}, frames out {frames_out}, lost {}, highest ring depth \
          {}/{}, producer blocked {:.1} ms, submit (reserve+commit) p50 {:.3} ms p99 {:.3} ms, \
          submit-to-chunk latency p50 {:.1} ms p99 {:.1} ms -> {}",
@@ -292,6 +293,15 @@ fn run(args: Args) -> Result<(), BoxError> {
 }
 
 fn main() -> ExitCode {
+    // `RUST_LOG=nvencode=debug` shows backend selection and what NVENC was initialized with; on
+    // standard error, like everything but the stream.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

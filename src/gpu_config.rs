@@ -1,6 +1,10 @@
 //! [`GpuEncoderConfig`]: the pipeline-level settings (which encoder to prefer, the
 //! ring buffer, NVENC's preset and tune), as a pipeline keeps them in its configuration file.
 //!
+//! NVENC's preset and tune are overrides: unset (the default), NVENC follows the
+//! [`EncoderConfig`]'s `preset` and `tune` as every other backend does (`ultrafast` +
+//! `zerolatency` is P1 with ultra-low-latency tuning); set, they replace those for NVENC only.
+//!
 //! ```
 //! let text = r#"
 //!     preferred_encoder = "nvenc"
@@ -11,7 +15,7 @@
 //! "#;
 //! let config: nvencode::GpuEncoderConfig = toml::from_str(text)?;
 //! config.validate()?;
-//! assert_eq!(config.nvenc_preset, nvencode::nvenc::NvencPreset::P4);
+//! assert_eq!(config.nvenc_preset, Some(nvencode::nvenc::NvencPreset::P4));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -43,12 +47,14 @@ pub struct GpuEncoderConfig {
     pub enable_ring_buffer: bool,
     /// Frames the ring holds (1 to 65,536).
     pub ring_buffer_size: usize,
-    /// NVENC preset, `p1` (fastest) to `p7` (best).
-    #[serde(with = "by_name")]
-    pub nvenc_preset: NvencPreset,
-    /// NVENC tuning: `hq`, `ll`, `ull` (or `lossless`).
-    #[serde(with = "by_name")]
-    pub nvenc_tune: NvencTuning,
+    /// NVENC preset, `p1` (fastest) to `p7` (best), in place of the one the `EncoderConfig`'s
+    /// `preset` maps to; unset (or `"auto"`): that one.
+    #[serde(with = "by_name_opt", skip_serializing_if = "Option::is_none")]
+    pub nvenc_preset: Option<NvencPreset>,
+    /// NVENC tuning, `hq`, `ll`, `ull` (or `lossless`), in place of the one the `EncoderConfig`'s
+    /// `tune` maps to; unset (or `"auto"`): that one.
+    #[serde(with = "by_name_opt", skip_serializing_if = "Option::is_none")]
+    pub nvenc_tune: Option<NvencTuning>,
     /// Rate control: `cq`, `cbr`, `vbr` or `cqp`. Unset: implied by `bitrate`, `max_bitrate` and
     /// `qp` as [`RateControl::from_parts`] says; with none of them, the `EncoderConfig` given to
     /// [`GpuEncoderConfig::open`] keeps its own.
@@ -74,8 +80,8 @@ impl Default for GpuEncoderConfig {
             preferred_encoder: None,
             enable_ring_buffer: true,
             ring_buffer_size: 8,
-            nvenc_preset: NvencPreset::P4,
-            nvenc_tune: NvencTuning::HighQuality,
+            nvenc_preset: None,
+            nvenc_tune: None,
             rate_control: None,
             bitrate: None,
             max_bitrate: None,
@@ -127,7 +133,7 @@ impl GpuEncoderConfig {
 
     /// Opens the fallback chain these settings describe: `preferred_encoder` first, then every
     /// available encoder in priority order (or the list `NVENC_RS_BACKEND` forces: see
-    /// [`crate::backends`]), NVENC with `nvenc_preset` and `nvenc_tune`, and the
+    /// [`crate::backends`]), NVENC with `nvenc_preset` and `nvenc_tune` where set, and the
     /// rate control of these settings (if they name one) in place of `config`'s. A running
     /// stream's rates change with [`crate::VideoEncoder::reconfigure`] on the encoder returned.
     ///
@@ -156,37 +162,17 @@ impl GpuEncoderConfig {
         FrameRing::new(self.ring_buffer_size, frame_len).map(Some)
     }
 
-    /// The NVENC options these settings choose.
+    /// The NVENC options these settings choose: the overrides that are set, nothing else.
     #[must_use]
     pub fn nvenc_options(&self) -> NvencOptions {
         NvencOptions::default()
-            .with_preset(Some(self.nvenc_preset))
-            .with_tuning(Some(self.nvenc_tune))
+            .with_preset(self.nvenc_preset)
+            .with_tuning(self.nvenc_tune)
     }
 }
 
-/// (De)serializes a type through its `Display`/`FromStr` names, so a bad value's error is the
-/// crate's own, naming the value and the valid ones.
-mod by_name {
-    use super::*;
-
-    pub(super) fn serialize<T: fmt::Display, S: Serializer>(
-        v: &T,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_str(v)
-    }
-
-    pub(super) fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
-    where
-        T: FromStr<Err = ConfigError>,
-        D: Deserializer<'de>,
-    {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
+/// (De)serializes an optional type through its `Display`/`FromStr` names (`"auto"` or absent:
+/// `None`), so a bad value's error is the crate's own, naming the value and the valid ones.
 mod by_name_opt {
     use super::*;
 
@@ -220,7 +206,7 @@ mod tests {
     #[test]
     fn reads_toml_with_defaults_and_round_trips() {
         let config: GpuEncoderConfig = toml::from_str("nvenc_tune = \"ull\"").unwrap();
-        assert_eq!(config.nvenc_tune, NvencTuning::UltraLowLatency);
+        assert_eq!(config.nvenc_tune, Some(NvencTuning::UltraLowLatency));
         assert_eq!(config.ring_buffer_size, 8);
         assert_eq!(config.preferred_encoder, None);
         let full = GpuEncoderConfig {

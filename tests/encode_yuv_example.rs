@@ -453,3 +453,112 @@ fn an_mp4_name_writes_mp4_that_ffprobe_reads_whole() {
     assert!(!run.status.success());
     assert!(stderr.contains("MP4 needs a seekable file"), "{stderr}");
 }
+
+/// The names in `dir`, sorted.
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A run whose encoder fails before delivering anything leaves an existing output exactly as it
+/// was (Annex B and MP4), removes its temporary file, and reports the encoder's error (not the
+/// MP4 writer's complaint about an empty stream). Checked against the temporary file persisted
+/// over the output whatever the run wrote, which emptied the file.
+#[test]
+fn a_run_that_encodes_nothing_leaves_an_existing_output_as_it_was() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in.yuv");
+    write_clip(&input, 12);
+    for name in ["k.h264", "k.mp4"] {
+        let output = dir.path().join(name);
+        std::fs::write(&output, b"X\n").expect("write");
+        // NV_ENC_ERR_INVALID_PARAM (8) from the first read-back: nothing is ever delivered.
+        let emu = nvenc_emu_harness::EmuDriver::new().fault("nvEncLockBitstream", 1, 8);
+        let run = run_bounded(
+            emu.command(example())
+                .arg(&input)
+                .args(["--size", "160x96", "-e", "nvenc", "-q", "-o"])
+                .arg(&output),
+            std::time::Duration::from_secs(120),
+        );
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{name}: {stderr}");
+        assert_eq!(
+            std::fs::read(&output).expect("output"),
+            b"X\n",
+            "{name}: {stderr}"
+        );
+        assert!(
+            stderr.contains("left as it was") && stderr.contains("nvEncLockBitstream"),
+            "{name}: the encoder's error and what became of the output: {stderr}"
+        );
+        assert!(!stderr.contains("SPS/PPS"), "{name}: {stderr}");
+    }
+    assert_eq!(names_in(dir.path()), ["in.yuv", "k.h264", "k.mp4"]);
+}
+
+/// A run that fails after delivering frames keeps them beside an existing output
+/// (`NAME.partial.EXT`) and leaves the output itself as it was. Checked against the partial
+/// stream written over the existing file.
+#[test]
+fn a_run_that_fails_midway_keeps_its_frames_beside_an_existing_output() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in60.yuv");
+    let res = Resolution::new(320, 240);
+    let pattern = TestPattern::new(res, PixelFormat::I420).expect("pattern");
+    let raw: Vec<u8> = (0..60).flat_map(|i| pattern.frame(i)).collect();
+    std::fs::write(&input, &raw).expect("write input");
+    let output = dir.path().join("s.h264");
+    std::fs::write(&output, b"X\n").expect("write");
+    // Every chunk is delivered, then the final synchronize of the flush fails.
+    let emu = nvenc_emu_harness::EmuDriver::new().fault("cuStreamSynchronize", 1, 999);
+    let run = run_bounded(
+        emu.command(example())
+            .arg(&input)
+            .args(["-s", "320x240", "--bframes", "2", "-e", "nvenc", "-q", "-o"])
+            .arg(&output),
+        std::time::Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert_eq!(std::fs::read(&output).expect("output"), b"X\n", "{stderr}");
+    let partial = dir.path().join("s.partial.h264");
+    let stream = std::fs::read(&partial).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(common::decode_h264(&stream, res).len(), 60, "{stderr}");
+    assert!(stderr.contains("s.partial.h264"), "{stderr}");
+}
+
+/// `-o /dev/stdout` with standard output opened for appending appends: the shell's file is
+/// written through its own descriptor, not replaced. Checked against the earlier behaviour, which
+/// replaced the redirected file with a new one.
+#[test]
+fn dev_stdout_opened_for_appending_is_appended_to() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in.yuv");
+    write_clip(&input, 12);
+    let file = dir.path().join("f.h264");
+    // A first stream, then a second appended to it: two whole streams, 24 frames.
+    for _ in 0..2 {
+        let run = run_bounded(
+            Command::new("sh").arg("-c").arg(format!(
+                "exec '{}' '{}' --size 160x96 --encoder x264 -q -o /dev/stdout >> '{}'",
+                example().display(),
+                input.display(),
+                file.display()
+            )),
+            std::time::Duration::from_secs(60),
+        );
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    let stream = std::fs::read(&file).expect("file");
+    assert_eq!(common::decode_h264(&stream, RES).len(), 24);
+    assert_eq!(names_in(dir.path()), ["f.h264", "in.yuv"]);
+}

@@ -995,3 +995,82 @@ fn encode_yuv_survives_a_hung_lock() {
         assert!(v.is_empty(), "-e {choice}: {v:?}");
     }
 }
+
+/// The `session_init` lines the emulated driver wrote: what each session was initialized with.
+fn session_inits(report: &nvenc_emu_harness::Report) -> Vec<&String> {
+    report
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("encode session_init"))
+        .collect()
+}
+
+#[test]
+#[ignore = "child half of the neutral_preset_and_tune_reach_nvenc tests"]
+fn child_neutral_preset_and_tune_through_gpu_config() {
+    assert_child();
+    let config = EncoderConfig::new(320, 240)
+        .with_preset(nvencode::Preset::Ultrafast)
+        .with_tune(Some(nvencode::Tune::Zerolatency));
+    let input = common::clip(&config, 5);
+    // A GpuEncoderConfig that names no NVENC preset or tune, as a configuration file would.
+    let gpu = nvencode::GpuEncoderConfig::default();
+    let mut chain = gpu.open(&config).expect("open");
+    assert_eq!(chain.current_kind(), EncoderKind::Nvenc);
+    common::assert_accounting(&common::encode_all(&mut chain, &input), 5);
+    drop(chain);
+    let (mut producer, output) = gpu.open_pipeline(&config).expect("pipeline").split();
+    for frame in &input {
+        assert_eq!(
+            producer.push(frame.as_slice()).expect("push"),
+            nvencode::pipeline::Submitted::Queued
+        );
+    }
+    producer.finish().expect("finish");
+    assert_eq!(output.filter(Result::is_ok).count(), 5);
+}
+
+/// `EncoderConfig`'s preset and tune decide NVENC's when the `GpuEncoderConfig` sets no NVENC
+/// override: `ultrafast` + `zerolatency` reaches the driver as P1 with ultra-low-latency tuning,
+/// through `GpuEncoderConfig::open`, `open_pipeline` and the pipeline example (whose debug log
+/// says so in one line). Checked against the old defaults (P4, high quality) always passed.
+#[test]
+fn neutral_preset_and_tune_reach_nvenc() {
+    let emu = EmuDriver::new();
+    run_child_bounded(
+        &emu,
+        "child_neutral_preset_and_tune_through_gpu_config",
+        std::time::Duration::from_secs(120),
+    );
+    let report = emu.report();
+    let inits = session_inits(&report);
+    assert_eq!(inits.len(), 2, "{:?}", report.lines);
+    for line in &inits {
+        assert!(
+            line.contains("preset=P1 tuning=ull") && line.contains("frame_interval_p=1"),
+            "{line}"
+        );
+    }
+    report.assert_clean();
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let emu = EmuDriver::new();
+    let out = emu
+        .command(common::example("pipeline"))
+        .args(["--frames", "10", "--size", "320x240", "--encoder", "nvenc"])
+        .args(["--preset", "ultrafast", "--tune", "zerolatency", "-q", "-o"])
+        .arg(dir.path().join("out.h264"))
+        .env("RUST_LOG", "nvencode=debug")
+        .output()
+        .expect("run the pipeline example");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("NVENC initialize: codec H.264, preset P1, tuning ultra-low-latency"),
+        "{stderr}"
+    );
+    let report = emu.report();
+    let inits = session_inits(&report);
+    assert_eq!(inits.len(), 1, "{:?}", report.lines);
+    assert!(inits[0].contains("preset=P1 tuning=ull"), "{}", inits[0]);
+}

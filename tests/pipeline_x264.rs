@@ -142,7 +142,12 @@ fn pipeline_example_writes_an_mp4_ffprobe_counts() {
         .arg(&out)
         .output()
         .expect("run the example");
-    let stdout = String::from_utf8_lossy(&status.stdout);
+    // The summary is on standard error: standard output may be the stream.
+    assert!(
+        status.stdout.is_empty(),
+        "nothing but the stream on standard output"
+    );
+    let stdout = String::from_utf8_lossy(&status.stderr);
     assert!(
         status.status.success(),
         "{stdout}{}",
@@ -176,6 +181,31 @@ fn pipeline_example_writes_an_mp4_ffprobe_counts() {
         .output()
         .expect("ffprobe");
     assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "60");
+}
+
+/// `-o /dev/stdout > f.h264`: the file is the stream alone, every frame decodable. Checked against
+/// the summary line printed on standard output, which overwrote the stream's first bytes.
+#[test]
+fn pipeline_example_to_standard_output_writes_only_the_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("f.h264");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec '{}' --frames 60 --size 320x240 --encoder x264 -q -o /dev/stdout > '{}'",
+            common::example("pipeline").display(),
+            file.display()
+        ))
+        .output()
+        .expect("run the example");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let stream = std::fs::read(&file).expect("the stream");
+    let decoded = common::decode_h264(&stream, nvencode::Resolution::new(320, 240));
+    assert_eq!(decoded.len(), 60);
 }
 
 /// x264 at `medium` keeps ~40 frames for its lookahead, far more than the slots the stage adds

@@ -238,6 +238,7 @@ pub(crate) fn plan(
         lookahead: 0,
         extra_output_delay: extra_output_delay + 1,
     });
+    log_initialize(&params, &enc, preset, tuning);
     Ok(Plan {
         init: InitParams {
             params,
@@ -250,6 +251,51 @@ pub(crate) fn plan(
         extra_output_delay: extra_output_delay as usize,
         surfaces,
     })
+}
+
+/// What the driver is given, in one line at `debug` (`RUST_LOG=nvencode=debug`), read from the
+/// structs themselves so it cannot drift from them.
+fn log_initialize(
+    params: &sys::NV_ENC_INITIALIZE_PARAMS,
+    enc: &sys::NV_ENC_CONFIG,
+    preset: NvencPreset,
+    tuning: NvencTuning,
+) {
+    let rc = &enc.rcParams;
+    let mode = rc.rateControlMode;
+    let mode = if mode == sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CBR {
+        "CBR"
+    } else if mode == sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_VBR {
+        "VBR"
+    } else if mode == sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CONSTQP {
+        "CONSTQP"
+    } else {
+        "other"
+    };
+    let tuning = match tuning {
+        NvencTuning::HighQuality => "high-quality",
+        NvencTuning::LowLatency => "low-latency",
+        NvencTuning::UltraLowLatency => "ultra-low-latency",
+        NvencTuning::Lossless => "lossless",
+    };
+    tracing::debug!(
+        "NVENC initialize: codec H.264, preset {}, tuning {tuning}, rate control {mode} \
+         (average {} bit/s, max {} bit/s, VBV {} bit, initial delay {} bit, target quality {}, \
+         QP {}), GOP {}, B-frames {}, {}x{} at {}/{} fps",
+        preset.to_string().to_uppercase(),
+        rc.averageBitRate,
+        rc.maxBitRate,
+        rc.vbvBufferSize,
+        rc.vbvInitialDelay,
+        rc.targetQuality,
+        rc.constQP.qpIntra,
+        enc.gopLength,
+        enc.frameIntervalP.max(1) - 1,
+        params.encodeWidth,
+        params.encodeHeight,
+        params.frameRateNum,
+        params.frameRateDen,
+    );
 }
 
 fn require_at_least(cap: &'static str, value: i32, required: u32) -> Result<(), Error> {

@@ -363,6 +363,8 @@ pub(crate) fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fa
         level: (h264.level != 0).then_some(h264.level),
     };
     Ok(Init {
+        preset,
+        tuning,
         width: w,
         height: h,
         max_width: if mw == 0 { w } else { mw },
@@ -401,6 +403,21 @@ pub(crate) unsafe extern "C" fn nvEncInitializeEncoder(
         let p = unsafe { arg(p, "createEncodeParams") }?;
         let init = validate_init(p)?;
         s.engine = Some(open_engine(&init)?);
+        // What the client asked for, for tests that check a setting reached the driver.
+        let tuning = match init.tuning {
+            1 => "hq".to_owned(),
+            2 => "ll".to_owned(),
+            3 => "ull".to_owned(),
+            4 => "lossless".to_owned(),
+            other => other.to_string(),
+        };
+        EMU.line(&format!(
+            "session_init handle={enc:p} preset=P{} tuning={tuning} size={}x{} frame_interval_p={}",
+            init.preset + 1,
+            init.width,
+            init.height,
+            init.interval
+        ));
         s.init = Some(init);
         Ok(ST_SUCCESS)
     })

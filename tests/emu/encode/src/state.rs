@@ -150,6 +150,10 @@ pub(crate) struct FrameMeta {
 
 #[derive(Debug)]
 pub(crate) struct Init {
+    /// The preset asked for: 0 for P1 .. 6 for P7 (a legacy preset, the P-preset it stands for).
+    pub(crate) preset: usize,
+    /// `tuningInfo` as it applies (a legacy preset's implied tuning where the client gave none).
+    pub(crate) tuning: u32,
     pub(crate) width: u32,
     pub(crate) height: u32,
     pub(crate) max_width: u32,
