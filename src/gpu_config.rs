@@ -191,11 +191,22 @@ mod by_name_opt {
         T: FromStr<Err = ConfigError>,
         D: Deserializer<'de>,
     {
-        match Option::<String>::deserialize(d)? {
-            Some(text) if text.eq_ignore_ascii_case("auto") => Ok(None),
-            Some(text) => text.parse().map(Some).map_err(serde::de::Error::custom),
-            None => Ok(None),
+        /// A value as written: text, or a bare number (`bitrate = 2000000` in TOML).
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Text(String),
+            Number(u64),
         }
+        let text = match Option::<Written>::deserialize(d)? {
+            Some(Written::Text(text)) => text,
+            Some(Written::Number(n)) => n.to_string(),
+            None => return Ok(None),
+        };
+        if text.eq_ignore_ascii_case("auto") {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(serde::de::Error::custom)
     }
 }
 
@@ -205,6 +216,11 @@ mod tests {
 
     #[test]
     fn reads_toml_with_defaults_and_round_trips() {
+        // A bit rate as a bare number of bits per second, as well as text.
+        let config: GpuEncoderConfig = toml::from_str("bitrate = 2000000").unwrap();
+        assert_eq!(config.bitrate, Some(Bitrate::from_bps(2_000_000)));
+        let config: GpuEncoderConfig = toml::from_str("bitrate = \"2M\"").unwrap();
+        assert_eq!(config.bitrate, Some(Bitrate::from_bps(2_000_000)));
         let config: GpuEncoderConfig = toml::from_str("nvenc_tune = \"ull\"").unwrap();
         assert_eq!(config.nvenc_tune, Some(NvencTuning::UltraLowLatency));
         assert_eq!(config.ring_buffer_size, 8);

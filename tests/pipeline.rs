@@ -281,6 +281,41 @@ fn drop_oldest_drops_exactly_the_counted_frames() {
     );
 }
 
+/// An async source held back by a full ring is blocked as a sync one is: its waits count in the
+/// ring's blocked time (and so in `encoder_producer_blocked_seconds_total`). Checked against the
+/// async reserve not adding its waits, which left the figure at 0 under back-pressure.
+#[test]
+fn async_waits_count_as_blocked_time() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let mut fake = FakeEncoder::new(&config());
+    fake.sleep = Duration::from_millis(2);
+    let (mut producer, output) = open(fake, PipelineOptions::default().with_ring_slots(2));
+    let len = producer.frame_len();
+    let reader = std::thread::spawn(move || output.filter(Result::is_ok).count());
+    let stats = producer.stats();
+    rt.block_on(async {
+        for pts in 0..50 {
+            let frame = frame_for(pts, len);
+            let pushed = producer
+                .push_async(Frame::new(&frame).with_pts(pts))
+                .await
+                .expect("push");
+            assert_eq!(pushed, Submitted::Queued);
+        }
+    });
+    producer.finish().expect("finish");
+    assert_eq!(reader.join().expect("reader"), 50);
+    // The encoder takes at least 50 x 2 ms; the source, two slots ahead, waits for most of it.
+    assert!(
+        stats.producer_blocked() >= Duration::from_millis(50),
+        "blocked {:?} behind a 100 ms encoder",
+        stats.producer_blocked()
+    );
+}
+
 /// A minimal `select!`-free timeout: polls `fut` until it is ready or `sleep` is.
 async fn race<F: Future>(fut: F, sleep: tokio::time::Sleep) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);

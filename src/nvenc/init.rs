@@ -10,7 +10,7 @@ use super::options::{NvencOptions, NvencPreset, NvencTuning};
 use super::NvencError;
 use crate::encoder::mapping::{self, NvencRc, NvencRcMode};
 use crate::encoder::{EncoderConfig, PixelFormat};
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::ring_buffer::{required_slots, EncoderDepth};
 
 /// What a session reports that the initialize parameters depend on (for H.264).
@@ -105,6 +105,14 @@ pub(crate) fn plan(
     options: &NvencOptions,
     driver: &impl Driver,
 ) -> Result<Plan, Error> {
+    // Checked before the `+ 1` below, which a delay near u32::MAX would overflow.
+    if options.extra_output_delay > NvencOptions::MAX_OUTPUT_DELAY {
+        return Err(ConfigError::OutputDelayOutOfRange {
+            frames: options.extra_output_delay,
+            max: NvencOptions::MAX_OUTPUT_DELAY,
+        }
+        .into());
+    }
     let preset = options
         .preset
         .unwrap_or_else(|| NvencPreset::from_preset(config.preset));
@@ -397,6 +405,25 @@ mod tests {
         // Frame interval 3 + extra output delay 3 + the picture being submitted.
         assert_eq!(plan.surfaces, 7);
         assert_eq!(plan.extra_output_delay, 3);
+    }
+
+    /// An output delay past the documented maximum is a typed error naming both, not an
+    /// overflow (`u32::MAX + 1` panicked in debug builds before the check).
+    #[test]
+    fn an_output_delay_out_of_range_is_refused_by_name() {
+        let config = EncoderConfig::new(320, 240);
+        for frames in [NvencOptions::MAX_OUTPUT_DELAY + 1, u32::MAX] {
+            let options = NvencOptions::default().with_extra_output_delay(frames);
+            match plan(&config, &options, &Fake::default()) {
+                Err(Error::Config(ConfigError::OutputDelayOutOfRange { frames: f, max })) => {
+                    assert_eq!((f, max), (frames, NvencOptions::MAX_OUTPUT_DELAY));
+                }
+                other => panic!("{frames}: {:?}", other.err()),
+            }
+        }
+        let at_max =
+            NvencOptions::default().with_extra_output_delay(NvencOptions::MAX_OUTPUT_DELAY);
+        assert!(plan(&config, &at_max, &Fake::default()).is_ok());
     }
 
     #[test]

@@ -181,6 +181,7 @@ impl FrameProducer {
     pub fn reserve_device_async(&mut self) -> ReserveDeviceFuture<'_> {
         ReserveDeviceFuture {
             producer: Some(self),
+            waiting_since: None,
         }
     }
 }
@@ -189,6 +190,14 @@ impl FrameProducer {
 #[must_use = "futures do nothing unless polled"]
 pub struct ReserveDeviceFuture<'a> {
     producer: Option<&'a mut FrameProducer>,
+    /// When it first found the ring full: its wait counts as the producer's blocked time.
+    waiting_since: Option<std::time::Instant>,
+}
+
+impl Drop for ReserveDeviceFuture<'_> {
+    fn drop(&mut self) {
+        super::producer::count_wait(&mut self.producer, &mut self.waiting_since);
+    }
 }
 
 impl fmt::Debug for ReserveDeviceFuture<'_> {
@@ -204,7 +213,14 @@ impl<'a> Future for ReserveDeviceFuture<'a> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let wrong_memory = |p: &FrameProducer| p.ring.memory() != SlotMemory::Device;
-        poll_ready(&mut self.producer, cx, wrong_memory).map(|producer| match producer {
+        let this = &mut *self;
+        poll_ready(
+            &mut this.producer,
+            &mut this.waiting_since,
+            cx,
+            wrong_memory,
+        )
+        .map(|producer| match producer {
             Some(producer) => producer.reserve_device_inner(WaitFor::No),
             None => Err(PipelineError::EncoderStopped),
         })

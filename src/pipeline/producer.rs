@@ -292,6 +292,7 @@ impl FrameProducer {
     pub fn reserve_async(&mut self) -> ReserveFuture<'_> {
         ReserveFuture {
             producer: Some(self),
+            waiting_since: None,
         }
     }
 
@@ -407,6 +408,14 @@ pub(super) fn map_reserve_error(e: ReserveError, shared: &Shared) -> PipelineErr
 #[must_use = "futures do nothing unless polled"]
 pub struct ReserveFuture<'a> {
     producer: Option<&'a mut FrameProducer>,
+    /// When it first found the ring full: its wait counts as the producer's blocked time.
+    waiting_since: Option<Instant>,
+}
+
+impl Drop for ReserveFuture<'_> {
+    fn drop(&mut self) {
+        count_wait(&mut self.producer, &mut self.waiting_since);
+    }
 }
 
 impl fmt::Debug for ReserveFuture<'_> {
@@ -421,9 +430,12 @@ impl<'a> Future for ReserveFuture<'a> {
     type Output = Result<FrameSlot<'a>, PipelineError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        poll_ready(&mut self.producer, cx, |_| false).map(|producer| match producer {
-            Some(producer) => producer.reserve_inner(WaitFor::No),
-            None => Err(PipelineError::EncoderStopped),
+        let this = &mut *self;
+        poll_ready(&mut this.producer, &mut this.waiting_since, cx, |_| false).map(|producer| {
+            match producer {
+                Some(producer) => producer.reserve_inner(WaitFor::No),
+                None => Err(PipelineError::EncoderStopped),
+            }
         })
     }
 }
@@ -432,9 +444,19 @@ impl<'a> Future for ReserveFuture<'a> {
 /// will not report a full ring, or once `fails_now` says the call fails at once anyway;
 /// `Ready(None)` when the future already completed. Between a first look and a second it
 /// registers the waker, so a slot released in between wakes it. Cancellation-safe: nothing is
-/// reserved here.
+/// reserved here. The time from the first `Pending` to `Ready` is added to the producer's blocked
+/// time (`waiting_since` keeps its start).
+/// A wait that ended (or a pending future dropped while it waited) counts as the producer's
+/// blocked time, as a wait inside the ring does for the blocking calls.
+pub(super) fn count_wait(held: &mut Option<&mut FrameProducer>, since: &mut Option<Instant>) {
+    if let (Some(producer), Some(since)) = (held.as_ref(), since.take()) {
+        producer.ring.stats().note_blocked(since.elapsed());
+    }
+}
+
 pub(super) fn poll_ready<'a>(
     held: &mut Option<&'a mut FrameProducer>,
+    waiting_since: &mut Option<Instant>,
     cx: &mut Context<'_>,
     fails_now: fn(&FrameProducer) -> bool,
 ) -> Poll<Option<&'a mut FrameProducer>> {
@@ -443,7 +465,9 @@ pub(super) fn poll_ready<'a>(
     };
     for attempt in 0..2 {
         if fails_now(producer) || producer.ready_to_reserve() {
-            return Poll::Ready(Some(producer));
+            let mut producer = Some(producer);
+            count_wait(&mut producer, waiting_since);
+            return Poll::Ready(producer);
         }
         if attempt == 0 {
             #[cfg(test)]
@@ -451,6 +475,7 @@ pub(super) fn poll_ready<'a>(
             producer.shared.space_waker.register(cx.waker());
         }
     }
+    waiting_since.get_or_insert_with(Instant::now);
     *held = Some(producer);
     Poll::Pending
 }

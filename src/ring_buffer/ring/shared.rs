@@ -280,6 +280,13 @@ impl RingStats {
     pub(crate) fn note_dropped(&self, frames: u64) {
         self.counters.dropped.fetch_add(frames, Ordering::Relaxed);
     }
+
+    /// Adds a wait of the producer's that the ring did not see (an async reserve that waited for
+    /// its waker) to [`RingStats::producer_blocked`].
+    pub(crate) fn note_blocked(&self, waited: Duration) {
+        let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.counters.blocked_ns.fetch_add(ns, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for RingStats {
