@@ -286,7 +286,9 @@ fn failover_moves_the_label_and_counts_the_switch() {
     let mut seen = Seen::default();
     let chunks = metrics::with_local_recorder(&recorder, || {
         let encoder = FallbackEncoder::with_chain(&config, chain).expect("open");
-        let mut encoder = Metered::new(encoder).with_labels(&camera());
+        let mut encoder = Metered::new(encoder)
+            .with_labels(&camera())
+            .with_queue_depth(|| 5);
         let mut chunks = Vec::new();
         for (i, frame) in input.iter().enumerate() {
             if i == 20 {
@@ -339,6 +341,16 @@ fn failover_moves_the_label_and_counts_the_switch() {
         Some(0.0),
         "the failed encoder's frame rate drops to 0"
     );
+    // The queue now feeds the new encoder: its depth is under the new type, and the old type's
+    // gauge does not keep the depth it had when it failed (checked against that stale value).
+    let depth = |kind| {
+        seen.gauge(
+            names::QUEUE_DEPTH,
+            &[("encoder_type", kind), ("camera", "cam-7")],
+        )
+    };
+    assert_eq!(depth("x264"), Some(5.0), "{seen:#?}");
+    assert_eq!(depth("ffmpeg-x264"), Some(0.0), "{seen:#?}");
 }
 
 /// A ring filled and drained in steps: after each encode of a popped frame the gauge equals the

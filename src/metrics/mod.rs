@@ -500,6 +500,10 @@ impl<E: VideoEncoder> Metered<E> {
         }
         if let Some(old) = self.handles.take() {
             old.fps.set(0.0);
+            // The queue feeds the new encoder now; the old type's gauge must not keep its depth.
+            if let Some(depth) = &old.queue_depth {
+                depth.set(0.0);
+            }
         }
         if !self.described {
             describe();
