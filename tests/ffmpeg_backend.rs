@@ -229,6 +229,44 @@ fn error_carries_what_ffmpeg_wrote_to_stderr() {
     }
 }
 
+/// A child that floods its stderr without newlines (10 MB in one line) does not grow the error's
+/// stderr tail past its bound: 12 lines of at most 1 KiB. Checked against reading whole lines,
+/// which kept the 10 MB.
+#[test]
+fn the_stderr_tail_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = fake_ffmpeg(
+        dir.path(),
+        "head -c 10000000 /dev/zero | tr '\\0' x >&2\nexit 1",
+    );
+    let config = EncoderConfig::new(320, 240);
+    let frame = vec![16u8; config.validate().expect("valid")];
+    let options = FfmpegOptions::new(FfmpegH264Encoder::Libx264)
+        .with_program(&script)
+        .with_timeout(Duration::from_secs(20));
+    let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
+    let mut chunks = Vec::new();
+    let err = (0..200)
+        .find_map(|_| encoder.encode_frame(&frame, &mut chunks).err())
+        .or_else(|| encoder.flush(&mut chunks).err())
+        .expect("an ffmpeg that exits must fail the stream");
+    match err {
+        nvencode::Error::Subprocess { stderr, .. } => {
+            assert!(
+                stderr.len() <= 12 * 1100,
+                "{} bytes of stderr kept",
+                stderr.len()
+            );
+            assert!(
+                stderr.contains("xxx [...]"),
+                "the cut line is marked: {:?}",
+                &stderr[..stderr.len().min(200)]
+            );
+        }
+        other => panic!("expected a subprocess error, got {other:?}"),
+    }
+}
+
 /// The contract on the subprocess backend: once ffmpeg is killed, every `encode` fails and the
 /// frames it refused never come out (not from a later call, not from `flush`).
 #[test]

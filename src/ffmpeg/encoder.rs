@@ -22,6 +22,9 @@ use crate::h264::{first_slice_type, nal_types, parameter_sets};
 
 /// How many stderr lines an error report keeps.
 const STDERR_LINES: usize = 12;
+/// How many bytes of one stderr line are kept: the tail stays within `STDERR_LINES` times this
+/// even when a child writes without newlines.
+const STDERR_LINE_BYTES: usize = 1024;
 
 /// What the reader thread reports.
 enum Event {
@@ -541,19 +544,32 @@ fn spawn_stderr(
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         use std::io::BufRead;
+        use std::io::Read;
         let mut reader = std::io::BufReader::new(stderr);
         let mut raw = Vec::new();
         // Bytes, not `lines()`: a line that is not UTF-8 must not stop the reading, or ffmpeg
-        // would block on a full stderr pipe.
+        // would block on a full stderr pipe. At most `STDERR_LINE_BYTES` of a line are read into
+        // memory; the rest of a longer one is read and dropped.
+        let mut skipping = false;
         loop {
             raw.clear();
-            match reader.read_until(b'\n', &mut raw) {
+            match (&mut reader)
+                .take(STDERR_LINE_BYTES as u64)
+                .read_until(b'\n', &mut raw)
+            {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
-            let line = String::from_utf8_lossy(&raw).trim_end().to_owned();
+            let ends_line = raw.last() == Some(&b'\n');
+            if std::mem::replace(&mut skipping, !ends_line) {
+                continue; // the rest of a line already cut
+            }
+            let mut line = String::from_utf8_lossy(&raw).trim_end().to_owned();
+            if !ends_line {
+                line.push_str(" [...]");
+            }
             tracing::debug!(target: "nvencode::ffmpeg", "{line}");
             if let Ok(mut tail) = tail.lock() {
                 if tail.len() == STDERR_LINES {
