@@ -4,19 +4,20 @@
 //! `nvml-wrapper`, loaded at run time: GPU names, UUIDs, driver version, encoder utilization and
 //! capacity); the CUDA driver (without panicking where it is missing); NVENC itself, by a probe
 //! session on every CUDA device ([`crate::nvenc::probe`], cached per device and driver); and
-//! FFmpeg's encoders (`ffmpeg -hide_banner -encoders`), with a one-frame probe encode under a
-//! time limit for every hardware encoder listed, because Debian's ffmpeg lists `h264_nvenc` and
+//! FFmpeg's encoders (`ffmpeg -hide_banner -encoders`), with a one-frame probe encode of every
+//! hardware encoder listed, all at once and under one time limit, because Debian's ffmpeg lists `h264_nvenc` and
 //! `h264_qsv` on machines that have neither. The report is computed once per process.
 //!
 //! Every ffmpeg run is bounded: each query ([`FFMPEG_QUERY_LIMIT`], reading at most
-//! [`FFMPEG_QUERY_CAP`] bytes) and each probe encode ([`FFMPEG_PROBE_LIMIT`]) is killed, with its
+//! [`FFMPEG_QUERY_CAP`] bytes) and the probe encodes ([`FFMPEG_PROBE_LIMIT`] for all) are killed, with their
 //! whole process group, when it runs past its limit. An ffmpeg that hangs, floods its output or
 //! fails makes the ffmpeg backends unavailable with that reason; it never stalls detection for
 //! longer than those limits, and x264 and NVENC are judged without it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -145,12 +146,13 @@ pub fn detect() -> &'static DetectionReport {
 pub fn detect_with(ffmpeg: &Path) -> DetectionReport {
     let nvidia = nvidia_report();
     let ffmpeg = ffmpeg_report(ffmpeg);
+    let probes = probe_listed(&ffmpeg);
     let mut candidates = Vec::new();
     for backend in BACKENDS.iter().filter(|b| b.auto) {
         let kind = backend.kind;
         let verdict: Result<(), String> = match backend.probe {
             Probe::NvencSession => nvenc_verdict(&nvidia),
-            Probe::FfmpegEncode(encoder) => ffmpeg_verdict(&ffmpeg, encoder),
+            Probe::FfmpegEncode(encoder) => ffmpeg_verdict(&ffmpeg, &probes, encoder),
             Probe::Open => open_verdict(kind),
         };
         match &verdict {
@@ -188,7 +190,11 @@ fn nvenc_verdict(nvidia: &NvidiaReport) -> Result<(), String> {
     Err(reasons.join("; "))
 }
 
-fn ffmpeg_verdict(ffmpeg: &FfmpegReport, codec: FfmpegH264Encoder) -> Result<(), String> {
+fn ffmpeg_verdict(
+    ffmpeg: &FfmpegReport,
+    probes: &HashMap<FfmpegH264Encoder, Result<(), String>>,
+    codec: FfmpegH264Encoder,
+) -> Result<(), String> {
     if let Some(e) = &ffmpeg.error {
         return Err(e.clone());
     }
@@ -196,7 +202,67 @@ fn ffmpeg_verdict(ffmpeg: &FfmpegReport, codec: FfmpegH264Encoder) -> Result<(),
     if !ffmpeg.encoders.iter().any(|e| e == name) {
         return Err(format!("{} does not list {name}", ffmpeg.program.display()));
     }
-    probe_encode(&ffmpeg.program, codec)
+    probes
+        .get(&codec)
+        .cloned()
+        .unwrap_or_else(|| Err(format!("{name} was listed but not probed")))
+}
+
+/// The probe encodes of every hardware encoder ffmpeg lists (the ones auto-selection would try),
+/// run at once, with [`FFMPEG_PROBE_LIMIT`] for all of them together: detection waits at most
+/// that long whatever number of listed encoders hang. A probe still running at the limit is
+/// reported as not finished; its thread ends within its own time limits and kills its ffmpeg's
+/// process group then.
+fn probe_listed(ffmpeg: &FfmpegReport) -> HashMap<FfmpegH264Encoder, Result<(), String>> {
+    let mut verdicts = HashMap::new();
+    if ffmpeg.error.is_some() {
+        return verdicts;
+    }
+    let listed: Vec<FfmpegH264Encoder> = BACKENDS
+        .iter()
+        .filter(|b| b.auto)
+        .filter_map(|b| match b.probe {
+            Probe::FfmpegEncode(codec)
+                if ffmpeg.encoders.iter().any(|e| e == codec.ffmpeg_name()) =>
+            {
+                Some(codec)
+            }
+            _ => None,
+        })
+        .collect();
+    let (sender, results) = mpsc::channel();
+    for &codec in &listed {
+        let sender = sender.clone();
+        let program = ffmpeg.program.clone();
+        let spawned = std::thread::Builder::new()
+            .name("detect-probe".into())
+            .spawn(move || {
+                let _ = sender.send((codec, probe_encode(&program, codec)));
+            });
+        if let Err(e) = spawned {
+            verdicts.insert(codec, Err(format!("cannot start the probe: {e}")));
+        }
+    }
+    drop(sender);
+    let deadline = Instant::now() + FFMPEG_PROBE_LIMIT;
+    while verdicts.len() < listed.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match results.recv_timeout(left) {
+            Ok((codec, verdict)) => {
+                verdicts.insert(codec, verdict);
+            }
+            Err(_) => break,
+        }
+    }
+    for codec in listed {
+        verdicts.entry(codec).or_insert_with(|| {
+            Err(format!(
+                "the one-frame probe encode with {} did not finish within {FFMPEG_PROBE_LIMIT:?}",
+                codec.ffmpeg_name()
+            ))
+        });
+    }
+    verdicts
 }
 
 /// Encodes one frame with `codec` through ffmpeg, within a time limit.
@@ -297,7 +363,8 @@ pub const FFMPEG_QUERY_LIMIT: Duration = Duration::from_secs(5);
 /// a program that writes more is killed and reported.
 pub const FFMPEG_QUERY_CAP: usize = 1 << 20;
 
-/// The time limit of the one-frame probe encode of each hardware encoder ffmpeg lists.
+/// The time limit of the one-frame probe encodes of the hardware encoders ffmpeg lists: they run
+/// at once, and detection waits at most this long for all of them.
 pub const FFMPEG_PROBE_LIMIT: Duration = Duration::from_secs(10);
 
 fn ffmpeg_report(program: &Path) -> FfmpegReport {

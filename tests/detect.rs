@@ -110,6 +110,43 @@ fn a_hanging_ffmpeg_is_killed_at_the_detection_limit() {
     }
 }
 
+/// An ffmpeg that lists every hardware encoder and then hangs on each probe encode: the probes
+/// run at once under one limit, so detection gives up within `FFMPEG_PROBE_LIMIT` (plus the
+/// queries), not once per listed encoder, and each hardware encoder is rejected with the reason.
+/// Checked against the probes run one after another, which took three limits (30 s) here.
+#[test]
+fn hanging_probe_encodes_are_bounded_all_together() {
+    let (_dir, script) = fake(
+        "case \"$*\" in\n\
+         *-encoders*) printf ' V..... h264_nvenc N\\n V..... h264_qsv Q\\n V..... h264_vaapi V\\n V..... h264_videotoolbox T\\n V..... libx264 X\\n' ;;\n\
+         *-version*) echo 'ffmpeg version 9.9' ;;\n\
+         *) exec sleep 1000 ;;\n\
+         esac",
+    );
+    let started = std::time::Instant::now();
+    let report = nvencode::detect::detect_with(&script);
+    let took = started.elapsed();
+    let limit = nvencode::detect::FFMPEG_PROBE_LIMIT;
+    assert!(
+        took >= limit && took < limit + std::time::Duration::from_secs(5),
+        "detection took {took:?} with every probe hanging; the limit is {limit:?}"
+    );
+    for codec in [
+        FfmpegH264Encoder::Qsv,
+        FfmpegH264Encoder::VideoToolbox,
+        FfmpegH264Encoder::Vaapi,
+    ] {
+        let c = report
+            .candidate(EncoderKind::Ffmpeg(codec))
+            .expect("listed");
+        assert!(!c.available, "{codec:?}");
+        assert!(
+            !c.reason.as_deref().unwrap_or("").is_empty(),
+            "{codec:?} rejected without a reason"
+        );
+    }
+}
+
 #[test]
 fn a_flooding_ffmpeg_is_cut_at_the_cap() {
     let (_dir, script) = fake("exec yes 'V..... flood'");
