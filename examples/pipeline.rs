@@ -259,12 +259,23 @@ fn run(args: Args) -> Result<(), BoxError> {
         }
     }
     progress.finish_and_clear();
-    match sink {
-        Sink::Mp4(w) => drop(w.finish()?),
-        Sink::AnnexB(w) => drop(w.finish()?),
-    }
+    let finished = match sink {
+        Sink::Mp4(w) => w.finish().map(drop),
+        Sink::AnnexB(w) => w.finish().map(drop),
+    };
     let sent_result = sender.join().map_err(|_| "sender thread panicked")?;
-    let mut received = receiver.join().map_err(|_| "receiver thread panicked")??;
+    let received = receiver.join().map_err(|_| "receiver thread panicked")?;
+    // The stream's own error (the encoder's, in band after every chunk before it) is what the
+    // user sees; the receiver's "encoder stopped", the sender's broken pipe and an output that
+    // cannot be finished without frames all follow from it.
+    if let Some(failure) = failure {
+        if let Err(e) = &finished {
+            eprintln!("the output could not be finished either: {e}");
+        }
+        return Err(failure);
+    }
+    finished?;
+    let mut received = received?;
     sent_result?;
     latencies_ms.sort_by(f64::total_cmp);
     received.submit_ms.sort_by(f64::total_cmp);

@@ -1074,3 +1074,27 @@ fn neutral_preset_and_tune_reach_nvenc() {
     assert_eq!(inits.len(), 1, "{:?}", report.lines);
     assert!(inits[0].contains("preset=P1 tuning=ull"), "{}", inits[0]);
 }
+
+/// When the whole chain fails (only NVENC allowed, and it fails), the pipeline example reports
+/// the encoder's own error, not the receiver's "encoder thread stopped" that follows from it.
+/// Checked against the receiver's error returned first.
+#[test]
+fn the_pipeline_example_reports_the_encoders_own_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // NV_ENC_ERR_INVALID_PARAM (8) from the fifth read-back on.
+    let emu = EmuDriver::new().fault("nvEncLockBitstream", 5, 8);
+    let out = emu
+        .command(common::example("pipeline"))
+        .args(["--frames", "30", "--size", "320x240", "-q", "-o"])
+        .arg(dir.path().join("out.mp4"))
+        .env("NVENC_RS_BACKEND", "nvenc")
+        .output()
+        .expect("run the pipeline example");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("nvEncLockBitstream"), "{stderr}");
+    assert!(
+        !stderr.contains("its error is on the output side"),
+        "{stderr}"
+    );
+}
