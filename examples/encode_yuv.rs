@@ -12,10 +12,10 @@
 //! flushes the encoder and writes every frame already read, then exits with status 130; a second
 //! one exits at once.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, IsTerminal, Read};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +24,6 @@ use std::time::Instant;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use nvencode::pipeline::{EncodePipeline, FrameProducer, PipelineOptions};
-use nvencode::sink::Mp4Writer;
 use nvencode::testsrc::TestPattern;
 use nvencode::{
     EncodedChunk, EncoderChoice, EncoderConfig, FrameRate, PixelFormat, Preset, Resolution, Tune,
@@ -122,6 +121,10 @@ impl RateArgs {
 
 #[path = "support/metrics_http.rs"]
 mod metrics_http;
+#[path = "support/output.rs"]
+mod output;
+
+use output::{Ending, Mp4Params, Sink};
 
 fn parse<T: std::str::FromStr<Err = nvencode::ConfigError>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: nvencode::ConfigError| e.to_string())
@@ -249,268 +252,6 @@ fn stdin_metadata() -> Option<fs::Metadata> {
         .ok()
 }
 
-fn stdout_metadata() -> Option<fs::Metadata> {
-    File::from(io::stdout().as_fd().try_clone_to_owned().ok()?)
-        .metadata()
-        .ok()
-}
-
-/// True when both name the same file (device and inode), whatever their names.
-fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    a.dev() == b.dev() && a.ino() == b.ino()
-}
-
-/// Where the stream goes. A regular file is written under a temporary name in its own folder and
-/// renamed into place at the end, so an existing file is never emptied up front and never
-/// replaced by less than a whole run: a run that encoded nothing leaves it as it was (the
-/// temporary file is removed), and a run that failed after encoding some frames keeps them beside
-/// it (`NAME.partial.EXT`). Standard output (`-o -`, or `/dev/stdout` and any other name of the
-/// file standard output is, which keeps the shell's append mode), devices and pipes are written
-/// directly.
-enum Sink {
-    Stdout(BufWriter<io::Stdout>),
-    Direct {
-        out: BufWriter<File>,
-        path: PathBuf,
-    },
-    Replace {
-        out: BufWriter<tempfile::NamedTempFile>,
-        path: PathBuf,
-        /// Whether a file of that name existed when the run started.
-        existed: bool,
-    },
-    /// An MP4 file (chosen by the `.mp4` / `.m4v` extension), written like `Replace`.
-    Mp4 {
-        out: Mp4Writer<BufWriter<tempfile::NamedTempFile>>,
-        path: PathBuf,
-        existed: bool,
-    },
-}
-
-/// How a run ended, for what becomes of its output.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    /// Every frame read was encoded (or the user interrupted and all read frames were).
-    Complete,
-    /// An error ended the run after `chunks` chunks were written.
-    Failed { chunks: u64 },
-}
-
-/// `out.h264` -> `out.partial.h264`: where a failed run keeps its frames beside an existing file.
-fn partial_name(path: &Path) -> PathBuf {
-    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-    let name = match path.extension() {
-        Some(ext) => format!("{stem}.partial.{}", ext.to_string_lossy()),
-        None => format!("{stem}.partial"),
-    };
-    path.with_file_name(name)
-}
-
-/// What an MP4 file needs to know up front: the frame size and the timestamps' unit.
-#[derive(Clone, Copy)]
-struct Mp4Params {
-    resolution: Resolution,
-    time_base: (u32, u32),
-}
-
-/// True for an output name that asks for MP4.
-fn wants_mp4(output: &Path) -> bool {
-    output
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("mp4") || e.eq_ignore_ascii_case("m4v"))
-}
-
-impl Sink {
-    fn open(output: &Path, input: Option<&fs::Metadata>, mp4: Mp4Params) -> Result<Sink, BoxError> {
-        let mp4 = wants_mp4(output).then_some(mp4);
-        if output.as_os_str() == "-" {
-            if let (Some(input), Some(stdout)) = (input, stdout_metadata()) {
-                if stdout.is_file() && same_file(input, &stdout) {
-                    return Err(
-                        "standard output is the input file: refusing to overwrite it".into(),
-                    );
-                }
-            }
-            return Ok(Sink::Stdout(BufWriter::new(io::stdout())));
-        }
-        let existing = match fs::metadata(output) {
-            Ok(meta) => Some(meta),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("cannot use output {}: {e}", output.display()).into()),
-        };
-        // `/dev/stdout`, `/proc/self/fd/1` or the redirected file's own name: standard output
-        // itself, written through the descriptor the shell opened (`>>` appends, a pipe stays a
-        // pipe), never replaced under it.
-        if mp4.is_none() {
-            if let (Some(existing), Some(stdout)) = (&existing, stdout_metadata()) {
-                if same_file(existing, &stdout) {
-                    if let Some(input) = input {
-                        if same_file(input, &stdout) {
-                            return Err(format!(
-                                "output {} is the input file: refusing to overwrite it",
-                                output.display()
-                            )
-                            .into());
-                        }
-                    }
-                    return Ok(Sink::Stdout(BufWriter::new(io::stdout())));
-                }
-            }
-        }
-        if let (Some(input), Some(existing)) = (input, &existing) {
-            if same_file(input, existing) {
-                return Err(format!(
-                    "output {} is the input file: refusing to overwrite it",
-                    output.display()
-                )
-                .into());
-            }
-        }
-        match existing {
-            Some(meta) if meta.is_dir() => {
-                Err(format!("output {} is a directory", output.display()).into())
-            }
-            Some(meta) if !meta.is_file() => {
-                if mp4.is_some() {
-                    return Err(format!(
-                        "output {} is not a regular file: MP4 needs a seekable file (write Annex B, \
-                         e.g. a .h264 name, to devices and pipes)",
-                        output.display()
-                    )
-                    .into());
-                }
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(output)
-                    .map_err(|e| format!("cannot open output {}: {e}", output.display()))?;
-                Ok(Sink::Direct {
-                    out: BufWriter::new(file),
-                    path: output.to_path_buf(),
-                })
-            }
-            existing => {
-                let existed = existing.is_some();
-                // Through symlinks, to the real file.
-                let path = match existing {
-                    Some(_) => fs::canonicalize(output)
-                        .map_err(|e| format!("cannot resolve output {}: {e}", output.display()))?,
-                    None => output.to_path_buf(),
-                };
-                let dir = match path.parent() {
-                    Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                    _ => PathBuf::from("."),
-                };
-                let tmp = tempfile::Builder::new()
-                    .prefix(".encode_yuv-")
-                    .suffix(".part")
-                    .tempfile_in(&dir)
-                    .map_err(|e| {
-                        format!(
-                            "cannot create a temporary file in {} for output {}: {e}",
-                            dir.display(),
-                            output.display()
-                        )
-                    })?;
-                // A new file gets the usual rw-r--r--, a replaced one keeps its permissions.
-                let perms = existing.map_or_else(
-                    || std::os::unix::fs::PermissionsExt::from_mode(0o644),
-                    |m| m.permissions(),
-                );
-                tmp.as_file()
-                    .set_permissions(perms)
-                    .map_err(|e| format!("cannot create output {}: {e}", output.display()))?;
-                let out = BufWriter::new(tmp);
-                match mp4 {
-                    Some(p) => Ok(Sink::Mp4 {
-                        out: Mp4Writer::new(out, p.resolution, p.time_base).map_err(|e| {
-                            format!("cannot start MP4 output {}: {e}", output.display())
-                        })?,
-                        path,
-                        existed,
-                    }),
-                    None => Ok(Sink::Replace { out, path, existed }),
-                }
-            }
-        }
-    }
-
-    fn name(&self) -> String {
-        match self {
-            Sink::Stdout(_) => "standard output".into(),
-            Sink::Direct { path, .. } | Sink::Replace { path, .. } | Sink::Mp4 { path, .. } => {
-                path.display().to_string()
-            }
-        }
-    }
-
-    fn write_chunks(&mut self, chunks: &mut Vec<EncodedChunk>) -> Result<u64, BoxError> {
-        let mut bytes = 0;
-        for chunk in chunks.drain(..) {
-            let written: Result<(), Box<dyn std::fmt::Display>> = match self {
-                Sink::Stdout(out) => out.write_all(&chunk.data).map_err(|e| Box::new(e) as _),
-                Sink::Direct { out, .. } => {
-                    out.write_all(&chunk.data).map_err(|e| Box::new(e) as _)
-                }
-                Sink::Replace { out, .. } => {
-                    out.write_all(&chunk.data).map_err(|e| Box::new(e) as _)
-                }
-                Sink::Mp4 { out, .. } => out.write(&chunk).map_err(|e| Box::new(e) as _),
-            };
-            written.map_err(|e| format!("cannot write {}: {e}", self.name()))?;
-            bytes += chunk.data.len() as u64;
-        }
-        Ok(bytes)
-    }
-
-    /// Flushes, and puts a file written under a temporary name where `ending` says: into place
-    /// for a complete run or a new file; beside an existing file (`NAME.partial.EXT`) for a run
-    /// that failed after writing something; nowhere for a run that wrote nothing (the existing
-    /// file is left as it was). Returns what became of the output, in words.
-    fn finish(self, ending: Ending) -> Result<String, BoxError> {
-        let name = self.name();
-        let fail =
-            |e: &dyn std::fmt::Display| -> BoxError { format!("cannot write {name}: {e}").into() };
-        let (out, path, existed) = match self {
-            Sink::Stdout(mut out) => {
-                out.flush().map_err(|e| fail(&e))?;
-                return Ok(name);
-            }
-            Sink::Direct { mut out, .. } => {
-                out.flush().map_err(|e| fail(&e))?;
-                return Ok(name);
-            }
-            Sink::Replace { path, existed, .. } | Sink::Mp4 { path, existed, .. }
-                if ending == (Ending::Failed { chunks: 0 }) =>
-            {
-                // Dropping the sink removes its temporary file.
-                return Ok(if existed {
-                    format!("nothing encoded: {} left as it was", path.display())
-                } else {
-                    format!("nothing encoded: no {} created", path.display())
-                });
-            }
-            Sink::Replace { out, path, existed } => (out, path, existed),
-            Sink::Mp4 { out, path, existed } => {
-                (out.finish().map_err(|e| fail(&e))?, path, existed)
-            }
-        };
-        let target = match ending {
-            Ending::Failed { .. } if existed => partial_name(&path),
-            _ => path.clone(),
-        };
-        let tmp = out.into_inner().map_err(|e| fail(e.error()))?;
-        tmp.as_file().sync_all().map_err(|e| fail(&e))?;
-        tmp.persist(&target).map_err(|e| fail(&e.error))?;
-        Ok(if target == path {
-            path.display().to_string()
-        } else {
-            format!("{} ({} left as it was)", target.display(), path.display())
-        })
-    }
-}
-
 fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     let resolution = args.size.unwrap_or(Resolution::new(1920, 1080));
     let config = EncoderConfig::new(resolution.width, resolution.height)
@@ -625,7 +366,7 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
             eprintln!("{e}");
             "an unfinished output".to_owned()
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     progress.finish_and_clear();
     let secs = started.elapsed().as_secs_f64().max(1e-9);

@@ -8,18 +8,16 @@
 //!     --encoder x264 --preset ultrafast -o out.mp4
 //! ```
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use nvencode::pipeline::{EncodePipeline, FrameProducer, PipelineOptions};
-use nvencode::sink::{AnnexBWriter, Mp4Writer};
 use nvencode::testsrc::TestPattern;
 use nvencode::{
     EncoderConfig, EncoderKind, GpuEncoderConfig, PixelFormat, Preset, Resolution, Tune,
@@ -27,6 +25,14 @@ use nvencode::{
 use tokio::io::AsyncReadExt;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[path = "support/output.rs"]
+mod destination;
+
+use destination::{Ending, Mp4Params, Sink};
+
+/// Exit status after an interrupt, as shells report SIGINT.
+const INTERRUPTED: u8 = 130;
 
 /// Loopback network source -> ring -> encoder thread -> MP4/Annex B.
 #[derive(Parser, Debug, Clone)]
@@ -97,7 +103,14 @@ impl Rng {
 
 /// Streams `frames` frames at `fps` on average; one frame in ten is preceded by a stall of A..B ms,
 /// after which the frames that fell behind go out back to back (a burst).
-fn sender(addr: std::net::SocketAddr, args: &Args, pattern: &TestPattern) -> std::io::Result<()> {
+/// Streams the frames; stops early (closing the socket, so the receiver sees the end) once
+/// `stop` is set by an interrupt.
+fn sender(
+    addr: std::net::SocketAddr,
+    args: &Args,
+    pattern: &TestPattern,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
     let mut socket = std::net::TcpStream::connect(addr)?;
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.fps.max(1)));
     let (lo, hi) = args.jitter_ms;
@@ -106,6 +119,9 @@ fn sender(addr: std::net::SocketAddr, args: &Args, pattern: &TestPattern) -> std
     let clip: Vec<Vec<u8>> = (0..30).map(|i| pattern.frame(i)).collect();
     let start = Instant::now();
     for i in 0..args.frames {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
         if hi > 0 && rng.below(10) == 0 {
             std::thread::sleep(Duration::from_millis(lo + rng.below(hi - lo + 1)));
         }
@@ -172,12 +188,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-enum Sink {
-    Mp4(Mp4Writer<BufWriter<File>>),
-    AnnexB(AnnexBWriter<BufWriter<File>>),
+/// How a run that did not fail ended.
+enum Outcome {
+    Finished,
+    Interrupted,
 }
 
-fn run(args: Args) -> Result<(), BoxError> {
+fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     let config = EncoderConfig::new(args.size.width, args.size.height)
         .with_pixel_format(PixelFormat::I420)
         .with_frame_rate(nvencode::FrameRate::new(args.fps, 1))
@@ -194,16 +211,16 @@ fn run(args: Args) -> Result<(), BoxError> {
         EncodePipeline::open_with(&config, &gpu, PipelineOptions::from_gpu_config(&gpu))?;
     let (producer, output) = pipeline.split();
 
-    let file = BufWriter::new(File::create(&args.output)?);
-    let mut sink = if args
-        .output
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("mp4"))
-    {
-        Sink::Mp4(Mp4Writer::new(file, args.size, output.time_base())?)
-    } else {
-        Sink::AnnexB(AnnexBWriter::new(file))
-    };
+    // Written under a temporary name and put in place at the end (an existing file is never
+    // replaced by less); `/dev/stdout` and pipes directly. MP4 for `.mp4` / `.m4v`.
+    let mut sink = Sink::open(
+        &args.output,
+        None,
+        Mp4Params {
+            resolution: args.size,
+            time_base: output.time_base(),
+        },
+    )?;
 
     let epoch = Instant::now();
     let submitted: Arc<Vec<AtomicU64>> =
@@ -218,7 +235,8 @@ fn run(args: Args) -> Result<(), BoxError> {
         std::thread::spawn(move || runtime.block_on(receive(listener, producer, submitted, epoch)))
     };
     let send_args = args.clone();
-    let sender = std::thread::spawn(move || sender(addr, &send_args, &pattern));
+    let send_stop = Arc::clone(stop);
+    let sender = std::thread::spawn(move || sender(addr, &send_args, &pattern, &send_stop));
     let progress = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -248,10 +266,7 @@ fn run(args: Args) -> Result<(), BoxError> {
                     latencies_ms
                         .push((now.saturating_sub(at.load(Ordering::Relaxed))) as f64 / 1e6);
                 }
-                match &mut sink {
-                    Sink::Mp4(w) => w.write(&chunk)?,
-                    Sink::AnnexB(w) => w.write(&chunk)?,
-                }
+                sink.write_chunks(&mut vec![chunk])?;
                 frames_out += 1;
                 progress.inc(1);
             }
@@ -259,22 +274,26 @@ fn run(args: Args) -> Result<(), BoxError> {
         }
     }
     progress.finish_and_clear();
-    let finished = match sink {
-        Sink::Mp4(w) => w.finish().map(drop),
-        Sink::AnnexB(w) => w.finish().map(drop),
+    // A run that ends with nothing encoded, by an error or an early interrupt, replaces nothing.
+    let ending = if failure.is_some() || frames_out == 0 {
+        Ending::Failed { chunks: frames_out }
+    } else {
+        Ending::Complete
     };
+    let finished = sink.finish(ending);
     let sent_result = sender.join().map_err(|_| "sender thread panicked")?;
     let received = receiver.join().map_err(|_| "receiver thread panicked")?;
     // The stream's own error (the encoder's, in band after every chunk before it) is what the
     // user sees; the receiver's "encoder stopped", the sender's broken pipe and an output that
     // cannot be finished without frames all follow from it.
     if let Some(failure) = failure {
-        if let Err(e) = &finished {
-            eprintln!("the output could not be finished either: {e}");
+        match &finished {
+            Ok(written_to) => eprintln!("{frames_out} frames written: {written_to}"),
+            Err(e) => eprintln!("the output could not be finished either: {e}"),
         }
         return Err(failure);
     }
-    finished?;
+    let written_to = finished?;
     let mut received = received?;
     sent_result?;
     latencies_ms.sort_by(f64::total_cmp);
@@ -298,9 +317,16 @@ fn run(args: Args) -> Result<(), BoxError> {
         percentile(&received.submit_ms, 0.99),
         percentile(&latencies_ms, 0.50),
         percentile(&latencies_ms, 0.99),
-        args.output.display()
+        written_to
     );
-    failure.map_or(Ok(()), Err)
+    if stop.load(Ordering::SeqCst) {
+        eprintln!(
+            "interrupted after {} frames: every frame received was encoded and written",
+            received.frames
+        );
+        return Ok(Outcome::Interrupted);
+    }
+    Ok(Outcome::Finished)
 }
 
 fn main() -> ExitCode {
@@ -313,8 +339,24 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    let args = Args::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = Arc::clone(&stop);
+    // First SIGINT/SIGTERM: stop the source, encode and write everything received, finish the
+    // container, exit 130. Second: exit at once.
+    if let Err(e) = ctrlc::set_handler(move || {
+        if handler_stop.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(INTERRUPTED));
+        }
+        eprintln!(
+            "interrupted: finishing the frames already received (interrupt again to quit now)"
+        );
+    }) {
+        eprintln!("warning: cannot install the interrupt handler: {e}");
+    }
+    match run(args, &stop) {
+        Ok(Outcome::Finished) => ExitCode::SUCCESS,
+        Ok(Outcome::Interrupted) => ExitCode::from(INTERRUPTED),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -1081,12 +1081,14 @@ fn neutral_preset_and_tune_reach_nvenc() {
 #[test]
 fn the_pipeline_example_reports_the_encoders_own_error() {
     let dir = tempfile::tempdir().expect("temp dir");
+    let output = dir.path().join("out.mp4");
+    std::fs::write(&output, b"X\n").expect("write");
     // NV_ENC_ERR_INVALID_PARAM (8) from the fifth read-back on.
     let emu = EmuDriver::new().fault("nvEncLockBitstream", 5, 8);
     let out = emu
         .command(common::example("pipeline"))
         .args(["--frames", "30", "--size", "320x240", "-q", "-o"])
-        .arg(dir.path().join("out.mp4"))
+        .arg(&output)
         .env("NVENC_RS_BACKEND", "nvenc")
         .output()
         .expect("run the pipeline example");
@@ -1097,4 +1099,7 @@ fn the_pipeline_example_reports_the_encoders_own_error() {
         !stderr.contains("its error is on the output side"),
         "{stderr}"
     );
+    // The failed run left the existing file as it was (what it encoded, if anything, is beside
+    // it as out.partial.mp4).
+    assert_eq!(std::fs::read(&output).expect("output"), b"X\n", "{stderr}");
 }

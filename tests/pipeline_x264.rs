@@ -208,6 +208,58 @@ fn pipeline_example_to_standard_output_writes_only_the_stream() {
     assert_eq!(decoded.len(), 60);
 }
 
+/// The first SIGINT stops the source; everything received is encoded, the MP4 is finished and
+/// put in place, and the example exits 130. Checked against the example without a handler,
+/// which died at the signal and left no playable file.
+#[test]
+fn pipeline_example_interrupted_finishes_a_playable_mp4() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.mp4");
+    let mut child = std::process::Command::new(common::example("pipeline"))
+        .args(["--frames", "3000", "--size", "320x240", "--fps", "30"])
+        .args(["--encoder", "x264", "--preset", "ultrafast", "-q", "-o"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the example");
+    std::thread::sleep(Duration::from_secs(2));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the example did not finish within 30 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let frames_out: u64 = stderr
+        .split("frames out ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary: {stderr}"));
+    assert!(frames_out > 10, "{stderr}");
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(&out)
+        .output()
+        .expect("ffprobe");
+    assert_eq!(
+        String::from_utf8_lossy(&probe.stdout).trim(),
+        frames_out.to_string(),
+        "{stderr}"
+    );
+}
+
 /// x264 at `medium` keeps ~40 frames for its lookahead, far more than the slots the stage adds
 /// for the encoder's leases: the fallback chain must copy the oldest held frames beyond the
 /// ring's lease budget rather than keep their slots, or the producer waits for a slot while the
