@@ -13,7 +13,7 @@
 //! one exits at once.
 
 use std::fs::{self, File};
-use std::io::{self, IsTerminal, Read};
+use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -119,6 +119,8 @@ impl RateArgs {
     }
 }
 
+#[path = "support/cli.rs"]
+mod cli;
 #[path = "support/metrics_http.rs"]
 mod metrics_http;
 #[path = "support/output.rs"]
@@ -132,38 +134,19 @@ fn parse<T: std::str::FromStr<Err = nvencode::ConfigError>>(s: &str) -> Result<T
 
 type BoxError = Box<dyn std::error::Error>;
 
-/// Exit status after an interruption (SIGINT/SIGTERM), as shells report a death by SIGINT.
-const INTERRUPTED: u8 = 130;
-
 /// Ring slots between the reading thread and the encoder: enough to absorb a slow read (a disk
 /// seek, a pipe's writer pausing) without stalling the encoder; see the README's ring sizes.
 const RING_SLOTS: usize = 8;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(io::stderr)
-        .with_ansi(io::stderr().is_terminal())
-        .init();
+    cli::init_logging();
     let args = Args::parse();
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler_stop = Arc::clone(&stop);
-    // First SIGINT/SIGTERM: stop reading, flush the encoder, write everything, exit 130.
-    // Second: exit at once.
-    if let Err(e) = ctrlc::set_handler(move || {
-        if handler_stop.swap(true, Ordering::SeqCst) {
-            std::process::exit(i32::from(INTERRUPTED));
-        }
-        eprintln!("interrupted: finishing the frames already read (interrupt again to quit now)");
-    }) {
-        eprintln!("warning: cannot install the interrupt handler: {e}");
-    }
+    // First SIGINT/SIGTERM: stop the source, encode and write everything it gave, finish the
+    // output, exit 130. Second: exit at once.
+    let stop = cli::interrupt_flag("finishing the frames already read");
     match run(args, &stop) {
         Ok(Outcome::Finished) => ExitCode::SUCCESS,
-        Ok(Outcome::Interrupted) => ExitCode::from(INTERRUPTED),
+        Ok(Outcome::Interrupted) => ExitCode::from(cli::INTERRUPTED),
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE

@@ -26,13 +26,12 @@ use tokio::io::AsyncReadExt;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+#[path = "support/cli.rs"]
+mod cli;
 #[path = "support/output.rs"]
 mod destination;
 
 use destination::{Ending, Mp4Params, Sink};
-
-/// Exit status after an interrupt, as shells report SIGINT.
-const INTERRUPTED: u8 = 130;
 
 /// Loopback network source -> ring -> encoder thread -> MP4/Annex B.
 #[derive(Parser, Debug, Clone)]
@@ -330,33 +329,14 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
 }
 
 fn main() -> ExitCode {
-    // `RUST_LOG=nvencode=debug` shows backend selection and what NVENC was initialized with; on
-    // standard error, like everything but the stream.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli::init_logging();
     let args = Args::parse();
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler_stop = Arc::clone(&stop);
-    // First SIGINT/SIGTERM: stop the source, encode and write everything received, finish the
-    // container, exit 130. Second: exit at once.
-    if let Err(e) = ctrlc::set_handler(move || {
-        if handler_stop.swap(true, Ordering::SeqCst) {
-            std::process::exit(i32::from(INTERRUPTED));
-        }
-        eprintln!(
-            "interrupted: finishing the frames already received (interrupt again to quit now)"
-        );
-    }) {
-        eprintln!("warning: cannot install the interrupt handler: {e}");
-    }
+    // First SIGINT/SIGTERM: stop the source, encode and write everything it gave, finish the
+    // output, exit 130. Second: exit at once.
+    let stop = cli::interrupt_flag("finishing the frames already received");
     match run(args, &stop) {
         Ok(Outcome::Finished) => ExitCode::SUCCESS,
-        Ok(Outcome::Interrupted) => ExitCode::from(INTERRUPTED),
+        Ok(Outcome::Interrupted) => ExitCode::from(cli::INTERRUPTED),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
