@@ -253,6 +253,8 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     let stats = output.stats();
     let mut latencies_ms = Vec::with_capacity(args.frames as usize);
     let mut frames_out = 0u64;
+    // One buffer for the whole stream: `write_chunks` drains it.
+    let mut pending = Vec::with_capacity(1);
     let mut failure: Option<BoxError> = None;
     for item in output.by_ref() {
         match item {
@@ -265,7 +267,8 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
                     latencies_ms
                         .push((now.saturating_sub(at.load(Ordering::Relaxed))) as f64 / 1e6);
                 }
-                sink.write_chunks(&mut vec![chunk])?;
+                pending.push(chunk);
+                sink.write_chunks(&mut pending)?;
                 frames_out += 1;
                 progress.inc(1);
             }
