@@ -747,46 +747,9 @@ fn run_child_bounded(emu: &EmuDriver, test: &str, limit: std::time::Duration) ->
         "1",
         "--nocapture",
     ]);
-    let (success, text) = run_bounded(cmd, limit, test);
+    let (success, text) = common::run_bounded(cmd, limit, test);
     assert!(success, "{test} failed:\n{text}");
     text
-}
-
-/// Runs `cmd` to its end, or kills it after `limit` and fails; returns whether it succeeded and
-/// its output (stdout, then stderr).
-fn run_bounded(
-    mut cmd: std::process::Command,
-    limit: std::time::Duration,
-    what: &str,
-) -> (bool, String) {
-    use std::io::Read;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child = cmd
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-        .spawn()
-        .expect("start the child");
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            break Some(status);
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let mut text = String::new();
-    for path in [&out_path, &err_path] {
-        let mut file = std::fs::File::open(path).expect("child output");
-        file.read_to_string(&mut text).expect("read child output");
-    }
-    let status =
-        status.unwrap_or_else(|| panic!("{what} was still running after {limit:?}:\n{text}"));
-    (status.success(), text)
 }
 
 /// `NVENC_EMU_FAULTS=nvEncLockBitstream:20:hang`: the 20th read-back never returns. The caller
@@ -969,7 +932,7 @@ fn encode_yuv_survives_a_hung_lock() {
         .arg(&output);
         // Bounded at 30 s: the default deadline is 5 s.
         let limit = std::time::Duration::from_secs(30);
-        let (success, text) = run_bounded(cmd, limit, choice);
+        let (success, text) = common::run_bounded(cmd, limit, choice);
         let decoded = common::decode_h264(
             &std::fs::read(&output).expect("output written"),
             config.resolution,

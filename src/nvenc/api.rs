@@ -473,41 +473,68 @@ impl RawEncoder {
             .map_err(|e| (resource, e))
     }
 
-    /// `nvEncMapInputResource`.
+    /// `nvEncMapInputResource`, on the watchdog's worker once it runs.
     #[doc(alias = "nvEncMapInputResource")]
-    pub(crate) fn map(&self, resource: &Registered) -> Result<Mapped, NvencError> {
-        let mut params = versioned!(
-            sys::NV_ENC_MAP_INPUT_RESOURCE,
-            sys::NV_ENC_MAP_INPUT_RESOURCE_VER
-        );
-        params.registeredResource = resource.ptr.as_ptr();
-        // SAFETY: live session; valid versioned struct naming a resource registered by it.
-        let status = unsafe { (self.lib.fns().map_input_resource)(self.raw(), &mut params) };
-        self.check("nvEncMapInputResource", status)?;
-        NonNull::new(params.mappedResource)
-            .map(|ptr| Mapped {
-                ptr,
-                format: params.mappedBufferFmt,
-            })
-            .ok_or_else(|| {
-                NvencError::new(
-                    "nvEncMapInputResource",
-                    NVENCSTATUS::NV_ENC_ERR_INVALID_PTR,
-                    "null mapping".into(),
-                )
-            })
+    pub(crate) fn map(&self, resource: &Registered) -> Result<Mapped, CallError> {
+        let resource = SessionPtr(resource.ptr);
+        let mapped = match &self.watchdog {
+            None => map_on(&self.lib, self.raw(), resource)?,
+            Some(worker) => match worker.call("nvEncMapInputResource", Blocking::Map(resource)) {
+                Ok(Unblocked::Mapped(result)) => result?,
+                Ok(_) => return Err(CallError::Failed(mixed_up())),
+                Err(hung) => return Err(CallError::Hung(hung)),
+            },
+        };
+        Ok(Mapped {
+            ptr: mapped.0 .0,
+            format: mapped.1,
+        })
     }
 
-    /// `nvEncUnmapInputResource`.
+    /// `nvEncUnmapInputResource`, on the watchdog's worker once it runs. On failure the mapping
+    /// is given back, so the caller can try again (after a hang it must not: the session is
+    /// abandoned).
     #[doc(alias = "nvEncUnmapInputResource")]
-    /// On failure the mapping is given back, so the caller can try again.
-    pub(crate) fn unmap(&self, mapped: Mapped) -> Result<(), (Mapped, NvencError)> {
-        // SAFETY: live session; the mapping was made by it; consumed on success, handed back on
-        // failure.
-        let status =
-            unsafe { (self.lib.fns().unmap_input_resource)(self.raw(), mapped.ptr.as_ptr()) };
-        self.check("nvEncUnmapInputResource", status)
-            .map_err(|e| (mapped, e))
+    pub(crate) fn unmap(&self, mapped: Mapped) -> Result<(), (Mapped, CallError)> {
+        let result = match &self.watchdog {
+            None => unmap_on(&self.lib, self.raw(), mapped.ptr.as_ptr()).map_err(CallError::from),
+            Some(worker) => {
+                match worker.call(
+                    "nvEncUnmapInputResource",
+                    Blocking::Unmap(SessionPtr(mapped.ptr)),
+                ) {
+                    Ok(Unblocked::Unmapped(result)) => result.map_err(CallError::from),
+                    Ok(_) => Err(CallError::Failed(mixed_up())),
+                    Err(hung) => Err(CallError::Hung(hung)),
+                }
+            }
+        };
+        result.map_err(|e| (mapped, e))
+    }
+
+    /// `cuStreamSynchronize` of the session's IO stream (the uploads and NVENC's input
+    /// processing), on the watchdog's worker once it runs.
+    pub(crate) fn synchronize(&self) -> Result<(), CallError> {
+        let Some(io) = &self.io_stream else {
+            return Ok(());
+        };
+        let stream = io.stream.clone();
+        let result = match &self.watchdog {
+            None => stream.synchronize(),
+            Some(worker) => match worker.call("cuStreamSynchronize", Blocking::Synchronize(stream))
+            {
+                Ok(Unblocked::Synchronized(result)) => result,
+                Ok(_) => return Err(CallError::Failed(mixed_up())),
+                Err(hung) => return Err(CallError::Hung(hung)),
+            },
+        };
+        result.map_err(|e| {
+            CallError::Failed(NvencError::new(
+                "cuStreamSynchronize",
+                NVENCSTATUS::NV_ENC_ERR_GENERIC,
+                e.to_string(),
+            ))
+        })
     }
 
     fn submit(&self, params: sys::NV_ENC_PIC_PARAMS) -> Result<Submitted, CallError> {
@@ -590,7 +617,7 @@ impl RawEncoder {
     #[doc(alias = "nvEncSetIOCudaStreams")]
     pub(crate) fn set_io_cuda_streams(&mut self, stream: &Stream) -> Result<(), NvencError> {
         let mut io = IoStream {
-            _stream: stream.clone(),
+            stream: stream.clone(),
             handle: Box::new(stream.raw()),
         };
         let ptr: *mut sys::NV_ENC_CUSTREAM_PTR = &mut *io.handle;
@@ -602,6 +629,22 @@ impl RawEncoder {
         // Kept even on failure: the driver may have kept the address.
         self.io_stream = Some(io);
         self.check("nvEncSetIOCudaStreams", status)
+    }
+
+    /// The source of the upload into a picture's input surface, once the session's IO stream
+    /// (on which it was queued) has been waited for ([`RawEncoder::synchronize`]). On an error
+    /// the upload is given back unfinished: it may still run, so its memory must be kept (and
+    /// not dropped on this thread, since dropping it waits for the stream).
+    pub(crate) fn upload_done<T>(
+        &self,
+        upload: Pending<T>,
+    ) -> Result<Option<T>, (Pending<T>, CallError)> {
+        if let Err(e) = self.synchronize() {
+            return Err((upload, e));
+        }
+        // SAFETY: the stream the upload was queued on (the session's IO stream: every upload is
+        // queued there) has just been waited for, so the copies ran.
+        Ok(unsafe { upload.ran() })
     }
 
     /// The source of the upload into a picture's input surface, given back once the picture's
@@ -659,4 +702,6 @@ impl Drop for RawEncoder {
 // The raw calls that run on the caller's thread or on the watchdog's worker (after the
 // `versioned!` macro, which they use).
 mod calls;
-use calls::{last_error_of, lock_on, mixed_up, run_blocking, sequence_params_on, submit_on};
+use calls::{
+    last_error_of, lock_on, map_on, mixed_up, run_blocking, sequence_params_on, submit_on, unmap_on,
+};

@@ -43,10 +43,12 @@ use std::sync::Arc;
 use nvenc_sys as sys;
 
 use super::api::{CallError, PictureInput, RawEncoder, Submitted};
+use super::bounded::Progress;
 use super::fail::{call_err, cuda_error};
 use super::init::{self, apply_rate_control};
 use super::options::NvencOptions;
 use super::session::{self, HungAt, InFlight, NvencSession, Staged, Surface};
+use super::NvencError;
 use crate::cuda::{self, Context, Either, Plane, PlaneSource, Stream};
 use crate::encoder::mapping;
 use crate::encoder::{
@@ -86,8 +88,10 @@ pub struct NvencEncoder {
     // stream and the context. `Drop` tears the session down first, or, when a driver call hung,
     // hands it to the watchdog (see the module docs).
     session: Option<NvencSession>,
-    stream: Stream,
-    context: Context,
+    /// Taken in `Drop` and handed to the session's worker with the session, so that destroying
+    /// the stream and releasing the context happen there too, bounded like the rest.
+    stream: Option<Stream>,
+    context: Option<Context>,
     config: EncoderConfig,
     gate: InputGate,
     headers: Vec<u8>,
@@ -136,19 +140,40 @@ impl NvencEncoder {
     /// session limit, ...).
     pub fn with_options(config: &EncoderConfig, options: &NvencOptions) -> Result<Self, Error> {
         let gate = InputGate::new(KIND, config)?;
+        let (config, options) = (config.clone(), options.clone());
+        let deadline = options.open_timeout.max(NvencOptions::MIN_CALL_TIMEOUT);
+        // Every call of the open runs on a thread of its own, awaited at most `deadline`.
+        super::bounded::run("nvenc-open", options.device, deadline, move |progress| {
+            Self::open(&config, &options, gate, progress)
+        })
+    }
+
+    /// The open itself, on the bounded thread, noting each driver call in `progress` first.
+    fn open(
+        config: &EncoderConfig,
+        options: &NvencOptions,
+        gate: InputGate,
+        progress: &Progress,
+    ) -> Result<Self, Error> {
         // The gate has just validated `config`; its frame length is the staging length.
         let staging_len = gate.frame_len();
+        progress.at("dlopen(libnvidia-encode)");
         let library = nvenc_sys::load()?;
+        progress.at("cuInit");
         // cudarc makes the contexts it creates current; the caller's comes back when this drops.
         let _callers = cuda::save_current().map_err(cuda_error)?;
+        progress.at("cuDevicePrimaryCtxRetain");
         let context = Context::open(options.device).map_err(cuda_error)?;
+        progress.at("cuStreamCreate");
         let stream = context.new_stream().map_err(|e| Error::Unavailable {
             backend: KIND,
             reason: e.to_string(),
         })?;
         // Current for the whole open; the caller's context comes back when this drops.
         let _context = context.push().map_err(cuda_error)?;
+        progress.at("nvEncOpenEncodeSessionEx");
         let raw = RawEncoder::open(library, &context).map_err(Error::Nvenc)?;
+        progress.at("nvEncGetEncodeGUIDs");
         if !init::offers_h264(&raw).map_err(Error::Nvenc)? {
             return Err(Error::NvencCapability {
                 cap: "H.264 encode GUID",
@@ -156,11 +181,20 @@ impl NvencEncoder {
                 required: 1,
             });
         }
+        progress.at("nvEncGetEncodeCaps");
         let mut plan = init::plan(config, options, &raw)?;
+        progress.at("nvEncInitializeEncoder");
         raw.initialize(&mut plan.init).map_err(Error::Nvenc)?;
         let deadline = options.call_deadline(config.frame_rate);
-        let (session, headers) =
-            NvencSession::open(raw, &context, &stream, &plan, staging_len, deadline)?;
+        let (session, headers) = NvencSession::open(
+            raw,
+            &context,
+            &stream,
+            &plan,
+            staging_len,
+            deadline,
+            progress,
+        )?;
         tracing::debug!(
             preset = %plan.preset, tuning = %plan.tuning,
             width = config.resolution.width, height = config.resolution.height,
@@ -169,8 +203,8 @@ impl NvencEncoder {
         );
         Ok(NvencEncoder {
             session: Some(session),
-            stream,
-            context,
+            stream: Some(stream),
+            context: Some(context),
             config: config.clone(),
             gate,
             headers,
@@ -190,11 +224,23 @@ impl NvencEncoder {
     /// # Errors
     /// [`Error::Backend`] naming `cuStreamSynchronize` when the driver reports a failure of the
     /// stream (a failed copy, a lost device). This encoder failed; NVENC as such may still work.
+    ///
+    /// Like every call on an open session, the wait runs on the session's worker and lasts at
+    /// most [`NvencOptions::call_timeout`]: [`Error::Hung`] naming `cuStreamSynchronize` after
+    /// that (the encoder then fails).
     pub fn synchronize(&self) -> Result<(), Error> {
-        self.stream.synchronize().map_err(|e| Error::Backend {
-            backend: KIND,
-            call: "cuStreamSynchronize",
-            message: e.to_string(),
+        let waited = match &self.session {
+            Some(session) => session.raw.synchronize(),
+            // Handed over (or never opened): nothing of this encoder is queued.
+            None => Ok(()),
+        };
+        waited.map_err(|e| match e {
+            CallError::Failed(e) => Error::Backend {
+                backend: KIND,
+                call: "cuStreamSynchronize",
+                message: e.to_string(),
+            },
+            hung @ CallError::Hung(_) => call_err(hung),
         })
     }
 
@@ -292,7 +338,7 @@ impl NvencEncoder {
             return Err(e);
         }
         let planes = self.planes(src_pitch);
-        let stream = self.stream.clone();
+        let stream = self.stream()?.clone();
         let session = self.session()?;
         let Some(index) = session.free_surfaces.pop_front() else {
             // `make_room` guarantees one; this is the driver holding more than it said.
@@ -312,23 +358,40 @@ impl NvencEncoder {
             }
         };
         let pitch = pitch_u32(memory.surface().pitch)?;
-        let output = session.free_outputs.pop().ok_or_else(no_output);
-        let mapped = output.and_then(|output| match session.surfaces.get(index) {
-            Some(Some(registered)) => match session.raw.map(registered) {
+        let mapped = match (session.free_outputs.pop(), session.surfaces.get(index)) {
+            (Some(output), Some(Some(registered))) => match session.raw.map(registered) {
                 Ok(m) => Ok((m, output)),
                 Err(e) => {
                     session.free_outputs.push(output);
-                    Err(Error::Nvenc(e))
+                    Err(e)
                 }
             },
-            _ => {
+            (Some(output), _) => {
                 session.free_outputs.push(output);
-                Err(Error::Nvenc(session::unregistered(index)))
+                Err(CallError::Failed(session::unregistered(index)))
             }
-        });
+            (None, _) => Err(CallError::Failed(NvencError::new(
+                "nvEncEncodePicture",
+                sys::NVENCSTATUS::NV_ENC_ERR_OUT_OF_MEMORY,
+                "no free output buffer".into(),
+            ))),
+        };
         let (mapped, output) = match mapped {
             Ok(pair) => pair,
-            Err(e) => {
+            Err(hung @ CallError::Hung(_)) => {
+                // The mapping may still be made: the surface and the upload stay with the
+                // session, which is abandoned (see `NvencSession::limbo`).
+                session.limbo = Some(InFlight {
+                    surface: Surface::Own(index),
+                    lease: None,
+                    upload: Some(upload),
+                    mapped: None,
+                    output: None,
+                });
+                return Err(self.fail(hung));
+            }
+            Err(CallError::Failed(e)) => {
+                let e = Error::Nvenc(e);
                 // Nothing was submitted: the frame is not accepted, the session unchanged.
                 let flight = InFlight {
                     surface: Surface::Own(index),
@@ -382,7 +445,7 @@ impl NvencEncoder {
         }
         let pitch = pitch_u32(memory.surface().pitch)?;
         // NVENC's input processing runs on the encoder's stream: after the producer's writes.
-        self.stream
+        self.stream()?
             .wait_for(lease.storage().stream())
             .map_err(|e| Error::Backend {
                 backend: KIND,
@@ -397,9 +460,13 @@ impl NvencEncoder {
         let (mapped, surface) = match session.map_external(memory) {
             Ok(pair) => pair,
             Err(e) => {
-                // Nothing was submitted: the frame is not accepted, the session unchanged.
+                // Nothing was submitted: the frame is not accepted, the session unchanged (after
+                // a hang the mapping may still be made: the session is abandoned).
                 session.free_outputs.push(output);
-                return Err(Error::Nvenc(e));
+                return Err(match e {
+                    CallError::Failed(e) => Error::Nvenc(e),
+                    hung @ CallError::Hung(_) => self.fail(hung),
+                });
             }
         };
         let flight = InFlight {
@@ -479,7 +546,19 @@ impl NvencEncoder {
 
     /// Makes the encoder's CUDA context current until the guard drops, restoring the caller's.
     fn enter(&self) -> Result<cuda::ContextGuard, Error> {
-        self.context.push().map_err(cuda_error)
+        self.context()?.push().map_err(cuda_error)
+    }
+
+    fn stream(&self) -> Result<&Stream, Error> {
+        self.stream
+            .as_ref()
+            .ok_or(Error::Finished { backend: KIND })
+    }
+
+    fn context(&self) -> Result<&Context, Error> {
+        self.context
+            .as_ref()
+            .ok_or(Error::Finished { backend: KIND })
     }
 
     /// The planes of a frame whose luma rows are `src_pitch` bytes apart, as copies into an
@@ -598,7 +677,7 @@ impl VideoEncoder for NvencEncoder {
         if let SlotFrame::Device(lease) = slot {
             let (frame_index, pts) = self.gate.check_pts(Some(lease.meta().pts))?;
             crate::encoder::check_device_surface(&lease.surface(), &self.config, frame_index)?;
-            if !lease.storage().context().same(&self.context) {
+            if !lease.storage().context().same(self.context()?) {
                 return Err(Error::Unsupported {
                     backend: KIND,
                     feature: "encoding a device slot of another CUDA context than the \
@@ -675,34 +754,33 @@ impl Drop for NvencEncoder {
         // What the caller had current, unless that is this encoder's own context, which may not
         // outlive the fields about to drop.
         self.callers_context = match cuda::save_current() {
-            Ok(saved) if saved.is(&self.context) => {
+            Ok(saved) if self.context.as_ref().is_some_and(|c| saved.is(c)) => {
                 saved.discard();
                 None
             }
             Ok(saved) => Some(saved),
             Err(_) => None,
         };
-        let _context = self.enter();
-        if let Err(e) = &_context {
-            tracing::warn!(error = %e, "tearing down NVENC without its CUDA context current");
-        }
-        if let Some(session) = self.session.as_mut() {
-            // Bounded: each call waits at most the watchdog's deadline, and none is made once
-            // one hung.
-            session.drain();
-        }
-        if self.is_hung() {
-            if let Some(session) = self.session.take() {
-                session.abandon(self.stream.clone(), self.context.clone());
+        {
+            let context = self.enter();
+            if let Err(e) = &context {
+                tracing::warn!(error = %e, "tearing down NVENC without its CUDA context current");
             }
-            return;
+            if let Some(session) = self.session.as_mut() {
+                // Bounded: each call waits at most the watchdog's deadline, and none is made once
+                // one hung.
+                session.drain();
+            }
+            // Popped here, before the worker may release the context.
         }
-        // No queued upload may still be reading a staging buffer or writing a surface when they
-        // are released and freed.
-        if let Err(e) = self.synchronize() {
-            tracing::warn!(error = %e, "cuStreamSynchronize failed at teardown");
+        // The rest of the teardown (waiting for the stream, unmapping, unregistering, destroying
+        // the session, freeing the surfaces, the stream and the context) runs on the session's
+        // worker, awaited at most the call deadline; after a hang, only if the call returns.
+        if let (Some(session), Some(stream), Some(context)) =
+            (self.session.take(), self.stream.take(), self.context.take())
+        {
+            session.hand_over(stream, context);
         }
-        self.session = None;
     }
 }
 

@@ -52,6 +52,7 @@ pub fn open_with(
 }
 
 mod api;
+mod bounded;
 mod caps;
 mod caps_cache;
 mod encoder;

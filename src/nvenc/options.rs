@@ -191,8 +191,18 @@ pub struct NvencOptions {
     /// How long a call that may block forever (`nvEncLockBitstream`, `nvEncEncodePicture`) may
     /// take before the session is judged hung and [`Error::Hung`](crate::Error::Hung) is
     /// returned. Never less than [`NvencOptions::MIN_DEADLINE_FRAMES`] frame intervals at the
-    /// configured frame rate, nor than [`NvencOptions::MIN_CALL_TIMEOUT`]. Default 5 s.
+    /// configured frame rate, nor than [`NvencOptions::MIN_CALL_TIMEOUT`]. Default 5 s, or
+    /// [`NvencOptions::CALL_TIMEOUT_ENV`] in milliseconds. The same deadline bounds every other
+    /// call on an open session (mapping, unmapping, waiting for the CUDA stream) and the
+    /// teardown of a session as a whole.
     pub call_timeout: std::time::Duration,
+    /// How long opening a session may take as a whole (loading the driver, CUDA initialization,
+    /// `nvEncOpenEncodeSessionEx`, the capability queries, `nvEncInitializeEncoder`, allocating
+    /// and registering the surfaces), and a capability probe likewise, before it is judged hung
+    /// and [`Error::Hung`](crate::Error::Hung) names the step it was in. Default 15 s (a first
+    /// CUDA initialization on a node of several GPUs without the persistence daemon takes
+    /// seconds), or [`NvencOptions::OPEN_TIMEOUT_ENV`] in milliseconds.
+    pub open_timeout: std::time::Duration,
 }
 
 impl Default for NvencOptions {
@@ -202,7 +212,8 @@ impl Default for NvencOptions {
             preset: None,
             tuning: None,
             extra_output_delay: 3,
-            call_timeout: Self::DEFAULT_CALL_TIMEOUT,
+            call_timeout: env_millis(Self::CALL_TIMEOUT_ENV).unwrap_or(Self::DEFAULT_CALL_TIMEOUT),
+            open_timeout: env_millis(Self::OPEN_TIMEOUT_ENV).unwrap_or(Self::DEFAULT_OPEN_TIMEOUT),
         }
     }
 }
@@ -245,6 +256,22 @@ impl NvencOptions {
     /// back well within this.
     pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+    /// The default [`NvencOptions::open_timeout`].
+    pub const DEFAULT_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+    /// Env var: [`NvencOptions::call_timeout`]'s default, in milliseconds.
+    pub const CALL_TIMEOUT_ENV: &'static str = "NVENCODE_CALL_TIMEOUT_MS";
+
+    /// Env var: [`NvencOptions::open_timeout`]'s default, in milliseconds.
+    pub const OPEN_TIMEOUT_ENV: &'static str = "NVENCODE_OPEN_TIMEOUT_MS";
+
+    /// Sets [`NvencOptions::open_timeout`].
+    #[must_use]
+    pub fn with_open_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.open_timeout = timeout;
+        self
+    }
+
     /// The deadline is never shorter than this many frame intervals: a stream at a low frame
     /// rate may legitimately wait that long for a picture held for reordering.
     pub const MIN_DEADLINE_FRAMES: u32 = 8;
@@ -268,6 +295,19 @@ impl NvencOptions {
             .checked_div(frame_rate.num.max(1))
             .unwrap_or(Self::DEFAULT_CALL_TIMEOUT);
         self.call_timeout.max(frames).max(Self::MIN_CALL_TIMEOUT)
+    }
+}
+
+/// `name` as a whole number of milliseconds, if set to one; anything else is ignored with a
+/// warning (an operator's typo must not stop an encoder from opening).
+fn env_millis(name: &str) -> Option<std::time::Duration> {
+    let value = std::env::var(name).ok()?;
+    match value.trim().parse::<u64>() {
+        Ok(ms) => Some(std::time::Duration::from_millis(ms)),
+        Err(_) => {
+            tracing::warn!("{name}={value:?} is not a whole number of milliseconds; ignored");
+            None
+        }
     }
 }
 

@@ -28,14 +28,29 @@ fn cache() -> &'static Cache {
 ///
 /// # Errors
 /// [`Error::NvencLoad`] without the driver's library; [`Error::Unavailable`] without CUDA or the
-/// device; [`Error::Nvenc`] from the session open (no encode device, session limit, ...).
+/// device; [`Error::Nvenc`] from the session open (no encode device, session limit, ...);
+/// [`Error::Hung`] when the probe did not finish within
+/// [`NvencOptions::open_timeout`](super::NvencOptions::open_timeout) (by default; its env
+/// override applies), naming the call it was in: the probe runs on a thread of its own, which is
+/// left inside the driver (see [`NvencEncoder`](super::NvencEncoder)'s open).
 pub fn probe(device: usize) -> Result<NvencCaps, Error> {
+    let deadline = super::NvencOptions::default()
+        .open_timeout
+        .max(super::NvencOptions::MIN_CALL_TIMEOUT);
+    super::bounded::run("nvenc-probe", device, deadline, move |progress| {
+        probe_here(device, progress)
+    })
+}
+
+fn probe_here(device: usize, progress: &super::bounded::Progress) -> Result<NvencCaps, Error> {
+    progress.at("dlopen(libnvidia-encode)");
     let library = nvenc_sys::load()?;
     let key = (device, library.driver_max_version().to_string());
     if let Some(hit) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
         return Ok(hit);
     }
     // The report another process kept for this GPU and driver, if any.
+    progress.at("cuDeviceGetUuid");
     let disk_key = super::caps_cache::key(device, &library)
         .map_err(|e| tracing::debug!("NVENC caps cache not used for device {device}: {e}"))
         .ok();
@@ -53,6 +68,7 @@ pub fn probe(device: usize) -> Result<NvencCaps, Error> {
         backend: crate::encoder::EncoderKind::Nvenc,
         reason: e.to_string(),
     })?;
+    progress.at("cuDevicePrimaryCtxRetain");
     let context = crate::cuda::Context::open(device).map_err(|e| Error::Unavailable {
         backend: crate::encoder::EncoderKind::Nvenc,
         reason: e.to_string(),
@@ -62,7 +78,9 @@ pub fn probe(device: usize) -> Result<NvencCaps, Error> {
         reason: e.to_string(),
     })?;
     // The session keeps the context retained until it is destroyed.
+    progress.at("nvEncOpenEncodeSessionEx");
     let raw = RawEncoder::open(library, &context)?;
+    progress.at("nvEncGetEncodeCaps");
     let codec = sys::NV_ENC_CODEC_H264_GUID;
     let h264 = super::init::offers_h264(&raw)?;
     let cap = |c| {
@@ -90,6 +108,7 @@ pub fn probe(device: usize) -> Result<NvencCaps, Error> {
             .map(|k| k.driver.clone())
             .unwrap_or_default(),
     };
+    progress.at("nvEncDestroyEncoder");
     drop(raw);
     if disk_key.is_some() {
         super::caps_cache::store(&caps);

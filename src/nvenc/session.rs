@@ -12,6 +12,7 @@ use nvenc_sys as sys;
 use super::api::{BitstreamBuffer, CallError, LateEnd, LockedInfo, Mapped, RawEncoder, Registered};
 use super::init::Plan;
 use super::NvencError;
+use crate::cuda::Pending as PendingUpload;
 use crate::cuda::{Context, Either, HostBytes, Pending, PinnedBuffer, PitchedBuffer, Stream};
 use crate::encoder::SlotFrame;
 use crate::ring_buffer::{DeviceStorage, PinnedStorage, ReadSlot, StorageHold};
@@ -125,6 +126,12 @@ pub(crate) struct NvencSession {
     pub retired: Vec<(Mapped, Surface)>,
     /// Which call hung, if one did: what its picture is to `pending`.
     pub hung_at: Option<HungAt>,
+    /// A picture whose input surface was being mapped when the call hung: never submitted, so
+    /// its output must not be locked; released at teardown.
+    pub limbo: Option<InFlight>,
+    /// Uploads that could not be waited for (the wait failed or hung): they may still run, so
+    /// their memory is kept until teardown, which waits for them once more.
+    pub stranded: Vec<PendingUpload<Staged>>,
     /// Caller surfaces (device ring slots) registered so far, at most `external_cap`.
     pub external: Vec<External>,
     external_cap: usize,
@@ -150,6 +157,7 @@ impl NvencSession {
         plan: &Plan,
         staging_len: usize,
         deadline: std::time::Duration,
+        progress: &super::bounded::Progress,
     ) -> Result<(Self, Vec<u8>), crate::error::Error> {
         use crate::error::Error;
         let kind = crate::encoder::EncoderKind::Nvenc;
@@ -158,12 +166,14 @@ impl NvencSession {
         let slots = plan.surfaces;
         let rows = height as usize * 3 / 2;
         let mut memory = Vec::with_capacity(slots);
+        progress.at("cuMemAllocPitch_v2");
         for _ in 0..slots {
             memory.push(Arc::new(
                 PitchedBuffer::new(context, width as usize, rows).map_err(cuda_err)?,
             ));
         }
         let mut free_staging = Vec::with_capacity(slots);
+        progress.at("cuMemHostAlloc");
         for _ in 0..slots {
             free_staging.push(PinnedBuffer::new(context, staging_len).map_err(cuda_err)?);
         }
@@ -178,6 +188,8 @@ impl NvencSession {
             peak_in_flight: 0,
             retired: Vec::new(),
             hung_at: None,
+            limbo: None,
+            stranded: Vec::new(),
             external: Vec::new(),
             external_cap: MIN_REGISTRATION_CACHE.max(slots + 1),
             clock: 0,
@@ -194,22 +206,26 @@ impl NvencSession {
                 call: "std::thread::spawn",
                 message: format!("cannot start the NVENC watchdog thread: {e}"),
             })?;
+        progress.at("nvEncGetSequenceParams");
         let headers = session
             .raw
             .sequence_params()
             .map_err(super::fail::call_err)?;
         for surface in memory {
+            progress.at("nvEncRegisterResource");
             let reg = session
                 .raw
                 .register_cuda(surface, width, height, plan.format);
             // On an error `session` drops here, which undoes what was done so far.
             session.surfaces.push(Some(reg.map_err(Error::Nvenc)?));
+            progress.at("nvEncCreateBitstreamBuffer");
             let output = session
                 .raw
                 .create_bitstream_buffer()
                 .map_err(Error::Nvenc)?;
             session.free_outputs.push(output);
         }
+        progress.at("nvEncSetIOCudaStreams");
         session
             .raw
             .set_io_cuda_streams(stream)
@@ -229,10 +245,14 @@ impl NvencSession {
         if let Some(upload) = flight.upload.take() {
             let source = match locked {
                 Some(info) => self.raw.input_consumed(info, upload),
-                None => upload.wait().unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "an upload could not be waited for; its memory is leaked");
-                    None
-                }),
+                None => match self.raw.upload_done(upload) {
+                    Ok(source) => source,
+                    Err((upload, e)) => {
+                        tracing::warn!(error = %e, "an upload could not be waited for; its memory is kept until teardown");
+                        self.stranded.push(upload);
+                        None
+                    }
+                },
             };
             if let Some(Either::Left(staging)) = source {
                 self.free_staging.push(staging);
@@ -281,7 +301,7 @@ impl NvencSession {
     pub(crate) fn map_external(
         &mut self,
         memory: &Arc<PitchedBuffer>,
-    ) -> Result<(Mapped, Surface), NvencError> {
+    ) -> Result<(Mapped, Surface), CallError> {
         let ptr = memory.surface().device_ptr;
         self.clock += 1;
         let at = match self
@@ -312,14 +332,14 @@ impl NvencSession {
         };
         let clock = self.clock;
         let Some(entry) = self.external.get_mut(at) else {
-            return Err(unregistered(at));
+            return Err(unregistered(at).into());
         };
         if entry.mapped || entry.retired {
-            return Err(NvencError::new(
+            return Err(CallError::Failed(NvencError::new(
                 "nvEncMapInputResource",
                 sys::NVENCSTATUS::NV_ENC_ERR_MAP_FAILED,
                 format!("the surface at {ptr:#x} is still mapped for an earlier picture"),
-            ));
+            )));
         }
         let mapped = self.raw.map(&entry.reg)?;
         entry.mapped = true;
@@ -446,19 +466,22 @@ impl NvencSession {
         // `raw` is destroyed when the session drops, after this, then the surfaces are freed.
     }
 
-    /// Hands the session, with everything a hung call may use, to the watchdog's worker, which
-    /// tears it down if the call ever returns. (Without a watchdog no call can be hung, and the
-    /// session is torn down here.)
-    pub(crate) fn abandon(mut self, stream: Stream, context: Context) {
+    /// Hands the session, with everything it owns, to the watchdog's worker, which tears it down
+    /// in the API's order: at once when no call hung (the caller waits at most the watchdog's
+    /// deadline for that; a teardown call may hang too), or, when one hung, if that call ever
+    /// returns. (Without a watchdog, the session is torn down here, on the caller's thread.)
+    /// Returns whether the teardown finished.
+    pub(crate) fn hand_over(mut self, stream: Stream, context: Context) -> bool {
         let Some(watchdog) = self.raw.take_watchdog() else {
-            return;
+            return true;
         };
         // The caller's ring slots go back to their rings now, or a producer feeding the next
         // encoder would wait forever for slots a hung call keeps (the ring gives slots back in
         // order). Their memory stays: a device slot's with its registration (which holds the
         // allocation), a pinned slot's with the ring storage held. The producer may write them
-        // again; the abandoned pictures' output is never read.
-        for flight in &mut self.pending {
+        // again; the abandoned pictures' output is never read. (After a clean drain nothing is
+        // pending.)
+        for flight in self.pending.iter_mut().chain(self.limbo.as_mut()) {
             flight.lease = None;
             if let Some(upload) = flight.upload.as_mut() {
                 upload.map_source(|source| match source {
@@ -476,16 +499,27 @@ impl NvencSession {
             context,
             late: LateEnd::Unknown,
         };
-        tracing::error!(
-            call = hung.map(|h| h.call),
-            "NVENC session abandoned with a call still inside the driver: its session, surfaces, \
-             stream and worker thread stay until the call returns or the process exits"
-        );
-        watchdog.abandon(move |reply| {
+        if let Some(hung) = hung {
+            tracing::error!(
+                call = hung.call,
+                "NVENC session abandoned with a call still inside the driver: its session, \
+                 surfaces, stream and worker thread stay until the call returns or the process \
+                 exits"
+            );
+        }
+        let finished = watchdog.abandon(move |reply| {
             let mut abandoned = abandoned;
             abandoned.late = LateEnd::of(reply);
             // Dropped here, on the worker: the teardown.
         });
+        if hung.is_none() && !finished {
+            tracing::error!(
+                "tearing down the NVENC session did not finish within the call deadline: a \
+                 teardown call is inside the driver; the worker thread keeps the session, its \
+                 surfaces and stream, and finishes the teardown if the call returns"
+            );
+        }
+        finished
     }
 }
 
@@ -512,6 +546,11 @@ impl Drop for Abandoned {
         // submit is not waited for (locking a buffer that was never submitted can wait forever).
         let _context = self.context.push();
         if let Some(session) = self.session.as_mut() {
+            if let Some(flight) = session.limbo.take() {
+                // Never submitted: its output is not locked; its mapping, if the hung map made
+                // one, goes with the session.
+                session.release(flight, None);
+            }
             match (session.hung_at.take(), self.late) {
                 (Some(HungAt::Front), LateEnd::Succeeded) => {
                     if let Some(flight) = session.pending.pop_front() {

@@ -36,6 +36,8 @@ struct State<Q, R> {
     /// What a hung call may still be using: given the call's late reply and dropped by the
     /// worker if that call returns.
     abandoned: Option<Box<dyn FnOnce(Option<R>) + Send>>,
+    /// The worker ran what it was given in `abandoned` and is about to exit.
+    finished: bool,
 }
 
 struct Shared<Q, R> {
@@ -86,6 +88,7 @@ impl<Q: Send + 'static, R: Send + 'static> Watchdog<Q, R> {
                 reply: None,
                 stop: false,
                 abandoned: None,
+                finished: false,
             }),
             to_worker: Condvar::new(),
             to_caller: Condvar::new(),
@@ -114,11 +117,15 @@ impl<Q: Send + 'static, R: Send + 'static> Watchdog<Q, R> {
                 let late = state.reply.take();
                 drop(state);
                 if let Some(finish) = abandoned {
-                    tracing::warn!(
-                        "a hung driver call returned after all; tearing down what it pinned"
-                    );
+                    if late.is_some() {
+                        tracing::warn!(
+                            "a hung driver call returned after all; tearing down what it pinned"
+                        );
+                    }
                     finish(late);
                 }
+                worker.lock().finished = true;
+                worker.to_caller.notify_one();
                 return;
             })?;
         Ok(Watchdog {
@@ -170,21 +177,44 @@ impl<Q: Send + 'static, R: Send + 'static> Watchdog<Q, R> {
         }
     }
 
-    /// Gives the worker what a hung call may still be using, as `finish`, and lets it go
-    /// without joining it: if the call ever returns, the worker runs `finish` with the call's
-    /// late reply (which tears down what it owns); otherwise `finish` is kept, unrun, until the
-    /// process exits. Without a hung call, the worker runs `finish` at once (and is joined, which
-    /// is immediate because it is idle).
-    pub(crate) fn abandon(mut self, finish: impl FnOnce(Option<R>) + Send + 'static) {
+    /// Gives the worker what the session owns, as `finish`, to be torn down there, and lets
+    /// the worker go. After a hung call the worker is not waited for: if the call ever returns,
+    /// the worker runs `finish` with the call's late reply (which tears down what it owns);
+    /// otherwise `finish` is kept, unrun, until the process exits. Without a hung call the
+    /// worker runs `finish` at once, and the caller waits at most the deadline for it (a
+    /// teardown call may hang too). Returns whether `finish` ran to its end in that time.
+    pub(crate) fn abandon(mut self, finish: impl FnOnce(Option<R>) + Send + 'static) -> bool {
         let mut state = self.shared.lock();
         state.abandoned = Some(Box::new(finish));
         state.stop = true;
-        drop(state);
         self.shared.to_worker.notify_one();
         if self.hung.get().is_some() {
+            drop(state);
             // Detached: joining would wait as long as the driver does.
             drop(self.thread.take());
+            return false;
         }
+        let until = Instant::now() + self.deadline;
+        while !state.finished {
+            let now = Instant::now();
+            if now >= until {
+                drop(state);
+                self.hung.set(Some(Hung {
+                    call: "teardown",
+                    deadline: self.deadline,
+                }));
+                drop(self.thread.take());
+                return false;
+            }
+            state = self
+                .shared
+                .to_caller
+                .wait_timeout(state, until - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        // Finished: the join in `Drop` is immediate.
+        true
     }
 }
 
@@ -228,9 +258,9 @@ mod tests {
         assert_eq!(dog.call("double", 1), Err(hung));
         let late = Arc::new(Mutex::new(None));
         let late_in = Arc::clone(&late);
-        dog.abandon(move |reply| {
+        assert!(!dog.abandon(move |reply| {
             *late_in.lock().expect("lock") = Some(reply);
-        });
+        }));
         assert!(
             late.lock().expect("lock").is_none(),
             "pinned while the call is inside"

@@ -162,6 +162,7 @@ mod producer;
 mod ring;
 mod sizing;
 mod state;
+mod teardown;
 
 pub use device::{DeviceFrameSlot, ReserveDeviceFuture};
 
@@ -510,7 +511,8 @@ fn encoder_thread(
         // Frames never encoded (an encoder failure, or the output gone) are counted, not silent.
         c.stats().note_dropped(lost as u64);
     }
-    drop(leftover);
+    // The ring's memory may be freed here (CUDA memory, when the producer is gone already).
+    teardown::drop_bounded(leftover, "the frame ring", teardown::RELEASE_BOUND);
     shared.space_waker.wake();
     let finished_by = encoder.kind();
     // Torn down before the end is announced, so the output's join of this thread (done under the

@@ -30,6 +30,12 @@ pub(crate) enum Blocking {
     Lock { buffer: SessionPtr, out: Vec<u8> },
     /// `nvEncGetSequenceParams`.
     SequenceParams,
+    /// `nvEncMapInputResource` of this registered resource.
+    Map(SessionPtr),
+    /// `nvEncUnmapInputResource` of this mapping.
+    Unmap(SessionPtr),
+    /// `cuStreamSynchronize` of the session's IO stream.
+    Synchronize(crate::cuda::Stream),
 }
 
 /// `NV_ENC_PIC_PARAMS`, to be moved to the worker.
@@ -45,6 +51,9 @@ pub(crate) enum Unblocked {
     Submitted(Result<Submitted, NvencError>),
     Locked(Result<LockedInfo, NvencError>, Vec<u8>),
     SequenceParams(Result<Vec<u8>, NvencError>),
+    Mapped(Result<(SessionPtr, sys::NV_ENC_BUFFER_FORMAT), NvencError>),
+    Unmapped(Result<(), NvencError>),
+    Synchronized(Result<(), crate::cuda::CudaError>),
 }
 
 /// How a call that hung ended, once (if ever) it returned.
@@ -62,7 +71,12 @@ impl LateEnd {
     /// From the reply the watchdog's worker kept for a call that hung.
     pub(crate) fn of(reply: Option<Unblocked>) -> Self {
         match reply {
-            Some(Unblocked::Submitted(Ok(_)) | Unblocked::Locked(Ok(_), _)) => LateEnd::Succeeded,
+            Some(
+                Unblocked::Submitted(Ok(_))
+                | Unblocked::Locked(Ok(_), _)
+                | Unblocked::Mapped(Ok(_))
+                | Unblocked::Unmapped(Ok(())),
+            ) => LateEnd::Succeeded,
             Some(_) => LateEnd::Failed,
             None => LateEnd::Unknown,
         }
@@ -76,6 +90,17 @@ pub(crate) enum CallError {
     Failed(NvencError),
     /// The call did not return in time; the session must be abandoned, not destroyed.
     Hung(Hung),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Failed(e) => e.fmt(f),
+            CallError::Hung(hung) => {
+                write!(f, "{} did not return within {:?}", hung.call, hung.deadline)
+            }
+        }
+    }
 }
 
 impl From<NvencError> for CallError {
@@ -97,6 +122,63 @@ pub(super) fn run_blocking(lib: &Library, session: SessionPtr, call: Blocking) -
         Blocking::SequenceParams => {
             Unblocked::SequenceParams(sequence_params_on(lib, session.0.as_ptr()))
         }
+        Blocking::Map(resource) => Unblocked::Mapped(map_on(lib, session.0.as_ptr(), resource)),
+        Blocking::Unmap(mapped) => {
+            Unblocked::Unmapped(unmap_on(lib, session.0.as_ptr(), mapped.0.as_ptr()))
+        }
+        Blocking::Synchronize(stream) => Unblocked::Synchronized(stream.synchronize()),
+    }
+}
+
+/// `nvEncMapInputResource` of `resource`, a resource registered with `session`.
+pub(super) fn map_on(
+    lib: &Library,
+    session: *mut c_void,
+    resource: SessionPtr,
+) -> Result<(SessionPtr, sys::NV_ENC_BUFFER_FORMAT), NvencError> {
+    let mut params = versioned!(
+        sys::NV_ENC_MAP_INPUT_RESOURCE,
+        sys::NV_ENC_MAP_INPUT_RESOURCE_VER
+    );
+    params.registeredResource = resource.0.as_ptr();
+    // SAFETY: a live session of `lib`; a valid versioned struct naming a resource registered by
+    // it, which its owner keeps registered past the call.
+    let status = unsafe { (lib.fns().map_input_resource)(session, &mut params) };
+    if !status.is_success() {
+        return Err(NvencError::new(
+            "nvEncMapInputResource",
+            status,
+            last_error_of(lib, session),
+        ));
+    }
+    NonNull::new(params.mappedResource)
+        .map(|ptr| (SessionPtr(ptr), params.mappedBufferFmt))
+        .ok_or_else(|| {
+            NvencError::new(
+                "nvEncMapInputResource",
+                NVENCSTATUS::NV_ENC_ERR_INVALID_PTR,
+                "null mapping".into(),
+            )
+        })
+}
+
+/// `nvEncUnmapInputResource` of `mapped`, a mapping made by `session`.
+pub(super) fn unmap_on(
+    lib: &Library,
+    session: *mut c_void,
+    mapped: *mut c_void,
+) -> Result<(), NvencError> {
+    // SAFETY: a live session of `lib`; the mapping was made by it and is not used again unless
+    // this fails (the owner then keeps it, to try again).
+    let status = unsafe { (lib.fns().unmap_input_resource)(session, mapped) };
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(NvencError::new(
+            "nvEncUnmapInputResource",
+            status,
+            last_error_of(lib, session),
+        ))
     }
 }
 

@@ -8,7 +8,7 @@ use crate::cuda::Stream;
 /// A `CUstream` handle in a box, so the address given to `nvEncSetIOCudaStreams` stays put, with
 /// the stream it names, kept alive as long as the box.
 pub(super) struct IoStream {
-    pub(super) _stream: Stream,
+    pub(super) stream: Stream,
     pub(super) handle: Box<sys::NV_ENC_CUSTREAM_PTR>,
 }
 
