@@ -79,7 +79,7 @@ pub unsafe fn copy_device_to_device_async(
 }
 
 /// Where a 2D copy reads from.
-enum Source {
+pub(super) enum Source {
     Host(*const c_void),
     Device(sys::CUdeviceptr),
 }
@@ -90,7 +90,7 @@ enum Source {
 /// # Safety
 /// The source holds that many rows at `src_pitch` and, like `dst`, stays alive and untouched
 /// until the stream has run the copy; `dst` is device memory of `stream`'s context.
-unsafe fn copy_2d_async(
+pub(super) unsafe fn copy_2d_async(
     src: Source,
     src_pitch: usize,
     dst: &DeviceSurface,
