@@ -16,10 +16,18 @@ use super::{call, CudaError, DeviceSurface, PinnedBuffer, PitchedBuffer, Stream}
 /// [`CudaError::InvalidCopy`] when `src` is too short for the copy or `src_pitch <
 /// dst.width_bytes`; [`CudaError::Call`] naming `cuMemcpy2DAsync` when the driver refuses.
 ///
+/// To fill a ring slot, prefer the slot's safe copies
+/// ([`WriteSlot::copy_from_device`](crate::ring_buffer::WriteSlot::copy_from_device)); this
+/// stays `unsafe` because `dst` is any address a [`DeviceSurface`] names and `src` is only
+/// borrowed while the copy runs later.
+///
 /// # Safety
-/// The copy runs after this returns: `src` must stay alive and unwritten, and `dst` allocated,
-/// until the stream has passed this copy (synchronize the stream or wait on an event recorded
-/// after it). `dst` must be device memory of `stream`'s context.
+/// - The copy runs after this returns: `src` must stay alive and unwritten until the stream
+///   has passed this copy (synchronize the stream or wait on an event recorded after it).
+/// - `dst` must be device memory of `stream`'s context, `dst.rows` rows of `dst.width_bytes`
+///   bytes `dst.pitch` apart, allocated and neither read nor written by other work until the
+///   stream has passed this copy (a reserved ring slot's surface, on its storage's stream,
+///   qualifies).
 pub unsafe fn copy_host_to_device_async(
     src: &[u8],
     src_pitch: usize,
@@ -79,7 +87,7 @@ pub unsafe fn copy_device_to_device_async(
 }
 
 /// Where a 2D copy reads from.
-enum Source {
+pub(super) enum Source {
     Host(*const c_void),
     Device(sys::CUdeviceptr),
 }
@@ -90,7 +98,7 @@ enum Source {
 /// # Safety
 /// The source holds that many rows at `src_pitch` and, like `dst`, stays alive and untouched
 /// until the stream has run the copy; `dst` is device memory of `stream`'s context.
-unsafe fn copy_2d_async(
+pub(super) unsafe fn copy_2d_async(
     src: Source,
     src_pitch: usize,
     dst: &DeviceSurface,

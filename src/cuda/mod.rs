@@ -1,10 +1,16 @@
 //! The crate's CUDA layer: the only module (besides `nvenc-sys`) that calls the CUDA driver.
 //!
-//! It wraps cudarc so that cudarc's types never appear in the crate's API: a [`Context`] (a
-//! device's retained primary context), a [`Stream`], a [`ContextGuard`] that makes a context
-//! current and restores the caller's, a [`SavedContext`] for code that calls into cudarc (which
-//! makes its contexts current rather than pushing them), pinned host and pitched device
-//! allocations ([`PinnedBuffer`], [`PitchedBuffer`]) and the 2D copies into a [`DeviceSurface`].
+//! It wraps cudarc: a [`Context`] (a device's retained primary context), a [`Stream`], a
+//! [`ContextGuard`] that makes a context current and restores the caller's, a [`SavedContext`]
+//! for code that calls into cudarc (which makes its contexts current rather than pushing them),
+//! pinned host and pitched device allocations ([`PinnedBuffer`], [`PitchedBuffer`]) and the 2D
+//! copies into a [`DeviceSurface`].
+//!
+//! cudarc appears in the API in two places only, for a producer that writes ring slots from its
+//! own GPU work: a slot can be filled from a cudarc [`CudaSlice`](cudarc::driver::CudaSlice) or
+//! view ([`CudaBytes`]), and [`Stream::cudarc`] / [`Context::cudarc`] hand out the cudarc
+//! handles so the producer's kernels run on a slot's stream. The cudarc version this crate
+//! uses is re-exported as [`cuda::cudarc`](cudarc); use it (or the same version) for those.
 //!
 //! The driver is loaded at run time (cudarc's `dynamic-loading`). cudarc's loader panics when
 //! `libcuda` is missing, so every entry point here first checks [`available`] and returns
@@ -22,12 +28,18 @@ use std::sync::Arc;
 use cudarc::driver::{result, sys};
 
 mod copy;
+mod frame_copy;
 mod memory;
+
+/// The cudarc crate, at the version this crate's API takes ([`CudaBytes`], [`Stream::cudarc`]).
+pub use cudarc;
 
 pub use copy::{
     copy_device_to_device_async, copy_host_to_device_async, copy_planes_async, download_planes,
     DeviceSource, Either, HostBytes, Pending, Plane, PlaneSource,
 };
+pub(crate) use frame_copy::{copy_from_cuda, copy_from_device_ptr};
+pub use frame_copy::{CudaBytes, FrameCopyError, FrameLayout};
 pub use memory::{DeviceSurface, PinnedBuffer, PitchedBuffer};
 
 /// A CUDA driver call's failure: the `CUresult` code and the driver's description of it.
@@ -242,6 +254,14 @@ impl Context {
     pub(crate) fn raw(&self) -> *mut c_void {
         self.0.cu_ctx().cast::<c_void>()
     }
+
+    /// The cudarc context: to load a module and its kernels into this context (a device's
+    /// primary context, the one cudarc's `CudaContext::new(ordinal)` also retains), or to
+    /// allocate the device memory a slot is filled from.
+    #[must_use]
+    pub fn cudarc(&self) -> &Arc<cudarc::driver::CudaContext> {
+        &self.0
+    }
 }
 
 /// A context made current by [`Context::push`]; dropping it pops it.
@@ -335,6 +355,24 @@ impl Stream {
     /// The driver handle, for the NVENC layer (`nvEncSetIOCudaStreams`); valid while `self` lives.
     pub(crate) fn raw(&self) -> *mut c_void {
         self.0.cu_stream().cast::<c_void>()
+    }
+
+    /// The cudarc stream, to queue work on it with cudarc: a kernel launch
+    /// (`stream.launch_builder(&function)`), an event (`record_event`), or an order between it
+    /// and the producer's own streams (`join`). Work queued on a ring slot's stream before the
+    /// slot is committed runs before the encoder reads the slot. A clone of the `Arc` keeps the
+    /// stream alive; never destroy it by other means.
+    #[must_use]
+    pub fn cudarc(&self) -> &Arc<cudarc::driver::CudaStream> {
+        &self.0
+    }
+
+    /// The driver handle (`CUstream`), for the producer's own driver calls (`cuLaunchKernel`,
+    /// `cuMemcpy2DAsync`, `cuStreamWaitEvent`). Valid while `self` (or a clone) lives; never
+    /// pass it to `cuStreamDestroy`.
+    #[must_use]
+    pub fn cu_stream(&self) -> cudarc::driver::sys::CUstream {
+        self.0.cu_stream()
     }
 
     /// Orders everything queued on `self` from now on after everything queued on `other` so far,

@@ -9,6 +9,14 @@
 //! the producer queues on [`DeviceFrameSlot::stream`] before committing is ordered before the
 //! encoder's reads (NVENC waits on an event recorded on that stream), so the producer need not
 //! wait for its own copies or kernels.
+//!
+//! Filling a slot needs no `unsafe` from a cudarc allocation:
+//! [`DeviceFrameSlot::copy_from_device`] checks the source's size and pitch against the frame
+//! and orders the copy against the source's stream on both sides. A producer's own kernels run on
+//! [`DeviceFrameSlot::stream`] ([`Stream::cudarc`] for cudarc, [`Stream::cu_stream`] for driver
+//! calls); passing them the slot's raw address is `unsafe` on the producer's side, as any raw
+//! device pointer is in cudarc. [`DeviceFrameSlot::copy_from_device_ptr`] copies from a raw
+//! device address under a stated contract.
 
 use std::fmt;
 use std::future::Future;
@@ -16,14 +24,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::cuda::{DeviceSurface, Stream};
+use crate::cuda::{CudaBytes, DeviceSurface, FrameCopyError, Stream};
 use crate::ring_buffer::{DeviceStorage, RingStats, WriteSlot};
 
 use super::producer::{poll_ready, reserve_ring, FrameProducer, SlotCtx};
 use super::ring::{RingWrite, SlotMemory};
 use super::state::{BackPressure, PipelineError, Submitted, WaitFor};
 
-/// A reserved device slot of a ring in [`SlotMemory::Device`]: write the frame into
+/// A reserved device slot of a ring in [`SlotMemory::Device`]: copy the frame in
+/// ([`copy_from_device`](Self::copy_from_device) from a cudarc allocation) or write it into
 /// [`surface`](Self::surface) (a `cuMemcpy2DAsync` from a decoder's surface, a kernel) with the
 /// work ordered on [`stream`](Self::stream), then [`commit`](Self::commit). Dropped uncommitted,
 /// it is given back and nothing is submitted.
@@ -71,12 +80,68 @@ impl DeviceFrameSlot<'_> {
     }
 
     /// The CUDA stream to queue the work that writes the frame on, before committing; the
-    /// encoder orders its reads after it.
+    /// encoder orders its reads after it. For the producer's own kernels: the cudarc stream is
+    /// [`Stream::cudarc`] (launch on it, or `join` it with the producer's streams), the driver
+    /// handle [`Stream::cu_stream`].
     #[must_use]
     pub fn stream(&self) -> &Stream {
+        self.device_storage().stream()
+    }
+
+    /// Queues on the slot's [stream](Self::stream) the copy of one frame from `src`, the
+    /// producer's own device memory allocated with cudarc (a `CudaSlice<u8>` or a view of one,
+    /// in the ring's context), with rows `src_pitch` bytes apart, into the slot, plane by plane
+    /// in the layout the encoder reads (for I420 the source's chroma rows are `src_pitch / 2`
+    /// apart). Returns without waiting: commit the slot at once. `src` may be dropped or
+    /// rewritten as soon as this returns: its stream is ordered after the copy, and the copy
+    /// after the work already queued on its stream (see
+    /// [`WriteSlot::copy_from_device`](crate::ring_buffer::WriteSlot::copy_from_device)).
+    ///
+    /// # Errors
+    /// [`FrameCopyError::InvalidPitch`] (below the frame's width, or odd for I420),
+    /// [`FrameCopyError::SourceTooShort`] (less than one frame at that pitch),
+    /// [`FrameCopyError::OtherContext`], [`FrameCopyError::Cuda`] naming the failed call. The
+    /// slot stays reserved: copy again or drop it.
+    pub fn copy_from_device<S: CudaBytes + ?Sized>(
+        &mut self,
+        src: &S,
+        src_pitch: usize,
+    ) -> Result<(), FrameCopyError> {
+        let surface = self.surface();
+        self.device_storage().copy_into(&surface, src, src_pitch)
+    }
+
+    /// As [`copy_from_device`](Self::copy_from_device), from a raw device address (a
+    /// decoder's surface, another library's memory), with no ordering added between the copy
+    /// and the source's own stream; only the pitch can be checked.
+    ///
+    /// # Errors
+    /// As [`copy_from_device`](Self::copy_from_device), without `SourceTooShort` and
+    /// `OtherContext`.
+    ///
+    /// # Safety
+    /// As [`WriteSlot::copy_from_device_ptr`](crate::ring_buffer::WriteSlot::copy_from_device_ptr),
+    /// with the slot's [stream](Self::stream): `src` is device memory the ring's context can
+    /// read, holding one frame at `src_pitch`, written before the work queued on that stream
+    /// from now on, and neither freed nor written until that stream has run the copy.
+    pub unsafe fn copy_from_device_ptr(
+        &mut self,
+        src: cudarc::driver::sys::CUdeviceptr,
+        src_pitch: usize,
+    ) -> Result<(), FrameCopyError> {
+        let surface = self.surface();
+        // SAFETY: `surface` is this reserved slot's (or the scratch surface, which only frames
+        // being dropped are written into); the source is this function's contract.
+        unsafe {
+            self.device_storage()
+                .copy_ptr_into(&surface, src, src_pitch)
+        }
+    }
+
+    fn device_storage(&self) -> &DeviceStorage {
         match &self.storage {
-            DeviceSlotRef::Ring(slot) => slot.storage().stream(),
-            DeviceSlotRef::Dropped { scratch, .. } => scratch.stream(),
+            DeviceSlotRef::Ring(slot) => slot.storage(),
+            DeviceSlotRef::Dropped { scratch, .. } => scratch,
         }
     }
 

@@ -29,10 +29,12 @@ pub enum SlotMemory {
     /// CUDA device memory on [`PipelineOptions::cuda_device`], one pitched surface per slot, for
     /// a producer whose frames are already on the GPU: it reserves a
     /// [`DeviceFrameSlot`](super::DeviceFrameSlot) ([`FrameProducer::reserve_device`]), writes
-    /// the frame on the slot's stream and commits it; NVENC encodes from the slot with no
-    /// copy. Host frames [`push`](super::FrameProducer::push)ed into a device ring are uploaded
-    /// into a slot. A backend that reads host memory (after a failover from NVENC) downloads
-    /// each frame. Needs the CUDA driver; never chosen by `Auto`.
+    /// the frame on the slot's stream (safely from a cudarc allocation with
+    /// [`DeviceFrameSlot::copy_from_device`](super::DeviceFrameSlot::copy_from_device), or with
+    /// its own kernels) and commits it; NVENC encodes from the slot with no copy. Host frames
+    /// cannot be [`push`](super::FrameProducer::push)ed into a device ring (a typed error). A
+    /// backend that reads host memory (after a failover from NVENC) downloads each frame. Needs
+    /// the CUDA driver; never chosen by `Auto`.
     ///
     /// [`PipelineOptions::cuda_device`]: super::PipelineOptions::cuda_device
     /// [`FrameProducer::reserve_device`]: super::FrameProducer::reserve_device
@@ -121,17 +123,14 @@ pub(super) fn new_ring(
 }
 
 /// Device storage of `slots` surfaces that each hold one frame of `config` in the layout
-/// [`SlotFrame::Device`] describes (`width` bytes by `height * 3 / 2` rows).
+/// [`SlotFrame::Device`] describes (`width` bytes by `height * 3 / 2` rows), knowing the pixel
+/// format so that the slots' copies write each plane where NVENC reads it.
 pub(super) fn device_storage(
     cuda_device: usize,
     slots: usize,
     config: &EncoderConfig,
 ) -> Result<DeviceStorage, RingError> {
-    let (w, h) = (
-        config.resolution.width as usize,
-        config.resolution.height as usize,
-    );
-    DeviceStorage::on_device(cuda_device, slots, w, h.saturating_mul(3) / 2)
+    DeviceStorage::on_device_for_frames(cuda_device, slots, config.resolution, config.pixel_format)
 }
 
 impl RingProducer {
