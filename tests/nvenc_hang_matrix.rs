@@ -31,6 +31,7 @@ const MATRIX: &[(&str, u64)] = &[
     ("nvEncGetSequenceParams", 1),
     ("nvEncSetIOCudaStreams", 1),
     // Per frame.
+    ("cuMemcpy2DAsync_v2", 10),
     ("nvEncMapInputResource", 10),
     ("nvEncEncodePicture", 10),
     ("nvEncLockBitstream", 10),

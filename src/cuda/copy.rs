@@ -87,6 +87,7 @@ pub unsafe fn copy_device_to_device_async(
 }
 
 /// Where a 2D copy reads from.
+#[derive(Debug, Clone, Copy)]
 pub(super) enum Source {
     Host(*const c_void),
     Device(sys::CUdeviceptr),
@@ -344,17 +345,126 @@ pub fn copy_planes_async<T: HostBytes>(
 }
 
 fn queue_planes<T: HostBytes>(pending: &Pending<T>, planes: &[Plane]) -> Result<(), CudaError> {
+    let planned = plan(pending, planes)?;
+    // SAFETY: `pending` owns the source and destination the descriptors name and keeps them
+    // until the stream has run the copies (see `PlannedCopies::queue`).
+    unsafe { planned.queue() }
+}
+
+/// The copies of a frame, checked and described but not queued yet.
+struct PlannedCopies {
+    copies: [Option<(Source, usize, DeviceSurface)>; 3],
+    stream: Stream,
+}
+
+// SAFETY: the descriptors hold addresses only: of host memory and device memory owned by the
+// `Pending` planned with them, which is what keeps them valid (see `PlannedCopies::queue`); no
+// Rust reference to that memory is made from them. `Stream` is `Send`.
+unsafe impl Send for PlannedCopies {}
+
+impl PlannedCopies {
+    /// Queues the copies on their stream (`cuMemcpy2DAsync`, one per plane).
+    ///
+    /// # Errors
+    /// [`CudaError::Call`] naming `cuMemcpy2DAsync`; the copies before it stay queued.
+    ///
+    /// # Safety
+    /// The [`Pending`] planned with these copies must not have been dropped, waited for or
+    /// given up ([`Pending::ran`]) yet: it keeps the memory they read and write until the stream
+    /// has run them.
+    unsafe fn queue(&self) -> Result<(), CudaError> {
+        for (src, src_pitch, target) in self.copies.iter().flatten() {
+            // SAFETY: each plane was checked to lie inside its source and destination when it
+            // was planned; both stay alive and untouched until the stream ran the copy, by this
+            // function's contract.
+            unsafe { copy_2d_async(*src, *src_pitch, target, &self.stream) }?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies checked and described, with the [`Pending`] that owns their memory, not queued yet:
+/// [`PlannedUpload::queue`] queues them and gives the `Pending` back, so the memory the copies
+/// use is owned by whoever holds this until then. That can be another thread: NVENC queues its
+/// uploads on its session's worker, which bounds the call.
+pub(crate) struct PlannedUpload<T> {
+    pending: Pending<T>,
+    copies: PlannedCopies,
+}
+
+impl<T> PlannedUpload<T> {
+    /// Queues the copies (`cuMemcpy2DAsync`, one per plane) and gives back what owns their
+    /// memory until they ran, with the outcome: on an error the copies before it stay queued.
+    pub(crate) fn queue(self) -> (Pending<T>, Result<(), CudaError>) {
+        // SAFETY: `self.pending` was planned with these copies and is alive here; it is given
+        // back, and keeps the memory until the stream has run the copies.
+        let queued = unsafe { self.copies.queue() };
+        (self.pending, queued)
+    }
+
+    /// Replaces the host source by `f(source)`, which must keep the memory the copies read
+    /// allocated (the planned copies hold its address); see [`Pending::map_source`].
+    pub(crate) fn map_source(&mut self, f: impl FnOnce(T) -> T) {
+        self.pending.map_source(f);
+    }
+}
+
+impl<T> std::fmt::Debug for PlannedUpload<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlannedUpload").finish_non_exhaustive()
+    }
+}
+
+/// [`copy_planes_async`] without queuing: checks the planes and describes the copies, to be
+/// queued with [`PlannedUpload::queue`].
+///
+/// # Errors
+/// As [`copy_planes_async`], except that nothing is queued (the host source comes back at once).
+#[allow(clippy::type_complexity)]
+pub(crate) fn plan_planes_async<T: HostBytes>(
+    src: PlaneSource<T>,
+    planes: &[Plane],
+    dst: &Arc<PitchedBuffer>,
+    stream: &Stream,
+) -> Result<PlannedUpload<T>, (CudaError, Option<T>)> {
+    let mut pending = Pending {
+        src: Some(src),
+        dst: Arc::clone(dst),
+        stream: stream.clone(),
+    };
+    match plan(&pending, planes) {
+        Ok(copies) => Ok(PlannedUpload { pending, copies }),
+        // Nothing was queued: the source goes back without a wait.
+        Err(e) => match pending.src.take() {
+            Some(PlaneSource::Host(t)) => Err((e, Some(t))),
+            _ => Err((e, None)),
+        },
+    }
+}
+
+/// Checks `planes` against the memory of `pending` and describes their copies.
+fn plan<T: HostBytes>(pending: &Pending<T>, planes: &[Plane]) -> Result<PlannedCopies, CudaError> {
     let surface = pending.dst.surface();
     let dst_len = surface.pitch.saturating_mul(surface.rows);
-    for plane in planes {
+    let mut copies: [Option<(Source, usize, DeviceSurface)>; 3] = [None, None, None];
+    if planes.len() > copies.len() {
+        return Err(CudaError::InvalidCopy {
+            width_bytes: 0,
+            rows: planes.len(),
+            src_pitch: 0,
+            src_len: 0,
+        });
+    }
+    for (plane, slot) in planes.iter().zip(copies.iter_mut()) {
+        let src_len = match &pending.src {
+            Some(PlaneSource::Host(t)) => t.host_bytes().len(),
+            _ => usize::MAX,
+        };
         let invalid = || CudaError::InvalidCopy {
             width_bytes: plane.width,
             rows: plane.rows,
             src_pitch: plane.src_pitch,
-            src_len: match &pending.src {
-                Some(PlaneSource::Host(t)) => t.host_bytes().len(),
-                _ => usize::MAX,
-            },
+            src_len,
         };
         let dst_end = Plane::span(plane.dst_pitch, plane.width, plane.rows)
             .and_then(|s| s.checked_add(plane.dst_offset));
@@ -370,32 +480,28 @@ fn queue_planes<T: HostBytes>(pending: &Pending<T>, planes: &[Plane]) -> Result<
             width_bytes: plane.width,
             rows: plane.rows,
         };
-        match &pending.src {
+        let source = match &pending.src {
             Some(PlaneSource::Host(t)) => {
                 let bytes = t.host_bytes().get(plane.src_offset..).unwrap_or_default();
-                // SAFETY: `bytes` stays alive and unwritten until the copy ran: `pending` owns
-                // it (HostBytes) and waits for the stream before giving it up, unless the caller
-                // of `Pending::ran` vouches that the copy ran; `target` lies inside `dst`
-                // (checked above), which `pending` keeps allocated the same way. The source's
-                // length is checked by the callee.
-                unsafe {
-                    copy_host_to_device_async(bytes, plane.src_pitch, &target, &pending.stream)
-                }?;
+                let src_end = Plane::span(plane.src_pitch, plane.width, plane.rows);
+                if src_end.is_none_or(|end| end > bytes.len()) {
+                    return Err(invalid());
+                }
+                Source::Host(bytes.as_ptr().cast::<c_void>())
             }
-            Some(PlaneSource::Device(d)) => {
-                let from = d
-                    .ptr
+            Some(PlaneSource::Device(d)) => Source::Device(
+                d.ptr
                     .checked_add(plane.src_offset as u64)
-                    .ok_or_else(invalid)?;
-                // SAFETY: `DeviceSource::new`'s contract covers the source; `target` as above.
-                unsafe {
-                    copy_device_to_device_async(from, plane.src_pitch, &target, &pending.stream)
-                }?;
-            }
-            None => {}
-        }
+                    .ok_or_else(invalid)?,
+            ),
+            None => continue,
+        };
+        *slot = Some((source, plane.src_pitch, target));
     }
-    Ok(())
+    Ok(PlannedCopies {
+        copies,
+        stream: pending.stream.clone(),
+    })
 }
 
 /// Copies `planes` of the device allocation `src` into a new host buffer of `len` bytes: each

@@ -38,6 +38,7 @@ pub use copy::{
     copy_device_to_device_async, copy_host_to_device_async, copy_planes_async, download_planes,
     DeviceSource, Either, HostBytes, Pending, Plane, PlaneSource,
 };
+pub(crate) use copy::{plan_planes_async, PlannedUpload};
 pub(crate) use frame_copy::{copy_from_cuda, copy_from_device_ptr};
 pub use frame_copy::{CudaBytes, FrameCopyError, FrameLayout};
 pub use memory::{DeviceSurface, PinnedBuffer, PitchedBuffer};

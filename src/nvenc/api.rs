@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use nvenc_sys as sys;
 
-use crate::cuda::{Context, Pending, PitchedBuffer, Stream};
+use crate::cuda::{Context, Pending, PitchedBuffer, PlannedUpload, Stream};
+use crate::nvenc::session::Staged;
 use nvenc_sys::{Library, GUID, NVENCSTATUS};
 
 use super::error::NvencError;
@@ -512,6 +513,31 @@ impl RawEncoder {
         result.map_err(|e| (mapped, e))
     }
 
+    /// Queues a frame's upload into an input surface (`cuMemcpy2DAsync` per plane), on the
+    /// watchdog's worker once it runs, and gives back what owns the copies' memory until they
+    /// ran. On a failure the copies before it may be queued: the `Pending` comes back with the
+    /// error, to be waited for. After a hang it stays with the worker (`None`), keeping the
+    /// memory the copies use for as long as the call may still queue them.
+    pub(crate) fn upload(
+        &self,
+        planned: PlannedUpload<Staged>,
+    ) -> Result<Pending<Staged>, (Option<Pending<Staged>>, CallError)> {
+        let Some(worker) = &self.watchdog else {
+            return match planned.queue() {
+                (pending, Ok(())) => Ok(pending),
+                (pending, Err(e)) => Err((Some(pending), cuda_failed("cuMemcpy2DAsync_v2", &e))),
+            };
+        };
+        match worker.call("cuMemcpy2DAsync_v2", Blocking::Upload(planned)) {
+            Ok(Unblocked::Uploaded(pending, Ok(()))) => Ok(pending),
+            Ok(Unblocked::Uploaded(pending, Err(e))) => {
+                Err((Some(pending), cuda_failed("cuMemcpy2DAsync_v2", &e)))
+            }
+            Ok(_) => Err((None, CallError::Failed(mixed_up()))),
+            Err(hung) => Err((None, CallError::Hung(hung))),
+        }
+    }
+
     /// `cuStreamSynchronize` of the session's IO stream (the uploads and NVENC's input
     /// processing), on the watchdog's worker once it runs.
     pub(crate) fn synchronize(&self) -> Result<(), CallError> {
@@ -528,13 +554,7 @@ impl RawEncoder {
                 Err(hung) => return Err(CallError::Hung(hung)),
             },
         };
-        result.map_err(|e| {
-            CallError::Failed(NvencError::new(
-                "cuStreamSynchronize",
-                NVENCSTATUS::NV_ENC_ERR_GENERIC,
-                e.to_string(),
-            ))
-        })
+        result.map_err(|e| cuda_failed("cuStreamSynchronize", &e))
     }
 
     fn submit(&self, params: sys::NV_ENC_PIC_PARAMS) -> Result<Submitted, CallError> {
@@ -671,6 +691,15 @@ impl RawEncoder {
             Err(hung) => Err(CallError::Hung(hung)),
         }
     }
+}
+
+/// A failed CUDA call of the session, as a call error naming it.
+fn cuda_failed(call: &'static str, e: &crate::cuda::CudaError) -> CallError {
+    CallError::Failed(NvencError::new(
+        call,
+        NVENCSTATUS::NV_ENC_ERR_GENERIC,
+        e.to_string(),
+    ))
 }
 
 impl Drop for RawEncoder {

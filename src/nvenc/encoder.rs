@@ -47,7 +47,7 @@ use super::bounded::Progress;
 use super::fail::{call_err, cuda_error};
 use super::init::{self, apply_rate_control};
 use super::options::NvencOptions;
-use super::session::{self, HungAt, InFlight, NvencSession, Staged, Surface};
+use super::session::{self, HungAt, InFlight, NvencSession, SlotUpload, Staged, Surface};
 use super::NvencError;
 use crate::cuda::{self, Context, Either, Plane, PlaneSource, Stream};
 use crate::encoder::mapping;
@@ -348,13 +348,45 @@ impl NvencEncoder {
             return Err(Error::Nvenc(session::unregistered(index)));
         };
         let memory = Arc::clone(registered.memory());
-        let upload = match cuda::copy_planes_async(source, &planes.0[..planes.1], &memory, &stream)
-        {
+        let mut planned =
+            match cuda::plan_planes_async(source, &planes.0[..planes.1], &memory, &stream) {
+                Ok(planned) => planned,
+                Err((e, source)) => {
+                    session.free_surfaces.push_front(index);
+                    give_back(session, source);
+                    return Err(cuda_error(e));
+                }
+            };
+        // A caller's pinned slot: its lease stays here, with the picture, until the read-back;
+        // the upload keeps only the ring's memory, so a hung upload cannot keep the slot from
+        // its ring.
+        let mut pinned = None;
+        planned.map_source(|source| match source {
+            Either::Right(SlotUpload::Lease(lease)) => {
+                let hold = lease.hold_storage();
+                pinned = Some(lease);
+                Either::Right(SlotUpload::Released(hold))
+            }
+            other => other,
+        });
+        let upload = match session.raw.upload(planned) {
             Ok(upload) => upload,
-            Err((e, source)) => {
-                session.free_surfaces.push_front(index);
-                give_back(session, source);
-                return Err(cuda_error(e));
+            Err((Some(upload), CallError::Failed(e))) => {
+                // Copies queued before the failure may still run: waited for before the
+                // surface and the source are used again.
+                match session.raw.upload_done(upload) {
+                    Ok(source) => {
+                        session.free_surfaces.push_front(index);
+                        give_back(session, source);
+                    }
+                    Err((upload, _)) => session.stranded.push(upload),
+                }
+                return Err(self.fail(CallError::Failed(e)));
+            }
+            Err((_, e)) => {
+                // Hung: the upload (and the memory it names) stays with the worker; so does
+                // the surface, with the session, which is abandoned.
+                return Err(self.fail(e));
             }
         };
         let pitch = pitch_u32(memory.surface().pitch)?;
@@ -384,6 +416,7 @@ impl NvencEncoder {
                 session.limbo = Some(InFlight {
                     surface: Surface::Own(index),
                     lease: None,
+                    pinned: pinned.take(),
                     upload: Some(upload),
                     mapped: None,
                     output: None,
@@ -396,6 +429,7 @@ impl NvencEncoder {
                 let flight = InFlight {
                     surface: Surface::Own(index),
                     lease: None,
+                    pinned: pinned.take(),
                     upload: Some(upload),
                     mapped: None,
                     output: None,
@@ -407,6 +441,7 @@ impl NvencEncoder {
         let flight = InFlight {
             surface: Surface::Own(index),
             lease: None,
+            pinned,
             upload: Some(upload),
             mapped: Some(mapped),
             output: Some(output),
@@ -472,6 +507,7 @@ impl NvencEncoder {
         let flight = InFlight {
             surface,
             lease: Some(Arc::clone(lease)),
+            pinned: None,
             upload: None,
             mapped: Some(mapped),
             output: Some(output),

@@ -89,6 +89,9 @@ pub(crate) struct InFlight {
     /// The caller's device slot the picture is encoded from, leased until its bitstream was
     /// read back and its surface unmapped.
     pub lease: Option<Arc<ReadSlot<DeviceStorage>>>,
+    /// The caller's pinned slot the picture was uploaded from, leased likewise (the upload
+    /// itself holds only the ring's memory).
+    pub pinned: Option<Arc<ReadSlot<PinnedStorage>>>,
     /// The copy into the surface, owning its source until it is known to have run.
     pub upload: Option<Pending<Staged>>,
     pub mapped: Option<Mapped>,
@@ -284,6 +287,7 @@ impl NvencSession {
         // The caller's slot goes back to its ring only now: its bitstream was read back (or it
         // was never submitted) and its surface is no longer mapped.
         drop(flight.lease.take());
+        drop(flight.pinned.take());
     }
 
     /// Whether the caller's surface at `ptr` is mapped for a picture in flight (or retired).
@@ -483,6 +487,7 @@ impl NvencSession {
         // pending.)
         for flight in self.pending.iter_mut().chain(self.limbo.as_mut()) {
             flight.lease = None;
+            flight.pinned = None;
             if let Some(upload) = flight.upload.as_mut() {
                 upload.map_source(|source| match source {
                     Either::Right(SlotUpload::Lease(lease)) => {

@@ -36,6 +36,8 @@ pub(crate) enum Blocking {
     Unmap(SessionPtr),
     /// `cuStreamSynchronize` of the session's IO stream.
     Synchronize(crate::cuda::Stream),
+    /// `cuMemcpy2DAsync` of a frame's planes into an input surface, on the session's IO stream.
+    Upload(crate::cuda::PlannedUpload<crate::nvenc::session::Staged>),
 }
 
 /// `NV_ENC_PIC_PARAMS`, to be moved to the worker.
@@ -54,6 +56,10 @@ pub(crate) enum Unblocked {
     Mapped(Result<(SessionPtr, sys::NV_ENC_BUFFER_FORMAT), NvencError>),
     Unmapped(Result<(), NvencError>),
     Synchronized(Result<(), crate::cuda::CudaError>),
+    Uploaded(
+        crate::cuda::Pending<crate::nvenc::session::Staged>,
+        Result<(), crate::cuda::CudaError>,
+    ),
 }
 
 /// How a call that hung ended, once (if ever) it returned.
@@ -75,7 +81,8 @@ impl LateEnd {
                 Unblocked::Submitted(Ok(_))
                 | Unblocked::Locked(Ok(_), _)
                 | Unblocked::Mapped(Ok(_))
-                | Unblocked::Unmapped(Ok(())),
+                | Unblocked::Unmapped(Ok(()))
+                | Unblocked::Uploaded(_, Ok(())),
             ) => LateEnd::Succeeded,
             Some(_) => LateEnd::Failed,
             None => LateEnd::Unknown,
@@ -127,6 +134,10 @@ pub(super) fn run_blocking(lib: &Library, session: SessionPtr, call: Blocking) -
             Unblocked::Unmapped(unmap_on(lib, session.0.as_ptr(), mapped.0.as_ptr()))
         }
         Blocking::Synchronize(stream) => Unblocked::Synchronized(stream.synchronize()),
+        Blocking::Upload(planned) => {
+            let (pending, queued) = planned.queue();
+            Unblocked::Uploaded(pending, queued)
+        }
     }
 }
 
