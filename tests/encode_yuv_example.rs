@@ -562,3 +562,47 @@ fn dev_stdout_opened_for_appending_is_appended_to() {
     assert_eq!(common::decode_h264(&stream, RES).len(), 24);
     assert_eq!(names_in(dir.path()), ["f.h264", "in.yuv"]);
 }
+
+/// `--tune zerolatency --bframes 2` is refused with the configuration error naming both and what
+/// would be valid, before any output is created; `--bframes 0` with it encodes. Checked against
+/// validation without the check, where the B-frames were dropped in silence and the run
+/// succeeded.
+#[test]
+fn bframes_with_zerolatency_are_refused_naming_both() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = dir.path().join("z.h264");
+    let run = run_bounded(
+        Command::new(example())
+            .args(["--frames", "2", "--tune", "zerolatency", "--bframes", "2"])
+            .args(x264_args())
+            .arg("-o")
+            .arg(&output),
+        std::time::Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bframes 2 with tune zerolatency")
+            && stderr.contains("without B-frames")
+            && stderr.contains("choose another tune"),
+        "{stderr}"
+    );
+    assert!(!output.exists(), "nothing written on a configuration error");
+    let run = run_bounded(
+        Command::new(example())
+            .args(["--frames", "2", "--tune", "zerolatency", "--bframes", "0"])
+            .args(x264_args())
+            .arg("-o")
+            .arg(&output),
+        std::time::Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "bframes 0 is valid with zerolatency: {stderr}"
+    );
+    assert_eq!(
+        common::decode_h264(&std::fs::read(&output).expect("output"), RES).len(),
+        2
+    );
+}

@@ -360,6 +360,16 @@ pub enum ConfigError {
         /// Largest accepted.
         max: u32,
     },
+    /// B-frames asked for together with the `zerolatency` tune, which encodes without them
+    /// (refused rather than silently dropped). `bframes` 0 or unset is valid with it.
+    #[error(
+        "bframes {bframes} with tune zerolatency: zero-latency encodes without B-frames; drop \
+         --bframes (or set it to 0) or choose another tune"
+    )]
+    BframesWithZeroLatency {
+        /// Requested B-frames (at least 1).
+        bframes: u32,
+    },
     /// Too many threads.
     #[error("{threads} threads is out of range: expected 0 (automatic) to {max}")]
     ThreadsOutOfRange {
