@@ -426,6 +426,19 @@ pub enum ConfigError {
         /// Largest accepted.
         max: usize,
     },
+    /// A pipeline whose ring and NVENC were given different CUDA devices: NVENC uploads from,
+    /// or encodes straight from, the ring's slots, which belong to one device's context.
+    #[error(
+        "the pipeline's ring is set to CUDA device {ring} (PipelineOptions::cuda_device) but \
+         NVENC to device {nvenc} (GpuEncoderConfig::cuda_device): both must be the same device; \
+         set only one of them, or both to the same ordinal"
+    )]
+    CudaDeviceMismatch {
+        /// The device the pipeline's options put the ring on.
+        ring: usize,
+        /// The device the encoder settings put NVENC on.
+        nvenc: usize,
+    },
     /// An unknown encoder name.
     #[error("unknown encoder {name:?}: expected one of {}", valid.join(", "))]
     UnknownEncoder {
