@@ -60,6 +60,9 @@ struct Args {
     /// Tune (zerolatency, fastdecode, ...).
     #[arg(long, value_parser = parse::<Tune>)]
     tune: Option<Tune>,
+    /// Consecutive B-frames (default: the preset's; none with --tune zerolatency).
+    #[arg(long)]
+    bframes: Option<u32>,
     /// Output file: .mp4 for MP4, anything else Annex B.
     #[arg(short = 'o', long, default_value = "out.mp4")]
     output: PathBuf,
@@ -198,7 +201,11 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
         .with_pixel_format(PixelFormat::I420)
         .with_frame_rate(nvencode::FrameRate::new(args.fps, 1))
         .with_preset(args.preset)
-        .with_tune(args.tune);
+        .with_tune(args.tune)
+        .with_bframes(args.bframes);
+    // Checked before anything is opened, so a contradiction (B-frames with zerolatency) is
+    // reported as the configuration error it is.
+    config.validate()?;
     let mut gpu = GpuEncoderConfig::default();
     gpu.ring_buffer_size = args.ring;
     gpu.preferred_encoder = match args.encoder.as_str() {

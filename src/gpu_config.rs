@@ -72,6 +72,11 @@ pub struct GpuEncoderConfig {
     /// Constant QP, 0-51.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qp: Option<u32>,
+    /// The CUDA device (ordinal) NVENC encodes on, and a pipeline's ring is allocated on; unset:
+    /// the [`PipelineOptions::cuda_device`](crate::pipeline::PipelineOptions::cuda_device) a
+    /// pipeline is opened with, else device 0. [`GpuEncoderConfig::cuda_device_with`] decides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda_device: Option<usize>,
 }
 
 impl Default for GpuEncoderConfig {
@@ -87,6 +92,7 @@ impl Default for GpuEncoderConfig {
             max_bitrate: None,
             vbv_buffer: None,
             qp: None,
+            cuda_device: None,
         }
     }
 }
@@ -141,13 +147,43 @@ impl GpuEncoderConfig {
     /// [`ConfigError`]s of these settings or of `config` (as [`Error::Config`]); otherwise as
     /// [`FallbackEncoder::new`].
     pub fn open(&self, config: &EncoderConfig) -> Result<FallbackEncoder, Error> {
+        self.open_on(config, self.cuda_device_with(None)?)
+    }
+
+    /// As [`open`](Self::open), with NVENC on CUDA device `device` (which
+    /// [`cuda_device_with`](Self::cuda_device_with) chose).
+    pub(crate) fn open_on(
+        &self,
+        config: &EncoderConfig,
+        device: usize,
+    ) -> Result<FallbackEncoder, Error> {
         self.validate()?;
         let mut config = config.clone();
         if let Some(rate) = self.rate()? {
             config.rate_control = rate;
         }
-        let chain = crate::fallback::chain_with(self.preferred_encoder, &self.nvenc_options())?;
+        // Up front, before detection probes any backend: a bad value fails at once, as itself.
+        config.validate()?;
+        let nvenc = self.nvenc_options().with_device(device);
+        let chain = crate::fallback::chain_with(self.preferred_encoder, &nvenc)?;
         FallbackEncoder::with_chain(&config, chain)
+    }
+
+    /// The CUDA device NVENC encodes on and a pipeline's ring is allocated on, given the device
+    /// the pipeline's options name (`ring`, `None` when they name none): the one place that
+    /// decides, so the two are always the same device. [`GpuEncoderConfig::cuda_device`] or
+    /// `ring`, whichever is set; device 0 when neither is.
+    ///
+    /// # Errors
+    /// [`ConfigError::CudaDeviceMismatch`] when both are set to different devices.
+    pub fn cuda_device_with(&self, ring: Option<usize>) -> Result<usize, ConfigError> {
+        match (self.cuda_device, ring) {
+            (Some(nvenc), Some(ring)) if nvenc != ring => {
+                Err(ConfigError::CudaDeviceMismatch { ring, nvenc })
+            }
+            (Some(device), _) | (None, Some(device)) => Ok(device),
+            (None, None) => Ok(0),
+        }
     }
 
     /// The frame ring a pipeline puts between its producer and the encoder: `ring_buffer_size`
@@ -162,12 +198,14 @@ impl GpuEncoderConfig {
         FrameRing::new(self.ring_buffer_size, frame_len).map(Some)
     }
 
-    /// The NVENC options these settings choose: the overrides that are set, nothing else.
+    /// The NVENC options these settings choose: the overrides that are set and the CUDA device
+    /// ([`GpuEncoderConfig::cuda_device`], 0 when unset), nothing else.
     #[must_use]
     pub fn nvenc_options(&self) -> NvencOptions {
         NvencOptions::default()
             .with_preset(self.nvenc_preset)
             .with_tuning(self.nvenc_tune)
+            .with_device(self.cuda_device.unwrap_or(0))
     }
 }
 
@@ -270,6 +308,43 @@ mod tests {
             ..gpu
         };
         assert!(off.frame_ring(6144).unwrap().is_none());
+    }
+
+    /// B-frames with zerolatency reach `open` as the configuration error itself, before any
+    /// backend is tried. Checked against `EncoderConfig::validate` without the check, where
+    /// `open` succeeded and the B-frames were dropped in silence.
+    #[test]
+    fn open_refuses_bframes_with_zerolatency_as_a_config_error() {
+        let config = EncoderConfig::new(64, 64)
+            .with_tune(Some(crate::Tune::Zerolatency))
+            .with_bframes(Some(2));
+        match GpuEncoderConfig::default().open(&config) {
+            Err(Error::Config(ConfigError::BframesWithZeroLatency { bframes: 2 })) => {}
+            other => panic!("expected BframesWithZeroLatency, got {other:?}"),
+        }
+    }
+
+    /// One place decides the CUDA device of NVENC and of a pipeline's ring: whichever of the
+    /// settings and the pipeline's options names one, 0 when neither does, and a typed error
+    /// naming both when they differ.
+    #[test]
+    fn one_cuda_device_for_nvenc_and_the_ring() {
+        let unset = GpuEncoderConfig::default();
+        assert_eq!(unset.cuda_device_with(None), Ok(0));
+        assert_eq!(unset.cuda_device_with(Some(1)), Ok(1));
+        assert_eq!(unset.nvenc_options().device, 0);
+        let one: GpuEncoderConfig = toml::from_str("cuda_device = 1").unwrap();
+        assert_eq!(one.cuda_device, Some(1));
+        assert_eq!(one.nvenc_options().device, 1);
+        assert_eq!(one.cuda_device_with(None), Ok(1));
+        assert_eq!(one.cuda_device_with(Some(1)), Ok(1));
+        let err = one.cuda_device_with(Some(0)).unwrap_err();
+        assert_eq!(err, ConfigError::CudaDeviceMismatch { ring: 0, nvenc: 1 });
+        let text = err.to_string();
+        assert!(
+            text.contains("CUDA device 0") && text.contains("device 1") && text.contains("same"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -562,3 +562,134 @@ fn dev_stdout_opened_for_appending_is_appended_to() {
     assert_eq!(common::decode_h264(&stream, RES).len(), 24);
     assert_eq!(names_in(dir.path()), ["f.h264", "in.yuv"]);
 }
+
+/// `--tune zerolatency --bframes 2` is refused with the configuration error naming both and what
+/// would be valid, before any output is created; `--bframes 0` with it encodes. Checked against
+/// validation without the check, where the B-frames were dropped in silence and the run
+/// succeeded.
+#[test]
+fn bframes_with_zerolatency_are_refused_naming_both() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = dir.path().join("z.h264");
+    let run = run_bounded(
+        Command::new(example())
+            .args(["--frames", "2", "--tune", "zerolatency", "--bframes", "2"])
+            .args(x264_args())
+            .arg("-o")
+            .arg(&output),
+        std::time::Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bframes 2 with tune zerolatency")
+            && stderr.contains("without B-frames")
+            && stderr.contains("choose another tune"),
+        "{stderr}"
+    );
+    assert!(!output.exists(), "nothing written on a configuration error");
+    let run = run_bounded(
+        Command::new(example())
+            .args(["--frames", "2", "--tune", "zerolatency", "--bframes", "0"])
+            .args(x264_args())
+            .arg("-o")
+            .arg(&output),
+        std::time::Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "bframes 0 is valid with zerolatency: {stderr}"
+    );
+    assert_eq!(
+        common::decode_h264(&std::fs::read(&output).expect("output"), RES).len(),
+        2
+    );
+}
+
+/// A run killed outright (SIGKILL) leaves its temporary file, named after the output and its
+/// PID; the next run writing the same output removes it, and leaves alone the temporary files of
+/// a run still going (here: this test's own PID) and of other outputs. Checked against the
+/// earlier random temporary names, which no run ever removed.
+#[test]
+fn a_killed_runs_temporary_file_is_removed_by_the_next_run() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = dir.path().join("k.h264");
+    let live = format!(".k.h264.{}.aB3dE9.part", std::process::id());
+    let other = ".k.h264.1.x.part.k.h264"; // another output's name, not a temporary of k.h264
+    let dead = {
+        let mut gone = Command::new("true").spawn().expect("run true");
+        gone.wait().expect("reap true");
+        gone.id()
+    };
+    let other_output = format!(".k.h264.mp4.{dead}.aB3dE9.part");
+    for name in [live.as_str(), other, other_output.as_str()] {
+        std::fs::write(dir.path().join(name), b"not ours").expect("write");
+    }
+
+    // Frames come through stdin, so the run is still going (its temporary file open) when it is
+    // killed.
+    let mut child = Command::new(example())
+        .args(["-", "--size", "160x96", "--encoder", "x264", "-q", "-o"])
+        .arg(&output)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start example");
+    let pattern = TestPattern::new(RES, PixelFormat::I420).expect("pattern");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(&pattern.frame(0)).expect("feed a frame");
+    let killed_name = format!(".k.h264.{}.", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let stale = loop {
+        if let Some(name) = names_in(dir.path())
+            .into_iter()
+            .find(|n| n.starts_with(&killed_name) && n.ends_with(".part"))
+        {
+            break name;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temporary file {killed_name}XXXXXX.part within 60 s: {:?}",
+            names_in(dir.path())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    signal(child.id(), "KILL");
+    let _ = wait_bounded(&mut child, std::time::Duration::from_secs(30));
+    drop(stdin);
+    assert!(
+        dir.path().join(&stale).exists(),
+        "SIGKILL cleans up nothing"
+    );
+
+    let input = dir.path().join("in.yuv");
+    write_clip(&input, 3);
+    let run = run_bounded(
+        Command::new(example())
+            .arg(&input)
+            .args(x264_args())
+            .arg("-o")
+            .arg(&output),
+        std::time::Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains(&stale), "the removal is reported: {stderr}");
+    let mut want = vec![
+        live.clone(),
+        other.to_owned(),
+        other_output.clone(),
+        "in.yuv".to_owned(),
+        "k.h264".to_owned(),
+    ];
+    want.sort();
+    assert_eq!(names_in(dir.path()), want, "{stderr}");
+    assert_eq!(
+        common::decode_h264(&std::fs::read(&output).expect("output"), RES).len(),
+        3
+    );
+}

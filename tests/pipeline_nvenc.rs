@@ -245,6 +245,67 @@ fn device_slots_through_the_stage_are_encoded_with_no_host_copy() {
     }
 }
 
+/// Device slots on CUDA device 1 of two: the stage opens NVENC on the ring's device, so every
+/// frame is encoded by NVENC from its slot (none is refused as another context's surface).
+#[test]
+#[ignore = "child half of a_ring_on_device_1_has_nvenc_on_device_1"]
+fn child_stage_on_device_1() {
+    assert_child();
+    let config = config();
+    let input = Arc::new(common::clip(&config, FRAMES as u64));
+    let mut gpu = GpuEncoderConfig::default();
+    gpu.ring_buffer_size = 4;
+    gpu.preferred_encoder = Some(EncoderKind::Nvenc);
+    let options = PipelineOptions::from_gpu_config(&gpu)
+        .with_cuda_device(1)
+        .with_slot_memory(SlotMemory::Device);
+    let (mut producer, mut output) = EncodePipeline::open_with(&config, &gpu, options)
+        .expect("open")
+        .split();
+    assert_eq!(output.encoder_kind(), EncoderKind::Nvenc);
+    let frames = Arc::clone(&input);
+    let feeder = std::thread::spawn(move || {
+        for (pts, frame) in frames.iter().enumerate() {
+            let Ok(slot) = producer.reserve_device_timeout(BOUND) else {
+                return; // the encoder stopped: the reader reports why
+            };
+            upload(&slot, frame, &self::config());
+            if slot.commit(pts as i64, false).is_err() {
+                return;
+            }
+        }
+        let _ = producer.finish();
+    });
+    let mut chunks = Vec::new();
+    loop {
+        match output.recv_timeout(BOUND) {
+            nvencode::pipeline::Received::Item(item) => {
+                chunks.push(item.expect("every frame encoded from its device-1 slot"))
+            }
+            nvencode::pipeline::Received::End => break,
+            nvencode::pipeline::Received::Pending => panic!("no chunk within {BOUND:?}"),
+        }
+    }
+    feeder.join().expect("feeder");
+    assert_eq!(
+        output.finished_by(),
+        Some(EncoderKind::Nvenc),
+        "no failover"
+    );
+    drop(output);
+    assert_decodes(&chunks, &input, &config);
+}
+
+/// `PipelineOptions::with_cuda_device(1)` puts the ring on device 1 and, through the one place
+/// that decides the device (`GpuEncoderConfig::cuda_device_with`), NVENC too. Checked against
+/// `open_with` opening NVENC on `NvencOptions::device` (0) whatever the options said: NVENC then
+/// refused the first device-1 slot and the stage ended with an encoder error.
+#[test]
+fn a_ring_on_device_1_has_nvenc_on_device_1() {
+    let emu = EmuDriver::new().cuda_devices(2);
+    let _ = run_child(&emu, "child_stage_on_device_1");
+}
+
 /// A slow CPU encoder (as x264 is to a GPU producer): emits one chunk per frame carrying its pts
 /// and a checksum of the bytes it was given.
 struct SlowChecksum {

@@ -317,3 +317,36 @@ fn p50_p99(summary: &str, label: &str) -> (f64, f64) {
     let (p99, _) = number_after(rest, " p99 ");
     (p50, p99)
 }
+
+/// The pipeline example refuses `--tune zerolatency --bframes 2` with the configuration error
+/// naming both, before anything is opened or written. Checked against the example without the
+/// `--bframes` flag and validation without the check (the B-frames were dropped in silence).
+#[test]
+fn pipeline_example_refuses_bframes_with_zerolatency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("z.h264");
+    let run = std::process::Command::new(common::example("pipeline"))
+        .args([
+            "--frames",
+            "2",
+            "--size",
+            "64x64",
+            "--encoder",
+            "x264",
+            "-q",
+        ])
+        .args(["--tune", "zerolatency", "--bframes", "2", "-o"])
+        .arg(&out)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the example");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bframes 2 with tune zerolatency")
+            && stderr.contains("without B-frames")
+            && stderr.contains("choose another tune"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing written on a configuration error");
+}

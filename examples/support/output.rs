@@ -8,6 +8,12 @@
 //! (`NAME.partial.EXT`). Standard output (`-`, or `/dev/stdout` and any other name of the file
 //! standard output is, which keeps the shell's append mode), devices and pipes are written
 //! directly. MP4 is chosen by the `.mp4` / `.m4v` extension.
+//!
+//! The temporary file is `.NAME.PID.XXXXXX.part` beside the output (hidden; `NAME` the output's
+//! file name, `PID` the writing process, `XXXXXX` six random letters and digits). A run killed
+//! outright (SIGKILL, a power cut) leaves it behind; the next run writing the same output removes
+//! each such file whose process is gone (one whose process still runs, or whose PID was reused
+//! by another process, is left alone).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -76,6 +82,74 @@ fn partial_name(path: &Path) -> PathBuf {
         None => format!("{stem}.partial"),
     };
     path.with_file_name(name)
+}
+
+/// The longest part of the output's name that goes into its temporary file's name, in bytes:
+/// with the PID, the random part and the dots, the name stays within a file name's 255 bytes.
+const TEMP_NAME_MAX: usize = 200;
+
+/// `.NAME.`: how the temporary files of the output `path` begin (then `PID.XXXXXX.part`).
+fn temp_prefix(path: &Path) -> String {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let mut end = name.len().min(TEMP_NAME_MAX);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(".{}.", &name[..end])
+}
+
+/// The PID in `file_name` if it is a temporary file of the output whose files begin with
+/// `prefix`: `PREFIX` `PID` `.` six letters and digits `.part`, nothing else (so another
+/// output's files, whose names go on after this one's, never match).
+fn temp_pid(file_name: &str, prefix: &str) -> Option<i32> {
+    let middle = file_name.strip_prefix(prefix)?.strip_suffix(".part")?;
+    let (pid, random) = middle.split_once('.')?;
+    let random_ok = random.len() == 6 && random.bytes().all(|b| b.is_ascii_alphanumeric());
+    let pid_ok = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    if !(random_ok && pid_ok) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` is gone: `kill(pid, 0)` finds no such process. A process of another
+/// user (EPERM) or any other answer counts as alive, so its file is kept.
+fn process_gone(pid: i32) -> bool {
+    match rustix::process::Pid::from_raw(pid) {
+        Some(pid) => rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH),
+        None => false,
+    }
+}
+
+/// Removes the temporary files that killed runs writing the output `path` left in `dir` (those
+/// whose process is gone), saying so on standard error. Best effort: a folder that cannot be
+/// listed, or a file that cannot be removed, is left as it is.
+fn remove_stale_temporaries(dir: &Path, path: &Path) {
+    let prefix = temp_prefix(path);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| temp_pid(n, &prefix)) else {
+            continue;
+        };
+        if !process_gone(pid) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let stale = entry.path();
+        match fs::remove_file(&stale) {
+            Ok(()) => eprintln!(
+                "removed {}, left by an earlier run (process {pid}, no longer running) writing {}",
+                stale.display(),
+                path.display()
+            ),
+            Err(e) => eprintln!(
+                "cannot remove stale temporary file {}: {e}",
+                stale.display()
+            ),
+        }
+    }
 }
 
 /// What an MP4 file needs to know up front: the frame size and the timestamps' unit.
@@ -174,8 +248,10 @@ impl Sink {
                     Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
                     _ => PathBuf::from("."),
                 };
+                remove_stale_temporaries(&dir, &path);
                 let tmp = tempfile::Builder::new()
-                    .prefix(".encode_yuv-")
+                    .prefix(&format!("{}{}.", temp_prefix(&path), std::process::id()))
+                    .rand_bytes(6)
                     .suffix(".part")
                     .tempfile_in(&dir)
                     .map_err(|e| {

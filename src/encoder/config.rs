@@ -50,7 +50,8 @@ pub struct EncoderConfig {
     pub rate_control: RateControl,
     /// Largest distance between keyframes (IDR pictures), in frames.
     pub gop_size: u32,
-    /// Consecutive B-frames allowed, or `None` for the preset's (and tune's) choice.
+    /// Consecutive B-frames allowed, or `None` for the preset's (and tune's) choice. Above 0 with
+    /// the `zerolatency` tune it is an error ([`ConfigError::BframesWithZeroLatency`]).
     pub bframes: Option<u32>,
     /// Encoder threads, `0` for the backend's automatic choice. Ignored by hardware backends.
     pub threads: u32,
@@ -204,6 +205,11 @@ impl EncoderConfig {
                     bframes,
                     max: Self::BFRAMES_MAX,
                 });
+            }
+            // Zero latency means no reordering on every backend (`mapping::bframes`): B-frames
+            // asked for with it are a contradiction to report, not a wish to drop in silence.
+            if bframes > 0 && self.tune == Some(Tune::Zerolatency) {
+                return Err(ConfigError::BframesWithZeroLatency { bframes });
             }
         }
         if self.threads > Self::THREADS_MAX {

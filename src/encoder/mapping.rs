@@ -9,14 +9,15 @@ use crate::encoder::{EncoderConfig, EncoderKind, FfmpegH264Encoder, Preset, Rate
 use crate::error::Error;
 
 /// Whether the configuration asks for no reordering and no delay: the `zerolatency` tune. Every
-/// backend then encodes without B-frames (whatever [`EncoderConfig::bframes`] says), and NVENC
-/// reads each frame's bitstream back in the call that submitted it.
+/// backend then encodes without B-frames, and NVENC reads each frame's bitstream back in the call
+/// that submitted it. [`EncoderConfig::bframes`] above 0 with it is refused by
+/// [`EncoderConfig::validate`] ([`crate::ConfigError::BframesWithZeroLatency`]), not ignored.
 pub(crate) fn zero_latency(config: &EncoderConfig) -> bool {
     config.tune == Some(Tune::Zerolatency)
 }
 
-/// The B-frames to ask for: none with zero latency, otherwise [`EncoderConfig::bframes`]
-/// (`None` keeps the backend's or preset's own).
+/// The B-frames to ask for: none with zero latency (where validation admits only `bframes` 0 or
+/// unset), otherwise [`EncoderConfig::bframes`] (`None` keeps the backend's or preset's own).
 pub(crate) fn bframes(config: &EncoderConfig) -> Option<u32> {
     if zero_latency(config) {
         Some(0)

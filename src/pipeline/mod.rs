@@ -187,8 +187,15 @@ pub struct PipelineOptions {
     pub output_capacity: usize,
     /// The memory the ring's slots live in.
     pub memory: SlotMemory,
-    /// The CUDA device (ordinal) pinned slots are allocated on: the one NVENC encodes on.
-    pub cuda_device: usize,
+    /// The CUDA device (ordinal) pinned and device slots are allocated on, which is also the
+    /// one NVENC encodes on when the stage opens the encoder ([`EncodePipeline::open_with`]):
+    /// `None` (the default) takes [`GpuEncoderConfig::cuda_device`], device 0 when that is unset
+    /// too; set to another device than that one, opening fails with
+    /// [`ConfigError::CudaDeviceMismatch`](crate::ConfigError::CudaDeviceMismatch)
+    /// ([`GpuEncoderConfig::cuda_device_with`] decides). An encoder given to
+    /// [`EncodePipeline::with_encoder`] is the caller's: open its NVENC on this device
+    /// ([`crate::nvenc::NvencOptions::with_device`]).
+    pub cuda_device: Option<usize>,
 }
 
 impl Default for PipelineOptions {
@@ -198,7 +205,7 @@ impl Default for PipelineOptions {
             back_pressure: BackPressure::Block,
             output_capacity: 64,
             memory: SlotMemory::Auto,
-            cuda_device: 0,
+            cuda_device: None,
         }
     }
 }
@@ -214,7 +221,7 @@ impl PipelineOptions {
             } else {
                 1
             },
-            cuda_device: gpu.nvenc_options().device,
+            cuda_device: gpu.cuda_device,
             ..PipelineOptions::default()
         }
     }
@@ -247,11 +254,17 @@ impl PipelineOptions {
         self
     }
 
-    /// With pinned slots on CUDA device `ordinal`.
+    /// With the ring's pinned or device slots, and NVENC when the stage opens it, on CUDA device
+    /// `ordinal` (see [`PipelineOptions::cuda_device`]).
     #[must_use]
     pub const fn with_cuda_device(mut self, ordinal: usize) -> Self {
-        self.cuda_device = ordinal;
+        self.cuda_device = Some(ordinal);
         self
+    }
+
+    /// The device the ring's CUDA slots go on: [`PipelineOptions::cuda_device`], 0 when unset.
+    fn device(&self) -> usize {
+        self.cuda_device.unwrap_or(0)
     }
 }
 
@@ -283,15 +296,24 @@ impl EncodePipeline {
 
     /// As [`open`](Self::open), with the stage's options given.
     ///
+    /// The ring and NVENC are on one CUDA device, which
+    /// [`GpuEncoderConfig::cuda_device_with`] chooses from `gpu` and `options`.
+    ///
     /// # Errors
-    /// As [`open`](Self::open), and [`PipelineError::OutputCapacity`].
+    /// As [`open`](Self::open), and [`PipelineError::OutputCapacity`];
+    /// [`PipelineError::Open`] with
+    /// [`ConfigError::CudaDeviceMismatch`](crate::ConfigError::CudaDeviceMismatch) when `gpu` and
+    /// `options` name different CUDA devices.
     pub fn open_with(
         config: &EncoderConfig,
         gpu: &GpuEncoderConfig,
         options: PipelineOptions,
     ) -> Result<Self, PipelineError> {
-        let encoder = gpu.open(config).map_err(PipelineError::Open)?;
-        Self::with_encoder_metered(Box::new(encoder), options)
+        let device = gpu
+            .cuda_device_with(options.cuda_device)
+            .map_err(|e| PipelineError::Open(e.into()))?;
+        let encoder = gpu.open_on(config, device).map_err(PipelineError::Open)?;
+        Self::with_encoder_metered(Box::new(encoder), options.with_cuda_device(device))
     }
 
     fn with_encoder_metered(
@@ -308,7 +330,8 @@ impl EncodePipeline {
     }
 
     /// A stage around an encoder you opened yourself (a [`crate::FallbackEncoder`] with a chain of
-    /// your own, a metered encoder, a test double).
+    /// your own, a metered encoder, a test double). The ring's CUDA slots go on
+    /// [`PipelineOptions::cuda_device`] (0 when unset): an NVENC encoder must be on that device.
     ///
     /// # Errors
     /// [`PipelineError::Open`] when the encoder's configuration is invalid,
@@ -372,7 +395,7 @@ impl EncodePipeline {
         let device_scratch = device::drop_scratch(
             ring.memory(),
             options.back_pressure,
-            options.cuda_device,
+            options.device(),
             encoder_config,
         )?;
         Ok(EncodePipeline {
@@ -455,7 +478,7 @@ fn stage_ring(
         SlotMemory::Auto if encoder.kind() == EncoderKind::Nvenc => {
             match ring::new_ring(
                 SlotMemory::Pinned,
-                options.cuda_device,
+                options.device(),
                 slots,
                 config,
                 frame_len,
@@ -463,17 +486,11 @@ fn stage_ring(
                 Ok(ends) => Ok(ends),
                 Err(e) => {
                     tracing::warn!(error = %e, "no pinned ring for NVENC; using host memory (one host copy per frame)");
-                    ring::new_ring(
-                        SlotMemory::Host,
-                        options.cuda_device,
-                        slots,
-                        config,
-                        frame_len,
-                    )
+                    ring::new_ring(SlotMemory::Host, options.device(), slots, config, frame_len)
                 }
             }
         }
-        memory => ring::new_ring(memory, options.cuda_device, slots, config, frame_len),
+        memory => ring::new_ring(memory, options.device(), slots, config, frame_len),
     };
     let (producer, consumer) = made.map_err(PipelineError::Ring)?;
     consumer.set_lease_budget(held);

@@ -360,6 +360,16 @@ pub enum ConfigError {
         /// Largest accepted.
         max: u32,
     },
+    /// B-frames asked for together with the `zerolatency` tune, which encodes without them
+    /// (refused rather than silently dropped). `bframes` 0 or unset is valid with it.
+    #[error(
+        "bframes {bframes} with tune zerolatency: zero-latency encodes without B-frames; drop \
+         --bframes (or set it to 0) or choose another tune"
+    )]
+    BframesWithZeroLatency {
+        /// Requested B-frames (at least 1).
+        bframes: u32,
+    },
     /// Too many threads.
     #[error("{threads} threads is out of range: expected 0 (automatic) to {max}")]
     ThreadsOutOfRange {
@@ -415,6 +425,19 @@ pub enum ConfigError {
         frames: usize,
         /// Largest accepted.
         max: usize,
+    },
+    /// A pipeline whose ring and NVENC were given different CUDA devices: NVENC uploads from,
+    /// or encodes straight from, the ring's slots, which belong to one device's context.
+    #[error(
+        "the pipeline's ring is set to CUDA device {ring} (PipelineOptions::cuda_device) but \
+         NVENC to device {nvenc} (GpuEncoderConfig::cuda_device): both must be the same device; \
+         set only one of them, or both to the same ordinal"
+    )]
+    CudaDeviceMismatch {
+        /// The device the pipeline's options put the ring on.
+        ring: usize,
+        /// The device the encoder settings put NVENC on.
+        nvenc: usize,
     },
     /// An unknown encoder name.
     #[error("unknown encoder {name:?}: expected one of {}", valid.join(", "))]

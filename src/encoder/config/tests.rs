@@ -149,3 +149,27 @@ fn error_messages_name_value_and_valid_range() {
     let err = EncoderConfig::new(7, 8).validate().unwrap_err();
     assert!(err.to_string().contains("try 8x8"), "{err}");
 }
+
+/// B-frames with the `zerolatency` tune are a typed error naming both and what would be valid;
+/// `bframes` 0 or unset stays valid with it, and B-frames with any other tune are fine. Checked
+/// against `validate` without the check (the B-frames were then dropped in silence by
+/// `mapping::bframes`).
+#[test]
+fn bframes_with_zerolatency_are_refused_not_dropped() {
+    let zero = EncoderConfig::new(64, 64).with_tune(Some(Tune::Zerolatency));
+    let err = zero.clone().with_bframes(Some(2)).validate().unwrap_err();
+    assert_eq!(err, ConfigError::BframesWithZeroLatency { bframes: 2 });
+    let text = err.to_string();
+    assert!(
+        text.contains("bframes 2 with tune zerolatency")
+            && text.contains("without B-frames")
+            && text.contains("choose another tune"),
+        "{text}"
+    );
+    assert!(zero.clone().with_bframes(Some(0)).validate().is_ok());
+    assert!(zero.with_bframes(None).validate().is_ok());
+    let film = EncoderConfig::new(64, 64)
+        .with_tune(Some(Tune::Film))
+        .with_bframes(Some(2));
+    assert!(film.validate().is_ok());
+}
