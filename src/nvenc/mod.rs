@@ -62,6 +62,7 @@ mod init;
 mod options;
 mod probe;
 mod session;
+mod staged;
 mod watchdog;
 
 pub use caps::NvencCaps;

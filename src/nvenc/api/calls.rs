@@ -37,7 +37,7 @@ pub(crate) enum Blocking {
     /// `cuStreamSynchronize` of the session's IO stream.
     Synchronize(crate::cuda::Stream),
     /// `cuMemcpy2DAsync` of a frame's planes into an input surface, on the session's IO stream.
-    Upload(crate::cuda::PlannedUpload<crate::nvenc::session::Staged>),
+    Upload(crate::cuda::PlannedUpload<crate::nvenc::staged::Staged>),
 }
 
 /// `NV_ENC_PIC_PARAMS`, to be moved to the worker.
@@ -57,7 +57,7 @@ pub(crate) enum Unblocked {
     Unmapped(Result<(), NvencError>),
     Synchronized(Result<(), crate::cuda::CudaError>),
     Uploaded(
-        crate::cuda::Pending<crate::nvenc::session::Staged>,
+        crate::cuda::Pending<crate::nvenc::staged::Staged>,
         Result<(), crate::cuda::CudaError>,
     ),
 }
