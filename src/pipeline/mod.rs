@@ -555,6 +555,14 @@ fn encode_loop(
     pop_wait: Duration,
 ) -> Option<PipelineError> {
     let mut chunks = Vec::new();
+    // Frames the encoder accepted, and chunks that came out (one per accepted frame, by the
+    // encoder contract): when the encoder fails, the difference is what it took down with it.
+    let (mut accepted, mut delivered) = (0usize, 0usize);
+    let mut out_of = |chunks: &mut Vec<EncodedChunk>| {
+        delivered += chunks.len();
+        let alive = deliver(shared, chunks);
+        (alive, delivered)
+    };
     loop {
         if shared.output_gone.load(Ordering::SeqCst) {
             return None;
@@ -571,37 +579,44 @@ fn encode_loop(
                 let encoded = encoder.encode_slot(&slot, &mut chunks);
                 drop(slot);
                 shared.space_waker.wake();
-                if !deliver(shared, &mut chunks) {
+                if encoded.is_ok() {
+                    accepted += 1;
+                }
+                let (alive, delivered) = out_of(&mut chunks);
+                if !alive {
                     return None;
                 }
                 if let Err(source) = encoded {
-                    // The frame was not accepted: it is lost with the encoder.
+                    // This frame was not accepted, and those accepted but not delivered are
+                    // lost with the encoder.
                     return Some(PipelineError::Encoder {
                         source,
-                        unencoded: 1,
+                        unencoded: 1 + accepted.saturating_sub(delivered),
                     });
                 }
             }
             Err(PopError::Timeout | PopError::Empty) => {}
             Err(PopError::Closed) => {
                 let flushed = encoder.flush(&mut chunks);
-                if !deliver(shared, &mut chunks) {
+                let (alive, delivered) = out_of(&mut chunks);
+                if !alive {
                     return None;
                 }
                 return flushed.err().map(|source| PipelineError::Encoder {
                     source,
-                    unencoded: 0,
+                    unencoded: accepted.saturating_sub(delivered),
                 });
             }
             Err(PopError::Disconnected { panicked }) => {
                 let flushed = encoder.flush(&mut chunks);
-                if !deliver(shared, &mut chunks) {
+                let (alive, delivered) = out_of(&mut chunks);
+                if !alive {
                     return None;
                 }
                 return Some(match flushed {
                     Err(source) => PipelineError::Encoder {
                         source,
-                        unencoded: 0,
+                        unencoded: accepted.saturating_sub(delivered),
                     },
                     Ok(()) => PipelineError::ProducerDropped { panicked },
                 });
@@ -610,8 +625,6 @@ fn encode_loop(
     }
 }
 
-/// Moves `chunks` into the output queue, waiting for room (by design, until the output reads or is
-/// dropped). `false` when the output is gone.
 fn deliver(shared: &Shared, chunks: &mut Vec<EncodedChunk>) -> bool {
     if chunks.is_empty() {
         return !shared.output_gone.load(Ordering::SeqCst);

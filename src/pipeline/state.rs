@@ -87,15 +87,17 @@ pub enum PipelineError {
     },
     /// In-band on the output: the encoder failed (after failover, if the chain had any left).
     #[error(
-        "encoder failed: {source}; {unencoded} committed frame(s) from the one it failed on were \
-         not encoded (counted as dropped)"
+        "encoder failed: {source}; {unencoded} committed frame(s) were not encoded: those the \
+         encoder had accepted and not delivered, the one it failed on, and those still queued \
+         (counted as dropped)"
     )]
     Encoder {
         /// The encoder's error.
         #[source]
         source: Error,
-        /// Frames committed but never encoded: the one the encoder refused and those still queued
-        /// behind it. They are added to
+        /// Frames committed but never delivered: those the failed encoder had accepted and not
+        /// yet given back, the one it refused, and those still queued behind it. They are added
+        /// to
         /// [`RingStats::dropped`](crate::ring_buffer::RingStats::dropped).
         unencoded: usize,
     },
