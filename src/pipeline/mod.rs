@@ -372,6 +372,7 @@ impl EncodePipeline {
             space_waker: AtomicWaker::new(),
             output_gone: AtomicBool::new(false),
             encoder_stopped: AtomicBool::new(false),
+            ring_counted: Mutex::new(false),
         });
         let kind = encoder.kind();
         let encoder_config = &encoder.config().clone();
@@ -512,7 +513,11 @@ fn encoder_thread(
     // Dropping the consumer wakes a producer blocked in the ring; the waker wakes an async one.
     shared.encoder_stopped.store(true, Ordering::SeqCst);
     let leftover = lock(consumer).take();
-    let queued = leftover.as_ref().map_or(0, RingConsumer::queue_depth);
+    let queued = {
+        let mut counted = lock(&shared.ring_counted);
+        *counted = true;
+        leftover.as_ref().map_or(0, RingConsumer::queue_depth)
+    };
     let mut lost = queued;
     let end = end.map(|e| match e {
         PipelineError::Encoder { source, unencoded } => {
@@ -528,8 +533,12 @@ fn encoder_thread(
         // Frames never encoded (an encoder failure, or the output gone) are counted, not silent.
         c.stats().note_dropped(lost as u64);
     }
-    // The ring's memory may be freed here (CUDA memory, when the producer is gone already).
-    teardown::drop_bounded(leftover, "the frame ring", teardown::RELEASE_BOUND);
+    // The consumer ends now (a producer still committing sees it gone, so no frame slips in
+    // uncounted), but the ring's memory, which may be freed with it (CUDA memory, when the
+    // producer is gone already), is freed on a bounded side thread.
+    let memory = leftover.as_ref().map(RingConsumer::hold_storage);
+    drop(leftover);
+    teardown::drop_bounded(memory, "the frame ring", teardown::RELEASE_BOUND);
     shared.space_waker.wake();
     let finished_by = encoder.kind();
     // Torn down before the end is announced, so the output's join of this thread (done under the

@@ -79,6 +79,15 @@ impl SlotCtx<'_> {
                     seq: *self.seq,
                     flags,
                 };
+                // Under the lock the encoder thread counts its leftovers with: a frame is either
+                // published before that count, or refused.
+                let counted = lock(&self.shared.ring_counted);
+                if *counted {
+                    return Err(map_reserve_error(
+                        ReserveError::Disconnected { panicked: false },
+                        self.shared,
+                    ));
+                }
                 commit(meta).map_err(|e| match e {
                     CommitError::Disconnected { .. } => map_reserve_error(
                         ReserveError::Disconnected { panicked: false },
@@ -86,6 +95,7 @@ impl SlotCtx<'_> {
                     ),
                     _ => PipelineError::EncoderStopped,
                 })?;
+                drop(counted);
                 *self.seq += 1;
                 *self.last_pts = Some(pts);
                 Ok(Submitted::Queued)

@@ -7,7 +7,7 @@ use crate::cuda::Context;
 use crate::encoder::{EncoderConfig, SlotFrame};
 use crate::ring_buffer::{
     CommitError, Consumer, DeviceStorage, FrameMeta, FrameRing, HostStorage, PinnedStorage,
-    PopError, Producer, ReserveError, RingError, RingStats, WriteSlot,
+    PopError, Producer, ReserveError, RingError, RingStats, StorageHold, WriteSlot,
 };
 
 /// Which memory the stage's ring slots live in. See the [module docs](super#storage-and-failover).
@@ -74,6 +74,10 @@ pub(super) type RingProducer =
     Ends<Producer<HostStorage>, Producer<PinnedStorage>, Producer<DeviceStorage>>;
 pub(super) type RingConsumer =
     Ends<Consumer<HostStorage>, Consumer<PinnedStorage>, Consumer<DeviceStorage>>;
+
+/// A ring's memory, kept allocated without either end.
+pub(super) type RingHold =
+    Ends<StorageHold<HostStorage>, StorageHold<PinnedStorage>, StorageHold<DeviceStorage>>;
 
 /// How long [`RingProducer::reserve`] waits for a free slot.
 #[derive(Clone, Copy)]
@@ -221,6 +225,15 @@ impl RingConsumer {
 
     pub(super) fn queue_depth(&self) -> usize {
         each!(self, c => c.queue_depth())
+    }
+
+    /// The ring's memory, held past the consumer (see [`Consumer::hold_storage`]).
+    pub(super) fn hold_storage(&self) -> RingHold {
+        match self {
+            Ends::Host(c) => Ends::Host(c.hold_storage()),
+            Ends::Pinned(c) => Ends::Pinned(c.hold_storage()),
+            Ends::Device(c) => Ends::Device(c.hold_storage()),
+        }
     }
 
     pub(super) fn stats(&self) -> RingStats {

@@ -152,6 +152,10 @@ pub(super) struct Shared {
     pub(super) space_waker: AtomicWaker,
     pub(super) output_gone: AtomicBool,
     pub(super) encoder_stopped: AtomicBool,
+    /// Set, under its lock, when the encoder thread counts the frames it leaves in the ring;
+    /// a commit publishes under the same lock and is refused once it is set, so every committed
+    /// frame is either counted there or never committed.
+    pub(super) ring_counted: Mutex<bool>,
 }
 
 pub(super) type SharedConsumer = Arc<Mutex<Option<RingConsumer>>>;

@@ -222,6 +222,18 @@ impl<S: SlotStorage> Consumer<S> {
     }
 }
 
+impl<S: SlotStorage> Consumer<S> {
+    /// Keeps the ring's storage allocated past this consumer: for a stage that must end the
+    /// consumer now (so the producer sees it gone) but free the ring's memory, a driver call that
+    /// may block, elsewhere.
+    #[must_use]
+    pub fn hold_storage(&self) -> StorageHold<S> {
+        StorageHold {
+            _shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
 impl<S: SlotStorage> Drop for Consumer<S> {
     fn drop(&mut self) {
         self.shared.set_state(if std::thread::panicking() {
