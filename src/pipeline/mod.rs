@@ -105,15 +105,20 @@
 //! A producer whose frames are already on the GPU (a hardware decoder's surfaces, a renderer, a
 //! CUDA kernel) opens the stage with [`SlotMemory::Device`]: every slot is a pitched surface in
 //! device memory. It [`reserve_device`](FrameProducer::reserve_device)s a slot (or
-//! `try_`/`_timeout`/[`reserve_device_async`](FrameProducer::reserve_device_async)), queues
-//! the work that writes the frame on the slot's [`stream`](DeviceFrameSlot::stream) (a
-//! `cuMemcpy2DAsync` from its own surface, a kernel) and commits it without waiting for that
-//! work: NVENC orders its reads after the stream and encodes from the registered slot, with no
-//! copy. The slot's lease is what keeps the surface alive and unwritten while NVENC reads it, so
-//! nothing rests on the caller's discipline. Should the chain fail over to a backend that reads
-//! host memory, each frame is downloaded from its slot (one device-to-host copy).
+//! `try_`/`_timeout`/[`reserve_device_async`](FrameProducer::reserve_device_async)), fills it and
+//! commits it without waiting for the GPU work: with no `unsafe`, by
+//! [`copy_from_device`](DeviceFrameSlot::copy_from_device) from a cudarc allocation (checked
+//! against the frame's layout, ordered on the slot's stream, the source free to reuse at once);
+//! or with its own kernel or copy queued on the slot's [`stream`](DeviceFrameSlot::stream)
+//! ([`Stream::cudarc`](crate::cuda::Stream::cudarc) for cudarc,
+//! [`Stream::cu_stream`](crate::cuda::Stream::cu_stream) for raw driver calls). NVENC orders its
+//! reads after that stream and encodes from the registered slot, with no copy. The slot's lease
+//! is what keeps the surface alive and unwritten while NVENC reads it, so nothing rests on the
+//! caller's discipline. Should the chain fail over to a backend that reads host memory, each
+//! frame is downloaded from its slot (one device-to-host copy).
 //!
 //! ```no_run
+//! use nvencode::cuda::cudarc::driver::CudaContext;
 //! use nvencode::pipeline::{EncodePipeline, PipelineOptions, SlotMemory};
 //! use nvencode::{EncoderConfig, GpuEncoderConfig};
 //!
@@ -122,10 +127,11 @@
 //! let options = PipelineOptions::from_gpu_config(&gpu).with_slot_memory(SlotMemory::Device);
 //! let (mut producer, output) = EncodePipeline::open_with(&config, &gpu, options)?.split();
 //! # let _ = output;
-//! let slot = producer.reserve_device()?;
-//! let surface = slot.surface(); // device_ptr, pitch: where the frame goes
-//! let stream = slot.stream(); // queue the copy or kernel that writes it here
-//! # let _ = (surface, stream);
+//! // A frame the producer's own GPU work made: NV12, 1920 bytes a row.
+//! let stream = CudaContext::new(0)?.default_stream();
+//! let frame = stream.alloc_zeros::<u8>(1920 * 1080 * 3 / 2)?;
+//! let mut slot = producer.reserve_device()?;
+//! slot.copy_from_device(&frame, 1920)?; // queued on the slot's stream
 //! slot.commit(0, false)?; // no wait for the GPU work
 //! producer.finish()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())

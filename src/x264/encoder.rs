@@ -50,8 +50,8 @@ impl X264Encoder {
         // Rate control follows the nominal frame rate, not the caller's timestamps.
         param.b_vfr_input = 0;
         param.i_keyint_max = config.gop_size as c_int;
-        // Zero latency means no B-frames on every backend (`mapping::bframes`), whatever
-        // `bframes` says; x264's own zerolatency tune agrees.
+        // Zero latency means no B-frames on every backend (`mapping::bframes`; validation refuses
+        // explicit B-frames with it); x264's own zerolatency tune agrees.
         if let Some(bframes) = mapping::bframes(config) {
             param.i_bframe = bframes as c_int;
         }
