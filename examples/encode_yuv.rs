@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use nvencode::pipeline::{EncodePipeline, FrameProducer, PipelineOptions};
+use nvencode::pipeline::{EncodePipeline, FrameProducer, PipelineOptions, Received};
 use nvencode::testsrc::TestPattern;
 use nvencode::{
     EncodedChunk, EncoderChoice, EncoderConfig, FrameRate, PixelFormat, Preset, Resolution, Tune,
@@ -142,7 +142,7 @@ fn main() -> ExitCode {
     cli::init_logging();
     let args = Args::parse();
     // First SIGINT/SIGTERM: stop the source, encode and write everything it gave, finish the
-    // output, exit 130. Second: exit at once.
+    // output, exit 130. Second: finish the output with what was encoded. Third: exit at once.
     let stop = cli::interrupt_flag("finishing the frames already read");
     match run(args, &stop) {
         Ok(Outcome::Finished) => ExitCode::SUCCESS,
@@ -316,21 +316,40 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     // Every chunk the encoder delivered is written; an in-band error (after them) is reported
     // once the stream has ended.
     let mut flushed: Result<(), nvencode::pipeline::PipelineError> = Ok(());
-    for item in output {
-        match item {
-            Ok(chunk) => {
+    let mut output = output;
+    let mut quit = false;
+    loop {
+        match output.recv_timeout(cli::POLL) {
+            Received::Item(Ok(chunk)) => {
                 chunks.push(chunk);
                 bytes_out += sink.write_chunks(&mut chunks)?;
                 chunks_out += 1;
             }
-            Err(e) => flushed = Err(e),
+            Received::Item(Err(e)) => flushed = Err(e),
+            Received::End => break,
+            Received::Pending if cli::quit_now() => {
+                // A second interrupt: what the encoder still holds is given up (a hung driver
+                // call may keep it until its deadline); the output is finished with the rest.
+                quit = true;
+                break;
+            }
+            Received::Pending => {}
         }
     }
     let Reading {
         frames_in,
         failure,
         interrupted,
-    } = reading.join().map_err(|_| "the reading thread panicked")?;
+    } = if quit {
+        // The reader may be waiting for a ring slot the encoder never frees: not joined.
+        Reading {
+            frames_in: output.stats().committed() as u64,
+            failure: None,
+            interrupted: true,
+        }
+    } else {
+        reading.join().map_err(|_| "the reading thread panicked")?
+    };
     let failure = failure.map(|f| -> BoxError { f.replace("{sink}", &sink.name()).into() });
     let failed = failure.is_some() || flushed.is_err();
     if frames_in == 0 && !failed && !interrupted {
@@ -373,6 +392,13 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
         }
         (Some(e), Ok(())) => Err(e),
         (None, Err(e)) => Err(e.into()),
+        (None, Ok(())) if quit => {
+            eprintln!(
+                "quit after {frames_in} frames: {chunks_out} encoded frames were written to \
+                 {output}; the rest were given up"
+            );
+            Ok(Outcome::Interrupted)
+        }
         (None, Ok(())) if interrupted && chunks_out == 0 => {
             eprintln!("interrupted before any frame was encoded: {output}");
             Ok(Outcome::Interrupted)

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use nvencode::pipeline::{EncodePipeline, FrameProducer, PipelineOptions};
+use nvencode::pipeline::{EncodePipeline, FrameProducer, PipelineOptions, Received as Next};
 use nvencode::testsrc::TestPattern;
 use nvencode::{
     EncoderConfig, EncoderKind, GpuEncoderConfig, PixelFormat, Preset, Resolution, Tune,
@@ -263,7 +263,19 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     // One buffer for the whole stream: `write_chunks` drains it.
     let mut pending = Vec::with_capacity(1);
     let mut failure: Option<BoxError> = None;
-    for item in output.by_ref() {
+    let mut quit = false;
+    loop {
+        let item = match output.recv_timeout(cli::POLL) {
+            Next::Item(item) => item,
+            Next::End => break,
+            Next::Pending if cli::quit_now() => {
+                // A second interrupt: what the encoder still holds is given up (a hung driver
+                // call may keep it until its deadline); the output is finished with the rest.
+                quit = true;
+                break;
+            }
+            Next::Pending => continue,
+        };
         match item {
             Ok(chunk) => {
                 let now = epoch.elapsed().as_nanos() as u64;
@@ -290,6 +302,14 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
         Ending::Complete
     };
     let finished = sink.finish(ending);
+    if quit {
+        // The sender and receiver may wait for ring slots the encoder never frees: not joined.
+        eprintln!(
+            "quit: {frames_out} encoded frames were written to {}; the rest were given up",
+            finished?
+        );
+        return Ok(Outcome::Interrupted);
+    }
     let sent_result = sender.join().map_err(|_| "sender thread panicked")?;
     let received = receiver.join().map_err(|_| "receiver thread panicked")?;
     // The stream's own error (the encoder's, in band after every chunk before it) is what the
@@ -342,7 +362,7 @@ fn main() -> ExitCode {
     cli::init_logging();
     let args = Args::parse();
     // First SIGINT/SIGTERM: stop the source, encode and write everything it gave, finish the
-    // output, exit 130. Second: exit at once.
+    // output, exit 130. Second: finish the output with what was encoded. Third: exit at once.
     let stop = cli::interrupt_flag("finishing the frames already received");
     match run(args, &stop) {
         Ok(Outcome::Finished) => ExitCode::SUCCESS,

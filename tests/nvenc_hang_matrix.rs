@@ -107,3 +107,51 @@ fn a_call_that_never_returns_anywhere_ends_the_run_in_time_with_every_frame() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
 }
+
+/// A hung read-back with a long deadline (20 s): a first SIGINT stops the source, and the run
+/// waits for the encoder; a second one finishes the MP4 at once with what came out, and the
+/// example exits 130 well within the deadline, the file playable.
+#[test]
+fn a_second_interrupt_finishes_the_output_without_waiting_for_a_hung_call() {
+    let example = common::example("encode_yuv");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = dir.path().join("quit.mp4");
+    let emu = EmuDriver::new()
+        .hang("nvEncLockBitstream", 20)
+        .env("NVENCODE_CALL_TIMEOUT_MS", "20000");
+    let mut cmd = emu.command(&example);
+    cmd.args(["--size", "320x240", "--frames", "600", "-e", "nvenc", "-o"])
+        .arg(&output)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("start the example");
+    let interrupt = |child: &std::process::Child| {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    // The hang fires at the 20th read-back, well within a second at this size.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    interrupt(&child);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = std::time::Instant::now();
+    interrupt(&child);
+    let bound = std::time::Duration::from_secs(5);
+    while child.try_wait().expect("wait").is_none() {
+        if second.elapsed() > bound {
+            let _ = child.kill();
+            panic!("the example did not end within {bound:?} of the second SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("quit after"), "{stderr}");
+    let (frames, complaints) = decode_mp4(&output);
+    // The 19 read back before the hang.
+    assert_eq!(frames, 19, "{stderr}");
+    assert!(complaints.is_empty(), "{complaints}");
+}

@@ -22,19 +22,38 @@ pub fn init_logging() {
         .init();
 }
 
+/// Set by a second SIGINT/SIGTERM: stop waiting for the encoder, finish the output with what
+/// came out so far, and exit.
+static QUIT_NOW: AtomicBool = AtomicBool::new(false);
+
+/// Whether a second interrupt asked to finish now, without the frames still in the encoder.
+pub fn quit_now() -> bool {
+    QUIT_NOW.load(Ordering::SeqCst)
+}
+
 /// The first SIGINT/SIGTERM sets the returned flag, which the example reads to stop its source
-/// and finish the output (then exit [`INTERRUPTED`]); `doing` says what it finishes. A second one
-/// exits at once.
+/// and finish the output (then exit [`INTERRUPTED`]); `doing` says what it finishes. A second
+/// one sets [`quit_now`]: the example stops waiting for the encoder (which a hung driver may keep
+/// up to its call deadline) and finishes the output with what it has. A third exits at once.
 pub fn interrupt_flag(doing: &'static str) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = Arc::clone(&stop);
     if let Err(e) = ctrlc::set_handler(move || {
-        if handler_stop.swap(true, Ordering::SeqCst) {
+        if !handler_stop.swap(true, Ordering::SeqCst) {
+            eprintln!("interrupted: {doing} (interrupt again to finish now)");
+        } else if !QUIT_NOW.swap(true, Ordering::SeqCst) {
+            eprintln!(
+                "interrupted again: finishing the output with what was encoded so far \
+                 (interrupt again to quit at once)"
+            );
+        } else {
             std::process::exit(i32::from(INTERRUPTED));
         }
-        eprintln!("interrupted: {doing} (interrupt again to quit now)");
     }) {
         eprintln!("warning: cannot install the interrupt handler: {e}");
     }
     stop
 }
+
+/// How often an output loop looks at [`quit_now`] while it waits for the encoder.
+pub const POLL: std::time::Duration = std::time::Duration::from_millis(100);
