@@ -432,3 +432,76 @@ fn a_job_outside_the_group_holding_stdout_does_not_hold_back_the_flush() {
     let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);
     assert_eq!(decoded.len(), 30, "decoded frame count");
 }
+
+/// The `N of M accepted frame(s) not encoded` in an error's text.
+fn frames_not_encoded(text: &str) -> Option<(u64, u64)> {
+    let end = text.find(" accepted frame(s) not encoded")?;
+    let mut words = text[..end].rsplit(' ');
+    let accepted = words.next()?.parse().ok()?;
+    (words.next()? == "of").then_some(())?;
+    let lost = words.next()?.parse().ok()?;
+    Some((lost, accepted))
+}
+
+/// ffmpeg killed mid-stream behind a wrapper whose background job holds the output pipe: the
+/// flush reports the exit at once (not a hang after the timeout) with the count of frames lost,
+/// accepted minus delivered, and the job is killed with the group. Frames are fed until some have
+/// come out (ffmpeg writes its output in 32 KiB blocks), so that the count is told apart from
+/// the frames accepted.
+#[test]
+fn frames_lost_with_a_killed_ffmpeg_are_counted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pidfile = dir.path().join("job.pid");
+    let script = wrapper_with_background_job(dir.path(), &pidfile, "", true);
+    let config = EncoderConfig::new(320, 240);
+    let options = FfmpegOptions::new(FfmpegH264Encoder::Libx264)
+        .with_program(&script)
+        .with_timeout(Duration::from_secs(10));
+    let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
+    let mut chunks = Vec::new();
+    let input = common::clip(&config, 60);
+    let mut accepted = 0u64;
+    let feeding = Instant::now();
+    while chunks.is_empty() {
+        assert!(
+            feeding.elapsed() < Duration::from_secs(30),
+            "no frame came out of {accepted} sent"
+        );
+        let frame = &input[(accepted % 60) as usize];
+        encoder.encode_frame(frame, &mut chunks).expect("encode");
+        accepted += 1;
+    }
+    let job = job_pid(&pidfile);
+    // `exec`: the encoder's child is the real ffmpeg.
+    let status = std::process::Command::new("kill")
+        .args(["-9", &encoder.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let started = Instant::now();
+    let err = encoder
+        .flush(&mut chunks)
+        .expect_err("flush after ffmpeg was killed must fail");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "flush took {took:?}");
+    let text = err.to_string();
+    let problem = subprocess_problem(err);
+    assert!(
+        matches!(problem, SubprocessProblem::Exited { .. }),
+        "{problem:?}"
+    );
+    let delivered = chunks.len() as u64;
+    assert!(
+        delivered > 0 && delivered < accepted,
+        "{delivered} of {accepted} came out (libx264's lookahead holds frames back)"
+    );
+    assert_eq!(
+        frames_not_encoded(&text),
+        Some((accepted - delivered, accepted)),
+        "accepted {accepted}, delivered {delivered}: {text}"
+    );
+    assert!(
+        ends_soon(job),
+        "the wrapper's background job {job} outlived the failure"
+    );
+}

@@ -197,18 +197,45 @@ impl FfmpegEncoder {
 
     /// Records a failure, kills the child's process group and reaps the child, and returns the
     /// error, with the last lines ffmpeg wrote to stderr (read to the end when the pipe closes
-    /// within [`JOIN_LIMIT`]).
+    /// within [`JOIN_LIMIT`]). Accepted frames that did not come out are lost with the child: an
+    /// exit or invalid-output problem says how many (accepted minus delivered), so a caller that
+    /// counts them by the frames it still holds (none, at a flush) can tell.
     fn fail(&mut self, problem: SubprocessProblem) -> Error {
         self.child.kill_and_reap();
         self.frames_tx = None;
         if let Some(thread) = self.stderr_reader.take() {
             child::join_bounded(thread, JOIN_LIMIT);
         }
+        let problem = self.with_frames_lost(problem);
         self.failed = Some(problem.clone());
         Error::Subprocess {
             backend: self.kind,
             problem,
             stderr: self.stderr_tail(),
+        }
+    }
+
+    /// `problem` with the count of accepted frames that did not come out, when there are any
+    /// and the problem has a text to carry it.
+    fn with_frames_lost(&self, problem: SubprocessProblem) -> SubprocessProblem {
+        let accepted = self.gate.accepted();
+        let lost = accepted.saturating_sub(self.chunks_out);
+        if lost == 0 {
+            return problem;
+        }
+        let note = format!(
+            "{lost} of {accepted} accepted frame(s) not encoded ({} came out)",
+            self.chunks_out
+        );
+        match problem {
+            SubprocessProblem::Exited { status } => SubprocessProblem::Exited {
+                status: format!("{status}, with {note}"),
+            },
+            SubprocessProblem::Garbage { what } => SubprocessProblem::Garbage {
+                what: format!("{what}, with {note}"),
+            },
+            // No text to carry it: the hang, not the count, is the cause to fix.
+            other => other,
         }
     }
 
@@ -433,11 +460,8 @@ impl FfmpegEncoder {
         self.restart_pending = false;
         self.finish_child(out)?;
         if self.chunks_out != self.gate.accepted() {
-            let what = format!(
-                "{} frames were sent before the restart but {} came out",
-                self.gate.accepted(),
-                self.chunks_out
-            );
+            // `fail` adds the counts.
+            let what = "its output before the restart ended early".to_owned();
             return Err(self.fail(SubprocessProblem::Garbage { what }));
         }
         std::mem::swap(&mut self.child, &mut fresh.child);
@@ -518,11 +542,8 @@ impl VideoEncoder for FfmpegEncoder {
         self.finish_child(out)?;
         self.gate.finish();
         if self.chunks_out != self.gate.accepted() {
-            let what = format!(
-                "{} frames were sent but {} came out",
-                self.gate.accepted(),
-                self.chunks_out
-            );
+            // `fail` adds the counts.
+            let what = "its output ended early".to_owned();
             return Err(self.fail(SubprocessProblem::Garbage { what }));
         }
         Ok(())
