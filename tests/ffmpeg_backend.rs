@@ -313,3 +313,195 @@ fn frames_refused_after_a_kill_never_come_out() {
         assert!(accepted.contains(&c.pts));
     }
 }
+
+/// A wrapper `ffmpeg` in `dir` that first starts a background job holding the pipes it inherits
+/// (its stdout is ffmpeg's output pipe), then runs the real `ffmpeg` from `PATH` with its
+/// arguments: with `exec`, or as a child it waits for. The job writes its pid to `pidfile` and
+/// sleeps 30 s; `launcher` (such as `setsid`) is put in front of it.
+fn wrapper_with_background_job(
+    dir: &std::path::Path,
+    pidfile: &std::path::Path,
+    launcher: &str,
+    exec: bool,
+) -> std::path::PathBuf {
+    let body = format!(
+        "{launcher} sh -c 'echo $$ > {}; exec sleep 30' &\n{}ffmpeg \"$@\"",
+        pidfile.display(),
+        if exec { "exec " } else { "" }
+    );
+    common::script(dir, "ffmpeg-wrapper", &body)
+}
+
+/// The pid the background job wrote (it may still be starting: waits up to 5 s).
+fn job_pid(pidfile: &std::path::Path) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "the job wrote no pid");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` has ended within 2 s.
+fn ends_soon(pid: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while running(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !running(pid)
+}
+
+/// Encodes 30 frames through `script` and flushes; returns the chunks and how long the flush
+/// took. The timeout (10 s of silence) is under the job's 30 s sleep, so a flush that waits for
+/// the job fails with `Hung` instead of passing late.
+fn encode_30_through(
+    script: &std::path::Path,
+    config: &EncoderConfig,
+) -> (Vec<nvencode::EncodedChunk>, Duration) {
+    let options = FfmpegOptions::new(FfmpegH264Encoder::Libx264)
+        .with_program(script)
+        .with_timeout(Duration::from_secs(10));
+    let mut encoder = FfmpegEncoder::new(config, &options).expect("open");
+    let mut chunks = Vec::new();
+    for frame in &common::clip(config, 30) {
+        encoder.encode_frame(frame, &mut chunks).expect("encode");
+    }
+    let started = Instant::now();
+    encoder.flush(&mut chunks).expect("flush");
+    (chunks, started.elapsed())
+}
+
+/// A flush ends at ffmpeg's exit, not at the end of file on its output: a wrapper's background
+/// job holding the output pipe does not hold back the last frame (the stall was 20 s and the
+/// last frame was lost), and the job dies with ffmpeg's group.
+fn background_job_holding_stdout(exec: bool) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pidfile = dir.path().join("job.pid");
+    let script = wrapper_with_background_job(dir.path(), &pidfile, "", exec);
+    let config = EncoderConfig::new(320, 240);
+    let (chunks, took) = encode_30_through(&script, &config);
+    assert!(
+        took < Duration::from_secs(5),
+        "flush took {took:?} (the job sleeps 30 s)"
+    );
+    common::assert_accounting(&chunks, 30);
+    let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);
+    assert_eq!(decoded.len(), 30, "decoded frame count");
+    let job = job_pid(&pidfile);
+    assert!(
+        ends_soon(job),
+        "the wrapper's background job {job} outlived the flush"
+    );
+}
+
+#[test]
+fn a_background_job_of_an_exec_wrapper_does_not_hold_back_the_flush() {
+    background_job_holding_stdout(true);
+}
+
+#[test]
+fn a_background_job_of_a_forking_wrapper_does_not_hold_back_the_flush() {
+    background_job_holding_stdout(false);
+}
+
+/// A job that left ffmpeg's group (`setsid`) cannot be killed with it and holds the output pipe
+/// open for 30 s: the flush still ends with every frame, within its drain bound (2 s after
+/// ffmpeg's exit).
+#[test]
+fn a_job_outside_the_group_holding_stdout_does_not_hold_back_the_flush() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pidfile = dir.path().join("job.pid");
+    let script = wrapper_with_background_job(dir.path(), &pidfile, "setsid", true);
+    let config = EncoderConfig::new(320, 240);
+    let (chunks, took) = encode_30_through(&script, &config);
+    let job = job_pid(&pidfile);
+    // Not ours to leave behind: it escaped the group on purpose.
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &job.to_string()])
+        .status();
+    assert!(
+        took < Duration::from_secs(5),
+        "flush took {took:?} (the job sleeps 30 s)"
+    );
+    common::assert_accounting(&chunks, 30);
+    let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);
+    assert_eq!(decoded.len(), 30, "decoded frame count");
+}
+
+/// The `N of M accepted frame(s) not encoded` in an error's text.
+fn frames_not_encoded(text: &str) -> Option<(u64, u64)> {
+    let end = text.find(" accepted frame(s) not encoded")?;
+    let mut words = text[..end].rsplit(' ');
+    let accepted = words.next()?.parse().ok()?;
+    (words.next()? == "of").then_some(())?;
+    let lost = words.next()?.parse().ok()?;
+    Some((lost, accepted))
+}
+
+/// ffmpeg killed mid-stream behind a wrapper whose background job holds the output pipe: the
+/// flush reports the exit at once (not a hang after the timeout) with the count of frames lost,
+/// accepted minus delivered, and the job is killed with the group. Frames are fed until some have
+/// come out (ffmpeg writes its output in 32 KiB blocks), so that the count is told apart from
+/// the frames accepted.
+#[test]
+fn frames_lost_with_a_killed_ffmpeg_are_counted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pidfile = dir.path().join("job.pid");
+    let script = wrapper_with_background_job(dir.path(), &pidfile, "", true);
+    let config = EncoderConfig::new(320, 240);
+    let options = FfmpegOptions::new(FfmpegH264Encoder::Libx264)
+        .with_program(&script)
+        .with_timeout(Duration::from_secs(10));
+    let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
+    let mut chunks = Vec::new();
+    let input = common::clip(&config, 60);
+    let mut accepted = 0u64;
+    let feeding = Instant::now();
+    while chunks.is_empty() {
+        assert!(
+            feeding.elapsed() < Duration::from_secs(30),
+            "no frame came out of {accepted} sent"
+        );
+        let frame = &input[(accepted % 60) as usize];
+        encoder.encode_frame(frame, &mut chunks).expect("encode");
+        accepted += 1;
+    }
+    let job = job_pid(&pidfile);
+    // `exec`: the encoder's child is the real ffmpeg.
+    let status = std::process::Command::new("kill")
+        .args(["-9", &encoder.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let started = Instant::now();
+    let err = encoder
+        .flush(&mut chunks)
+        .expect_err("flush after ffmpeg was killed must fail");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "flush took {took:?}");
+    let text = err.to_string();
+    let problem = subprocess_problem(err);
+    assert!(
+        matches!(problem, SubprocessProblem::Exited { .. }),
+        "{problem:?}"
+    );
+    let delivered = chunks.len() as u64;
+    assert!(
+        delivered > 0 && delivered < accepted,
+        "{delivered} of {accepted} came out (libx264's lookahead holds frames back)"
+    );
+    assert_eq!(
+        frames_not_encoded(&text),
+        Some((accepted - delivered, accepted)),
+        "accepted {accepted}, delivered {delivered}: {text}"
+    );
+    assert!(
+        ends_soon(job),
+        "the wrapper's background job {job} outlived the failure"
+    );
+}

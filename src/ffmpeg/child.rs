@@ -2,7 +2,8 @@
 //!
 //! Every child the crate starts runs in a process group of its own, so that a wrapper script that
 //! forks (instead of `exec`-ing) leaves no grandchild behind: on a time limit, an error or drop,
-//! the whole group is killed. Threads that read a child's pipes are never joined without a bound:
+//! the whole group is killed, and a child that exits is reaped only after what it left in its
+//! group (a wrapper's background job, holding the pipes it inherited) has been killed. Threads that read a child's pipes are never joined without a bound:
 //! a process outside the group (one that called `setsid`) can keep a pipe open after the group is
 //! gone, so a reader that has not ended within [`JOIN_LIMIT`] is left to end on its own when the
 //! pipe closes, instead of blocking the caller.
@@ -75,8 +76,47 @@ impl GroupChild {
         &mut self.child
     }
 
-    /// The exit status, reaping the child if it has exited; `None` while it runs.
+    /// Whether the child has exited, without reaping it (on Unix): an exited child stays a
+    /// zombie, so its pid, and so its group id, cannot be given to another process, and
+    /// [`GroupChild::kill_group`] can still kill what it left in its group.
+    fn exited(&mut self) -> bool {
+        if self.status.is_some() {
+            return true;
+        }
+        #[cfg(unix)]
+        {
+            use rustix::process::{waitid, WaitId, WaitIdOptions};
+            let pid = rustix::process::Pid::from_child(&self.child);
+            let peek = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+            match waitid(WaitId::Pid(pid), peek) {
+                Ok(seen) => seen.is_some(),
+                Err(e) => {
+                    tracing::warn!(pid = self.id(), error = %e, "waiting for a child failed");
+                    false
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            self.reap_now().is_some()
+        }
+    }
+
+    /// The exit status, reaping the child if it has exited; `None` while it runs. Before the
+    /// child is reaped, whatever it left running in its group is killed: a wrapper script's
+    /// background job would otherwise outlive it, holding the pipes it inherited (so no reader
+    /// sees their end of file) and escaping every later group kill, which needs the unreaped
+    /// leader.
     pub(crate) fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() && self.exited() {
+            self.kill_group();
+            self.reap_now();
+        }
+        self.status
+    }
+
+    /// Reaps the child if it has exited, without a group kill.
+    fn reap_now(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             match self.child.try_wait() {
                 Ok(Some(status)) => self.status = Some(status),
@@ -88,7 +128,8 @@ impl GroupChild {
     }
 
     /// Kills the whole process group (the child and whatever it forked that stayed in the group),
-    /// if the child has not been reaped yet.
+    /// if the child has not been reaped yet (it may have exited: an unreaped leader keeps the
+    /// group id from being reused).
     pub(crate) fn kill_group(&mut self) {
         if self.status.is_some() {
             return;

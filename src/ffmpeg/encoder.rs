@@ -26,11 +26,52 @@ const STDERR_LINES: usize = 12;
 /// even when a child writes without newlines.
 const STDERR_LINE_BYTES: usize = 1024;
 
+/// How often the flush looks whether ffmpeg has exited while it waits for its output.
+const EXIT_POLL: Duration = Duration::from_millis(20);
+/// Once ffmpeg has exited and its group has been killed, how long its output may stay silent
+/// before the flush ends the stream at what it has read: everything ffmpeg wrote is in the pipe
+/// by then, and the reader takes it in far less (a pipe holds at most 1 MiB on Linux).
+const DRAIN_QUIET: Duration = Duration::from_millis(300);
+/// Once ffmpeg has exited, the most the flush waits for the end of its output, however much a
+/// process outside its group (one that called `setsid`) keeps writing into the pipe.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
 /// What the reader thread reports.
 enum Event {
     Frame(TsFrame),
     Garbage(String),
     Eof { truncated: usize },
+}
+
+/// The demuxer of ffmpeg's output, shared by the reader thread and the flush: the stream ends
+/// once, by whichever comes first, the end of file on the pipe (the reader) or ffmpeg's exit
+/// with the pipe still held open by a process ffmpeg (or a wrapper script) forked (the flush).
+/// The reader sends its events while it holds the lock, so every event of the bytes read before
+/// the end is in the channel before the end is taken.
+#[derive(Default)]
+struct Demux {
+    ts: TsDemuxer,
+    ended: bool,
+}
+
+impl Demux {
+    /// Ends the stream: appends the last access unit to `frames` and returns the bytes left
+    /// that make no whole packet; `None` if it had already ended.
+    fn end(&mut self, frames: &mut Vec<TsFrame>) -> Option<usize> {
+        if std::mem::replace(&mut self.ended, true) {
+            return None;
+        }
+        self.ts.finish(frames);
+        Some(self.ts.leftover())
+    }
+}
+
+/// The lock of `demux`, also after a panic of the other thread (the demuxer is then still whole:
+/// each of its calls leaves it consistent).
+fn lock(demux: &Mutex<Demux>) -> std::sync::MutexGuard<'_, Demux> {
+    demux
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// An FFmpeg encoder in a child process. See the [module docs](super).
@@ -42,6 +83,7 @@ pub struct FfmpegEncoder {
     child: GroupChild,
     frames_tx: Option<Sender<Vec<u8>>>,
     events: Receiver<Event>,
+    demux: Arc<Mutex<Demux>>,
     writer_error: Arc<Mutex<Option<String>>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
     writer: Option<JoinHandle<()>>,
@@ -109,10 +151,11 @@ impl FfmpegEncoder {
             };
         let (frames_tx, frames_rx) = bounded::<Vec<u8>>(2);
         let (events_tx, events) = unbounded();
+        let demux = Arc::new(Mutex::new(Demux::default()));
         let writer_error = Arc::new(Mutex::new(None));
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         let writer = spawn_writer(stdin, frames_rx, Arc::clone(&writer_error));
-        let reader = spawn_reader(stdout, events_tx);
+        let reader = spawn_reader(stdout, events_tx, Arc::clone(&demux));
         let stderr_reader = spawn_stderr(stderr_pipe, Arc::clone(&stderr));
         Ok(FfmpegEncoder {
             config: config.clone(),
@@ -122,6 +165,7 @@ impl FfmpegEncoder {
             child,
             frames_tx: Some(frames_tx),
             events,
+            demux,
             writer_error,
             stderr,
             writer: Some(writer),
@@ -153,18 +197,45 @@ impl FfmpegEncoder {
 
     /// Records a failure, kills the child's process group and reaps the child, and returns the
     /// error, with the last lines ffmpeg wrote to stderr (read to the end when the pipe closes
-    /// within [`JOIN_LIMIT`]).
+    /// within [`JOIN_LIMIT`]). Accepted frames that did not come out are lost with the child: an
+    /// exit or invalid-output problem says how many (accepted minus delivered), so a caller that
+    /// counts them by the frames it still holds (none, at a flush) can tell.
     fn fail(&mut self, problem: SubprocessProblem) -> Error {
         self.child.kill_and_reap();
         self.frames_tx = None;
         if let Some(thread) = self.stderr_reader.take() {
             child::join_bounded(thread, JOIN_LIMIT);
         }
+        let problem = self.with_frames_lost(problem);
         self.failed = Some(problem.clone());
         Error::Subprocess {
             backend: self.kind,
             problem,
             stderr: self.stderr_tail(),
+        }
+    }
+
+    /// `problem` with the count of accepted frames that did not come out, when there are any
+    /// and the problem has a text to carry it.
+    fn with_frames_lost(&self, problem: SubprocessProblem) -> SubprocessProblem {
+        let accepted = self.gate.accepted();
+        let lost = accepted.saturating_sub(self.chunks_out);
+        if lost == 0 {
+            return problem;
+        }
+        let note = format!(
+            "{lost} of {accepted} accepted frame(s) not encoded ({} came out)",
+            self.chunks_out
+        );
+        match problem {
+            SubprocessProblem::Exited { status } => SubprocessProblem::Exited {
+                status: format!("{status}, with {note}"),
+            },
+            SubprocessProblem::Garbage { what } => SubprocessProblem::Garbage {
+                what: format!("{what}, with {note}"),
+            },
+            // No text to carry it: the hang, not the count, is the cause to fix.
+            other => other,
         }
     }
 
@@ -283,31 +354,69 @@ impl FfmpegEncoder {
     }
 
     /// Ends the running child's input and turns everything it still writes into chunks, until
-    /// it exits (each wait bounded by [`FfmpegOptions::timeout`] of silence).
+    /// the end of its output, then reaps it.
+    ///
+    /// The end of the output is the end of file on its stdout, or, once the child itself has
+    /// exited, what is in the pipe by then: a process it forked (a wrapper script's background
+    /// job) inherits the pipe and would hold its end of file back for as long as it runs. So once
+    /// the child has exited it is reaped, which first kills its group, ending such a process and
+    /// bringing the end of file; if a process outside the group (`setsid`) still holds the pipe,
+    /// the stream ends
+    /// at what was read once the output has been silent for [`DRAIN_QUIET`], [`DRAIN_LIMIT`]
+    /// after the exit at the most. While the child runs, each wait is bounded by
+    /// [`FfmpegOptions::timeout`] of silence; the reap after the end by the same timeout.
     fn finish_child(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
         // Closing the channel makes the writer close ffmpeg's stdin: end of input.
         self.frames_tx = None;
-        // The limit is on silence, not on the whole drain: a slow preset with deep lookahead may
-        // take long to drain, but it keeps producing.
-        let mut deadline = Instant::now() + self.options.timeout;
+        let timeout = self.options.timeout;
+        // While the child runs the limit is on silence, not on the whole drain: a slow preset
+        // with deep lookahead may take long to drain, but it keeps producing.
+        let mut deadline = Instant::now() + timeout;
+        // When the child's exit was seen.
+        let mut exited: Option<Instant> = None;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
+            // Reaping kills what the child left in its group first (see `GroupChild::try_wait`).
+            if exited.is_none() && self.child.try_wait().is_some() {
+                let now = Instant::now();
+                exited = Some(now);
+                deadline = now + DRAIN_QUIET;
+            }
+            let now = Instant::now();
+            if exited.is_some() && now >= deadline {
+                // A process outside the group holds the pipe: end at what was read.
+                if !self.end_without_eof(out)? {
+                    // The reader reached the end of file first: its events, the end last, are
+                    // all in the channel already.
+                    self.drain_ready(out)?;
+                }
+                break;
+            }
+            let left = deadline.saturating_duration_since(now);
+            let wait = if exited.is_some() {
+                left
+            } else {
+                left.min(EXIT_POLL)
+            };
+            match self.events.recv_timeout(wait) {
                 Ok(event) => {
-                    deadline = Instant::now() + self.options.timeout;
+                    let now = Instant::now();
+                    deadline = match exited {
+                        Some(at) => (now + DRAIN_QUIET).min(at + DRAIN_LIMIT),
+                        None => now + timeout,
+                    };
                     if self.handle(event, out)? {
                         break;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    let timeout = self.options.timeout;
-                    return Err(self.fail(SubprocessProblem::Hung { timeout }));
+                    if exited.is_none() && Instant::now() >= deadline {
+                        return Err(self.fail(SubprocessProblem::Hung { timeout }));
+                    }
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self.child.reap(left) {
+        match self.child.reap(timeout) {
             Some(status) if status.success() => {}
             Some(status) => {
                 return Err(self.fail(SubprocessProblem::Exited {
@@ -315,11 +424,30 @@ impl FfmpegEncoder {
                 }));
             }
             None => {
-                let timeout = self.options.timeout;
                 return Err(self.fail(SubprocessProblem::Hung { timeout }));
             }
         }
         Ok(())
+    }
+
+    /// Ends the stream at what the reader has read, without its end of file; `Ok(false)` if the
+    /// reader had already reached it (its end event is then in the channel).
+    fn end_without_eof(&mut self, out: &mut Vec<EncodedChunk>) -> Result<bool, Error> {
+        let mut frames = Vec::new();
+        let Some(truncated) = lock(&self.demux).end(&mut frames) else {
+            return Ok(false);
+        };
+        tracing::debug!(
+            pid = self.child.id(),
+            "ffmpeg exited but its output pipe stays open (held by a process outside its group); \
+             ending the stream at what it wrote"
+        );
+        // Everything the reader sent came before the end was taken.
+        self.drain_ready(out)?;
+        for frame in frames {
+            self.push_frame(frame, out)?;
+        }
+        self.handle(Event::Eof { truncated }, out)
     }
 
     /// Moves the stream to a new ffmpeg started with the current configuration (after
@@ -332,16 +460,14 @@ impl FfmpegEncoder {
         self.restart_pending = false;
         self.finish_child(out)?;
         if self.chunks_out != self.gate.accepted() {
-            let what = format!(
-                "{} frames were sent before the restart but {} came out",
-                self.gate.accepted(),
-                self.chunks_out
-            );
+            // `fail` adds the counts.
+            let what = "its output before the restart ended early".to_owned();
             return Err(self.fail(SubprocessProblem::Garbage { what }));
         }
         std::mem::swap(&mut self.child, &mut fresh.child);
         std::mem::swap(&mut self.frames_tx, &mut fresh.frames_tx);
         std::mem::swap(&mut self.events, &mut fresh.events);
+        std::mem::swap(&mut self.demux, &mut fresh.demux);
         std::mem::swap(&mut self.writer_error, &mut fresh.writer_error);
         std::mem::swap(&mut self.stderr, &mut fresh.stderr);
         std::mem::swap(&mut self.writer, &mut fresh.writer);
@@ -416,11 +542,8 @@ impl VideoEncoder for FfmpegEncoder {
         self.finish_child(out)?;
         self.gate.finish();
         if self.chunks_out != self.gate.accepted() {
-            let what = format!(
-                "{} frames were sent but {} came out",
-                self.gate.accepted(),
-                self.chunks_out
-            );
+            // `fail` adds the counts.
+            let what = "its output ended early".to_owned();
             return Err(self.fail(SubprocessProblem::Garbage { what }));
         }
         Ok(())
@@ -502,16 +625,25 @@ fn spawn_writer(
     })
 }
 
-fn spawn_reader(mut stdout: std::process::ChildStdout, events: Sender<Event>) -> JoinHandle<()> {
+fn spawn_reader(
+    mut stdout: std::process::ChildStdout,
+    events: Sender<Event>,
+    demux: Arc<Mutex<Demux>>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut demux = TsDemuxer::default();
         let mut buf = vec![0u8; 1 << 16];
         let mut frames = Vec::new();
         loop {
             match stdout.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    if let Err(e) = demux.push(&buf[..n], &mut frames) {
+                    let mut demux = lock(&demux);
+                    if demux.ended {
+                        // The flush ended the stream after ffmpeg's exit: what still comes is
+                        // not ffmpeg's.
+                        return;
+                    }
+                    if let Err(e) = demux.ts.push(&buf[..n], &mut frames) {
                         let _ = events.send(Event::Garbage(e.to_string()));
                         return;
                     }
@@ -528,13 +660,13 @@ fn spawn_reader(mut stdout: std::process::ChildStdout, events: Sender<Event>) ->
                 }
             }
         }
-        demux.finish(&mut frames);
-        for frame in frames.drain(..) {
-            let _ = events.send(Event::Frame(frame));
+        let mut demux = lock(&demux);
+        if let Some(truncated) = demux.end(&mut frames) {
+            for frame in frames.drain(..) {
+                let _ = events.send(Event::Frame(frame));
+            }
+            let _ = events.send(Event::Eof { truncated });
         }
-        let _ = events.send(Event::Eof {
-            truncated: demux.leftover(),
-        });
     })
 }
 

@@ -7,6 +7,8 @@
 //! concurrently, so neither pipe can fill up and block the other side. Every wait is bounded by
 //! [`FfmpegOptions::timeout`]: a child that hangs is killed and reported, a child that dies or
 //! writes garbage gives a typed error with its last stderr lines, and the child is always reaped.
+//! A flush ends at ffmpeg's exit, not at the end of file on its stdout, which a process it (or a
+//! wrapper script) forked may hold back: see `FfmpegEncoder::finish_child` for the bounds.
 //!
 //! Mapping of [`EncoderConfig`](crate::EncoderConfig) (FFmpeg option names):
 //!
