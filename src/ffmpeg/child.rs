@@ -215,6 +215,9 @@ impl std::fmt::Display for RunError {
 /// Runs `program args` with no input and returns its standard output, read up to `cap` bytes,
 /// within `limit` of wall time; standard error is discarded. A program that runs past the limit
 /// or writes more than the cap is killed with its whole process group.
+/// How often [`run_capped`] looks whether its program has exited.
+const EXIT_POLL: Duration = Duration::from_millis(20);
+
 pub(crate) fn run_capped(
     program: &Path,
     args: &[&str],
@@ -244,7 +247,22 @@ pub(crate) fn run_capped(
         });
     });
     let deadline = Instant::now() + limit;
-    let result = match rx.recv_deadline(deadline) {
+    // Looks every 20 ms whether the program itself has exited: `try_wait` then kills what it
+    // left in its group (a wrapper's background job holding stdout), so the pipe ends and the
+    // reader answers; without this the query would wait out `limit` and be reported hung.
+    let received = loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break Err(crossbeam_channel::RecvTimeoutError::Timeout);
+        }
+        match rx.recv_timeout(EXIT_POLL.min(deadline - now)) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                let _ = child.try_wait();
+            }
+            other => break other,
+        }
+    };
+    let result = match received {
         Ok(Ok(text)) => {
             let left = deadline.saturating_duration_since(Instant::now());
             match child.reap(left) {
@@ -280,6 +298,21 @@ mod tests {
         let (_dir, prog) = sh("echo hello");
         let out = run_capped(&prog, &[], Duration::from_secs(5), 1024);
         assert_eq!(out, Ok("hello\n".to_owned()));
+    }
+
+    #[test]
+    fn a_wrapper_whose_background_job_holds_stdout_answers_when_the_program_exits() {
+        // The job (not exec'd, in the group) keeps stdout open for 1000 s; the program itself
+        // prints and exits at once.
+        let (_dir, prog) = sh("sleep 1000 &\necho 'ffmpeg version 6'");
+        let started = Instant::now();
+        let out = run_capped(&prog, &[], Duration::from_secs(10), 1024);
+        assert_eq!(out, Ok("ffmpeg version 6\n".to_owned()));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "answered after {:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
