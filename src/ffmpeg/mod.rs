@@ -31,6 +31,7 @@
 mod args;
 pub(crate) mod child;
 mod encoder;
+mod io;
 pub(crate) mod ts;
 
 pub use args::FfmpegOptions;
