@@ -253,6 +253,14 @@ pub trait VideoEncoder: Send {
     fn max_slot_leases(&self) -> usize {
         0
     }
+
+    /// The CUDA device ordinal of the GPU this encoder runs on, for an encoder on one (NVENC:
+    /// where [`GpuChoice::Auto`](crate::nvenc::GpuChoice::Auto) placed it); `None` for the
+    /// others. The [pipeline stage](crate::pipeline) puts its CUDA ring on this GPU. A wrapper
+    /// must forward this method.
+    fn gpu(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A boxed encoder (what [`crate::open_encoder`] returns) is an encoder, so wrappers such as
@@ -297,5 +305,9 @@ impl<E: VideoEncoder + ?Sized> VideoEncoder for Box<E> {
     }
     fn max_slot_leases(&self) -> usize {
         (**self).max_slot_leases()
+    }
+
+    fn gpu(&self) -> Option<usize> {
+        (**self).gpu()
     }
 }

@@ -134,6 +134,13 @@ pub enum Error {
         /// How long the caller waited for it.
         deadline: std::time::Duration,
     },
+    /// NVENC with [`GpuChoice::Auto`](crate::nvenc::GpuChoice::Auto): every GPU refused a
+    /// session. Each GPU's own error is kept, in the order they were tried.
+    #[error("no GPU accepted an NVENC session: {}", refusals.iter().map(|(gpu, e)| format!("GPU {gpu}: {e}")).collect::<Vec<_>>().join("; "))]
+    NoGpuAccepted {
+        /// Each GPU tried (CUDA ordinal) with its refusal.
+        refusals: Vec<(usize, Error)>,
+    },
 }
 
 /// How an encoder's child process failed.

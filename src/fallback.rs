@@ -649,6 +649,11 @@ impl VideoEncoder for FallbackEncoder {
         }
     }
 
+    /// The current encoder's.
+    fn gpu(&self) -> Option<usize> {
+        self.current.as_ref().and_then(|c| c.gpu())
+    }
+
     fn kind(&self) -> EncoderKind {
         self.kind
     }

@@ -28,7 +28,7 @@ use crate::encoder::{Bitrate, EncoderConfig, EncoderKind, RateControl, RateContr
 use crate::error::ConfigError;
 use crate::error::Error;
 use crate::fallback::FallbackEncoder;
-use crate::nvenc::{NvencOptions, NvencPreset, NvencTuning};
+use crate::nvenc::{GpuChoice, NvencOptions, NvencPreset, NvencTuning};
 use crate::ring_buffer::{Consumer, FrameRing, HostStorage, Producer, RingError, MAX_SLOTS};
 
 /// Both ends of a host-memory frame ring.
@@ -151,11 +151,12 @@ impl GpuEncoderConfig {
     }
 
     /// As [`open`](Self::open), with NVENC on CUDA device `device` (which
-    /// [`cuda_device_with`](Self::cuda_device_with) chose).
+    /// [`cuda_device_with`](Self::cuda_device_with) chose), or placed by
+    /// [`GpuChoice::Auto`](crate::nvenc::GpuChoice::Auto) when `None`.
     pub(crate) fn open_on(
         &self,
         config: &EncoderConfig,
-        device: usize,
+        device: Option<usize>,
     ) -> Result<FallbackEncoder, Error> {
         self.validate()?;
         let mut config = config.clone();
@@ -164,7 +165,7 @@ impl GpuEncoderConfig {
         }
         // Up front, before detection probes any backend: a bad value fails at once, as itself.
         config.validate()?;
-        let nvenc = self.nvenc_options().with_device(device);
+        let nvenc = self.nvenc_options().with_gpu(gpu_choice(device));
         let chain = crate::fallback::chain_with(self.preferred_encoder, &nvenc)?;
         FallbackEncoder::with_chain(&config, chain)
     }
@@ -172,17 +173,19 @@ impl GpuEncoderConfig {
     /// The CUDA device NVENC encodes on and a pipeline's ring is allocated on, given the device
     /// the pipeline's options name (`ring`, `None` when they name none): the one place that
     /// decides, so the two are always the same device. [`GpuEncoderConfig::cuda_device`] or
-    /// `ring`, whichever is set; device 0 when neither is.
+    /// `ring`, whichever is set; `None` when neither is: NVENC is then placed by
+    /// [`GpuChoice::Auto`](crate::nvenc::GpuChoice::Auto), and a pipeline's ring follows it
+    /// to the GPU it was placed on.
     ///
     /// # Errors
     /// [`ConfigError::CudaDeviceMismatch`] when both are set to different devices.
-    pub fn cuda_device_with(&self, ring: Option<usize>) -> Result<usize, ConfigError> {
+    pub fn cuda_device_with(&self, ring: Option<usize>) -> Result<Option<usize>, ConfigError> {
         match (self.cuda_device, ring) {
             (Some(nvenc), Some(ring)) if nvenc != ring => {
                 Err(ConfigError::CudaDeviceMismatch { ring, nvenc })
             }
-            (Some(device), _) | (None, Some(device)) => Ok(device),
-            (None, None) => Ok(0),
+            (Some(device), _) | (None, Some(device)) => Ok(Some(device)),
+            (None, None) => Ok(None),
         }
     }
 
@@ -198,15 +201,20 @@ impl GpuEncoderConfig {
         FrameRing::new(self.ring_buffer_size, frame_len).map(Some)
     }
 
-    /// The NVENC options these settings choose: the overrides that are set and the CUDA device
-    /// ([`GpuEncoderConfig::cuda_device`], 0 when unset), nothing else.
+    /// The NVENC options these settings choose: the overrides that are set and the GPU
+    /// ([`GpuEncoderConfig::cuda_device`]; placed automatically when unset), nothing else.
     #[must_use]
     pub fn nvenc_options(&self) -> NvencOptions {
         NvencOptions::default()
             .with_preset(self.nvenc_preset)
             .with_tuning(self.nvenc_tune)
-            .with_device(self.cuda_device.unwrap_or(0))
+            .with_gpu(gpu_choice(self.cuda_device))
     }
+}
+
+/// One device, or automatic placement.
+fn gpu_choice(device: Option<usize>) -> GpuChoice {
+    device.map_or(GpuChoice::Auto, GpuChoice::Index)
 }
 
 /// (De)serializes an optional type through its `Display`/`FromStr` names (`"auto"` or absent:
@@ -330,14 +338,14 @@ mod tests {
     #[test]
     fn one_cuda_device_for_nvenc_and_the_ring() {
         let unset = GpuEncoderConfig::default();
-        assert_eq!(unset.cuda_device_with(None), Ok(0));
-        assert_eq!(unset.cuda_device_with(Some(1)), Ok(1));
-        assert_eq!(unset.nvenc_options().device, 0);
+        assert_eq!(unset.cuda_device_with(None), Ok(None));
+        assert_eq!(unset.cuda_device_with(Some(1)), Ok(Some(1)));
+        assert_eq!(unset.nvenc_options().gpu, GpuChoice::Auto);
         let one: GpuEncoderConfig = toml::from_str("cuda_device = 1").unwrap();
         assert_eq!(one.cuda_device, Some(1));
-        assert_eq!(one.nvenc_options().device, 1);
-        assert_eq!(one.cuda_device_with(None), Ok(1));
-        assert_eq!(one.cuda_device_with(Some(1)), Ok(1));
+        assert_eq!(one.nvenc_options().gpu, GpuChoice::Index(1));
+        assert_eq!(one.cuda_device_with(None), Ok(Some(1)));
+        assert_eq!(one.cuda_device_with(Some(1)), Ok(Some(1)));
         let err = one.cuda_device_with(Some(0)).unwrap_err();
         assert_eq!(err, ConfigError::CudaDeviceMismatch { ring: 0, nvenc: 1 });
         let text = err.to_string();

@@ -707,9 +707,9 @@ fn ring_and_nvenc_on_different_cuda_devices_is_refused() {
         Ok(_) => panic!("a ring on device 1 with NVENC on device 0 must not open"),
     }
     // Named once, either side: that device for both.
-    assert_eq!(gpu.cuda_device_with(None), Ok(0));
+    assert_eq!(gpu.cuda_device_with(None), Ok(Some(0)));
     assert_eq!(
         nvencode::GpuEncoderConfig::default().cuda_device_with(Some(1)),
-        Ok(1)
+        Ok(Some(1))
     );
 }

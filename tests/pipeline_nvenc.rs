@@ -251,14 +251,29 @@ fn device_slots_through_the_stage_are_encoded_with_no_host_copy() {
 #[ignore = "child half of a_ring_on_device_1_has_nvenc_on_device_1"]
 fn child_stage_on_device_1() {
     assert_child();
+    device_slots_on_nvenc_only(Some(1));
+}
+
+/// No device named, GPU 0 without NVENC: NVENC is placed on GPU 1 and the ring follows it there.
+#[test]
+#[ignore = "child half of the_ring_follows_nvenc_to_the_gpu_it_was_placed_on"]
+fn child_stage_follows_placement() {
+    assert_child();
+    device_slots_on_nvenc_only(None);
+}
+
+/// Feeds the clip through a stage of device slots on `device` (or where NVENC is placed) and
+/// checks that NVENC encoded every frame from its slot, with no failover.
+fn device_slots_on_nvenc_only(device: Option<usize>) {
     let config = config();
     let input = Arc::new(common::clip(&config, FRAMES as u64));
     let mut gpu = GpuEncoderConfig::default();
     gpu.ring_buffer_size = 4;
     gpu.preferred_encoder = Some(EncoderKind::Nvenc);
-    let options = PipelineOptions::from_gpu_config(&gpu)
-        .with_cuda_device(1)
-        .with_slot_memory(SlotMemory::Device);
+    let mut options = PipelineOptions::from_gpu_config(&gpu).with_slot_memory(SlotMemory::Device);
+    if let Some(device) = device {
+        options = options.with_cuda_device(device);
+    }
     let (mut producer, mut output) = EncodePipeline::open_with(&config, &gpu, options)
         .expect("open")
         .split();
@@ -280,7 +295,7 @@ fn child_stage_on_device_1() {
     loop {
         match output.recv_timeout(BOUND) {
             nvencode::pipeline::Received::Item(item) => {
-                chunks.push(item.expect("every frame encoded from its device-1 slot"))
+                chunks.push(item.expect("every frame encoded from its device slot"))
             }
             nvencode::pipeline::Received::End => break,
             nvencode::pipeline::Received::Pending => panic!("no chunk within {BOUND:?}"),
@@ -296,9 +311,19 @@ fn child_stage_on_device_1() {
     assert_decodes(&chunks, &input, &config);
 }
 
+/// With no device named, NVENC is placed by `GpuChoice::Auto` (GPU 0 has no NVENC engine, so on
+/// GPU 1) and the stage puts its device ring on the GPU NVENC was placed on: every frame is
+/// encoded from its slot. Checked against the ring staying on device 0: NVENC refused the first slot as
+/// another context's surface.
+#[test]
+fn the_ring_follows_nvenc_to_the_gpu_it_was_placed_on() {
+    let emu = EmuDriver::new().cuda_devices(2).no_encoder_on(&[0]);
+    let _ = run_child(&emu, "child_stage_follows_placement");
+}
+
 /// `PipelineOptions::with_cuda_device(1)` puts the ring on device 1 and, through the one place
 /// that decides the device (`GpuEncoderConfig::cuda_device_with`), NVENC too. Checked against
-/// `open_with` opening NVENC on `NvencOptions::device` (0) whatever the options said: NVENC then
+/// `open_with` opening NVENC on device 0 whatever the options said: NVENC then
 /// refused the first device-1 slot and the stage ended with an encoder error.
 #[test]
 fn a_ring_on_device_1_has_nvenc_on_device_1() {

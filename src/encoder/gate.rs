@@ -54,7 +54,7 @@ impl DtsQueue {
 
 /// Bookkeeping every backend shares: frame length, timestamp order, frame numbering, and the
 /// finished flag. Keeps the checks of the contract in one place.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct InputGate {
     kind: EncoderKind,
     frame_len: usize,

@@ -312,6 +312,7 @@ pub fn error_kind(error: &Error) -> &'static str {
         Error::Subprocess { .. } => "subprocess",
         Error::NvencLoad(_) => "nvenc_load",
         Error::Hung { .. } => "hung",
+        Error::NoGpuAccepted { .. } => "no_gpu_accepted",
     }
 }
 
@@ -631,6 +632,10 @@ impl<E: VideoEncoder> VideoEncoder for Metered<E> {
     }
     fn max_slot_leases(&self) -> usize {
         self.inner.max_slot_leases()
+    }
+
+    fn gpu(&self) -> Option<usize> {
+        self.inner.gpu()
     }
 
     fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {

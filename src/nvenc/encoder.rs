@@ -46,6 +46,7 @@ use super::bounded::Progress;
 use super::fail::{call_err, cuda_error};
 use super::init::{self, apply_rate_control};
 use super::options::NvencOptions;
+use super::placement::{self, GpuChoice, Placed};
 use super::session::{self, HungAt, NvencSession};
 use crate::cuda::{self, Context, Either, PlaneSource, Stream};
 use crate::encoder::mapping;
@@ -105,6 +106,8 @@ pub struct NvencEncoder {
     /// The failure that ended this encoder, as `(call, what happened)`: every later `encode` and
     /// `flush` reports it (see the module docs).
     failed: Option<(&'static str, String)>,
+    /// Counts this session on its GPU, for placing the next one.
+    placed: Placed,
     /// Set in `Drop`, and declared last so it drops last: once the stream and context fields
     /// (which cudarc releases by making their context current) are gone, the caller's context
     /// is current again.
@@ -139,12 +142,57 @@ impl NvencEncoder {
     /// session limit, ...).
     pub fn with_options(config: &EncoderConfig, options: &NvencOptions) -> Result<Self, Error> {
         let gate = InputGate::new(KIND, config)?;
-        let (config, options) = (config.clone(), options.clone());
         let deadline = options.open_timeout.max(NvencOptions::MIN_CALL_TIMEOUT);
-        // Every call of the open runs on a thread of its own, awaited at most `deadline`.
-        super::bounded::run("nvenc-open", options.device, deadline, move |progress| {
-            Self::open(&config, &options, gate, progress)
-        })
+        let order = match &options.gpu {
+            GpuChoice::Index(device) => vec![*device],
+            choice => {
+                let devices = super::bounded::run("nvenc-devices", usize::MAX, deadline, |p| {
+                    p.at("cuDeviceGetCount");
+                    let count = cuda::device_count().map_err(cuda_error)?;
+                    p.at("cuDeviceGetUuid");
+                    Ok((0..count)
+                        .map(|d| {
+                            let uuid = cuda::device_uuid(d)
+                                .ok()
+                                .map(|b| b.iter().map(|x| format!("{x:02x}")).collect());
+                            (d, uuid)
+                        })
+                        .collect::<Vec<_>>())
+                })?;
+                placement::candidates(choice, &devices)?
+            }
+        };
+        let auto = options.gpu == GpuChoice::Auto;
+        let mut refusals = Vec::new();
+        for device in order {
+            let (config, options, gate) = (config.clone(), options.clone(), gate.clone());
+            // Every call of the open runs on a thread of its own, awaited at most `deadline`.
+            let opened = super::bounded::run("nvenc-open", device, deadline, move |progress| {
+                Self::open(&config, &options, gate, device, progress)
+            });
+            match opened {
+                Ok(encoder) => {
+                    if !refusals.is_empty() {
+                        tracing::info!(
+                            gpu = device,
+                            passed_over = refusals.len(),
+                            "NVENC placed on another GPU after a refusal"
+                        );
+                    }
+                    return Ok(encoder);
+                }
+                Err(e) if auto && placement::refused(&e) => {
+                    tracing::debug!(gpu = device, error = %e, "GPU refused an NVENC session");
+                    refusals.push((device, e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match refusals.len() {
+            // One GPU: its own error, as with an explicit choice.
+            1 => Err(refusals.remove(0).1),
+            _ => Err(Error::NoGpuAccepted { refusals }),
+        }
     }
 
     /// The open itself, on the bounded thread, noting each driver call in `progress` first.
@@ -152,6 +200,7 @@ impl NvencEncoder {
         config: &EncoderConfig,
         options: &NvencOptions,
         gate: InputGate,
+        device: usize,
         progress: &Progress,
     ) -> Result<Self, Error> {
         // The gate has just validated `config`; its frame length is the staging length.
@@ -162,7 +211,7 @@ impl NvencEncoder {
         // cudarc makes the contexts it creates current; the caller's comes back when this drops.
         let _callers = cuda::save_current().map_err(cuda_error)?;
         progress.at("cuDevicePrimaryCtxRetain");
-        let context = Context::open(options.device).map_err(cuda_error)?;
+        let context = Context::open(device).map_err(cuda_error)?;
         progress.at("cuStreamCreate");
         let stream = context.new_stream().map_err(|e| Error::Unavailable {
             backend: KIND,
@@ -213,8 +262,15 @@ impl NvencEncoder {
             unread: VecDeque::new(),
             chunks_out: 0,
             failed: None,
+            placed: Placed::on(device),
             callers_context: None,
         })
+    }
+
+    /// The CUDA device ordinal of the GPU this encoder's session is on.
+    #[must_use]
+    pub fn gpu(&self) -> usize {
+        self.placed.device()
     }
 
     /// Waits until everything queued on the encoder's CUDA stream has run (the uploads of host
@@ -469,6 +525,10 @@ impl VideoEncoder for NvencEncoder {
     /// its bitstream is read back, and at most every surface is in flight.
     fn max_slot_leases(&self) -> usize {
         self.session.as_ref().map_or(0, |s| s.surfaces.len())
+    }
+
+    fn gpu(&self) -> Option<usize> {
+        Some(self.placed.device())
     }
 
     fn kind(&self) -> EncoderKind {

@@ -20,6 +20,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::placement::GpuChoice;
 use crate::encoder::mapping;
 use crate::encoder::{Preset, Tune};
 use crate::error::ConfigError;
@@ -177,8 +178,10 @@ impl FromStr for NvencTuning {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NvencOptions {
-    /// CUDA device ordinal to encode on.
-    pub device: usize,
+    /// The GPU to encode on: [`GpuChoice::Auto`] (the default) places the session on the GPU
+    /// with the fewest sessions this process has open, trying the others when one refuses (see
+    /// `nvenc::placement`); an index or UUID names one GPU, and only it is tried.
+    pub gpu: GpuChoice,
     /// Overrides the preset mapped from [`EncoderConfig::preset`](crate::EncoderConfig::preset).
     pub preset: Option<NvencPreset>,
     /// Overrides the tuning mapped from [`EncoderConfig::tune`](crate::EncoderConfig::tune).
@@ -208,7 +211,7 @@ pub struct NvencOptions {
 impl Default for NvencOptions {
     fn default() -> Self {
         NvencOptions {
-            device: 0,
+            gpu: GpuChoice::Auto,
             preset: None,
             tuning: None,
             extra_output_delay: 3,
@@ -223,10 +226,17 @@ impl NvencOptions {
     /// 64 in all; 32 frames of delay is already more than a second at 30 fps).
     pub const MAX_OUTPUT_DELAY: u32 = 32;
 
-    /// Sets [`NvencOptions::device`].
+    /// Sets [`NvencOptions::gpu`] to one CUDA device ordinal.
     #[must_use]
     pub fn with_device(mut self, device: usize) -> Self {
-        self.device = device;
+        self.gpu = GpuChoice::Index(device);
+        self
+    }
+
+    /// Sets [`NvencOptions::gpu`].
+    #[must_use]
+    pub fn with_gpu(mut self, gpu: GpuChoice) -> Self {
+        self.gpu = gpu;
         self
     }
 

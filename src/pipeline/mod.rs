@@ -319,7 +319,9 @@ impl EncodePipeline {
             .cuda_device_with(options.cuda_device)
             .map_err(|e| PipelineError::Open(e.into()))?;
         let encoder = gpu.open_on(config, device).map_err(PipelineError::Open)?;
-        Self::with_encoder_metered(Box::new(encoder), options.with_cuda_device(device))
+        // The ring goes on NVENC's GPU: the one named, or where NVENC was placed.
+        let ring_device = device.or_else(|| encoder.gpu()).unwrap_or(0);
+        Self::with_encoder_metered(Box::new(encoder), options.with_cuda_device(ring_device))
     }
 
     fn with_encoder_metered(

@@ -439,6 +439,22 @@ pub enum ConfigError {
         /// The device the encoder settings put NVENC on.
         nvenc: usize,
     },
+    /// A GPU choice that is none of `auto`, an ordinal or a UUID.
+    #[error("invalid GPU {value:?}: expected {expected}")]
+    BadGpu {
+        /// The value given.
+        value: String,
+        /// What would be valid.
+        expected: &'static str,
+    },
+    /// A GPU choice that names no device of this machine.
+    #[error("no GPU {choice} among this machine's {devices} CUDA device(s) (expected an ordinal below {devices}, a UUID `nvidia-smi -L` lists, or auto)")]
+    GpuNotFound {
+        /// The choice given.
+        choice: String,
+        /// How many CUDA devices there are.
+        devices: usize,
+    },
     /// An unknown encoder name.
     #[error("unknown encoder {name:?}: expected one of {}", valid.join(", "))]
     UnknownEncoder {

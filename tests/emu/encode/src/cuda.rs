@@ -14,6 +14,7 @@ pub struct Cuda {
     pop: unsafe extern "C" fn(*mut *mut c_void) -> c_int,
     dtoh: unsafe extern "C" fn(*mut c_void, u64, usize) -> c_int,
     attr: unsafe extern "C" fn(*mut c_void, c_int, u64) -> c_int,
+    get_device: unsafe extern "C" fn(*mut c_int) -> c_int,
 }
 
 const ATTR_RANGE_START_ADDR: c_int = 11;
@@ -35,12 +36,14 @@ impl Cuda {
         let pop = sym!(b"cuCtxPopCurrent_v2\0");
         let dtoh = sym!(b"cuMemcpyDtoH_v2\0");
         let attr = sym!(b"cuPointerGetAttribute\0");
+        let get_device = sym!(b"cuCtxGetDevice\0");
         Ok(Self {
             _lib: lib,
             push,
             pop,
             dtoh,
             attr,
+            get_device,
         })
     }
 
@@ -61,6 +64,20 @@ impl Cuda {
     /// Whether `ctx` is a context the driver accepts.
     pub fn check_ctx(&self, ctx: u64) -> Result<(), String> {
         self.with_ctx(ctx, || Ok(()))
+    }
+
+    /// The ordinal of the device `ctx` belongs to (`cuCtxGetDevice` with it current).
+    pub fn device_of(&self, ctx: u64) -> Result<i32, String> {
+        self.with_ctx(ctx, || {
+            let mut device: c_int = -1;
+            // SAFETY: the out-pointer is a valid, writable local.
+            let rc = unsafe { (self.get_device)(&mut device) };
+            if rc == 0 {
+                Ok(device)
+            } else {
+                Err(format!("cuCtxGetDevice returned {rc}"))
+            }
+        })
     }
 
     /// The allocation containing `ptr`: (start, size).

@@ -122,6 +122,7 @@ pub(crate) unsafe extern "C" fn nvEncOpenEncodeSessionEx(
             })?));
         }
         let ctx = p.device as u64;
+        let mut device = 0;
         if let Some(c) = &g.cuda {
             c.check_ctx(ctx).map_err(|e| {
                 v(
@@ -129,15 +130,35 @@ pub(crate) unsafe extern "C" fn nvEncOpenEncodeSessionEx(
                     format!("device {ctx:#x} is not a live CUcontext: {e}"),
                 )
             })?;
+            device = c.device_of(ctx).map_err(|e| {
+                v(
+                    NVENCSTATUS::NV_ENC_ERR_INVALID_DEVICE,
+                    format!("the device of context {ctx:#x} is unknown: {e}"),
+                )
+            })?;
+        }
+        // A GPU without an NVENC engine in a mixed node (an A100 or H100 beside encoding GPUs):
+        // its CUDA works, a session is refused as on such a GPU.
+        let no_encoder = std::env::var("NVENC_EMU_NO_ENCODER").unwrap_or_default();
+        if no_encoder
+            .split(',')
+            .any(|d| d.trim().parse::<i32>() == Ok(device))
+        {
+            return Err(f(
+                NVENCSTATUS::NV_ENC_ERR_NO_ENCODE_DEVICE,
+                format!("device {device} has no NVENC engine (NVENC_EMU_NO_ENCODER={no_encoder})"),
+            ));
         }
         if let Some(max) = std::env::var("NVENC_EMU_MAX_SESSIONS")
             .ok()
             .and_then(|s| s.parse::<usize>().ok())
         {
-            if g.sessions.len() >= max {
+            // Per GPU: a GeForce's limit counts the sessions on that GPU.
+            let open = g.sessions.values().filter(|s| s.device == device).count();
+            if open >= max {
                 return Err(f(
                     NVENCSTATUS::NV_ENC_ERR_OUT_OF_MEMORY,
-                    format!("{} sessions already open; this device allows {max} (GeForce-style session limit)", g.sessions.len()),
+                    format!("{open} sessions already open on device {device}; it allows {max} (GeForce-style session limit)"),
                 ));
             }
         }
@@ -146,6 +167,7 @@ pub(crate) unsafe extern "C" fn nvEncOpenEncodeSessionEx(
             h,
             Session {
                 ctx,
+                device,
                 init: None,
                 inputs: HashMap::new(),
                 bitstreams: HashMap::new(),
@@ -165,7 +187,7 @@ pub(crate) unsafe extern "C" fn nvEncOpenEncodeSessionEx(
             },
         );
         EMU.line(&format!(
-            "session_open handle={h:#x} sessions={}",
+            "session_open handle={h:#x} device={device} sessions={}",
             g.sessions.len()
         ));
         // SAFETY: checked non-null above.

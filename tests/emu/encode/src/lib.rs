@@ -62,7 +62,8 @@
 //! | Variable | Meaning |
 //! |---|---|
 //! | `NVENC_EMU_FAULTS` | `entry:N:status,...`: the `N`th call of `entry` (e.g. `nvEncEncodePicture:5:8`) returns `status`; the status `hang` makes that call block until the process exits, `hang=MS` for `MS` milliseconds (then it runs) |
-//! | `NVENC_EMU_MAX_SESSIONS` | the `N+1`th concurrent session open fails with `NV_ENC_ERR_OUT_OF_MEMORY` (GeForce limit) |
+//! | `NVENC_EMU_MAX_SESSIONS` | the `N+1`th concurrent session open on one device fails with `NV_ENC_ERR_OUT_OF_MEMORY` (GeForce limit, counted per GPU) |
+//! | `NVENC_EMU_NO_ENCODER` | device ordinals, comma-separated (`1,3`): a session on one of them fails with `NV_ENC_ERR_NO_ENCODE_DEVICE` (a GPU without NVENC in a mixed node; its CUDA works) |
 //! | `NVENC_EMU_MAX_API` | `major.minor` reported by `NvEncodeAPIGetMaxSupportedVersion` (default: the header's) |
 //! | `NVENC_EMU_NO_DEVICE` | `1`: open fails with `NV_ENC_ERR_NO_ENCODE_DEVICE`; `unsupported`: `NV_ENC_ERR_UNSUPPORTED_DEVICE` |
 //! | `NVENC_EMU_LOSSLESS` | `1`: `NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE` is 1 and lossless tuning is accepted (default 0: refused) |

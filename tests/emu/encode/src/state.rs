@@ -175,6 +175,8 @@ pub(crate) enum Engine {
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) ctx: u64,
+    /// The CUDA device ordinal of `ctx`: the GPU whose session limit this session counts in.
+    pub(crate) device: i32,
     pub(crate) init: Option<Init>,
     pub(crate) inputs: HashMap<u64, InputBuf>,
     pub(crate) bitstreams: HashMap<u64, Bitstream>,

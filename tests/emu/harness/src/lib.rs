@@ -237,7 +237,8 @@ impl EmuDriver {
         self
     }
 
-    /// At most `n` concurrent sessions; the next open fails with `NV_ENC_ERR_OUT_OF_MEMORY`.
+    /// At most `n` concurrent sessions per device; the next open on that device fails with
+    /// `NV_ENC_ERR_OUT_OF_MEMORY`.
     #[must_use]
     pub fn max_sessions(self, n: u32) -> Self {
         self.env("NVENC_EMU_MAX_SESSIONS", n.to_string())
@@ -253,6 +254,14 @@ impl EmuDriver {
     #[must_use]
     pub fn no_device(self) -> Self {
         self.env("NVENC_EMU_NO_DEVICE", "1")
+    }
+
+    /// The devices `ordinals` have no NVENC engine: a session on one of them fails with
+    /// `NV_ENC_ERR_NO_ENCODE_DEVICE`, their CUDA works (a mixed node).
+    #[must_use]
+    pub fn no_encoder_on(self, ordinals: &[u32]) -> Self {
+        let list: Vec<String> = ordinals.iter().map(ToString::to_string).collect();
+        self.env("NVENC_EMU_NO_ENCODER", list.join(","))
     }
 
     /// Session open fails with `NV_ENC_ERR_UNSUPPORTED_DEVICE`.

@@ -1,0 +1,228 @@
+//! Which GPU an NVENC session opens on: the one place that decides it.
+//!
+//! [`GpuChoice::Index`] and [`GpuChoice::Uuid`] name one GPU, and only that GPU is tried.
+//! [`GpuChoice::Auto`] (the default) orders every CUDA device by the NVENC sessions this process
+//! has open on it, fewest first (ties by ordinal), and the encoder opens on the first that
+//! accepts a session: a GPU that refuses one (its session limit reached, out of memory, no NVENC
+//! engine, a capability the configuration needs) is passed over with its reason, which is kept
+//! for the error when none accepts. Encoder utilization from NVML is not part of the order yet:
+//! the sessions this process placed are what it knows for certain without NVML.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
+
+use super::NvencErrorKind;
+use crate::error::{ConfigError, Error};
+
+/// The GPU an NVENC session opens on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum GpuChoice {
+    /// The GPU with the fewest sessions this process has open, trying the others in turn when
+    /// one refuses a session.
+    #[default]
+    Auto,
+    /// The CUDA device of this ordinal, only.
+    Index(usize),
+    /// The GPU of this UUID (as `nvidia-smi -L` prints it, `GPU-…`, or its 32 hex digits), only.
+    Uuid(String),
+}
+
+impl GpuChoice {
+    /// What [`FromStr`] accepts, for error messages.
+    pub const EXPECTED: &'static str = "auto, a CUDA device ordinal (0, 1, ...) or a GPU UUID";
+}
+
+impl fmt::Display for GpuChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GpuChoice::Auto => f.write_str("auto"),
+            GpuChoice::Index(i) => write!(f, "{i}"),
+            GpuChoice::Uuid(u) => f.write_str(u),
+        }
+    }
+}
+
+impl FromStr for GpuChoice {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(GpuChoice::Auto);
+        }
+        if let Ok(i) = s.parse::<usize>() {
+            return Ok(GpuChoice::Index(i));
+        }
+        if uuid_hex(s).is_some() {
+            return Ok(GpuChoice::Uuid(s.to_owned()));
+        }
+        Err(ConfigError::BadGpu {
+            value: s.to_owned(),
+            expected: Self::EXPECTED,
+        })
+    }
+}
+
+/// The 32 lowercase hex digits of a UUID written as `GPU-xxxxxxxx-xxxx-...` or bare, with or
+/// without dashes.
+pub(crate) fn uuid_hex(s: &str) -> Option<String> {
+    let body = s.strip_prefix("GPU-").unwrap_or(s);
+    let hex: String = body.chars().filter(|c| *c != '-').collect();
+    (hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| hex.to_ascii_lowercase())
+}
+
+/// Whether `e`, from opening a session on one GPU, is that GPU refusing (another GPU may
+/// accept): no NVENC engine, its session limit or memory, a lost or wedged device, a capability
+/// the configuration needs, a device CUDA cannot open. A configuration error, a missing driver
+/// library and the like would fail on every GPU alike.
+pub(crate) fn refused(e: &Error) -> bool {
+    match e {
+        Error::Nvenc(e) => matches!(
+            e.kind(),
+            NvencErrorKind::NoEncodeDevice
+                | NvencErrorKind::SessionLimitOrOutOfMemory
+                | NvencErrorKind::DeviceLost
+                | NvencErrorKind::Unsupported
+                | NvencErrorKind::Busy
+        ),
+        Error::NvencCapability { .. } | Error::Hung { .. } | Error::Unavailable { .. } => true,
+        _ => false,
+    }
+}
+
+/// NVENC sessions this process has open, per CUDA device ordinal.
+static OPEN: Mutex<Option<HashMap<usize, usize>>> = Mutex::new(None);
+
+/// One open session counted on its GPU until it drops.
+#[derive(Debug)]
+pub(crate) struct Placed {
+    device: usize,
+}
+
+impl Placed {
+    /// Counts a session on `device`.
+    pub(crate) fn on(device: usize) -> Self {
+        let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+        *open
+            .get_or_insert_with(HashMap::new)
+            .entry(device)
+            .or_insert(0) += 1;
+        Placed { device }
+    }
+
+    /// The CUDA device ordinal.
+    pub(crate) fn device(&self) -> usize {
+        self.device
+    }
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.as_mut().and_then(|m| m.get_mut(&self.device)) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Sessions this process has open on `device`.
+pub(crate) fn sessions_on(device: usize) -> usize {
+    let open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+    open.as_ref()
+        .and_then(|m| m.get(&device).copied())
+        .unwrap_or(0)
+}
+
+/// The devices to try for `choice`, in order, given the node's `devices` (ordinal, UUID as 32
+/// hex digits, when known).
+///
+/// # Errors
+/// [`ConfigError::GpuNotFound`] when an index or UUID names no device of the node.
+pub(crate) fn candidates(
+    choice: &GpuChoice,
+    devices: &[(usize, Option<String>)],
+) -> Result<Vec<usize>, ConfigError> {
+    let not_found = || ConfigError::GpuNotFound {
+        choice: choice.to_string(),
+        devices: devices.len(),
+    };
+    match choice {
+        GpuChoice::Index(i) => Ok(vec![*i]),
+        GpuChoice::Uuid(u) => {
+            let want = uuid_hex(u).ok_or_else(not_found)?;
+            devices
+                .iter()
+                .find(|(_, uuid)| uuid.as_deref() == Some(want.as_str()))
+                .map(|(i, _)| vec![*i])
+                .ok_or_else(not_found)
+        }
+        GpuChoice::Auto => {
+            let mut order: Vec<usize> = devices.iter().map(|(i, _)| *i).collect();
+            order.sort_by_key(|&i| (sessions_on(i), i));
+            Ok(order)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse_and_print() {
+        assert_eq!("auto".parse::<GpuChoice>().ok(), Some(GpuChoice::Auto));
+        assert_eq!("1".parse::<GpuChoice>().ok(), Some(GpuChoice::Index(1)));
+        let uuid = "GPU-0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
+        assert_eq!(
+            uuid.parse::<GpuChoice>().ok(),
+            Some(GpuChoice::Uuid(uuid.into()))
+        );
+        assert_eq!(
+            uuid_hex(uuid).as_deref(),
+            Some("0a1b2c3d4e5f60718293a4b5c6d7e8f9")
+        );
+        let bad = "gpu zero".parse::<GpuChoice>();
+        assert!(
+            matches!(&bad, Err(ConfigError::BadGpu { value, .. }) if value == "gpu zero"),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn auto_orders_by_sessions_open_and_names_pick_one() {
+        // Ordinals far from any real test's, so other tests' sessions do not count here.
+        let devices = [(700, None), (701, Some("ab".repeat(16))), (702, None)];
+        assert_eq!(
+            candidates(&GpuChoice::Auto, &devices).ok(),
+            Some(vec![700, 701, 702])
+        );
+        let a = Placed::on(700);
+        let b = Placed::on(701);
+        let c = Placed::on(700);
+        assert_eq!(
+            candidates(&GpuChoice::Auto, &devices).ok(),
+            Some(vec![702, 701, 700])
+        );
+        drop((a, b, c));
+        assert_eq!(
+            candidates(&GpuChoice::Auto, &devices).ok(),
+            Some(vec![700, 701, 702])
+        );
+        assert_eq!(
+            candidates(&GpuChoice::Uuid("ab".repeat(16)), &devices).ok(),
+            Some(vec![701])
+        );
+        assert!(matches!(
+            candidates(&GpuChoice::Uuid("cd".repeat(16)), &devices),
+            Err(ConfigError::GpuNotFound { .. })
+        ));
+        assert_eq!(
+            candidates(&GpuChoice::Index(5), &devices).ok(),
+            Some(vec![5])
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! Placing NVENC sessions across GPUs (`GpuChoice::Auto`, the default) on the emulated driver
+//! presenting two GPUs: a session goes to the GPU with the fewest sessions this process has open;
+//! a GPU that refuses one (its session limit, no NVENC engine) is passed over for the next before
+//! the fallback chain goes to software; with every GPU refusing, the error keeps each one's
+//! reason. Child halves (`#[ignore]`) run only in a child process against the emulated driver.
+
+mod common;
+
+use nvenc_emu_harness::EmuDriver;
+use nvencode::nvenc::{GpuChoice, NvencEncoder, NvencErrorKind, NvencOptions};
+use nvencode::{EncoderChoice, EncoderConfig, EncoderKind, Error, VideoEncoder};
+
+fn assert_child() {
+    assert!(
+        std::env::var_os("NVENC_EMU_REPORT").is_some(),
+        "this test runs only in a child process against the emulated driver (see the parent tests)"
+    );
+}
+
+fn run_child(emu: &EmuDriver, name: &str) -> String {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = emu.command(exe);
+    cmd.args(["--ignored", "--exact", name, "--nocapture"]);
+    let out = common::run_child_tests(cmd, 1, name);
+    emu.report().assert_clean();
+    out
+}
+
+fn config() -> EncoderConfig {
+    EncoderConfig::new(320, 240)
+}
+
+/// Encodes a few frames, so the session is known to work where it was placed.
+fn encodes(encoder: &mut dyn VideoEncoder) {
+    let config = config();
+    let frames = common::clip(&config, 5);
+    let chunks = common::encode_all(encoder, &frames);
+    assert_eq!(chunks.len(), 5);
+}
+
+fn is_session_limit(e: &Error) -> bool {
+    matches!(e, Error::Nvenc(n) if n.kind() == NvencErrorKind::SessionLimitOrOutOfMemory)
+}
+
+#[test]
+#[ignore = "child half of sessions_spread_over_gpus_and_every_refusal_is_kept"]
+fn child_spread() {
+    assert_child();
+    let auto = NvencOptions::default();
+    let mut first = NvencEncoder::with_options(&config(), &auto).expect("a session on GPU 0");
+    let mut second = NvencEncoder::with_options(&config(), &auto).expect("a session on GPU 1");
+    assert_eq!((first.gpu(), second.gpu()), (0, 1));
+    encodes(&mut first);
+    encodes(&mut second);
+    // Both GPUs at their limit: both refusals are kept, in the order tried.
+    match NvencEncoder::with_options(&config(), &auto) {
+        Err(Error::NoGpuAccepted { refusals }) => {
+            let gpus: Vec<usize> = refusals.iter().map(|(g, _)| *g).collect();
+            assert_eq!(gpus, [0, 1]);
+            assert!(
+                refusals.iter().all(|(_, e)| is_session_limit(e)),
+                "{refusals:?}"
+            );
+        }
+        other => panic!("expected NoGpuAccepted, got {other:?}"),
+    }
+    // A GPU named is the only one tried.
+    let named = NvencEncoder::with_options(&config(), &auto.clone().with_gpu(GpuChoice::Index(1)));
+    assert!(matches!(&named, Err(e) if is_session_limit(e)), "{named:?}");
+    // GPU 0 frees a session: the next one goes there.
+    drop(first);
+    let third = NvencEncoder::with_options(&config(), &auto).expect("GPU 0 again");
+    assert_eq!(third.gpu(), 0);
+}
+
+/// Two GPUs of one session each: two sessions land one on each, a third is refused by both with
+/// both reasons kept, a named GPU is the only one tried, and a freed session's GPU is used again.
+#[test]
+fn sessions_spread_over_gpus_and_every_refusal_is_kept() {
+    let emu = EmuDriver::new().cuda_devices(2).max_sessions(1);
+    let _ = run_child(&emu, "child_spread");
+}
+
+#[test]
+#[ignore = "child half of the_chain_tries_the_other_gpu_before_software"]
+fn child_chain_other_gpu() {
+    assert_child();
+    // No session of this process anywhere: GPU 0 is tried first, and refuses.
+    let mut chain =
+        nvencode::open_encoder(EncoderChoice::Auto, &config()).expect("the chain opens");
+    assert_eq!(
+        chain.kind(),
+        EncoderKind::Nvenc,
+        "NVENC on the other GPU, not software"
+    );
+    assert_eq!(chain.gpu(), Some(1));
+    encodes(&mut chain);
+}
+
+/// A session refused on GPU 0 (`NV_ENC_ERR_OUT_OF_MEMORY`, as a GeForce at its session limit
+/// answers; here another process's sessions, which this one cannot count) succeeds on GPU 1
+/// before the fallback chain considers any software encoder.
+#[test]
+fn the_chain_tries_the_other_gpu_before_software() {
+    let emu = EmuDriver::new()
+        .cuda_devices(2)
+        .fault("nvEncOpenEncodeSessionEx", 1, 10);
+    let _ = run_child(&emu, "child_chain_other_gpu");
+    assert!(
+        emu.report()
+            .faults
+            .iter()
+            .any(|f| f.contains("nvEncOpenEncodeSessionEx")),
+        "GPU 0 refused"
+    );
+}
+
+#[test]
+#[ignore = "child half of a_gpu_without_nvenc_is_skipped_with_its_reason"]
+fn child_no_encoder() {
+    assert_child();
+    let mut encoder =
+        NvencEncoder::with_options(&config(), &NvencOptions::default()).expect("GPU 1 encodes");
+    assert_eq!(encoder.gpu(), 1);
+    encodes(&mut encoder);
+    // Named, GPU 0 says why it cannot.
+    let named = NvencEncoder::with_options(&config(), &NvencOptions::default().with_device(0));
+    assert!(
+        matches!(&named, Err(Error::Nvenc(e)) if e.kind() == NvencErrorKind::NoEncodeDevice),
+        "{named:?}"
+    );
+}
+
+/// A mixed node: GPU 0 has no NVENC engine (`NVENC_EMU_NO_ENCODER=0`). `Auto` skips it and
+/// encodes on GPU 1; naming GPU 0 reports `NoEncodeDevice`.
+#[test]
+fn a_gpu_without_nvenc_is_skipped_with_its_reason() {
+    let emu = EmuDriver::new().cuda_devices(2).no_encoder_on(&[0]);
+    let _ = run_child(&emu, "child_no_encoder");
+    let report = emu.report();
+    assert!(
+        report
+            .lines
+            .iter()
+            .any(|l| l.contains("session_open") && l.contains("device=1")),
+        "the session was opened on device 1"
+    );
+}
