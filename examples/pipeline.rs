@@ -69,6 +69,11 @@ struct Args {
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
+    /// Streams to run side by side, each its own source, pipeline and output, with one summary
+    /// line each (naming the GPU NVENC placed it on). With more than one, stream k writes
+    /// `NAME-k.EXT` beside `NAME.EXT` (`out.mp4`: `out-0.mp4`, `out-1.mp4`, ...).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    streams: u32,
 }
 
 fn parse<T: std::str::FromStr<Err = nvencode::ConfigError>>(s: &str) -> Result<T, String> {
@@ -328,10 +333,13 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     latencies_ms.sort_by(f64::total_cmp);
     received.submit_ms.sort_by(f64::total_cmp);
     // The output has ended, so it knows which encoder finished the stream.
-    let encoder = match output.finished_by() {
+    let mut encoder = match output.finished_by() {
         Some(last) if last != opened => format!("{opened}->{last}"),
         _ => opened.to_string(),
     };
+    if let Some(gpu) = output.gpu() {
+        encoder.push_str(&format!(" on GPU {gpu}"));
+    }
     // On standard error, like the progress and the errors: standard output may be the stream.
     eprintln!(
         "encoder {encoder}: frames in {}, frames out {frames_out}, lost {}, highest ring depth \
@@ -364,12 +372,89 @@ fn main() -> ExitCode {
     // First SIGINT/SIGTERM: stop the source, encode and write everything it gave, finish the
     // output, exit 130. Second: finish the output with what was encoded. Third: exit at once.
     let stop = cli::interrupt_flag("finishing the frames already received");
-    match run(args, &stop) {
-        Ok(Outcome::Finished) => ExitCode::SUCCESS,
-        Ok(Outcome::Interrupted) => ExitCode::from(cli::INTERRUPTED),
+    if args.streams == 1 {
+        return exit_code(&[run(args, &stop)]);
+    }
+    let streams = match per_stream(&args) {
+        Ok(streams) => streams,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    // Side by side: each stream on its own thread, its summary (or error) on its own line.
+    let handles: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(k, stream_args)| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let outcome = run(stream_args, &stop);
+                if let Err(e) = &outcome {
+                    eprintln!("stream {k}: error: {e}");
+                }
+                outcome.map_err(|e| -> BoxError { e.to_string().into() })
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err("a stream's thread panicked".into()))
+        })
+        .collect();
+    exit_code(&outcomes)
+}
+
+/// The arguments of each of `--streams` streams: its own output, `NAME-k.EXT`, and no progress
+/// bar (the summary lines say it all).
+fn per_stream(args: &Args) -> Result<Vec<Args>, BoxError> {
+    let (stem, ext) = match (args.output.file_stem(), args.output.extension()) {
+        (Some(stem), ext) if args.output.as_os_str() != "-" && !args.output.starts_with("/dev") => {
+            (
+                stem.to_string_lossy().into_owned(),
+                ext.map(|e| e.to_string_lossy().into_owned()),
+            )
+        }
+        _ => {
+            return Err(format!(
+                "--streams {} needs a file output to number (got {}): stream k writes NAME-k.EXT",
+                args.streams,
+                args.output.display()
+            )
+            .into())
+        }
+    };
+    Ok((0..args.streams)
+        .map(|k| {
+            let mut one = args.clone();
+            let name = match &ext {
+                Some(ext) => format!("{stem}-{k}.{ext}"),
+                None => format!("{stem}-{k}"),
+            };
+            one.output = args.output.with_file_name(name);
+            one.quiet = true;
+            one
+        })
+        .collect())
+}
+
+/// Failure if any stream failed; interrupted if any was; success otherwise.
+fn exit_code(outcomes: &[Result<Outcome, BoxError>]) -> ExitCode {
+    if outcomes.len() == 1 {
+        if let Some(Err(e)) = outcomes.first() {
+            eprintln!("error: {e}");
+        }
+    }
+    if outcomes.iter().any(Result::is_err) {
+        ExitCode::FAILURE
+    } else if outcomes
+        .iter()
+        .any(|o| matches!(o, Ok(Outcome::Interrupted)))
+    {
+        ExitCode::from(cli::INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -504,7 +504,20 @@ fn open_next(
     while let Some((kind, mut open)) = chain.pop_front() {
         match open(config) {
             Ok(encoder) => {
-                tracing::info!(encoder = %kind, passed_over = rejected.len(), "encoder selected");
+                if rejected.is_empty() {
+                    tracing::info!(encoder = %kind, "encoder selected");
+                } else {
+                    // Why the backends before it were passed over (each GPU's refusal, for
+                    // NVENC), at `info` because it explains a choice the user may not expect.
+                    let reasons: Vec<String> =
+                        rejected.iter().map(|(k, e)| format!("{k}: {e}")).collect();
+                    tracing::info!(
+                        encoder = %kind,
+                        passed_over = rejected.len(),
+                        reasons = %reasons.join("; "),
+                        "encoder selected"
+                    );
+                }
                 return Ok(encoder);
             }
             Err(e @ Error::Config(_)) => return Err(e),

@@ -146,3 +146,51 @@ fn a_gpu_without_nvenc_is_skipped_with_its_reason() {
         "the session was opened on device 1"
     );
 }
+
+/// The run: two emulated GPUs of one session each, `pipeline --streams 3`: two streams on
+/// NVENC, one on each GPU (the summary lines say which), the third on x264 with both GPUs'
+/// session-limit refusals logged; every stream loses nothing.
+#[test]
+fn the_pipeline_example_spreads_streams_over_gpus() {
+    let example = common::example("pipeline");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let emu = EmuDriver::new()
+        .cuda_devices(2)
+        .max_sessions(1)
+        .env("RUST_LOG", "nvencode=info");
+    let mut cmd = emu.command(&example);
+    cmd.args(["--streams", "3", "--encoder", "auto", "--frames", "60"])
+        .args(["--size", "640x360", "-o"])
+        .arg(dir.path().join("s.mp4"));
+    let (success, text) = common::run_bounded(cmd, std::time::Duration::from_secs(120), "pipeline");
+    assert!(success, "{text}");
+    let summaries: Vec<&str> = text.lines().filter(|l| l.starts_with("encoder ")).collect();
+    assert_eq!(summaries.len(), 3, "{text}");
+    for gpu in [
+        "encoder nvenc on GPU 0:",
+        "encoder nvenc on GPU 1:",
+        "encoder x264:",
+    ] {
+        assert_eq!(
+            summaries.iter().filter(|l| l.starts_with(gpu)).count(),
+            1,
+            "{gpu}\n{text}"
+        );
+    }
+    assert!(summaries.iter().all(|l| l.contains("lost 0,")), "{text}");
+    let chosen = text
+        .lines()
+        .find(|l| l.contains("encoder selected encoder=x264"))
+        .unwrap_or_else(|| panic!("no selection line for x264:\n{text}"));
+    assert!(
+        chosen.contains("GPU 0: nvEncOpenEncodeSessionEx")
+            && chosen.contains("GPU 1: nvEncOpenEncodeSessionEx"),
+        "{chosen}"
+    );
+    for k in 0..3 {
+        assert!(
+            dir.path().join(format!("s-{k}.mp4")).exists(),
+            "stream {k}'s file"
+        );
+    }
+}

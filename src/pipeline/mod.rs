@@ -382,6 +382,7 @@ impl EncodePipeline {
             encoder_stopped: AtomicBool::new(false),
             ring_counted: Mutex::new(false),
         });
+        let gpu = encoder.gpu();
         let kind = encoder.kind();
         let encoder_config = &encoder.config().clone();
         let headers = encoder.sequence_headers().to_vec();
@@ -428,6 +429,7 @@ impl EncodePipeline {
                 shared,
                 thread: Some(thread),
                 kind,
+                gpu,
                 headers,
                 time_base,
                 stats,

@@ -20,6 +20,7 @@ pub struct EncodedOutput {
     pub(super) shared: Arc<Shared>,
     pub(super) thread: Option<JoinHandle<()>>,
     pub(super) kind: EncoderKind,
+    pub(super) gpu: Option<usize>,
     pub(super) headers: Vec<u8>,
     pub(super) time_base: (u32, u32),
     pub(super) stats: RingStats,
@@ -49,6 +50,13 @@ impl EncodedOutput {
     #[must_use]
     pub fn encoder_kind(&self) -> EncoderKind {
         self.kind
+    }
+
+    /// The CUDA device ordinal of the GPU the encoder opened on (NVENC: where it was placed), or
+    /// `None` for an encoder that runs on none.
+    #[must_use]
+    pub fn gpu(&self) -> Option<usize> {
+        self.gpu
     }
 
     /// The encoder that finished the stream: after a mid-stream failover, the one the fallback
