@@ -136,6 +136,17 @@ fn print(
             Err(e) => println!("  NVENC {i}: {e}"),
         }
     }
+    for gpu in &n.cuda_gpus {
+        let uuid = gpu.uuid.as_deref().unwrap_or("(no UUID)");
+        match &gpu.reason {
+            None => println!(
+                "  GPU {} {uuid}: NVENC ({})",
+                gpu.ordinal,
+                gpu.codecs.join(", ")
+            ),
+            Some(why) => println!("  GPU {} {uuid}: no NVENC: {why}", gpu.ordinal),
+        }
+    }
     let f = &report.ffmpeg;
     match &f.error {
         Some(e) => println!("ffmpeg: {e}"),

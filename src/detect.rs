@@ -59,6 +59,22 @@ pub struct NvidiaGpu {
     pub encoder_capacity_h264: Option<u32>,
 }
 
+/// One CUDA device, as NVENC placement sees it.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct CudaGpu {
+    /// CUDA device ordinal ([`GpuChoice::Index`](crate::nvenc::GpuChoice::Index)).
+    pub ordinal: usize,
+    /// Its UUID as `nvidia-smi -L` prints it, where CUDA could say.
+    pub uuid: Option<String>,
+    /// Whether an NVENC session opened on it.
+    pub nvenc: bool,
+    /// The codecs its NVENC encodes (`h264`).
+    pub codecs: Vec<&'static str>,
+    /// Why NVENC does not encode on it, when it does not.
+    pub reason: Option<String>,
+}
+
 /// What was found of the NVIDIA driver stack.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
@@ -77,6 +93,9 @@ pub struct NvidiaReport {
     pub cuda_error: Option<String>,
     /// One NVENC probe per CUDA device: its caps, or why the session did not open.
     pub nvenc: Vec<Result<NvencCaps, String>>,
+    /// Every CUDA device: its UUID, whether NVENC encodes on it and which codecs, or why not
+    /// (the GPUs NVENC placement chooses among; a GPU without NVENC in a mixed node says so).
+    pub cuda_gpus: Vec<CudaGpu>,
     /// Why NVENC was not probed at all (no driver library, no CUDA), if it was not.
     pub nvenc_error: Option<String>,
 }
@@ -308,6 +327,7 @@ fn nvidia_report() -> NvidiaReport {
         gpus: Vec::new(),
         nvml_error: None,
         cuda_devices: None,
+        cuda_gpus: Vec::new(),
         cuda_error: None,
         nvenc: Vec::new(),
         nvenc_error: None,
@@ -350,6 +370,30 @@ fn nvidia_report() -> NvidiaReport {
                 .nvenc
                 .push(crate::nvenc::probe(device).map_err(|e| e.to_string()));
         }
+    }
+    if report.cuda_error.is_none() {
+        let deadline = NvencOptions::default().open_timeout;
+        let uuids = crate::nvenc::cuda_gpus(deadline).unwrap_or_default();
+        report.cuda_gpus = uuids
+            .into_iter()
+            .map(|(ordinal, uuid)| {
+                let probe = report.nvenc.get(ordinal);
+                let (nvenc, codecs, reason) = match (probe, &report.nvenc_error) {
+                    (Some(Ok(caps)), _) if caps.h264 => (true, vec!["h264"], None),
+                    (Some(Ok(_)), _) => (false, Vec::new(), Some("NVENC lists no H.264".into())),
+                    (Some(Err(e)), _) => (false, Vec::new(), Some(e.clone())),
+                    (None, Some(e)) => (false, Vec::new(), Some(e.clone())),
+                    (None, None) => (false, Vec::new(), Some("not probed".into())),
+                };
+                CudaGpu {
+                    ordinal,
+                    uuid,
+                    nvenc,
+                    codecs,
+                    reason,
+                }
+            })
+            .collect();
     }
     report
 }

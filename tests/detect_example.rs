@@ -81,3 +81,36 @@ fn an_unknown_name_is_refused_with_the_valid_ones() {
         "{stderr}"
     );
 }
+
+/// A mixed node of two emulated GPUs, GPU 0 without NVENC: `detect --json` lists both CUDA
+/// devices with their UUIDs, GPU 0 with the reason it cannot encode, GPU 1 encoding H.264.
+#[test]
+fn json_lists_every_gpu_with_its_uuid_and_nvenc() {
+    let emu = nvenc_emu_harness::EmuDriver::new()
+        .cuda_devices(2)
+        .no_encoder_on(&[0]);
+    let out = run(emu.command(example()).arg("--json"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let gpus = report["nvidia"]["cuda_gpus"].as_array().expect("cuda_gpus");
+    assert_eq!(gpus.len(), 2, "{gpus:?}");
+    let uuids: Vec<&str> = gpus.iter().filter_map(|g| g["uuid"].as_str()).collect();
+    assert_eq!(uuids.len(), 2, "{gpus:?}");
+    assert_ne!(uuids[0], uuids[1], "each GPU its own UUID");
+    assert!(uuids.iter().all(|u| u.starts_with("GPU-")), "{uuids:?}");
+    assert_eq!(gpus[0]["nvenc"], false);
+    assert!(
+        gpus[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no NVENC engine")),
+        "{:?}",
+        gpus[0]
+    );
+    assert_eq!(gpus[1]["nvenc"], true);
+    assert_eq!(gpus[1]["codecs"], serde_json::json!(["h264"]));
+    emu.report().assert_clean();
+}

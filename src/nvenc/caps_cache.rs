@@ -59,17 +59,8 @@ pub(crate) fn path() -> Option<PathBuf> {
 /// no session. `Err` (with the reason) where CUDA cannot say.
 pub(crate) fn key(device: usize, library: &nvenc_sys::Library) -> Result<Key, String> {
     let b = crate::cuda::device_uuid(device).map_err(|e| e.to_string())?;
-    let hex = |r: std::ops::Range<usize>| -> String {
-        b[r].iter().map(|x| format!("{x:02x}")).collect::<String>()
-    };
-    let gpu_uuid = format!(
-        "GPU-{}-{}-{}-{}-{}",
-        hex(0..4),
-        hex(4..6),
-        hex(6..8),
-        hex(8..10),
-        hex(10..16)
-    );
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let gpu_uuid = super::placement::display_uuid(&hex);
     let cuda_version = crate::cuda::driver_version().map_err(|e| e.to_string())?;
     let driver = format!(
         "cuda {cuda_version}; nvenc api {}; {}",

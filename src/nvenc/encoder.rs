@@ -146,19 +146,7 @@ impl NvencEncoder {
         let order = match &options.gpu {
             GpuChoice::Index(device) => vec![*device],
             choice => {
-                let devices = super::bounded::run("nvenc-devices", usize::MAX, deadline, |p| {
-                    p.at("cuDeviceGetCount");
-                    let count = cuda::device_count().map_err(cuda_error)?;
-                    p.at("cuDeviceGetUuid");
-                    Ok((0..count)
-                        .map(|d| {
-                            let uuid = cuda::device_uuid(d)
-                                .ok()
-                                .map(|b| b.iter().map(|x| format!("{x:02x}")).collect());
-                            (d, uuid)
-                        })
-                        .collect::<Vec<_>>())
-                })?;
+                let devices = placement::devices(deadline)?;
                 placement::candidates(choice, &devices)?
             }
         };

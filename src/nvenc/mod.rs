@@ -72,3 +72,14 @@ pub use error::{NvencError, NvencErrorKind};
 pub use options::{NvencOptions, NvencPreset, NvencTuning};
 pub use placement::GpuChoice;
 pub use probe::probe;
+
+/// Every CUDA device with its UUID as `nvidia-smi -L` prints it (`None` where CUDA cannot say),
+/// listed within `deadline` (see [`NvencOptions::open_timeout`]).
+pub(crate) fn cuda_gpus(
+    deadline: std::time::Duration,
+) -> Result<Vec<(usize, Option<String>)>, crate::Error> {
+    Ok(placement::devices(deadline)?
+        .into_iter()
+        .map(|(d, hex)| (d, hex.map(|h| placement::display_uuid(&h))))
+        .collect())
+}

@@ -137,6 +137,44 @@ pub(crate) fn sessions_on(device: usize) -> usize {
         .unwrap_or(0)
 }
 
+/// Every CUDA device with its UUID (32 lowercase hex digits; `None` where CUDA cannot say),
+/// listed on a bounded thread (see `bounded.rs`): at most `deadline`.
+///
+/// # Errors
+/// [`Error::Unavailable`] without a CUDA driver; [`Error::Hung`] when CUDA does not answer.
+pub(crate) fn devices(
+    deadline: std::time::Duration,
+) -> Result<Vec<(usize, Option<String>)>, Error> {
+    super::bounded::run("nvenc-devices", usize::MAX, deadline, |p| {
+        p.at("cuDeviceGetCount");
+        let count = crate::cuda::device_count().map_err(super::fail::cuda_error)?;
+        p.at("cuDeviceGetUuid");
+        Ok((0..count)
+            .map(|d| {
+                let uuid = crate::cuda::device_uuid(d)
+                    .ok()
+                    .map(|b| b.iter().map(|x| format!("{x:02x}")).collect());
+                (d, uuid)
+            })
+            .collect())
+    })
+}
+
+/// A UUID of 32 hex digits as `nvidia-smi -L` prints it: `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+pub(crate) fn display_uuid(hex: &str) -> String {
+    if hex.len() != 32 {
+        return hex.to_owned();
+    }
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// The devices to try for `choice`, in order, given the node's `devices` (ordinal, UUID as 32
 /// hex digits, when known).
 ///
