@@ -127,8 +127,13 @@ fn encode_recorded(
     }
     seen.take(snapshotter);
     let kind = encoder.kind().name();
+    let gpu = encoder.gpu().map(|g| g.to_string());
+    let mut labels = vec![("encoder_type", kind), ("camera", "cam-7")];
+    if let Some(gpu) = &gpu {
+        labels.push(("gpu", gpu.as_str()));
+    }
     let fps = seen
-        .gauge(names::FPS, &[("encoder_type", kind), ("camera", "cam-7")])
+        .gauge(names::FPS, &labels)
         .expect("encoder_fps is set before the flush");
     assert!(
         !chunks.is_empty(),
@@ -141,8 +146,15 @@ fn encode_recorded(
 }
 
 /// Checks the per-encoder metrics of a stream that ran entirely on `kind`.
-fn assert_stream_metrics(seen: &Seen, chunks: &[EncodedChunk], frames: u64, kind: &str) {
-    let labels = [("encoder_type", kind), ("camera", "cam-7")];
+fn assert_stream_metrics(
+    seen: &Seen,
+    chunks: &[EncodedChunk],
+    frames: u64,
+    kind: &str,
+    gpu: Option<&str>,
+) {
+    let mut labels = vec![("encoder_type", kind), ("camera", "cam-7")];
+    labels.extend(gpu.map(|g| ("gpu", g)));
     assert_eq!(chunks.len() as u64, frames);
     assert_eq!(
         seen.counter(names::FRAMES_TOTAL, &labels),
@@ -193,7 +205,7 @@ fn x264_frames_bytes_latency_and_type() {
         let mut encoder = Metered::new(encoder).with_labels(&camera());
         encode_recorded(&mut encoder, &input, &snapshotter, &mut seen)
     });
-    assert_stream_metrics(&seen, &chunks, 80, "x264");
+    assert_stream_metrics(&seen, &chunks, 80, "x264", None);
     // No queue attached: no queue metrics.
     assert!(!seen.has(names::QUEUE_DEPTH));
     assert!(!seen.has(names::PRODUCER_BLOCKED_SECONDS_TOTAL));
@@ -707,7 +719,8 @@ fn emulated_nvenc_counts_and_no_gpu_gauge_without_nvml() {
     eprintln!("GPU sampler: {reason}");
     assert!(reason.contains("NVML"), "{reason}");
     seen.take(&snapshotter);
-    assert_stream_metrics(&seen, &chunks, 24, "nvenc");
+    // NVENC's series carry the GPU the session was placed on.
+    assert_stream_metrics(&seen, &chunks, 24, "nvenc", Some("0"));
 }
 
 #[test]
@@ -740,15 +753,20 @@ fn emulated_nvenc_failover_to_x264_moves_the_label() {
     });
     seen.take(&snapshotter);
     common::assert_accounting(&chunks, 60);
-    let frames = |kind| {
-        seen.counter(
+    let nvenc = seen
+        .counter(
             names::FRAMES_TOTAL,
-            &[("encoder_type", kind), ("camera", "cam-7")],
+            &[("encoder_type", "nvenc"), ("camera", "cam-7"), ("gpu", "0")],
         )
-        .unwrap_or(0)
-    };
-    assert!(frames("nvenc") > 0 && frames("x264") > 0, "{seen:#?}");
-    assert_eq!(frames("nvenc") + frames("x264"), 60);
+        .unwrap_or(0);
+    let x264 = seen
+        .counter(
+            names::FRAMES_TOTAL,
+            &[("encoder_type", "x264"), ("camera", "cam-7")],
+        )
+        .unwrap_or(0);
+    assert!(nvenc > 0 && x264 > 0, "{seen:#?}");
+    assert_eq!(nvenc + x264, 60);
     assert_eq!(
         seen.counter(
             names::FAILOVERS_TOTAL,

@@ -324,15 +324,24 @@ fn on_gpu(kind: EncoderKind) -> bool {
     )
 }
 
+/// The `gpu` label of an encoder on GPU `on` (its CUDA ordinal), none for one on no GPU.
+fn gpu_label(on: Option<usize>) -> Vec<Label> {
+    on.map(|g| Label::new("gpu", g.to_string()))
+        .into_iter()
+        .collect()
+}
+
 /// Where the queue depth comes from.
 enum Queue {
     Ring(RingStats),
     Depth(Box<dyn Fn() -> usize + Send>),
 }
 
-/// The registered metrics of one encoder type.
+/// The registered metrics of one encoder type (on one GPU, for an encoder on one).
 struct Handles {
     kind: EncoderKind,
+    /// The encoder's GPU ([`VideoEncoder::gpu`]), the `gpu` label.
+    on: Option<usize>,
     frames: Counter,
     bytes: Counter,
     fps: Gauge,
@@ -343,11 +352,17 @@ struct Handles {
 }
 
 impl Handles {
-    fn register(labels: &MetricLabels, kind: EncoderKind, queue: Option<&Queue>) -> Handles {
-        let l = labels.with_kind(kind, &[]);
+    fn register(
+        labels: &MetricLabels,
+        kind: EncoderKind,
+        on: Option<usize>,
+        queue: Option<&Queue>,
+    ) -> Handles {
+        let l = labels.with_kind(kind, &gpu_label(on));
         let ring = matches!(queue, Some(Queue::Ring(_)));
         Handles {
             kind,
+            on,
             frames: ::metrics::counter!(names::FRAMES_TOTAL, l.clone()),
             bytes: ::metrics::counter!(names::BYTES_TOTAL, l.clone()),
             fps: ::metrics::gauge!(names::FPS, l.clone()),
@@ -496,7 +511,12 @@ impl<E: VideoEncoder> Metered<E> {
     /// type's frame rate drops to 0, and the GPU sampler runs while the type is on a GPU.
     fn register(&mut self) {
         let kind = self.inner.kind();
-        if self.handles.as_ref().is_some_and(|h| h.kind == kind) {
+        let on = self.inner.gpu();
+        if self
+            .handles
+            .as_ref()
+            .is_some_and(|h| h.kind == kind && h.on == on)
+        {
             return;
         }
         if let Some(old) = self.handles.take() {
@@ -511,7 +531,12 @@ impl<E: VideoEncoder> Metered<E> {
             self.described = true;
         }
         self.gpu = on_gpu(kind).then(gpu::GpuLease::acquire);
-        self.handles = Some(Handles::register(&self.labels, kind, self.queue.as_ref()));
+        self.handles = Some(Handles::register(
+            &self.labels,
+            kind,
+            on,
+            self.queue.as_ref(),
+        ));
     }
 
     /// Records what one call produced: `out[start..]` and its error, if any.
@@ -560,9 +585,9 @@ impl<E: VideoEncoder> Metered<E> {
             None => {}
         }
         if let Some(e) = error {
-            let labels = self
-                .labels
-                .with_kind(h.kind, &[Label::from_static_parts("kind", error_kind(e))]);
+            let mut extra = gpu_label(h.on);
+            extra.push(Label::from_static_parts("kind", error_kind(e)));
+            let labels = self.labels.with_kind(h.kind, &extra);
             ::metrics::counter!(names::ERRORS_TOTAL, labels).increment(1);
         }
         self.handles = Some(h);
