@@ -261,6 +261,15 @@ pub trait VideoEncoder: Send {
     fn gpu(&self) -> Option<usize> {
         None
     }
+
+    /// The B-frames between anchors this encoder actually uses, when it knows them exactly
+    /// (NVENC reads them back from its initialized configuration: a preset that leaves them to
+    /// the encoder may use none); `None` when it does not (the configuration's
+    /// [`EncoderConfig::bframes`], or the most any preset may choose, is then assumed). The
+    /// fallback chain sizes the frames it holds for a replay by it. A wrapper must forward it.
+    fn bframes_in_use(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// A boxed encoder (what [`crate::open_encoder`] returns) is an encoder, so wrappers such as
@@ -309,5 +318,9 @@ impl<E: VideoEncoder + ?Sized> VideoEncoder for Box<E> {
 
     fn gpu(&self) -> Option<usize> {
         (**self).gpu()
+    }
+
+    fn bframes_in_use(&self) -> Option<u32> {
+        (**self).bframes_in_use()
     }
 }

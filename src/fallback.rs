@@ -656,10 +656,23 @@ impl VideoEncoder for FallbackEncoder {
     /// its lookahead outlasts any budget worth reserving, so the chain copies each held frame
     /// once rather than make the ring hold the encoder's whole delay (see `spill`).
     fn max_slot_leases(&self) -> usize {
-        match self.current.as_ref().map_or(0, |c| c.max_slot_leases()) {
+        let Some(current) = self.current.as_ref() else {
+            return 0;
+        };
+        match current.max_slot_leases() {
             0 => 0,
-            held => held.saturating_add(reorder_depth(&self.config)),
+            // The reordering the encoder has, when it knows it: a session that uses no B-frames
+            // keeps no group open, whatever the most a preset could choose.
+            held => held.saturating_add(match current.bframes_in_use() {
+                Some(0) => 0,
+                Some(b) => b as usize + 1,
+                None => reorder_depth(&self.config),
+            }),
         }
+    }
+
+    fn bframes_in_use(&self) -> Option<u32> {
+        self.current.as_ref().and_then(|c| c.bframes_in_use())
     }
 
     /// The current encoder's.

@@ -284,3 +284,69 @@ fn a_failover_accepts_the_frame_the_failed_encoder_refused() {
     assert_eq!(encoder.switches(), 1);
     assert_eq!(run.chunks.len(), 20);
 }
+
+/// An encoder that keeps `leases` ring slots and says (or does not say) how many B-frames it
+/// uses; it encodes nothing.
+struct Leasing {
+    config: EncoderConfig,
+    leases: usize,
+    bframes: Option<u32>,
+}
+
+impl VideoEncoder for Leasing {
+    fn encode(
+        &mut self,
+        _: nvencode::Frame<'_>,
+        _: &mut Vec<nvencode::EncodedChunk>,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+    fn flush(&mut self, _: &mut Vec<nvencode::EncodedChunk>) -> Result<(), Error> {
+        Ok(())
+    }
+    fn kind(&self) -> EncoderKind {
+        EncoderKind::Nvenc
+    }
+    fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+    fn sequence_headers(&self) -> &[u8] {
+        &[]
+    }
+    fn max_slot_leases(&self) -> usize {
+        self.leases
+    }
+    fn bframes_in_use(&self) -> Option<u32> {
+        self.bframes
+    }
+}
+
+/// The slots the chain asks a ring to keep for it follow the reordering its encoder actually
+/// has: none beyond the encoder's own leases for a session without B-frames (the preset left
+/// them to the encoder, which chose none), the group of two B-frames plus its anchor with two,
+/// and the most any preset may choose only when the encoder cannot say.
+#[test]
+fn the_chains_lease_budget_follows_the_reordering_the_encoder_has() {
+    let config = EncoderConfig::new(320, 240); // B-frames left to the preset
+    for (bframes, expected) in [
+        (Some(0), 5),
+        (Some(2), 5 + 3),
+        (None, 5 + EncoderConfig::BFRAMES_MAX as usize + 1),
+    ] {
+        let opener: Opener = Box::new(move |c: &EncoderConfig| {
+            Ok(Box::new(Leasing {
+                config: c.clone(),
+                leases: 5,
+                bframes,
+            }) as Box<dyn VideoEncoder>)
+        });
+        let chain =
+            FallbackEncoder::with_chain(&config, vec![(EncoderKind::Nvenc, opener)]).expect("open");
+        assert_eq!(
+            chain.max_slot_leases(),
+            expected,
+            "B-frames in use {bframes:?}"
+        );
+        assert_eq!(chain.bframes_in_use(), bframes);
+    }
+}

@@ -450,9 +450,12 @@ fn child_other_context() {
         config.resolution.width as usize,
         config.resolution.height as usize,
     );
-    // The encoders are on device 0's primary context; the ring on device 1's.
-    let mut encoder = NvencEncoder::new(&config).expect("open");
-    let mut chain = FallbackEncoder::new(&config, None).expect("open");
+    // The encoders are on device 0's primary context (named: placement would put the second on
+    // device 1); the ring on device 1's.
+    let on_0 = nvencode::nvenc::NvencOptions::default().with_device(0);
+    let mut encoder = NvencEncoder::with_options(&config, &on_0).expect("open");
+    let chain = nvencode::fallback::chain_with(None, &on_0).expect("a chain");
+    let mut chain = FallbackEncoder::with_chain(&config, chain).expect("open");
     assert_eq!(chain.current_kind(), EncoderKind::Nvenc);
     let mut x264 =
         nvencode::open_encoder(nvencode::EncoderChoice::Only(EncoderKind::X264), &config)

@@ -139,6 +139,9 @@ fn nvenc_stage_uploads_from_pinned_slots_with_no_host_copy() {
     for entry in ["cuMemcpyHtoD_v2", "cuMemcpyHtoDAsync_v2", "cuMemcpy2D_v2"] {
         assert_eq!(calls(entry), 0, "{entry}: {cuda:?}");
     }
+    // One pinned allocation: the ring. NVENC's staging buffers, which only host frames need,
+    // are never allocated for a stage that feeds it ring slots.
+    assert_eq!(calls("cuMemHostAlloc"), 1, "{cuda:?}");
 }
 
 #[test]

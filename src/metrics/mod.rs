@@ -663,6 +663,10 @@ impl<E: VideoEncoder> VideoEncoder for Metered<E> {
         self.inner.gpu()
     }
 
+    fn bframes_in_use(&self) -> Option<u32> {
+        self.inner.bframes_in_use()
+    }
+
     fn flush(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
         let start = out.len();
         let result = {

@@ -216,7 +216,7 @@ impl RawEncoder {
                     Err(e) => tracing::warn!(error = %e, "NVENC worker without its CUDA context"),
                 }
             }
-            run_blocking(&lib, session, call)
+            run_blocking(&lib, session, &context, call)
         })?;
         self.watchdog = Some(worker);
         Ok(())

@@ -519,6 +519,13 @@ impl VideoEncoder for NvencEncoder {
         Some(self.placed.device())
     }
 
+    /// `frameIntervalP - 1` of the initialized configuration.
+    fn bframes_in_use(&self) -> Option<u32> {
+        u32::try_from(self.init.config.frameIntervalP)
+            .ok()
+            .map(|p| p.saturating_sub(1))
+    }
+
     fn kind(&self) -> EncoderKind {
         KIND
     }

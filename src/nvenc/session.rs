@@ -92,6 +92,11 @@ pub(crate) struct NvencSession {
     pub free_surfaces: VecDeque<usize>,
     /// Staging buffers not in flight.
     pub free_staging: Vec<PinnedBuffer>,
+    /// Staging buffers allocated so far, at most one per surface: allocated on first need (a
+    /// host frame), so a session fed only ring slots (pinned or device) pins no staging memory.
+    pub staging_allocated: usize,
+    /// The length of a staging buffer: one frame.
+    pub staging_len: usize,
     pub free_outputs: Vec<BitstreamBuffer>,
     pub pending: VecDeque<InFlight>,
     /// How many of `pending` (from the front) have output ready to lock.
@@ -149,16 +154,16 @@ impl NvencSession {
                 PitchedBuffer::new(context, width as usize, rows).map_err(cuda_err)?,
             ));
         }
-        let mut free_staging = Vec::with_capacity(slots);
-        progress.at("cuMemHostAlloc");
-        for _ in 0..slots {
-            free_staging.push(PinnedBuffer::new(context, staging_len).map_err(cuda_err)?);
-        }
+        // Staging buffers come on first need (see `staging_allocated`); room for all of them now,
+        // so the per-frame path never grows the list.
+        let free_staging = Vec::with_capacity(slots);
         let mut session = NvencSession {
             raw,
             surfaces: Vec::with_capacity(slots),
             free_surfaces: (0..slots).collect(),
             free_staging,
+            staging_allocated: 0,
+            staging_len,
             free_outputs: Vec::with_capacity(slots),
             pending: VecDeque::new(),
             ready: 0,

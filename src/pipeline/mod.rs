@@ -485,23 +485,29 @@ fn stage_ring(
     let held = encoder.max_slot_leases().max(1);
     let config = encoder.config();
     let slots = options.ring_slots.saturating_add(held).min(MAX_SLOTS);
+    // CUDA memory is allocated on a bounded side thread (see `teardown.rs`): a wedged driver
+    // must not keep the stage from opening. The bound is NVENC's open deadline.
+    let bound = crate::nvenc::NvencOptions::default().open_timeout;
+    let (device, encoder_config) = (options.device(), config.clone());
+    let cuda_ring = move |memory: SlotMemory| {
+        let config = encoder_config.clone();
+        teardown::run_bounded("the frame ring", bound, move || {
+            ring::new_ring(memory, device, slots, &config, frame_len)
+        })
+        .unwrap_or(Err(RingError::AllocationHung { bound }))
+    };
     let made = match options.memory {
         SlotMemory::Auto if encoder.kind() == EncoderKind::Nvenc => {
-            match ring::new_ring(
-                SlotMemory::Pinned,
-                options.device(),
-                slots,
-                config,
-                frame_len,
-            ) {
+            match cuda_ring(SlotMemory::Pinned) {
                 Ok(ends) => Ok(ends),
                 Err(e) => {
                     tracing::warn!(error = %e, "no pinned ring for NVENC; using host memory (one host copy per frame)");
-                    ring::new_ring(SlotMemory::Host, options.device(), slots, config, frame_len)
+                    ring::new_ring(SlotMemory::Host, device, slots, config, frame_len)
                 }
             }
         }
-        memory => ring::new_ring(memory, options.device(), slots, config, frame_len),
+        memory @ (SlotMemory::Pinned | SlotMemory::Device) => cuda_ring(memory),
+        memory => ring::new_ring(memory, device, slots, config, frame_len),
     };
     let (producer, consumer) = made.map_err(PipelineError::Ring)?;
     consumer.set_lease_budget(held);

@@ -1,6 +1,7 @@
-//! Releasing what the stage holds, bounded: freeing a ring's CUDA memory (`cuMemFreeHost`,
-//! `cuMemFree`) is a driver call, which a wedged driver or GPU can keep forever, and the stage's
-//! end must still be announced.
+//! Allocating and releasing what the stage holds, bounded: allocating or freeing a ring's CUDA
+//! memory (`cuMemHostAlloc`, `cuMemAllocPitch`, `cuMemFreeHost`, `cuMemFree`) is a driver call,
+//! which a wedged driver or GPU can keep forever, and the stage must still open (on host memory)
+//! or announce its end.
 
 use std::time::Duration;
 
@@ -30,5 +31,37 @@ pub(crate) fn drop_bounded<T: Send + 'static>(value: T, what: &'static str, boun
             "releasing {what} did not finish in time (a driver call is not returning); its \
              memory stays with a thread left inside the driver"
         );
+    }
+}
+
+/// Runs `make` on a thread of its own and waits at most `bound` for its result; `None` when it
+/// did not finish in time (that thread is left inside the driver, and drops the result if it
+/// ever finishes) or no thread could be started.
+pub(crate) fn run_bounded<T: Send + 'static>(
+    what: &'static str,
+    bound: Duration,
+    make: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (done, result) = std::sync::mpsc::sync_channel::<T>(1);
+    let spawned = std::thread::Builder::new()
+        .name("nvencode-alloc".into())
+        .spawn(move || {
+            // When nobody waits any more, the value is dropped here (its memory freed).
+            let _ = done.send(make());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no thread to allocate {what} on");
+        return None;
+    }
+    match result.recv_timeout(bound) {
+        Ok(value) => Some(value),
+        Err(_) => {
+            tracing::error!(
+                ?bound,
+                "allocating {what} did not finish in time (a driver call is not returning); its \
+                 thread is left inside the driver"
+            );
+            None
+        }
     }
 }

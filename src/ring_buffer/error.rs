@@ -65,6 +65,13 @@ pub enum RingError {
         /// Number of rows.
         rows: usize,
     },
+    /// Allocating the ring's CUDA memory did not finish in time: the driver or GPU appears hung.
+    /// The allocating thread is left inside the driver (it frees the memory if the call returns).
+    #[error("allocating the ring's CUDA memory did not finish within {bound:?}: the driver or GPU appears hung")]
+    AllocationHung {
+        /// How long it was waited for.
+        bound: std::time::Duration,
+    },
     /// CUDA storage was asked for on a machine where CUDA cannot be used.
     #[error("CUDA is not available: {reason}")]
     CudaUnavailable {

@@ -36,6 +36,8 @@ pub(crate) enum Blocking {
     Unmap(SessionPtr),
     /// `cuStreamSynchronize` of the session's IO stream.
     Synchronize(crate::cuda::Stream),
+    /// `cuMemHostAlloc` of a pinned staging buffer of this many bytes, in the session's context.
+    Pinned(usize),
     /// `cuMemcpy2DAsync` of a frame's planes into an input surface, on the session's IO stream.
     Upload(crate::cuda::PlannedUpload<crate::nvenc::staged::Staged>),
 }
@@ -56,6 +58,7 @@ pub(crate) enum Unblocked {
     Mapped(Result<(SessionPtr, sys::NV_ENC_BUFFER_FORMAT), NvencError>),
     Unmapped(Result<(), NvencError>),
     Synchronized(Result<(), crate::cuda::CudaError>),
+    Pinned(Result<crate::cuda::PinnedBuffer, crate::cuda::CudaError>),
     Uploaded(
         crate::cuda::Pending<crate::nvenc::staged::Staged>,
         Result<(), crate::cuda::CudaError>,
@@ -116,9 +119,15 @@ impl From<NvencError> for CallError {
     }
 }
 
-/// Runs a blocking call on the watchdog's worker.
-pub(super) fn run_blocking(lib: &Library, session: SessionPtr, call: Blocking) -> Unblocked {
+/// Runs a blocking call on the watchdog's worker, in the session's `context`.
+pub(super) fn run_blocking(
+    lib: &Library,
+    session: SessionPtr,
+    context: &crate::cuda::Context,
+    call: Blocking,
+) -> Unblocked {
     match call {
+        Blocking::Pinned(len) => Unblocked::Pinned(crate::cuda::PinnedBuffer::new(context, len)),
         Blocking::Submit(mut params) => {
             Unblocked::Submitted(submit_on(lib, session.0.as_ptr(), &mut params.0))
         }

@@ -85,6 +85,19 @@ impl RawEncoder {
         }
     }
 
+    /// A pinned staging buffer of `len` bytes (`cuMemHostAlloc`), allocated on the watchdog's
+    /// worker once it runs.
+    pub(crate) fn pinned(&self, len: usize) -> Result<crate::cuda::PinnedBuffer, CallError> {
+        let Some(worker) = &self.watchdog else {
+            return Err(CallError::Failed(mixed_up()));
+        };
+        match worker.call("cuMemHostAlloc", Blocking::Pinned(len)) {
+            Ok(Unblocked::Pinned(result)) => result.map_err(|e| cuda_failed("cuMemHostAlloc", &e)),
+            Ok(_) => Err(CallError::Failed(mixed_up())),
+            Err(hung) => Err(CallError::Hung(hung)),
+        }
+    }
+
     /// `cuStreamSynchronize` of the session's IO stream (the uploads and NVENC's input
     /// processing), on the watchdog's worker once it runs.
     pub(crate) fn synchronize(&self) -> Result<(), CallError> {

@@ -33,7 +33,9 @@ impl NvencEncoder {
         }
     }
 
-    /// A staging buffer for a host frame, reading back outputs until one is free.
+    /// A staging buffer for a host frame: a free one, a new one while fewer than one per surface
+    /// exist (allocated on the session's worker, bounded like every driver call), or, reading
+    /// back outputs, one given back.
     pub(super) fn staging(
         &mut self,
         out: &mut Vec<EncodedChunk>,
@@ -42,6 +44,16 @@ impl NvencEncoder {
             let session = self.session()?;
             if let Some(buffer) = session.free_staging.pop() {
                 return Ok(buffer);
+            }
+            if session.staging_allocated < session.surfaces.len() {
+                let len = session.staging_len;
+                match session.raw.pinned(len) {
+                    Ok(buffer) => {
+                        session.staging_allocated += 1;
+                        return Ok(buffer);
+                    }
+                    Err(e) => return Err(self.fail(e)),
+                }
             }
             if session.ready == 0 || session.pending.is_empty() {
                 return Err(Error::Backend {
