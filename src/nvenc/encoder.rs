@@ -152,11 +152,14 @@ impl NvencEncoder {
         };
         let auto = options.gpu == GpuChoice::Auto;
         let mut refusals = Vec::new();
-        for device in order {
+        let mut tried = Vec::new();
+        while let Some(placed) = Placed::reserve(&order, &tried) {
+            let device = placed.device();
+            tried.push(device);
             let (config, options, gate) = (config.clone(), options.clone(), gate.clone());
             // Every call of the open runs on a thread of its own, awaited at most `deadline`.
             let opened = super::bounded::run("nvenc-open", device, deadline, move |progress| {
-                Self::open(&config, &options, gate, device, progress)
+                Self::open(&config, &options, gate, placed, progress)
             });
             match opened {
                 Ok(encoder) => {
@@ -177,6 +180,10 @@ impl NvencEncoder {
             }
         }
         match refusals.len() {
+            0 => Err(Error::Unavailable {
+                backend: KIND,
+                reason: "CUDA lists no device to open NVENC on".into(),
+            }),
             // One GPU: its own error, as with an explicit choice.
             1 => Err(refusals.remove(0).1),
             _ => Err(Error::NoGpuAccepted { refusals }),
@@ -188,9 +195,10 @@ impl NvencEncoder {
         config: &EncoderConfig,
         options: &NvencOptions,
         gate: InputGate,
-        device: usize,
+        placed: Placed,
         progress: &Progress,
     ) -> Result<Self, Error> {
+        let device = placed.device();
         // The gate has just validated `config`; its frame length is the staging length.
         let staging_len = gate.frame_len();
         progress.at("dlopen(libnvidia-encode)");
@@ -250,7 +258,7 @@ impl NvencEncoder {
             unread: VecDeque::new(),
             chunks_out: 0,
             failed: None,
-            placed: Placed::on(device),
+            placed,
             callers_context: None,
         })
     }

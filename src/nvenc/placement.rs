@@ -104,7 +104,24 @@ pub(crate) struct Placed {
 }
 
 impl Placed {
+    /// Of `order`'s devices not yet `tried`, the one with the fewest sessions (the first of them
+    /// in `order` on a tie), counted at once: concurrent opens see each other's choice, so they
+    /// spread instead of all taking the same GPU. Dropped when the open fails; kept by the
+    /// encoder while its session lives.
+    pub(crate) fn reserve(order: &[usize], tried: &[usize]) -> Option<Self> {
+        let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+        let counts = open.get_or_insert_with(HashMap::new);
+        let device = order
+            .iter()
+            .filter(|d| !tried.contains(d))
+            .min_by_key(|d| counts.get(d).copied().unwrap_or(0))
+            .copied()?;
+        *counts.entry(device).or_insert(0) += 1;
+        Some(Placed { device })
+    }
+
     /// Counts a session on `device`.
+    #[cfg(test)]
     pub(crate) fn on(device: usize) -> Self {
         let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
         *open
@@ -245,7 +262,13 @@ mod tests {
             candidates(&GpuChoice::Auto, &devices).ok(),
             Some(vec![702, 701, 700])
         );
-        drop((a, b, c));
+        // A reservation takes the least used device not tried yet, and counts at once.
+        let r = Placed::reserve(&[700, 701, 702], &[]).expect("a device");
+        assert_eq!(r.device(), 702);
+        let r2 = Placed::reserve(&[700, 701, 702], &[702]).expect("a device");
+        assert_eq!(r2.device(), 701);
+        assert!(Placed::reserve(&[700], &[700]).is_none());
+        drop((a, b, c, r, r2));
         assert_eq!(
             candidates(&GpuChoice::Auto, &devices).ok(),
             Some(vec![700, 701, 702])
