@@ -13,7 +13,8 @@
 //! half a second of the source's schedule), CPU time per stream-frame (the children's user +
 //! system time, all threads), pinned memory per stream (the stage's ring: what the ring and NVENC
 //! hold, by construction; NVENC's staging is not allocated for ring slots), threads per stream
-//! (the process's threads at their peak, less those of an idle process, over N), memory per
+//! (the process's threads at their peak, less those of an idle process and the bench's own
+//! source and reader threads, over N: the crate's), memory per
 //! stream (the child's peak RSS over N; for FFmpeg, the mean of each process's peak RSS), and
 //! where NVENC placed the streams. The source's own work differs: the stage's producer copies a
 //! prepared frame into its slot; FFmpeg draws `testsrc2` and converts it.
@@ -209,10 +210,11 @@ fn child(n: usize, frames: u64) -> Result<(), BoxError> {
     }
     let placement: Vec<String> = placement.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     let pinned = streams.iter().map(|s| s.pinned_bytes).sum::<usize>() as f64 / n as f64 / 1e6;
-    // One thread samples the count; it is not the streams'.
+    // One thread samples the count, and each stream has two of this bench's own (its source
+    // and its reader): what is left is the crate's.
     let stream_threads = peak
         .load(std::sync::atomic::Ordering::Relaxed)
-        .saturating_sub(idle_threads + 1);
+        .saturating_sub(idle_threads + 1 + 2 * n);
     let mut out = std::io::stdout().lock();
     writeln!(out, "sustained {sustained}")?;
     writeln!(
