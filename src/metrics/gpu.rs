@@ -69,6 +69,27 @@ impl NvmlSource {
     }
 }
 
+impl NvmlSource {
+    /// NVENC utilization of every GPU NVML can read it for, by the GPU's UUID as NVML prints it
+    /// (`GPU-…`): how NVENC placement tells, among GPUs with as many of this process's sessions,
+    /// the one other processes load least (NVML's index is not the CUDA ordinal; the UUID is
+    /// what both share).
+    #[must_use]
+    pub fn encoder_utilization_by_uuid(&self) -> std::collections::HashMap<String, u32> {
+        let mut by_uuid = std::collections::HashMap::new();
+        let count = self.nvml.device_count().unwrap_or(0);
+        for gpu in 0..count {
+            let Ok(device) = self.nvml.device_by_index(gpu) else {
+                continue;
+            };
+            if let (Ok(uuid), Ok(u)) = (device.uuid(), device.encoder_utilization()) {
+                by_uuid.insert(uuid.to_ascii_lowercase(), u.utilization);
+            }
+        }
+        by_uuid
+    }
+}
+
 impl GpuUtilizationSource for NvmlSource {
     fn sample(&mut self, out: &mut Vec<GpuSample>) -> Result<(), String> {
         let count = self

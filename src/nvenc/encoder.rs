@@ -143,17 +143,18 @@ impl NvencEncoder {
     pub fn with_options(config: &EncoderConfig, options: &NvencOptions) -> Result<Self, Error> {
         let gate = InputGate::new(KIND, config)?;
         let deadline = options.open_timeout.max(NvencOptions::MIN_CALL_TIMEOUT);
-        let order = match &options.gpu {
-            GpuChoice::Index(device) => vec![*device],
+        let (order, load) = match &options.gpu {
+            GpuChoice::Index(device) => (vec![*device], Default::default()),
             choice => {
-                let devices = placement::devices(deadline)?;
-                placement::candidates(choice, &devices)?
+                let auto = *choice == GpuChoice::Auto;
+                let (devices, load) = placement::survey(deadline, auto)?;
+                (placement::candidates(choice, &devices)?, load)
             }
         };
         let auto = options.gpu == GpuChoice::Auto;
         let mut refusals = Vec::new();
         let mut tried = Vec::new();
-        while let Some(placed) = Placed::reserve(&order, &tried) {
+        while let Some(placed) = Placed::reserve(&order, &tried, &load) {
             let device = placed.device();
             tried.push(device);
             let (config, options, gate) = (config.clone(), options.clone(), gate.clone());

@@ -2,11 +2,11 @@
 //!
 //! [`GpuChoice::Index`] and [`GpuChoice::Uuid`] name one GPU, and only that GPU is tried.
 //! [`GpuChoice::Auto`] (the default) orders every CUDA device by the NVENC sessions this process
-//! has open on it, fewest first (ties by ordinal), and the encoder opens on the first that
+//! has open on it, fewest first (ties by NVML's encoder utilization where NVML answers, which
+//! counts other processes' sessions, then by ordinal), and the encoder opens on the first that
 //! accepts a session: a GPU that refuses one (its session limit reached, out of memory, no NVENC
 //! engine, a capability the configuration needs) is passed over with its reason, which is kept
-//! for the error when none accepts. Encoder utilization from NVML is not part of the order yet:
-//! the sessions this process placed are what it knows for certain without NVML.
+//! for the error when none accepts.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -108,13 +108,24 @@ impl Placed {
     /// in `order` on a tie), counted at once: concurrent opens see each other's choice, so they
     /// spread instead of all taking the same GPU. Dropped when the open fails; kept by the
     /// encoder while its session lives.
-    pub(crate) fn reserve(order: &[usize], tried: &[usize]) -> Option<Self> {
+    /// `load` is NVML's encoder utilization by device, where NVML answered: among devices with
+    /// as many sessions, the least loaded is taken (other processes' sessions show there).
+    pub(crate) fn reserve(
+        order: &[usize],
+        tried: &[usize],
+        load: &HashMap<usize, u32>,
+    ) -> Option<Self> {
         let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
         let counts = open.get_or_insert_with(HashMap::new);
         let device = order
             .iter()
             .filter(|d| !tried.contains(d))
-            .min_by_key(|d| counts.get(d).copied().unwrap_or(0))
+            .min_by_key(|d| {
+                (
+                    counts.get(d).copied().unwrap_or(0),
+                    load.get(d).copied().unwrap_or(0),
+                )
+            })
             .copied()?;
         *counts.entry(device).or_insert(0) += 1;
         Some(Placed { device })
@@ -162,18 +173,43 @@ pub(crate) fn sessions_on(device: usize) -> usize {
 pub(crate) fn devices(
     deadline: std::time::Duration,
 ) -> Result<Vec<(usize, Option<String>)>, Error> {
-    super::bounded::run("nvenc-devices", usize::MAX, deadline, |p| {
+    Ok(survey(deadline, false)?.0)
+}
+
+/// The CUDA devices (as [`devices`]) and, with `load`, NVML's encoder utilization of each it
+/// can match by UUID (empty where NVML is unavailable, as without NVIDIA's driver).
+pub(crate) type Survey = (Vec<(usize, Option<String>)>, HashMap<usize, u32>);
+
+/// See [`Survey`].
+pub(crate) fn survey(deadline: std::time::Duration, load: bool) -> Result<Survey, Error> {
+    super::bounded::run("nvenc-devices", usize::MAX, deadline, move |p| {
         p.at("cuDeviceGetCount");
         let count = crate::cuda::device_count().map_err(super::fail::cuda_error)?;
         p.at("cuDeviceGetUuid");
-        Ok((0..count)
+        let devices: Vec<(usize, Option<String>)> = (0..count)
             .map(|d| {
                 let uuid = crate::cuda::device_uuid(d)
                     .ok()
                     .map(|b| b.iter().map(|x| format!("{x:02x}")).collect());
                 (d, uuid)
             })
-            .collect())
+            .collect();
+        let mut by_device = HashMap::new();
+        if load {
+            p.at("nvmlDeviceGetEncoderUtilization");
+            if let Ok(nvml) = crate::metrics::gpu::NvmlSource::init() {
+                let by_uuid = nvml.encoder_utilization_by_uuid();
+                for (d, uuid) in &devices {
+                    let percent = uuid
+                        .as_deref()
+                        .and_then(|u| by_uuid.get(&display_uuid(u).to_ascii_lowercase()));
+                    if let Some(&percent) = percent {
+                        by_device.insert(*d, percent);
+                    }
+                }
+            }
+        }
+        Ok((devices, by_device))
     })
 }
 
@@ -263,12 +299,18 @@ mod tests {
             Some(vec![702, 701, 700])
         );
         // A reservation takes the least used device not tried yet, and counts at once.
-        let r = Placed::reserve(&[700, 701, 702], &[]).expect("a device");
+        let idle = HashMap::new();
+        let r = Placed::reserve(&[700, 701, 702], &[], &idle).expect("a device");
         assert_eq!(r.device(), 702);
-        let r2 = Placed::reserve(&[700, 701, 702], &[702]).expect("a device");
+        let r2 = Placed::reserve(&[700, 701, 702], &[702], &idle).expect("a device");
         assert_eq!(r2.device(), 701);
-        assert!(Placed::reserve(&[700], &[700]).is_none());
+        assert!(Placed::reserve(&[700], &[700], &idle).is_none());
         drop((a, b, c, r, r2));
+        // As many sessions each: NVML's utilization breaks the tie (another process loads 700).
+        let load: HashMap<usize, u32> = [(700, 80), (701, 10)].into_iter().collect();
+        let r = Placed::reserve(&[700, 701], &[], &load).expect("a device");
+        assert_eq!(r.device(), 701);
+        drop(r);
         assert_eq!(
             candidates(&GpuChoice::Auto, &devices).ok(),
             Some(vec![700, 701, 702])
