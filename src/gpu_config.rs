@@ -72,11 +72,49 @@ pub struct GpuEncoderConfig {
     /// Constant QP, 0-51.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qp: Option<u32>,
-    /// The CUDA device (ordinal) NVENC encodes on, and a pipeline's ring is allocated on; unset:
-    /// the [`PipelineOptions::cuda_device`](crate::pipeline::PipelineOptions::cuda_device) a
-    /// pipeline is opened with, else device 0. [`GpuEncoderConfig::cuda_device_with`] decides.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cuda_device: Option<usize>,
+    /// The GPU NVENC encodes on, and a pipeline's ring is allocated on: `"auto"` (the default;
+    /// see [`GpuChoice::Auto`]), a CUDA ordinal (`gpu = 1`) or a UUID (`gpu = "GPU-…"`).
+    /// `cuda_device` is accepted as another name for it. A pipeline's
+    /// [`PipelineOptions::cuda_device`](crate::pipeline::PipelineOptions::cuda_device), when set,
+    /// must agree; [`GpuEncoderConfig::gpu_with`] decides.
+    #[serde(
+        alias = "cuda_device",
+        with = "gpu_choice",
+        skip_serializing_if = "is_auto"
+    )]
+    pub gpu: GpuChoice,
+}
+
+fn is_auto(choice: &GpuChoice) -> bool {
+    *choice == GpuChoice::Auto
+}
+
+/// (De)serializes a [`GpuChoice`]: an integer is an ordinal, a string `auto` or a UUID (or an
+/// ordinal), with the crate's own error naming the bad value.
+mod gpu_choice {
+    use super::GpuChoice;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Ordinal(usize),
+        Text(String),
+    }
+
+    pub(super) fn serialize<S: Serializer>(v: &GpuChoice, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            GpuChoice::Index(i) => s.serialize_u64(*i as u64),
+            other => s.serialize_str(&other.to_string()),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<GpuChoice, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Ordinal(i) => Ok(GpuChoice::Index(i)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 impl Default for GpuEncoderConfig {
@@ -92,7 +130,7 @@ impl Default for GpuEncoderConfig {
             max_bitrate: None,
             vbv_buffer: None,
             qp: None,
-            cuda_device: None,
+            gpu: GpuChoice::Auto,
         }
     }
 }
@@ -147,16 +185,15 @@ impl GpuEncoderConfig {
     /// [`ConfigError`]s of these settings or of `config` (as [`Error::Config`]); otherwise as
     /// [`FallbackEncoder::new`].
     pub fn open(&self, config: &EncoderConfig) -> Result<FallbackEncoder, Error> {
-        self.open_on(config, self.cuda_device_with(None)?)
+        self.open_on(config, self.gpu_with(None)?)
     }
 
-    /// As [`open`](Self::open), with NVENC on CUDA device `device` (which
-    /// [`cuda_device_with`](Self::cuda_device_with) chose), or placed by
-    /// [`GpuChoice::Auto`](crate::nvenc::GpuChoice::Auto) when `None`.
+    /// As [`open`](Self::open), with NVENC on the GPU `gpu` (which
+    /// [`gpu_with`](Self::gpu_with) chose).
     pub(crate) fn open_on(
         &self,
         config: &EncoderConfig,
-        device: Option<usize>,
+        gpu: GpuChoice,
     ) -> Result<FallbackEncoder, Error> {
         self.validate()?;
         let mut config = config.clone();
@@ -165,27 +202,30 @@ impl GpuEncoderConfig {
         }
         // Up front, before detection probes any backend: a bad value fails at once, as itself.
         config.validate()?;
-        let nvenc = self.nvenc_options().with_gpu(gpu_choice(device));
+        let nvenc = self.nvenc_options().with_gpu(gpu);
         let chain = crate::fallback::chain_with(self.preferred_encoder, &nvenc)?;
         FallbackEncoder::with_chain(&config, chain)
     }
 
-    /// The CUDA device NVENC encodes on and a pipeline's ring is allocated on, given the device
-    /// the pipeline's options name (`ring`, `None` when they name none): the one place that
-    /// decides, so the two are always the same device. [`GpuEncoderConfig::cuda_device`] or
-    /// `ring`, whichever is set; `None` when neither is: NVENC is then placed by
-    /// [`GpuChoice::Auto`](crate::nvenc::GpuChoice::Auto), and a pipeline's ring follows it
-    /// to the GPU it was placed on.
+    /// The GPU NVENC encodes on and a pipeline's ring is allocated on, given the device the
+    /// pipeline's options name (`ring`, `None` when they name none): the one place that decides,
+    /// so the two are always the same device. [`GpuEncoderConfig::gpu`] when it names a device,
+    /// else `ring` when set, else [`GpuChoice::Auto`] (a pipeline's ring then follows NVENC to
+    /// the GPU it was placed on). A UUID is resolved when NVENC opens; the pipeline checks the
+    /// ring's device against it then.
     ///
     /// # Errors
-    /// [`ConfigError::CudaDeviceMismatch`] when both are set to different devices.
-    pub fn cuda_device_with(&self, ring: Option<usize>) -> Result<Option<usize>, ConfigError> {
-        match (self.cuda_device, ring) {
-            (Some(nvenc), Some(ring)) if nvenc != ring => {
-                Err(ConfigError::CudaDeviceMismatch { ring, nvenc })
+    /// [`ConfigError::CudaDeviceMismatch`] when both name different ordinals.
+    pub fn gpu_with(&self, ring: Option<usize>) -> Result<GpuChoice, ConfigError> {
+        match (&self.gpu, ring) {
+            (GpuChoice::Index(nvenc), Some(ring)) if *nvenc != ring => {
+                Err(ConfigError::CudaDeviceMismatch {
+                    ring,
+                    nvenc: *nvenc,
+                })
             }
-            (Some(device), _) | (None, Some(device)) => Ok(Some(device)),
-            (None, None) => Ok(None),
+            (GpuChoice::Auto, Some(ring)) => Ok(GpuChoice::Index(ring)),
+            (choice, _) => Ok(choice.clone()),
         }
     }
 
@@ -202,19 +242,14 @@ impl GpuEncoderConfig {
     }
 
     /// The NVENC options these settings choose: the overrides that are set and the GPU
-    /// ([`GpuEncoderConfig::cuda_device`]; placed automatically when unset), nothing else.
+    /// ([`GpuEncoderConfig::gpu`]), nothing else.
     #[must_use]
     pub fn nvenc_options(&self) -> NvencOptions {
         NvencOptions::default()
             .with_preset(self.nvenc_preset)
             .with_tuning(self.nvenc_tune)
-            .with_gpu(gpu_choice(self.cuda_device))
+            .with_gpu(self.gpu.clone())
     }
-}
-
-/// One device, or automatic placement.
-fn gpu_choice(device: Option<usize>) -> GpuChoice {
-    device.map_or(GpuChoice::Auto, GpuChoice::Index)
 }
 
 /// (De)serializes an optional type through its `Display`/`FromStr` names (`"auto"` or absent:
@@ -338,15 +373,25 @@ mod tests {
     #[test]
     fn one_cuda_device_for_nvenc_and_the_ring() {
         let unset = GpuEncoderConfig::default();
-        assert_eq!(unset.cuda_device_with(None), Ok(None));
-        assert_eq!(unset.cuda_device_with(Some(1)), Ok(Some(1)));
+        assert_eq!(unset.gpu_with(None), Ok(GpuChoice::Auto));
+        assert_eq!(unset.gpu_with(Some(1)), Ok(GpuChoice::Index(1)));
         assert_eq!(unset.nvenc_options().gpu, GpuChoice::Auto);
         let one: GpuEncoderConfig = toml::from_str("cuda_device = 1").unwrap();
-        assert_eq!(one.cuda_device, Some(1));
+        assert_eq!(one.gpu, GpuChoice::Index(1));
+        let named: GpuEncoderConfig = toml::from_str("gpu = 1").unwrap();
+        assert_eq!(named.gpu, GpuChoice::Index(1));
+        let uuid = "GPU-0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
+        let by_uuid: GpuEncoderConfig = toml::from_str(&format!("gpu = \"{uuid}\"")).unwrap();
+        assert_eq!(by_uuid.gpu, GpuChoice::Uuid(uuid.into()));
+        // Written back as it was read.
+        let again: GpuEncoderConfig = toml::from_str(&toml::to_string(&by_uuid).unwrap()).unwrap();
+        assert_eq!(again.gpu, by_uuid.gpu);
+        let bad = toml::from_str::<GpuEncoderConfig>("gpu = \"the big one\"").unwrap_err();
+        assert!(bad.to_string().contains("the big one"), "{bad}");
         assert_eq!(one.nvenc_options().gpu, GpuChoice::Index(1));
-        assert_eq!(one.cuda_device_with(None), Ok(Some(1)));
-        assert_eq!(one.cuda_device_with(Some(1)), Ok(Some(1)));
-        let err = one.cuda_device_with(Some(0)).unwrap_err();
+        assert_eq!(one.gpu_with(None), Ok(GpuChoice::Index(1)));
+        assert_eq!(one.gpu_with(Some(1)), Ok(GpuChoice::Index(1)));
+        let err = one.gpu_with(Some(0)).unwrap_err();
         assert_eq!(err, ConfigError::CudaDeviceMismatch { ring: 0, nvenc: 1 });
         let text = err.to_string();
         assert!(

@@ -6,7 +6,9 @@
 use std::path::Path;
 
 fn deploy(file: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -22,7 +24,10 @@ fn quoted(text: &str, key: &str) -> Vec<String> {
 fn render(template: &str, series: &str) -> String {
     template
         .replace("<<.Series>>", series)
-        .replace("<<.LabelMatchers>>", r#"namespace="default",pod=~"encoder-worker-.*""#)
+        .replace(
+            "<<.LabelMatchers>>",
+            r#"namespace="default",pod=~"encoder-worker-.*""#,
+        )
         .replace("<<.GroupBy>>", "pod")
 }
 
@@ -36,12 +41,18 @@ fn the_autoscalers_queries_parse_and_name_recorded_metrics() {
     let queries = quoted(&rules, "metricsQuery");
     assert_eq!(queries.len(), 2, "{rules}");
     assert_eq!(series.len(), queries.len(), "{rules}");
-    let recorded = [nvencode::metrics::names::QUEUE_DEPTH, nvencode::metrics::names::FPS];
+    let recorded = [
+        nvencode::metrics::names::QUEUE_DEPTH,
+        nvencode::metrics::names::FPS,
+    ];
     for (series_query, template) in series.iter().zip(&queries) {
         promql_parser::parser::parse(series_query)
             .unwrap_or_else(|e| panic!("seriesQuery {series_query}: {e}"));
         let name = series_query.split('{').next().unwrap_or_default();
-        assert!(recorded.contains(&name), "{name} is not a metric the crate records");
+        assert!(
+            recorded.contains(&name),
+            "{name} is not a metric the crate records"
+        );
         let query = render(template, name);
         promql_parser::parser::parse(&query).unwrap_or_else(|e| panic!("{query}: {e}"));
     }
@@ -52,6 +63,9 @@ fn the_autoscalers_queries_parse_and_name_recorded_metrics() {
     let asked: Vec<&String> = asked.iter().filter(|n| n.starts_with("encoder_")).collect();
     assert_eq!(asked.len(), 2, "{hpa}");
     for name in asked {
-        assert!(served.contains(name), "the HPA asks for {name}; the adapter serves {served:?}");
+        assert!(
+            served.contains(name),
+            "the HPA asks for {name}; the adapter serves {served:?}"
+        );
     }
 }

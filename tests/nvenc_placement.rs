@@ -194,3 +194,46 @@ fn the_pipeline_example_spreads_streams_over_gpus() {
         );
     }
 }
+
+#[test]
+#[ignore = "child half of a_gpu_named_by_uuid_is_the_one_opened"]
+fn child_uuid() {
+    assert_child();
+    let bytes = nvencode::cuda::device_uuid(1).expect("device 1's UUID");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let uuid = format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
+    let choice: GpuChoice = uuid.parse().expect("a UUID");
+    let mut encoder =
+        NvencEncoder::with_options(&config(), &NvencOptions::default().with_gpu(choice))
+            .expect("opens on the GPU of that UUID");
+    assert_eq!(encoder.gpu(), 1);
+    encodes(&mut encoder);
+    // A UUID of no GPU here: a configuration error naming it.
+    let absent = GpuChoice::Uuid(format!("GPU-{}", "f".repeat(32)));
+    let refused = NvencEncoder::with_options(&config(), &NvencOptions::default().with_gpu(absent));
+    assert!(
+        matches!(
+            &refused,
+            Err(Error::Config(nvencode::ConfigError::GpuNotFound {
+                devices: 2,
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
+}
+
+/// `GpuChoice::Uuid` opens on the GPU of that UUID (device 1 of two emulated GPUs, though
+/// placement would have taken device 0), and a UUID no GPU has is a configuration error.
+#[test]
+fn a_gpu_named_by_uuid_is_the_one_opened() {
+    let emu = EmuDriver::new().cuda_devices(2);
+    let _ = run_child(&emu, "child_uuid");
+}

@@ -692,11 +692,11 @@ fn a_device_ring_without_a_cuda_driver_is_a_typed_error() {
 /// The ring and NVENC are on one CUDA device: options that put the ring on device 1 while the
 /// encoder settings put NVENC on device 0 do not open, and the error names both ordinals. No
 /// encoder is opened (the check comes first), so this needs no GPU. Checked against a
-/// `cuda_device_with` that let the options win silently (the stage then opened).
+/// `gpu_with` that let the options win silently (the stage then opened).
 #[test]
 fn ring_and_nvenc_on_different_cuda_devices_is_refused() {
     let mut gpu = nvencode::GpuEncoderConfig::default();
-    gpu.cuda_device = Some(0);
+    gpu.gpu = nvencode::nvenc::GpuChoice::Index(0);
     let options = PipelineOptions::from_gpu_config(&gpu).with_cuda_device(1);
     match EncodePipeline::open_with(&config(), &gpu, options) {
         Err(PipelineError::Open(Error::Config(nvencode::ConfigError::CudaDeviceMismatch {
@@ -707,9 +707,9 @@ fn ring_and_nvenc_on_different_cuda_devices_is_refused() {
         Ok(_) => panic!("a ring on device 1 with NVENC on device 0 must not open"),
     }
     // Named once, either side: that device for both.
-    assert_eq!(gpu.cuda_device_with(None), Ok(Some(0)));
+    assert_eq!(gpu.gpu_with(None), Ok(nvencode::nvenc::GpuChoice::Index(0)));
     assert_eq!(
-        nvencode::GpuEncoderConfig::default().cuda_device_with(Some(1)),
-        Ok(Some(1))
+        nvencode::GpuEncoderConfig::default().gpu_with(Some(1)),
+        Ok(nvencode::nvenc::GpuChoice::Index(1))
     );
 }

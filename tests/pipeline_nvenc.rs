@@ -325,7 +325,7 @@ fn the_ring_follows_nvenc_to_the_gpu_it_was_placed_on() {
 }
 
 /// `PipelineOptions::with_cuda_device(1)` puts the ring on device 1 and, through the one place
-/// that decides the device (`GpuEncoderConfig::cuda_device_with`), NVENC too. Checked against
+/// that decides the device (`GpuEncoderConfig::gpu_with`), NVENC too. Checked against
 /// `open_with` opening NVENC on device 0 whatever the options said: NVENC then
 /// refused the first device-1 slot and the stage ended with an encoder error.
 #[test]

@@ -195,10 +195,10 @@ pub struct PipelineOptions {
     pub memory: SlotMemory,
     /// The CUDA device (ordinal) pinned and device slots are allocated on, which is also the
     /// one NVENC encodes on when the stage opens the encoder ([`EncodePipeline::open_with`]):
-    /// `None` (the default) takes [`GpuEncoderConfig::cuda_device`], device 0 when that is unset
-    /// too; set to another device than that one, opening fails with
+    /// `None` (the default) takes the device [`GpuEncoderConfig::gpu`] names, or the one NVENC
+    /// was placed on; set to another device than that one, opening fails with
     /// [`ConfigError::CudaDeviceMismatch`](crate::ConfigError::CudaDeviceMismatch)
-    /// ([`GpuEncoderConfig::cuda_device_with`] decides). An encoder given to
+    /// ([`GpuEncoderConfig::gpu_with`] decides). An encoder given to
     /// [`EncodePipeline::with_encoder`] is the caller's: open its NVENC on this device
     /// ([`crate::nvenc::NvencOptions::with_device`]).
     pub cuda_device: Option<usize>,
@@ -227,7 +227,10 @@ impl PipelineOptions {
             } else {
                 1
             },
-            cuda_device: gpu.cuda_device,
+            cuda_device: match gpu.gpu {
+                crate::nvenc::GpuChoice::Index(device) => Some(device),
+                _ => None,
+            },
             ..PipelineOptions::default()
         }
     }
@@ -303,7 +306,7 @@ impl EncodePipeline {
     /// As [`open`](Self::open), with the stage's options given.
     ///
     /// The ring and NVENC are on one CUDA device, which
-    /// [`GpuEncoderConfig::cuda_device_with`] chooses from `gpu` and `options`.
+    /// [`GpuEncoderConfig::gpu_with`] chooses from `gpu` and `options`.
     ///
     /// # Errors
     /// As [`open`](Self::open), and [`PipelineError::OutputCapacity`];
@@ -315,12 +318,20 @@ impl EncodePipeline {
         gpu: &GpuEncoderConfig,
         options: PipelineOptions,
     ) -> Result<Self, PipelineError> {
-        let device = gpu
-            .cuda_device_with(options.cuda_device)
+        let choice = gpu
+            .gpu_with(options.cuda_device)
             .map_err(|e| PipelineError::Open(e.into()))?;
-        let encoder = gpu.open_on(config, device).map_err(PipelineError::Open)?;
-        // The ring goes on NVENC's GPU: the one named, or where NVENC was placed.
-        let ring_device = device.or_else(|| encoder.gpu()).unwrap_or(0);
+        let encoder = gpu.open_on(config, choice).map_err(PipelineError::Open)?;
+        // The ring goes on NVENC's GPU: the one named, or where NVENC was placed (or the one a
+        // UUID named, which must then be the ring's if the options named one).
+        if let (Some(ring), Some(nvenc)) = (options.cuda_device, encoder.gpu()) {
+            if ring != nvenc {
+                return Err(PipelineError::Open(
+                    crate::error::ConfigError::CudaDeviceMismatch { ring, nvenc }.into(),
+                ));
+            }
+        }
+        let ring_device = options.cuda_device.or_else(|| encoder.gpu()).unwrap_or(0);
         Self::with_encoder_metered(Box::new(encoder), options.with_cuda_device(ring_device))
     }
 

@@ -430,7 +430,7 @@ pub enum ConfigError {
     /// or encodes straight from, the ring's slots, which belong to one device's context.
     #[error(
         "the pipeline's ring is set to CUDA device {ring} (PipelineOptions::cuda_device) but \
-         NVENC to device {nvenc} (GpuEncoderConfig::cuda_device): both must be the same device; \
+         NVENC to device {nvenc} (GpuEncoderConfig::gpu): both must be the same device; \
          set only one of them, or both to the same ordinal"
     )]
     CudaDeviceMismatch {
