@@ -155,3 +155,55 @@ fn a_second_interrupt_finishes_the_output_without_waiting_for_a_hung_call() {
     assert_eq!(frames, 19, "{stderr}");
     assert!(complaints.is_empty(), "{complaints}");
 }
+
+#[test]
+#[ignore = "child half of a_hung_reconfigure_is_bounded"]
+fn child_hung_reconfigure() {
+    use nvencode::nvenc::{NvencEncoder, NvencOptions};
+    use nvencode::{Bitrate, Error, RateControl, VideoEncoder};
+    assert!(std::env::var_os("NVENC_EMU_REPORT").is_some(), "child only");
+    let config = nvencode::EncoderConfig::new(320, 240);
+    let options = NvencOptions::default().with_call_timeout(std::time::Duration::from_millis(300));
+    let mut encoder = NvencEncoder::with_options(&config, &options).expect("open");
+    let started = std::time::Instant::now();
+    let rate = RateControl::cbr(Bitrate::from_bps(1_000_000));
+    let result = encoder.reconfigure(rate);
+    assert!(
+        matches!(
+            result,
+            Err(Error::Hung {
+                call: "nvEncReconfigureEncoder",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The encoder is failed for good, and dropping it does not wait for the driver.
+    let frame = vec![0u8; config.validate().expect("valid")];
+    assert!(matches!(
+        encoder.encode_frame(&frame, &mut Vec::new()),
+        Err(Error::Hung { .. })
+    ));
+    let dropped = std::time::Instant::now();
+    drop(encoder);
+    assert!(dropped.elapsed() < std::time::Duration::from_secs(1));
+}
+
+/// `nvEncReconfigureEncoder` that never returns: the rate change fails with `Error::Hung`
+/// naming it within the deadline (it used to run on the caller's thread, unbounded).
+#[test]
+fn a_hung_reconfigure_is_bounded() {
+    let emu = EmuDriver::new().hang("nvEncReconfigureEncoder", 1);
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = emu.command(exe);
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "child_hung_reconfigure",
+        "--nocapture",
+    ]);
+    // Bounded, so a reconfigure that hangs again fails the test instead of hanging the suite.
+    let (success, text) = common::run_bounded(cmd, LIMIT, "child_hung_reconfigure");
+    assert!(success && text.contains("1 passed"), "{text}");
+}

@@ -351,21 +351,39 @@ impl RawEncoder {
         init: &InitParams,
         config: &sys::NV_ENC_CONFIG,
         reset: bool,
-    ) -> Result<(), NvencError> {
-        let mut config = *config;
+    ) -> Result<(), CallError> {
         let mut params = versioned!(
             sys::NV_ENC_RECONFIGURE_PARAMS,
             sys::NV_ENC_RECONFIGURE_PARAMS_VER
         );
         params.reInitEncodeParams = init.params;
-        params.reInitEncodeParams.encodeConfig = &mut config;
         params.set_resetEncoder(u32::from(reset));
         params.set_forceIDR(u32::from(reset));
-        // SAFETY: live, initialized session; `params` is a valid versioned struct whose
-        // `reInitEncodeParams.encodeConfig` points at `config`, alive through the call; the
-        // driver copies both.
-        let status = unsafe { (self.lib.fns().reconfigure_encoder)(self.raw(), &mut params) };
-        self.check("nvEncReconfigureEncoder", status)
+        let mut request = Box::new(calls::Reconfigure {
+            params,
+            config: *config,
+        });
+        let Some(worker) = &self.watchdog else {
+            return Ok(calls::reconfigure_on(&self.lib, self.raw(), &mut request)?);
+        };
+        match worker.call("nvEncReconfigureEncoder", Blocking::Reconfigure(request)) {
+            Ok(Unblocked::Reconfigured(result)) => Ok(result?),
+            Ok(_) => Err(CallError::Failed(mixed_up())),
+            Err(hung) => Err(CallError::Hung(hung)),
+        }
+    }
+
+    /// `nvEncGetEncodeCaps` on an open session: on the watchdog's worker once it runs.
+    #[doc(alias = "nvEncGetEncodeCaps")]
+    pub(crate) fn cap_bounded(&self, codec: GUID, cap: sys::NV_ENC_CAPS) -> Result<i32, CallError> {
+        let Some(worker) = &self.watchdog else {
+            return Ok(calls::caps_on(&self.lib, self.raw(), codec, cap)?);
+        };
+        match worker.call("nvEncGetEncodeCaps", Blocking::Caps(codec, cap)) {
+            Ok(Unblocked::Caps(result)) => Ok(result?),
+            Ok(_) => Err(CallError::Failed(mixed_up())),
+            Err(hung) => Err(CallError::Hung(hung)),
+        }
     }
 
     /// `nvEncCreateBitstreamBuffer`.
@@ -504,4 +522,4 @@ impl Drop for RawEncoder {
 // `versioned!` macro, which they use).
 mod calls;
 mod frames;
-use calls::{last_error_of, run_blocking};
+use calls::{last_error_of, mixed_up, run_blocking};

@@ -375,11 +375,11 @@ impl NvencEncoder {
     /// Whether the GPU reports a capability as supported (non-zero).
     fn has_cap(&mut self, cap: sys::NV_ENC_CAPS) -> Result<bool, Error> {
         let session = self.session()?;
-        let value = session
-            .raw
-            .cap(sys::NV_ENC_CODEC_H264_GUID, cap)
-            .map_err(Error::Nvenc)?;
-        Ok(value != 0)
+        match session.raw.cap_bounded(sys::NV_ENC_CODEC_H264_GUID, cap) {
+            Ok(value) => Ok(value != 0),
+            Err(CallError::Failed(e)) => Err(Error::Nvenc(e)),
+            Err(hung) => Err(self.fail(hung)),
+        }
     }
 }
 
@@ -410,13 +410,17 @@ impl VideoEncoder for NvencEncoder {
         }
         let mut enc = *self.init.config;
         apply_rate_control(&mut enc, &mapping::nvenc(&new_config));
-        let init = &self.init;
-        self.session
+        let reconfigured = self
+            .session
             .as_ref()
             .ok_or(Error::Finished { backend: KIND })?
             .raw
-            .reconfigure(init, &enc, !dynamic)
-            .map_err(Error::Nvenc)?;
+            .reconfigure(&self.init, &enc, !dynamic);
+        match reconfigured {
+            Ok(()) => {}
+            Err(CallError::Failed(e)) => return Err(Error::Nvenc(e)),
+            Err(hung) => return Err(self.fail(hung)),
+        }
         tracing::debug!(
             from = %self.config.rate_control, to = %rate_control, reset = !dynamic,
             "reconfigured NVENC"

@@ -5,7 +5,7 @@ use std::ffi::{c_void, CStr};
 use std::ptr::NonNull;
 
 use nvenc_sys as sys;
-use nvenc_sys::{Library, NVENCSTATUS};
+use nvenc_sys::{Library, GUID, NVENCSTATUS};
 
 use super::{LockedInfo, Submitted, BUSY_PAUSE, BUSY_RETRIES};
 use crate::nvenc::watchdog::Hung;
@@ -38,6 +38,11 @@ pub(crate) enum Blocking {
     Synchronize(crate::cuda::Stream),
     /// `cuMemHostAlloc` of a pinned staging buffer of this many bytes, in the session's context.
     Pinned(usize),
+    /// `nvEncGetEncodeCaps` of this codec and capability.
+    Caps(GUID, sys::NV_ENC_CAPS),
+    /// `nvEncReconfigureEncoder` with these parameters (boxed: rare, and its config must stay at
+    /// one address while the driver may read it, even past a hang).
+    Reconfigure(Box<Reconfigure>),
     /// `cuMemcpy2DAsync` of a frame's planes into an input surface, on the session's IO stream.
     Upload(crate::cuda::PlannedUpload<crate::nvenc::staged::Staged>),
 }
@@ -59,6 +64,8 @@ pub(crate) enum Unblocked {
     Unmapped(Result<(), NvencError>),
     Synchronized(Result<(), crate::cuda::CudaError>),
     Pinned(Result<crate::cuda::PinnedBuffer, crate::cuda::CudaError>),
+    Caps(Result<i32, NvencError>),
+    Reconfigured(Result<(), NvencError>),
     Uploaded(
         crate::cuda::Pending<crate::nvenc::staged::Staged>,
         Result<(), crate::cuda::CudaError>,
@@ -128,6 +135,10 @@ pub(super) fn run_blocking(
 ) -> Unblocked {
     match call {
         Blocking::Pinned(len) => Unblocked::Pinned(crate::cuda::PinnedBuffer::new(context, len)),
+        Blocking::Caps(codec, cap) => Unblocked::Caps(caps_on(lib, session.0.as_ptr(), codec, cap)),
+        Blocking::Reconfigure(mut request) => {
+            Unblocked::Reconfigured(reconfigure_on(lib, session.0.as_ptr(), &mut request))
+        }
         Blocking::Submit(mut params) => {
             Unblocked::Submitted(submit_on(lib, session.0.as_ptr(), &mut params.0))
         }
@@ -147,6 +158,62 @@ pub(super) fn run_blocking(
             let (pending, queued) = planned.queue();
             Unblocked::Uploaded(pending, queued)
         }
+    }
+}
+
+/// `nvEncReconfigureEncoder`'s parameters with the config they point at, owned together.
+pub(crate) struct Reconfigure {
+    pub(super) params: sys::NV_ENC_RECONFIGURE_PARAMS,
+    pub(super) config: sys::NV_ENC_CONFIG,
+}
+
+// SAFETY: plain values, and pointers into the session's own initialize parameters or (after
+// `reconfigure_on` points it there) into `config`, which moves with the struct; the driver reads
+// them only during the call, made by whichever thread holds the struct.
+unsafe impl Send for Reconfigure {}
+
+/// `nvEncGetEncodeCaps`.
+pub(super) fn caps_on(
+    lib: &Library,
+    session: *mut c_void,
+    codec: GUID,
+    cap: sys::NV_ENC_CAPS,
+) -> Result<i32, NvencError> {
+    let mut param = versioned!(sys::NV_ENC_CAPS_PARAM, sys::NV_ENC_CAPS_PARAM_VER);
+    param.capsToQuery = cap;
+    let mut value = 0i32;
+    // SAFETY: a live session of `lib`; `param` is a valid versioned struct; valid out-pointer.
+    let status = unsafe { (lib.fns().get_encode_caps)(session, codec, &mut param, &mut value) };
+    if status.is_success() {
+        Ok(value)
+    } else {
+        Err(NvencError::new(
+            "nvEncGetEncodeCaps",
+            status,
+            last_error_of(lib, session),
+        ))
+    }
+}
+
+/// `nvEncReconfigureEncoder` with `request`, its config pointer set to the config it owns.
+pub(super) fn reconfigure_on(
+    lib: &Library,
+    session: *mut c_void,
+    request: &mut Reconfigure,
+) -> Result<(), NvencError> {
+    request.params.reInitEncodeParams.encodeConfig = &mut request.config;
+    // SAFETY: a live, initialized session of `lib`; `params` is a valid versioned struct whose
+    // `reInitEncodeParams.encodeConfig` points at `request.config`, alive (boxed, not moved)
+    // through the call; the driver copies both.
+    let status = unsafe { (lib.fns().reconfigure_encoder)(session, &mut request.params) };
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(NvencError::new(
+            "nvEncReconfigureEncoder",
+            status,
+            last_error_of(lib, session),
+        ))
     }
 }
 
