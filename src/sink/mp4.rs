@@ -496,8 +496,16 @@ impl<W: Write> Mp4Writer<W> {
             }
         };
         let type_at = (index_at - self.pos) as usize + 4;
+        // The initial moov is held back whole, its place kept by a zeroed `free` box: FFmpeg
+        // reads a `free` box whose first child is `mvhd` as the moov of a file that has none,
+        // which must not happen before the samples are out.
+        let held = (retype && kind == *b"moov").then(|| head[type_at + 4..].to_vec());
         if retype {
             head[type_at..type_at + 4].copy_from_slice(b"free");
+        }
+        if let Some(held) = &held {
+            let from = type_at + 4;
+            head[from..from + held.len()].fill(0);
         }
         let data_at = self.pos + head.len() as u64 + 8;
         head.extend_from_slice(&mdat_size.to_be_bytes());
@@ -511,6 +519,10 @@ impl<W: Write> Mp4Writer<W> {
         let each = self.options.durability == Durability::Sync;
         self.durable("writing a fragment", each)?;
         if let (true, Some(seek)) = (retype, self.seek) {
+            if let Some(held) = held {
+                self.patch(seek, index_at + 8, &held)?;
+                self.durable("committing a fragment", each)?;
+            }
             self.patch(seek, index_at + 4, &kind)?;
             self.durable("committing a fragment", each)?;
         }
