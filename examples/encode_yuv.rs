@@ -4,6 +4,7 @@
 //! cargo run --release --example encode_yuv                      # built-in clip -> out.h264
 //! cargo run --release --example encode_yuv -- in.yuv --size 1280x720 --pix-fmt nv12 -o out.h264
 //! cargo run --release --example encode_yuv -- --size 1280x720 --bitrate 2M --rc cbr -e x264
+//! cargo run --release --example encode_yuv -- -o - --format mp4 | ffplay -   # fragmented MP4
 //! ffplay out.h264
 //! ```
 //! Options follow ffmpeg's and x264's names. Set `RUST_LOG=debug` to see backend selection.
@@ -35,11 +36,13 @@ use nvencode::{
 struct Args {
     /// Raw YUV input file (`-` for stdin). Without one, a synthetic moving 1080p clip is encoded.
     input: Option<PathBuf>,
-    /// Output file: MP4 for a `.mp4`/`.m4v` name, H.264 Annex B otherwise (`-` for standard
-    /// output). A file is written under a temporary name beside it and renamed into place when
-    /// the run ends.
+    /// Output file: MP4 for a `.mp4`/`.m4v` name (or --format mp4), H.264 Annex B otherwise
+    /// (`-` for standard output). Annex B is written under a temporary name beside it and renamed
+    /// into place when the run ends; crash-safe MP4 as soon as it holds its first fragment.
     #[arg(short, long, default_value = "out.h264")]
     output: PathBuf,
+    #[command(flatten)]
+    mp4: output::Mp4Args,
     /// Frame size, WIDTHxHEIGHT (default 1920x1080).
     #[arg(short = 's', long = "size", value_parser = parse::<Resolution>)]
     size: Option<Resolution>,
@@ -262,6 +265,7 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     let mp4 = Mp4Params {
         resolution,
         time_base: (config.frame_rate.den, config.frame_rate.num),
+        args: args.mp4.clone(),
     };
     let mut sink = Sink::open(&args.output, input_meta.as_ref(), mp4)?;
     if let Some(addr) = args.metrics_addr {
