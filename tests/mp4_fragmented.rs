@@ -4,12 +4,14 @@
 #![cfg(feature = "x264")]
 
 mod common;
+mod mp4_support;
 
 use std::io::BufWriter;
 use std::path::Path;
 use std::time::Duration;
 
-use mp4_atom::{Decode, Moof, Moov};
+use mp4_atom::{Decode, Moov};
+use mp4_support::{first_child, fragments, samples_in, top_boxes};
 use nvencode::sink::{Mp4Options, Mp4Writer};
 use nvencode::{EncodedChunk, EncoderChoice, EncoderConfig, EncoderKind, Preset};
 
@@ -46,54 +48,6 @@ fn write(path: &Path, config: &EncoderConfig, chunks: &[EncodedChunk], opts: Mp4
             mp4.write(chunk).expect("write");
         }
         mp4.finish().expect("finish");
-    }
-}
-
-/// A top-level box: offset, size, type.
-#[derive(Debug, Clone, Copy)]
-struct TopBox {
-    at: usize,
-    size: usize,
-    kind: [u8; 4],
-}
-
-fn top_boxes(file: &[u8]) -> Vec<TopBox> {
-    let mut boxes = Vec::new();
-    let mut at = 0;
-    while at + 8 <= file.len() {
-        let size32 = u32::from_be_bytes(file[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let kind: [u8; 4] = file[at + 4..at + 8].try_into().expect("4 bytes");
-        let size = match size32 {
-            1 => u64::from_be_bytes(file[at + 8..at + 16].try_into().expect("8 bytes")) as usize,
-            0 => file.len() - at,
-            n => n,
-        };
-        assert!(size >= 8, "box of size {size} at {at}");
-        boxes.push(TopBox { at, size, kind });
-        at += size;
-    }
-    boxes
-}
-
-/// The type of the first child of the box at `b` (what a `free` box was before).
-fn first_child(file: &[u8], b: TopBox) -> &[u8] {
-    &file[b.at + 12..b.at + 16]
-}
-
-/// Samples indexed by a `moov` or a `moof` (its bytes, type restored).
-fn samples_in(file: &[u8], b: TopBox, kind: &[u8; 4]) -> usize {
-    let mut bytes = file[b.at..b.at + b.size].to_vec();
-    bytes[4..8].copy_from_slice(kind);
-    let mut buf = &bytes[..];
-    if kind == b"moov" {
-        let moov = Moov::decode(&mut buf).expect("decode moov");
-        match &moov.trak[0].mdia.minf.stbl.stsz.samples {
-            mp4_atom::StszSamples::Identical { count, .. } => *count as usize,
-            mp4_atom::StszSamples::Different { sizes } => sizes.len(),
-        }
-    } else {
-        let moof = Moof::decode(&mut buf).expect("decode moof");
-        moof.traf[0].trun.iter().map(|t| t.samples.len()).sum()
     }
 }
 
@@ -159,7 +113,7 @@ impl std::io::Seek for Recorder {
 /// a `moof` before any `moov` is refused), then those of each complete `moof` whose `mdat` is
 /// complete, if that `moov` announced fragments.
 fn visible_frames(file: &[u8]) -> usize {
-    let mut boxes = top_boxes_lenient(file);
+    let mut boxes = top_boxes(file);
     // Without a moov, FFmpeg reads a `free` box whose first child is `mvhd` as one.
     if !boxes.iter().any(|b| &b.kind == b"moov") {
         if let Some(b) = boxes
@@ -185,26 +139,6 @@ fn visible_frames(file: &[u8]) -> usize {
         }
     }
     frames
-}
-
-/// The complete top-level boxes of `file` (a box cut short by its end is left out).
-fn top_boxes_lenient(file: &[u8]) -> Vec<TopBox> {
-    let mut boxes = Vec::new();
-    let mut at = 0;
-    while at + 16 <= file.len() {
-        let size32 = u32::from_be_bytes(file[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let kind: [u8; 4] = file[at + 4..at + 8].try_into().expect("4 bytes");
-        let size = match size32 {
-            1 => u64::from_be_bytes(file[at + 8..at + 16].try_into().expect("8 bytes")) as usize,
-            n => n,
-        };
-        if size < 8 || at + size > file.len() {
-            break;
-        }
-        boxes.push(TopBox { at, size, kind });
-        at += size;
-    }
-    boxes
 }
 
 /// Every state the writer leaves the file in, from the first write to the end of the
@@ -271,26 +205,8 @@ fn every_state_of_recording_and_finalization_plays() {
     assert_eq!(visible_frames(&done), frames as usize);
 }
 
-/// Sample counts and end offsets of the fragments of an unfinalized file.
-fn fragment_ends(file: &[u8]) -> Vec<(usize, usize)> {
-    let boxes = top_boxes(file);
-    let mut ends = Vec::new();
-    let mut index = None;
-    for b in boxes {
-        match &b.kind {
-            b"moov" | b"moof" => index = Some(samples_in(file, b, &b.kind)),
-            b"mdat" => {
-                let samples = index.take().expect("an index before each mdat");
-                ends.push((b.at + b.size, samples));
-            }
-            _ => {}
-        }
-    }
-    ends
-}
-
 fn check_truncations(file: &[u8], config: &EncoderConfig, cuts: &[usize]) {
-    let ends = fragment_ends(file);
+    let ends = fragments(file);
     let total: usize = ends.iter().map(|&(_, n)| n).sum();
     for &cut in cuts {
         let complete: usize = ends
@@ -321,7 +237,7 @@ fn a_recording_cut_at_any_offset_plays_every_fragment_before_the_cut() {
     let path = dir.path().join("stream.mp4");
     write(&path, &config, &chunks, options(300), false);
     let file = std::fs::read(&path).expect("read");
-    let ends = fragment_ends(&file);
+    let ends = fragments(&file);
     assert!(ends.len() >= 5, "the test needs several fragments: {ends:?}");
     let mut cuts: Vec<usize> = Vec::new();
     for &(end, _) in &ends {
