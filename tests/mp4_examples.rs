@@ -200,3 +200,33 @@ fn mp4_to_a_pipe_counts_every_frame() {
         assert!(probe.stderr.is_empty(), "{}", String::from_utf8_lossy(&probe.stderr));
     }
 }
+
+/// A `.mp4` output that is a named pipe gets fragments as they are written (it used to be
+/// refused: MP4 needed a seekable file).
+#[test]
+fn an_mp4_name_that_is_a_pipe_streams_fragments() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("live.mp4");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let reader = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(&fifo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffprobe on the pipe");
+    let mut cmd = Command::new(common::example("encode_yuv"));
+    cmd.args(["-s", "320x240", "--frames", "45", "-e", "x264", "-q", "-o"])
+        .arg(&fifo);
+    let (ok, text) = common::run_bounded(cmd, Duration::from_secs(60), "encode_yuv to a pipe");
+    assert!(ok, "{text}");
+    let counted = reader.wait_with_output().expect("ffprobe");
+    assert_eq!(
+        String::from_utf8_lossy(&counted.stdout).trim(),
+        "45",
+        "{}",
+        String::from_utf8_lossy(&counted.stderr)
+    );
+}
