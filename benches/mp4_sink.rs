@@ -35,9 +35,8 @@ fn write(
     let rate = config.frame_rate;
     let started = Instant::now();
     let file = BufWriter::new(std::fs::File::create(path)?);
-    let mut mp4 =
-        Mp4Writer::with_options(file, config.resolution, (rate.den, rate.num), options)?
-            .with_sync();
+    let mut mp4 = Mp4Writer::with_options(file, config.resolution, (rate.den, rate.num), options)?
+        .with_sync();
     for chunk in chunks {
         mp4.write(chunk)?;
     }

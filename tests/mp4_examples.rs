@@ -41,7 +41,10 @@ fn kill9(child: &mut std::process::Child) {
     assert!(status.success());
     let started = Instant::now();
     while child.try_wait().expect("wait").is_none() {
-        assert!(started.elapsed() < Duration::from_secs(10), "not dead 10 s after SIGKILL");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not dead 10 s after SIGKILL"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -54,7 +57,10 @@ fn check_killed(path: &Path, what: &str) -> usize {
     let in_fragments: usize = fragments.iter().map(|&(_, n)| n).sum();
     let (decoded, errors) = decode(path);
     assert!(errors.is_empty(), "{what}: FFmpeg said {errors}");
-    assert_eq!(decoded, in_fragments, "{what}: frames decoded, frames in whole fragments");
+    assert_eq!(
+        decoded, in_fragments,
+        "{what}: frames decoded, frames in whole fragments"
+    );
     let end = fragments.last().map_or(0, |&(end, _)| end);
     let biggest = fragments
         .windows(2)
@@ -79,7 +85,16 @@ fn encode_yuv_killed_leaves_a_playable_recording_under_its_name() {
         let path = dir.path().join(format!("rec{i}.mp4"));
         std::fs::write(&path, b"the user's old file").expect("write");
         let mut child = Command::new(common::example("encode_yuv"))
-            .args(["-e", "x264", "--preset", "ultrafast", "--frames", "3000", "-q", "-o"])
+            .args([
+                "-e",
+                "x264",
+                "--preset",
+                "ultrafast",
+                "--frames",
+                "3000",
+                "-q",
+                "-o",
+            ])
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -113,7 +128,17 @@ fn encode_yuv_killed_loses_at_most_the_last_fragment() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("fed.mp4");
     let mut child = Command::new(common::example("encode_yuv"))
-        .args(["-", "-s", "320x240", "-e", "x264", "--preset", "ultrafast", "-g", "30"])
+        .args([
+            "-",
+            "-s",
+            "320x240",
+            "-e",
+            "x264",
+            "--preset",
+            "ultrafast",
+            "-g",
+            "30",
+        ])
         .args(["--fragment-duration", "0.5", "-q", "-o"])
         .arg(&path)
         .stdin(Stdio::piped())
@@ -145,7 +170,14 @@ fn pipeline_killed_leaves_a_playable_recording_under_its_name() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("k.mp4");
     let mut child = Command::new(common::example("pipeline"))
-        .args(["--frames", "3000", "--size", "1280x720", "--encoder", "x264"])
+        .args([
+            "--frames",
+            "3000",
+            "--size",
+            "1280x720",
+            "--encoder",
+            "x264",
+        ])
         .args(["--preset", "ultrafast", "-q", "-o"])
         .arg(&path)
         .stdout(Stdio::null())
@@ -164,7 +196,16 @@ fn mp4_to_a_pipe_counts_every_frame() {
     let runs: [(&str, &[&str], u64); 2] = [
         (
             "encode_yuv",
-            &["-s", "320x240", "--frames", "90", "-e", "x264", "--bframes", "2"],
+            &[
+                "-s",
+                "320x240",
+                "--frames",
+                "90",
+                "-e",
+                "x264",
+                "--bframes",
+                "2",
+            ],
             90,
         ),
         (
@@ -184,12 +225,22 @@ fn mp4_to_a_pipe_counts_every_frame() {
         let pipe = producer.stdout.take().expect("stdout");
         let probe = Command::new("ffprobe")
             .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-            .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", "-"])
+            .args([
+                "-show_entries",
+                "stream=nb_read_frames",
+                "-of",
+                "csv=p=0",
+                "-",
+            ])
             .stdin(pipe)
             .output()
             .expect("run ffprobe");
         let done = producer.wait_with_output().expect("wait for the example");
-        assert!(done.status.success(), "{example}: {}", String::from_utf8_lossy(&done.stderr));
+        assert!(
+            done.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
         let said = String::from_utf8_lossy(&probe.stdout);
         assert_eq!(
             said.trim(),
@@ -197,7 +248,11 @@ fn mp4_to_a_pipe_counts_every_frame() {
             "{example}: ffprobe counted {said:?}; {}",
             String::from_utf8_lossy(&probe.stderr)
         );
-        assert!(probe.stderr.is_empty(), "{}", String::from_utf8_lossy(&probe.stderr));
+        assert!(
+            probe.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
     }
 }
 

@@ -29,7 +29,13 @@ fn options(fragment_ms: u64) -> Mp4Options {
 }
 
 /// Writes a finalized (seekable) MP4, or a streamed one that is never finalized.
-fn write(path: &Path, config: &EncoderConfig, chunks: &[EncodedChunk], opts: Mp4Options, seek: bool) {
+fn write(
+    path: &Path,
+    config: &EncoderConfig,
+    chunks: &[EncodedChunk],
+    opts: Mp4Options,
+    seek: bool,
+) {
     let file = BufWriter::new(std::fs::File::create(path).expect("create"));
     let rate = config.frame_rate;
     let time_base = (rate.den, rate.num);
@@ -63,7 +69,15 @@ fn decode_file(path: &Path, config: &EncoderConfig) -> (usize, String) {
     let out = common::ffmpeg()
         .arg("-i")
         .arg(path)
-        .args(["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"])
+        .args([
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-",
+        ])
         .output()
         .expect("run ffmpeg");
     let len = nvencode::PixelFormat::I420
@@ -150,9 +164,13 @@ fn every_state_of_recording_and_finalization_plays() {
     let frames = 100;
     let chunks = encode(x264(), &config, frames);
     let rate = config.frame_rate;
-    let mut mp4 =
-        Mp4Writer::with_options(Recorder::default(), config.resolution, (rate.den, rate.num), options(400))
-            .expect("mp4");
+    let mut mp4 = Mp4Writer::with_options(
+        Recorder::default(),
+        config.resolution,
+        (rate.den, rate.num),
+        options(400),
+    )
+    .expect("mp4");
     for chunk in &chunks {
         mp4.write(chunk).expect("write");
     }
@@ -162,11 +180,17 @@ fn every_state_of_recording_and_finalization_plays() {
     let kinds: Vec<&[u8]> = boxes.iter().map(|b| &b.kind[..]).collect();
     assert_eq!(kinds[0], b"ftyp");
     assert_eq!(*kinds.last().expect("boxes"), b"moov", "{kinds:?}");
-    assert!(!kinds.contains(&&b"moof"[..]), "finalized: no fragment index left");
+    assert!(
+        !kinds.contains(&&b"moof"[..]),
+        "finalized: no fragment index left"
+    );
     // The initial moov (now free, its first child mvhd), then the fragments' indexes (free,
     // first child mfhd), each followed by its mdat.
     let initial = boxes[1];
-    assert_eq!((&initial.kind, first_child(&done, initial)), (b"free", &b"mvhd"[..]));
+    assert_eq!(
+        (&initial.kind, first_child(&done, initial)),
+        (b"free", &b"mvhd"[..])
+    );
     let in_first = samples_in(&done, initial, b"moov");
     let moofs = boxes
         .iter()
@@ -182,7 +206,11 @@ fn every_state_of_recording_and_finalization_plays() {
         }
         let visible = visible_frames(state);
         let (decoded, errors) = decode(state, &config);
-        let name = format!("state {i} of {} ({} bytes)", recorder.states.len(), state.len());
+        let name = format!(
+            "state {i} of {} ({} bytes)",
+            recorder.states.len(),
+            state.len()
+        );
         assert_eq!(decoded, visible, "{name}: frames decoded; {errors}");
         // The state between writing the initial moov's body and its type, all samples out.
         let recovered = errors.lines().count() == 1
@@ -195,13 +223,19 @@ fn every_state_of_recording_and_finalization_plays() {
         // fewer than the first fragment's.
         finalizing |= state.len() >= done.len();
         if finalizing {
-            assert!(visible >= in_first, "{name}: {visible} frames while finalizing");
+            assert!(
+                visible >= in_first,
+                "{name}: {visible} frames while finalizing"
+            );
         } else {
             assert!(visible >= shown, "{name}: {visible} frames after {shown}");
             shown = visible;
         }
     }
-    assert_eq!(shown, frames as usize, "every frame visible before the finalization");
+    assert_eq!(
+        shown, frames as usize,
+        "every frame visible before the finalization"
+    );
     assert_eq!(visible_frames(&done), frames as usize);
 }
 
@@ -238,7 +272,10 @@ fn a_recording_cut_at_any_offset_plays_every_fragment_before_the_cut() {
     write(&path, &config, &chunks, options(300), false);
     let file = std::fs::read(&path).expect("read");
     let ends = fragments(&file);
-    assert!(ends.len() >= 5, "the test needs several fragments: {ends:?}");
+    assert!(
+        ends.len() >= 5,
+        "the test needs several fragments: {ends:?}"
+    );
     let mut cuts: Vec<usize> = Vec::new();
     for &(end, _) in &ends {
         for d in [-9i64, -1, 0, 1, 9] {
@@ -271,13 +308,23 @@ fn packets(path: &Path, config: &EncoderConfig) -> Vec<(i64, i64)> {
         .arg(path)
         .output()
         .expect("run ffprobe");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tick = i64::from(config.frame_rate.den);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
-            let v: Vec<i64> = l.split(',').map(|f| f.trim().parse().expect("a timestamp")).collect();
-            assert!(v.iter().all(|t| t % tick == 0), "{l}: not whole frames of {tick}");
+            let v: Vec<i64> = l
+                .split(',')
+                .map(|f| f.trim().parse().expect("a timestamp"))
+                .collect();
+            assert!(
+                v.iter().all(|t| t % tick == 0),
+                "{l}: not whole frames of {tick}"
+            );
             (v[0] / tick, v[1] / tick)
         })
         .collect()
@@ -308,10 +355,18 @@ fn check_timestamps(config: &EncoderConfig, chunks: &[EncodedChunk], depth: i64)
         assert_eq!(packets.len(), chunks.len(), "{what}");
         let mut pts: Vec<i64> = packets.iter().map(|p| p.0).collect();
         pts.sort_unstable();
-        assert_eq!(pts, (0..chunks.len() as i64).collect::<Vec<_>>(), "{what}: pts");
+        assert_eq!(
+            pts,
+            (0..chunks.len() as i64).collect::<Vec<_>>(),
+            "{what}: pts"
+        );
         assert_eq!(packets[0].1, -depth, "{what}: first dts, {packets:?}");
         for (i, pair) in packets.windows(2).enumerate() {
-            assert_eq!(pair[1].1, pair[0].1 + 1, "{what}: dts step after packet {i}");
+            assert_eq!(
+                pair[1].1,
+                pair[0].1 + 1,
+                "{what}: dts step after packet {i}"
+            );
         }
         for &(p, d) in &packets {
             assert!(d <= p, "{what}: dts {d} after pts {p}");
@@ -330,7 +385,10 @@ fn a_stream_without_b_frames_has_dts_equal_to_pts() {
         .with_preset(Preset::Ultrafast)
         .with_gop_size(12);
     let chunks = chain(&config, 40);
-    assert!(chunks.iter().all(|c| c.pts - c.dts == 17), "the case of the issue");
+    assert!(
+        chunks.iter().all(|c| c.pts - c.dts == 17),
+        "the case of the issue"
+    );
     assert_eq!(reordering_depth(&chunks), 0);
     check_timestamps(&config, &chunks, 0);
 }
@@ -406,7 +464,10 @@ fn a_failover_mid_stream_decodes_across_the_new_parameter_sets() {
         .filter(|n| nvencode::h264::nal_unit_type(n) == Some(nvencode::h264::NAL_SPS))
         .map(<[u8]>::to_vec)
         .collect();
-    assert!(sps.len() >= 2, "the test needs the parameter sets to change");
+    assert!(
+        sps.len() >= 2,
+        "the test needs the parameter sets to change"
+    );
     let reference = common::decode_h264(&common::concat(&chunks), config.resolution);
     assert_eq!(reference.len(), 50);
     let dir = tempfile::tempdir().expect("temp dir");
@@ -416,15 +477,29 @@ fn a_failover_mid_stream_decodes_across_the_new_parameter_sets() {
         let out = common::ffmpeg()
             .arg("-i")
             .arg(&path)
-            .args(["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"])
+            .args([
+                "-fps_mode",
+                "passthrough",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "yuv420p",
+                "-",
+            ])
             .output()
             .expect("decode the MP4");
         let errors = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && errors.is_empty(), "seek {seek}: {errors}");
+        assert!(
+            out.status.success() && errors.is_empty(),
+            "seek {seek}: {errors}"
+        );
         let decoded: Vec<&[u8]> = out.stdout.chunks(reference[0].len()).collect();
         assert_eq!(decoded.len(), reference.len(), "seek {seek}: frames");
         for (i, (a, b)) in decoded.iter().zip(&reference).enumerate() {
-            assert!(a == b, "seek {seek}: picture {i} differs from the Annex B decode");
+            assert!(
+                a == b,
+                "seek {seek}: picture {i} differs from the Annex B decode"
+            );
         }
     }
 }

@@ -168,7 +168,10 @@ fn check_layout(config: &EncoderConfig, frames: u64, layout: Layout) {
     let decoded: Vec<&[u8]> = out.stdout.chunks(frame_len).collect();
     assert_eq!(decoded.len(), reference.len());
     for (i, (a, b)) in decoded.iter().zip(&reference).enumerate() {
-        assert!(a == b, "{layout:?}: picture {i} differs from the Annex B decode");
+        assert!(
+            a == b,
+            "{layout:?}: picture {i} differs from the Annex B decode"
+        );
     }
     // Seeking: from the middle, the pictures from there on (FFmpeg decodes from the keyframe
     // before and drops what precedes the seek point).
@@ -177,13 +180,32 @@ fn check_layout(config: &EncoderConfig, frames: u64, layout: Layout) {
     let out = common::ffmpeg()
         .args(["-ss", &format!("{at:.6}"), "-i"])
         .arg(&path)
-        .args(["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"])
+        .args([
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-",
+        ])
         .output()
         .expect("decode from the middle");
-    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let decoded: Vec<&[u8]> = out.stdout.chunks(frame_len).collect();
-    assert_eq!(decoded.len() as u64, frames - half, "{layout:?}: frames after seeking to {at} s");
-    assert!(decoded[0] == &reference[half as usize][..], "{layout:?}: first picture after seeking");
+    assert_eq!(
+        decoded.len() as u64,
+        frames - half,
+        "{layout:?}: frames after seeking to {at} s"
+    );
+    assert!(
+        decoded[0] == &reference[half as usize][..],
+        "{layout:?}: first picture after seeking"
+    );
 }
 
 #[test]
@@ -243,7 +265,9 @@ fn options_out_of_range_and_outputs_that_cannot_hold_them_are_refused() {
     let progressive = Mp4Options::default().with_layout(Layout::Progressive);
     assert!(matches!(
         Mp4Writer::stream(Vec::new(), res, (1, 30), progressive),
-        Err(SinkError::NeedsSeek { layout: Layout::Progressive })
+        Err(SinkError::NeedsSeek {
+            layout: Layout::Progressive
+        })
     ));
     // Syncing each fragment needs an output that can sync (`with_sync`); a cursor cannot.
     let chunks = encode(&EncoderConfig::new(160, 96), 1);

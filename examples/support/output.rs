@@ -176,7 +176,11 @@ pub struct Mp4Args {
     pub format: Option<Container>,
     /// Longest MP4 fragment, in seconds: a recording killed outright loses at most about this
     /// much (plus the frames still in the encoder).
-    #[arg(long = "fragment-duration", value_name = "SECONDS", default_value_t = 1.0)]
+    #[arg(
+        long = "fragment-duration",
+        value_name = "SECONDS",
+        default_value_t = 1.0
+    )]
     pub fragment_duration: f64,
     /// Sync each MP4 fragment to the disk (fdatasync): survives a power cut, at the cost of a
     /// disk flush per fragment. Default: flushed to the OS, which survives a killed process.
@@ -247,7 +251,9 @@ fn wants_mp4(output: &Path, format: Option<Container>) -> bool {
 fn mp4_stream(out: Box<dyn Write>, p: &Mp4Params, name: String) -> Result<Sink, BoxError> {
     let opts = p.options()?;
     if opts.durability == Durability::Sync {
-        return Err(format!("--fsync needs a file, and {name} is not a regular file"));
+        return Err(format!(
+            "--fsync needs a file, and {name} is not a regular file"
+        ));
     }
     let out = Mp4Writer::stream(BufWriter::new(out), p.resolution, p.time_base, opts)
         .map_err(|e| format!("cannot start MP4 output {name}: {e}"))?;
@@ -427,7 +433,10 @@ impl Sink {
             if out.fragments() > 0 {
                 if let Some(t) = tmp.take() {
                     t.persist(&*path).map_err(|e| {
-                        format!("cannot put the recording in place as {}: {e}", path.display())
+                        format!(
+                            "cannot put the recording in place as {}: {e}",
+                            path.display()
+                        )
                     })?;
                 }
             }

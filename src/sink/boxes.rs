@@ -3,9 +3,9 @@
 
 use mp4_atom::{
     Avc1, Avcc, Co64, Ctts, CttsEntry, Dinf, Dref, DrefEntry, Edts, Elst, ElstEntry, Encode,
-    FourCC, Ftyp, Hdlr, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mvex, Mvhd, Stbl, Stsc,
-    StscEntry, Stsd, Stss, Stsz, StszSamples, Stts, SttsEntry, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex,
-    Trun, TrunEntry, TrunSamples, Url, Visual, Vmhd,
+    FourCC, Ftyp, Hdlr, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mvex, Mvhd, Stbl, Stsc, StscEntry,
+    Stsd, Stss, Stsz, StszSamples, Stts, SttsEntry, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun,
+    TrunEntry, TrunSamples, Url, Visual, Vmhd,
 };
 
 use super::SinkError;
@@ -260,10 +260,8 @@ impl Track {
             .unwrap_or(first_pts);
         let presentation = self.ticks(end_pts - first_pts, "the duration")?;
         let media = self.ticks(last.dts + last_duration - first.dts, "the media duration")?;
-        let media_start = self.ticks(
-            first_pts - first.dts - slack,
-            "the first picture's offset",
-        )?;
+        let media_start =
+            self.ticks(first_pts - first.dts - slack, "the first picture's offset")?;
         let sync: Vec<u32> = (1..=count)
             .zip(samples)
             .filter(|(_, s)| s.sync)

@@ -205,4 +205,3 @@ impl<W: Write> AnnexBWriter<W> {
         Ok(self.out)
     }
 }
-

@@ -288,7 +288,6 @@ impl<W: Write> Mp4Writer<W> {
     }
 
     /// The options in effect.
-    #[must_use]
     pub fn options(&self) -> &Mp4Options {
         &self.options
     }
@@ -491,7 +490,9 @@ impl<W: Write> Mp4Writer<W> {
                         what: "the fragment count",
                         value: self.fragments.len() as u64 + 1,
                     })?;
-                let moof = self.track.moof(sequence, samples, next_dts, origin, slack)?;
+                let moof = self
+                    .track
+                    .moof(sequence, samples, next_dts, origin, slack)?;
                 (moof, self.pos, *b"moof", Some(self.pos))
             }
         };
@@ -565,13 +566,9 @@ impl<W: Write> Mp4Writer<W> {
             value: self.samples.len() as u64,
         })?;
         let slack = slack(&self.samples);
-        let moov = self.track.table_moov(
-            &self.samples,
-            &[(data_start, count)],
-            None,
-            slack,
-            false,
-        )?;
+        let moov =
+            self.track
+                .table_moov(&self.samples, &[(data_start, count)], None, slack, false)?;
         let moov = bytes(&moov)?;
         let mdat_size = self.pos - self.mdat_start;
         self.patch(seek, self.mdat_start + 8, &mdat_size.to_be_bytes())?;
