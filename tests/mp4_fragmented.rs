@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use mp4_atom::{Decode, Moov};
 use mp4_support::{first_child, fragments, samples_in, top_boxes};
-use nvencode::sink::{Mp4Options, Mp4Writer};
+use nvencode::sink::{recover, Mp4Options, Mp4Writer};
 use nvencode::{EncodedChunk, EncoderChoice, EncoderConfig, EncoderKind, Preset};
 
 fn encode(choice: EncoderChoice, config: &EncoderConfig, frames: u64) -> Vec<EncodedChunk> {
@@ -239,9 +239,23 @@ fn every_state_of_recording_and_finalization_plays() {
     assert_eq!(visible_frames(&done), frames as usize);
 }
 
-fn check_truncations(file: &[u8], config: &EncoderConfig, cuts: &[usize]) {
+/// Whether byte offset `cut` falls inside an index box (`moov`, `moof`, or one retyped `free`)
+/// of the whole `file`.
+fn inside_index(file: &[u8], cut: usize) -> bool {
+    top_boxes(file).iter().any(|b| {
+        let index = matches!(first_child(file, *b), b"mvhd" | b"mfhd");
+        index && b.at < cut && cut < b.at + b.size
+    })
+}
+
+/// Cuts `file` at each of `cuts` and decodes it. Every fragment lying entirely before the cut
+/// decodes without an error, except where the cut falls inside a fragment's index: FFmpeg 5.1
+/// then refuses the whole file ("error reading header"), and `recover` must bring every one of
+/// them back. Returns the cuts that needed `recover`.
+fn check_truncations(file: &[u8], config: &EncoderConfig, cuts: &[usize]) -> Vec<usize> {
     let ends = fragments(file);
     let total: usize = ends.iter().map(|&(_, n)| n).sum();
+    let mut recovered_cuts = Vec::new();
     for &cut in cuts {
         let complete: usize = ends
             .iter()
@@ -249,20 +263,31 @@ fn check_truncations(file: &[u8], config: &EncoderConfig, cuts: &[usize]) {
             .map(|&(_, n)| n)
             .sum();
         let (decoded, errors) = decode(&file[..cut], config);
-        assert!(
-            decoded >= complete && decoded <= total,
-            "cut at byte {cut} of {}: {decoded} frames decoded, {complete} in the complete \
-             fragments before the cut; {errors}",
-            file.len()
-        );
-        if ends.iter().any(|&(end, _)| end == cut) || cut == file.len() {
-            assert!(errors.is_empty(), "cut at the fragment end {cut}: {errors}");
+        let what = format!("cut at byte {cut} of {}", file.len());
+        assert!(decoded <= total, "{what}: {decoded} frames of {total}");
+        if decoded >= complete {
+            if ends.iter().any(|&(end, _)| end == cut) || cut == file.len() {
+                assert!(errors.is_empty(), "{what}, a fragment's end: {errors}");
+            }
+            continue;
         }
+        assert!(
+            inside_index(file, cut) && errors.contains("error reading header"),
+            "{what}: {decoded} frames decoded, {complete} in the complete fragments before \
+             the cut; {errors}"
+        );
+        let (frames, errors, said) = recovered(&file[..cut], config);
+        assert_eq!(frames, complete, "{what}, recovered ({said}): {errors}");
+        assert!(errors.is_empty(), "{what}, recovered ({said}): {errors}");
+        recovered_cuts.push(cut);
     }
+    recovered_cuts
 }
 
-/// A power cut while recording: the file cut at any byte offset (every fragment end, around
-/// each, and evenly spaced ones) plays every fragment lying entirely before the cut.
+/// A power cut while recording (or a streamed MP4 saved from a pipe), modelled as the file cut
+/// at byte offsets: every fragment end, around each, inside each index, and evenly spaced ones.
+/// Every fragment lying entirely before the cut plays (after `recover` where the cut falls
+/// inside an index).
 #[test]
 fn a_recording_cut_at_any_offset_plays_every_fragment_before_the_cut() {
     let config = config_b();
@@ -278,14 +303,18 @@ fn a_recording_cut_at_any_offset_plays_every_fragment_before_the_cut() {
     );
     let mut cuts: Vec<usize> = Vec::new();
     for &(end, _) in &ends {
-        for d in [-9i64, -1, 0, 1, 9] {
+        for d in [-9i64, -1, 0, 1, 9, 40, 150] {
             cuts.push((end as i64 + d).clamp(1, file.len() as i64) as usize);
         }
     }
     cuts.extend((1..40).map(|i| file.len() * i / 40));
     cuts.sort_unstable();
     cuts.dedup();
-    check_truncations(&file, &config, &cuts);
+    let needed = check_truncations(&file, &config, &cuts);
+    assert!(
+        needed.iter().all(|&c| inside_index(&file, c)),
+        "only cuts inside an index need recover: {needed:?}"
+    );
 }
 
 /// The fallback chain with x264 alone: its decoding timestamps assume the deepest reordering any
@@ -500,6 +529,117 @@ fn a_failover_mid_stream_decodes_across_the_new_parameter_sets() {
                 a == b,
                 "seek {seek}: picture {i} differs from the Annex B decode"
             );
+        }
+    }
+}
+
+/// The fragments of a file written by the sink, whatever their indexes are typed now (`free`
+/// after the finalization): (end of the fragment's `mdat`, samples).
+fn fragment_layout(file: &[u8]) -> Vec<(usize, usize)> {
+    let boxes = top_boxes(file);
+    let mut ends = Vec::new();
+    for pair in boxes.windows(2) {
+        let kind = match first_child(file, pair[0]) {
+            b"mvhd" if &pair[0].kind != b"moov" || ends.is_empty() => b"moov",
+            b"mfhd" => b"moof",
+            _ => continue,
+        };
+        if &pair[1].kind == b"mdat" {
+            ends.push((pair[1].at + pair[1].size, samples_in(file, pair[0], kind)));
+        }
+    }
+    ends
+}
+
+/// Runs `recover` on a copy of `bytes` and decodes it: (frames, complaints, what recover said).
+fn recovered(bytes: &[u8], config: &EncoderConfig) -> (usize, String, String) {
+    let mut file = std::io::Cursor::new(bytes.to_vec());
+    let said = format!("{:?}", recover(&mut file));
+    let (frames, errors) = decode(file.get_ref(), config);
+    (frames, errors, said)
+}
+
+/// A finalized file cut short (an interrupted copy), and a recording cut short, at many byte
+/// offsets: after `recover`, every fragment lying entirely before the cut decodes, without an
+/// error; a file cut inside its first fragment is refused as not recoverable.
+#[test]
+fn recover_brings_back_every_fragment_before_a_cut() {
+    let config = config_b();
+    let chunks = encode(x264(), &config, 90);
+    let dir = tempfile::tempdir().expect("temp dir");
+    for seek in [true, false] {
+        let path = dir.path().join(format!("cut-{seek}.mp4"));
+        write(&path, &config, &chunks, options(300), seek);
+        let file = std::fs::read(&path).expect("read");
+        let layout = fragment_layout(&file);
+        assert!(layout.len() >= 5, "several fragments: {layout:?}");
+        let total: usize = layout.iter().map(|&(_, n)| n).sum();
+        assert_eq!(total, 90);
+        let mut cuts: Vec<usize> = layout
+            .iter()
+            .flat_map(|&(end, _)| [end - 1, end, end + 1])
+            .filter(|&c| c < file.len())
+            .collect();
+        cuts.extend((1..30).map(|i| file.len() * i / 30));
+        cuts.push(file.len() - 1);
+        for cut in cuts {
+            let before: usize = layout
+                .iter()
+                .filter(|&&(end, _)| end <= cut)
+                .map(|&(_, n)| n)
+                .sum();
+            let (frames, errors, said) = recovered(&file[..cut], &config);
+            let what = format!(
+                "finalized {seek}, cut at {cut} of {}: recover {said}",
+                file.len()
+            );
+            if before == 0 {
+                assert!(said.contains("NotRecoverable"), "{what}");
+                continue;
+            }
+            assert_eq!(frames, before, "{what}: {errors}");
+            assert!(errors.is_empty(), "{what}: {errors}");
+        }
+        // Whole: nothing to do for a finalized file; every fragment for a recording.
+        let (frames, errors, said) = recovered(&file, &config);
+        assert_eq!((frames, errors.as_str()), (90, ""), "{said}");
+    }
+}
+
+/// Every state the writer passes through, recovered: all the frames written in whole fragments
+/// by then, and once the regular moov is written, a regular file with every frame.
+#[test]
+fn recover_completes_an_interrupted_finalization() {
+    let config = config_b();
+    let chunks = encode(x264(), &config, 60);
+    let rate = config.frame_rate;
+    let mut mp4 = Mp4Writer::with_options(
+        Recorder::default(),
+        config.resolution,
+        (rate.den, rate.num),
+        options(400),
+    )
+    .expect("mp4");
+    for chunk in &chunks {
+        mp4.write(chunk).expect("write");
+    }
+    let recorder = mp4.finish().expect("finish");
+    let done = recorder.file.into_inner();
+    for (i, state) in recorder.states.iter().enumerate() {
+        let mut file = std::io::Cursor::new(state.clone());
+        let Ok(report) = recover(&mut file) else {
+            continue;
+        };
+        let (frames, errors) = decode(file.get_ref(), &config);
+        let name = format!("state {i}: {report:?}");
+        assert!(errors.is_empty(), "{name}: {errors}");
+        if state.len() >= done.len() {
+            assert!(report.regular, "{name}");
+            assert_eq!(file.get_ref(), &done, "{name}: finalization completed");
+            assert_eq!(frames, 60, "{name}");
+        } else {
+            let whole: usize = fragment_layout(state).iter().map(|&(_, n)| n).sum();
+            assert_eq!(frames, whole, "{name}");
         }
     }
 }

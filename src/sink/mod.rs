@@ -48,6 +48,11 @@
 //! [`Mp4Writer::with_sync`], [`Mp4Writer::finish`] syncs the file between its steps and before it
 //! returns, so a power cut cannot keep a later step without an earlier one.
 //!
+//! A file cut short in any state (a power cut without [`Durability::Sync`], an interrupted copy
+//! of a finalized file, which loses the regular `moov` at its end) is made playable again by
+//! [`recover`], which only retypes boxes: it completes an interrupted finalization, or shows the
+//! file as fragments again, each complete fragment visible.
+//!
 //! On an output that cannot seek (a pipe, standard output: [`Mp4Writer::stream`]) fragments are
 //! written the same way, indexes typed at once, and [`Mp4Writer::finish`] ends with the last
 //! fragment: state 1, which a player reading the pipe decodes as it arrives.
@@ -74,8 +79,10 @@ use crate::encoder::EncodedChunk;
 
 mod boxes;
 mod mp4;
+mod recover;
 
 pub use mp4::{Durability, Layout, Mp4Options, Mp4Writer, SyncData};
+pub use recover::{recover, Recovered};
 
 /// Why a chunk could not be written or a file could not be finished.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +158,12 @@ pub enum SinkError {
          use Durability::Flush for this output"
     )]
     NeedsSync,
+    /// [`recover`] found no complete first fragment: nothing to show.
+    #[error(
+        "the file holds no complete first fragment (initial moov and its samples): nothing to \
+         recover"
+    )]
+    NotRecoverable,
     /// A time base with a zero term.
     #[error("invalid time base {num}/{den}: both terms must be at least 1")]
     BadTimeBase {
