@@ -44,28 +44,34 @@
 //! No order of in-place changes avoids the window of state 3 with FFmpeg: it takes the first
 //! `moov` of a file and refuses a `moof` before any `moov`, so the initial `moov` can only go
 //! once no `moof` is left. Only 4-byte type fields are rewritten in place, each within one
-//! sector. A regular MP4 (state 4) cut short loses its index like any regular MP4; given
-//! [`Mp4Writer::with_sync`], [`Mp4Writer::finish`] syncs the file between its steps and before it
-//! returns, so a power cut cannot keep a later step without an earlier one.
+//! sector. Given [`Mp4Writer::with_sync`], [`Mp4Writer::finish`] syncs the file between its
+//! steps and before it returns, so a power cut cannot keep a later step without an earlier one.
 //!
-//! A file cut short in any state (a power cut without [`Durability::Sync`], an interrupted copy
-//! of a finalized file, which loses the regular `moov` at its end) is made playable again by
-//! [`recover`], which only retypes boxes: it completes an interrupted finalization, or shows the
-//! file as fragments again, each complete fragment visible.
+//! **A file cut short** at an arbitrary byte (what a power cut can leave without
+//! [`Durability::Sync`], or an interrupted copy) plays every fragment lying entirely before the
+//! cut, with one exception, a limit of FFmpeg (5.1): a cut inside a fragment's index (a few
+//! hundred bytes per fragment) makes it refuse the whole file ("error reading header"). A
+//! finalized file cut short loses its regular `moov`, which is at the end. [`recover`] makes any
+//! such file playable again by retyping boxes only: it completes an interrupted finalization,
+//! or shows the file as fragments again, each complete fragment visible, a cut index typed
+//! `free`.
 //!
 //! On an output that cannot seek (a pipe, standard output: [`Mp4Writer::stream`]) fragments are
 //! written the same way, indexes typed at once, and [`Mp4Writer::finish`] ends with the last
 //! fragment: state 1, which a player reading the pipe decodes as it arrives.
 //!
 //! ## Durability
-//! By default a fragment is flushed to the operating system (one `write` per fragment), not
-//! synced to the disk: a killed process (`kill -9`, an OOM kill, a crash) loses nothing the
-//! writer flushed, because the kernel keeps it. Only a power cut or a kernel crash can lose the
-//! last seconds the kernel had not written back yet (Linux writes dirty pages back within about
-//! 30 s). [`Durability::Sync`] adds an `fdatasync` after each fragment, which bounds that
-//! loss to the last fragment at the cost of one disk flush per fragment (see `benches/mp4_sink.rs`
-//! for the measured cost); it is not the default because that cost grows with the disk's
-//! latency and most crashes are crashes of the process, not of the machine.
+//! By default ([`Durability::Flush`]) a fragment is flushed to the operating system (one `write`
+//! per fragment), not synced to the disk: a killed process (`kill -9`, an OOM kill, a crash)
+//! loses nothing the writer flushed, because the kernel keeps it, and the write order above
+//! holds. A power cut or a kernel crash can lose what the kernel had not written back yet
+//! (Linux writes dirty pages back within about 30 s), in any order, so the file may need
+//! [`recover`]. [`Durability::Sync`] adds an `fdatasync` after a fragment's data and after its
+//! index is typed: an index is never on the disk before its samples, so a power cut loses at most
+//! the fragment being written and leaves a file that plays as it is. It is not the default
+//! because its cost is one disk flush per fragment, which grows with the disk's latency (a
+//! spinning disk, a network file system), and most crashes are crashes of the process, not of
+//! the machine. `benches/mp4_sink.rs` measures both beside the progressive layout.
 //!
 //! ## The old layout ([`Layout::Progressive`])
 //! Sample data streamed into one `mdat`, the index (`moov`) written at the end: a file killed
