@@ -497,12 +497,18 @@ fn a_failover_mid_stream_decodes_across_the_new_parameter_sets() {
         sps.len() >= 2,
         "the test needs the parameter sets to change"
     );
-    let reference = common::decode_h264(&common::concat(&chunks), config.resolution);
-    assert_eq!(reference.len(), 50);
+    assert_decodes_like_annex_b(&config, &chunks, "x264 -> x264 failover");
+}
+
+/// The MP4 of `chunks`, streamed and finalized, decodes without an error to the same pictures
+/// as their Annex B stream.
+fn assert_decodes_like_annex_b(config: &EncoderConfig, chunks: &[EncodedChunk], what: &str) {
+    let reference = common::decode_h264(&common::concat(chunks), config.resolution);
+    assert_eq!(reference.len(), chunks.len(), "{what}: the Annex B decode");
     let dir = tempfile::tempdir().expect("temp dir");
     for seek in [false, true] {
         let path = dir.path().join(format!("failover-{seek}.mp4"));
-        write(&path, &config, &chunks, options(300), seek);
+        write(&path, config, chunks, options(300), seek);
         let out = common::ffmpeg()
             .arg("-i")
             .arg(&path)
@@ -520,17 +526,69 @@ fn a_failover_mid_stream_decodes_across_the_new_parameter_sets() {
         let errors = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success() && errors.is_empty(),
-            "seek {seek}: {errors}"
+            "{what}, seek {seek}: {errors}"
         );
         let decoded: Vec<&[u8]> = out.stdout.chunks(reference[0].len()).collect();
-        assert_eq!(decoded.len(), reference.len(), "seek {seek}: frames");
+        assert_eq!(
+            decoded.len(),
+            reference.len(),
+            "{what}, seek {seek}: frames"
+        );
         for (i, (a, b)) in decoded.iter().zip(&reference).enumerate() {
             assert!(
                 a == b,
-                "seek {seek}: picture {i} differs from the Annex B decode"
+                "{what}, seek {seek}: picture {i} differs from the Annex B decode"
             );
         }
     }
+}
+
+/// The ffmpeg backend (libx264) through the sink, and the chain's failover when that ffmpeg is
+/// killed mid-stream (as in `fallback.rs`): in-process x264 takes over with its own parameter
+/// sets, and the MP4 decodes across the switch.
+#[test]
+fn the_ffmpeg_backend_and_its_failover_to_x264_write_through_the_sink() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use nvencode::ffmpeg::{FfmpegEncoder, FfmpegOptions};
+    use nvencode::{FfmpegH264Encoder, VideoEncoder};
+    let config = EncoderConfig::new(320, 240)
+        .with_preset(Preset::Veryfast)
+        .with_gop_size(30)
+        .with_bframes(Some(2));
+    let kind = EncoderKind::Ffmpeg(FfmpegH264Encoder::Libx264);
+    let chunks = encode(EncoderChoice::Only(kind), &config, 40);
+    assert_decodes_like_annex_b(&config, &chunks, "ffmpeg libx264");
+
+    let pid = Arc::new(AtomicU32::new(0));
+    let pid_in = Arc::clone(&pid);
+    let ffmpeg: nvencode::fallback::Opener = Box::new(move |c: &EncoderConfig| {
+        let e = FfmpegEncoder::new(c, &FfmpegOptions::new(FfmpegH264Encoder::Libx264))?;
+        pid_in.store(e.pid(), Ordering::SeqCst);
+        Ok(Box::new(e) as Box<dyn VideoEncoder>)
+    });
+    let x264: nvencode::fallback::Opener = Box::new(|c: &EncoderConfig| {
+        Ok(Box::new(nvencode::X264Encoder::new(c)?) as Box<dyn VideoEncoder>)
+    });
+    let chain = vec![(kind, ffmpeg), (EncoderKind::X264, x264)];
+    let mut encoder = nvencode::FallbackEncoder::with_chain(&config, chain).expect("open");
+    let mut chunks = Vec::new();
+    for (i, frame) in common::clip(&config, 60).iter().enumerate() {
+        if i == 20 {
+            let killed = std::process::Command::new("kill")
+                .args(["-9", &pid.load(Ordering::SeqCst).to_string()])
+                .status()
+                .expect("kill");
+            assert!(killed.success());
+        }
+        encoder
+            .encode_frame(frame, &mut chunks)
+            .expect("encode across the failure");
+    }
+    encoder.flush(&mut chunks).expect("flush");
+    assert_eq!(encoder.switches(), 1);
+    assert_decodes_like_annex_b(&config, &chunks, "ffmpeg killed -> x264");
 }
 
 /// The fragments of a file written by the sink, whatever their indexes are typed now (`free`
