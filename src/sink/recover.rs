@@ -27,11 +27,12 @@ struct TopBox {
     child: [u8; 4],
 }
 
-/// The complete top-level boxes of `file`, and the type and offset of a last box cut short by
-/// the end of the file (if its header is there).
-fn read_boxes<F: Read + Seek>(
-    file: &mut F,
-) -> Result<(Vec<TopBox>, Option<(u64, [u8; 4])>), SinkError> {
+/// The offset and type of a box cut short by the end of the file.
+type CutBox = (u64, [u8; 4]);
+
+/// The complete top-level boxes of `file`, and the last box if the end of the file cuts it
+/// short (and its header is there).
+fn read_boxes<F: Read + Seek>(file: &mut F) -> Result<(Vec<TopBox>, Option<CutBox>), SinkError> {
     let len = file
         .seek(SeekFrom::End(0))
         .map_err(io("finding the file's size"))?;
