@@ -73,6 +73,12 @@
 //! spinning disk, a network file system), and most crashes are crashes of the process, not of
 //! the machine. `benches/mp4_sink.rs` measures both beside the progressive layout.
 //!
+//! ## Split recording
+//! [`SegmentedMp4`] writes one file per segment of fixed length, each starting with an IDR that
+//! the producer requests ([`Segmenter`]), each a complete MP4 starting at time 0; a callback
+//! receives each file when it is complete. See [`Segmenter`] for why no frame is lost or
+//! repeated across a boundary.
+//!
 //! ## The old layout ([`Layout::Progressive`])
 //! Sample data streamed into one `mdat`, the index (`moov`) written at the end: a file killed
 //! before the end has no index and plays nothing. Kept for comparison and for readers that need
@@ -86,9 +92,11 @@ use crate::encoder::EncodedChunk;
 mod boxes;
 mod mp4;
 mod recover;
+mod segment;
 
 pub use mp4::{Durability, Layout, Mp4Options, Mp4Writer, SyncData};
 pub use recover::{recover, Recovered};
+pub use segment::{OpenSegment, SegmentDone, SegmentedMp4, Segmenter};
 
 /// Why a chunk could not be written or a file could not be finished.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +153,19 @@ pub enum SinkError {
          {max:?}"
     )]
     BadFragmentDuration {
+        /// The duration asked for.
+        value: Duration,
+        /// The shortest accepted.
+        min: Duration,
+        /// The longest accepted.
+        max: Duration,
+    },
+    /// A segment duration outside what the segmenter accepts.
+    #[error(
+        "segment duration {value:?} is out of range: expected at least {min:?} and at most \
+         {max:?}"
+    )]
+    BadSegmentDuration {
         /// The duration asked for.
         value: Duration,
         /// The shortest accepted.
