@@ -43,6 +43,11 @@ struct Args {
     output: PathBuf,
     #[command(flatten)]
     mp4: output::Mp4Args,
+    /// Split the output into files of SECONDS each (FFmpeg's name), each starting with an IDR,
+    /// each playable on its own and starting at time 0; the output is then a pattern such as
+    /// seg-%03d.mp4 (files numbered from 0). Each file's name is printed when it is complete.
+    #[arg(long = "segment-time", value_name = "SECONDS")]
+    segment_time: Option<f64>,
     /// Frame size, WIDTHxHEIGHT (default 1920x1080).
     #[arg(short = 's', long = "size", value_parser = parse::<Resolution>)]
     size: Option<Resolution>,
@@ -267,7 +272,15 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
         time_base: (config.frame_rate.den, config.frame_rate.num),
         args: args.mp4.clone(),
     };
-    let mut sink = Sink::open(&args.output, input_meta.as_ref(), mp4)?;
+    let mut segments = match args.segment_time {
+        Some(secs) => Some(output::Segments::new(&args.output, secs, mp4.time_base)?),
+        None => None,
+    };
+    let first = match &segments {
+        Some(s) => s.name(0)?,
+        None => args.output.clone(),
+    };
+    let mut sink = Sink::open(&first, input_meta.as_ref(), mp4.clone())?;
     if let Some(addr) = args.metrics_addr {
         metrics_http::serve(addr)?;
     }
@@ -308,10 +321,18 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
         let stop = Arc::clone(stop);
         let pix_fmt = args.pix_fmt;
         let progress = progress.clone();
+        let keyframes = segments.as_ref().map(|s| s.segmenter);
         std::thread::Builder::new()
             .name("encode_yuv-reader".into())
             .spawn(move || {
-                read_into_stage(source, producer, &stop, &progress, resolution, pix_fmt)
+                let at = Stage {
+                    stop: &stop,
+                    progress: &progress,
+                    resolution,
+                    pix_fmt,
+                    keyframes,
+                };
+                read_into_stage(source, producer, &at)
             })?
     };
     let mut chunks: Vec<EncodedChunk> = Vec::new();
@@ -325,6 +346,14 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     loop {
         match output.recv_timeout(cli::POLL) {
             Received::Item(Ok(chunk)) => {
+                if let Some(segments) = &mut segments {
+                    if segments.splitter.starts_segment(&chunk) {
+                        let done = sink.finish(Ending::Complete)?;
+                        eprintln!("segment complete: {done}");
+                        let next = segments.next_name()?;
+                        sink = Sink::open(&next, input_meta.as_ref(), mp4.clone())?;
+                    }
+                }
                 chunks.push(chunk);
                 bytes_out += sink.write_chunks(&mut chunks)?;
                 chunks_out += 1;
@@ -429,14 +458,24 @@ struct Reading {
 /// Reads frames straight into the stage's ring slots until the input ends, an interrupt, an
 /// error, or the stage stops taking frames (its error comes out on the output side); then ends
 /// the stage's input.
-fn read_into_stage(
-    mut source: Source,
-    mut producer: FrameProducer,
-    stop: &AtomicBool,
-    progress: &ProgressBar,
+/// What the reading thread works with besides its source and the stage.
+struct Stage<'a> {
+    stop: &'a AtomicBool,
+    progress: &'a ProgressBar,
     resolution: Resolution,
     pix_fmt: PixelFormat,
-) -> Reading {
+    /// Split recording: which frames must be IDRs.
+    keyframes: Option<nvencode::sink::Segmenter>,
+}
+
+fn read_into_stage(mut source: Source, mut producer: FrameProducer, at: &Stage<'_>) -> Reading {
+    let Stage {
+        stop,
+        progress,
+        resolution,
+        pix_fmt,
+        mut keyframes,
+    } = *at;
     let frame_len = producer.frame_len();
     let mut frames_in: u64 = 0;
     let mut failure = None;
@@ -484,7 +523,9 @@ fn read_into_stage(
                 }
             },
         }
-        if slot.commit(frames_in as i64, false).is_err() {
+        let pts = frames_in as i64;
+        let force = keyframes.as_mut().is_some_and(|k| k.force_keyframe(pts));
+        if slot.commit(pts, force).is_err() {
             break;
         }
         frames_in += 1;

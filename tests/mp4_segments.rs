@@ -121,3 +121,67 @@ fn a_segment_duration_out_of_range_is_refused() {
     let err = Segmenter::new(Duration::ZERO, (1, 30)).expect_err("zero");
     assert!(err.to_string().contains("at least 1ms"), "{err}");
 }
+
+/// `encode_yuv --segment-time 2 -o seg-%03d.mp4` on 300 frames at 30 fps: 5 files, each
+/// starting with an IDR, 300 frames in all, whose pictures concatenated are those of the
+/// unsplit stream. The unsplit stream is the same run's Annex B, split the same way
+/// (`-o seg-%03d.h264`) and concatenated: an Annex B stream split at IDRs concatenates back.
+#[test]
+fn encode_yuv_segment_time_splits_mp4_and_annex_b_at_idrs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut runs = Vec::new();
+    for ext in ["mp4", "h264"] {
+        let pattern = dir.path().join(format!("seg-%03d.{ext}"));
+        let mut cmd = Command::new(common::example("encode_yuv"));
+        cmd.args([
+            "-s",
+            "320x240",
+            "--frames",
+            "300",
+            "-e",
+            "x264",
+            "--bframes",
+            "2",
+        ])
+        .args(["--segment-time", "2", "-q", "-o"])
+        .arg(&pattern);
+        let (ok, text) = common::run_bounded(cmd, Duration::from_secs(120), "encode_yuv");
+        assert!(ok, "{text}");
+        assert_eq!(text.matches("segment complete").count(), 4, "{text}");
+        let files: Vec<std::path::PathBuf> = (0..5)
+            .map(|n| dir.path().join(format!("seg-{n:03}.{ext}")))
+            .collect();
+        assert!(
+            !dir.path().join(format!("seg-005.{ext}")).exists(),
+            "5 files, not more"
+        );
+        runs.push(files);
+    }
+    let annexb: Vec<u8> = runs[1]
+        .iter()
+        .flat_map(|f| std::fs::read(f).expect("read a segment"))
+        .collect();
+    let res = nvencode::Resolution::new(320, 240);
+    let reference = common::decode_h264(&annexb, res);
+    assert_eq!(reference.len(), 300);
+    let mut joined = Vec::new();
+    for (mp4, h264) in runs[0].iter().zip(&runs[1]) {
+        let (pictures, errors) = decode(mp4, reference[0].len());
+        assert!(errors.is_empty(), "{}: {errors}", mp4.display());
+        assert!(picture_types(mp4).starts_with('I'), "{}", mp4.display());
+        assert!(picture_types(h264).starts_with('I'), "{}", h264.display());
+        let alone = common::decode_h264(&std::fs::read(h264).expect("read"), res);
+        assert_eq!(
+            alone.len(),
+            pictures.len(),
+            "{}: plays alone",
+            h264.display()
+        );
+        joined.extend(pictures);
+    }
+    assert_eq!(joined.len(), 300);
+    assert!(
+        joined == reference,
+        "the MP4 segments' pictures are the unsplit stream's"
+    );
+}

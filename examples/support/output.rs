@@ -516,3 +516,75 @@ impl Sink {
         })
     }
 }
+
+/// Split recording (`--segment-time`): the output pattern and where the files end.
+#[allow(dead_code)] // Only encode_yuv splits its output so far; pipeline includes this file too.
+pub struct Segments {
+    pattern: String,
+    index: u32,
+    /// The producer's copy: which frames must be IDRs.
+    pub segmenter: nvencode::sink::Segmenter,
+    /// The writer's copy: which chunk starts the next file.
+    pub splitter: nvencode::sink::Segmenter,
+}
+
+#[allow(dead_code)] // As above.
+impl Segments {
+    pub fn new(output: &Path, secs: f64, time_base: (u32, u32)) -> Result<Segments, BoxError> {
+        let pattern = output.to_str().unwrap_or_default().to_owned();
+        if output.as_os_str() == "-" || !pattern.contains('%') {
+            return Err(format!(
+                "--segment-time needs an output pattern with %d or %03d, such as seg-%03d.mp4, \
+                 not {}",
+                output.display()
+            ));
+        }
+        let duration =
+            Duration::try_from_secs_f64(secs).map_err(|e| format!("--segment-time {secs}: {e}"))?;
+        let segmenter = nvencode::sink::Segmenter::new(duration, time_base)
+            .map_err(|e| format!("--segment-time {secs}: {e}"))?;
+        let segments = Segments {
+            pattern,
+            index: 0,
+            segmenter,
+            splitter: segmenter,
+        };
+        segments.name(0)?;
+        Ok(segments)
+    }
+
+    /// The name of file `n`: the pattern's `%d` or `%0Nd` replaced by `n`.
+    pub fn name(&self, n: u32) -> Result<PathBuf, BoxError> {
+        let bad = || {
+            format!(
+                "output pattern {} (expected one %d or %0Nd, such as seg-%03d.mp4)",
+                self.pattern
+            )
+        };
+        let start = self.pattern.find('%').ok_or_else(bad)?;
+        let rest = &self.pattern[start + 1..];
+        let end = rest.find('d').ok_or_else(bad)?;
+        let spec = &rest[..end];
+        let width: usize = match spec {
+            "" => 0,
+            w if w.starts_with('0') && w.bytes().all(|b| b.is_ascii_digit()) => {
+                w.parse().map_err(|_| bad())?
+            }
+            _ => return Err(bad()),
+        };
+        let tail = &rest[end + 1..];
+        if tail.contains('%') {
+            return Err(bad());
+        }
+        Ok(PathBuf::from(format!(
+            "{}{n:0width$}{tail}",
+            &self.pattern[..start]
+        )))
+    }
+
+    /// The name of the next file.
+    pub fn next_name(&mut self) -> Result<PathBuf, BoxError> {
+        self.index += 1;
+        self.name(self.index)
+    }
+}
