@@ -3,7 +3,13 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset of these helpers.
 
+use std::io::BufWriter;
+use std::path::Path;
+use std::time::Duration;
+
 use mp4_atom::{Decode, Moof, Moov};
+use nvencode::sink::{Mp4Options, Mp4Writer};
+use nvencode::{EncodedChunk, EncoderConfig};
 
 /// A top-level box: offset, size, type.
 #[derive(Debug, Clone, Copy)]
@@ -72,4 +78,38 @@ pub fn fragments(file: &[u8]) -> Vec<(usize, usize)> {
         }
     }
     ends
+}
+
+/// Default options with fragments of at most `fragment_ms`.
+pub fn options(fragment_ms: u64) -> Mp4Options {
+    Mp4Options::default().with_fragment_duration(Duration::from_millis(fragment_ms))
+}
+
+/// Writes a finalized (seekable) MP4, or a streamed one that is never finalized.
+pub fn write(
+    path: &Path,
+    config: &EncoderConfig,
+    chunks: &[EncodedChunk],
+    opts: Mp4Options,
+    seek: bool,
+) {
+    let file = BufWriter::new(std::fs::File::create(path).expect("create"));
+    let rate = config.frame_rate;
+    let time_base = (rate.den, rate.num);
+    if seek {
+        let mut mp4 = Mp4Writer::with_options(file, config.resolution, time_base, opts)
+            .expect("mp4")
+            .with_sync();
+        for chunk in chunks {
+            mp4.write(chunk).expect("write");
+        }
+        mp4.finish().expect("finish");
+    } else {
+        let mut mp4 =
+            Mp4Writer::stream(file, config.resolution, time_base, opts).expect("mp4 stream");
+        for chunk in chunks {
+            mp4.write(chunk).expect("write");
+        }
+        mp4.finish().expect("finish");
+    }
 }
