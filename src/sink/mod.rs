@@ -71,7 +71,10 @@
 //! the fragment being written and leaves a file that plays as it is. It is not the default
 //! because its cost is one disk flush per fragment, which grows with the disk's latency (a
 //! spinning disk, a network file system), and most crashes are crashes of the process, not of
-//! the machine. `benches/mp4_sink.rs` measures both beside the progressive layout.
+//! the machine. `benches/mp4_sink.rs` measures both beside the progressive layout: on a shared
+//! 2-core VM, 1080p x264 ultrafast, the flushed fragments cost what the progressive layout costs
+//! (42 to 57 us a frame against 50 to 55, within the noise), and the syncs (two per 1 s
+//! fragment) add 5 to 180 us a frame, depending on the disk's load.
 //!
 //! ## Split recording
 //! [`SegmentedMp4`] writes one file per segment of fixed length, each starting with an IDR that
