@@ -91,7 +91,7 @@ pub type OpenSegment<W> = Box<dyn FnMut(u32) -> std::io::Result<W> + Send>;
 /// Told that segment `n` is complete (finalized), with its output.
 pub type SegmentDone<W> = Box<dyn FnMut(u32, W) + Send>;
 
-/// Writes one crash-safe MP4 file per segment (see the [module docs](self)): `open` gives each
+/// Writes one crash-safe MP4 file per segment (see [`Segmenter`]): `open` gives each
 /// segment's output, `done` receives it once the file is complete (to upload it, say).
 pub struct SegmentedMp4<W: Write + Seek> {
     open: OpenSegment<W>,
