@@ -18,6 +18,15 @@ use crate::encoder::{EncodedChunk, Resolution};
 
 /// Where segments end, in a stream's time-base units. Clone one for the producer side and one
 /// for the writer side: both count boundaries from the first timestamp each sees.
+///
+/// A boundary falls every `segment` seconds of presentation time, counted from the first frame.
+/// The producer asks [`Segmenter::force_keyframe`] for each frame and requests an IDR for the
+/// first frame at or after each boundary; the writer asks [`Segmenter::starts_segment`] for each
+/// chunk and starts a new file at the first keyframe at or after the boundary. An IDR closes the
+/// reordering before it, so every frame displayed before it is decoded before it: no frame is
+/// lost or repeated across a boundary, and the files' frames concatenated are the stream's.
+/// Each file of a [`SegmentedMp4`] is a complete MP4 whose timeline starts at 0 (not at its
+/// offset in the recording).
 #[derive(Debug, Clone, Copy)]
 pub struct Segmenter {
     every: i64,
