@@ -4,6 +4,7 @@
 //! cargo run --release --example encode_yuv                      # built-in clip -> out.h264
 //! cargo run --release --example encode_yuv -- in.yuv --size 1280x720 --pix-fmt nv12 -o out.h264
 //! cargo run --release --example encode_yuv -- --size 1280x720 --bitrate 2M --rc cbr -e x264
+//! cargo run --release --example encode_yuv -- -o - --format mp4 | ffplay -   # fragmented MP4
 //! ffplay out.h264
 //! ```
 //! Options follow ffmpeg's and x264's names. Set `RUST_LOG=debug` to see backend selection.
@@ -35,11 +36,18 @@ use nvencode::{
 struct Args {
     /// Raw YUV input file (`-` for stdin). Without one, a synthetic moving 1080p clip is encoded.
     input: Option<PathBuf>,
-    /// Output file: MP4 for a `.mp4`/`.m4v` name, H.264 Annex B otherwise (`-` for standard
-    /// output). A file is written under a temporary name beside it and renamed into place when
-    /// the run ends.
+    /// Output file: MP4 for a `.mp4`/`.m4v` name (or --format mp4), H.264 Annex B otherwise
+    /// (`-` for standard output). Annex B is written under a temporary name beside it and renamed
+    /// into place when the run ends; crash-safe MP4 as soon as it holds its first fragment.
     #[arg(short, long, default_value = "out.h264")]
     output: PathBuf,
+    #[command(flatten)]
+    mp4: output::Mp4Args,
+    /// Split the output into files of SECONDS each (FFmpeg's name), each starting with an IDR,
+    /// each playable on its own and starting at time 0; the output is then a pattern such as
+    /// seg-%03d.mp4 (files numbered from 0). Each file's name is printed when it is complete.
+    #[arg(long = "segment-time", value_name = "SECONDS")]
+    segment_time: Option<f64>,
     /// Frame size, WIDTHxHEIGHT (default 1920x1080).
     #[arg(short = 's', long = "size", value_parser = parse::<Resolution>)]
     size: Option<Resolution>,
@@ -262,8 +270,17 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     let mp4 = Mp4Params {
         resolution,
         time_base: (config.frame_rate.den, config.frame_rate.num),
+        args: args.mp4.clone(),
     };
-    let mut sink = Sink::open(&args.output, input_meta.as_ref(), mp4)?;
+    let mut segments = match args.segment_time {
+        Some(secs) => Some(output::Segments::new(&args.output, secs, mp4.time_base)?),
+        None => None,
+    };
+    let first = match &segments {
+        Some(s) => s.name(0)?,
+        None => args.output.clone(),
+    };
+    let mut sink = Sink::open(&first, input_meta.as_ref(), mp4.clone())?;
     if let Some(addr) = args.metrics_addr {
         metrics_http::serve(addr)?;
     }
@@ -304,10 +321,18 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
         let stop = Arc::clone(stop);
         let pix_fmt = args.pix_fmt;
         let progress = progress.clone();
+        let keyframes = segments.as_ref().map(|s| s.segmenter);
         std::thread::Builder::new()
             .name("encode_yuv-reader".into())
             .spawn(move || {
-                read_into_stage(source, producer, &stop, &progress, resolution, pix_fmt)
+                let at = Stage {
+                    stop: &stop,
+                    progress: &progress,
+                    resolution,
+                    pix_fmt,
+                    keyframes,
+                };
+                read_into_stage(source, producer, &at)
             })?
     };
     let mut chunks: Vec<EncodedChunk> = Vec::new();
@@ -321,6 +346,14 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     loop {
         match output.recv_timeout(cli::POLL) {
             Received::Item(Ok(chunk)) => {
+                if let Some(segments) = &mut segments {
+                    if segments.splitter.starts_segment(&chunk) {
+                        let done = sink.finish(Ending::Complete)?;
+                        eprintln!("segment complete: {done}");
+                        let next = segments.next_name()?;
+                        sink = Sink::open(&next, input_meta.as_ref(), mp4.clone())?;
+                    }
+                }
                 chunks.push(chunk);
                 bytes_out += sink.write_chunks(&mut chunks)?;
                 chunks_out += 1;
@@ -425,14 +458,24 @@ struct Reading {
 /// Reads frames straight into the stage's ring slots until the input ends, an interrupt, an
 /// error, or the stage stops taking frames (its error comes out on the output side); then ends
 /// the stage's input.
-fn read_into_stage(
-    mut source: Source,
-    mut producer: FrameProducer,
-    stop: &AtomicBool,
-    progress: &ProgressBar,
+/// What the reading thread works with besides its source and the stage.
+struct Stage<'a> {
+    stop: &'a AtomicBool,
+    progress: &'a ProgressBar,
     resolution: Resolution,
     pix_fmt: PixelFormat,
-) -> Reading {
+    /// Split recording: which frames must be IDRs.
+    keyframes: Option<nvencode::sink::Segmenter>,
+}
+
+fn read_into_stage(mut source: Source, mut producer: FrameProducer, at: &Stage<'_>) -> Reading {
+    let Stage {
+        stop,
+        progress,
+        resolution,
+        pix_fmt,
+        mut keyframes,
+    } = *at;
     let frame_len = producer.frame_len();
     let mut frames_in: u64 = 0;
     let mut failure = None;
@@ -480,7 +523,9 @@ fn read_into_stage(
                 }
             },
         }
-        if slot.commit(frames_in as i64, false).is_err() {
+        let pts = frames_in as i64;
+        let force = keyframes.as_mut().is_some_and(|k| k.force_keyframe(pts));
+        if slot.commit(pts, force).is_err() {
             break;
         }
         frames_in += 1;

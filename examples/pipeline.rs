@@ -63,9 +63,12 @@ struct Args {
     /// Consecutive B-frames (default: the preset's; none with --tune zerolatency).
     #[arg(long)]
     bframes: Option<u32>,
-    /// Output file: .mp4 for MP4, anything else Annex B.
+    /// Output file: .mp4 for MP4 (crash-safe: fragmented, finalized at the end), anything else
+    /// Annex B; `-` for standard output (with --format mp4 for MP4).
     #[arg(short = 'o', long, default_value = "out.mp4")]
     output: PathBuf,
+    #[command(flatten)]
+    mp4: destination::Mp4Args,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
@@ -230,6 +233,7 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
         Mp4Params {
             resolution: args.size,
             time_base: output.time_base(),
+            args: args.mp4.clone(),
         },
     )?;
 

@@ -60,7 +60,7 @@ pub use pipeline::{
 };
 pub use ring_buffer::FrameRing;
 pub use select::{open_backend, open_encoder, EncoderChoice};
-pub use sink::{AnnexBWriter, Mp4Writer, SinkError};
+pub use sink::{AnnexBWriter, Durability, Layout, Mp4Options, Mp4Writer, SinkError};
 // Every backend's encoder type is at the root (x264's only where it is built).
 #[cfg(any(feature = "x264", docsrs))]
 #[cfg_attr(docsrs, doc(cfg(feature = "x264")))]

@@ -8,7 +8,7 @@ use std::io::BufWriter;
 use std::path::Path;
 use std::process::Command;
 
-use nvencode::sink::{Mp4Writer, SinkError};
+use nvencode::sink::{Durability, Layout, Mp4Options, Mp4Writer, SinkError};
 use nvencode::{EncodedChunk, EncoderChoice, EncoderConfig, EncoderKind, FrameRate};
 
 fn encode(config: &EncoderConfig, frames: u64) -> Vec<EncodedChunk> {
@@ -22,13 +22,17 @@ fn encode(config: &EncoderConfig, frames: u64) -> Vec<EncodedChunk> {
     chunks
 }
 
-fn write_mp4(path: &Path, config: &EncoderConfig, chunks: &[EncodedChunk]) {
+fn write_mp4(path: &Path, config: &EncoderConfig, chunks: &[EncodedChunk], layout: Layout) {
     let file = std::fs::File::create(path).expect("create");
     let rate = config.frame_rate;
-    let mut mp4 = Mp4Writer::new(
+    let options = Mp4Options::default()
+        .with_layout(layout)
+        .with_fragment_duration(std::time::Duration::from_millis(500));
+    let mut mp4 = Mp4Writer::with_options(
         BufWriter::new(file),
         config.resolution,
         (rate.den, rate.num),
+        options,
     )
     .expect("mp4");
     for chunk in chunks {
@@ -96,6 +100,12 @@ fn sync_samples(path: &Path) -> Option<Vec<u32>> {
 }
 
 fn check(config: &EncoderConfig, frames: u64) {
+    for layout in [Layout::Fragmented, Layout::Progressive] {
+        check_layout(config, frames, layout);
+    }
+}
+
+fn check_layout(config: &EncoderConfig, frames: u64, layout: Layout) {
     let chunks = encode(config, frames);
     if config.bframes.unwrap_or(0) > 0 {
         assert!(
@@ -105,7 +115,7 @@ fn check(config: &EncoderConfig, frames: u64) {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("out.mp4");
-    write_mp4(&path, config, &chunks);
+    write_mp4(&path, config, &chunks, layout);
     let (counted, duration, pts) = probe(&path);
     assert_eq!(counted as u64, frames, "frames in the MP4");
     let rate = config.frame_rate;
@@ -158,8 +168,44 @@ fn check(config: &EncoderConfig, frames: u64) {
     let decoded: Vec<&[u8]> = out.stdout.chunks(frame_len).collect();
     assert_eq!(decoded.len(), reference.len());
     for (i, (a, b)) in decoded.iter().zip(&reference).enumerate() {
-        assert!(a == b, "picture {i} differs from the Annex B decode");
+        assert!(
+            a == b,
+            "{layout:?}: picture {i} differs from the Annex B decode"
+        );
     }
+    // Seeking: from the middle, the pictures from there on (FFmpeg decodes from the keyframe
+    // before and drops what precedes the seek point).
+    let half = frames / 2;
+    let at = half as f64 * f64::from(rate.den) / f64::from(rate.num);
+    let out = common::ffmpeg()
+        .args(["-ss", &format!("{at:.6}"), "-i"])
+        .arg(&path)
+        .args([
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-",
+        ])
+        .output()
+        .expect("decode from the middle");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decoded: Vec<&[u8]> = out.stdout.chunks(frame_len).collect();
+    assert_eq!(
+        decoded.len() as u64,
+        frames - half,
+        "{layout:?}: frames after seeking to {at} s"
+    );
+    assert!(
+        decoded[0] == &reference[half as usize][..],
+        "{layout:?}: first picture after seeking"
+    );
 }
 
 #[test]
@@ -202,4 +248,30 @@ fn decoding_times_must_increase() {
         .collect();
     bare.write(&p).expect("write");
     assert!(matches!(bare.finish(), Err(SinkError::NoParameterSets)));
+}
+
+#[test]
+fn options_out_of_range_and_outputs_that_cannot_hold_them_are_refused() {
+    let res = nvencode::Resolution::new(160, 96);
+    let cursor = || std::io::Cursor::new(Vec::new());
+    let zero = Mp4Options::default().with_fragment_duration(std::time::Duration::ZERO);
+    match Mp4Writer::with_options(cursor(), res, (1, 30), zero) {
+        Err(e @ SinkError::BadFragmentDuration { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("0ns") && text.contains("600s"), "{text}");
+        }
+        other => panic!("expected BadFragmentDuration, got {other:?}"),
+    }
+    let progressive = Mp4Options::default().with_layout(Layout::Progressive);
+    assert!(matches!(
+        Mp4Writer::stream(Vec::new(), res, (1, 30), progressive),
+        Err(SinkError::NeedsSeek {
+            layout: Layout::Progressive
+        })
+    ));
+    // Syncing each fragment needs an output that can sync (`with_sync`); a cursor cannot.
+    let chunks = encode(&EncoderConfig::new(160, 96), 1);
+    let sync = Mp4Options::default().with_durability(Durability::Sync);
+    let mut mp4 = Mp4Writer::with_options(cursor(), res, (1, 30), sync).expect("mp4");
+    assert!(matches!(mp4.write(&chunks[0]), Err(SinkError::NeedsSync)));
 }

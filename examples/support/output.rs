@@ -7,7 +7,13 @@
 //! and a run that failed after encoding some frames keeps them beside it
 //! (`NAME.partial.EXT`). Standard output (`-`, or `/dev/stdout` and any other name of the file
 //! standard output is, which keeps the shell's append mode), devices and pipes are written
-//! directly. MP4 is chosen by the `.mp4` / `.m4v` extension.
+//! directly. MP4 is chosen by the `.mp4` / `.m4v` extension or by `--format mp4`.
+//!
+//! MP4 is crash-safe (fragmented, finalized into a regular MP4 at the end: see
+//! `nvencode::sink`). An MP4 file is put under the name the user gave as soon as it holds one
+//! complete fragment, so a recording killed outright is found there, playable up to its last
+//! fragment; an existing file is replaced only then, never by a file with no frame. Standard
+//! output, pipes and devices get the fragments as they are written (nothing to seek back to).
 //!
 //! The temporary file is `.NAME.PID.XXXXXX.part` beside the output (hidden; `NAME` the output's
 //! file name, `PID` the writing process, `XXXXXX` six random letters and digits). A run killed
@@ -20,7 +26,9 @@ use std::io::{self, BufWriter, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use nvencode::sink::Mp4Writer;
+use std::time::Duration;
+
+use nvencode::sink::{Durability, Mp4Options, Mp4Writer};
 use nvencode::{EncodedChunk, Resolution};
 
 /// Errors are messages for the user, naming the output; each example wraps them in its own type.
@@ -57,11 +65,18 @@ pub enum Sink {
         /// Whether a file of that name existed when the run started.
         existed: bool,
     },
-    /// An MP4 file (chosen by the `.mp4` / `.m4v` extension), written like `Replace`.
+    /// An MP4 file, written under a temporary name (`tmp`) until it holds one complete
+    /// fragment, then under its own name.
     Mp4 {
-        out: Mp4Writer<BufWriter<tempfile::NamedTempFile>>,
+        out: Mp4Writer<BufWriter<File>>,
+        tmp: Option<tempfile::TempPath>,
         path: PathBuf,
         existed: bool,
+    },
+    /// Fragmented MP4 onto standard output, a pipe or a device.
+    Mp4Stream {
+        out: Mp4Writer<BufWriter<Box<dyn Write>>>,
+        name: String,
     },
 }
 
@@ -152,19 +167,97 @@ fn remove_stale_temporaries(dir: &Path, path: &Path) {
     }
 }
 
-/// What an MP4 file needs to know up front: the frame size and the timestamps' unit.
-#[derive(Clone, Copy)]
+/// The container options both examples take.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Mp4Args {
+    /// Container: mp4 or h264 (Annex B). Default: mp4 for a .mp4/.m4v output name, h264
+    /// otherwise; `-o - --format mp4` streams fragmented MP4 to standard output.
+    #[arg(long, value_parser = parse_format)]
+    pub format: Option<Container>,
+    /// Longest MP4 fragment, in seconds: a recording killed outright loses at most about this
+    /// much (plus the frames still in the encoder).
+    #[arg(
+        long = "fragment-duration",
+        value_name = "SECONDS",
+        default_value_t = 1.0
+    )]
+    pub fragment_duration: f64,
+    /// Sync each MP4 fragment to the disk (fdatasync): survives a power cut, at the cost of a
+    /// disk flush per fragment. Default: flushed to the OS, which survives a killed process.
+    #[arg(long)]
+    pub fsync: bool,
+}
+
+/// The container of the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Container {
+    AnnexB,
+    Mp4,
+}
+
+fn parse_format(s: &str) -> Result<Container, String> {
+    match s {
+        "mp4" => Ok(Container::Mp4),
+        "h264" | "annexb" => Ok(Container::AnnexB),
+        _ => Err(format!("format {s:?} (expected mp4 or h264)")),
+    }
+}
+
+/// What an MP4 file needs to know up front: the frame size, the timestamps' unit, and the
+/// options the user gave.
+#[derive(Clone)]
 pub struct Mp4Params {
     pub resolution: Resolution,
     pub time_base: (u32, u32),
+    pub args: Mp4Args,
 }
 
-/// True for an output name that asks for MP4.
-fn wants_mp4(output: &Path) -> bool {
-    output
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("mp4") || e.eq_ignore_ascii_case("m4v"))
+impl Mp4Params {
+    fn options(&self) -> Result<Mp4Options, BoxError> {
+        let secs = self.args.fragment_duration;
+        let (min, max) = (Mp4Options::MIN_FRAGMENT, Mp4Options::MAX_FRAGMENT);
+        let duration = Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|d| (min..=max).contains(d))
+            .ok_or_else(|| {
+                format!(
+                    "--fragment-duration {secs} is out of range: expected {} to {} seconds",
+                    min.as_secs_f64(),
+                    max.as_secs_f64()
+                )
+            })?;
+        Ok(Mp4Options::default()
+            .with_fragment_duration(duration)
+            .with_durability(if self.args.fsync {
+                Durability::Sync
+            } else {
+                Durability::Flush
+            }))
+    }
+}
+
+/// True for an output that is to be MP4: `--format`, else the `.mp4` / `.m4v` extension.
+fn wants_mp4(output: &Path, format: Option<Container>) -> bool {
+    match format {
+        Some(c) => c == Container::Mp4,
+        None => output
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("mp4") || e.eq_ignore_ascii_case("m4v")),
+    }
+}
+
+/// A fragmented MP4 stream onto `out` (standard output, a pipe, a device).
+fn mp4_stream(out: Box<dyn Write>, p: &Mp4Params, name: String) -> Result<Sink, BoxError> {
+    let opts = p.options()?;
+    if opts.durability == Durability::Sync {
+        return Err(format!(
+            "--fsync needs a file, and {name} is not a regular file"
+        ));
+    }
+    let out = Mp4Writer::stream(BufWriter::new(out), p.resolution, p.time_base, opts)
+        .map_err(|e| format!("cannot start MP4 output {name}: {e}"))?;
+    Ok(Sink::Mp4Stream { out, name })
 }
 
 impl Sink {
@@ -173,7 +266,10 @@ impl Sink {
         input: Option<&fs::Metadata>,
         mp4: Mp4Params,
     ) -> Result<Sink, BoxError> {
-        let mp4 = wants_mp4(output).then_some(mp4);
+        let mp4 = wants_mp4(output, mp4.args.format).then_some(mp4);
+        if let Some(p) = &mp4 {
+            p.options().map(drop)?;
+        }
         if output.as_os_str() == "-" {
             if let (Some(input), Some(stdout)) = (input, stdout_metadata()) {
                 if stdout.is_file() && same_file(input, &stdout) {
@@ -181,6 +277,9 @@ impl Sink {
                         "standard output is the input file: refusing to overwrite it".to_owned(),
                     );
                 }
+            }
+            if let Some(p) = &mp4 {
+                return mp4_stream(Box::new(io::stdout()), p, "standard output".into());
             }
             return Ok(Sink::Stdout(BufWriter::new(io::stdout())));
         }
@@ -220,17 +319,13 @@ impl Sink {
                 Err(format!("output {} is a directory", output.display()))
             }
             Some(meta) if !meta.is_file() => {
-                if mp4.is_some() {
-                    return Err(format!(
-                        "output {} is not a regular file: MP4 needs a seekable file (write Annex B, \
-                         e.g. a .h264 name, to devices and pipes)",
-                        output.display()
-                    ));
-                }
                 let file = OpenOptions::new()
                     .write(true)
                     .open(output)
                     .map_err(|e| format!("cannot open output {}: {e}", output.display()))?;
+                if let Some(p) = &mp4 {
+                    return mp4_stream(Box::new(file), p, output.display().to_string());
+                }
                 Ok(Sink::Direct {
                     out: BufWriter::new(file),
                     path: output.to_path_buf(),
@@ -269,16 +364,32 @@ impl Sink {
                 tmp.as_file()
                     .set_permissions(perms)
                     .map_err(|e| format!("cannot create output {}: {e}", output.display()))?;
-                let out = BufWriter::new(tmp);
                 match mp4 {
-                    Some(p) => Ok(Sink::Mp4 {
-                        out: Mp4Writer::new(out, p.resolution, p.time_base).map_err(|e| {
+                    Some(p) => {
+                        let cannot = |e: &dyn std::fmt::Display| {
                             format!("cannot start MP4 output {}: {e}", output.display())
-                        })?,
+                        };
+                        let (file, tmp) = tmp.into_parts();
+                        let out = Mp4Writer::with_options(
+                            BufWriter::new(file),
+                            p.resolution,
+                            p.time_base,
+                            p.options()?,
+                        )
+                        .map_err(|e| cannot(&e))?
+                        .with_sync();
+                        Ok(Sink::Mp4 {
+                            out,
+                            tmp: Some(tmp),
+                            path,
+                            existed,
+                        })
+                    }
+                    None => Ok(Sink::Replace {
+                        out: BufWriter::new(tmp),
                         path,
                         existed,
                     }),
-                    None => Ok(Sink::Replace { out, path, existed }),
                 }
             }
         }
@@ -287,6 +398,7 @@ impl Sink {
     pub fn name(&self) -> String {
         match self {
             Sink::Stdout(_) => "standard output".to_owned(),
+            Sink::Mp4Stream { name, .. } => name.clone(),
             Sink::Direct { path, .. } | Sink::Replace { path, .. } | Sink::Mp4 { path, .. } => {
                 path.display().to_string()
             }
@@ -305,11 +417,31 @@ impl Sink {
                     out.write_all(&chunk.data).map_err(|e| Box::new(e) as _)
                 }
                 Sink::Mp4 { out, .. } => out.write(&chunk).map_err(|e| Box::new(e) as _),
+                Sink::Mp4Stream { out, .. } => out.write(&chunk).map_err(|e| Box::new(e) as _),
             };
             written.map_err(|e| format!("cannot write {}: {e}", self.name()))?;
             bytes += chunk.data.len() as u64;
         }
+        self.put_in_place()?;
         Ok(bytes)
+    }
+
+    /// Once an MP4 file holds a complete fragment, puts it under its own name (replacing an
+    /// existing file), so that a recording killed from then on is found there.
+    fn put_in_place(&mut self) -> Result<(), BoxError> {
+        if let Sink::Mp4 { out, tmp, path, .. } = self {
+            if out.fragments() > 0 {
+                if let Some(t) = tmp.take() {
+                    t.persist(&*path).map_err(|e| {
+                        format!(
+                            "cannot put the recording in place as {}: {e}",
+                            path.display()
+                        )
+                    })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Flushes, and puts a file written under a temporary name where `ending` says: into place
@@ -319,7 +451,7 @@ impl Sink {
     pub fn finish(self, ending: Ending) -> Result<String, BoxError> {
         let name = self.name();
         let fail = |e: &dyn std::fmt::Display| -> BoxError { format!("cannot write {name}: {e}") };
-        let (out, path, existed) = match self {
+        let (tmp, path, existed) = match self {
             Sink::Stdout(mut out) => {
                 out.flush().map_err(|e| fail(&e))?;
                 return Ok(name);
@@ -327,6 +459,21 @@ impl Sink {
             Sink::Direct { mut out, .. } => {
                 out.flush().map_err(|e| fail(&e))?;
                 return Ok(name);
+            }
+            Sink::Mp4Stream { out, .. } => {
+                out.finish().map_err(|e| fail(&e))?;
+                return Ok(name);
+            }
+            Sink::Mp4 {
+                out,
+                tmp: None,
+                path,
+                ..
+            } => {
+                // Already in place: finalized there, whatever the ending (it holds at least
+                // one fragment, and every frame written).
+                out.finish().map_err(|e| fail(&e))?;
+                return Ok(path.display().to_string());
             }
             Sink::Replace { path, existed, .. } | Sink::Mp4 { path, existed, .. }
                 if ending == (Ending::Failed { chunks: 0 }) =>
@@ -338,22 +485,106 @@ impl Sink {
                     format!("nothing encoded: no {} created", path.display())
                 });
             }
-            Sink::Replace { out, path, existed } => (out, path, existed),
-            Sink::Mp4 { out, path, existed } => {
-                (out.finish().map_err(|e| fail(&e))?, path, existed)
+            Sink::Replace { out, path, existed } => {
+                let tmp = out.into_inner().map_err(|e| fail(e.error()))?;
+                tmp.as_file().sync_all().map_err(|e| fail(&e))?;
+                let (_, tmp) = tmp.into_parts();
+                (tmp, path, existed)
+            }
+            Sink::Mp4 {
+                out,
+                tmp: Some(tmp),
+                path,
+                existed,
+            } => {
+                // Fewer frames than one fragment: finalized under the temporary name first.
+                let file = out.finish().map_err(|e| fail(&e))?;
+                let file = file.into_inner().map_err(|e| fail(e.error()))?;
+                file.sync_all().map_err(|e| fail(&e))?;
+                (tmp, path, existed)
             }
         };
         let target = match ending {
             Ending::Failed { .. } if existed => partial_name(&path),
             _ => path.clone(),
         };
-        let tmp = out.into_inner().map_err(|e| fail(e.error()))?;
-        tmp.as_file().sync_all().map_err(|e| fail(&e))?;
         tmp.persist(&target).map_err(|e| fail(&e.error))?;
         Ok(if target == path {
             path.display().to_string()
         } else {
             format!("{} ({} left as it was)", target.display(), path.display())
         })
+    }
+}
+
+/// Split recording (`--segment-time`): the output pattern and where the files end.
+#[allow(dead_code)] // Only encode_yuv splits its output so far; pipeline includes this file too.
+pub struct Segments {
+    pattern: String,
+    index: u32,
+    /// The producer's copy: which frames must be IDRs.
+    pub segmenter: nvencode::sink::Segmenter,
+    /// The writer's copy: which chunk starts the next file.
+    pub splitter: nvencode::sink::Segmenter,
+}
+
+#[allow(dead_code)] // As above.
+impl Segments {
+    pub fn new(output: &Path, secs: f64, time_base: (u32, u32)) -> Result<Segments, BoxError> {
+        let pattern = output.to_str().unwrap_or_default().to_owned();
+        if output.as_os_str() == "-" || !pattern.contains('%') {
+            return Err(format!(
+                "--segment-time needs an output pattern with %d or %03d, such as seg-%03d.mp4, \
+                 not {}",
+                output.display()
+            ));
+        }
+        let duration =
+            Duration::try_from_secs_f64(secs).map_err(|e| format!("--segment-time {secs}: {e}"))?;
+        let segmenter = nvencode::sink::Segmenter::new(duration, time_base)
+            .map_err(|e| format!("--segment-time {secs}: {e}"))?;
+        let segments = Segments {
+            pattern,
+            index: 0,
+            segmenter,
+            splitter: segmenter,
+        };
+        segments.name(0)?;
+        Ok(segments)
+    }
+
+    /// The name of file `n`: the pattern's `%d` or `%0Nd` replaced by `n`.
+    pub fn name(&self, n: u32) -> Result<PathBuf, BoxError> {
+        let bad = || {
+            format!(
+                "output pattern {} (expected one %d or %0Nd, such as seg-%03d.mp4)",
+                self.pattern
+            )
+        };
+        let start = self.pattern.find('%').ok_or_else(bad)?;
+        let rest = &self.pattern[start + 1..];
+        let end = rest.find('d').ok_or_else(bad)?;
+        let spec = &rest[..end];
+        let width: usize = match spec {
+            "" => 0,
+            w if w.starts_with('0') && w.bytes().all(|b| b.is_ascii_digit()) => {
+                w.parse().map_err(|_| bad())?
+            }
+            _ => return Err(bad()),
+        };
+        let tail = &rest[end + 1..];
+        if tail.contains('%') {
+            return Err(bad());
+        }
+        Ok(PathBuf::from(format!(
+            "{}{n:0width$}{tail}",
+            &self.pattern[..start]
+        )))
+    }
+
+    /// The name of the next file.
+    pub fn next_name(&mut self) -> Result<PathBuf, BoxError> {
+        self.index += 1;
+        self.name(self.index)
     }
 }
