@@ -77,7 +77,7 @@ pub use probe::probe;
 /// listed within `deadline` (see [`NvencOptions::open_timeout`]).
 pub(crate) fn cuda_gpus(
     deadline: std::time::Duration,
-) -> Result<Vec<(usize, Option<String>)>, crate::Error> {
+) -> Result<Vec<(usize, Option<String>)>, crate::error::Error> {
     Ok(placement::devices(deadline)?
         .into_iter()
         .map(|(d, hex)| (d, hex.map(|h| placement::display_uuid(&h))))
