@@ -146,6 +146,12 @@ impl NvencEncoder {
         let (order, load) = match &options.gpu {
             GpuChoice::Index(device) => (vec![*device], Default::default()),
             choice => {
+                // The driver's library first, as an explicit open finds out first: without it
+                // the error is that, not CUDA's.
+                super::bounded::run("nvenc-load", usize::MAX, deadline, |p| {
+                    p.at("dlopen(libnvidia-encode)");
+                    nvenc_sys::load().map(drop).map_err(Error::from)
+                })?;
                 let auto = *choice == GpuChoice::Auto;
                 let (devices, load) = placement::survey(deadline, auto)?;
                 (placement::candidates(choice, &devices)?, load)
