@@ -70,6 +70,14 @@ impl NvmlSource {
 }
 
 impl NvmlSource {
+    /// One NVML handle for the process's placement readings, loaded on first use (`None`, for
+    /// good, where NVML is unavailable): loading `libnvidia-ml` and `nvmlInit` cost tens of
+    /// milliseconds, once rather than at every session open.
+    pub(crate) fn shared() -> Option<&'static NvmlSource> {
+        static SHARED: std::sync::OnceLock<Option<NvmlSource>> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| NvmlSource::init().ok()).as_ref()
+    }
+
     /// NVENC utilization of every GPU NVML can read it for, by the GPU's UUID as NVML prints it
     /// (`GPU-…`): how NVENC placement tells, among GPUs with as many of this process's sessions,
     /// the one other processes load least (NVML's index is not the CUDA ordinal; the UUID is

@@ -70,6 +70,7 @@ pub(crate) fn run<R: Send + 'static>(
         answered: Condvar::new(),
     });
     let worker = Arc::clone(&shared);
+    let task = name.to_owned();
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
@@ -85,8 +86,8 @@ pub(crate) fn run<R: Send + 'static>(
                 drop(state);
                 tracing::warn!(
                     device,
-                    "an NVENC open that did not return in time finished after all; tearing down \
-                     what it opened"
+                    "{task} did not return in time but finished after all; tearing down what it \
+                     opened"
                 );
                 drop(result);
                 return;
@@ -131,8 +132,8 @@ pub(crate) fn run<R: Send + 'static>(
         device,
         call,
         ?deadline,
-        "opening NVENC did not finish in time; its thread is left inside the driver, holding \
-         what it had allocated, and device {device} is not tried again until that call returns"
+        "{name} did not finish in time; its thread is left inside the driver, holding what it \
+         had allocated, and it is not tried again (device key {device}) until that call returns"
     );
     Err(Error::Hung {
         backend: EncoderKind::Nvenc,

@@ -182,22 +182,43 @@ pub(crate) type Survey = (Vec<(usize, Option<String>)>, HashMap<usize, u32>);
 
 /// See [`Survey`].
 pub(crate) fn survey(deadline: std::time::Duration, load: bool) -> Result<Survey, Error> {
-    super::bounded::run("nvenc-devices", usize::MAX, deadline, move |p| {
+    let devices = super::bounded::run("nvenc-devices", usize::MAX, deadline, |p| {
         p.at("cuDeviceGetCount");
         let count = crate::cuda::device_count().map_err(super::fail::cuda_error)?;
         p.at("cuDeviceGetUuid");
-        let devices: Vec<(usize, Option<String>)> = (0..count)
+        Ok((0..count)
             .map(|d| {
                 let uuid = crate::cuda::device_uuid(d)
                     .ok()
                     .map(|b| b.iter().map(|x| format!("{x:02x}")).collect());
                 (d, uuid)
             })
-            .collect();
-        let mut by_device = HashMap::new();
-        if load {
+            .collect::<Vec<(usize, Option<String>)>>())
+    })?;
+    let by_device = if load {
+        utilization(&devices)
+    } else {
+        HashMap::new()
+    };
+    Ok((devices, by_device))
+}
+
+/// How long placement waits for NVML's readings; without them it orders by sessions alone.
+const NVML_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// NVML's encoder utilization of `devices`, matched by UUID: empty where NVML is unavailable
+/// or does not answer within [`NVML_DEADLINE`] (on its own bounded thread, apart from CUDA's,
+/// so a wedged NVML costs placement its tie-break, never NVENC itself).
+fn utilization(devices: &[(usize, Option<String>)]) -> HashMap<usize, u32> {
+    let devices = devices.to_vec();
+    let read = super::bounded::run(
+        "nvml-utilization",
+        usize::MAX - 1,
+        NVML_DEADLINE,
+        move |p| {
             p.at("nvmlDeviceGetEncoderUtilization");
-            if let Ok(nvml) = crate::metrics::gpu::NvmlSource::init() {
+            let mut by_device = HashMap::new();
+            if let Some(nvml) = crate::metrics::gpu::NvmlSource::shared() {
                 let by_uuid = nvml.encoder_utilization_by_uuid();
                 for (d, uuid) in &devices {
                     let percent = uuid
@@ -208,8 +229,12 @@ pub(crate) fn survey(deadline: std::time::Duration, load: bool) -> Result<Survey
                     }
                 }
             }
-        }
-        Ok((devices, by_device))
+            Ok(by_device)
+        },
+    );
+    read.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "no NVML readings for placement");
+        HashMap::new()
     })
 }
 
