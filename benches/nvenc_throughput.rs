@@ -105,7 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(300);
     let report = nvencode::detect();
     let real = report
-        .candidate(EncoderKind::Nvenc)
+        .candidate(EncoderKind::Nvenc, nvencode::Codec::H264)
         .is_some_and(|c| c.available);
     let gpu = report
         .nvidia

@@ -15,7 +15,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::encoder::{EncoderConfig, EncoderKind, FfmpegH264Encoder, VideoEncoder};
+use crate::encoder::codecs;
+use crate::encoder::{Codec, EncoderConfig, EncoderKind, FfmpegFamily, VideoEncoder};
 use crate::error::{ConfigError, Error};
 use crate::ffmpeg::{FfmpegEncoder, FfmpegOptions};
 use crate::nvenc::{NvencErrorKind, NvencOptions};
@@ -32,7 +33,7 @@ pub enum Probe {
     NvencSession,
     /// FFmpeg lists the encoder, and a one-frame probe encode through it succeeds within a time
     /// limit (listing proves nothing: Debian's ffmpeg lists `h264_nvenc` on machines without it).
-    FfmpegEncode(FfmpegH264Encoder),
+    FfmpegEncode(FfmpegFamily),
     /// Opening it (cheap, in process).
     Open,
 }
@@ -76,9 +77,11 @@ pub struct Backend {
 }
 
 /// Every backend, the [`EncoderChoice::Auto`](crate::EncoderChoice::Auto) ones first in priority
-/// order (best first): NVENC (direct) > `h264_qsv` > `h264_videotoolbox` > (VA-API) > x264.
-/// FFmpeg's own `h264_nvenc` and `libx264` are not tried by default: the direct backends do the
-/// same work in process.
+/// order (best first): NVENC (direct) > QSV > VideoToolbox > (VA-API) > the software encoder of
+/// the codec (x264 for H.264; x265 for HEVC, or FFmpeg's `libx265` in a build without the `x265`
+/// feature). Each codec's order is this one less the backends that do not encode it
+/// ([`priority`]). FFmpeg's own NVENC and `libx264` are not tried by default: the direct backends
+/// do the same work in process.
 pub const BACKENDS: &[Backend] = &[
     Backend {
         kind: EncoderKind::Nvenc,
@@ -88,9 +91,9 @@ pub const BACKENDS: &[Backend] = &[
         open: open_nvenc,
         failure: FailureScope::ProcessIf(nvenc_failure_is_permanent),
     },
-    ffmpeg(FfmpegH264Encoder::Qsv, true),
-    ffmpeg(FfmpegH264Encoder::VideoToolbox, true),
-    ffmpeg(FfmpegH264Encoder::Vaapi, true),
+    ffmpeg(FfmpegFamily::Qsv, true),
+    ffmpeg(FfmpegFamily::VideoToolbox, true),
+    ffmpeg(FfmpegFamily::Vaapi, true),
     Backend {
         kind: EncoderKind::X264,
         auto: true,
@@ -99,8 +102,18 @@ pub const BACKENDS: &[Backend] = &[
         open: open_x264,
         failure: FailureScope::Stream,
     },
-    ffmpeg(FfmpegH264Encoder::Nvenc, false),
-    ffmpeg(FfmpegH264Encoder::Libx264, false),
+    Backend {
+        kind: EncoderKind::X265,
+        auto: true,
+        probe: Probe::Open,
+        needs_detection: false,
+        open: open_x265,
+        failure: FailureScope::Stream,
+    },
+    // The software HEVC backend of a build without the in-process one.
+    ffmpeg(FfmpegFamily::Libx265, !cfg!(feature = "x265")),
+    ffmpeg(FfmpegFamily::Nvenc, false),
+    ffmpeg(FfmpegFamily::Libx264, false),
 ];
 
 /// How many entries of [`BACKENDS`] are tried by default.
@@ -131,7 +144,7 @@ pub const PRIORITY: &[EncoderKind] = &{
     out
 };
 
-const fn ffmpeg(encoder: FfmpegH264Encoder, auto: bool) -> Backend {
+const fn ffmpeg(encoder: FfmpegFamily, auto: bool) -> Backend {
     Backend {
         kind: EncoderKind::Ffmpeg(encoder),
         auto,
@@ -142,23 +155,43 @@ const fn ffmpeg(encoder: FfmpegH264Encoder, auto: bool) -> Backend {
     }
 }
 
+/// The backends [`EncoderChoice::Auto`](crate::EncoderChoice::Auto) tries for `codec`, best
+/// first: [`PRIORITY`] less those that do not encode it.
+#[must_use]
+pub fn priority(codec: Codec) -> Vec<EncoderKind> {
+    PRIORITY
+        .iter()
+        .copied()
+        .filter(|&k| codecs::encodes(k, codec))
+        .collect()
+}
+
 /// The table entry of `kind`.
 #[must_use]
 pub fn backend(kind: EncoderKind) -> Option<&'static Backend> {
     BACKENDS.iter().find(|b| b.kind == kind)
 }
 
-/// Set per entry of [`BACKENDS`] (same index) once a failure disabled it for the process.
-static DISABLED: [AtomicBool; BACKENDS.len()] = [const { AtomicBool::new(false) }; BACKENDS.len()];
+/// Set per entry of [`BACKENDS`] (same index) and codec (index in [`Codec::ALL`]) once a failure
+/// disabled it for the process: a GPU whose NVENC lacks HEVC still encodes H.264.
+static DISABLED: [[AtomicBool; CODECS]; BACKENDS.len()] =
+    [const { [const { AtomicBool::new(false) }; CODECS] }; BACKENDS.len()];
+
+/// How many codecs there are.
+const CODECS: usize = Codec::ALL.len();
+
+fn codec_index(codec: Codec) -> usize {
+    Codec::ALL.iter().position(|&c| c == codec).unwrap_or(0)
+}
 
 fn index_of(kind: EncoderKind) -> Option<usize> {
     BACKENDS.iter().position(|b| b.kind == kind)
 }
 
-/// Whether a failure disabled `kind` for the rest of the process.
+/// Whether a failure disabled `kind` for `codec` for the rest of the process.
 #[must_use]
-pub fn is_disabled(kind: EncoderKind) -> bool {
-    index_of(kind).is_some_and(|i| DISABLED[i].load(Ordering::Relaxed))
+pub fn is_disabled(kind: EncoderKind, codec: Codec) -> bool {
+    index_of(kind).is_some_and(|i| DISABLED[i][codec_index(codec)].load(Ordering::Relaxed))
 }
 
 /// Opens `kind` through its table entry, with no detection gate and no disabling: what
@@ -194,7 +227,8 @@ pub(crate) fn open_recording(
     let Some(i) = index_of(kind) else {
         return open(kind, config, nvenc);
     };
-    if DISABLED[i].load(Ordering::Relaxed) {
+    let disabled = &DISABLED[i][codec_index(config.codec)];
+    if disabled.load(Ordering::Relaxed) {
         return Err(Error::Unavailable {
             backend: kind,
             reason: "disabled for this process after an earlier permanent failure".into(),
@@ -203,8 +237,8 @@ pub(crate) fn open_recording(
     let result = (BACKENDS[i].open)(kind, config, nvenc);
     if let (Err(e), FailureScope::ProcessIf(permanent)) = (&result, BACKENDS[i].failure) {
         if permanent(e) {
-            DISABLED[i].store(true, Ordering::Relaxed);
-            tracing::info!(encoder = %kind, error = %e, "backend disabled for this process");
+            disabled.store(true, Ordering::Relaxed);
+            tracing::info!(encoder = %kind, codec = %config.codec, error = %e, "backend disabled for this process");
         }
     }
     result
@@ -302,6 +336,30 @@ fn open_x264(
     Ok(Box::new(crate::x264::X264Encoder::new(config)?))
 }
 
+#[cfg(feature = "x265")]
+fn open_x265(
+    _kind: EncoderKind,
+    config: &EncoderConfig,
+    _nvenc: &NvencOptions,
+) -> Result<Box<dyn VideoEncoder>, Error> {
+    Ok(Box::new(crate::x265::X265Encoder::new(config)?))
+}
+
+#[cfg(not(feature = "x265"))]
+fn open_x265(
+    _kind: EncoderKind,
+    _config: &EncoderConfig,
+    _nvenc: &NvencOptions,
+) -> Result<Box<dyn VideoEncoder>, Error> {
+    Err(Error::Unavailable {
+        backend: EncoderKind::X265,
+        reason: "this build of nvencode has no in-process x265: it was compiled without its \
+                 `x265` feature (which links libx265, GPL-2.0-or-later); enable the feature, or \
+                 use ffmpeg-x265"
+            .into(),
+    })
+}
+
 /// Why x264 cannot be opened in a build without the `x264` feature.
 #[cfg(not(feature = "x264"))]
 const X264_NOT_BUILT: &str =
@@ -353,7 +411,18 @@ mod tests {
         let auto: Vec<EncoderKind> = BACKENDS.iter().filter(|b| b.auto).map(|b| b.kind).collect();
         assert_eq!(PRIORITY, auto.as_slice());
         assert_eq!(PRIORITY.first(), Some(&EncoderKind::Nvenc));
-        assert_eq!(PRIORITY.last(), Some(&EncoderKind::X264));
+        assert_eq!(priority(Codec::H264).last(), Some(&EncoderKind::X264));
+        let hevc = priority(Codec::Hevc);
+        assert_eq!(hevc.first(), Some(&EncoderKind::Nvenc));
+        let software = if cfg!(feature = "x265") {
+            EncoderKind::X265
+        } else {
+            EncoderKind::Ffmpeg(FfmpegFamily::Libx265)
+        };
+        assert_eq!(hevc.last(), Some(&software));
+        for codec in Codec::ALL {
+            assert!(priority(*codec).iter().all(|k| codecs::encodes(*k, *codec)));
+        }
         // Only NVENC can be disabled for the process; the ffmpeg backends wait for detection.
         for b in BACKENDS {
             let process = matches!(b.failure, FailureScope::ProcessIf(_));
@@ -376,7 +445,7 @@ mod tests {
         );
         assert_eq!(
             parse_list("h264_qsv").unwrap(),
-            vec![EncoderKind::Ffmpeg(FfmpegH264Encoder::Qsv)]
+            vec![EncoderKind::Ffmpeg(FfmpegFamily::Qsv)]
         );
         for (value, bad) in [("x264,nvidia", "nvidia"), ("", ""), ("x264,,nvenc", "")] {
             match parse_list(value) {

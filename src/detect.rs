@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::backends::{Probe, BACKENDS};
-use crate::encoder::{EncoderConfig, EncoderKind, FfmpegH264Encoder, VideoEncoder};
+use crate::encoder::codecs;
+use crate::encoder::{Codec, EncoderConfig, EncoderKind, FfmpegFamily, VideoEncoder};
 use crate::ffmpeg::{FfmpegEncoder, FfmpegOptions};
 use crate::nvenc::{NvencCaps, NvencOptions};
 
@@ -30,13 +31,15 @@ use crate::nvenc::{NvencCaps, NvencOptions};
 /// report follows it).
 pub use crate::backends::PRIORITY;
 
-/// One encoder and whether it can be used here.
+/// One encoder for one codec, and whether it can be used here.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct Candidate {
     /// The encoder.
     #[serde(serialize_with = "by_name")]
     pub kind: EncoderKind,
+    /// The codec it was checked for.
+    pub codec: Codec,
     /// Whether it can be opened here.
     pub available: bool,
     /// Why not, when it cannot.
@@ -69,8 +72,8 @@ pub struct CudaGpu {
     pub uuid: Option<String>,
     /// Whether an NVENC session opened on it.
     pub nvenc: bool,
-    /// The codecs its NVENC encodes (`h264`).
-    pub codecs: Vec<&'static str>,
+    /// The codecs its NVENC encodes (`h264`, `hevc`).
+    pub codecs: Vec<Codec>,
     /// Why NVENC does not encode on it, when it does not.
     pub reason: Option<String>,
 }
@@ -108,7 +111,8 @@ pub struct FfmpegReport {
     pub program: PathBuf,
     /// Its version line, if it ran.
     pub version: Option<String>,
-    /// The H.264 encoders it lists.
+    /// The encoders it lists of the families this crate drives, every codec
+    /// ([`crate::encoder::codecs::ffmpeg_name`]).
     pub encoders: Vec<String>,
     /// Why it could not be run, if it could not.
     pub error: Option<String>,
@@ -118,7 +122,9 @@ pub struct FfmpegReport {
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct DetectionReport {
-    /// Every encoder in [`PRIORITY`] order, with its availability.
+    /// Every encoder that [`EncoderChoice::Auto`](crate::EncoderChoice::Auto) tries, for each
+    /// codec it encodes: codec by codec ([`Codec::ALL`]), each in [`PRIORITY`] order, with its
+    /// availability.
     pub candidates: Vec<Candidate>,
     /// The NVIDIA side.
     pub nvidia: NvidiaReport,
@@ -127,20 +133,40 @@ pub struct DetectionReport {
 }
 
 impl DetectionReport {
-    /// The encoders that can be used, best first.
+    /// The encoders that can be used for H.264, best first ([`DetectionReport::available_for`]
+    /// for another codec).
     #[must_use]
     pub fn available(&self) -> Vec<EncoderKind> {
+        self.available_for(Codec::H264)
+    }
+
+    /// The encoders that can be used for `codec`, best first.
+    #[must_use]
+    pub fn available_for(&self, codec: Codec) -> Vec<EncoderKind> {
         self.candidates
             .iter()
-            .filter(|c| c.available)
+            .filter(|c| c.available && c.codec == codec)
             .map(|c| c.kind)
             .collect()
     }
 
-    /// The candidate entry of `kind`.
+    /// The candidate entry of `kind` for `codec`; `None` for a backend that Auto does not try or
+    /// that does not encode `codec`.
     #[must_use]
-    pub fn candidate(&self, kind: EncoderKind) -> Option<&Candidate> {
-        self.candidates.iter().find(|c| c.kind == kind)
+    pub fn candidate(&self, kind: EncoderKind, codec: Codec) -> Option<&Candidate> {
+        self.candidates
+            .iter()
+            .find(|c| c.kind == kind && c.codec == codec)
+    }
+
+    /// The codecs `kind` encodes here.
+    #[must_use]
+    pub fn codecs_of(&self, kind: EncoderKind) -> Vec<Codec> {
+        self.candidates
+            .iter()
+            .filter(|c| c.available && c.kind == kind)
+            .map(|c| c.codec)
+            .collect()
     }
 }
 
@@ -148,7 +174,8 @@ fn by_name<S: serde::Serializer>(kind: &EncoderKind, s: S) -> Result<S::Ok, S::E
     s.serialize_str(kind.name())
 }
 
-/// The encoders available on this machine, best first (see [`detect`]).
+/// The H.264 encoders available on this machine, best first (see [`detect`];
+/// [`DetectionReport::available_for`] for another codec).
 #[must_use]
 pub fn detect_available_encoders() -> Vec<EncoderKind> {
     detect().available()
@@ -167,22 +194,28 @@ pub fn detect_with(ffmpeg: &Path) -> DetectionReport {
     let ffmpeg = ffmpeg_report(ffmpeg);
     let probes = probe_listed(&ffmpeg);
     let mut candidates = Vec::new();
-    for backend in BACKENDS.iter().filter(|b| b.auto) {
-        let kind = backend.kind;
-        let verdict: Result<(), String> = match backend.probe {
-            Probe::NvencSession => nvenc_verdict(&nvidia),
-            Probe::FfmpegEncode(encoder) => ffmpeg_verdict(&ffmpeg, &probes, encoder),
-            Probe::Open => open_verdict(kind),
-        };
-        match &verdict {
-            Ok(()) => tracing::debug!(encoder = %kind, "available"),
-            Err(reason) => tracing::debug!(encoder = %kind, reason, "unavailable"),
+    for &codec in Codec::ALL {
+        for backend in BACKENDS
+            .iter()
+            .filter(|b| b.auto && codecs::encodes(b.kind, codec))
+        {
+            let kind = backend.kind;
+            let verdict: Result<(), String> = match backend.probe {
+                Probe::NvencSession => nvenc_verdict(&nvidia, codec),
+                Probe::FfmpegEncode(family) => ffmpeg_verdict(&ffmpeg, &probes, family, codec),
+                Probe::Open => open_verdict(kind, codec),
+            };
+            match &verdict {
+                Ok(()) => tracing::debug!(encoder = %kind, %codec, "available"),
+                Err(reason) => tracing::debug!(encoder = %kind, %codec, reason, "unavailable"),
+            }
+            candidates.push(Candidate {
+                kind,
+                codec,
+                available: verdict.is_ok(),
+                reason: verdict.err(),
+            });
         }
-        candidates.push(Candidate {
-            kind,
-            available: verdict.is_ok(),
-            reason: verdict.err(),
-        });
     }
     DetectionReport {
         candidates,
@@ -191,15 +224,18 @@ pub fn detect_with(ffmpeg: &Path) -> DetectionReport {
     }
 }
 
-fn nvenc_verdict(nvidia: &NvidiaReport) -> Result<(), String> {
+fn nvenc_verdict(nvidia: &NvidiaReport, codec: Codec) -> Result<(), String> {
     if let Some(e) = &nvidia.nvenc_error {
         return Err(e.clone());
     }
     let mut reasons = Vec::new();
     for (device, probe) in nvidia.nvenc.iter().enumerate() {
         match probe {
-            Ok(caps) if caps.h264 => return Ok(()),
-            Ok(_) => reasons.push(format!("GPU {device}: NVENC lists no H.264 codec")),
+            Ok(caps) if caps.encodes(codec) => return Ok(()),
+            Ok(_) => reasons.push(format!(
+                "GPU {device}: NVENC lists no {} codec",
+                codec.display_name()
+            )),
             Err(e) => reasons.push(format!("GPU {device}: {e}")),
         }
     }
@@ -211,18 +247,24 @@ fn nvenc_verdict(nvidia: &NvidiaReport) -> Result<(), String> {
 
 fn ffmpeg_verdict(
     ffmpeg: &FfmpegReport,
-    probes: &HashMap<FfmpegH264Encoder, Result<(), String>>,
-    codec: FfmpegH264Encoder,
+    probes: &HashMap<(FfmpegFamily, Codec), Result<(), String>>,
+    family: FfmpegFamily,
+    codec: Codec,
 ) -> Result<(), String> {
     if let Some(e) = &ffmpeg.error {
         return Err(e.clone());
     }
-    let name = codec.ffmpeg_name();
+    let Some(name) = codecs::ffmpeg_name(family, codec) else {
+        return Err(format!(
+            "FFmpeg has no {} encoder of this family",
+            codec.display_name()
+        ));
+    };
     if !ffmpeg.encoders.iter().any(|e| e == name) {
         return Err(format!("{} does not list {name}", ffmpeg.program.display()));
     }
     probes
-        .get(&codec)
+        .get(&(family, codec))
         .cloned()
         .unwrap_or_else(|| Err(format!("{name} was listed but not probed")))
 }
@@ -232,21 +274,22 @@ fn ffmpeg_verdict(
 /// that long whatever number of listed encoders hang. A probe still running at the limit is
 /// reported as not finished; its thread ends within its own time limits and kills its ffmpeg's
 /// process group then.
-fn probe_listed(ffmpeg: &FfmpegReport) -> HashMap<FfmpegH264Encoder, Result<(), String>> {
+fn probe_listed(ffmpeg: &FfmpegReport) -> HashMap<(FfmpegFamily, Codec), Result<(), String>> {
     let mut verdicts = HashMap::new();
     if ffmpeg.error.is_some() {
         return verdicts;
     }
-    let listed: Vec<FfmpegH264Encoder> = BACKENDS
+    let listed: Vec<(FfmpegFamily, Codec)> = BACKENDS
         .iter()
         .filter(|b| b.auto)
         .filter_map(|b| match b.probe {
-            Probe::FfmpegEncode(codec)
-                if ffmpeg.encoders.iter().any(|e| e == codec.ffmpeg_name()) =>
-            {
-                Some(codec)
-            }
+            Probe::FfmpegEncode(family) => Some(family),
             _ => None,
+        })
+        .flat_map(|family| Codec::ALL.iter().map(move |&codec| (family, codec)))
+        .filter(|&(family, codec)| {
+            codecs::ffmpeg_name(family, codec)
+                .is_some_and(|name| ffmpeg.encoders.iter().any(|e| e == name))
         })
         .collect();
     let (sender, results) = mpsc::channel();
@@ -277,17 +320,17 @@ fn probe_listed(ffmpeg: &FfmpegReport) -> HashMap<FfmpegH264Encoder, Result<(), 
         verdicts.entry(codec).or_insert_with(|| {
             Err(format!(
                 "the one-frame probe encode with {} did not finish within {FFMPEG_PROBE_LIMIT:?}",
-                codec.ffmpeg_name()
+                codecs::ffmpeg_name(codec.0, codec.1).unwrap_or("ffmpeg")
             ))
         });
     }
     verdicts
 }
 
-/// Encodes one frame with `codec` through ffmpeg, within a time limit.
-fn probe_encode(program: &Path, codec: FfmpegH264Encoder) -> Result<(), String> {
-    let config = EncoderConfig::new(256, 256);
-    let options = FfmpegOptions::new(codec)
+/// Encodes one frame with `family`'s encoder of `codec` through ffmpeg, within a time limit.
+fn probe_encode(program: &Path, (family, codec): (FfmpegFamily, Codec)) -> Result<(), String> {
+    let config = EncoderConfig::new(256, 256).with_codec(codec);
+    let options = FfmpegOptions::new(family)
         .with_program(program)
         .with_timeout(FFMPEG_PROBE_LIMIT);
     let frame = vec![128u8; config.validate().map_err(|e| e.to_string())?];
@@ -313,9 +356,11 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Opens `kind` once at a small size: for the in-process backends that is a full check.
-fn open_verdict(kind: EncoderKind) -> Result<(), String> {
-    crate::backends::open(kind, &EncoderConfig::new(64, 64), &NvencOptions::default())
+/// Opens `kind` for `codec` once at a small size: for the in-process backends that is a full
+/// check.
+fn open_verdict(kind: EncoderKind, codec: Codec) -> Result<(), String> {
+    let config = EncoderConfig::new(64, 64).with_codec(codec);
+    crate::backends::open(kind, &config, &NvencOptions::default())
         .map(drop)
         .map_err(|e| e.to_string())
 }
@@ -379,8 +424,12 @@ fn nvidia_report() -> NvidiaReport {
             .map(|(ordinal, uuid)| {
                 let probe = report.nvenc.get(ordinal);
                 let (nvenc, codecs, reason) = match (probe, &report.nvenc_error) {
-                    (Some(Ok(caps)), _) if caps.h264 => (true, vec!["h264"], None),
-                    (Some(Ok(_)), _) => (false, Vec::new(), Some("NVENC lists no H.264".into())),
+                    (Some(Ok(caps)), _) if !caps.codecs().is_empty() => (true, caps.codecs(), None),
+                    (Some(Ok(_)), _) => (
+                        false,
+                        Vec::new(),
+                        Some("NVENC lists none of the codecs this crate encodes".into()),
+                    ),
                     (Some(Err(e)), _) => (false, Vec::new(), Some(e.clone())),
                     (None, Some(e)) => (false, Vec::new(), Some(e.clone())),
                     (None, None) => (false, Vec::new(), Some("not probed".into())),
@@ -436,7 +485,7 @@ fn ffmpeg_report(program: &Path) -> FfmpegReport {
                     let mut words = l.split_whitespace();
                     let flags = words.next()?;
                     let name = words.next()?;
-                    (flags.starts_with('V') && (name.starts_with("h264_") || name == "libx264"))
+                    (flags.starts_with('V') && codecs::ffmpeg_family_of(name).is_some())
                         .then(|| name.to_owned())
                 })
                 .collect();

@@ -26,6 +26,7 @@
 //! - [`VideoEncoder::reconfigure`] changes the rate control of a running stream without losing
 //!   a frame, or says [`Error::Unsupported`] and changes nothing; it is never a silent no-op.
 
+pub mod codecs;
 pub(crate) mod config;
 mod gate;
 pub(crate) mod kind;
@@ -40,7 +41,9 @@ pub use config::{
     RateControlMode, Resolution, Tune,
 };
 pub(crate) use gate::{count_host_copy, DtsQueue, InputGate};
-pub use kind::{EncoderKind, FfmpegH264Encoder};
+#[allow(deprecated)]
+pub use kind::FfmpegH264Encoder;
+pub use kind::{EncoderKind, FfmpegFamily};
 pub(crate) use slot::check_device_surface;
 pub use slot::SlotFrame;
 

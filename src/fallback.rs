@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::encoder::codecs;
 use crate::encoder::{
     DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, InputGate, RateControl, SlotFrame,
     VideoEncoder,
@@ -146,7 +147,7 @@ fn open_checked(
     if gated {
         // Detection probes only the backends Auto tries; one it does not (named by the caller or
         // by NVENC_RS_BACKEND) is opened as asked.
-        match crate::detect::detect().candidate(kind) {
+        match crate::detect::detect().candidate(kind, config.codec) {
             Some(c) if !c.available => {
                 return Err(Error::Unavailable {
                     backend: kind,
@@ -460,6 +461,10 @@ fn open_next_keep(
     rejected: &mut Vec<(EncoderKind, Box<Error>)>,
 ) -> Option<Box<dyn VideoEncoder>> {
     while let Some((kind, mut open)) = chain.pop_front() {
+        if let Err(e) = codecs::check(kind, config.codec) {
+            rejected.push((kind, Box::new(e.into())));
+            continue;
+        }
         match open(config) {
             Ok(encoder) => {
                 tracing::info!(encoder = %kind, "fallback encoder opened");
@@ -502,6 +507,12 @@ fn open_next(
     // once); only when none opened is it validated here, so that a configuration error is
     // reported rather than every backend's refusal.
     while let Some((kind, mut open)) = chain.pop_front() {
+        // A backend that does not encode the stream's codec is passed over: the chain never
+        // changes the codec, so an HEVC stream fails over only among HEVC encoders.
+        if let Err(e) = codecs::check(kind, config.codec) {
+            rejected.push((kind, Box::new(e.into())));
+            continue;
+        }
         match open(config) {
             Ok(encoder) => {
                 if rejected.is_empty() {

@@ -43,8 +43,10 @@ pub mod fuzzing {
 }
 
 pub use detect::{detect, detect_available_encoders, DetectionReport};
+#[allow(deprecated)]
+pub use encoder::FfmpegH264Encoder;
 pub use encoder::{
-    Bitrate, Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegH264Encoder, Frame, FrameRate,
+    Bitrate, Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegFamily, Frame, FrameRate,
     FrameType, PixelFormat, Preset, RateControl, RateControlMode, Resolution, SlotFrame, Tune,
     VideoEncoder,
 };

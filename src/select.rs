@@ -26,11 +26,13 @@ impl EncoderChoice {
         "auto",
         "nvenc",
         "x264",
+        "x265",
         "ffmpeg-nvenc",
         "qsv",
         "videotoolbox",
         "vaapi",
         "ffmpeg-x264",
+        "ffmpeg-x265",
     ];
 }
 

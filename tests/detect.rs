@@ -3,7 +3,7 @@
 
 mod common;
 
-use nvencode::{EncoderKind, FfmpegH264Encoder};
+use nvencode::{Codec, EncoderKind, FfmpegFamily};
 
 #[test]
 fn without_gpu_only_software_is_available_and_every_rejection_has_a_reason() {
@@ -13,17 +13,33 @@ fn without_gpu_only_software_is_available_and_every_rejection_has_a_reason() {
         return;
     }
     let report = nvencode::detect();
-    assert_eq!(
-        report.candidates.iter().map(|c| c.kind).collect::<Vec<_>>(),
-        nvencode::detect::PRIORITY.to_vec()
-    );
+    for codec in [Codec::H264, Codec::Hevc] {
+        assert_eq!(
+            report
+                .candidates
+                .iter()
+                .filter(|c| c.codec == codec)
+                .map(|c| c.kind)
+                .collect::<Vec<_>>(),
+            nvencode::backends::priority(codec),
+            "{codec}"
+        );
+    }
+    // HEVC: NVENC is rejected with its reason, and the software HEVC encoder is the one there.
+    let hevc = report
+        .candidate(EncoderKind::Nvenc, Codec::Hevc)
+        .expect("listed");
+    assert!(!hevc.available && hevc.reason.is_some(), "{hevc:?}");
+    if cfg!(feature = "x265") {
+        assert_eq!(report.available_for(Codec::Hevc), vec![EncoderKind::X265]);
+    }
     for kind in [
         EncoderKind::Nvenc,
-        EncoderKind::Ffmpeg(FfmpegH264Encoder::Qsv),
-        EncoderKind::Ffmpeg(FfmpegH264Encoder::VideoToolbox),
-        EncoderKind::Ffmpeg(FfmpegH264Encoder::Vaapi),
+        EncoderKind::Ffmpeg(FfmpegFamily::Qsv),
+        EncoderKind::Ffmpeg(FfmpegFamily::VideoToolbox),
+        EncoderKind::Ffmpeg(FfmpegFamily::Vaapi),
     ] {
-        let c = report.candidate(kind).expect("listed");
+        let c = report.candidate(kind, Codec::H264).expect("listed");
         assert!(
             !c.available,
             "{kind} reported available on a machine without it"
@@ -32,14 +48,14 @@ fn without_gpu_only_software_is_available_and_every_rejection_has_a_reason() {
         assert!(!reason.is_empty(), "{kind} rejected without a reason");
     }
     let nvenc = report
-        .candidate(EncoderKind::Nvenc)
+        .candidate(EncoderKind::Nvenc, Codec::H264)
         .and_then(|c| c.reason.clone())
         .unwrap_or_default();
     assert!(nvenc.contains("libnvidia-encode"), "{nvenc}");
     // Debian's ffmpeg lists h264_qsv; the probe encode must be what rejects it.
     if report.ffmpeg.encoders.iter().any(|e| e == "h264_qsv") {
         let qsv = report
-            .candidate(EncoderKind::Ffmpeg(FfmpegH264Encoder::Qsv))
+            .candidate(EncoderKind::Ffmpeg(FfmpegFamily::Qsv), Codec::H264)
             .and_then(|c| c.reason.clone());
         assert!(!qsv.unwrap_or_default().contains("does not list"));
     }
@@ -50,7 +66,9 @@ fn without_gpu_only_software_is_available_and_every_rejection_has_a_reason() {
         );
     } else {
         assert_eq!(nvencode::detect_available_encoders(), vec![]);
-        let x264 = report.candidate(EncoderKind::X264).expect("listed");
+        let x264 = report
+            .candidate(EncoderKind::X264, Codec::H264)
+            .expect("listed");
         assert!(x264
             .reason
             .as_deref()
@@ -76,15 +94,17 @@ fn ffmpeg_backends_rejected(report: &nvencode::DetectionReport, needle: &str) {
         "ffmpeg error {error:?} should say {needle:?}"
     );
     for kind in [
-        EncoderKind::Ffmpeg(FfmpegH264Encoder::Qsv),
-        EncoderKind::Ffmpeg(FfmpegH264Encoder::VideoToolbox),
-        EncoderKind::Ffmpeg(FfmpegH264Encoder::Vaapi),
+        EncoderKind::Ffmpeg(FfmpegFamily::Qsv),
+        EncoderKind::Ffmpeg(FfmpegFamily::VideoToolbox),
+        EncoderKind::Ffmpeg(FfmpegFamily::Vaapi),
     ] {
-        let c = report.candidate(kind).expect("listed");
+        let c = report.candidate(kind, Codec::H264).expect("listed");
         assert!(!c.available);
         assert!(c.reason.as_deref().unwrap_or("").contains(needle));
     }
-    let x264 = report.candidate(EncoderKind::X264).expect("listed");
+    let x264 = report
+        .candidate(EncoderKind::X264, Codec::H264)
+        .expect("listed");
     assert_eq!(
         x264.available,
         cfg!(feature = "x264"),
@@ -132,12 +152,12 @@ fn hanging_probe_encodes_are_bounded_all_together() {
         "detection took {took:?} with every probe hanging; the limit is {limit:?}"
     );
     for codec in [
-        FfmpegH264Encoder::Qsv,
-        FfmpegH264Encoder::VideoToolbox,
-        FfmpegH264Encoder::Vaapi,
+        FfmpegFamily::Qsv,
+        FfmpegFamily::VideoToolbox,
+        FfmpegFamily::Vaapi,
     ] {
         let c = report
-            .candidate(EncoderKind::Ffmpeg(codec))
+            .candidate(EncoderKind::Ffmpeg(codec), Codec::H264)
             .expect("listed");
         assert!(!c.available, "{codec:?}");
         assert!(

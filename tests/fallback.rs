@@ -8,8 +8,7 @@ use std::sync::Arc;
 use nvencode::fallback::Opener;
 use nvencode::ffmpeg::{FfmpegEncoder, FfmpegOptions};
 use nvencode::{
-    EncoderConfig, EncoderKind, Error, FallbackEncoder, FfmpegH264Encoder, VideoEncoder,
-    X264Encoder,
+    EncoderConfig, EncoderKind, Error, FallbackEncoder, FfmpegFamily, VideoEncoder, X264Encoder,
 };
 
 /// As for the x264 backend (`x264_backend.rs`): the chain below is x264 behind the fallback.
@@ -46,9 +45,9 @@ fn default_chain_without_gpu_opens_x264_and_keeps_every_reason() {
         kinds,
         vec![
             EncoderKind::Nvenc,
-            EncoderKind::Ffmpeg(FfmpegH264Encoder::Qsv),
-            EncoderKind::Ffmpeg(FfmpegH264Encoder::VideoToolbox),
-            EncoderKind::Ffmpeg(FfmpegH264Encoder::Vaapi),
+            EncoderKind::Ffmpeg(FfmpegFamily::Qsv),
+            EncoderKind::Ffmpeg(FfmpegFamily::VideoToolbox),
+            EncoderKind::Ffmpeg(FfmpegFamily::Vaapi),
         ]
     );
     assert!(
@@ -78,12 +77,12 @@ fn failover_mid_stream_loses_no_frame() {
     let pid = Arc::new(AtomicU32::new(0));
     let pid_in = Arc::clone(&pid);
     let ffmpeg: Opener = Box::new(move |c: &EncoderConfig| {
-        let e = FfmpegEncoder::new(c, &FfmpegOptions::new(FfmpegH264Encoder::Libx264))?;
+        let e = FfmpegEncoder::new(c, &FfmpegOptions::new(FfmpegFamily::Libx264))?;
         pid_in.store(e.pid(), Ordering::SeqCst);
         Ok(Box::new(e) as Box<dyn VideoEncoder>)
     });
     let chain = vec![
-        (EncoderKind::Ffmpeg(FfmpegH264Encoder::Libx264), ffmpeg),
+        (EncoderKind::Ffmpeg(FfmpegFamily::Libx264), ffmpeg),
         x264_opener(),
     ];
     let mut encoder = FallbackEncoder::with_chain(&config, chain).expect("open");

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use nvencode::ffmpeg::{FfmpegEncoder, FfmpegOptions};
-use nvencode::{EncoderConfig, FfmpegH264Encoder, SubprocessProblem, VideoEncoder};
+use nvencode::{EncoderConfig, FfmpegFamily, SubprocessProblem, VideoEncoder};
 
 /// The same settings as the in-process x264 contract tests, through ffmpeg's libx264 (lowest
 /// frame measured 46.7 dB there; ffmpeg's libx264 wrapper changes nothing that matters here).
@@ -16,7 +16,7 @@ const PSNR_FLOOR_DB: f64 = 38.0;
 fn open_ffmpeg_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, nvencode::Error> {
     Ok(Box::new(FfmpegEncoder::new(
         config,
-        &FfmpegOptions::new(FfmpegH264Encoder::Libx264),
+        &FfmpegOptions::new(FfmpegFamily::Libx264),
     )?))
 }
 
@@ -31,8 +31,7 @@ fn subprocess_problem(err: nvencode::Error) -> SubprocessProblem {
 
 #[test]
 fn missing_ffmpeg_is_not_found() {
-    let options =
-        FfmpegOptions::new(FfmpegH264Encoder::Libx264).with_program("/nonexistent/bin/ffmpeg");
+    let options = FfmpegOptions::new(FfmpegFamily::Libx264).with_program("/nonexistent/bin/ffmpeg");
     let err = FfmpegEncoder::new(&EncoderConfig::new(64, 64), &options).unwrap_err();
     match subprocess_problem(err) {
         SubprocessProblem::NotFound { program, .. } => assert!(program.contains("nonexistent")),
@@ -44,8 +43,7 @@ fn missing_ffmpeg_is_not_found() {
 fn killed_ffmpeg_is_reported_as_exited() {
     let config = EncoderConfig::new(320, 240);
     let frames = common::clip(&config, 4);
-    let options =
-        FfmpegOptions::new(FfmpegH264Encoder::Libx264).with_timeout(Duration::from_secs(5));
+    let options = FfmpegOptions::new(FfmpegFamily::Libx264).with_timeout(Duration::from_secs(5));
     let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
     let mut chunks = Vec::new();
     encoder
@@ -83,7 +81,7 @@ fn hung_ffmpeg_is_killed_after_the_timeout() {
     let config = EncoderConfig::new(1920, 1080);
     let frame = vec![16u8; config.validate().expect("valid")];
     let timeout = Duration::from_millis(700);
-    let options = FfmpegOptions::new(FfmpegH264Encoder::Libx264)
+    let options = FfmpegOptions::new(FfmpegFamily::Libx264)
         .with_program(&script)
         .with_timeout(timeout);
     let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
@@ -129,7 +127,7 @@ fn forking_wrapper_is_killed_with_its_whole_group_and_drop_is_bounded() {
     let config = EncoderConfig::new(1920, 1080);
     let frame = vec![16u8; config.validate().expect("valid")];
     let timeout = Duration::from_millis(700);
-    let options = FfmpegOptions::new(FfmpegH264Encoder::Libx264)
+    let options = FfmpegOptions::new(FfmpegFamily::Libx264)
         .with_program(&script)
         .with_timeout(timeout);
     let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
@@ -165,7 +163,7 @@ fn dropping_a_running_forking_wrapper_is_bounded() {
     let dir = tempfile::tempdir().expect("temp dir");
     let script = fake_ffmpeg(dir.path(), "sleep 1000\necho never");
     let config = EncoderConfig::new(64, 64);
-    let options = FfmpegOptions::new(FfmpegH264Encoder::Libx264).with_program(&script);
+    let options = FfmpegOptions::new(FfmpegFamily::Libx264).with_program(&script);
     let encoder = FfmpegEncoder::new(&config, &options).expect("open");
     // Give the wrapper time to fork its `sleep`, which inherits the pipes.
     std::thread::sleep(Duration::from_millis(300));
@@ -186,7 +184,7 @@ fn output_that_is_not_mpeg_ts_is_an_invalid_stream_not_a_signal() {
     let script = fake_ffmpeg(dir.path(), "exec cat");
     let config = EncoderConfig::new(320, 240);
     let frame = vec![16u8; config.validate().expect("valid")];
-    let options = FfmpegOptions::new(FfmpegH264Encoder::Libx264)
+    let options = FfmpegOptions::new(FfmpegFamily::Libx264)
         .with_program(&script)
         .with_timeout(Duration::from_secs(5));
     let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
@@ -211,7 +209,7 @@ fn error_carries_what_ffmpeg_wrote_to_stderr() {
     );
     let config = EncoderConfig::new(320, 240);
     let frame = vec![16u8; config.validate().expect("valid")];
-    let options = FfmpegOptions::new(FfmpegH264Encoder::Libx264)
+    let options = FfmpegOptions::new(FfmpegFamily::Libx264)
         .with_program(&script)
         .with_timeout(Duration::from_secs(5));
     let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
@@ -241,7 +239,7 @@ fn the_stderr_tail_is_bounded_in_bytes() {
     );
     let config = EncoderConfig::new(320, 240);
     let frame = vec![16u8; config.validate().expect("valid")];
-    let options = FfmpegOptions::new(FfmpegH264Encoder::Libx264)
+    let options = FfmpegOptions::new(FfmpegFamily::Libx264)
         .with_program(&script)
         .with_timeout(Duration::from_secs(20));
     let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");
@@ -272,7 +270,7 @@ fn the_stderr_tail_is_bounded_in_bytes() {
 #[test]
 fn frames_refused_after_a_kill_never_come_out() {
     let config = EncoderConfig::new(320, 240).with_bframes(Some(0));
-    let encoder = FfmpegEncoder::new(&config, &FfmpegOptions::new(FfmpegH264Encoder::Libx264))
+    let encoder = FfmpegEncoder::new(&config, &FfmpegOptions::new(FfmpegFamily::Libx264))
         .expect("ffmpeg with libx264");
     let pid = encoder.pid();
     let mut encoder: Box<dyn VideoEncoder> = Box::new(encoder);
@@ -363,7 +361,7 @@ fn encode_30_through(
     script: &std::path::Path,
     config: &EncoderConfig,
 ) -> (Vec<nvencode::EncodedChunk>, Duration) {
-    let options = FfmpegOptions::new(FfmpegH264Encoder::Libx264)
+    let options = FfmpegOptions::new(FfmpegFamily::Libx264)
         .with_program(script)
         .with_timeout(Duration::from_secs(10));
     let mut encoder = FfmpegEncoder::new(config, &options).expect("open");
@@ -454,7 +452,7 @@ fn frames_lost_with_a_killed_ffmpeg_are_counted() {
     let pidfile = dir.path().join("job.pid");
     let script = wrapper_with_background_job(dir.path(), &pidfile, "", true);
     let config = EncoderConfig::new(320, 240);
-    let options = FfmpegOptions::new(FfmpegH264Encoder::Libx264)
+    let options = FfmpegOptions::new(FfmpegFamily::Libx264)
         .with_program(&script)
         .with_timeout(Duration::from_secs(10));
     let mut encoder = FfmpegEncoder::new(&config, &options).expect("open");

@@ -28,7 +28,7 @@ use nvencode::metrics::{
 };
 use nvencode::ring_buffer::{FrameMeta, FrameRing, ReserveError};
 use nvencode::{
-    EncodedChunk, EncoderConfig, EncoderKind, FallbackEncoder, FfmpegH264Encoder, Frame, Tune,
+    EncodedChunk, EncoderConfig, EncoderKind, FallbackEncoder, FfmpegFamily, Frame, Tune,
     VideoEncoder, X264Encoder,
 };
 
@@ -282,14 +282,14 @@ fn failover_moves_the_label_and_counts_the_switch() {
     let pid = Arc::new(AtomicU32::new(0));
     let pid_in = Arc::clone(&pid);
     let ffmpeg: Opener = Box::new(move |c: &EncoderConfig| {
-        let e = FfmpegEncoder::new(c, &FfmpegOptions::new(FfmpegH264Encoder::Libx264))?;
+        let e = FfmpegEncoder::new(c, &FfmpegOptions::new(FfmpegFamily::Libx264))?;
         pid_in.store(e.pid(), Ordering::SeqCst);
         Ok(Box::new(e) as Box<dyn VideoEncoder>)
     });
     let x264: Opener =
         Box::new(|c: &EncoderConfig| Ok(Box::new(X264Encoder::new(c)?) as Box<dyn VideoEncoder>));
     let chain = vec![
-        (EncoderKind::Ffmpeg(FfmpegH264Encoder::Libx264), ffmpeg),
+        (EncoderKind::Ffmpeg(FfmpegFamily::Libx264), ffmpeg),
         (EncoderKind::X264, x264),
     ];
     let input = common::clip(&config, 40);

@@ -399,19 +399,19 @@ fn the_ffmpeg_backend_and_its_failover_to_x264_write_through_the_sink() {
     use std::sync::Arc;
 
     use nvencode::ffmpeg::{FfmpegEncoder, FfmpegOptions};
-    use nvencode::{FfmpegH264Encoder, VideoEncoder};
+    use nvencode::{FfmpegFamily, VideoEncoder};
     let config = EncoderConfig::new(320, 240)
         .with_preset(Preset::Veryfast)
         .with_gop_size(30)
         .with_bframes(Some(2));
-    let kind = EncoderKind::Ffmpeg(FfmpegH264Encoder::Libx264);
+    let kind = EncoderKind::Ffmpeg(FfmpegFamily::Libx264);
     let chunks = encode(EncoderChoice::Only(kind), &config, 40);
     assert_decodes_like_annex_b(&config, &chunks, "ffmpeg libx264");
 
     let pid = Arc::new(AtomicU32::new(0));
     let pid_in = Arc::clone(&pid);
     let ffmpeg: nvencode::fallback::Opener = Box::new(move |c: &EncoderConfig| {
-        let e = FfmpegEncoder::new(c, &FfmpegOptions::new(FfmpegH264Encoder::Libx264))?;
+        let e = FfmpegEncoder::new(c, &FfmpegOptions::new(FfmpegFamily::Libx264))?;
         pid_in.store(e.pid(), Ordering::SeqCst);
         Ok(Box::new(e) as Box<dyn VideoEncoder>)
     });

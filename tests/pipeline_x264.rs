@@ -12,7 +12,7 @@ use nvencode::fallback::Opener;
 use nvencode::ffmpeg::{FfmpegEncoder, FfmpegOptions};
 use nvencode::pipeline::{EncodePipeline, EncodedOutput, PipelineOptions};
 use nvencode::{
-    EncodedChunk, EncoderConfig, EncoderKind, FallbackEncoder, FfmpegH264Encoder, GpuEncoderConfig,
+    EncodedChunk, EncoderConfig, EncoderKind, FallbackEncoder, FfmpegFamily, GpuEncoderConfig,
     VideoEncoder, X264Encoder,
 };
 
@@ -70,14 +70,14 @@ fn failover_mid_pipeline_loses_no_frame() {
     let pid = Arc::new(AtomicU32::new(0));
     let pid_in = Arc::clone(&pid);
     let ffmpeg: Opener = Box::new(move |c: &EncoderConfig| {
-        let e = FfmpegEncoder::new(c, &FfmpegOptions::new(FfmpegH264Encoder::Libx264))?;
+        let e = FfmpegEncoder::new(c, &FfmpegOptions::new(FfmpegFamily::Libx264))?;
         pid_in.store(e.pid(), Ordering::SeqCst);
         Ok(Box::new(e) as Box<dyn VideoEncoder>)
     });
     let x264: Opener =
         Box::new(|c: &EncoderConfig| Ok(Box::new(X264Encoder::new(c)?) as Box<dyn VideoEncoder>));
     let chain = vec![
-        (EncoderKind::Ffmpeg(FfmpegH264Encoder::Libx264), ffmpeg),
+        (EncoderKind::Ffmpeg(FfmpegFamily::Libx264), ffmpeg),
         (EncoderKind::X264, x264),
     ];
     let encoder = FallbackEncoder::with_chain(&config, chain).expect("open");
@@ -106,7 +106,7 @@ fn failover_mid_pipeline_loses_no_frame() {
     // finished the stream.
     assert_eq!(
         output.encoder_kind(),
-        EncoderKind::Ffmpeg(FfmpegH264Encoder::Libx264)
+        EncoderKind::Ffmpeg(FfmpegFamily::Libx264)
     );
     assert_eq!(output.finished_by(), Some(EncoderKind::X264));
     common::assert_accounting(&chunks, 60);

@@ -16,7 +16,7 @@ use nvencode::nvenc::NvencEncoder;
 use nvencode::testsrc::TestPattern;
 use nvencode::{
     Bitrate, ConfigError, EncodedChunk, EncoderConfig, EncoderKind, Error, FallbackEncoder,
-    FfmpegH264Encoder, FrameType, Preset, RateControl, Tune, VideoEncoder, X264Encoder,
+    FfmpegFamily, FrameType, Preset, RateControl, Tune, VideoEncoder, X264Encoder,
 };
 
 const FPS: u32 = 30;
@@ -32,7 +32,7 @@ fn open_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
 fn open_ffmpeg_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
     Ok(Box::new(FfmpegEncoder::new(
         config,
-        &FfmpegOptions::new(FfmpegH264Encoder::Libx264),
+        &FfmpegOptions::new(FfmpegFamily::Libx264),
     )?))
 }
 
@@ -318,7 +318,7 @@ fn open_ffmpeg_nvenc(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Er
     );
     Ok(Box::new(FfmpegEncoder::new(
         config,
-        &FfmpegOptions::new(FfmpegH264Encoder::Nvenc),
+        &FfmpegOptions::new(FfmpegFamily::Nvenc),
     )?))
 }
 

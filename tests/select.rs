@@ -61,13 +61,13 @@ fn choice_parses_auto_and_backend_names() {
     assert_eq!(
         "h264_nvenc".parse(),
         Ok(EncoderChoice::Only(EncoderKind::Ffmpeg(
-            nvencode::FfmpegH264Encoder::Nvenc
+            nvencode::FfmpegFamily::Nvenc
         )))
     );
     assert_eq!(
         "qsv".parse(),
         Ok(EncoderChoice::Only(EncoderKind::Ffmpeg(
-            nvencode::FfmpegH264Encoder::Qsv
+            nvencode::FfmpegFamily::Qsv
         )))
     );
     assert!(matches!(
@@ -117,7 +117,7 @@ fn child_backend_env_forces_ffmpeg_x264() {
     let encoder = nvencode::open_encoder(EncoderChoice::Auto, &config).expect("ffmpeg-x264 opens");
     assert_eq!(
         encoder.kind(),
-        EncoderKind::Ffmpeg(nvencode::FfmpegH264Encoder::Libx264)
+        EncoderKind::Ffmpeg(nvencode::FfmpegFamily::Libx264)
     );
     // An explicit choice is not affected.
     let only = nvencode::open_encoder(EncoderChoice::Only(EncoderKind::Nvenc), &config);

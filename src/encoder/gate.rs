@@ -67,9 +67,11 @@ pub(crate) struct InputGate {
 
 impl InputGate {
     pub(crate) fn new(kind: EncoderKind, config: &EncoderConfig) -> Result<Self, ConfigError> {
+        let frame_len = config.validate()?;
+        super::codecs::check(kind, config.codec)?;
         Ok(InputGate {
             kind,
-            frame_len: config.validate()?,
+            frame_len,
             resolution: config.resolution,
             format: config.pixel_format,
             accepted: 0,

@@ -1,4 +1,5 @@
-//! Which backend: [`EncoderKind`] and the FFmpeg encoders of the subprocess backend.
+//! Which backend: [`EncoderKind`] and the FFmpeg encoder families of the subprocess backend. Which
+//! codecs each one encodes, and under which name, is [`super::codecs`]'s.
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,54 +10,55 @@ use super::config::ConfigError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum EncoderKind {
-    /// NVIDIA NVENC through the driver's `libnvidia-encode`, in process.
+    /// NVIDIA NVENC through the driver's `libnvidia-encode`, in process (H.264 and HEVC).
     Nvenc,
-    /// One of FFmpeg's H.264 encoders, in an `ffmpeg` subprocess.
-    Ffmpeg(FfmpegH264Encoder),
-    /// Software libx264, in process.
+    /// One of FFmpeg's encoders, in an `ffmpeg` subprocess.
+    Ffmpeg(FfmpegFamily),
+    /// Software libx264, in process (H.264).
     X264,
+    /// Software libx265, in process (HEVC).
+    X265,
 }
 
-/// The FFmpeg H.264 encoders the subprocess backend can drive.
+/// The FFmpeg encoders the subprocess backend can drive, by family: a hardware family encodes
+/// every codec its FFmpeg build names (`h264_qsv`, `hevc_qsv`), a software one its own codec.
+/// [`super::codecs::ffmpeg_name`] gives the FFmpeg encoder for a codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
-pub enum FfmpegH264Encoder {
-    /// `h264_nvenc`: NVIDIA NVENC, as a cross-check of the direct backend.
+pub enum FfmpegFamily {
+    /// `h264_nvenc`, `hevc_nvenc`: NVIDIA NVENC, as a cross-check of the direct backend.
     Nvenc,
-    /// `h264_qsv`: Intel Quick Sync Video.
+    /// `h264_qsv`, `hevc_qsv`: Intel Quick Sync Video.
     Qsv,
-    /// `h264_videotoolbox`: Apple VideoToolbox.
+    /// `h264_videotoolbox`, `hevc_videotoolbox`: Apple VideoToolbox.
     VideoToolbox,
-    /// `h264_vaapi`: VA-API (Intel, AMD on Linux).
+    /// `h264_vaapi`, `hevc_vaapi`: VA-API (Intel, AMD on Linux).
     Vaapi,
-    /// `libx264`: software; what the subprocess backend is tested with where no GPU is.
+    /// `libx264`: software H.264; what the subprocess backend is tested with where no GPU is.
     Libx264,
+    /// `libx265`: software HEVC; the software HEVC backend of a build without the `x265` feature.
+    Libx265,
 }
 
-impl FfmpegH264Encoder {
-    /// FFmpeg's name for the encoder (`-c:v`).
-    #[must_use]
-    pub const fn ffmpeg_name(self) -> &'static str {
-        match self {
-            FfmpegH264Encoder::Nvenc => "h264_nvenc",
-            FfmpegH264Encoder::Qsv => "h264_qsv",
-            FfmpegH264Encoder::VideoToolbox => "h264_videotoolbox",
-            FfmpegH264Encoder::Vaapi => "h264_vaapi",
-            FfmpegH264Encoder::Libx264 => "libx264",
-        }
-    }
-}
+/// The family's old name, from when the crate encoded only H.264.
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed to `FfmpegFamily`: the families encode HEVC too"
+)]
+pub type FfmpegH264Encoder = FfmpegFamily;
 
 impl EncoderKind {
     /// Every name [`FromStr`] accepts.
     pub const NAMES: &'static [&'static str] = &[
         "nvenc",
         "x264",
+        "x265",
         "ffmpeg-nvenc",
         "qsv",
         "videotoolbox",
         "vaapi",
         "ffmpeg-x264",
+        "ffmpeg-x265",
     ];
 
     /// The short name used in logs, metrics labels and on the command line.
@@ -65,11 +67,13 @@ impl EncoderKind {
         match self {
             EncoderKind::Nvenc => "nvenc",
             EncoderKind::X264 => "x264",
-            EncoderKind::Ffmpeg(FfmpegH264Encoder::Nvenc) => "ffmpeg-nvenc",
-            EncoderKind::Ffmpeg(FfmpegH264Encoder::Qsv) => "qsv",
-            EncoderKind::Ffmpeg(FfmpegH264Encoder::VideoToolbox) => "videotoolbox",
-            EncoderKind::Ffmpeg(FfmpegH264Encoder::Vaapi) => "vaapi",
-            EncoderKind::Ffmpeg(FfmpegH264Encoder::Libx264) => "ffmpeg-x264",
+            EncoderKind::X265 => "x265",
+            EncoderKind::Ffmpeg(FfmpegFamily::Nvenc) => "ffmpeg-nvenc",
+            EncoderKind::Ffmpeg(FfmpegFamily::Qsv) => "qsv",
+            EncoderKind::Ffmpeg(FfmpegFamily::VideoToolbox) => "videotoolbox",
+            EncoderKind::Ffmpeg(FfmpegFamily::Vaapi) => "vaapi",
+            EncoderKind::Ffmpeg(FfmpegFamily::Libx264) => "ffmpeg-x264",
+            EncoderKind::Ffmpeg(FfmpegFamily::Libx265) => "ffmpeg-x265",
         }
     }
 }
@@ -83,21 +87,26 @@ impl fmt::Display for EncoderKind {
 impl FromStr for EncoderKind {
     type Err = ConfigError;
 
+    /// A name of [`EncoderKind::NAMES`], or FFmpeg's name of one of its encoders (`h264_qsv`,
+    /// `hevc_qsv`, `libx265`, …), case-insensitive.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "nvenc" => Ok(EncoderKind::Nvenc),
-            "x264" => Ok(EncoderKind::X264),
-            "ffmpeg-nvenc" | "h264_nvenc" => Ok(EncoderKind::Ffmpeg(FfmpegH264Encoder::Nvenc)),
-            "qsv" | "h264_qsv" => Ok(EncoderKind::Ffmpeg(FfmpegH264Encoder::Qsv)),
-            "videotoolbox" | "h264_videotoolbox" => {
-                Ok(EncoderKind::Ffmpeg(FfmpegH264Encoder::VideoToolbox))
-            }
-            "vaapi" | "h264_vaapi" => Ok(EncoderKind::Ffmpeg(FfmpegH264Encoder::Vaapi)),
-            "ffmpeg-x264" | "libx264" => Ok(EncoderKind::Ffmpeg(FfmpegH264Encoder::Libx264)),
-            _ => Err(ConfigError::UnknownEncoder {
-                name: s.to_owned(),
-                valid: Self::NAMES,
-            }),
-        }
+        let lower = s.to_ascii_lowercase();
+        let kind = match lower.as_str() {
+            "nvenc" => Some(EncoderKind::Nvenc),
+            "x264" => Some(EncoderKind::X264),
+            "x265" => Some(EncoderKind::X265),
+            "ffmpeg-nvenc" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Nvenc)),
+            "qsv" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Qsv)),
+            "videotoolbox" => Some(EncoderKind::Ffmpeg(FfmpegFamily::VideoToolbox)),
+            "vaapi" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Vaapi)),
+            "ffmpeg-x264" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Libx264)),
+            "ffmpeg-x265" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Libx265)),
+            other => super::codecs::ffmpeg_family_of(other)
+                .map(|(family, _)| EncoderKind::Ffmpeg(family)),
+        };
+        kind.ok_or_else(|| ConfigError::UnknownEncoder {
+            name: s.to_owned(),
+            valid: Self::NAMES,
+        })
     }
 }

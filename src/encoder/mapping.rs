@@ -5,7 +5,7 @@
 //! the README's mapping table) is checked against them by the tests below, so the documentation
 //! cannot drift from what the code does.
 
-use crate::encoder::{EncoderConfig, EncoderKind, FfmpegH264Encoder, Preset, RateControl, Tune};
+use crate::encoder::{EncoderConfig, EncoderKind, FfmpegFamily, Preset, RateControl, Tune};
 use crate::error::Error;
 
 /// Whether the configuration asks for no reordering and no delay: the `zerolatency` tune. Every
@@ -62,40 +62,64 @@ fn qsv_preset(preset: Preset) -> &'static str {
 
 /// FFmpeg's preset, tune and GOP options for `encoder` (README table, the ffmpeg columns): the
 /// arguments after `-c:v <encoder>` that come before the rate control ([`ffmpeg`]).
-pub(crate) fn ffmpeg_tuning(encoder: FfmpegH264Encoder, config: &EncoderConfig) -> Vec<String> {
+pub(crate) fn ffmpeg_tuning(encoder: FfmpegFamily, config: &EncoderConfig) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     let mut push = |a: &str, b: String| {
         args.push(a.to_owned());
         args.push(b);
     };
     match encoder {
-        FfmpegH264Encoder::Libx264 => {
+        FfmpegFamily::Libx264 => {
             push("-preset", config.preset.name().to_owned());
             if let Some(tune) = config.tune {
                 push("-tune", tune.name().to_owned());
             }
             push("-threads", config.threads.to_string());
         }
-        FfmpegH264Encoder::Nvenc => {
+        FfmpegFamily::Libx265 => {
+            push("-preset", config.preset.name().to_owned());
+            if let Some(tune) = config.tune.and_then(x265_tune) {
+                push("-tune", tune.to_owned());
+            }
+            // libx265 logs its settings at info level on stderr whatever FFmpeg's -loglevel.
+            push("-x265-params", "log-level=error".into());
+        }
+        FfmpegFamily::Nvenc => {
             push(
                 "-preset",
                 format!("p{}", nvenc_preset_number(config.preset)),
             );
             push("-tune", nvenc_tuning_name(config.tune).to_owned());
         }
-        FfmpegH264Encoder::Qsv => push("-preset", qsv_preset(config.preset).to_owned()),
-        FfmpegH264Encoder::VideoToolbox => {
+        FfmpegFamily::Qsv => push("-preset", qsv_preset(config.preset).to_owned()),
+        FfmpegFamily::VideoToolbox => {
             if zero_latency(config) {
                 push("-realtime", "1".into());
             }
         }
-        FfmpegH264Encoder::Vaapi => {}
+        FfmpegFamily::Vaapi => {}
     }
     push("-g", config.gop_size.to_string());
     if let Some(b) = bframes(config) {
         push("-bf", b.to_string());
     }
     args
+}
+
+/// x265's tune for an x264-named tune: the same name where x265 has it (`animation`, `grain`,
+/// `psnr`, `ssim`, `fastdecode`, `zerolatency`); `film` and `stillimage`, which x265 lacks, keep
+/// x265's default tuning (README table; the backends say so in their log at info level).
+pub(crate) fn x265_tune(tune: Tune) -> Option<&'static str> {
+    match tune {
+        Tune::Film | Tune::Stillimage => {
+            tracing::info!(
+                tune = tune.name(),
+                "x265 has no such tune: encoding with its default tuning"
+            );
+            None
+        }
+        other => Some(other.name()),
+    }
 }
 
 /// The 1..=51 quality for a CRF, for every backend without a CRF of its own: NVENC's
@@ -273,10 +297,7 @@ pub(crate) fn nvenc(config: &EncoderConfig) -> NvencRc {
 ///
 /// # Errors
 /// [`Error::Unsupported`] for constant QP on `h264_videotoolbox`, which has none.
-pub(crate) fn ffmpeg(
-    codec: FfmpegH264Encoder,
-    config: &EncoderConfig,
-) -> Result<Vec<String>, Error> {
+pub(crate) fn ffmpeg(codec: FfmpegFamily, config: &EncoderConfig) -> Result<Vec<String>, Error> {
     let rc = config.rate_control;
     let crf = config.crf;
     let mut args: Vec<String> = Vec::new();
@@ -296,61 +317,66 @@ pub(crate) fn ffmpeg(
         }
     };
     match (codec, rc) {
-        (FfmpegH264Encoder::Libx264, RateControl::ConstantQp { qp }) => push("-qp", qp.to_string()),
-        (FfmpegH264Encoder::Libx264, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+        (FfmpegFamily::Libx264, RateControl::ConstantQp { qp }) => push("-qp", qp.to_string()),
+        (FfmpegFamily::Libx264, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
             rates(&mut push, true)
         }
-        (FfmpegH264Encoder::Libx264, _) => push("-crf", format!("{crf}")),
-        (FfmpegH264Encoder::Nvenc, RateControl::ConstantQp { qp }) => {
+        (FfmpegFamily::Libx264, _) => push("-crf", format!("{crf}")),
+        (FfmpegFamily::Libx265, RateControl::ConstantQp { qp }) => push("-qp", qp.to_string()),
+        (FfmpegFamily::Libx265, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+            rates(&mut push, true)
+        }
+        (FfmpegFamily::Libx265, _) => push("-crf", format!("{crf}")),
+        (FfmpegFamily::Nvenc, RateControl::ConstantQp { qp }) => {
             push("-rc", "constqp".into());
             push("-qp", qp.to_string());
         }
-        (FfmpegH264Encoder::Nvenc, RateControl::Cbr { .. }) => {
+        (FfmpegFamily::Nvenc, RateControl::Cbr { .. }) => {
             push("-rc", "cbr".into());
             rates(&mut push, true);
         }
-        (FfmpegH264Encoder::Nvenc, RateControl::Vbr { .. }) => {
+        (FfmpegFamily::Nvenc, RateControl::Vbr { .. }) => {
             push("-rc", "vbr".into());
             rates(&mut push, true);
         }
-        (FfmpegH264Encoder::Nvenc, _) => {
+        (FfmpegFamily::Nvenc, _) => {
             push("-rc", "vbr".into());
             push("-cq", format!("{}", target_quality(crf)));
         }
         // FFmpeg's QSV wrapper picks CQP with the qscale flag (-q:v), CBR when the maximum equals
         // the target and VBR when it is higher.
-        (FfmpegH264Encoder::Qsv, RateControl::ConstantQp { qp }) => push("-q:v", qp.to_string()),
-        (FfmpegH264Encoder::Qsv, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+        (FfmpegFamily::Qsv, RateControl::ConstantQp { qp }) => push("-q:v", qp.to_string()),
+        (FfmpegFamily::Qsv, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
             rates(&mut push, true)
         }
-        (FfmpegH264Encoder::Qsv, _) => push("-global_quality", target_quality(crf).to_string()),
-        (FfmpegH264Encoder::VideoToolbox, RateControl::ConstantQp { .. }) => {
+        (FfmpegFamily::Qsv, _) => push("-global_quality", target_quality(crf).to_string()),
+        (FfmpegFamily::VideoToolbox, RateControl::ConstantQp { .. }) => {
             return Err(Error::Unsupported {
                 backend: EncoderKind::Ffmpeg(codec),
                 feature: "constant QP (VideoToolbox has no constant-QP mode)",
             })
         }
         // VideoToolbox limits the data rate over one second; it takes no buffer size.
-        (FfmpegH264Encoder::VideoToolbox, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
+        (FfmpegFamily::VideoToolbox, RateControl::Cbr { .. } | RateControl::Vbr { .. }) => {
             rates(&mut push, false)
         }
-        (FfmpegH264Encoder::VideoToolbox, _) => push(
+        (FfmpegFamily::VideoToolbox, _) => push(
             "-q:v",
             format!("{}", (100.0 - 2.0 * crf).round().clamp(1.0, 100.0)),
         ),
-        (FfmpegH264Encoder::Vaapi, RateControl::ConstantQp { qp }) => {
+        (FfmpegFamily::Vaapi, RateControl::ConstantQp { qp }) => {
             push("-rc_mode", "CQP".into());
             push("-qp", qp.to_string());
         }
-        (FfmpegH264Encoder::Vaapi, RateControl::Cbr { .. }) => {
+        (FfmpegFamily::Vaapi, RateControl::Cbr { .. }) => {
             push("-rc_mode", "CBR".into());
             rates(&mut push, true);
         }
-        (FfmpegH264Encoder::Vaapi, RateControl::Vbr { .. }) => {
+        (FfmpegFamily::Vaapi, RateControl::Vbr { .. }) => {
             push("-rc_mode", "VBR".into());
             rates(&mut push, true);
         }
-        (FfmpegH264Encoder::Vaapi, _) => {
+        (FfmpegFamily::Vaapi, _) => {
             push("-rc_mode", "CQP".into());
             push("-qp", target_quality(crf).to_string());
         }

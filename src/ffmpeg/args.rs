@@ -6,16 +6,18 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::encoder::codecs;
 use crate::encoder::mapping;
-use crate::encoder::{EncoderConfig, FfmpegH264Encoder};
+use crate::encoder::{EncoderConfig, EncoderKind, FfmpegFamily};
 use crate::error::Error;
 
 /// Settings of the subprocess backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FfmpegOptions {
-    /// Which FFmpeg encoder to run.
-    pub codec: FfmpegH264Encoder,
+    /// Which FFmpeg encoder family to run; the encoder is the family's for
+    /// [`EncoderConfig::codec`] ([`crate::encoder::codecs::ffmpeg_name`]).
+    pub family: FfmpegFamily,
     /// The `ffmpeg` binary: a path, or a name looked up on `PATH`.
     pub program: PathBuf,
     /// The longest any single wait on the child may take (a frame written, the end of stream
@@ -26,11 +28,11 @@ pub struct FfmpegOptions {
 }
 
 impl FfmpegOptions {
-    /// `codec` through `ffmpeg` on `PATH`, a 20 s timeout, and `/dev/dri/renderD128` for VA-API.
+    /// `family` through `ffmpeg` on `PATH`, a 20 s timeout, and `/dev/dri/renderD128` for VA-API.
     #[must_use]
-    pub fn new(codec: FfmpegH264Encoder) -> Self {
+    pub fn new(family: FfmpegFamily) -> Self {
         FfmpegOptions {
-            codec,
+            family,
             program: PathBuf::from("ffmpeg"),
             timeout: Duration::from_secs(20),
             vaapi_device: PathBuf::from("/dev/dri/renderD128"),
@@ -59,8 +61,8 @@ impl FfmpegOptions {
 /// # Errors
 /// [`Error::Unsupported`] for a rate control the encoder lacks (constant QP on VideoToolbox).
 fn codec_args(config: &EncoderConfig, options: &FfmpegOptions) -> Result<Vec<String>, Error> {
-    let mut args = mapping::ffmpeg_tuning(options.codec, config);
-    args.extend(mapping::ffmpeg(options.codec, config)?);
+    let mut args = mapping::ffmpeg_tuning(options.family, config);
+    args.extend(mapping::ffmpeg(options.family, config)?);
     Ok(args)
 }
 
@@ -76,7 +78,7 @@ pub(crate) fn command_args(
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |list: &[&str]| args.extend(list.iter().map(OsString::from));
     push(&["-hide_banner", "-nostdin", "-loglevel", "error"]);
-    if options.codec == FfmpegH264Encoder::Vaapi {
+    if options.family == FfmpegFamily::Vaapi {
         push(&["-vaapi_device"]);
         args.push(options.vaapi_device.clone().into_os_string());
     }
@@ -93,10 +95,21 @@ pub(crate) fn command_args(
         &format!("{}/{}", config.frame_rate.num, config.frame_rate.den),
     ]);
     push(&["-i", "pipe:0"]);
-    if options.codec == FfmpegH264Encoder::Vaapi {
+    if options.family == FfmpegFamily::Vaapi {
         push(&["-vf", "format=nv12,hwupload"]);
     }
-    push(&["-an", "-c:v", options.codec.ffmpeg_name()]);
+    let encoder = codecs::ffmpeg_name(options.family, config.codec).ok_or_else(|| {
+        codecs::check(EncoderKind::Ffmpeg(options.family), config.codec)
+            .err()
+            .map_or_else(
+                || Error::Unsupported {
+                    backend: EncoderKind::Ffmpeg(options.family),
+                    feature: "this codec",
+                },
+                Error::from,
+            )
+    })?;
+    push(&["-an", "-c:v", encoder]);
     args.extend(codec_args(config, options)?.into_iter().map(OsString::from));
     args.extend(
         [
@@ -125,14 +138,14 @@ mod tests {
             .with_crf(20.0)
             .with_gop_size(30)
             .with_bframes(Some(2));
-        let args = codec_args(&config, &FfmpegOptions::new(FfmpegH264Encoder::Nvenc)).unwrap();
+        let args = codec_args(&config, &FfmpegOptions::new(FfmpegFamily::Nvenc)).unwrap();
         assert_eq!(
             args,
             ["-preset", "p4", "-tune", "hq", "-g", "30", "-bf", "2", "-rc", "vbr", "-cq", "20"]
         );
         let args = codec_args(
             &config.clone().with_tune(Some(Tune::Zerolatency)),
-            &FfmpegOptions::new(FfmpegH264Encoder::Qsv),
+            &FfmpegOptions::new(FfmpegFamily::Qsv),
         )
         .unwrap();
         assert!(args.ends_with(&[
@@ -143,7 +156,7 @@ mod tests {
         ]));
         let qp = config.with_rate_control(RateControl::constant_qp(30));
         assert!(matches!(
-            codec_args(&qp, &FfmpegOptions::new(FfmpegH264Encoder::VideoToolbox)),
+            codec_args(&qp, &FfmpegOptions::new(FfmpegFamily::VideoToolbox)),
             Err(Error::Unsupported { .. })
         ));
     }

@@ -63,7 +63,7 @@ pub struct FfmpegEncoder {
 impl std::fmt::Debug for FfmpegEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FfmpegEncoder")
-            .field("codec", &self.options.codec)
+            .field("family", &self.options.family)
             .field("program", &self.options.program)
             .field("pid", &self.child.id())
             .finish_non_exhaustive()
@@ -77,7 +77,7 @@ impl FfmpegEncoder {
     /// [`Error::Config`] for an invalid configuration; [`Error::Subprocess`] with
     /// [`SubprocessProblem::NotFound`] when the program cannot be started.
     pub fn new(config: &EncoderConfig, options: &FfmpegOptions) -> Result<Self, Error> {
-        let kind = EncoderKind::Ffmpeg(options.codec);
+        let kind = EncoderKind::Ffmpeg(options.family);
         let gate = InputGate::new(kind, config)?;
         let mut cmd = child::command(&options.program);
         cmd.args(command_args(config, options)?)

@@ -47,9 +47,7 @@ use std::time::{Duration, Instant};
 
 use ::metrics::{Counter, Gauge, Histogram, Label, Unit};
 
-use crate::encoder::{
-    EncodedChunk, EncoderConfig, EncoderKind, FfmpegH264Encoder, Frame, VideoEncoder,
-};
+use crate::encoder::{EncodedChunk, EncoderConfig, EncoderKind, FfmpegFamily, Frame, VideoEncoder};
 use crate::error::Error;
 use crate::ring_buffer::RingStats;
 
@@ -193,7 +191,7 @@ pub fn error_kind(error: &Error) -> &'static str {
 fn on_gpu(kind: EncoderKind) -> bool {
     matches!(
         kind,
-        EncoderKind::Nvenc | EncoderKind::Ffmpeg(FfmpegH264Encoder::Nvenc)
+        EncoderKind::Nvenc | EncoderKind::Ffmpeg(FfmpegFamily::Nvenc)
     )
 }
 

@@ -11,6 +11,10 @@ pub struct NvencCaps {
     pub device: usize,
     /// Whether the engine lists the H.264 codec.
     pub h264: bool,
+    /// Whether the engine lists the HEVC codec (every NVENC since the second Maxwell
+    /// generation). The caps below are H.264's.
+    #[serde(default)]
+    pub hevc: bool,
     /// Largest frame width (`NV_ENC_CAPS_WIDTH_MAX`).
     pub max_width: i32,
     /// Largest frame height (`NV_ENC_CAPS_HEIGHT_MAX`).
@@ -32,4 +36,25 @@ pub struct NvencCaps {
     /// library file; empty where CUDA could not say.
     #[serde(default)]
     pub driver_version: String,
+}
+
+impl NvencCaps {
+    /// Whether the engine lists `codec`.
+    #[must_use]
+    pub fn encodes(&self, codec: crate::encoder::Codec) -> bool {
+        match codec {
+            crate::encoder::Codec::H264 => self.h264,
+            crate::encoder::Codec::Hevc => self.hevc,
+        }
+    }
+
+    /// The codecs the engine lists, in [`Codec::ALL`](crate::encoder::Codec::ALL) order.
+    #[must_use]
+    pub fn codecs(&self) -> Vec<crate::encoder::Codec> {
+        crate::encoder::Codec::ALL
+            .iter()
+            .copied()
+            .filter(|&c| self.encodes(c))
+            .collect()
+    }
 }

@@ -187,6 +187,7 @@ mod tests {
         let caps = NvencCaps {
             device: 0,
             h264: true,
+            hevc: false,
             max_width: 4096,
             max_height: 4096,
             max_bframes: 4,

@@ -93,6 +93,7 @@ fn probe_here(device: usize, progress: &super::bounded::Progress) -> Result<Nven
     let caps = NvencCaps {
         device,
         h264,
+        hevc: false,
         max_width: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MAX),
         max_height: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MAX),
         max_bframes: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_NUM_MAX_BFRAMES),

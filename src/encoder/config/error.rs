@@ -386,6 +386,19 @@ pub enum ConfigError {
         /// Accepted names.
         valid: &'static [&'static str],
     },
+    /// The backend cannot encode the codec asked for (checked once, when it opens).
+    #[error(
+        "{backend} cannot encode {codec}: it encodes {}",
+        supported.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
+    )]
+    CodecUnsupported {
+        /// The backend.
+        backend: crate::encoder::EncoderKind,
+        /// The codec asked for.
+        codec: super::Codec,
+        /// The codecs the backend encodes.
+        supported: Vec<super::Codec>,
+    },
     /// An unknown preset name.
     #[error("unknown preset {name:?}: expected one of {}", valid.join(", "))]
     UnknownPreset {

@@ -8,26 +8,64 @@ use super::error::{named_enum, ConfigError};
 
 /// The video codec an encoder produces.
 ///
-/// Only H.264 exists today; the enum is `#[non_exhaustive]` so HEVC or AV1 can join without a
-/// breaking change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// What each backend calls a codec, and which backends encode it, is
+/// [`crate::encoder::codecs`]'s: adding a codec is an entry there, in the bitstream module and in
+/// the MP4 sink. The enum is `#[non_exhaustive]` so AV1 can join without a breaking change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 #[non_exhaustive]
 pub enum Codec {
     /// H.264 / AVC, written as an Annex B byte stream.
     #[default]
     H264,
+    /// H.265 / HEVC, Main profile (8-bit 4:2:0), written as an Annex B byte stream.
+    Hevc,
 }
 
 impl Codec {
-    /// Every codec name [`FromStr`] accepts.
-    pub const NAMES: &'static [&'static str] = &["h264"];
+    /// Every codec, in the order of [`Codec::NAMES`].
+    pub const ALL: &'static [Codec] = &[Codec::H264, Codec::Hevc];
+    /// Every codec name [`FromStr`] accepts (case-insensitive; `avc`, `h.264`, `h265` and
+    /// `h.265` are aliases).
+    pub const NAMES: &'static [&'static str] = &["h264", "hevc"];
+
+    /// The short name used in logs, metrics labels, `detect --json` and on the command line
+    /// (`h264`, `hevc`); FFmpeg's codec name too.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Codec::H264 => "h264",
+            Codec::Hevc => "hevc",
+        }
+    }
+
+    /// The name people read: `H.264`, `HEVC`.
+    #[must_use]
+    pub const fn display_name(self) -> &'static str {
+        match self {
+            Codec::H264 => "H.264",
+            Codec::Hevc => "HEVC",
+        }
+    }
 }
 
 impl fmt::Display for Codec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Codec::H264 => "h264",
-        })
+        f.write_str(self.name())
+    }
+}
+
+/// By name (`"hevc"`), as in `detect --json` and the TOML configuration.
+impl serde::Serialize for Codec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// Any name [`FromStr`] accepts; an unknown one is an error naming the valid ones.
+impl<'de> serde::Deserialize<'de> for Codec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -37,6 +75,7 @@ impl FromStr for Codec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "h264" | "avc" | "h.264" => Ok(Codec::H264),
+            "hevc" | "h265" | "h.265" => Ok(Codec::Hevc),
             _ => Err(ConfigError::UnknownCodec {
                 name: s.to_owned(),
                 valid: Self::NAMES,

@@ -42,10 +42,10 @@ fn readme_has_every_row_of_the_mapping_table() {
 #[test]
 fn table_rows_name_what_the_backends_are_given() {
     let codecs = [
-        (3, FfmpegH264Encoder::Nvenc),
-        (4, FfmpegH264Encoder::Qsv),
-        (5, FfmpegH264Encoder::VideoToolbox),
-        (6, FfmpegH264Encoder::Vaapi),
+        (3, FfmpegFamily::Nvenc),
+        (4, FfmpegFamily::Qsv),
+        (5, FfmpegFamily::VideoToolbox),
+        (6, FfmpegFamily::Vaapi),
     ];
     for (config, row) in configs() {
         let row = README_ROWS[row];
@@ -101,7 +101,7 @@ fn rates_and_buffers_carry_their_values() {
         ),
         (2_500_000, 4_000_000, 3_000_000, 2_700_000)
     );
-    let args = ffmpeg(FfmpegH264Encoder::Libx264, &config).unwrap();
+    let args = ffmpeg(FfmpegFamily::Libx264, &config).unwrap();
     assert_eq!(
         args,
         ["-b:v", "2500000", "-maxrate", "4000000", "-bufsize", "3000000"]
@@ -136,11 +136,11 @@ fn has_pair(args: &[String], (flag, value): &(String, String)) -> bool {
     args.windows(2).any(|w| &w[0] == flag && &w[1] == value)
 }
 
-const FFMPEG_COLUMNS: [(usize, FfmpegH264Encoder); 4] = [
-    (3, FfmpegH264Encoder::Nvenc),
-    (4, FfmpegH264Encoder::Qsv),
-    (5, FfmpegH264Encoder::VideoToolbox),
-    (6, FfmpegH264Encoder::Vaapi),
+const FFMPEG_COLUMNS: [(usize, FfmpegFamily); 4] = [
+    (3, FfmpegFamily::Nvenc),
+    (4, FfmpegFamily::Qsv),
+    (5, FfmpegFamily::VideoToolbox),
+    (6, FfmpegFamily::Vaapi),
 ];
 
 #[test]
@@ -163,12 +163,12 @@ fn preset_row_is_what_the_backends_are_given() {
                 "{preset}"
             );
             let config = EncoderConfig::new(64, 64).with_preset(preset);
-            let nv = ffmpeg_tuning(FfmpegH264Encoder::Nvenc, &config);
+            let nv = ffmpeg_tuning(FfmpegFamily::Nvenc, &config);
             assert!(
                 has_pair(&nv, &("-preset".into(), number.to_lowercase())),
                 "{nv:?}"
             );
-            let qsv = ffmpeg_tuning(FfmpegH264Encoder::Qsv, &config);
+            let qsv = ffmpeg_tuning(FfmpegFamily::Qsv, &config);
             let expected = match preset.name() {
                 "ultrafast" | "superfast" => "veryfast",
                 "placebo" => "veryslow",
@@ -179,7 +179,7 @@ fn preset_row_is_what_the_backends_are_given() {
                 has_pair(&qsv, &("-preset".into(), expected.into())),
                 "{qsv:?}"
             );
-            for encoder in [FfmpegH264Encoder::VideoToolbox, FfmpegH264Encoder::Vaapi] {
+            for encoder in [FfmpegFamily::VideoToolbox, FfmpegFamily::Vaapi] {
                 let args = ffmpeg_tuning(encoder, &config);
                 assert!(
                     !args.iter().any(|a| a == "-preset"),
@@ -219,7 +219,7 @@ fn tune_rows_are_what_the_backends_are_given() {
     assert_eq!(row[3], "`-tune ll` / `hq`");
     let config = EncoderConfig::new(64, 64).with_tune(Some(Tune::Fastdecode));
     assert!(has_pair(
-        &ffmpeg_tuning(FfmpegH264Encoder::Nvenc, &config),
+        &ffmpeg_tuning(FfmpegFamily::Nvenc, &config),
         &("-tune".into(), "ll".into())
     ));
     for (_, encoder) in &FFMPEG_COLUMNS[1..] {
@@ -246,7 +246,7 @@ fn crf_row_is_what_the_backends_are_given() {
             .collect();
         assert_eq!(flags(row[col]), given, "{encoder:?}: {}", row[col]);
         let value = args.last().unwrap();
-        let expected = if encoder == FfmpegH264Encoder::VideoToolbox {
+        let expected = if encoder == FfmpegFamily::VideoToolbox {
             "59" // 100 - 2 x 20.4, rounded
         } else {
             "20" // round(20.4)
