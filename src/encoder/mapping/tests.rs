@@ -438,6 +438,13 @@ fn ffmpeg_libx265_is_given_x265_names() {
         "{args:?}"
     );
     assert!(args.windows(2).any(|w| w == ["-tune", "grain"]), "{args:?}");
+    let threads = ffmpeg_tuning(FfmpegFamily::Libx265, &config.clone().with_threads(3));
+    assert!(
+        threads
+            .windows(2)
+            .any(|w| w == ["-x265-params", "log-level=error:pools=3"]),
+        "{threads:?}"
+    );
     let qp = ffmpeg(
         FfmpegFamily::Libx265,
         &config.with_rate_control(RateControl::constant_qp(30)),
