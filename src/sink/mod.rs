@@ -1,11 +1,15 @@
-//! Where encoded chunks go: an H.264 Annex B byte stream ([`AnnexBWriter`]) or an MP4 file
-//! ([`Mp4Writer`]).
+//! Where encoded chunks go: an Annex B byte stream ([`AnnexBWriter`]) or an MP4 file
+//! ([`Mp4Writer`]), H.264 or HEVC.
 //!
 //! # MP4
 //! Boxes are encoded by the `mp4-atom` crate; this module decides their contents:
-//! - one H.264 video track, `avc1` with an `avcC` built from the stream's first SPS and PPS;
-//!   samples are the access units with 4-byte NAL lengths instead of start codes. SPS and PPS stay
-//!   in band too, so a stream whose parameter sets change (a mid-stream failover to another
+//! - one video track whose codec the writer reads from the stream's first parameter set
+//!   ([`crate::bitstream::detect`]), so no caller names it: H.264 gets `avc1` with an `avcC` built
+//!   from the stream's first SPS and PPS; HEVC gets `hvc1` with an `hvcC` built from its first
+//!   VPS, SPS and PPS (profile space, tier, profile, compatibility and constraint flags and level
+//!   from the SPS's `profile_tier_level`; chroma format and bit depths from the SPS). Samples are
+//!   the access units with 4-byte NAL lengths instead of start codes. The parameter sets stay in
+//!   band too, so a stream whose parameter sets change (a mid-stream failover to another
 //!   backend) still decodes: the first access unit after the switch carries the new ones;
 //! - the track's timescale is the encoder's time base: one tick per `1 / frame_rate` unit times
 //!   its numerator, so timestamps are exact for rates like 30000/1001;
@@ -101,6 +105,10 @@ pub use mp4::{Durability, Layout, Mp4Options, Mp4Writer, SyncData};
 pub use recover::{recover, Recovered};
 pub use segment::{OpenSegment, SegmentDone, SegmentedMp4, Segmenter};
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use boxes::fuzz_hvcc;
+
 /// Why a chunk could not be written or a file could not be finished.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -116,9 +124,25 @@ pub enum SinkError {
     /// MP4 boxes could not be encoded.
     #[error("encoding the MP4 index failed: {0}")]
     Mp4(String),
-    /// The stream never carried an SPS and a PPS, so the MP4 has no decoder configuration.
-    #[error("the stream has no SPS/PPS: an MP4 needs them for its decoder configuration (avcC)")]
+    /// The stream never carried its parameter sets (SPS and PPS for H.264; VPS, SPS and PPS for
+    /// HEVC), so the MP4 has no decoder configuration.
+    #[error(
+        "the stream has no parameter sets (H.264: SPS and PPS; HEVC: VPS, SPS and PPS): an MP4 \
+         needs them for its decoder configuration (avcC, hvcC)"
+    )]
     NoParameterSets,
+    /// The stream's first SPS does not give what the decoder configuration repeats from it.
+    #[error(
+        "the stream's first {codec} SPS ({len} bytes) does not parse up to its bit depths, or \
+         holds a value out of range (a bit depth over 15 does not fit hvcC): the MP4 decoder \
+         configuration is read from its profile, tier, level, chroma format and bit depths"
+    )]
+    BadSps {
+        /// The stream's codec.
+        codec: crate::encoder::Codec,
+        /// The SPS's length in bytes.
+        len: usize,
+    },
     /// Decoding timestamps that do not increase.
     #[error(
         "chunk of frame {frame_index} has dts {dts}, not after the previous chunk's dts \
