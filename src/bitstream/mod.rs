@@ -80,10 +80,10 @@ pub fn parameter_sets(codec: Codec, data: &[u8]) -> Vec<u8> {
 }
 
 /// Whether an access unit of `codec` is a keyframe, where decoding can start: an IDR picture
-/// for H.264; an IRAP picture (IDR, CRA or BLA) for HEVC. The crate's own HEVC encoders write
-/// closed GOPs, whose keyframes are all IDR pictures; a CRA (an open-GOP keyframe, libx265's
-/// default) may be followed by leading pictures that reference the GOP before it, which a
-/// decoder starting at the CRA skips.
+/// for H.264; an IRAP picture (IDR, CRA or BLA) for HEVC, as FFmpeg flags them. In a closed
+/// GOP every HEVC keyframe is an IDR picture; a CRA (an open-GOP keyframe, libx265's default)
+/// may be followed in decoding order by leading pictures that reference the GOP before it,
+/// which a decoder starting at the CRA skips.
 #[must_use]
 pub fn is_keyframe(codec: Codec, data: &[u8]) -> bool {
     match codec {

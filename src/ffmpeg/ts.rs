@@ -33,7 +33,8 @@ pub(crate) enum TsError {
     /// The program table lists no stream of the codec asked for.
     #[error(
         "the program table at byte {offset} has no {codec} stream (stream_type 0x{expected:02x}); \
-         it lists stream types {found:02x?}"
+         it lists stream types [{}]",
+        hex_list(found)
     )]
     WrongStream {
         offset: u64,
@@ -41,6 +42,15 @@ pub(crate) enum TsError {
         expected: u8,
         found: Vec<u8>,
     },
+}
+
+/// `[0x1b, 0x0f]` as `0x1b, 0x0f`.
+fn hex_list(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("0x{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 const PACKET: usize = 188;

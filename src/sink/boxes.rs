@@ -502,3 +502,118 @@ fn push_run(stts: &mut Vec<SttsEntry>, delta: u32) {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mp4_atom::Decode;
+
+    use super::*;
+    use crate::bitstream::hevc::tests::{PPS, SPS, VPS};
+
+    fn track(codec: Option<Codec>, sets: &[(ParameterSet, &[u8])]) -> Track {
+        Track {
+            resolution: Resolution {
+                width: 64,
+                height: 48,
+            },
+            tick: 1,
+            timescale: 25,
+            codec,
+            sets: sets.iter().map(|&(k, v)| (k, v.to_vec())).collect(),
+        }
+    }
+
+    #[test]
+    fn hvcc_repeats_the_sps_and_holds_the_parameter_sets() {
+        let record = hvcc(VPS, SPS, PPS).unwrap();
+        assert_eq!(record.general_profile_idc, 1);
+        assert_eq!(record.general_profile_compatibility_flags, [0x60, 0, 0, 0]);
+        assert_eq!(
+            record.general_constraint_indicator_flags,
+            [0x90, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(record.general_level_idc, 30);
+        assert_eq!(record.chroma_format_idc, 1);
+        assert_eq!(record.num_temporal_layers, 1);
+        assert!(record.temporal_id_nested);
+        assert_eq!(record.length_size_minus_one, 3);
+        let arrays: Vec<(u8, bool, &[u8])> = record
+            .arrays
+            .iter()
+            .map(|a| (a.nal_unit_type, a.completeness, a.nalus[0].as_slice()))
+            .collect();
+        assert_eq!(arrays, [(32, true, VPS), (33, true, SPS), (34, true, PPS)]);
+        let encoded = bytes(&record).unwrap();
+        assert_eq!(Hvcc::decode(&mut encoded.as_slice()).unwrap(), record);
+        // An SPS cut inside profile_tier_level is refused, naming the codec.
+        let e = hvcc(VPS, &SPS[..12], PPS).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SinkError::BadSps {
+                    codec: Codec::Hevc,
+                    len: 12
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("hevc SPS (12 bytes)"), "{e}");
+    }
+
+    #[test]
+    fn the_sample_entry_is_the_codecs_and_needs_every_parameter_set() {
+        let hevc = [
+            (ParameterSet::Vps, VPS),
+            (ParameterSet::Sps, SPS),
+            (ParameterSet::Pps, PPS),
+        ];
+        let entry = track(Some(Codec::Hevc), &hevc).sample_entry().unwrap();
+        let SampleEntry::Hvc1(hvc1) = entry else {
+            panic!("not hvc1: {entry:?}");
+        };
+        assert_eq!((hvc1.visual.width, hvc1.visual.height), (64, 48));
+        // Without its VPS, or without a codec, there is no decoder configuration.
+        let e = track(Some(Codec::Hevc), &hevc[1..])
+            .sample_entry()
+            .unwrap_err();
+        assert!(matches!(e, SinkError::NoParameterSets), "{e:?}");
+        assert!(matches!(
+            track(None, &hevc).sample_entry(),
+            Err(SinkError::NoParameterSets)
+        ));
+        let avc = [
+            (ParameterSet::Sps, &[0x67, 0x64, 0, 0x1f, 0xac][..]),
+            (ParameterSet::Pps, &[0x68, 0xee][..]),
+        ];
+        let entry = track(Some(Codec::H264), &avc).sample_entry().unwrap();
+        let SampleEntry::Avc1(avc1) = entry else {
+            panic!("not avc1: {entry:?}");
+        };
+        assert_eq!(
+            (
+                avc1.avcc.avc_profile_indication,
+                avc1.avcc.avc_level_indication
+            ),
+            (0x64, 0x1f)
+        );
+        // A parameter set longer than the record's 16-bit length is refused, not truncated.
+        let long = vec![0x68; 70_000];
+        let e = track(Some(Codec::H264), &[avc[0], (ParameterSet::Pps, &long)])
+            .sample_entry()
+            .unwrap_err();
+        assert!(
+            matches!(e, SinkError::TooLarge { value: 70_000, .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn only_an_h264_file_claims_the_avc1_brand() {
+        let brands = |codec| ftyp(true, codec).compatible_brands;
+        assert!(brands(Some(Codec::H264)).contains(&b"avc1".into()));
+        for codec in [Some(Codec::Hevc), None] {
+            assert!(!brands(codec).contains(&b"avc1".into()), "{codec:?}");
+            assert!(brands(codec).contains(&b"iso6".into()));
+        }
+    }
+}

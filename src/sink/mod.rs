@@ -19,6 +19,14 @@
 //!   reordering level with them); an edit list starts presentation at the first picture, so the
 //!   first picture shows at 0 and the duration is frames / fps.
 //!
+//! The fragmented view (state 1 below) fixes that smallest difference with its first fragment.
+//! A failover to a deeper reordering later gives negative composition offsets (a version 1
+//! `trun` holds them), and FFmpeg then shifts the whole timeline of a file it reads as fragments
+//! by the most negative one: frames keep their order and spacing, and start up to the added
+//! depth late. The finalized file has one sample table and no such shift. The initial `moov`
+//! always has a `ctts`, even of zeros: without one FFmpeg (5.1) ignores every later fragment's
+//! composition offsets.
+//!
 //! ## Crash-safe layout (the default: [`Layout::Fragmented`])
 //! The file is written as fragments after an `ftyp`. The first fragment's index is the initial
 //! `moov`: it describes the track, holds the first fragment's sample table (its samples follow in
