@@ -212,6 +212,45 @@ fn assert_hevc_mp4(
     );
 }
 
+/// The picture types and keyframe flags of `chunks` (read by the crate's HEVC slice-header and
+/// NAL readers) are those FFmpeg's decoder reports for the Annex B stream at `path`, frame by
+/// frame in display order.
+fn assert_types_as_ffprobe_reads_them(chunks: &[EncodedChunk], path: &Path) {
+    let mut cmd = ffprobe();
+    cmd.args([
+        "-show_entries",
+        "frame=pict_type,key_frame",
+        "-of",
+        "csv=p=0",
+    ]);
+    cmd.args(["-f", "hevc"]).arg(path);
+    let text = run(cmd, "ffprobe pict_type");
+    let theirs: Vec<(String, bool)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split(',').map(str::trim);
+            let key = fields.next()?;
+            let pict = fields.next()?;
+            Some((pict.to_owned(), key == "1"))
+        })
+        .collect();
+    let mut ours: Vec<&EncodedChunk> = chunks.iter().collect();
+    ours.sort_by_key(|c| c.pts);
+    let ours: Vec<(String, bool)> = ours
+        .iter()
+        .map(|c| {
+            let t = match c.frame_type {
+                FrameType::Idr | FrameType::I => "I",
+                FrameType::P => "P",
+                FrameType::B => "B",
+                _ => "?",
+            };
+            (t.to_owned(), c.keyframe)
+        })
+        .collect();
+    assert_eq!(ours, theirs, "(picture type, keyframe) in display order");
+}
+
 /// The `moov` of a regular (finalized or progressive) file: the last one.
 fn last_moov(file: &[u8]) -> Moov {
     let b = top_boxes(file)
@@ -236,6 +275,7 @@ fn hevc_with_and_without_b_frames_in_every_layout() {
         assert!(chunks.iter().any(|c| c.frame_type == FrameType::P));
         let reference = annex_b_md5s(&chunks, dir.path());
         assert_eq!(reference.len(), 60, "the Annex B decode");
+        assert_types_as_ffprobe_reads_them(&chunks, &dir.path().join("stream.hevc"));
         for (name, opts, seek) in [
             ("fragmented", options(400), true),
             ("streamed", options(400), false),
@@ -459,6 +499,9 @@ fn a_fragmented_file_cut_at_fragment_boundaries_plays() {
     assert_eq!(shown[..], reference[..shown.len()]);
 }
 
+/// A completed segment: its number and its bytes.
+type Segment = (u32, Vec<u8>);
+
 /// Split recording of an HEVC stream: each file an `hvc1` MP4 starting at a keyframe, the files'
 /// pictures together the stream's.
 #[test]
@@ -469,7 +512,7 @@ fn segments_of_an_hevc_stream_are_hvc1_files_that_add_up_to_the_stream() {
     let dir = tempfile::tempdir().expect("temp dir");
     let reference = annex_b_md5s(&chunks, dir.path());
     let rate = config.frame_rate;
-    let done: Arc<Mutex<Vec<(u32, Vec<u8>)>>> = Arc::default();
+    let done: Arc<Mutex<Vec<Segment>>> = Arc::default();
     let sink = Arc::clone(&done);
     let mut segments = SegmentedMp4::new(
         config.resolution,
