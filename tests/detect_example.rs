@@ -52,11 +52,42 @@ fn require_a_missing_encoder_exits_one_with_the_reason() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("required encoder nvenc is unavailable")
+        stderr.contains("required encoder nvenc for h264 is unavailable")
             && stderr.contains("libnvidia-encode"),
         "{stderr}"
     );
-    assert!(!stderr.contains("x264 is unavailable"), "{stderr}");
+    assert!(!stderr.contains("x264 for h264 is unavailable"), "{stderr}");
+}
+
+/// A codec named with the encoder: the gate checks that codec, and a codec the encoder cannot
+/// encode is refused as an argument, naming both.
+#[test]
+fn require_takes_a_codec_and_refuses_one_the_encoder_lacks() {
+    let out = run(Command::new(example())
+        .args(["--require", "nvenc:hevc"])
+        .env("NVENC_LIBRARY_PATH", "/nonexistent/libnvidia-encode.so.1"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("required encoder nvenc for hevc is unavailable"),
+        "{stderr}"
+    );
+    let out = run(Command::new(example()).args(["--require", "x264:hevc"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error: {stderr}");
+    assert!(stderr.contains("x264 cannot encode hevc"), "{stderr}");
+}
+
+#[test]
+fn require_nvenc_hevc_passes_on_the_emulated_driver() {
+    let emu = nvenc_emu_harness::EmuDriver::new();
+    let out = run(emu.command(example()).args(["--require", "nvenc:hevc,x264:h264"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    emu.report().assert_clean();
 }
 
 #[test]
