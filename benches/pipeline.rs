@@ -20,11 +20,14 @@
 //! PIPE_BENCH_RING_SIZES, default `2,4,8,10,11,12,13,14,16,24,32`;
 //! PIPE_BENCH_LATENCY_FRAMES, default 300; PIPE_BENCH_THREADS, default 2;
 //! PIPE_BENCH_JITTER_THREADS for the jitter runs, default PIPE_BENCH_THREADS but at most the cores
-//! less one, so the source has a core; PIPE_BENCH_ROUNDS, default 7). Each section prints the
-//! machine's load average: figures taken while other work runs are skewed.
+//! less one, so the source has a core; PIPE_BENCH_ROUNDS, default 7; PIPE_BENCH_JITTER_TRIES,
+//! default 4: a jitter run during which a canary thread was held back more than 2 intervals is
+//! run again, up to that many times in all, and the table says how many were). Each section prints
+//! the machine's load average: figures taken while other work runs are skewed.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -159,6 +162,65 @@ fn stage(
         highest,
         blocked: stats.producer_blocked(),
     })
+}
+
+/// Watches the machine during a run: a thread that asks to sleep 1 ms over and over and keeps
+/// the longest it was kept waiting beyond that. On a quiet machine that is well under a
+/// millisecond; another process taking the cores, or the machine's own pauses, show up as tens
+/// of milliseconds, several of the jitter runs' intervals, which is a stall the benchmark did not
+/// ask for.
+struct Canary {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Duration>,
+}
+
+impl Canary {
+    fn start() -> Canary {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let tick = Duration::from_millis(1);
+            let mut worst = Duration::ZERO;
+            while !flag.load(Ordering::Relaxed) {
+                let asked = Instant::now();
+                std::thread::sleep(tick);
+                worst = worst.max(asked.elapsed().saturating_sub(tick));
+            }
+            worst
+        });
+        Canary { stop, thread }
+    }
+
+    /// The longest delay seen since [`Canary::start`].
+    fn stop(self) -> Duration {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(Duration::MAX)
+    }
+}
+
+/// A jitter run of [`stage`] on a machine that did not pause: a run during which the [`Canary`]
+/// was held back more than `pause` is run again, up to `tries` times in all; returns the run,
+/// the canary's longest delay in it, and how many runs were thrown away.
+#[allow(clippy::too_many_arguments)]
+fn quiet_stage(
+    config: &EncoderConfig,
+    frames: &[Vec<u8>],
+    arrivals: &[Duration],
+    slots: usize,
+    policy: BackPressure,
+    pause: Duration,
+    tries: u32,
+) -> Result<(Run, Duration, u32), BoxError> {
+    let mut discarded = 0;
+    loop {
+        let canary = Canary::start();
+        let run = stage(config, frames, Some(arrivals), slots, policy, Write::Copy)?;
+        let delay = canary.stop();
+        if delay <= pause || discarded + 1 >= tries {
+            return Ok((run, delay, discarded));
+        }
+        discarded += 1;
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -342,14 +404,21 @@ fn jitter_smoothing(frames: u64, threads: u32) -> Result<(), BoxError> {
     let flooded_fps = n / median(flooded);
     let cv = service_time_cv(&config, &input)?;
     let longest_stall = network_stalls::LONGEST_STALL;
+    // A run the machine paused for longer than this (the canary's delay) is run again, up to
+    // `tries` times: 2 intervals at the highest utilisation, a stall as long as the shortest the
+    // benchmark sends.
+    let tries: u32 = env_or("PIPE_BENCH_JITTER_TRIES", 4);
     println!("ring sizing under jitter: x264 ultrafast 1920x1080 threads {threads}, {frames} frames a run, {runs} runs a setting; encoder in the stage fed back to back by the source {flooded_fps:.0} fps, its time per frame alone varies by {:.1}% (coefficient of variation); load average before {load}", cv * 100.0);
     println!("  the source pushes each frame (one copy) at the utilisation's share of {flooded_fps:.0} fps; one frame in 8 starts a stall of 1-{longest_stall} intervals, and what was sent during it arrives at once when it ends");
     println!(
-        "{:>5} {:>5} | {:>12} {:>6} {:>8} {:>8} | {:>11}",
-        "util", "ring", "lost med/max", "of", "through", "highest", "Block: held"
+        "{:>5} {:>5} | {:>12} {:>6} {:>8} {:>8} | {:>11} | {:>14}",
+        "util", "ring", "lost med/max", "of", "through", "highest", "Block: held", "pauses: max/re"
     );
+    let mut discarded_total = 0;
+    let mut paused_kept = 0;
     for &u in &utilisations {
         let interval = Duration::from_secs_f64(1.0 / (u * flooded_fps));
+        let pause = interval * 2;
         let patterns: Vec<Vec<Duration>> = (1..=runs)
             .map(|run| {
                 network_stalls::arrivals(input.len(), network_stalls::seed(run))
@@ -370,15 +439,23 @@ fn jitter_smoothing(frames: u64, threads: u32) -> Result<(), BoxError> {
             let mut lost = vec![];
             let mut through = vec![];
             let mut highest = 0;
+            let mut worst_pause = Duration::ZERO;
+            let mut discarded = 0;
             for pattern in &patterns {
-                let r = stage(
+                let (r, delay, thrown) = quiet_stage(
                     &config,
                     &input,
-                    Some(pattern),
+                    pattern,
                     slots,
                     BackPressure::DropNewest,
-                    Write::Copy,
+                    pause,
+                    tries,
                 )?;
+                worst_pause = worst_pause.max(delay);
+                discarded += thrown;
+                if delay > pause {
+                    paused_kept += 1;
+                }
                 lost.push(r.lost as f64);
                 through.push(r.out as f64 / r.secs / (u * flooded_fps));
                 highest = highest.max(r.highest);
@@ -400,14 +477,16 @@ fn jitter_smoothing(frames: u64, threads: u32) -> Result<(), BoxError> {
                 lossless_in_a_row = 0;
                 smallest_lossless = None;
             }
+            discarded_total += discarded;
             println!(
-                "{u:>5.2} {slots:>5} | {:>5.0} / {:>4.0} {:>6} {:>8.3} {:>8} | {:>8.0} ms",
+                "{u:>5.2} {slots:>5} | {:>5.0} / {:>4.0} {:>6} {:>8.3} {:>8} | {:>8.0} ms | {:>6.1} ms / {discarded}",
                 median(lost),
                 worst,
                 frames,
                 median(through),
                 highest,
-                held.as_secs_f64() * 1e3
+                held.as_secs_f64() * 1e3,
+                worst_pause.as_secs_f64() * 1e3,
             );
         }
         let arithmetic = nvencode::pipeline::ring_slots_for(longest_stall, u).map_or_else(
@@ -420,6 +499,12 @@ fn jitter_smoothing(frames: u64, threads: u32) -> Result<(), BoxError> {
         );
         println!("{u:>5.2}  arithmetic: {arithmetic}; smallest ring that lost nothing in all {runs} runs: {measured}");
     }
+    println!(
+        "  pauses: the canary thread's longest wait beyond its 1 ms sleeps in a setting's runs, \
+         and how many runs were run again because it exceeded 2 intervals \
+         ({discarded_total} in all; {paused_kept} kept after {tries} tries); load average after {}",
+        load_average()
+    );
     Ok(())
 }
 

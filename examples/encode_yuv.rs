@@ -27,16 +27,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nvencode::pipeline::{EncodePipeline, FrameProducer, PipelineOptions, Received};
 use nvencode::testsrc::TestPattern;
 use nvencode::{
-    EncodedChunk, EncoderChoice, EncoderConfig, FrameRate, PixelFormat, Preset, Resolution, Tune,
-    VideoEncoder,
+    Codec, EncodedChunk, EncoderChoice, EncoderConfig, FrameRate, PixelFormat, Preset, Resolution,
+    Tune, VideoEncoder,
 };
 
 #[derive(Parser, Debug)]
-#[command(about = "Encode raw YUV to H.264 (Annex B) with NVENC or x264")]
+#[command(about = "Encode raw YUV to H.264 or HEVC (Annex B or MP4) with NVENC, x264 or x265")]
 struct Args {
     /// Raw YUV input file (`-` for stdin). Without one, a synthetic moving 1080p clip is encoded.
     input: Option<PathBuf>,
-    /// Output file: MP4 for a `.mp4`/`.m4v` name (or --format mp4), H.264 Annex B otherwise
+    /// Output file: MP4 for a `.mp4`/`.m4v` name (or --format mp4), Annex B otherwise
     /// (`-` for standard output). Annex B is written under a temporary name beside it and renamed
     /// into place when the run ends; crash-safe MP4 as soon as it holds its first fragment.
     #[arg(short, long, default_value = "out.h264")]
@@ -51,6 +51,10 @@ struct Args {
     /// Frame size, WIDTHxHEIGHT (default 1920x1080).
     #[arg(short = 's', long = "size", value_parser = parse::<Resolution>)]
     size: Option<Resolution>,
+    /// Codec: h264 or hevc (h265 is another name for it); FFmpeg's `-c:v hevc` works too. An
+    /// encoder named with -e must encode it.
+    #[arg(long, default_value = "h264", value_parser = parse::<Codec>)]
+    codec: Codec,
     /// Input pixel format: yuv420p (I420) or nv12.
     #[arg(long = "pix-fmt", default_value = "yuv420p", value_parser = parse::<PixelFormat>)]
     pix_fmt: PixelFormat,
@@ -148,7 +152,7 @@ const RING_SLOTS: usize = 8;
 
 fn main() -> ExitCode {
     cli::init_logging();
-    let args = Args::parse();
+    let args = Args::parse_from(cli::args());
     // First SIGINT/SIGTERM: stop the source, encode and write everything it gave, finish the
     // output, exit 130. Second: finish the output with what was encoded. Third: exit at once.
     let stop = cli::interrupt_flag("finishing the frames already read");
@@ -246,6 +250,7 @@ fn stdin_metadata() -> Option<fs::Metadata> {
 fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     let resolution = args.size.unwrap_or(Resolution::new(1920, 1080));
     let config = EncoderConfig::new(resolution.width, resolution.height)
+        .with_codec(args.codec)
         .with_pixel_format(args.pix_fmt)
         .with_frame_rate(args.fps)
         .with_preset(args.preset)

@@ -55,6 +55,9 @@ struct Args {
     #[arg(short = 'e', long, default_value = "auto")]
     encoder: String,
     /// Preset (ultrafast ... placebo).
+    /// Codec: h264 or hevc (h265 is another name for it); FFmpeg's `-c:v hevc` works too.
+    #[arg(long, default_value = "h264", value_parser = parse::<nvencode::Codec>)]
+    codec: nvencode::Codec,
     #[arg(long, default_value = "medium", value_parser = parse::<Preset>)]
     preset: Preset,
     /// Tune (zerolatency, fastdecode, ...).
@@ -206,6 +209,7 @@ enum Outcome {
 
 fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
     let config = EncoderConfig::new(args.size.width, args.size.height)
+        .with_codec(args.codec)
         .with_pixel_format(PixelFormat::I420)
         .with_frame_rate(nvencode::FrameRate::new(args.fps, 1))
         .with_preset(args.preset)
@@ -372,7 +376,7 @@ fn run(args: Args, stop: &Arc<AtomicBool>) -> Result<Outcome, BoxError> {
 
 fn main() -> ExitCode {
     cli::init_logging();
-    let args = Args::parse();
+    let args = Args::parse_from(cli::args());
     // First SIGINT/SIGTERM: stop the source, encode and write everything it gave, finish the
     // output, exit 130. Second: finish the output with what was encoded. Third: exit at once.
     let stop = cli::interrupt_flag("finishing the frames already received");

@@ -400,7 +400,7 @@ impl FallbackEncoder {
             else {
                 return Err(Error::NoEncoder(self.rejected.clone_reasons()));
             };
-            crate::metrics::record_failover(self.kind, next.kind());
+            crate::metrics::record_failover(self.kind, next.kind(), self.config.codec);
             self.kind = next.kind();
             self.current = Some(next);
             self.switches += 1;

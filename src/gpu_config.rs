@@ -24,7 +24,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::encoder::{Bitrate, EncoderConfig, EncoderKind, RateControl, RateControlMode};
+use crate::encoder::{Bitrate, Codec, EncoderConfig, EncoderKind, RateControl, RateControlMode};
 use crate::error::ConfigError;
 use crate::error::Error;
 use crate::fallback::FallbackEncoder;
@@ -40,7 +40,12 @@ pub type HostRing = (Producer<HostStorage>, Consumer<HostStorage>);
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct GpuEncoderConfig {
-    /// The backend to try first; `None` follows the priority order.
+    /// The codec, `h264` or `hevc` (`h265` is another name for it), in place of the
+    /// `EncoderConfig`'s; unset (or `"auto"`): the `EncoderConfig`'s own.
+    #[serde(with = "by_name_opt", skip_serializing_if = "Option::is_none")]
+    pub codec: Option<Codec>,
+    /// The backend to try first; `None` follows the priority order. It must encode the codec
+    /// ([`ConfigError::CodecUnsupported`] otherwise).
     #[serde(with = "by_name_opt")]
     pub preferred_encoder: Option<EncoderKind>,
     /// Whether frames pass through the frame ring between the pipeline and the encoder.
@@ -120,6 +125,7 @@ mod gpu_choice {
 impl Default for GpuEncoderConfig {
     fn default() -> Self {
         GpuEncoderConfig {
+            codec: None,
             preferred_encoder: None,
             enable_ring_buffer: true,
             ring_buffer_size: 8,
@@ -200,8 +206,14 @@ impl GpuEncoderConfig {
         if let Some(rate) = self.rate()? {
             config.rate_control = rate;
         }
+        if let Some(codec) = self.codec {
+            config.codec = codec;
+        }
         // Up front, before detection probes any backend: a bad value fails at once, as itself.
         config.validate()?;
+        if let Some(preferred) = self.preferred_encoder {
+            crate::encoder::codecs::check(preferred, config.codec)?;
+        }
         let nvenc = self.nvenc_options().with_gpu(gpu);
         let chain = crate::fallback::chain_with(self.preferred_encoder, &nvenc)?;
         FallbackEncoder::with_chain(&config, chain)
@@ -398,6 +410,31 @@ mod tests {
             text.contains("CUDA device 0") && text.contains("device 1") && text.contains("same"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_codec_is_read_by_name_and_reaches_the_encoder_or_is_refused_by_name() {
+        let hevc: GpuEncoderConfig = toml::from_str("codec = \"h265\"").unwrap();
+        assert_eq!(hevc.codec, Some(Codec::Hevc));
+        let again: GpuEncoderConfig = toml::from_str(&toml::to_string(&hevc).unwrap()).unwrap();
+        assert_eq!(again.codec, Some(Codec::Hevc));
+        let auto: GpuEncoderConfig = toml::from_str("codec = \"auto\"").unwrap();
+        assert_eq!(auto.codec, None);
+        let err = toml::from_str::<GpuEncoderConfig>("codec = \"vp9\"").unwrap_err();
+        assert!(
+            err.to_string().contains("\"vp9\"") && err.to_string().contains("h264, hevc"),
+            "{err}"
+        );
+        // A preferred encoder that cannot encode the codec is refused, naming both, before any
+        // backend is probed.
+        let x264: GpuEncoderConfig =
+            toml::from_str("codec = \"hevc\"\npreferred_encoder = \"x264\"").unwrap();
+        match x264.open(&EncoderConfig::new(64, 64)) {
+            Err(Error::Config(ConfigError::CodecUnsupported { backend, codec, .. })) => {
+                assert_eq!((backend, codec), (EncoderKind::X264, Codec::Hevc));
+            }
+            other => panic!("expected CodecUnsupported, got {:?}", other.map(|_| ())),
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 #![cfg_attr(any(feature = "x264", docsrs), doc = include_str!("../README.md"))]
 #![cfg_attr(
     not(any(feature = "x264", docsrs)),
-    doc = "H.264 encoding for video pipelines: NVIDIA NVENC direct, ffmpeg subprocess backends (built without the in-process `x264` feature). See README.md."
+    doc = "H.264 and HEVC encoding for video pipelines: NVIDIA NVENC direct, ffmpeg subprocess backends (built without the in-process `x264` feature). See README.md."
 )]
 #![cfg_attr(
     not(test),

@@ -22,6 +22,41 @@ fn open_ffmpeg_x264(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, nve
 
 contract_tests!(open_ffmpeg_x264);
 
+/// FFmpeg's libx265, the software HEVC backend of a build without the in-process x265.
+fn open_ffmpeg_x265(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, nvencode::Error> {
+    Ok(Box::new(FfmpegEncoder::new(
+        config,
+        &FfmpegOptions::new(FfmpegFamily::Libx265),
+    )?))
+}
+
+contract_tests!(mod contract_hevc, Hevc, open_ffmpeg_x265);
+
+/// A family without an encoder of the codec is refused when it opens, naming both, before any
+/// ffmpeg starts.
+#[test]
+fn a_family_without_the_codec_is_refused_naming_both() {
+    let hevc = EncoderConfig::new(64, 64).with_codec(nvencode::Codec::Hevc);
+    let h264 = EncoderConfig::new(64, 64);
+    for (family, config) in [
+        (FfmpegFamily::Libx264, &hevc),
+        (FfmpegFamily::Libx265, &h264),
+    ] {
+        let options = FfmpegOptions::new(family).with_program("/nonexistent/bin/ffmpeg");
+        match FfmpegEncoder::new(config, &options) {
+            Err(nvencode::Error::Config(nvencode::ConfigError::CodecUnsupported {
+                backend,
+                codec,
+                ..
+            })) => {
+                assert_eq!(backend, nvencode::EncoderKind::Ffmpeg(family));
+                assert_eq!(codec, config.codec);
+            }
+            other => panic!("{family:?} with {}: {:?}", config.codec, other.map(|_| ())),
+        }
+    }
+}
+
 fn subprocess_problem(err: nvencode::Error) -> SubprocessProblem {
     match err {
         nvencode::Error::Subprocess { problem, .. } => problem,

@@ -99,11 +99,17 @@ impl Seen {
     }
 }
 
+/// The series `name` with `labels`; an encoder's series (one with `encoder_type`, other than the
+/// per-GPU utilization gauge) also has `codec`, `h264` in these tests unless given.
 fn series(name: &str, labels: &[(&str, &str)]) -> Series {
     let mut labels: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+    let encoder = labels.iter().any(|(k, _)| k == "encoder_type");
+    if encoder && name != names::GPU_UTILIZATION && !labels.iter().any(|(k, _)| k == "codec") {
+        labels.push(("codec".to_owned(), "h264".to_owned()));
+    }
     labels.sort();
     (name.to_owned(), labels)
 }

@@ -57,3 +57,16 @@ pub fn interrupt_flag(doing: &'static str) -> Arc<AtomicBool> {
 
 /// How often an output loop looks at [`quit_now`] while it waits for the encoder.
 pub const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The command line with FFmpeg's `-c:v CODEC` (and `-vcodec CODEC`) written as `--codec CODEC`,
+/// which clap cannot take as it is (a short option has one letter): both examples accept
+/// FFmpeg's spelling.
+pub fn args() -> impl Iterator<Item = std::ffi::OsString> {
+    std::env::args_os().map(|arg| {
+        if arg == "-c:v" || arg == "-vcodec" {
+            std::ffi::OsString::from("--codec")
+        } else {
+            arg
+        }
+    })
+}

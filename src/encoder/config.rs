@@ -60,16 +60,18 @@ pub struct EncoderConfig {
 impl EncoderConfig {
     /// Lowest accepted [`EncoderConfig::crf`].
     pub const CRF_MIN: f32 = 0.0;
-    /// Highest accepted [`EncoderConfig::crf`] (8-bit H.264).
+    /// Highest accepted [`EncoderConfig::crf`] (8-bit H.264 and HEVC).
     pub const CRF_MAX: f32 = 51.0;
     /// Highest accepted [`EncoderConfig::gop_size`].
     pub const GOP_MAX: u32 = i32::MAX as u32;
-    /// Highest accepted [`EncoderConfig::bframes`] (H.264 encoders allow at most 16).
+    /// Highest accepted [`EncoderConfig::bframes`] (x264 and x265 allow at most 16; NVENC as its
+    /// capabilities for the codec say).
     pub const BFRAMES_MAX: u32 = 16;
     /// Highest accepted [`EncoderConfig::threads`].
     pub const THREADS_MAX: u32 = 128;
 
-    /// A configuration for `width` x `height` I420 H.264 at 30 fps, preset `medium`, constant
+    /// A configuration for `width` x `height` I420 H.264 (see [`EncoderConfig::with_codec`]) at
+    /// 30 fps, preset `medium`, constant
     /// quality at crf 23,
     /// keyframes at least every 250 frames, the preset's B-frames, automatic threads.
     #[must_use]

@@ -81,8 +81,13 @@ pub(crate) fn ffmpeg_tuning(encoder: FfmpegFamily, config: &EncoderConfig) -> Ve
             if let Some(tune) = config.tune.and_then(x265_tune) {
                 push("-tune", tune.to_owned());
             }
-            // libx265 logs its settings at info level on stderr whatever FFmpeg's -loglevel.
-            push("-x265-params", "log-level=error".into());
+            // libx265 logs its settings at info level on stderr whatever FFmpeg's -loglevel;
+            // FFmpeg's wrapper passes no thread count, so x265's own pool size is given.
+            let pools = match config.threads {
+                0 => String::new(),
+                n => format!(":pools={n}"),
+            };
+            push("-x265-params", format!("log-level=error{pools}"));
         }
         FfmpegFamily::Nvenc => {
             push(

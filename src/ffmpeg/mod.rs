@@ -1,5 +1,7 @@
-//! The subprocess backend: one of FFmpeg's H.264 encoders (`h264_qsv`, `h264_videotoolbox`,
-//! `h264_vaapi`, `h264_nvenc`, `libx264`) in an `ffmpeg` child process.
+//! The subprocess backend: one of FFmpeg's H.264 or HEVC encoders (`h264_qsv`, `hevc_qsv`,
+//! `h264_videotoolbox`, `h264_vaapi`, `h264_nvenc`, `libx264`, `libx265`, …: the family of
+//! [`FfmpegOptions::family`] for [`EncoderConfig::codec`](crate::EncoderConfig::codec), named by
+//! [`crate::encoder::codecs::ffmpeg_name`]) in an `ffmpeg` child process.
 //!
 //! Raw frames go into ffmpeg's stdin from a writer thread; ffmpeg writes MPEG-TS to its stdout,
 //! which a reader thread demuxes into access units with their timestamps (`ts.rs`); a third
@@ -11,6 +13,10 @@
 //! wrapper script) forked may hold back: see `FfmpegEncoder::finish_child` for the bounds.
 //!
 //! Mapping of [`EncoderConfig`](crate::EncoderConfig) (FFmpeg option names):
+//!
+//! The HEVC encoders of the hardware families take the arguments of their H.264 counterparts;
+//! `libx265` takes x265's preset and tune names (x265 has no `film` or `stillimage`: none then),
+//! `-crf`, `-qp` and the rates as `libx264` does, and `-x265-params log-level=error`.
 //!
 //! | config | libx264 | h264_nvenc | h264_qsv | h264_videotoolbox | h264_vaapi |
 //! |---|---|---|---|---|---|

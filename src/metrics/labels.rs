@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ::metrics::{Label, SharedString};
 
 use super::RESERVED_LABELS;
-use crate::encoder::EncoderKind;
+use crate::encoder::{Codec, EncoderKind};
 
 /// An application's own labels (a stream or camera id), added to every metric of one encoder.
 ///
@@ -96,11 +96,12 @@ impl MetricLabels {
         &self.0
     }
 
-    /// These labels plus `encoder_type` and `extra`.
-    pub(super) fn with_kind(&self, kind: EncoderKind, extra: &[Label]) -> Vec<Label> {
-        let mut labels = Vec::with_capacity(self.0.len() + 1 + extra.len());
+    /// These labels plus `encoder_type`, `codec` and `extra`.
+    pub(super) fn with_kind(&self, kind: EncoderKind, codec: Codec, extra: &[Label]) -> Vec<Label> {
+        let mut labels = Vec::with_capacity(self.0.len() + 2 + extra.len());
         labels.extend_from_slice(&self.0);
         labels.push(Label::from_static_parts("encoder_type", kind.name()));
+        labels.push(Label::from_static_parts("codec", codec.name()));
         labels.extend_from_slice(extra);
         labels
     }

@@ -47,7 +47,9 @@ use std::time::{Duration, Instant};
 
 use ::metrics::{Counter, Gauge, Histogram, Label, Unit};
 
-use crate::encoder::{EncodedChunk, EncoderConfig, EncoderKind, FfmpegFamily, Frame, VideoEncoder};
+use crate::encoder::{
+    Codec, EncodedChunk, EncoderConfig, EncoderKind, FfmpegFamily, Frame, VideoEncoder,
+};
 use crate::error::Error;
 use crate::ring_buffer::RingStats;
 
@@ -97,7 +99,7 @@ pub const NAMES: &[&str] = &[
 ];
 
 /// The labels the crate sets itself, which [`MetricLabels`] refuses.
-pub const RESERVED_LABELS: &[&str] = &["encoder_type", "kind", "from", "to", "gpu"];
+pub const RESERVED_LABELS: &[&str] = &["encoder_type", "codec", "kind", "from", "to", "gpu"];
 
 /// `encoder_fps` counts the chunks that came out in this trailing window (or since the first
 /// frame, while the stream is younger) and divides by its length.
@@ -155,9 +157,10 @@ pub fn describe() {
 
 /// Counts one switch of the fallback chain, with the labels of the metered encoder it runs in
 /// (if any) and `encoder_type` set to the encoder now running.
-pub(crate) fn record_failover(from: EncoderKind, to: EncoderKind) {
+pub(crate) fn record_failover(from: EncoderKind, to: EncoderKind, codec: Codec) {
     let labels = scope_labels().with_kind(
         to,
+        codec,
         &[
             Label::from_static_parts("from", from.name()),
             Label::from_static_parts("to", to.name()),
@@ -211,6 +214,8 @@ enum Queue {
 /// The registered metrics of one encoder type (on one GPU, for an encoder on one).
 struct Handles {
     kind: EncoderKind,
+    /// The stream's codec, the `codec` label.
+    codec: Codec,
     /// The encoder's GPU ([`VideoEncoder::gpu`]), the `gpu` label.
     on: Option<usize>,
     frames: Counter,
@@ -226,13 +231,15 @@ impl Handles {
     fn register(
         labels: &MetricLabels,
         kind: EncoderKind,
+        codec: Codec,
         on: Option<usize>,
         queue: Option<&Queue>,
     ) -> Handles {
-        let l = labels.with_kind(kind, &gpu_label(on));
+        let l = labels.with_kind(kind, codec, &gpu_label(on));
         let ring = matches!(queue, Some(Queue::Ring(_)));
         Handles {
             kind,
+            codec,
             on,
             frames: ::metrics::counter!(names::FRAMES_TOTAL, l.clone()),
             bytes: ::metrics::counter!(names::BYTES_TOTAL, l.clone()),
@@ -405,6 +412,7 @@ impl<E: VideoEncoder> Metered<E> {
         self.handles = Some(Handles::register(
             &self.labels,
             kind,
+            self.inner.config().codec,
             on,
             self.queue.as_ref(),
         ));
@@ -458,7 +466,7 @@ impl<E: VideoEncoder> Metered<E> {
         if let Some(e) = error {
             let mut extra = gpu_label(h.on);
             extra.push(Label::from_static_parts("kind", error_kind(e)));
-            let labels = self.labels.with_kind(h.kind, &extra);
+            let labels = self.labels.with_kind(h.kind, h.codec, &extra);
             ::metrics::counter!(names::ERRORS_TOTAL, labels).increment(1);
         }
         self.handles = Some(h);

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use nvencode::testsrc::{nv12_to_i420, TestPattern};
-use nvencode::{EncodedChunk, EncoderConfig, PixelFormat, Resolution, VideoEncoder};
+use nvencode::{Codec, EncodedChunk, EncoderConfig, PixelFormat, Resolution, VideoEncoder};
 
 /// Opens a backend under test.
 pub type Opener = fn(&EncoderConfig) -> Result<Box<dyn VideoEncoder>, nvencode::Error>;
@@ -102,11 +102,17 @@ pub fn run_child_tests(mut cmd: Command, passed: usize, what: &str) -> String {
 
 /// Decodes an Annex B H.264 stream with FFmpeg into I420 frames, in display order.
 pub fn decode_h264(stream: &[u8], resolution: Resolution) -> Vec<Vec<u8>> {
+    decode(Codec::H264, stream, resolution)
+}
+
+/// Decodes an Annex B stream of `codec` with FFmpeg into I420 frames, in display order.
+pub fn decode(codec: Codec, stream: &[u8], resolution: Resolution) -> Vec<Vec<u8>> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("stream.h264");
+    let path = dir.path().join(format!("stream.{}", codec.name()));
     std::fs::write(&path, stream).expect("write stream");
+    // FFmpeg's raw demuxers are named as the codecs: `h264`, `hevc`.
     let output = ffmpeg()
-        .args(["-f", "h264", "-i"])
+        .args(["-f", codec.name(), "-i"])
         .arg(&path)
         .args([
             "-fps_mode",
@@ -231,7 +237,7 @@ pub fn assert_roundtrip(
     let mut encoder = open(config).expect("open encoder");
     let chunks = encode_all(encoder.as_mut(), &input);
     assert_accounting(&chunks, frames);
-    let decoded = decode_h264(&concat(&chunks), config.resolution);
+    let decoded = decode(config.codec, &concat(&chunks), config.resolution);
     assert_eq!(decoded.len() as u64, frames, "decoded frame count");
     let mut total = 0.0;
     let mut lowest = f64::INFINITY;
@@ -316,17 +322,26 @@ pub fn drive_through_errors(
     }
 }
 
-/// The contract tests every backend must pass, as `#[test]` functions for the opener given.
+/// The contract tests every backend must pass, as `#[test]` functions for the opener given:
+/// `contract_tests!(open)` for H.264 in `mod contract`, `contract_tests!(mod NAME, Hevc, open)`
+/// for another codec in `mod NAME`.
 #[macro_export]
 macro_rules! contract_tests {
     ($open:expr $(, #[$attr:meta])*) => {
-        mod contract {
+        $crate::contract_tests!(mod contract, H264, $open $(, #[$attr])*);
+    };
+    (mod $module:ident, $codec:ident, $open:expr $(, #[$attr:meta])*) => {
+        mod $module {
         #[allow(unused_imports)]
         use super::*;
         use nvencode::{ConfigError, Error, Frame, FrameType};
 
+        /// The codec every test of this module encodes.
+        const CODEC: nvencode::Codec = nvencode::Codec::$codec;
+
         fn small() -> EncoderConfig {
             EncoderConfig::new(320, 240)
+                .with_codec(CODEC)
                 .with_preset(nvencode::Preset::Veryfast)
                 .with_crf(18.0)
                 .with_gop_size(30)
@@ -396,19 +411,22 @@ macro_rules! contract_tests {
             // the GOP size) or an extra scene-cut keyframe both fail here.
             assert_eq!(keyframes, [0, 10, 20, 30], "keyframe positions for gop 10");
             for c in chunks.iter().filter(|c| c.keyframe) {
-                let types = common::nal_types(&c.data);
-                let idr = types.iter().position(|&t| t == 5);
-                let sps = types.iter().position(|&t| t == 7);
-                let pps = types.iter().position(|&t| t == 8);
+                let types = common::nal_types_of(CODEC, &c.data);
                 assert!(
-                    matches!((sps, pps, idr), (Some(s), Some(p), Some(i)) if s < p && p < i),
-                    "keyframe {} does not carry SPS, PPS, then an IDR slice: {types:?}",
-                    c.frame_index
+                    common::parameter_sets_then_idr(CODEC, &types),
+                    "keyframe {} does not carry the parameter sets {:?} in order, then an IDR \
+                     slice: {types:?}",
+                    c.frame_index,
+                    common::parameter_set_types(CODEC),
                 );
                 assert_eq!(c.frame_type, FrameType::Idr);
             }
-            let headers = common::nal_types(encoder.sequence_headers());
-            assert_eq!(headers, vec![7, 8], "out-of-band headers are SPS then PPS");
+            let headers = common::nal_types_of(CODEC, encoder.sequence_headers());
+            assert_eq!(
+                headers,
+                common::parameter_set_types(CODEC),
+                "out-of-band headers are the parameter sets, in order"
+            );
         }
 
         #[test]
@@ -439,7 +457,8 @@ macro_rules! contract_tests {
             let forced = chunks.iter().find(|c| c.frame_index == 7).expect("frame 7");
             if supported {
                 assert!(forced.keyframe && forced.frame_type == FrameType::Idr, "{forced:?}");
-                assert!(common::nal_types(&forced.data).contains(&5));
+                let types = common::nal_types_of(CODEC, &forced.data);
+                assert!(common::parameter_sets_then_idr(CODEC, &types), "{types:?}");
                 // With gop 1000, frame 0 and the forced frame are the only keyframes.
                 let keyframes: Vec<u64> = chunks
                     .iter()
@@ -533,7 +552,7 @@ macro_rules! contract_tests {
             assert!(run.refused[1].1.contains("pts 3"), "{:?}", run.refused);
             run.flush.expect("flush");
             assert_eq!(run.chunks.len(), 14);
-            let decoded = common::decode_h264(&common::concat(&run.chunks), config.resolution);
+            let decoded = common::decode(CODEC, &common::concat(&run.chunks), config.resolution);
             assert_eq!(decoded.len(), 14);
         }
 
@@ -570,7 +589,7 @@ macro_rules! contract_tests {
             }
             encoder.flush(&mut chunks).expect("flush");
             common::assert_accounting(&chunks, 10);
-            let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);
+            let decoded = common::decode(CODEC, &common::concat(&chunks), config.resolution);
             assert_eq!(decoded.len(), 10);
         }
 
@@ -689,6 +708,47 @@ macro_rules! contract_tests {
 /// tests and the backends read streams one way.
 #[allow(unused_imports)] // Like the helpers above, not every test binary uses it.
 pub use nvencode::h264::nal_types;
+
+/// The NAL unit types of an Annex B buffer of `codec`, in order. The units are split by the
+/// crate's Annex B parser; the type is read here from the header as the standards define it
+/// (H.264 7.3.1: the low 5 bits of one byte; HEVC 7.3.1.2: bits 1-6 of the first of two bytes),
+/// independently of the crate's per-codec code.
+pub fn nal_types_of(codec: Codec, data: &[u8]) -> Vec<u8> {
+    nvencode::h264::nal_units(data)
+        .filter_map(|nal| nal.first())
+        .map(|&b| match codec {
+            Codec::Hevc => (b >> 1) & 0x3f,
+            _ => b & 0x1f,
+        })
+        .collect()
+}
+
+/// The parameter sets a keyframe of `codec` carries, in order: SPS, PPS (H.264 types 7, 8);
+/// VPS, SPS, PPS (HEVC types 32, 33, 34).
+pub fn parameter_set_types(codec: Codec) -> Vec<u8> {
+    match codec {
+        Codec::Hevc => vec![32, 33, 34],
+        _ => vec![7, 8],
+    }
+}
+
+/// Whether `types` has `codec`'s parameter sets in order and then an IDR slice (H.264 type 5;
+/// HEVC 19 IDR_W_RADL or 20 IDR_N_LP).
+pub fn parameter_sets_then_idr(codec: Codec, types: &[u8]) -> bool {
+    let idr = types.iter().position(|&t| match codec {
+        Codec::Hevc => t == 19 || t == 20,
+        _ => t == 5,
+    });
+    let positions: Vec<Option<usize>> = parameter_set_types(codec)
+        .iter()
+        .map(|p| types.iter().position(|t| t == p))
+        .collect();
+    let Some(idr) = idr else { return false };
+    positions
+        .windows(2)
+        .all(|w| matches!((w[0], w[1]), (Some(a), Some(b)) if a < b))
+        && positions.last().is_some_and(|p| p.is_some_and(|p| p < idr))
+}
 
 /// Writes an executable shell script `name` with `body` into `dir` (a stand-in for a program
 /// such as `ffmpeg`), and returns its path.

@@ -374,3 +374,81 @@ fn rate_rows_carry_the_values_they_name() {
         assert!(checked >= 4, "{}: only {checked} values checked", row[0]);
     }
 }
+
+/// The README's statement that FFmpeg's HEVC encoders of the hardware families take the same
+/// arguments as their H.264 counterparts (only `-c:v` differs): checked for every rate control,
+/// preset, tune and B-frame setting of the tables above.
+#[test]
+fn hevc_encoders_of_a_hardware_family_take_the_h264_arguments() {
+    let mut settings: Vec<EncoderConfig> = configs().into_iter().map(|(c, _)| c).collect();
+    let base = EncoderConfig::new(64, 64);
+    for preset in [Preset::Ultrafast, Preset::Medium, Preset::Placebo] {
+        settings.push(base.clone().with_preset(preset));
+    }
+    for tune in [Tune::Zerolatency, Tune::Fastdecode, Tune::Film] {
+        settings.push(base.clone().with_tune(Some(tune)));
+    }
+    settings.push(base.clone().with_bframes(Some(3)).with_crf(30.0));
+    for family in [
+        FfmpegFamily::Nvenc,
+        FfmpegFamily::Qsv,
+        FfmpegFamily::VideoToolbox,
+        FfmpegFamily::Vaapi,
+    ] {
+        for h264 in &settings {
+            let hevc = h264.clone().with_codec(crate::encoder::Codec::Hevc);
+            assert_eq!(
+                ffmpeg_tuning(family, &hevc),
+                ffmpeg_tuning(family, h264),
+                "{family:?}"
+            );
+            assert_eq!(
+                ffmpeg(family, &hevc).map_err(|e| e.to_string()),
+                ffmpeg(family, h264).map_err(|e| e.to_string()),
+                "{family:?}"
+            );
+        }
+    }
+}
+
+/// FFmpeg's libx265 is given x265's names: the preset as it is, x264's tunes that x265 has,
+/// none for `film` and `stillimage`, and x265's own log level.
+#[test]
+fn ffmpeg_libx265_is_given_x265_names() {
+    let config = EncoderConfig::new(64, 64).with_codec(crate::encoder::Codec::Hevc);
+    let args = ffmpeg_tuning(
+        FfmpegFamily::Libx265,
+        &config.clone().with_tune(Some(Tune::Film)),
+    );
+    assert!(!args.contains(&"-tune".to_owned()), "{args:?}");
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["-x265-params", "log-level=error"]),
+        "{args:?}"
+    );
+    let args = ffmpeg_tuning(
+        FfmpegFamily::Libx265,
+        &config
+            .clone()
+            .with_preset(Preset::Slow)
+            .with_tune(Some(Tune::Grain)),
+    );
+    assert!(
+        args.windows(2).any(|w| w == ["-preset", "slow"]),
+        "{args:?}"
+    );
+    assert!(args.windows(2).any(|w| w == ["-tune", "grain"]), "{args:?}");
+    let threads = ffmpeg_tuning(FfmpegFamily::Libx265, &config.clone().with_threads(3));
+    assert!(
+        threads
+            .windows(2)
+            .any(|w| w == ["-x265-params", "log-level=error:pools=3"]),
+        "{threads:?}"
+    );
+    let qp = ffmpeg(
+        FfmpegFamily::Libx265,
+        &config.with_rate_control(RateControl::constant_qp(30)),
+    )
+    .unwrap();
+    assert_eq!(qp, ["-qp", "30"]);
+}
