@@ -5,7 +5,7 @@ use super::sys;
 use super::handle::{Encoded, Input, X265Handle, KIND};
 use crate::encoder::mapping;
 use crate::encoder::{
-    EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameLayout, FrameType, InputGate,
+    DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameLayout, FrameType, InputGate,
     PixelFormat, RateControl, VideoEncoder,
 };
 use crate::error::Error;
@@ -15,6 +15,9 @@ use crate::error::Error;
 #[derive(Debug)]
 pub struct X265Encoder {
     x265: X265Handle,
+    /// The encoder a rate change opened, which takes over at the next frame (see
+    /// [`VideoEncoder::reconfigure`]), with its parameter sets.
+    next: Option<(X265Handle, Vec<u8>)>,
     gate: InputGate,
     config: EncoderConfig,
     layout: FrameLayout,
@@ -23,6 +26,8 @@ pub struct X265Encoder {
     chroma: Vec<u8>,
     headers: Vec<u8>,
     bframes: u32,
+    /// Decoding timestamps, continuous across a restart (libx265's own start again at each).
+    dts: DtsQueue,
     chunks_out: u64,
 }
 
@@ -41,7 +46,7 @@ impl X265Encoder {
         let params = mapping::x265::x265_params(config);
         let mut x265 = X265Handle::open(config, &params)?;
         let headers = x265.sequence_headers()?;
-        let bframes = x265.bframes()?;
+        let (bframes, delay) = x265.reordering()?;
         let chroma = match config.pixel_format {
             PixelFormat::I420 => Vec::new(),
             PixelFormat::Nv12 => {
@@ -62,12 +67,14 @@ impl X265Encoder {
         );
         Ok(X265Encoder {
             x265,
+            next: None,
             gate,
             config: config.clone(),
             layout,
             chroma,
             headers,
             bframes,
+            dts: DtsQueue::new(delay),
             chunks_out: 0,
         })
     }
@@ -80,15 +87,42 @@ impl X265Encoder {
             _ => FrameType::P,
         };
         self.chunks_out += 1;
+        // libx265's dts follows the same rule (output k gets the pts of input k - delay), but
+        // starts again with every encoder; this one runs on across a restart.
+        let dts = self.dts.next().min(encoded.pts);
         out.push(EncodedChunk {
             data: encoded.data,
             pts: encoded.pts,
-            dts: encoded.dts,
+            dts,
             duration: 1,
             keyframe: encoded.keyframe,
             frame_type,
             frame_index: encoded.frame_index,
         });
+    }
+
+    /// Drains every frame the running libx265 still holds into `out`. Each call without input
+    /// returns at most one delayed picture, and none once libx265 holds no more; the bound (more
+    /// calls than frames were accepted, plus slack) turns a library that never drains into an
+    /// error instead of a hang. Calling it again after it drained (or after it failed part way)
+    /// goes on from where it stopped.
+    fn drain(&mut self, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
+        let limit = self.gate.accepted().saturating_add(1_000);
+        let mut calls = 0u64;
+        loop {
+            calls += 1;
+            if calls > limit {
+                return Err(Error::Backend {
+                    backend: KIND,
+                    call: "x265_encoder_encode",
+                    message: "the encoder did not drain its delayed frames".into(),
+                });
+            }
+            match self.x265.encode(None)? {
+                Some(encoded) => self.push_chunk(encoded, out),
+                None => return Ok(()),
+            }
+        }
     }
 }
 
@@ -134,6 +168,15 @@ fn i420_planes<'a>(
 impl VideoEncoder for X265Encoder {
     fn encode(&mut self, frame: Frame<'_>, out: &mut Vec<EncodedChunk>) -> Result<(), Error> {
         let (frame_index, pts) = self.gate.check(&frame)?;
+        if self.next.is_some() {
+            // A rate change: the running encoder gives up every frame it holds, then the new
+            // one takes over with this frame, an IDR with its own parameter sets.
+            self.drain(out)?;
+            if let Some((next, headers)) = self.next.take() {
+                self.x265 = next;
+                self.headers = headers;
+            }
+        }
         let planes = i420_planes(frame.data, &self.layout, &mut self.chroma)?;
         let input = Input {
             planes,
@@ -143,6 +186,7 @@ impl VideoEncoder for X265Encoder {
         };
         let encoded = self.x265.encode(Some(input))?;
         self.gate.accept(pts);
+        self.dts.push(pts);
         if let Some(encoded) = encoded {
             self.push_chunk(encoded, out);
         }
@@ -153,59 +197,46 @@ impl VideoEncoder for X265Encoder {
         if self.gate.is_finished() {
             return Ok(());
         }
-        // Each call without input returns at most one delayed picture, and 0 once libx265 holds
-        // none. The bound (more calls than frames were accepted, plus slack) turns a library
-        // that never drains into an error instead of a hang.
-        let limit = self.gate.accepted().saturating_add(1_000);
-        let mut calls = 0u64;
-        loop {
-            calls += 1;
-            if calls > limit {
-                return Err(Error::Backend {
-                    backend: KIND,
-                    call: "x265_encoder_encode",
-                    message: "the encoder did not drain its delayed frames".into(),
-                });
-            }
-            match self.x265.encode(None)? {
-                Some(encoded) => self.push_chunk(encoded, out),
-                None => break,
-            }
-        }
+        self.drain(out)?;
+        // A rate change after the last frame has no frame to apply to.
+        self.next = None;
         self.gate
             .finish_accounted(self.chunks_out, "x265_encoder_encode")
     }
 
+    /// Moves the stream to a new libx265 encoder opened with the new rate control, which takes
+    /// over at the next frame: that frame is an IDR with fresh VPS/SPS/PPS, as after a restart
+    /// of the ffmpeg backends, and every frame the running encoder holds comes out first. Any
+    /// change of rate or mode is possible; [`VideoEncoder::config`] reports it at once.
+    ///
+    /// libx265 3.5's own `x265_encoder_reconfig` cannot do this in place: it accepts a new bit
+    /// rate and VBV and reports success, but its `Encoder::configure` points the encoder's
+    /// parameters at the new set while the rate control keeps reading the set it was created
+    /// with (`source/encoder/api.cpp`, `x265_encoder_reconfig`; `encoder.cpp`,
+    /// `Encoder::configure` and `RateControl::reconfigureRC`), so the rate never changes (a
+    /// stream lowered from 3 to 0.3 Mbit/s went on at 2.86 Mbit/s, as one never lowered).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid setting and [`Error::Backend`] if libx265 refuses to
+    /// open with it: nothing changed, the running encoder goes on. [`Error::Finished`] after
+    /// [`VideoEncoder::flush`].
     fn reconfigure(&mut self, rate_control: RateControl) -> Result<(), Error> {
         if self.gate.is_finished() {
             return Err(Error::Finished { backend: KIND });
         }
         rate_control.validate()?;
         let old = self.config.rate_control;
-        let same_mode = old.mode() == rate_control.mode();
-        // x265_encoder_reconfig copies the bit rate and the CRF, and the VBV only when a VBV was
-        // on from the start (CBR and VBR always have one here); never the method or the QP. So
-        // only CBR -> CBR and VBR -> VBR can change; constant quality has nothing to change.
-        match rate_control {
-            RateControl::ConstantQuality if same_mode => return Ok(()),
-            RateControl::Cbr { .. } | RateControl::Vbr { .. } if same_mode => {}
-            _ => {
-                return Err(Error::Unsupported {
-                    backend: KIND,
-                    feature: "changing the rate-control mode or the constant QP mid-stream \
-                              (x265_encoder_reconfig changes only the bit rate and VBV)",
-                })
-            }
-        }
         let new_config = self.config.clone().with_rate_control(rate_control);
-        let (from, to) = (
-            mapping::x265::x265_rc(&self.config),
-            mapping::x265::x265_rc(&new_config),
-        );
-        if from != to {
-            self.x265.reconfigure(&to)?;
+        let params = mapping::x265::x265_params(&new_config);
+        if params.rc == mapping::x265::x265_rc(&self.config) {
+            // Nothing libx265 would be given changes (constant quality to itself).
+            self.config = new_config;
+            return Ok(());
         }
-        tracing::debug!(from = %old, to = %rate_control, "reconfigured x265");
+        let mut next = X265Handle::open(&new_config, &params)?;
+        let headers = next.sequence_headers()?;
+        self.next = Some((next, headers));
+        tracing::debug!(from = %old, to = %rate_control, at_frame = self.gate.accepted(), "x265: a new encoder takes over at the next frame");
         self.config = new_config;
         Ok(())
     }
@@ -242,8 +273,8 @@ mod tests {
             .with_threads(1)
     }
 
-    /// The VBV reaches libx265 at open and through a reconfiguration, and constant QP and CRF
-    /// reach it as themselves.
+    /// The VBV reaches libx265 at open and through a reconfiguration (a new encoder, which takes
+    /// over at the next frame), and constant QP and CRF reach it as themselves.
     #[test]
     fn libx265_runs_with_the_mapped_rate_control() {
         let rc = RateControl::vbr(Bitrate::from_bps(2_000_000), Bitrate::from_bps(2_500_000))
@@ -252,17 +283,30 @@ mod tests {
         let mut encoder = X265Encoder::new(&config).unwrap();
         let (mode, bitrate, max, buffer, _, _) = encoder.x265.rate_control();
         assert_eq!((mode, bitrate, max, buffer), (ABR, 2_000, 2_500, 250));
+        let frame = vec![128u8; config.validate().unwrap()];
+        let mut out = Vec::new();
+        encoder.encode_frame(&frame, &mut out).unwrap();
         let lower = RateControl::vbr(Bitrate::from_bps(1_000_000), Bitrate::from_bps(1_200_000))
             .with_vbv_buffer_bits(120_000);
         encoder.reconfigure(lower).unwrap();
         assert_eq!(encoder.config().rate_control, lower);
-        let frame = vec![128u8; config.validate().unwrap()];
-        let mut out = Vec::new();
-        for _ in 0..4 {
-            encoder.encode_frame(&frame, &mut out).unwrap();
-        }
+        encoder.encode_frame(&frame, &mut out).unwrap();
+        assert!(encoder.next.is_none(), "the new encoder took over");
+        let (mode, bitrate, max, buffer, _, _) = encoder.x265.rate_control();
+        assert_eq!((mode, bitrate, max, buffer), (ABR, 1_000, 1_200, 120));
+        // Any mode: constant QP from here on.
+        encoder.reconfigure(RateControl::constant_qp(40)).unwrap();
+        encoder.encode_frame(&frame, &mut out).unwrap();
+        let (mode, .., qp) = encoder.x265.rate_control();
+        assert_eq!((mode, qp), (CQP, 40));
         encoder.flush(&mut out).unwrap();
-        assert_eq!(out.len(), 4);
+        assert_eq!(out.len(), 3);
+        let keyframes: Vec<u64> = out
+            .iter()
+            .filter(|c| c.keyframe)
+            .map(|c| c.frame_index)
+            .collect();
+        assert_eq!(keyframes, [0, 1, 2], "each new encoder starts with an IDR");
 
         let cqp = hevc(64, 64).with_rate_control(RateControl::constant_qp(31));
         let mut encoder = X265Encoder::new(&cqp).unwrap();

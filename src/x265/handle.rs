@@ -38,7 +38,6 @@ pub(super) struct Input<'a> {
 pub(super) struct Encoded {
     pub(super) data: Vec<u8>,
     pub(super) pts: i64,
-    pub(super) dts: i64,
     /// Whether the access unit holds an IRAP slice (with a closed GOP: an IDR).
     pub(super) keyframe: bool,
     /// `x265_picture::sliceType` (`X265_TYPE_*`).
@@ -75,7 +74,6 @@ struct Api {
     picture_init: unsafe extern "C" fn(*mut sys::x265_param, *mut sys::x265_picture),
     encoder_open: unsafe extern "C" fn(*mut sys::x265_param) -> *mut sys::x265_encoder,
     encoder_parameters: EncoderParamFn,
-    encoder_reconfig: unsafe extern "C" fn(*mut sys::x265_encoder, *mut sys::x265_param) -> c_int,
     encoder_headers:
         unsafe extern "C" fn(*mut sys::x265_encoder, *mut *mut sys::x265_nal, *mut u32) -> c_int,
     encoder_encode: EncodeFn,
@@ -143,7 +141,6 @@ fn load_api() -> Result<Api, String> {
         picture_init: entry(t.picture_init, "picture_init")?,
         encoder_open: entry(t.encoder_open, "encoder_open")?,
         encoder_parameters: entry(t.encoder_parameters, "encoder_parameters")?,
-        encoder_reconfig: entry(t.encoder_reconfig, "encoder_reconfig")?,
         encoder_headers: entry(t.encoder_headers, "encoder_headers")?,
         encoder_encode: entry(t.encoder_encode, "encoder_encode")?,
         encoder_close: entry(t.encoder_close, "encoder_close")?,
@@ -161,9 +158,14 @@ impl Param {
     fn alloc(api: Api) -> Result<Param, Error> {
         // SAFETY: param_alloc has no precondition; it returns a new allocation or null.
         let ptr = unsafe { (api.param_alloc)() };
-        NonNull::new(ptr)
-            .map(|ptr| Param { api, ptr })
-            .ok_or_else(|| backend_error("x265_param_alloc", "out of memory"))
+        let ptr =
+            NonNull::new(ptr).ok_or_else(|| backend_error("x265_param_alloc", "out of memory"))?;
+        // libx265 3.5's param_alloc does not initialise the struct; zeroed, no field is ever
+        // read uninitialised (x265_encoder_parameters, for one, copies field by field).
+        // SAFETY: `ptr` is a fresh allocation of one x265_param (`load_api` checked that the
+        // library's size is the bindings'), and all-zero bytes are a valid x265_param.
+        unsafe { ptr.as_ptr().write_bytes(0, 1) };
+        Ok(Param { api, ptr })
     }
 
     fn get(&mut self) -> &mut sys::x265_param {
@@ -187,14 +189,10 @@ impl Drop for Param {
 pub(super) struct X265Handle {
     api: Api,
     encoder: NonNull<sys::x265_encoder>,
-    /// The parameters the encoder was opened with: `picture_init` reads them, and the pointer in
-    /// them (`numaPools`, which the encoder's copy shares) must outlive the encoder.
+    /// The parameters the encoder was opened with, which `picture_init` reads.
     param: Param,
-    /// The `numaPools` string `param` points at.
+    /// The `numaPools` string `param` points at, kept as long as `param` (libx265 copied it).
     _pools: Option<CString>,
-    /// A rate change libx265 could not take yet (one was still waiting for its first frame),
-    /// retried after each encode call until it does.
-    pending_rc: Option<X265Rc>,
 }
 
 // SAFETY: an x265_encoder may be used from any thread as long as calls on it are not concurrent
@@ -239,6 +237,17 @@ impl X265Handle {
             .map(|n| CString::new(n.to_string()))
             .transpose()
             .map_err(|_| backend_error("x265_encoder_open", "pool size has a NUL"))?;
+        let side = config.resolution.width.min(config.resolution.height);
+        if side < 16 {
+            return Err(backend_error(
+                "x265_encoder_open",
+                format!(
+                    "libx265 encodes pictures of at least 16x16 (its smallest coding tree \
+                     unit); this stream is {}",
+                    config.resolution
+                ),
+            ));
+        }
         {
             let p = param.get();
             // libx265 has no log callback: it writes to stderr. Only its errors are let through,
@@ -264,16 +273,6 @@ impl X265Handle {
             // A picture must hold one coding tree unit ("Picture size must be at least one
             // CTU"): the preset's CTU (64 or 32) shrinks to fit a small picture, down to 16, the
             // smallest HEVC allows, with the transform size within it.
-            let side = config.resolution.width.min(config.resolution.height);
-            if side < 16 {
-                return Err(backend_error(
-                    "x265_encoder_open",
-                    format!(
-                        "libx265 encodes pictures of at least 16x16 (its smallest coding tree                          unit); this stream is {}",
-                        config.resolution
-                    ),
-                ));
-            }
             while p.maxCUSize > 16 && p.maxCUSize > side {
                 p.maxCUSize /= 2;
             }
@@ -293,8 +292,8 @@ impl X265Handle {
                 "libx265 cannot encode the Main profile with these settings",
             ));
         }
-        // SAFETY: `param` is a complete x265_param; libx265 copies it (and keeps the `numaPools`
-        // pointer, whose string `_pools` keeps alive as long as the encoder).
+        // SAFETY: `param` is a complete x265_param, its `numaPools` null or pointing at `pools`,
+        // alive; libx265 copies the parameters and the string.
         let encoder = unsafe { (api.encoder_open)(param.get()) };
         let encoder = NonNull::new(encoder).ok_or_else(|| {
             backend_error(
@@ -315,11 +314,12 @@ impl X265Handle {
             encoder,
             param,
             _pools: pools,
-            pending_rc: None,
         })
     }
 
-    /// A copy of the encoder's current parameters (`x265_encoder_parameters`).
+    /// A copy of the encoder's current parameters (`x265_encoder_parameters`). libx265 duplicates
+    /// the `numaPools` string into the copy and has no call that frees it: a few bytes per call
+    /// where a thread count is set (once per encoder, at open).
     fn parameters(&mut self) -> Result<Param, Error> {
         let mut param = Param::alloc(self.api)?;
         // SAFETY: the encoder is live and owned by `self`; `param` is a writable x265_param,
@@ -329,10 +329,19 @@ impl X265Handle {
         Ok(param)
     }
 
-    /// The B-frames the open encoder uses (after its preset, tune and checks).
-    pub(super) fn bframes(&mut self) -> Result<u32, Error> {
+    /// The B-frames the open encoder uses (after its preset, tune and checks), and its
+    /// reordering delay in frames: libx265's `m_bframeDelay`, 2 with a B-pyramid, 1 with plain
+    /// B-frames, 0 without (x265 3.5, `Encoder::configure`).
+    pub(super) fn reordering(&mut self) -> Result<(u32, usize), Error> {
         let mut param = self.parameters()?;
-        Ok(u32::try_from(param.get().bframes).unwrap_or(0))
+        let p = param.get();
+        let bframes = u32::try_from(p.bframes).unwrap_or(0);
+        let delay = match (bframes, p.bBPyramid) {
+            (0, _) => 0,
+            (_, 0) => 1,
+            _ => 2,
+        };
+        Ok((bframes, delay))
     }
 
     /// The VPS, SPS and PPS NAL units, with start codes.
@@ -359,32 +368,6 @@ impl X265Handle {
             }
         }
         Ok(headers)
-    }
-
-    /// Changes the bit rate and VBV of the open encoder (`x265_encoder_reconfig`), from its
-    /// current parameters; it applies from the next frame libx265 starts to encode.
-    pub(super) fn reconfigure(&mut self, rc: &X265Rc) -> Result<(), Error> {
-        let mut param = self.parameters()?;
-        apply_rate_control(param.get(), rc);
-        // SAFETY: the encoder is live; `param` is a complete parameter set from this encoder,
-        // which libx265 copies.
-        let ret = unsafe { (self.api.encoder_reconfig)(self.encoder.as_ptr(), param.get()) };
-        match ret {
-            0 => {
-                self.pending_rc = None;
-                Ok(())
-            }
-            // "Reconfigure in progress": the previous change has not reached a frame yet. This
-            // one is kept and handed over after the next encode call.
-            1 => {
-                self.pending_rc = Some(*rc);
-                Ok(())
-            }
-            _ => Err(backend_error(
-                "x265_encoder_reconfig",
-                format!("returned {ret}: libx265 refused the new rate control {rc:?}"),
-            )),
-        }
     }
 
     /// Encodes one picture, or drains one delayed picture with `None` (after which every call
@@ -440,11 +423,6 @@ impl X265Handle {
                 format!("returned {ret} (its error line on stderr says why)"),
             ));
         }
-        if input.is_some() {
-            if let Some(rc) = self.pending_rc {
-                self.reconfigure(&rc)?;
-            }
-        }
         if ret == 0 || count == 0 || nals.is_null() {
             return Ok(None);
         }
@@ -462,7 +440,6 @@ impl X265Handle {
         Ok(Some(Encoded {
             data,
             pts: pic_out.pts,
-            dts: pic_out.dts,
             keyframe,
             slice_type: pic_out.sliceType,
             frame_index: pic_out.userData as usize as u64,

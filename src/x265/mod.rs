@@ -13,8 +13,9 @@
 //! every keyframe is an IDR; `--min-keyint` stays x265's automatic one, as x264's); `bframes` is
 //! `--bframes`; `threads` is the size of x265's thread pool (`--pools N`, from which x265 sizes
 //! its frame threads; 0 = x265's automatic choice); `rate_control` is ABR with a VBV for CBR and
-//! VBR, `--qp` for constant QP. A rate change mid-stream goes through `x265_encoder_reconfig`,
-//! which changes the bit rate and VBV in place (no IDR) but cannot switch modes.
+//! VBR, `--qp` for constant QP. A rate change mid-stream opens a new libx265 encoder, which
+//! takes over at the next frame with an IDR (libx265 3.5's `x265_encoder_reconfig` reports
+//! success but never reaches its rate control; see [`X265Encoder`]'s `reconfigure`).
 //!
 //! Output is HEVC Main (8-bit 4:2:0) in Annex B, with VPS/SPS/PPS repeated before every IDR
 //! (`--repeat-headers`) and x265's settings in a user-data SEI on every keyframe; input is I420

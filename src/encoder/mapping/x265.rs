@@ -128,7 +128,7 @@ pub(crate) const README_X265_ROWS: &[[&str; 2]] = &[
     ],
     [
         "`reconfigure` (new `Cbr`/`Vbr` rates mid-stream)",
-        "`x265_encoder_reconfig`, no IDR (same mode only)",
+        "new libx265 encoder: IDR at the next frame (any mode)",
     ],
     [
         "`preset` ultrafast / superfast, veryfast / faster, fast / medium / slow / slower / veryslow, placebo",
