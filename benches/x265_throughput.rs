@@ -47,6 +47,9 @@ fn cpu_time(who: libc::c_int) -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// Builds a peer's command line writing to the given output file.
+type MakeCommand<'a> = dyn Fn(&Path) -> Command + 'a;
+
 struct Run {
     name: String,
     wall: Duration,
@@ -77,7 +80,7 @@ fn sameness(ours: &[u8], theirs: &[u8]) -> &'static str {
     }
 }
 
-fn run_peer(name: &str, make: &dyn Fn(&Path) -> Command, out: &Path, runs: u32) -> Option<Run> {
+fn run_peer(name: &str, make: &MakeCommand<'_>, out: &Path, runs: u32) -> Option<Run> {
     let mut best: Option<(Duration, Duration)> = None;
     for _ in 0..runs {
         let cpu_before = cpu_time(libc::RUSAGE_CHILDREN);
@@ -220,7 +223,7 @@ fn bench_preset(
         .arg(out);
         c
     };
-    let peers: [(&str, &dyn Fn(&Path) -> Command); 2] =
+    let peers: [(&str, &MakeCommand<'_>); 2] =
         [("ffmpeg -c:v libx265", &ffmpeg), ("x265 CLI", &cli)];
     for (i, (name, make)) in peers.into_iter().enumerate() {
         let out = dir.join(format!("peer{i}-{preset}.hevc"));

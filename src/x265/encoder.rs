@@ -262,7 +262,7 @@ impl VideoEncoder for X265Encoder {
 
 #[cfg(test)]
 mod tests {
-    use super::super::handle::{ABR, CQP, CRF};
+    use super::super::handle::{RC_ABR as ABR, RC_CQP as CQP, RC_CRF as CRF};
     use super::*;
     use crate::encoder::{Bitrate, Codec};
 

@@ -17,9 +17,9 @@ pub(super) const KIND: EncoderKind = EncoderKind::X265;
 
 // `x265.h`'s `X265_RC_METHODS`, an enum the generated bindings leave out: ABR, CQP, CRF, in
 // that order from 0.
-const RC_ABR: c_int = 0;
-const RC_CQP: c_int = 1;
-const RC_CRF: c_int = 2;
+pub(super) const RC_ABR: c_int = 0;
+pub(super) const RC_CQP: c_int = 1;
+pub(super) const RC_CRF: c_int = 2;
 
 /// HEVC NAL unit types of a random access point (IRAP: BLA, IDR and CRA, 16..=21; ITU-T H.265
 /// Table 7-1), and of the parameter sets (VPS 32, SPS 33, PPS 34).
@@ -534,10 +534,4 @@ mod tests {
     fn the_8bit_api_loads_and_matches_the_bindings() {
         api().unwrap();
     }
-
-    pub(in crate::x265) const ABR: c_int = RC_ABR;
-    pub(in crate::x265) const CQP: c_int = RC_CQP;
-    pub(in crate::x265) const CRF: c_int = RC_CRF;
 }
-#[cfg(test)]
-pub(super) use tests::{ABR, CQP, CRF};
