@@ -14,6 +14,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backends;
+pub mod bitstream;
 pub mod cuda;
 pub mod detect;
 pub mod encoder;
@@ -21,7 +22,8 @@ pub mod error;
 pub mod fallback;
 pub mod ffmpeg;
 mod gpu_config;
-pub mod h264;
+/// H.264 Annex B parsing, at its old path; see [`bitstream`] for every codec.
+pub use bitstream::h264;
 pub mod metrics;
 pub mod nvenc;
 pub mod pipeline;
@@ -44,6 +46,7 @@ pub mod x265;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::ffmpeg::ts::fuzz_demux as ts_demux;
+    pub use crate::sink::fuzz_hvcc as hvcc;
 }
 
 pub use detect::{detect, detect_available_encoders, DetectionReport};

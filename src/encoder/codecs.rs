@@ -138,7 +138,6 @@ pub(crate) fn nvenc_profile_guid(codec: Codec, high_444: bool) -> nvenc_sys::GUI
 /// The MPEG-TS `stream_type` of `codec` (ISO/IEC 13818-1, Table 2-34: `0x1B` AVC, `0x24` HEVC),
 /// as ffmpeg writes it into the PMT.
 #[must_use]
-#[allow(dead_code)] // read by the MPEG-TS demuxer once it reads HEVC
 pub(crate) const fn ts_stream_type(codec: Codec) -> u8 {
     match codec {
         Codec::H264 => 0x1B,

@@ -14,12 +14,12 @@ use super::args::{command_args, FfmpegOptions};
 use super::child::{self, GroupChild, JOIN_LIMIT};
 use super::io::{lock, spawn_reader, spawn_stderr, spawn_writer, Demux, Event};
 use super::ts::TsFrame;
+use crate::bitstream;
 use crate::encoder::{
     DtsQueue, EncodedChunk, EncoderConfig, EncoderKind, Frame, FrameType, InputGate, RateControl,
     VideoEncoder,
 };
 use crate::error::{Error, SubprocessProblem};
-use crate::h264::{first_slice_type, nal_types, parameter_sets};
 
 /// How often the flush looks whether ffmpeg has exited while it waits for its output.
 const EXIT_POLL: Duration = Duration::from_millis(20);
@@ -108,7 +108,7 @@ impl FfmpegEncoder {
             };
         let (frames_tx, frames_rx) = bounded::<Vec<u8>>(2);
         let (events_tx, events) = unbounded();
-        let demux = Arc::new(Mutex::new(Demux::default()));
+        let demux = Arc::new(Mutex::new(Demux::new(config.codec)));
         let writer_error = Arc::new(Mutex::new(None));
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         let writer = spawn_writer(stdin, frames_rx, Arc::clone(&writer_error));
@@ -281,21 +281,13 @@ impl FfmpegEncoder {
                 what: format!("an access unit for frame {index}, which was not sent or came twice"),
             }));
         };
-        let types = nal_types(&frame.data);
-        let keyframe = types.contains(&5);
+        let codec = self.config.codec;
+        let keyframe = bitstream::is_keyframe(codec, &frame.data);
         if keyframe && self.headers.is_empty() {
-            self.headers = parameter_sets(&frame.data);
+            self.headers = bitstream::parameter_sets(codec, &frame.data);
         }
-        let frame_type = if keyframe {
-            FrameType::Idr
-        } else {
-            match first_slice_type(&frame.data) {
-                Some(0 | 3) => FrameType::P,
-                Some(1) => FrameType::B,
-                Some(_) => FrameType::I,
-                None => FrameType::P,
-            }
-        };
+        let frame_type =
+            bitstream::frame_type(codec, &frame.data, &self.headers).unwrap_or(FrameType::P);
         let dts = self.dts.next();
         self.chunks_out += 1;
         out.push(EncodedChunk {

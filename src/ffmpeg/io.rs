@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::ts::{TsDemuxer, TsFrame};
+use crate::encoder::Codec;
 
 /// How many stderr lines an error report keeps.
 const STDERR_LINES: usize = 12;
@@ -29,13 +30,20 @@ pub(super) enum Event {
 /// with the pipe still held open by a process ffmpeg (or a wrapper script) forked (the flush).
 /// The reader sends its events while it holds the lock, so every event of the bytes read before
 /// the end is in the channel before the end is taken.
-#[derive(Default)]
 pub(super) struct Demux {
     pub(super) ts: TsDemuxer,
     pub(super) ended: bool,
 }
 
 impl Demux {
+    /// The demuxer of ffmpeg's `codec` stream.
+    pub(super) fn new(codec: Codec) -> Self {
+        Demux {
+            ts: TsDemuxer::new(codec),
+            ended: false,
+        }
+    }
+
     /// Ends the stream: appends the last access unit to `frames` and returns the bytes left
     /// that make no whole packet; `None` if it had already ended.
     pub(super) fn end(&mut self, frames: &mut Vec<TsFrame>) -> Option<usize> {

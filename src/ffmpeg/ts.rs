@@ -1,13 +1,17 @@
-//! A minimal MPEG transport-stream demuxer for one H.264 stream: what the ffmpeg subprocess
-//! backend reads from ffmpeg's stdout.
+//! A minimal MPEG transport-stream demuxer for one video stream of a known codec (H.264 or
+//! HEVC): what the ffmpeg subprocess backend reads from ffmpeg's stdout.
 //!
 //! Raw Annex B on a pipe carries no timestamps, and with B-frames the output order differs from
 //! the input order, so the subprocess writes MPEG-TS instead: each access unit arrives as one PES
 //! packet with its PTS and DTS (90 kHz), and the Annex B bytes inside are passed through
-//! untouched. Only what that needs is parsed (packet headers, adaptation-field length, PES
-//! headers); tables (PAT/PMT) are skipped and the first PID carrying a video PES is followed.
-//! Written here because no maintained crate does just this without pulling in a full media
-//! framework.
+//! untouched. Only what that needs is parsed: packet headers, adaptation-field length, the
+//! program tables (PAT, then the PMT it points to, ISO/IEC 13818-1 2.4.4) to find the PID whose
+//! `stream_type` is the codec's ([`codecs::ts_stream_type`]), and PES headers. A program without
+//! a stream of that type is an error naming the types it has, so a stream of another codec is
+//! never taken for the one asked. Written here because no maintained crate does just this
+//! without pulling in a full media framework.
+
+use crate::encoder::{codecs, Codec};
 
 /// One access unit with its timestamps (90 kHz).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,15 +30,47 @@ pub(crate) enum TsError {
     /// A PES header that does not parse.
     #[error("malformed PES header at byte {offset}")]
     BadPes { offset: u64 },
+    /// The program table lists no stream of the codec asked for.
+    #[error(
+        "the program table at byte {offset} has no {codec} stream (stream_type 0x{expected:02x}); \
+         it lists stream types [{}]",
+        hex_list(found)
+    )]
+    WrongStream {
+        offset: u64,
+        codec: Codec,
+        expected: u8,
+        found: Vec<u8>,
+    },
+}
+
+/// `[0x1b, 0x0f]` as `0x1b, 0x0f`.
+fn hex_list(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("0x{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 const PACKET: usize = 188;
+/// The PID of the program association table.
+const PAT_PID: u16 = 0;
+/// The longest PSI section: `section_length` is at most 1021 (ISO/IEC 13818-1 2.4.4.4), plus
+/// the 3 bytes before it.
+const MAX_SECTION: usize = 1024;
 
 /// Feeds bytes in, takes access units out.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct TsDemuxer {
+    codec: Codec,
     pending: Vec<u8>,
     offset: u64,
+    /// The PMT's PID, from the PAT.
+    pmt_pid: Option<u16>,
+    /// A table section being assembled from packets: its PID and bytes so far.
+    section: Option<(u16, Vec<u8>)>,
+    /// The PID of the codec's stream, from the PMT.
     video_pid: Option<u16>,
     current: Option<TsFrame>,
     /// The last PTS and DTS returned, unwrapped: PES timestamps are 33 bits and wrap after
@@ -60,6 +96,21 @@ fn unwrap33(raw: i64, last: Option<i64>) -> i64 {
 }
 
 impl TsDemuxer {
+    /// A demuxer of the `codec` stream of a transport stream.
+    pub(crate) fn new(codec: Codec) -> Self {
+        TsDemuxer {
+            codec,
+            pending: Vec::new(),
+            offset: 0,
+            pmt_pid: None,
+            section: None,
+            video_pid: None,
+            current: None,
+            last_pts: None,
+            last_dts: None,
+        }
+    }
+
     /// Consumes `bytes`, appending every access unit completed by them to `out`.
     pub(crate) fn push(&mut self, bytes: &[u8], out: &mut Vec<TsFrame>) -> Result<(), TsError> {
         self.pending.extend_from_slice(bytes);
@@ -112,8 +163,8 @@ impl TsDemuxer {
             return Ok(());
         }
         let payload = &p[at..];
-        if unit_start && self.video_pid.is_none() && is_video_pes(payload) {
-            self.video_pid = Some(pid);
+        if self.video_pid.is_none() {
+            return self.table(pid, unit_start, payload);
         }
         if Some(pid) != self.video_pid {
             return Ok(());
@@ -143,8 +194,81 @@ impl TsDemuxer {
     }
 }
 
-fn is_video_pes(payload: &[u8]) -> bool {
-    payload.len() >= 4 && payload[..3] == [0, 0, 1] && (0xe0..=0xef).contains(&payload[3])
+impl TsDemuxer {
+    /// A packet before the stream's PID is known: a piece of the PAT or of the PMT, or nothing
+    /// this demuxer reads.
+    fn table(&mut self, pid: u16, unit_start: bool, payload: &[u8]) -> Result<(), TsError> {
+        if pid != PAT_PID && Some(pid) != self.pmt_pid {
+            return Ok(());
+        }
+        if unit_start {
+            // pointer_field: the section starts that many bytes after it.
+            let from = 1 + usize::from(payload.first().copied().unwrap_or(0));
+            self.section = payload.get(from..).map(|s| (pid, s.to_vec()));
+        } else if let Some((_, bytes)) = self.section.as_mut().filter(|(p, _)| *p == pid) {
+            bytes.extend_from_slice(payload);
+        }
+        let Some((pid, bytes)) = self.section.take() else {
+            return Ok(());
+        };
+        let Some(body) = section_body(&bytes) else {
+            // Not complete yet: kept for the next packet, unless it is already too long.
+            if bytes.len() <= MAX_SECTION {
+                self.section = Some((pid, bytes));
+            }
+            return Ok(());
+        };
+        let table_id = bytes.first().copied();
+        if pid == PAT_PID && table_id == Some(0x00) {
+            // 5 bytes of header after section_length, then 4 bytes per program; program 0 is
+            // the network PID, not a program.
+            self.pmt_pid = body
+                .get(5..)
+                .unwrap_or_default()
+                .chunks_exact(4)
+                .find(|e| e[0] != 0 || e[1] != 0)
+                .map(|e| u16::from(e[2] & 0x1f) << 8 | u16::from(e[3]));
+        } else if Some(pid) == self.pmt_pid && table_id == Some(0x02) {
+            let expected = codecs::ts_stream_type(self.codec);
+            let streams = pmt_streams(body);
+            self.video_pid = streams
+                .iter()
+                .find(|&&(t, _)| t == expected)
+                .map(|&(_, pid)| pid);
+            if self.video_pid.is_none() {
+                return Err(TsError::WrongStream {
+                    offset: self.offset,
+                    codec: self.codec,
+                    expected,
+                    found: streams.iter().map(|&(t, _)| t).collect(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of a complete PSI section after its `section_length` field, without the CRC;
+/// `None` while the section is incomplete.
+fn section_body(section: &[u8]) -> Option<&[u8]> {
+    let length = usize::from(u16::from(*section.get(1)? & 0x0f) << 8 | u16::from(*section.get(2)?));
+    let body = section.get(3..3 + length)?;
+    body.get(..body.len().saturating_sub(4))
+}
+
+/// `(stream_type, elementary_PID)` of each stream of a PMT section's body (2.4.4.8).
+fn pmt_streams(body: &[u8]) -> Vec<(u8, u16)> {
+    let mut streams = Vec::new();
+    // program_number, version, section numbers (5 bytes), PCR_PID (2), program_info_length (2).
+    let Some(&[hi, lo]) = body.get(7..9) else {
+        return streams;
+    };
+    let mut at = 9 + usize::from(u16::from(hi & 0x0f) << 8 | u16::from(lo));
+    while let Some(&[stream_type, p_hi, p_lo, i_hi, i_lo]) = body.get(at..at + 5) {
+        streams.push((stream_type, u16::from(p_hi & 0x1f) << 8 | u16::from(p_lo)));
+        at += 5 + usize::from(u16::from(i_hi & 0x0f) << 8 | u16::from(i_lo));
+    }
+    streams
 }
 
 /// `(header length, pts, dts)` of a PES packet that starts `payload`.
@@ -182,9 +306,10 @@ fn timestamp(b: &[u8]) -> i64 {
 /// Runs the demuxer over `data` fed in pieces of `chunk` bytes (at least 1), as the reader thread
 /// feeds it, and checks what must hold for any input: no panic, every access unit non-empty,
 /// fewer than one packet left over. Returns the access units found. For the fuzz targets.
+/// `hevc` picks the codec the demuxer looks for.
 #[cfg(feature = "fuzzing")]
-pub fn fuzz_demux(data: &[u8], chunk: usize) -> usize {
-    let mut demux = TsDemuxer::default();
+pub fn fuzz_demux(data: &[u8], chunk: usize, hevc: bool) -> usize {
+    let mut demux = TsDemuxer::new(if hevc { Codec::Hevc } else { Codec::H264 });
     let mut frames = Vec::new();
     for piece in data.chunks(chunk.max(1)) {
         if demux.push(piece, &mut frames).is_err() {
@@ -220,6 +345,38 @@ mod tests {
         p
     }
 
+    /// A PSI section of `table_id` with `body` (after section_length) and a CRC not checked.
+    fn section(table_id: u8, body: &[u8]) -> Vec<u8> {
+        let length = body.len() + 4;
+        let mut s = vec![table_id, 0xb0 | (length >> 8) as u8, length as u8];
+        s.extend_from_slice(body);
+        s.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        s
+    }
+
+    /// A PAT naming PMT PID 0x1000 for program 1, then the PMT listing `streams` (`(type, PID)`,
+    /// each with `info` bytes of descriptors), as packets; a PMT longer than a packet spans two.
+    fn tables(streams: &[(u8, u16)], info: usize) -> Vec<u8> {
+        let pat = section(
+            0x00,
+            &[0, 1, 0xc1, 0, 0, 0, 0, 0xe0, 0x10, 0, 1, 0xf0, 0x00],
+        );
+        let mut bytes = pes_packet(0, true, &[[0].as_slice(), &pat].concat()).to_vec();
+        let mut body = vec![0, 1, 0xc1, 0, 0, 0xe1, 0, 0xf0, 0];
+        for &(t, pid) in streams {
+            body.extend_from_slice(&[t, 0xe0 | (pid >> 8) as u8, pid as u8]);
+            body.extend_from_slice(&[0xf0 | (info >> 8) as u8, info as u8]);
+            body.extend(std::iter::repeat_n(0x55, info));
+        }
+        let pmt = [[0].as_slice(), &section(0x02, &body)].concat();
+        let (first, rest) = pmt.split_at(pmt.len().min(PACKET - 5));
+        bytes.extend_from_slice(&pes_packet(0x1000, true, first));
+        if !rest.is_empty() {
+            bytes.extend_from_slice(&pes_packet(0x1000, false, rest));
+        }
+        bytes
+    }
+
     fn encode_ts(marker: u8, t: i64) -> [u8; 5] {
         [
             marker << 4 | ((t >> 29) & 0x0e) as u8 | 1,
@@ -237,7 +394,9 @@ mod tests {
         header.extend_from_slice(&encode_ts(1, 3003));
         let mut first = header.clone();
         first.extend_from_slice(&[0, 0, 0, 1, 0x65, 1, 2]);
-        let mut bytes = Vec::new();
+        // A PES before the tables is not read: its PID is not known yet.
+        let mut bytes = pes_packet(0x100, true, &first).to_vec();
+        bytes.extend_from_slice(&tables(&[(0x0f, 0x11), (0x1b, 0x100)], 0));
         bytes.extend_from_slice(&pes_packet(0x100, true, &first));
         bytes.extend_from_slice(&pes_packet(0x100, false, &[3, 4]));
         bytes.extend_from_slice(&pes_packet(
@@ -246,7 +405,7 @@ mod tests {
             &[0, 0, 1, 0xc0, 0, 0, 0x80, 0, 0, 9],
         ));
         bytes.extend_from_slice(&pes_packet(0x100, true, &first));
-        let mut demux = TsDemuxer::default();
+        let mut demux = TsDemuxer::new(Codec::H264);
         let mut out = Vec::new();
         // Fed in odd-sized pieces, as a pipe delivers them.
         for piece in bytes.chunks(100) {
@@ -266,9 +425,10 @@ mod tests {
         let header = [0, 0, 1, 0xe0, 0, 0, 0x80, 0, 0];
         let mut second = header.to_vec();
         second.extend_from_slice(&[0, 0, 0, 1, 0x65, 7]);
-        let mut bytes = pes_packet(0x100, true, &header).to_vec();
+        let mut bytes = tables(&[(0x1b, 0x100)], 0);
+        bytes.extend_from_slice(&pes_packet(0x100, true, &header));
         bytes.extend_from_slice(&pes_packet(0x100, true, &second));
-        let mut demux = TsDemuxer::default();
+        let mut demux = TsDemuxer::new(Codec::H264);
         let mut out = Vec::new();
         demux.push(&bytes, &mut out).unwrap();
         demux.finish(&mut out);
@@ -285,8 +445,49 @@ mod tests {
     }
 
     #[test]
+    fn the_codec_picks_the_stream_and_another_codec_is_an_error() {
+        let mut header = vec![0, 0, 1, 0xe0, 0, 0, 0x80, 0x80, 5];
+        header.extend_from_slice(&encode_ts(2, 3600));
+        let hevc_au = [0, 0, 0, 1, 0x28, 0x01, 0xaf];
+        let h264_au = [0, 0, 0, 1, 0x65, 0x88];
+        // An HEVC stream on 0x101 beside an H.264 one on 0x100, with a PMT spanning two
+        // packets (100 bytes of descriptors per stream).
+        let mut bytes = tables(&[(0x1b, 0x100), (0x24, 0x101)], 100);
+        assert_eq!(bytes.len(), 3 * PACKET);
+        bytes.extend_from_slice(&pes_packet(0x100, true, &[&header[..], &h264_au].concat()));
+        bytes.extend_from_slice(&pes_packet(0x101, true, &[&header[..], &hevc_au].concat()));
+        for (codec, au) in [(Codec::Hevc, &hevc_au[..]), (Codec::H264, &h264_au[..])] {
+            let mut demux = TsDemuxer::new(codec);
+            let mut out = Vec::new();
+            demux.push(&bytes, &mut out).unwrap();
+            demux.finish(&mut out);
+            assert_eq!(out.len(), 1, "{codec}");
+            assert_eq!(out[0].data, au);
+            assert_eq!(out[0].pts, Some(3600));
+        }
+        // Only H.264 in the program: HEVC asked for is an error naming what is there.
+        let bytes = tables(&[(0x1b, 0x100), (0x0f, 0x11)], 0);
+        let mut demux = TsDemuxer::new(Codec::Hevc);
+        let e = demux.push(&bytes, &mut Vec::new()).unwrap_err();
+        assert_eq!(
+            e,
+            TsError::WrongStream {
+                offset: 188,
+                codec: Codec::Hevc,
+                expected: 0x24,
+                found: vec![0x1b, 0x0f]
+            }
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("hevc") && text.contains("0x24") && text.contains("1b"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn garbage_is_a_sync_error_with_offset() {
-        let mut demux = TsDemuxer::default();
+        let mut demux = TsDemuxer::new(Codec::H264);
         let mut out = Vec::new();
         let mut bytes = pes_packet(0x100, true, &[0, 0, 1, 0xe0, 0, 0, 0x80, 0, 0]).to_vec();
         bytes.extend_from_slice(&[b'x'; PACKET]);

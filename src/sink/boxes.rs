@@ -1,15 +1,18 @@
 //! The MP4 boxes of the sink: `ftyp`, the `moov` of each layout and a fragment's `moof`. Only
 //! what goes into them is decided here; `mp4-atom` encodes them.
 
+use std::collections::BTreeMap;
+
 use mp4_atom::{
-    Avc1, Avcc, Co64, Ctts, CttsEntry, Dinf, Dref, DrefEntry, Edts, Elst, ElstEntry, Encode,
-    FourCC, Ftyp, Hdlr, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mvex, Mvhd, Stbl, Stsc, StscEntry,
-    Stsd, Stss, Stsz, StszSamples, Stts, SttsEntry, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun,
-    TrunEntry, TrunSamples, Url, Visual, Vmhd,
+    Avc1, Avcc, Co64, Codec as SampleEntry, Ctts, CttsEntry, Dinf, Dref, DrefEntry, Edts, Elst,
+    ElstEntry, Encode, FourCC, Ftyp, Hdlr, Hvc1, HvcCArray, Hvcc, Mdhd, Mdia, Mfhd, Minf, Moof,
+    Moov, Mvex, Mvhd, Stbl, Stsc, StscEntry, Stsd, Stss, Stsz, StszSamples, Stts, SttsEntry, Tfdt,
+    Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, TrunSamples, Url, Visual, Vmhd,
 };
 
 use super::SinkError;
-use crate::encoder::Resolution;
+use crate::bitstream::{self, hevc, ParameterSet};
+use crate::encoder::{Codec, Resolution};
 
 /// One sample's index entry, in the encoder's time-base units.
 #[derive(Debug, Clone, Copy)]
@@ -26,7 +29,8 @@ pub(super) struct Sample {
 const SYNC_FLAGS: u32 = 0x0200_0000;
 const NON_SYNC_FLAGS: u32 = 0x0101_0000;
 
-/// What the track's description needs: the picture, the time base and the parameter sets.
+/// What the track's description needs: the picture, the time base, the codec and its
+/// parameter sets.
 #[derive(Debug)]
 pub(super) struct Track {
     pub resolution: Resolution,
@@ -34,8 +38,10 @@ pub(super) struct Track {
     pub tick: u32,
     /// Ticks per second.
     pub timescale: u32,
-    pub sps: Option<Vec<u8>>,
-    pub pps: Option<Vec<u8>>,
+    /// The stream's codec, once a parameter set has told it ([`bitstream::detect`]).
+    pub codec: Option<Codec>,
+    /// The first parameter set of each kind the stream carried (NAL units, header included).
+    pub sets: BTreeMap<ParameterSet, Vec<u8>>,
 }
 
 fn mp4_err(e: mp4_atom::Error) -> SinkError {
@@ -49,13 +55,15 @@ pub(super) fn bytes(atom: &impl Encode) -> Result<Vec<u8>, SinkError> {
     Ok(out)
 }
 
-pub(super) fn ftyp(fragmented: bool) -> Ftyp {
-    let mut brands: Vec<FourCC> = vec![
-        b"isom".into(),
-        b"iso2".into(),
-        b"avc1".into(),
-        b"mp41".into(),
-    ];
+/// The file type: ISO base media, with the `avc1` brand (ISO/IEC 14496-15) for an H.264 track;
+/// `codec` is `None` where it is not known yet (a progressive file starts before its first
+/// parameter set).
+pub(super) fn ftyp(fragmented: bool, codec: Option<Codec>) -> Ftyp {
+    let mut brands: Vec<FourCC> = vec![b"isom".into(), b"iso2".into()];
+    if codec == Some(Codec::H264) {
+        brands.push(b"avc1".into());
+    }
+    brands.push(b"mp41".into());
     if fragmented {
         // Fragments (and the signed composition offsets of a version 1 `trun`).
         brands.push(b"iso6".into());
@@ -100,33 +108,63 @@ impl Track {
             })
     }
 
-    fn avc1(&self) -> Result<Avc1, SinkError> {
-        let (Some(sps), Some(pps)) = (&self.sps, &self.pps) else {
-            return Err(SinkError::NoParameterSets);
-        };
+    /// The parameter set of `kind`, or [`SinkError::NoParameterSets`]; checked to fit the
+    /// 16-bit length the decoder configuration records give it.
+    fn set(&self, kind: ParameterSet) -> Result<Vec<u8>, SinkError> {
+        let set = self.sets.get(&kind).ok_or(SinkError::NoParameterSets)?;
+        if set.len() > usize::from(u16::MAX) {
+            return Err(SinkError::TooLarge {
+                what: "a parameter set",
+                value: set.len() as u64,
+            });
+        }
+        Ok(set.clone())
+    }
+
+    /// The sample entry of the track's codec: `avc1` with an `avcC` for H.264, `hvc1` with an
+    /// `hvcC` for HEVC, each made from the stream's first parameter sets.
+    fn sample_entry(&self) -> Result<SampleEntry, SinkError> {
+        let codec = self.codec.ok_or(SinkError::NoParameterSets)?;
         let (width, height) = self.size();
-        Ok(Avc1 {
-            visual: Visual {
-                data_reference_index: 1,
-                width,
-                height,
-                horizresolution: 72.into(),
-                vertresolution: 72.into(),
-                frame_count: 1,
-                compressor: "".into(),
-                depth: 24,
-            },
-            avcc: Avcc {
-                configuration_version: 1,
-                avc_profile_indication: sps.get(1).copied().unwrap_or(0),
-                profile_compatibility: sps.get(2).copied().unwrap_or(0),
-                avc_level_indication: sps.get(3).copied().unwrap_or(0),
-                length_size: 4,
-                sequence_parameter_sets: vec![sps.clone()],
-                picture_parameter_sets: vec![pps.clone()],
-                ext: None,
-            },
-            ..Avc1::default()
+        let visual = Visual {
+            data_reference_index: 1,
+            width,
+            height,
+            horizresolution: 72.into(),
+            vertresolution: 72.into(),
+            frame_count: 1,
+            compressor: "".into(),
+            depth: 24,
+        };
+        Ok(match codec {
+            Codec::H264 => {
+                let sps = self.set(ParameterSet::Sps)?;
+                Avc1 {
+                    visual,
+                    avcc: Avcc {
+                        configuration_version: 1,
+                        avc_profile_indication: sps.get(1).copied().unwrap_or(0),
+                        profile_compatibility: sps.get(2).copied().unwrap_or(0),
+                        avc_level_indication: sps.get(3).copied().unwrap_or(0),
+                        length_size: 4,
+                        sequence_parameter_sets: vec![sps],
+                        picture_parameter_sets: vec![self.set(ParameterSet::Pps)?],
+                        ext: None,
+                    },
+                    ..Avc1::default()
+                }
+                .into()
+            }
+            Codec::Hevc => Hvc1 {
+                visual,
+                hvcc: hvcc(
+                    &self.set(ParameterSet::Vps)?,
+                    &self.set(ParameterSet::Sps)?,
+                    &self.set(ParameterSet::Pps)?,
+                )?,
+                ..Hvc1::default()
+            }
+            .into(),
         })
     }
 
@@ -279,12 +317,13 @@ impl Track {
         }
         let stbl = Stbl {
             stsd: Stsd {
-                codecs: vec![self.avc1()?.into()],
+                codecs: vec![self.sample_entry()?],
             },
             stts: Stts { entries: stts },
-            ctts: ctts
-                .iter()
-                .any(|e| e.sample_offset != 0)
+            // The initial moov of a fragmented file always has one, even of zeros: FFmpeg (5.1)
+            // reads the composition offsets of later fragments only where it has (found with a
+            // failover from a stream without B-frames to one with them).
+            ctts: (fragmented || ctts.iter().any(|e| e.sample_offset != 0))
                 .then_some(Ctts { entries: ctts }),
             stss: (sync.len() < samples.len()).then_some(Stss { entries: sync }),
             stsc: Stsc { entries: stsc },
@@ -375,6 +414,84 @@ impl Track {
     }
 }
 
+/// The `HEVCDecoderConfigurationRecord` (ISO/IEC 14496-15 8.3.3.1) of a stream whose parameter
+/// sets are `vps`, `sps` and `pps` (NAL units, header included):
+/// - profile space, tier, profile, compatibility and constraint flags, level, chroma format and
+///   bit depths are the SPS's; the temporal layers and their nesting too;
+/// - `min_spatial_segmentation_idc` 0 and `parallelism_type` 0 ("unknown", allowed by 8.3.3.1.3),
+///   `avgFrameRate` 0 and `constantFrameRate` 0 (unspecified): a decoder needs none of them;
+/// - 4-byte NAL unit lengths, one array per parameter set, marked complete (what `hvc1` asks of
+///   its record; the stream repeats its parameter sets in band as well, which FFmpeg's own
+///   `hvc1` files do too, so that new ones after a failover reach the decoder).
+pub(super) fn hvcc(vps: &[u8], sps: &[u8], pps: &[u8]) -> Result<Hvcc, SinkError> {
+    let fields = hevc::Sps::parse(sps)
+        // The record holds bit depths up to 15 (3 bits for the depth less 8).
+        .filter(|f| f.bit_depth_luma_minus8 <= 7 && f.bit_depth_chroma_minus8 <= 7)
+        .ok_or(SinkError::BadSps {
+            codec: Codec::Hevc,
+            len: sps.len(),
+        })?;
+    let arrays = [vps, sps, pps]
+        .iter()
+        .map(|nal| HvcCArray {
+            completeness: true,
+            nal_unit_type: bitstream::nal_unit_type(Codec::Hevc, nal).unwrap_or(0),
+            nalus: vec![nal.to_vec()],
+        })
+        .collect();
+    Ok(Hvcc {
+        configuration_version: 1,
+        general_profile_space: fields.profile_space,
+        general_tier_flag: fields.tier,
+        general_profile_idc: fields.profile_idc,
+        general_profile_compatibility_flags: fields.compatibility,
+        general_constraint_indicator_flags: fields.constraints,
+        general_level_idc: fields.level_idc,
+        min_spatial_segmentation_idc: 0,
+        parallelism_type: 0,
+        chroma_format_idc: fields.chroma_format_idc,
+        bit_depth_luma_minus8: fields.bit_depth_luma_minus8,
+        bit_depth_chroma_minus8: fields.bit_depth_chroma_minus8,
+        avg_frame_rate: 0,
+        constant_frame_rate: 0,
+        num_temporal_layers: fields.sub_layers,
+        temporal_id_nested: fields.temporal_id_nesting,
+        length_size_minus_one: 3,
+        arrays,
+    })
+}
+
+/// Builds an `hvcC` from the first HEVC VPS, SPS and PPS among the NAL units of `data` (any
+/// bytes), encodes it and decodes it back, checking that nothing was lost; returns whether the
+/// units made a record. For the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_hvcc(data: &[u8]) -> bool {
+    use mp4_atom::Decode;
+    let mut sets = BTreeMap::new();
+    for nal in bitstream::nal_units(data).filter(|n| n.len() <= usize::from(u16::MAX)) {
+        if let Some(kind) = bitstream::parameter_set(Codec::Hevc, nal) {
+            sets.entry(kind).or_insert(nal);
+        }
+    }
+    let (Some(vps), Some(sps), Some(pps)) = (
+        sets.get(&ParameterSet::Vps),
+        sets.get(&ParameterSet::Sps),
+        sets.get(&ParameterSet::Pps),
+    ) else {
+        return false;
+    };
+    let Ok(record) = hvcc(vps, sps, pps) else {
+        return false;
+    };
+    let encoded = bytes(&record);
+    assert!(encoded.is_ok(), "an hvcC that does not encode: {record:?}");
+    let decoded = encoded
+        .ok()
+        .and_then(|e| Hvcc::decode(&mut e.as_slice()).ok());
+    assert_eq!(decoded.as_ref(), Some(&record), "hvcC round trip");
+    true
+}
+
 /// Appends `delta` to a run-length table of sample durations.
 fn push_run(stts: &mut Vec<SttsEntry>, delta: u32) {
     match stts.last_mut() {
@@ -383,5 +500,120 @@ fn push_run(stts: &mut Vec<SttsEntry>, delta: u32) {
             sample_count: 1,
             sample_delta: delta,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mp4_atom::Decode;
+
+    use super::*;
+    use crate::bitstream::hevc::tests::{PPS, SPS, VPS};
+
+    fn track(codec: Option<Codec>, sets: &[(ParameterSet, &[u8])]) -> Track {
+        Track {
+            resolution: Resolution {
+                width: 64,
+                height: 48,
+            },
+            tick: 1,
+            timescale: 25,
+            codec,
+            sets: sets.iter().map(|&(k, v)| (k, v.to_vec())).collect(),
+        }
+    }
+
+    #[test]
+    fn hvcc_repeats_the_sps_and_holds_the_parameter_sets() {
+        let record = hvcc(VPS, SPS, PPS).unwrap();
+        assert_eq!(record.general_profile_idc, 1);
+        assert_eq!(record.general_profile_compatibility_flags, [0x60, 0, 0, 0]);
+        assert_eq!(
+            record.general_constraint_indicator_flags,
+            [0x90, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(record.general_level_idc, 30);
+        assert_eq!(record.chroma_format_idc, 1);
+        assert_eq!(record.num_temporal_layers, 1);
+        assert!(record.temporal_id_nested);
+        assert_eq!(record.length_size_minus_one, 3);
+        let arrays: Vec<(u8, bool, &[u8])> = record
+            .arrays
+            .iter()
+            .map(|a| (a.nal_unit_type, a.completeness, a.nalus[0].as_slice()))
+            .collect();
+        assert_eq!(arrays, [(32, true, VPS), (33, true, SPS), (34, true, PPS)]);
+        let encoded = bytes(&record).unwrap();
+        assert_eq!(Hvcc::decode(&mut encoded.as_slice()).unwrap(), record);
+        // An SPS cut inside profile_tier_level is refused, naming the codec.
+        let e = hvcc(VPS, &SPS[..12], PPS).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SinkError::BadSps {
+                    codec: Codec::Hevc,
+                    len: 12
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("hevc SPS (12 bytes)"), "{e}");
+    }
+
+    #[test]
+    fn the_sample_entry_is_the_codecs_and_needs_every_parameter_set() {
+        let hevc = [
+            (ParameterSet::Vps, VPS),
+            (ParameterSet::Sps, SPS),
+            (ParameterSet::Pps, PPS),
+        ];
+        let entry = track(Some(Codec::Hevc), &hevc).sample_entry().unwrap();
+        let SampleEntry::Hvc1(hvc1) = entry else {
+            panic!("not hvc1: {entry:?}");
+        };
+        assert_eq!((hvc1.visual.width, hvc1.visual.height), (64, 48));
+        // Without its VPS, or without a codec, there is no decoder configuration.
+        let e = track(Some(Codec::Hevc), &hevc[1..])
+            .sample_entry()
+            .unwrap_err();
+        assert!(matches!(e, SinkError::NoParameterSets), "{e:?}");
+        assert!(matches!(
+            track(None, &hevc).sample_entry(),
+            Err(SinkError::NoParameterSets)
+        ));
+        let avc = [
+            (ParameterSet::Sps, &[0x67, 0x64, 0, 0x1f, 0xac][..]),
+            (ParameterSet::Pps, &[0x68, 0xee][..]),
+        ];
+        let entry = track(Some(Codec::H264), &avc).sample_entry().unwrap();
+        let SampleEntry::Avc1(avc1) = entry else {
+            panic!("not avc1: {entry:?}");
+        };
+        assert_eq!(
+            (
+                avc1.avcc.avc_profile_indication,
+                avc1.avcc.avc_level_indication
+            ),
+            (0x64, 0x1f)
+        );
+        // A parameter set longer than the record's 16-bit length is refused, not truncated.
+        let long = vec![0x68; 70_000];
+        let e = track(Some(Codec::H264), &[avc[0], (ParameterSet::Pps, &long)])
+            .sample_entry()
+            .unwrap_err();
+        assert!(
+            matches!(e, SinkError::TooLarge { value: 70_000, .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn only_an_h264_file_claims_the_avc1_brand() {
+        let brands = |codec| ftyp(true, codec).compatible_brands;
+        assert!(brands(Some(Codec::H264)).contains(&b"avc1".into()));
+        for codec in [Some(Codec::Hevc), None] {
+            assert!(!brands(codec).contains(&b"avc1".into()), "{codec:?}");
+            assert!(brands(codec).contains(&b"iso6".into()));
+        }
     }
 }

@@ -1,11 +1,15 @@
-//! Where encoded chunks go: an H.264 Annex B byte stream ([`AnnexBWriter`]) or an MP4 file
-//! ([`Mp4Writer`]).
+//! Where encoded chunks go: an Annex B byte stream ([`AnnexBWriter`]) or an MP4 file
+//! ([`Mp4Writer`]), H.264 or HEVC.
 //!
 //! # MP4
 //! Boxes are encoded by the `mp4-atom` crate; this module decides their contents:
-//! - one H.264 video track, `avc1` with an `avcC` built from the stream's first SPS and PPS;
-//!   samples are the access units with 4-byte NAL lengths instead of start codes. SPS and PPS stay
-//!   in band too, so a stream whose parameter sets change (a mid-stream failover to another
+//! - one video track whose codec the writer reads from the stream's first parameter set
+//!   ([`crate::bitstream::detect`]), so no caller names it: H.264 gets `avc1` with an `avcC` built
+//!   from the stream's first SPS and PPS; HEVC gets `hvc1` with an `hvcC` built from its first
+//!   VPS, SPS and PPS (profile space, tier, profile, compatibility and constraint flags and level
+//!   from the SPS's `profile_tier_level`; chroma format and bit depths from the SPS). Samples are
+//!   the access units with 4-byte NAL lengths instead of start codes. The parameter sets stay in
+//!   band too, so a stream whose parameter sets change (a mid-stream failover to another
 //!   backend) still decodes: the first access unit after the switch carries the new ones;
 //! - the track's timescale is the encoder's time base: one tick per `1 / frame_rate` unit times
 //!   its numerator, so timestamps are exact for rates like 30000/1001;
@@ -14,6 +18,14 @@
 //!   encoder's own decoding timestamps carry (none without B-frames: `dts == pts`; one frame per
 //!   reordering level with them); an edit list starts presentation at the first picture, so the
 //!   first picture shows at 0 and the duration is frames / fps.
+//!
+//! The fragmented view (state 1 below) fixes that smallest difference with its first fragment.
+//! A failover to a deeper reordering later gives negative composition offsets (a version 1
+//! `trun` holds them), and FFmpeg then shifts the whole timeline of a file it reads as fragments
+//! by the most negative one: frames keep their order and spacing, and start up to the added
+//! depth late. The finalized file has one sample table and no such shift. The initial `moov`
+//! always has a `ctts`, even of zeros: without one FFmpeg (5.1) ignores every later fragment's
+//! composition offsets.
 //!
 //! ## Crash-safe layout (the default: [`Layout::Fragmented`])
 //! The file is written as fragments after an `ftyp`. The first fragment's index is the initial
@@ -101,6 +113,10 @@ pub use mp4::{Durability, Layout, Mp4Options, Mp4Writer, SyncData};
 pub use recover::{recover, Recovered};
 pub use segment::{OpenSegment, SegmentDone, SegmentedMp4, Segmenter};
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use boxes::fuzz_hvcc;
+
 /// Why a chunk could not be written or a file could not be finished.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -116,9 +132,25 @@ pub enum SinkError {
     /// MP4 boxes could not be encoded.
     #[error("encoding the MP4 index failed: {0}")]
     Mp4(String),
-    /// The stream never carried an SPS and a PPS, so the MP4 has no decoder configuration.
-    #[error("the stream has no SPS/PPS: an MP4 needs them for its decoder configuration (avcC)")]
+    /// The stream never carried its parameter sets (SPS and PPS for H.264; VPS, SPS and PPS for
+    /// HEVC), so the MP4 has no decoder configuration.
+    #[error(
+        "the stream has no parameter sets (H.264: SPS and PPS; HEVC: VPS, SPS and PPS): an MP4 \
+         needs them for its decoder configuration (avcC, hvcC)"
+    )]
     NoParameterSets,
+    /// The stream's first SPS does not give what the decoder configuration repeats from it.
+    #[error(
+        "the stream's first {codec} SPS ({len} bytes) does not parse up to its bit depths, or \
+         holds a value out of range (a bit depth over 15 does not fit hvcC): the MP4 decoder \
+         configuration is read from its profile, tier, level, chroma format and bit depths"
+    )]
+    BadSps {
+        /// The stream's codec.
+        codec: crate::encoder::Codec,
+        /// The SPS's length in bytes.
+        len: usize,
+    },
     /// Decoding timestamps that do not increase.
     #[error(
         "chunk of frame {frame_index} has dts {dts}, not after the previous chunk's dts \

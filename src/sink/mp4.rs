@@ -1,13 +1,14 @@
 //! [`Mp4Writer`]: fragmented (crash-safe, finalized to a regular file at the end) or progressive
 //! (one `mdat`, the index at the end). See the [module docs](super).
 
+use std::collections::BTreeMap;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use super::boxes::{bytes, ftyp, slack, Sample, Track};
 use super::{io, SinkError};
+use crate::bitstream::{self, nal_units};
 use crate::encoder::{EncodedChunk, Resolution};
-use crate::h264::{nal_unit_type, nal_units, NAL_PPS, NAL_SPS};
 
 /// How the MP4 file is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -156,6 +157,9 @@ pub struct Mp4Writer<W: Write> {
     fragment_units: i64,
     /// Progressive: where the `mdat` starts.
     mdat_start: u64,
+    /// Progressive: whether the `ftyp` and the `mdat` header are written (with the first chunk,
+    /// whose parameter sets tell the codec the `ftyp` names).
+    started: bool,
 }
 
 /// Size of the progressive `mdat` header: 32-bit size 1, `mdat`, 64-bit size.
@@ -168,7 +172,8 @@ fn seek_to<W: Write + Seek>(out: &mut W, pos: u64) -> io::Result<()> {
 impl<W: Write + Seek> Mp4Writer<W> {
     /// Starts a crash-safe MP4 file on `out` (default [`Mp4Options`]) for a stream of
     /// `resolution` whose timestamps count units of `time_base = (num, den)` seconds
-    /// ([`VideoEncoder::time_base`]).
+    /// ([`VideoEncoder::time_base`]). The codec, H.264 or HEVC, is read from the stream's first
+    /// parameter set.
     ///
     /// [`VideoEncoder::time_base`]: crate::encoder::VideoEncoder::time_base
     ///
@@ -195,15 +200,6 @@ impl<W: Write + Seek> Mp4Writer<W> {
             .map_err(io("finding the output position"))?;
         let mut writer = Self::make(out, resolution, time_base, options, start)?;
         writer.seek = Some(seek_to::<W>);
-        if options.layout == Layout::Progressive {
-            let mut head = bytes(&ftyp(false))?;
-            writer.mdat_start = start + head.len() as u64;
-            // A 64-bit mdat: size 1 here, the real size after the type, patched in `finish`.
-            head.extend_from_slice(&1u32.to_be_bytes());
-            head.extend_from_slice(b"mdat");
-            head.extend_from_slice(&0u64.to_be_bytes());
-            writer.put(&head, "writing the MP4 header")?;
-        }
         Ok(writer)
     }
 }
@@ -258,8 +254,8 @@ impl<W: Write> Mp4Writer<W> {
                 resolution,
                 tick: num,
                 timescale: den,
-                sps: None,
-                pps: None,
+                codec: None,
+                sets: BTreeMap::new(),
             },
             options,
             seek: None,
@@ -272,6 +268,7 @@ impl<W: Write> Mp4Writer<W> {
             fragments: Vec::new(),
             fragment_units: i64::try_from(units).unwrap_or(i64::MAX).max(1),
             mdat_start: start,
+            started: false,
         })
     }
 
@@ -332,13 +329,18 @@ impl<W: Write> Mp4Writer<W> {
                 }
             }
         }
+        if self.track.codec.is_none() {
+            self.track.codec = bitstream::detect(&chunk.data);
+        }
         let mut size: u64 = 0;
         let before = self.data.len();
         for nal in nal_units(&chunk.data).filter(|n| !n.is_empty()) {
-            match nal_unit_type(nal) {
-                Some(NAL_SPS) if self.track.sps.is_none() => self.track.sps = Some(nal.to_vec()),
-                Some(NAL_PPS) if self.track.pps.is_none() => self.track.pps = Some(nal.to_vec()),
-                _ => {}
+            if let Some(kind) = self
+                .track
+                .codec
+                .and_then(|codec| bitstream::parameter_set(codec, nal))
+            {
+                self.track.sets.entry(kind).or_insert_with(|| nal.to_vec());
             }
             let len = u32::try_from(nal.len()).map_err(|_| SinkError::TooLarge {
                 what: "a NAL unit's length",
@@ -360,6 +362,12 @@ impl<W: Write> Mp4Writer<W> {
             }
         };
         if !fragmented {
+            if !self.started {
+                if let Err(e) = self.start_progressive() {
+                    self.data.truncate(before);
+                    return Err(e);
+                }
+            }
             let data = std::mem::take(&mut self.data);
             let written = self.put(&data, "writing a sample");
             self.data = data;
@@ -472,7 +480,7 @@ impl<W: Write> Mp4Writer<W> {
                 // that every state of the finalization shows at least them), and fix the
                 // fragmented view's slack.
                 let slack = slack(samples);
-                let mut head = bytes(&ftyp(true))?;
+                let mut head = bytes(&ftyp(true, self.track.codec))?;
                 let moov_at = self.pos + head.len() as u64;
                 let moov = |data_at: u64| {
                     self.track
@@ -557,6 +565,19 @@ impl<W: Write> Mp4Writer<W> {
         self.durable("finalizing the MP4 file", true)?;
         self.patch(seek, moov_at + 4, b"free")?;
         self.durable("finalizing the MP4 file", true)
+    }
+
+    /// Progressive: the `ftyp` and the header of the `mdat` the samples stream into.
+    fn start_progressive(&mut self) -> Result<(), SinkError> {
+        let mut head = bytes(&ftyp(false, self.track.codec))?;
+        self.mdat_start = self.pos + head.len() as u64;
+        // A 64-bit mdat: size 1 here, the real size after the type, patched in `finish`.
+        head.extend_from_slice(&1u32.to_be_bytes());
+        head.extend_from_slice(b"mdat");
+        head.extend_from_slice(&0u64.to_be_bytes());
+        self.put(&head, "writing the MP4 header")?;
+        self.started = true;
+        Ok(())
     }
 
     fn finish_progressive(&mut self, seek: SeekFn<W>) -> Result<(), SinkError> {
