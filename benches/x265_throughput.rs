@@ -59,7 +59,7 @@ struct Run {
 
 /// The NAL units of an HEVC elementary stream whose type passes `keep`.
 fn nal_units(stream: &[u8], keep: fn(u8) -> bool) -> Vec<&[u8]> {
-    nvencode::h264::nal_units(stream)
+    nvencode::bitstream::nal_units(stream)
         .filter(|nal| nal.first().is_some_and(|b| keep((b >> 1) & 0x3f)))
         .collect()
 }

@@ -8,8 +8,9 @@ use std::sync::OnceLock;
 
 use super::sys;
 
+use crate::bitstream;
 use crate::encoder::mapping::x265::{X265Method, X265Params, X265Rc};
-use crate::encoder::{EncoderConfig, EncoderKind};
+use crate::encoder::{Codec, EncoderConfig, EncoderKind};
 use crate::error::Error;
 
 /// The backend's kind, for errors.
@@ -20,11 +21,6 @@ pub(super) const KIND: EncoderKind = EncoderKind::X265;
 pub(super) const RC_ABR: c_int = 0;
 pub(super) const RC_CQP: c_int = 1;
 pub(super) const RC_CRF: c_int = 2;
-
-/// HEVC NAL unit types of a random access point (IRAP: BLA, IDR and CRA, 16..=21; ITU-T H.265
-/// Table 7-1), and of the parameter sets (VPS 32, SPS 33, PPS 34).
-const IRAP: std::ops::RangeInclusive<u32> = 16..=21;
-const PARAMETER_SETS: std::ops::RangeInclusive<u32> = 32..=34;
 
 /// One input picture for [`X265Handle::encode`]: three 8-bit I420 planes with their strides.
 pub(super) struct Input<'a> {
@@ -38,7 +34,7 @@ pub(super) struct Input<'a> {
 pub(super) struct Encoded {
     pub(super) data: Vec<u8>,
     pub(super) pts: i64,
-    /// Whether the access unit holds an IRAP slice (with a closed GOP: an IDR).
+    /// Whether the access unit is an IRAP picture (with a closed GOP: an IDR).
     pub(super) keyframe: bool,
     /// `x265_picture::sliceType` (`X265_TYPE_*`).
     pub(super) slice_type: c_int,
@@ -357,17 +353,16 @@ impl X265Handle {
                 format!("returned {rc}"),
             ));
         }
-        let mut headers = Vec::new();
+        let mut all = Vec::new();
         // SAFETY: on success libx265 returned `count` NAL descriptors at `nals`, valid until the
         // next call on this encoder.
         for nal in unsafe { nal_slice(nals, count) } {
-            if PARAMETER_SETS.contains(&nal.type_) {
-                // SAFETY: each descriptor's payload is `sizeBytes` bytes at `payload`, owned by
-                // the encoder and valid until its next call.
-                headers.extend_from_slice(unsafe { payload(nal) });
-            }
+            // SAFETY: each descriptor's payload is `sizeBytes` bytes at `payload` (start code
+            // included), owned by the encoder and valid until its next call.
+            all.extend_from_slice(unsafe { payload(nal) });
         }
-        Ok(headers)
+        // x265's settings SEI, also among them, is left out.
+        Ok(bitstream::parameter_sets(Codec::Hevc, &all))
     }
 
     /// Encodes one picture, or drains one delayed picture with `None` (after which every call
@@ -427,20 +422,18 @@ impl X265Handle {
             return Ok(None);
         }
         let mut data = Vec::new();
-        let mut keyframe = false;
         // SAFETY: with a picture out, `nals` points at `count` initialised NAL descriptors owned
         // by the encoder, valid until its next call.
         for nal in unsafe { nal_slice(nals, count) } {
-            keyframe |= IRAP.contains(&nal.type_);
             // SAFETY: each descriptor's payload is `sizeBytes` bytes at `payload` (start code
             // included, Annex B), owned by the encoder and valid until its next call; it is
             // copied out here.
             data.extend_from_slice(unsafe { payload(nal) });
         }
         Ok(Some(Encoded {
+            keyframe: bitstream::is_keyframe(Codec::Hevc, &data),
             data,
             pts: pic_out.pts,
-            keyframe,
             slice_type: pic_out.sliceType,
             frame_index: pic_out.userData as usize as u64,
         }))
