@@ -9,9 +9,9 @@
 //! ```
 //! Needs `ffmpeg` (with libx265) and `x265` on PATH (Debian: `apt-get install ffmpeg x265`); a
 //! peer that is missing is reported as such and skipped. Each contender runs `X265_BENCH_RUNS`
-//! times (default 2); the best wall time counts, with the CPU time (user + system, every thread;
-//! the peers' from `getrusage(RUSAGE_CHILDREN)`) of that run. Our encoder reads frames from
-//! memory, the peers from a file in the page cache.
+//! times (default 3), the three taking turns; the best wall time counts, with the CPU time (user
+//! plus system, every thread; the peers' from `getrusage(RUSAGE_CHILDREN)`) of that run. Our
+//! encoder reads frames from memory, the peers from a file in the page cache.
 //!
 //! The settings every contender gets: the preset, `crf`, `keyint`, `bframes`, a thread pool of
 //! `threads` (`pools`), a closed GOP with VPS/SPS/PPS on every keyframe, Main profile. Outputs
@@ -80,40 +80,40 @@ fn sameness(ours: &[u8], theirs: &[u8]) -> &'static str {
     }
 }
 
-fn run_peer(name: &str, make: &MakeCommand<'_>, out: &Path, runs: u32) -> Option<Run> {
-    let mut best: Option<(Duration, Duration)> = None;
-    for _ in 0..runs {
-        let cpu_before = cpu_time(libc::RUSAGE_CHILDREN);
-        let start = Instant::now();
-        let status = make(out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .status();
-        let wall = start.elapsed();
-        let cpu = cpu_time(libc::RUSAGE_CHILDREN).saturating_sub(cpu_before);
-        match status {
-            Ok(s) if s.success() => {
-                if best.is_none_or(|(w, _)| wall < w) {
-                    best = Some((wall, cpu));
-                }
-            }
-            Ok(s) => {
-                println!("{name}: exited with {s}; skipped");
-                return None;
-            }
-            Err(e) => {
-                println!("{name}: not runnable ({e}); skipped");
-                return None;
-            }
-        }
+/// One run of a peer: its wall and CPU time, or why it could not run.
+fn run_peer(make: &MakeCommand<'_>, out: &Path) -> Result<(Duration, Duration), String> {
+    let cpu_before = cpu_time(libc::RUSAGE_CHILDREN);
+    let start = Instant::now();
+    let status = make(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status();
+    let wall = start.elapsed();
+    let cpu = cpu_time(libc::RUSAGE_CHILDREN).saturating_sub(cpu_before);
+    match status {
+        Ok(s) if s.success() => Ok((wall, cpu)),
+        Ok(s) => Err(format!("exited with {s}")),
+        Err(e) => Err(format!("not runnable ({e})")),
     }
-    let (wall, cpu) = best?;
-    Some(Run {
-        name: name.into(),
-        wall,
-        cpu,
-        stream: std::fs::read(out).ok()?,
+}
+
+/// One run of our encoder over `clip`.
+fn run_ours(config: &EncoderConfig, clip: &[Vec<u8>]) -> Result<Run, nvencode::Error> {
+    let cpu_before = cpu_time(libc::RUSAGE_SELF);
+    let start = Instant::now();
+    let mut encoder = X265Encoder::new(config)?;
+    let mut chunks = Vec::new();
+    for frame in clip {
+        encoder.encode_frame(frame, &mut chunks)?;
+    }
+    encoder.flush(&mut chunks)?;
+    drop(encoder);
+    Ok(Run {
+        name: "nvencode, x265 backend".into(),
+        wall: start.elapsed(),
+        cpu: cpu_time(libc::RUSAGE_SELF).saturating_sub(cpu_before),
+        stream: chunks.iter().flat_map(|c| c.data.iter().copied()).collect(),
     })
 }
 
@@ -124,7 +124,7 @@ fn bench_preset(
     dir: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let threads: u32 = env_or("X265_BENCH_THREADS", 2);
-    let runs: u32 = env_or("X265_BENCH_RUNS", 2).max(1);
+    let runs: u32 = env_or("X265_BENCH_RUNS", 3).max(1);
     let (width, height) = (640u32, 360u32);
     let (crf, keyint, bframes) = (23.0f32, 60u32, 3u32);
     let frames = clip.len() as u64;
@@ -139,31 +139,6 @@ fn bench_preset(
         "\npreset {preset}: {frames} frames {width}x{height} yuv420p (synthetic), crf {crf}, keyint \
          {keyint}, bframes {bframes}, pools {threads}, best of {runs}"
     );
-
-    let mut results = Vec::new();
-    let mut best: Option<Run> = None;
-    for _ in 0..runs {
-        let cpu_before = cpu_time(libc::RUSAGE_SELF);
-        let start = Instant::now();
-        let mut encoder = X265Encoder::new(&config)?;
-        let mut chunks = Vec::new();
-        for frame in clip {
-            encoder.encode_frame(frame, &mut chunks)?;
-        }
-        encoder.flush(&mut chunks)?;
-        drop(encoder);
-        let wall = start.elapsed();
-        let cpu = cpu_time(libc::RUSAGE_SELF).saturating_sub(cpu_before);
-        if best.as_ref().is_none_or(|b| wall < b.wall) {
-            best = Some(Run {
-                name: "nvencode, x265 backend".into(),
-                wall,
-                cpu,
-                stream: chunks.iter().flat_map(|c| c.data.iter().copied()).collect(),
-            });
-        }
-    }
-    results.extend(best);
 
     let size = format!("{width}x{height}");
     // Ours leaves the minimum GOP to x265's automatic min(keyint / 10, fps); FFmpeg's wrapper
@@ -225,10 +200,43 @@ fn bench_preset(
     };
     let peers: [(&str, &MakeCommand<'_>); 2] =
         [("ffmpeg -c:v libx265", &ffmpeg), ("x265 CLI", &cli)];
-    for (i, (name, make)) in peers.into_iter().enumerate() {
-        let out = dir.join(format!("peer{i}-{preset}.hevc"));
-        results.extend(run_peer(name, make, &out, runs));
+    // The contenders take turns, run by run, so that a change in the load of a shared machine
+    // falls on all of them alike; each keeps its best wall time.
+    let mut ours: Option<Run> = None;
+    let mut theirs: Vec<Option<Run>> = vec![None, None];
+    let mut failed = [false, false];
+    for _ in 0..runs {
+        let run = run_ours(&config, clip)?;
+        if ours.as_ref().is_none_or(|b| run.wall < b.wall) {
+            ours = Some(run);
+        }
+        for (i, (name, make)) in peers.iter().enumerate() {
+            if failed[i] {
+                continue;
+            }
+            let out = dir.join(format!("peer{i}-{preset}.hevc"));
+            match run_peer(*make, &out) {
+                Ok((wall, cpu)) if theirs[i].as_ref().is_none_or(|b| wall < b.wall) => {
+                    theirs[i] = Some(Run {
+                        name: (*name).into(),
+                        wall,
+                        cpu,
+                        stream: std::fs::read(&out)?,
+                    });
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    println!("{name}: {why}; skipped");
+                    failed[i] = true;
+                    theirs[i] = None;
+                }
+            }
+        }
     }
+    let results: Vec<Run> = ours
+        .into_iter()
+        .chain(theirs.into_iter().flatten())
+        .collect();
 
     let Some(ours) = results.first() else {
         return Ok(());

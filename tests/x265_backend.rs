@@ -372,7 +372,11 @@ fn bad_frames_are_typed_errors_and_the_encoder_goes_on() {
             .encode_frame(&vec![0; bad], &mut chunks)
             .unwrap_err();
         assert!(
-            matches!(err, Error::FrameSize { frame_index: 4, expected: e, actual, .. } if e == expected && actual == bad),
+            matches!(
+                err,
+                Error::FrameSize { frame_index: 4, expected: e, actual, .. }
+                    if e == expected && actual == bad
+            ),
             "{err:?}"
         );
     }

@@ -236,7 +236,12 @@ impl VideoEncoder for X265Encoder {
         let mut next = X265Handle::open(&new_config, &params)?;
         let headers = next.sequence_headers()?;
         self.next = Some((next, headers));
-        tracing::debug!(from = %old, to = %rate_control, at_frame = self.gate.accepted(), "x265: a new encoder takes over at the next frame");
+        tracing::debug!(
+            from = %old,
+            to = %rate_control,
+            at_frame = self.gate.accepted(),
+            "x265: a new encoder takes over at the next frame"
+        );
         self.config = new_config;
         Ok(())
     }
