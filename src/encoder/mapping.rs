@@ -82,12 +82,14 @@ pub(crate) fn ffmpeg_tuning(encoder: FfmpegFamily, config: &EncoderConfig) -> Ve
                 push("-tune", tune.to_owned());
             }
             // libx265 logs its settings at info level on stderr whatever FFmpeg's -loglevel;
-            // FFmpeg's wrapper passes no thread count, so x265's own pool size is given.
+            // its GOPs are open by default (a CRA, not an IDR, every `-g` frames), and every
+            // backend's keyframes are IDRs; FFmpeg's wrapper passes no thread count, so x265's
+            // own pool size is given.
             let pools = match config.threads {
                 0 => String::new(),
                 n => format!(":pools={n}"),
             };
-            push("-x265-params", format!("log-level=error{pools}"));
+            push("-x265-params", format!("log-level=error:open-gop=0{pools}"));
         }
         FfmpegFamily::Nvenc => {
             push(

@@ -16,7 +16,8 @@
 //!
 //! The HEVC encoders of the hardware families take the arguments of their H.264 counterparts;
 //! `libx265` takes x265's preset and tune names (x265 has no `film` or `stillimage`: none then),
-//! `-crf`, `-qp` and the rates as `libx264` does, and `-x265-params log-level=error`.
+//! `-crf`, `-qp` and the rates as `libx264` does, and `-x265-params log-level=error:open-gop=0`
+//! (IDR keyframes, as every backend's; x265's GOPs are open by default).
 //!
 //! | config | libx264 | h264_nvenc | h264_qsv | h264_videotoolbox | h264_vaapi |
 //! |---|---|---|---|---|---|

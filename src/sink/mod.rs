@@ -240,7 +240,8 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> SinkError {
     move |source| SinkError::Io { what, source }
 }
 
-/// Writes chunks as an H.264 Annex B byte stream (what `.h264` files and most players expect).
+/// Writes chunks as an Annex B byte stream, H.264 or HEVC as they come (what `.h264` and `.hevc`
+/// files and most players expect).
 #[derive(Debug)]
 pub struct AnnexBWriter<W: Write> {
     out: W,

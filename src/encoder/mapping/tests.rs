@@ -423,7 +423,7 @@ fn ffmpeg_libx265_is_given_x265_names() {
     assert!(!args.contains(&"-tune".to_owned()), "{args:?}");
     assert!(
         args.windows(2)
-            .any(|w| w == ["-x265-params", "log-level=error"]),
+            .any(|w| w == ["-x265-params", "log-level=error:open-gop=0"]),
         "{args:?}"
     );
     let args = ffmpeg_tuning(
@@ -442,7 +442,7 @@ fn ffmpeg_libx265_is_given_x265_names() {
     assert!(
         threads
             .windows(2)
-            .any(|w| w == ["-x265-params", "log-level=error:pools=3"]),
+            .any(|w| w == ["-x265-params", "log-level=error:open-gop=0:pools=3"]),
         "{threads:?}"
     );
     let qp = ffmpeg(
