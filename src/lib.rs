@@ -35,6 +35,10 @@ pub mod testsrc;
 #[cfg(any(feature = "x264", docsrs))]
 #[cfg_attr(docsrs, doc(cfg(feature = "x264")))]
 pub mod x264;
+// As x264: docs.rs documents it without the feature (and without libx265; see `x265/mod.rs`).
+#[cfg(any(feature = "x265", docsrs))]
+#[cfg_attr(docsrs, doc(cfg(feature = "x265")))]
+pub mod x265;
 
 /// Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature): not a stable API.
 #[cfg(feature = "fuzzing")]
@@ -70,3 +74,6 @@ pub use sink::{AnnexBWriter, Durability, Layout, Mp4Options, Mp4Writer, SinkErro
 #[cfg(any(feature = "x264", docsrs))]
 #[cfg_attr(docsrs, doc(cfg(feature = "x264")))]
 pub use x264::X264Encoder;
+#[cfg(any(feature = "x265", docsrs))]
+#[cfg_attr(docsrs, doc(cfg(feature = "x265")))]
+pub use x265::X265Encoder;

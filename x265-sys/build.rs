@@ -81,9 +81,11 @@ fn main() {
     }
 }
 
-/// The value of `X265_BUILD` in bindgen's output (`pub const X265_BUILD: u32 = 199;`).
+/// The value of `X265_BUILD` in bindgen's output (`pub const X265_BUILD: u32 = 199;`), whether
+/// or not rustfmt laid it out (without rustfmt, as on a minimal toolchain, bindgen writes
+/// `pub const X265_BUILD : u32 = 199 ;`).
 fn x265_build(bindings: &str) -> Option<u32> {
-    let line = bindings.lines().find(|l| l.contains("const X265_BUILD:"))?;
-    let value = line.split('=').nth(1)?.trim().trim_end_matches(';').trim();
-    value.parse().ok()
+    let compact: String = bindings.split_whitespace().collect();
+    let rest = compact.split("constX265_BUILD:u32=").nth(1)?;
+    rest.split(';').next()?.parse().ok()
 }

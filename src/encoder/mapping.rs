@@ -485,3 +485,4 @@ fn render(row: &[&str; 7]) -> String {
 
 #[cfg(test)]
 mod tests;
+pub(crate) mod x265;
