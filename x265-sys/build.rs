@@ -43,6 +43,8 @@ fn main() {
         .header_contents("wrapper.h", "#include <x265.h>\n")
         .allowlist_function("x265_.*")
         .allowlist_type("x265_.*")
+        // Enums the header names in capitals (`X265_RC_METHODS`, ...).
+        .allowlist_type("X265_.*")
         .allowlist_var("X265_.*")
         .default_enum_style(bindgen::EnumVariation::Consts)
         .derive_debug(true)

@@ -477,12 +477,6 @@ pub(crate) const README_NEUTRAL_ROWS: &[[&str; 7]] = &[
     ],
 ];
 
-/// A row of [`README_ROWS`] as a Markdown table row.
-#[cfg(test)]
-fn render(row: &[&str; 7]) -> String {
-    format!("| {} |", row.join(" | "))
-}
-
 #[cfg(test)]
 mod tests;
 pub(crate) mod x265;

@@ -16,11 +16,23 @@ use crate::error::Error;
 /// The backend's kind, for errors.
 pub(super) const KIND: EncoderKind = EncoderKind::X265;
 
-// `x265.h`'s `X265_RC_METHODS`, an enum the generated bindings leave out: ABR, CQP, CRF, in
-// that order from 0.
+// `x265.h`'s `X265_RC_METHODS` (ABR, CQP, CRF, in that order from 0) as the `c_int` that
+// `rc.rateControlMode` is; the test below checks them against the generated bindings. Written
+// out here because the documentation build (docs.rs) has no bindings to read them from.
 pub(super) const RC_ABR: c_int = 0;
 pub(super) const RC_CQP: c_int = 1;
 pub(super) const RC_CRF: c_int = 2;
+
+#[cfg(test)]
+mod rc_methods {
+    #[test]
+    fn the_rate_control_methods_are_the_headers() {
+        use super::{sys, RC_ABR, RC_CQP, RC_CRF};
+        assert_eq!(RC_ABR as u32, sys::X265_RC_METHODS_X265_RC_ABR);
+        assert_eq!(RC_CQP as u32, sys::X265_RC_METHODS_X265_RC_CQP);
+        assert_eq!(RC_CRF as u32, sys::X265_RC_METHODS_X265_RC_CRF);
+    }
+}
 
 /// One input picture for [`X265Handle::encode`]: three 8-bit I420 planes with their strides.
 pub(super) struct Input<'a> {
