@@ -81,7 +81,9 @@ fn require_takes_a_codec_and_refuses_one_the_encoder_lacks() {
 #[test]
 fn require_nvenc_hevc_passes_on_the_emulated_driver() {
     let emu = nvenc_emu_harness::EmuDriver::new();
-    let out = run(emu.command(example()).args(["--require", "nvenc:hevc,x264:h264"]));
+    let out = run(emu
+        .command(example())
+        .args(["--require", "nvenc:hevc,x264:h264"]));
     assert!(
         out.status.success(),
         "{}",
