@@ -14,7 +14,7 @@ use crate::fail::{
     ST_SUCCESS, UNIMPLEMENTED,
 };
 use crate::init::{need_init, open_engine, validate_init};
-use crate::state::{dyn_rate, run, Engine, G};
+use crate::state::{dyn_rate, run, Engine, EMU, G};
 
 pub(crate) unsafe extern "C" fn nvEncGetEncodeStats(
     enc: *mut c_void,
@@ -76,7 +76,7 @@ pub(crate) unsafe extern "C" fn nvEncGetSequenceParams(
         // SAFETY: the client's struct (API contract).
         let p = unsafe { arg(p, "sequenceParamPayload") }?;
         let hdr = match s.engine.as_ref() {
-            Some(Engine::X264(x)) => x.headers().to_vec(),
+            Some(Engine::Coded(x)) => x.headers().to_vec(),
             _ => codec::FAST_HEADERS.to_vec(),
         };
         write_headers(&hdr, p)
@@ -96,7 +96,7 @@ pub(crate) unsafe extern "C" fn nvEncGetSequenceParamEx(
         let p = unsafe { arg(p, "sequenceParamPayload") }?;
         let init = validate_init(ip)?;
         let hdr = match open_engine(&init)? {
-            Engine::X264(x) => x.headers().to_vec(),
+            Engine::Coded(x) => x.headers().to_vec(),
             Engine::Fast => codec::FAST_HEADERS.to_vec(),
         };
         write_headers(&hdr, p)
@@ -130,6 +130,19 @@ pub(crate) unsafe extern "C" fn nvEncReconfigureEncoder(
                 format!(
                     "new size {}x{} exceeds maxEncodeWidth/Height {}x{} given at initialization",
                     new.width, new.height, old.max_width, old.max_height
+                ),
+            ));
+        }
+        if new.codec != old.codec {
+            // A reconfiguration continues the session's stream; a configuration incompatible with
+            // it fails (nvEncodeAPI.h 11.1 lines 1726-1737), and another codec is the most
+            // incompatible there is.
+            return Err(v(
+                INVALID_PARAM,
+                format!(
+                    "encodeGUID cannot change in a reconfiguration ({} to {})",
+                    old.codec.name(),
+                    new.codec.name()
                 ),
             ));
         }
@@ -181,11 +194,18 @@ pub(crate) unsafe extern "C" fn nvEncReconfigureEncoder(
             s.since_idr = u64::MAX / 2;
             s.headers_sent = false;
         } else if rc_in_place {
-            if let Some(Engine::X264(x)) = s.engine.as_mut() {
+            if let Some(Engine::Coded(x)) = s.engine.as_mut() {
                 x.reconfigure(new.params.rc)
                     .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?;
             }
         }
+        EMU.line(&format!(
+            "session_reconfigure handle={enc:p} codec={} rc={} reset={} force_idr={}",
+            new.codec.name(),
+            new.params.rc.short(),
+            p.resetEncoder(),
+            p.forceIDR()
+        ));
         let mut new = new;
         new.max_width = keep_max.0;
         new.max_height = keep_max.1;

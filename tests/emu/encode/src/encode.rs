@@ -237,7 +237,7 @@ pub(crate) unsafe extern "C" fn nvEncEncodePicture(
                     }
                 }
             }
-            Engine::X264(_) => {
+            Engine::Coded(_) => {
                 let (data, fmt, pitch, h) = read_input(cuda.as_deref(), s, input)?;
                 let (planes, _) = fmt.layout(pitch as usize, h as usize);
                 let pic = Picture {
@@ -245,7 +245,7 @@ pub(crate) unsafe extern "C" fn nvEncEncodePicture(
                     csp: fmt.csp(),
                     planes,
                 };
-                if let Some(Engine::X264(x)) = s.engine.as_mut() {
+                if let Some(Engine::Coded(x)) = s.engine.as_mut() {
                     produced.extend(
                         x.encode(&pic, serial, display_type)
                             .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?,
@@ -308,7 +308,7 @@ pub(crate) fn flush(s: &mut Session) -> Result<(), Fail> {
                 produced.push(fast_coded(codec::PIC_P, b));
             }
         }
-        Some(Engine::X264(x)) => {
+        Some(Engine::Coded(x)) => {
             produced = x
                 .finish()
                 .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?;
@@ -391,7 +391,7 @@ pub(crate) unsafe extern "C" fn nvEncLockBitstream(
         // Make sure x264 has coded the picture for this output: a client may lock it as soon
         // as a submission returned NV_ENC_SUCCESS, before libx264's own delay let it out.
         if s.queue[0].coded.is_none() {
-            let Some(Engine::X264(x)) = s.engine.as_mut() else {
+            let Some(Engine::Coded(x)) = s.engine.as_mut() else {
                 return Err(f(
                     NVENCSTATUS::NV_ENC_ERR_GENERIC,
                     "no coded picture for a ready output",

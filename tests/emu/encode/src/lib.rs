@@ -95,11 +95,13 @@ mod control;
 mod cuda;
 mod encode;
 mod fail;
+mod hevc;
 mod init;
 mod queries;
 mod resources;
 mod state;
 mod x264;
+mod x265;
 
 use nvenc_emu_common::lock;
 use nvenc_sys as nv;
