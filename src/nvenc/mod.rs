@@ -66,7 +66,7 @@ mod session;
 mod staged;
 mod watchdog;
 
-pub use caps::NvencCaps;
+pub use caps::{CodecCaps, NvencCaps};
 pub use encoder::NvencEncoder;
 pub use error::{NvencError, NvencErrorKind};
 pub use options::{NvencOptions, NvencPreset, NvencTuning};
