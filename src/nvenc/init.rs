@@ -52,10 +52,18 @@ pub(crate) fn guid_eq(a: &sys::GUID, b: &sys::GUID) -> bool {
     a.Data1 == b.Data1 && a.Data2 == b.Data2 && a.Data3 == b.Data3 && a.Data4 == b.Data4
 }
 
-/// Whether the session offers `codec` (`nvEncGetEncodeGUIDs` lists its GUID).
-pub(crate) fn offers(raw: &RawEncoder, codec: Codec) -> Result<bool, NvencError> {
-    let guid = codecs::nvenc_codec_guid(codec);
-    Ok(raw.encode_guids()?.iter().any(|g| guid_eq(g, &guid)))
+/// The codecs the session offers (`nvEncGetEncodeGUIDs`, asked once), in
+/// [`Codec::ALL`] order.
+pub(crate) fn offered(raw: &RawEncoder) -> Result<Vec<Codec>, NvencError> {
+    let listed = raw.encode_guids()?;
+    Ok(Codec::ALL
+        .iter()
+        .copied()
+        .filter(|&c| {
+            let guid = codecs::nvenc_codec_guid(c);
+            listed.iter().any(|g| guid_eq(g, &guid))
+        })
+        .collect())
 }
 
 /// `Ok` where the session offers `codec`, else [`Error::NvencCapability`] naming the codec's
@@ -64,7 +72,7 @@ pub(crate) fn offers(raw: &RawEncoder, codec: Codec) -> Result<bool, NvencError>
 /// # Errors
 /// As above; [`Error::Nvenc`] when the query fails.
 pub(crate) fn require_codec(raw: &RawEncoder, codec: Codec) -> Result<(), Error> {
-    if offers(raw, codec).map_err(Error::Nvenc)? {
+    if offered(raw).map_err(Error::Nvenc)?.contains(&codec) {
         Ok(())
     } else {
         Err(Error::NvencCapability {

@@ -82,8 +82,11 @@ fn probe_here(device: usize, progress: &super::bounded::Progress) -> Result<Nven
     progress.at("nvEncOpenEncodeSessionEx");
     let raw = RawEncoder::open(library, &context)?;
     progress.at("nvEncGetEncodeGUIDs");
-    let h264 = super::init::offers(&raw, Codec::H264)?;
-    let hevc = super::init::offers(&raw, Codec::Hevc)?;
+    let offered = super::init::offered(&raw)?;
+    let (h264, hevc) = (
+        offered.contains(&Codec::H264),
+        offered.contains(&Codec::Hevc),
+    );
     progress.at("nvEncGetEncodeCaps");
     // Every cap is asked for one codec's GUID; a codec the engine does not list is not asked.
     let h264_caps = h264.then(|| codec_caps(&raw, Codec::H264));
