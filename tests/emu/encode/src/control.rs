@@ -214,13 +214,59 @@ pub(crate) unsafe extern "C" fn nvEncReconfigureEncoder(
     })
 }
 
+/// `nvEncSetIOCudaStreams`: each argument points at a `CUstream` (nvEncodeAPI.h 11.1 lines
+/// 2816-2824), which the driver reads: a NULL pointer is `NV_ENC_ERR_INVALID_PTR` (one of the
+/// statuses the header lists for this call, lines 2826-2835). The stream it names must be the
+/// NULL stream, `CU_STREAM_LEGACY` / `CU_STREAM_PER_THREAD`, or a live stream of the session's
+/// own context (`cuStreamGetCtx`): NVENC's pre- and post-processing runs on it in that context,
+/// so anything else is `NV_ENC_ERR_INVALID_PARAM`.
 pub(crate) unsafe extern "C" fn nvEncSetIOCudaStreams(
     enc: *mut c_void,
-    _i: nv::NV_ENC_CUSTREAM_PTR,
-    _o: nv::NV_ENC_CUSTREAM_PTR,
+    input: nv::NV_ENC_CUSTREAM_PTR,
+    output: nv::NV_ENC_CUSTREAM_PTR,
 ) -> NVENCSTATUS {
     run("nvEncSetIOCudaStreams", enc, |g| {
-        need_init(g.sess(enc)?)?;
+        let cuda = g.cuda.clone();
+        let s = g.sess(enc)?;
+        need_init(s)?;
+        for (name, ptr) in [("inputStream", input), ("outputStream", output)] {
+            if ptr.is_null() {
+                return Err(v(
+                    INVALID_PTR,
+                    format!(
+                        "{name} is NULL; it must point at a CUstream (NULL for the default stream)"
+                    ),
+                ));
+            }
+            // SAFETY: a non-null NV_ENC_CUSTREAM_PTR points at a CUstream (API contract).
+            let stream = unsafe { ptr.cast::<*mut c_void>().read() } as u64;
+            // The NULL stream (0), CU_STREAM_LEGACY (1), CU_STREAM_PER_THREAD (2): the
+            // context's own.
+            if stream <= 2 {
+                continue;
+            }
+            let Some(owner) = cuda.as_ref().and_then(|c| c.stream_ctx(s.ctx, stream)) else {
+                continue;
+            };
+            match owner {
+                Ok(c) if c == s.ctx => {}
+                Ok(c) => {
+                    return Err(v(
+                        INVALID_PARAM,
+                        format!(
+                            "{name} {stream:#x} belongs to context {c:#x}, not the session's {:#x}",
+                            s.ctx
+                        ),
+                    ))
+                }
+                Err(e) => {
+                    return Err(v(
+                        INVALID_PARAM,
+                        format!("{name} {stream:#x} is not a live CUDA stream ({e})"),
+                    ))
+                }
+            }
+        }
         Ok(ST_SUCCESS)
     })
 }

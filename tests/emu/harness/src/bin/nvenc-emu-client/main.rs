@@ -4,7 +4,8 @@
 //! itself and exits non-zero on the first unexpected one; the test then checks the emulator's
 //! report. Test infrastructure, not product.
 //!
-//! Scenarios: `load`, `sessions N`, `misuse`, `pitches`, `queries`, `symbols`,
+//! Scenarios: `load`, `sessions N`, `misuse`, `pitches`, `queries`, `symbols`, `hevc-rules`,
+//! `io-streams` (the last two in `hevc.rs`),
 //! `encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]` (`pitch0`: every
 //! `NV_ENC_PIC_PARAMS::inputPitch` 0; `pitchw`: `inputWidth`; by default the allocation's pitch).
 
@@ -19,6 +20,8 @@ use std::process::ExitCode;
 use nvenc_sys as nv;
 use nvenc_sys::NVENCSTATUS as S;
 
+mod hevc;
+
 /// The CUDA driver entry points this client needs.
 struct Cu {
     _lib: libloading::Library,
@@ -31,6 +34,9 @@ struct Cu {
     alloc: unsafe extern "C" fn(*mut u64, usize) -> c_int,
     free: unsafe extern "C" fn(u64) -> c_int,
     htod: unsafe extern "C" fn(u64, *const c_void, usize) -> c_int,
+    stream_create: unsafe extern "C" fn(*mut *mut c_void, c_uint) -> c_int,
+    stream_destroy: unsafe extern "C" fn(*mut c_void) -> c_int,
+    stream_get_ctx: unsafe extern "C" fn(*mut c_void, *mut *mut c_void) -> c_int,
 }
 
 impl Cu {
@@ -53,6 +59,9 @@ impl Cu {
             alloc: sym!(b"cuMemAlloc_v2\0"),
             free: sym!(b"cuMemFree_v2\0"),
             htod: sym!(b"cuMemcpyHtoD_v2\0"),
+            stream_create: sym!(b"cuStreamCreate\0"),
+            stream_destroy: sym!(b"cuStreamDestroy_v2\0"),
+            stream_get_ctx: sym!(b"cuStreamGetCtx\0"),
             _lib: lib,
         })
     }
@@ -1037,6 +1046,8 @@ fn main() -> ExitCode {
         Some("pitches") => scenario_pitches(),
         Some("queries") => scenario_queries(),
         Some("symbols") => scenario_symbols(),
+        Some("hevc-rules") => hevc::scenario_hevc_rules(),
+        Some("io-streams") => hevc::scenario_io_streams(),
         Some("encode") => {
             let flags = args.get(4..).unwrap_or_default();
             let stop_on_error = flags.iter().any(|a| a == "stop-on-error");
@@ -1057,7 +1068,7 @@ fn main() -> ExitCode {
                 r => r,
             }
         }
-        _ => Err("usage: nvenc-emu-client load | sessions N | misuse | pitches | queries | symbols | encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]".into()),
+        _ => Err("usage: nvenc-emu-client load | sessions N | misuse | pitches | queries | symbols | hevc-rules | io-streams | encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]".into()),
     };
     let _ = std::io::stdout().flush();
     match r {
