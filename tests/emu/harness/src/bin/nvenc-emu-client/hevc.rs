@@ -338,12 +338,13 @@ pub(super) fn scenario_io_streams() -> Result<(), String> {
         S::NV_ENC_ERR_INVALID_PARAM,
     )?;
     expect("destroy", s.destroy(), S::NV_ENC_SUCCESS)?;
-    // SAFETY: destroying the client's own streams and contexts once each.
-    unsafe {
-        (cu.stream_destroy)(mine);
-        (cu.stream_destroy)(foreign);
-        (cu.ctx_destroy)(other_ctx);
-        (cu.ctx_destroy)(ctx);
+    for stream in [mine, foreign] {
+        // SAFETY: destroying a stream this client created, once.
+        unsafe { (cu.stream_destroy)(stream) };
+    }
+    for c in [other_ctx, ctx] {
+        // SAFETY: destroying a context this client created, once.
+        unsafe { (cu.ctx_destroy)(c) };
     }
     Ok(())
 }
