@@ -299,7 +299,7 @@ pub(crate) fn fast_coded(pic_type: u32, serial: u64) -> Coded {
     }
 }
 
-/// EOS: everything pending becomes ready; x264 is drained.
+/// EOS: everything pending becomes ready; the encoder (x264 or x265) is drained.
 pub(crate) fn flush(s: &mut Session) -> Result<(), Fail> {
     let mut produced = Vec::new();
     match s.engine.as_mut() {
@@ -388,7 +388,7 @@ pub(crate) unsafe extern "C" fn nvEncLockBitstream(
                 "locking an output whose frame returned NV_ENC_ERR_NEED_MORE_INPUT before a later submission returned NV_ENC_SUCCESS (nvEncodeAPI.h 11.1, NV_ENC_ERR_NEED_MORE_INPUT: a client in synchronous mode cannot lock it)",
             ));
         }
-        // Make sure x264 has coded the picture for this output: a client may lock it as soon
+        // Make sure the encoder (x264 or x265) has coded the picture for this output: a client may lock it as soon
         // as a submission returned NV_ENC_SUCCESS, before libx264's own delay let it out.
         if s.queue[0].coded.is_none() {
             let Some(Engine::Coded(x)) = s.engine.as_mut() else {
@@ -404,7 +404,7 @@ pub(crate) unsafe extern "C" fn nvEncLockBitstream(
             if s.queue[0].coded.is_none() {
                 return Err(f(
                     NVENCSTATUS::NV_ENC_ERR_GENERIC,
-                    "x264 produced no picture for a ready output",
+                    "the encoder produced no picture for a ready output",
                 ));
             }
         }

@@ -206,6 +206,36 @@ fn encode_with_b_frames_from_cuda_memory() {
     assert_decodes_to_client_frames(&out_path, 30);
 }
 
+/// HEVC through the same client and path (libx265 behind the emulated NVENC): NVENC's
+/// NEED_MORE_INPUT pattern, outputs locked the moment the header allows (libx265 holds more
+/// pictures than that, so the emulator replays the GOP to hand them out), one IDR, B-pictures,
+/// and a stream that decodes to every frame.
+#[test]
+fn hevc_with_b_frames_from_cuda_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("b.hevc");
+    let emu = EmuDriver::new();
+    let (out, stdout, report) = run(
+        &emu,
+        &["encode", out_path.to_str().unwrap(), "30", "3", "hevc"],
+    );
+    assert_ok(&out, &report);
+    report.assert_clean();
+    assert!(report
+        .lines
+        .iter()
+        .any(|l| l.starts_with("encode session_init") && l.contains("codec=hevc")));
+    let log = stdout.lines().find_map(|l| l.strip_prefix("log ")).unwrap();
+    let signals: String = log.split(' ').filter(|t| *t == "S" || *t == "N").collect();
+    assert_eq!(signals, "SNNSNNSNNSNNSNNSNNSNNSNNSNNSNN");
+    let locked: Vec<&str> = log.split(' ').filter(|t| t.contains(':')).collect();
+    assert_eq!(&locked[..4], ["0:3", "3000:0", "1000:1", "2000:1"]);
+    let types = |t: &str| locked.iter().filter(|l| l.ends_with(t)).count();
+    assert_eq!(types(":3"), 1, "one IDR only: {locked:?}");
+    assert!(types(":1") >= 18, "B-frames: {locked:?}");
+    assert_decodes_to_client_frames(&out_path, 30);
+}
+
 /// The same over several GOPs (IDR every 30 frames): each GOP keeps its B-frames and has exactly
 /// one IDR, and the stream decodes to every frame.
 #[test]

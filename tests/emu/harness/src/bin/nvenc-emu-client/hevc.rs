@@ -1,5 +1,5 @@
 //! Scenarios for HEVC's rules (`hevc-rules`) and for CUDA streams given to NVENC
-//! (`io-streams`): each step prints `ok WHAT: STATUS` when the status is the expected one, and
+//! (`io-streams`), and HEVC's preset and initialize params for `encode ... hevc`: each step prints `ok WHAT: STATUS` when the status is the expected one, and
 //! the first unexpected one fails the client. The test then checks the emulator's report.
 
 use std::ffi::c_void;
@@ -10,7 +10,7 @@ use nvenc_sys::NVENCSTATUS as S;
 use super::{expect, init_params, lib, open, Cu, Session};
 
 /// The HEVC preset configuration (P4, high quality).
-fn hevc_preset(s: &Session) -> Result<nv::NV_ENC_CONFIG, String> {
+pub(super) fn hevc_preset(s: &Session) -> Result<nv::NV_ENC_CONFIG, String> {
     let mut pc = nv::NV_ENC_PRESET_CONFIG {
         version: nv::NV_ENC_PRESET_CONFIG_VER,
         ..Default::default()
@@ -178,7 +178,7 @@ pub(super) fn scenario_hevc_rules() -> Result<(), String> {
     ];
     for (what, breaker, want) in broken {
         let mut cfg = hevc_preset(&s)?;
-        let mut p = hevc_init(&mut cfg);
+        let mut p = hevc_init(&mut cfg, 64, 64, 3);
         breaker(&mut cfg);
         p.encodeConfig = &mut cfg;
         // SAFETY: live session; `p` points at `cfg`, alive for the call.
@@ -188,7 +188,7 @@ pub(super) fn scenario_hevc_rules() -> Result<(), String> {
     // What FFmpeg's hevc_nvenc sets: level 4.1, Main tier, middle B-frame references, one slice
     // by count, a DPB size, VPS/SPS/PPS on every IDR.
     let mut cfg = hevc_preset(&s)?;
-    let mut p = hevc_init(&mut cfg);
+    let mut p = hevc_init(&mut cfg, 64, 64, 3);
     {
         let h = hevc(&mut cfg);
         h.level = 123;
@@ -223,22 +223,29 @@ pub(super) fn scenario_hevc_rules() -> Result<(), String> {
     Ok(())
 }
 
-/// HEVC initialize params: P4 high quality, 64x64, two B-frames, GOP 30 as IDR period.
-fn hevc_init(cfg: &mut nv::NV_ENC_CONFIG) -> nv::NV_ENC_INITIALIZE_PARAMS {
-    cfg.frameIntervalP = 3;
+/// HEVC initialize params: P4 high quality, `w` x `h`, frameIntervalP `interval`, GOP 30 as IDR
+/// period, VPS/SPS/PPS on every IDR. `encodeConfig` is left NULL for the caller to point at
+/// `cfg`.
+pub(super) fn hevc_init(
+    cfg: &mut nv::NV_ENC_CONFIG,
+    w: u32,
+    h: u32,
+    interval: i32,
+) -> nv::NV_ENC_INITIALIZE_PARAMS {
+    cfg.frameIntervalP = interval;
     cfg.gopLength = 30;
-    let h = hevc(cfg);
-    h.idrPeriod = 30;
-    h.set_repeatSPSPPS(1);
+    let hc = hevc(cfg);
+    hc.idrPeriod = 30;
+    hc.set_repeatSPSPPS(1);
     nv::NV_ENC_INITIALIZE_PARAMS {
         version: nv::NV_ENC_INITIALIZE_PARAMS_VER,
         encodeGUID: nv::NV_ENC_CODEC_HEVC_GUID,
         presetGUID: nv::NV_ENC_PRESET_P4_GUID,
         tuningInfo: nv::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_HIGH_QUALITY,
-        encodeWidth: 64,
-        encodeHeight: 64,
-        darWidth: 64,
-        darHeight: 64,
+        encodeWidth: w,
+        encodeHeight: h,
+        darWidth: w,
+        darHeight: h,
         frameRateNum: 30,
         frameRateDen: 1,
         enablePTD: 1,

@@ -6,8 +6,9 @@
 //!
 //! Scenarios: `load`, `sessions N`, `misuse`, `pitches`, `queries`, `symbols`, `hevc-rules`,
 //! `io-streams` (the last two in `hevc.rs`),
-//! `encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]` (`pitch0`: every
-//! `NV_ENC_PIC_PARAMS::inputPitch` 0; `pitchw`: `inputWidth`; by default the allocation's pitch).
+//! `encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw] [hevc]` (`pitch0`: every
+//! `NV_ENC_PIC_PARAMS::inputPitch` 0; `pitchw`: `inputWidth`; by default the allocation's pitch;
+//! `hevc`: HEVC instead of H.264).
 
 // A test client talking to C APIs: the unsafe blocks are FFI calls whose contracts are NVENC's
 // and CUDA's; each still carries a SAFETY note.
@@ -906,7 +907,13 @@ fn scenario_pitches() -> Result<(), String> {
 /// `interval + 3` surfaces, checks NVENC's NEED_MORE_INPUT pattern and writes the stream to `out`.
 /// The first failing call ends the encode and everything made so far is torn down in order
 /// (`stop-on-error` on the command line then makes that exit status 0, for the fault tests).
-fn scenario_encode(path: &str, frames: u64, interval: u32, pitch_mode: &str) -> Result<(), String> {
+fn scenario_encode(
+    path: &str,
+    frames: u64,
+    interval: u32,
+    pitch_mode: &str,
+    hevc: bool,
+) -> Result<(), String> {
     let lib = lib()?;
     let cu = Cu::open()?;
     let ctx = cu.context()?;
@@ -921,8 +928,18 @@ fn scenario_encode(path: &str, frames: u64, interval: u32, pitch_mode: &str) -> 
     let (st, s) = open(&lib, ctx);
     let result = (|| -> Result<(), String> {
         expect("open", st, S::NV_ENC_SUCCESS)?;
-        let mut cfg = s.preset()?;
-        let mut ip = init_params(&mut cfg, w, h, interval as i32);
+        let mut cfg = if hevc {
+            hevc::hevc_preset(&s)?
+        } else {
+            s.preset()?
+        };
+        let mut ip = if hevc {
+            let mut ip = hevc::hevc_init(&mut cfg, w, h, interval as i32);
+            ip.encodeConfig = &mut cfg;
+            ip
+        } else {
+            init_params(&mut cfg, w, h, interval as i32)
+        };
         // SAFETY: live session, valid struct.
         let st = unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) };
         expect("init", st, S::NV_ENC_SUCCESS)?;
@@ -1055,11 +1072,13 @@ fn main() -> ExitCode {
                 .iter()
                 .find(|a| a.starts_with("pitch"))
                 .map_or("", String::as_str);
+            let hevc = flags.iter().any(|a| a == "hevc");
             match scenario_encode(
                 args.get(1).map_or("out.h264", String::as_str),
                 args.get(2).and_then(|n| n.parse().ok()).unwrap_or(30),
                 args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
                 pitch_mode,
+                hevc,
             ) {
                 Err(e) if stop_on_error => {
                     println!("stopped: {e}");
@@ -1068,7 +1087,7 @@ fn main() -> ExitCode {
                 r => r,
             }
         }
-        _ => Err("usage: nvenc-emu-client load | sessions N | misuse | pitches | queries | symbols | hevc-rules | io-streams | encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]".into()),
+        _ => Err("usage: nvenc-emu-client load | sessions N | misuse | pitches | queries | symbols | hevc-rules | io-streams | encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw] [hevc]".into()),
     };
     let _ = std::io::stdout().flush();
     match r {
