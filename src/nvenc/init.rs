@@ -216,17 +216,28 @@ pub(crate) fn plan(
         .preset_config(codec, preset.guid(), tuning.raw())
         .map_err(Error::Nvenc)?;
     enc.gopLength = config.gop_size;
-    if let Some(b) = crate::encoder::mapping::bframes(config) {
+    let asked = crate::encoder::mapping::bframes(config);
+    if let Some(b) = asked {
         enc.frameIntervalP = b as i32 + 1;
     }
-    let frame_interval_p = enc.frameIntervalP.max(1) as u32;
-    if frame_interval_p > 1 {
+    if enc.frameIntervalP > 1 {
+        // The codec's own cap: HEVC B-frames came with Turing, H.264 ones long before.
         let (name, max_b) = cap(
             sys::NV_ENC_CAPS::NV_ENC_CAPS_NUM_MAX_BFRAMES,
             "NV_ENC_CAPS_NUM_MAX_BFRAMES",
         )?;
-        require_at_least(name, max_b, frame_interval_p - 1)?;
+        let wanted = enc.frameIntervalP - 1;
+        if asked.is_none() && wanted > max_b {
+            // B-frames the preset chose, not the configuration: as many as the GPU has.
+            tracing::warn!(
+                codec = %codec, preset_bframes = wanted, max_bframes = max_b,
+                "the preset's B-frames exceed NV_ENC_CAPS_NUM_MAX_BFRAMES; using the GPU's maximum"
+            );
+            enc.frameIntervalP = max_b.max(0) + 1;
+        }
+        require_at_least(name, max_b, (enc.frameIntervalP - 1).max(0) as u32)?;
     }
+    let frame_interval_p = enc.frameIntervalP.max(1) as u32;
     apply_rate_control(&mut enc, &mapping::nvenc(config));
     // No lookahead: it would need more surfaces in flight and is what other wrappers found
     // to lose frames and deadlock at end of stream when the ring was sized without it.
@@ -624,5 +635,51 @@ mod tests {
             &no_hevc
         )
         .is_ok());
+    }
+
+    #[test]
+    fn the_presets_b_frames_are_clamped_to_the_cap_and_asked_ones_are_refused() {
+        // A GPU whose HEVC has no B-frames (before Turing) and a preset that asks for two.
+        struct PresetWithB(Fake);
+        impl Driver for PresetWithB {
+            fn cap(&self, codec: Codec, cap: sys::NV_ENC_CAPS) -> Result<i32, NvencError> {
+                self.0.cap(codec, cap)
+            }
+            fn input_formats(
+                &self,
+                codec: Codec,
+            ) -> Result<Vec<sys::NV_ENC_BUFFER_FORMAT>, NvencError> {
+                self.0.input_formats(codec)
+            }
+            fn preset_config(
+                &self,
+                codec: Codec,
+                preset: sys::GUID,
+                tuning: sys::NV_ENC_TUNING_INFO,
+            ) -> Result<sys::NV_ENC_CONFIG, NvencError> {
+                let mut c = self.0.preset_config(codec, preset, tuning)?;
+                c.frameIntervalP = 3;
+                Ok(c)
+            }
+        }
+        let gpu = PresetWithB(Fake {
+            max_bframes: 0,
+            ..Fake::default()
+        });
+        let auto = EncoderConfig::new(640, 360).with_codec(Codec::Hevc);
+        let plan = plan(&auto, &NvencOptions::default(), &gpu).unwrap();
+        assert_eq!(plan.frame_interval_p, 1, "clamped to the GPU's 0 B-frames");
+        let asked = auto.with_bframes(Some(2));
+        match super::plan(&asked, &NvencOptions::default(), &gpu) {
+            Err(Error::NvencCapability {
+                cap,
+                value,
+                required,
+            }) => {
+                assert_eq!(cap, "NV_ENC_CAPS_NUM_MAX_BFRAMES");
+                assert_eq!((value, required), (0, 2));
+            }
+            other => panic!("expected a capability error, got {other:?}"),
+        }
     }
 }
