@@ -489,3 +489,46 @@ fn a_gpu_without_hevc_refuses_hevc_and_still_encodes_h264() {
         .iter()
         .all(|l| l.contains("codec=h264")));
 }
+
+// ---- lossless ----
+
+#[test]
+#[ignore = "child half of hevc_lossless_is_bit_exact"]
+fn child_lossless() {
+    assert_child();
+    let config = config().with_bframes(Some(0));
+    let options = NvencOptions::default().with_tuning(Some(nvencode::nvenc::NvencTuning::Lossless));
+    let mut encoder = NvencEncoder::with_options(&config, &options).expect("lossless HEVC");
+    let input = common::clip(&config, 8);
+    let chunks = common::encode_all(&mut encoder, &input);
+    common::assert_accounting(&chunks, 8);
+    let decoded = decode_hevc(&common::concat(&chunks), &config);
+    assert_eq!(decoded.len(), 8);
+    for (i, (want, got)) in input.iter().zip(&decoded).enumerate() {
+        let want = common::as_i420(&config, want);
+        assert!(
+            want == *got,
+            "frame {i} is not bit-exact (PSNR {:.2} dB)",
+            common::psnr(&want, got)
+        );
+    }
+}
+
+/// Lossless tuning with HEVC: constant QP 0 and the Main profile (no H.264 transform-bypass
+/// flag, no High 4:4:4), checked against the HEVC lossless cap, and a bit-exact stream.
+#[test]
+fn hevc_lossless_is_bit_exact() {
+    let emu = EmuDriver::new().lossless();
+    run_child(&emu, "child_lossless");
+    let report = emu.report();
+    report.assert_clean();
+    let inits = session_inits(&report);
+    assert!(
+        inits[0].contains("codec=hevc")
+            && inits[0].contains("tuning=lossless")
+            && inits[0].contains("profile=main")
+            && inits[0].contains("rc=cqp:0"),
+        "{}",
+        inits[0]
+    );
+}
