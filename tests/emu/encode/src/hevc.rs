@@ -94,7 +94,7 @@ pub(crate) fn validate(c: &nv::NV_ENC_CONFIG, frame_interval_p: i32) -> Result<F
     // SAFETY: the HEVC member of the union, as selected by encodeGUID (checked by the caller).
     let h = unsafe { &c.encodeCodecConfig.hevcConfig };
     // Lines 1552, 1583, 1584: reserved bit-fields and arrays must be zero / NULL; the VUI
-    // struct's reserved words too (line 1366).
+    // struct's reserved words too (line 1365).
     if h.reserved() != 0 {
         return Err(v(
             INVALID_PARAM,
