@@ -532,3 +532,70 @@ fn hevc_lossless_is_bit_exact() {
         inits[0]
     );
 }
+
+// ---- a rate-control mode change with B-frames in flight ----
+
+#[test]
+#[ignore = "child half of a_mode_change_with_b_frames_in_flight_is_accepted"]
+fn child_mode_change() {
+    assert_child();
+    for codec in [Codec::H264, Codec::Hevc] {
+        let config = config().with_codec(codec).with_bframes(Some(2));
+        let input = common::clip(&config, FRAMES as u64);
+        let mut encoder = NvencEncoder::new(&config).expect("open");
+        let mut chunks = Vec::new();
+        for (i, frame) in input.iter().enumerate() {
+            if i == 17 {
+                // Constant quality to VBR with frame 16 (a B-frame: anchors are every third
+                // frame from 0) held for reordering: a dynamic mode change
+                // (SUPPORT_DYN_RCMODE_CHANGE), no reset.
+                assert!(encoder.in_flight() > 0, "{codec}: nothing in flight");
+                encoder
+                    .reconfigure(RateControl::Vbr {
+                        bitrate: Bitrate::from_kbps(3_000),
+                        max_bitrate: Bitrate::from_kbps(6_000),
+                        vbv_buffer_bits: None,
+                    })
+                    .unwrap_or_else(|e| panic!("{codec}: mode change: {e}"));
+            }
+            encoder
+                .encode(Frame::new(frame), &mut chunks)
+                .expect("encode");
+        }
+        encoder.flush(&mut chunks).expect("flush");
+        match codec {
+            Codec::Hevc => assert_hevc(&chunks, &input, &config),
+            _ => {
+                common::assert_accounting(&chunks, FRAMES as u64);
+                let decoded = common::decode_h264(&common::concat(&chunks), config.resolution);
+                assert_eq!(decoded.len(), FRAMES);
+                for (i, (want, got)) in input.iter().zip(&decoded).enumerate() {
+                    let p = common::psnr(want, got);
+                    assert!(p >= PSNR_FLOOR_DB, "H.264 frame {i}: PSNR {p:.2} dB");
+                }
+            }
+        }
+    }
+}
+
+/// A GPU that reports `SUPPORT_DYN_RCMODE_CHANGE` takes a change of rate-control mode while
+/// B-frames wait for their anchor (no reset, no IDR asked for); the emulator used to record it
+/// as a violation ("encoder reset while B-frames are buffered"), for either codec. Both streams
+/// decode to every frame.
+#[test]
+fn a_mode_change_with_b_frames_in_flight_is_accepted() {
+    let emu = EmuDriver::new();
+    run_child(&emu, "child_mode_change");
+    let report = emu.report();
+    report.assert_clean();
+    let reconf: Vec<&String> = report
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("encode session_reconfigure"))
+        .collect();
+    assert_eq!(reconf.len(), 2, "{reconf:?}");
+    assert!(reconf[0].contains("codec=h264") && reconf[1].contains("codec=hevc"));
+    assert!(reconf
+        .iter()
+        .all(|l| l.contains("rc=abr:3000/6000") && l.contains("reset=0")));
+}

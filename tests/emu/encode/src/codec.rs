@@ -272,8 +272,12 @@ pub struct CodedStream {
     history_bytes: usize,
     /// Whether `history` holds every such picture (false once it overflowed).
     history_complete: bool,
-    /// Coded pictures handed out, in decode order.
+    /// The decode index (serial) of the next picture to hand out: the first serial fed plus the
+    /// pictures handed out since.
     emitted: u64,
+    /// Whether a picture was fed yet: the first one's serial is where `emitted` starts (an
+    /// encoder reopened mid-session starts at that session's next serial, not 0).
+    started: bool,
     /// Decode index (= serial) of `history[0]`, an IDR: every picture before it decodes before it.
     base: u64,
     /// (serial, digest) of the pictures handed out since `base`, in decode order, to check
@@ -303,6 +307,7 @@ impl CodedStream {
             history_bytes: 0,
             history_complete: true,
             emitted: 0,
+            started: false,
             base: 0,
             handed: Vec::new(),
             idr_next: false,
@@ -377,6 +382,10 @@ impl CodedStream {
         pic_type: u32,
     ) -> Result<Vec<Coded>, String> {
         let mut out = Vec::new();
+        if !self.started {
+            self.started = true;
+            self.emitted = serial;
+        }
         if self.params.bframes > 0 && self.history_complete {
             if self.history.is_empty() {
                 self.base = serial;

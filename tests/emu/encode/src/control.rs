@@ -9,12 +9,13 @@ use nvenc_sys::NVENCSTATUS;
 
 use crate::codec::{self, Coded};
 use crate::encode::{assign, flush};
+use crate::fail::Fail;
 use crate::fail::{
     arg, check_version, f, put, v, zero_ptr, zero_u32, INVALID_CALL, INVALID_PARAM, INVALID_PTR, R,
     ST_SUCCESS, UNIMPLEMENTED,
 };
 use crate::init::{need_init, open_engine, validate_init};
-use crate::state::{dyn_rate, run, Engine, EMU, G};
+use crate::state::{dyn_rate, run, Engine, Init, Session, EMU, G};
 
 pub(crate) unsafe extern "C" fn nvEncGetEncodeStats(
     enc: *mut c_void,
@@ -103,6 +104,40 @@ pub(crate) unsafe extern "C" fn nvEncGetSequenceParamEx(
     })
 }
 
+/// Finishes what the session's encoder holds (every pending output gets its picture), then
+/// starts a new one for `init`: the next picture is an IDR with new parameter sets.
+fn reopen(s: &mut Session, init: &Init) -> Result<(), Fail> {
+    flush(s)?;
+    let produced: Vec<Coded> = Vec::new();
+    assign(s, produced);
+    if s.queue.iter().any(|q| q.coded.is_none()) {
+        return Err(f(
+            NVENCSTATUS::NV_ENC_ERR_GENERIC,
+            "pending outputs without pictures at reset",
+        ));
+    }
+    s.engine = Some(open_engine(init)?);
+    s.serial = s.serial.max(1);
+    s.since_idr = u64::MAX / 2;
+    s.headers_sent = false;
+    s.reopen_pending = false;
+    Ok(())
+}
+
+/// A reopen deferred by a rate-control mode change with B-frames in flight, done once no
+/// picture waits for an anchor any more; called before each new submission.
+pub(crate) fn reopen_deferred(s: &mut Session) -> Result<(), Fail> {
+    if !s.reopen_pending || s.queue.iter().any(|q| !q.ready) {
+        return Ok(());
+    }
+    let Some(init) = s.init.take() else {
+        return Ok(());
+    };
+    let done = reopen(s, &init);
+    s.init = Some(init);
+    done
+}
+
 pub(crate) unsafe extern "C" fn nvEncReconfigureEncoder(
     enc: *mut c_void,
     p: *mut nv::NV_ENC_RECONFIGURE_PARAMS,
@@ -172,27 +207,25 @@ pub(crate) unsafe extern "C" fn nvEncReconfigureEncoder(
             || new.width != old.width
             || new.height != old.height
             || !old.params.rc.reconfigurable_to(&new.params.rc);
-        if needs_new_engine {
-            if s.queue.iter().any(|q| !q.ready) {
+        let client_reset = p.resetEncoder() != 0
+            || p.forceIDR() != 0
+            || new.width != old.width
+            || new.height != old.height;
+        if needs_new_engine && s.queue.iter().any(|q| !q.ready) {
+            if client_reset {
                 return Err(v(
                     INVALID_CALL,
                     "encoder reset while B-frames are buffered (flush with EOS first)",
                 ));
             }
-            // Finish what the old encoder holds, then start over with an IDR.
-            flush(s)?;
-            let produced: Vec<Coded> = Vec::new();
-            assign(s, produced);
-            if s.queue.iter().any(|q| q.coded.is_none()) {
-                return Err(f(
-                    NVENCSTATUS::NV_ENC_ERR_GENERIC,
-                    "pending outputs without pictures at reset",
-                ));
-            }
-            s.engine = Some(open_engine(&new)?);
-            s.serial = s.serial.max(1);
-            s.since_idr = u64::MAX / 2;
-            s.headers_sent = false;
+            // A dynamic rate-control mode change (SUPPORT_DYN_RCMODE_CHANGE) while B-frames
+            // wait for their anchor: the GPU applies it from the next picture. The software
+            // encoder can neither change its method in place nor be reopened while it holds
+            // those pictures, so it is reopened at the first submission after they are out
+            // (`reopen_deferred`), with an IDR the real driver would not emit.
+            s.reopen_pending = true;
+        } else if needs_new_engine {
+            reopen(s, &new)?;
         } else if rc_in_place {
             if let Some(Engine::Coded(x)) = s.engine.as_mut() {
                 x.reconfigure(new.params.rc)

@@ -74,6 +74,8 @@ pub(crate) unsafe extern "C" fn nvEncEncodePicture(
                 "completionEvent must be NULL in synchronous mode",
             ));
         }
+        need_init(s)?;
+        crate::control::reopen_deferred(s)?;
         let init = need_init(s)?;
         let flags = p.encodePicFlags;
         let eos = flags & nv::NV_ENC_PIC_FLAGS::NV_ENC_PIC_FLAG_EOS.0 != 0;

@@ -183,6 +183,7 @@ pub(crate) unsafe extern "C" fn nvEncOpenEncodeSessionEx(
                 fast_pending: Vec::new(),
                 headers_sent: false,
                 force_headers: false,
+                reopen_pending: false,
                 last_error: CString::default(),
                 last_stats: None,
             },

@@ -197,6 +197,9 @@ pub(crate) struct Session {
     pub(crate) fast_pending: Vec<u64>,
     pub(crate) headers_sent: bool,
     pub(crate) force_headers: bool,
+    /// A rate-control mode change arrived while B-frames waited for their anchor: the encoder
+    /// is reopened at the next submission after they are out (`control::reopen_deferred`).
+    pub(crate) reopen_pending: bool,
     pub(crate) last_error: CString,
     pub(crate) last_stats: Option<(u32, u32)>,
 }
