@@ -195,6 +195,11 @@ fn session_inits(report: &Report) -> Vec<&String> {
 #[ignore = "child half of hevc_from_host_frames_with_b_frames"]
 fn child_host_bframes() {
     assert_child();
+    // The initialize line (debug) goes to stderr, where the parent looks for it.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter("nvencode=debug")
+        .try_init();
     let config = config().with_bframes(Some(2));
     let input = common::clip(&config, FRAMES as u64);
     let mut encoder = NvencEncoder::new(&config).expect("open HEVC on the emulated NVENC");
@@ -217,7 +222,11 @@ fn child_host_bframes() {
 #[test]
 fn hevc_from_host_frames_with_b_frames() {
     let emu = EmuDriver::new();
-    run_child(&emu, "child_host_bframes");
+    let text = run_child(&emu, "child_host_bframes");
+    assert!(
+        text.contains("NVENC initialize: codec HEVC, preset"),
+        "the initialize log line does not name HEVC:\n{text}"
+    );
     let report = emu.report();
     report.assert_clean();
     let inits = session_inits(&report);
