@@ -43,8 +43,12 @@
 //! GOP read back lazily) does the stream continue with a fresh x264 without B-frames, starting
 //! with an IDR that carries new SPS/PPS; the stream stays valid either way, and each output's type
 //! and timestamp are those of the picture it actually carries.
-//! libx265 holds more pictures than libx264 (its lookahead must be longer than the B-frame run), so
-//! with HEVC B-frames a client reading outputs back a few frames late sees replays more often.
+//! libx265 holds more pictures than libx264 (its lookahead must be longer than the B-frame run,
+//! and its frame encoder hands each picture back one call late), so with HEVC B-frames a client
+//! that reads outputs back a few frames late (this crate's default of 3) is served by replays of
+//! the GOP so far, whose cost grows with the square of the GOP length: tests with HEVC B-frames
+//! keep their GOPs short (tens of frames). Without B-frames libx265 runs with its zero-latency
+//! tuning and needs no replay.
 //! `NVENC_EMU_FAST=1` skips reading and encoding: every output is a fixed 20-byte access unit, and
 //! the order and types follow NVENC's pattern exactly (anchor first, then its B-pictures).
 //!
