@@ -10,9 +10,11 @@
 //! docs.rs builds without the header: there this page is all that is documented.
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals)]
 #![allow(missing_docs, missing_debug_implementations)]
-#![allow(clippy::all, clippy::undocumented_unsafe_blocks)]
-// bindgen's generated `Default` impls zero a struct and assume it initialised in one block.
-#![allow(clippy::multiple_unsafe_ops_per_block)]
+#![allow(
+    clippy::all,
+    clippy::undocumented_unsafe_blocks,
+    clippy::multiple_unsafe_ops_per_block
+)]
 
 #[cfg(not(x265_sys_docs_only))]
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
