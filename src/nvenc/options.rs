@@ -112,7 +112,8 @@ pub enum NvencTuning {
     LowLatency,
     /// Ultra-low latency (`ull`): no reordering, smallest delay.
     UltraLowLatency,
-    /// Lossless (`lossless`), where the GPU supports it.
+    /// Lossless (`lossless`), where the GPU supports it for the codec: constant QP 0, and for
+    /// H.264 transform bypass with High 4:4:4 Predictive (HEVC stays Main).
     Lossless,
 }
 
