@@ -144,6 +144,6 @@ fn json_lists_every_gpu_with_its_uuid_and_nvenc() {
         gpus[0]
     );
     assert_eq!(gpus[1]["nvenc"], true);
-    assert_eq!(gpus[1]["codecs"], serde_json::json!(["h264"]));
+    assert_eq!(gpus[1]["codecs"], serde_json::json!(["h264", "hevc"]));
     emu.report().assert_clean();
 }

@@ -69,6 +69,22 @@ fn probe_reports_the_caps_and_destroys_its_session() {
     assert_eq!(caps.max_bframes, 4);
     assert!(caps.lookahead);
     assert_eq!(caps.engines, 1);
+    // Both codecs, each with its own caps (asked with its own GUID).
+    assert!(caps.hevc, "the emulated GPU lists HEVC");
+    assert_eq!(
+        caps.codecs(),
+        [nvencode::Codec::H264, nvencode::Codec::Hevc]
+    );
+    let h264 = caps.codec_caps(nvencode::Codec::H264).expect("H.264 caps");
+    let hevc = caps.codec_caps(nvencode::Codec::Hevc).expect("HEVC caps");
+    assert_eq!((hevc.max_width, hevc.max_height), (4096, 4096));
+    assert_eq!(
+        hevc.max_bframes, 4,
+        "B-frames for HEVC, as on Turing and later"
+    );
+    assert!(hevc.dyn_bitrate_change && h264.dyn_bitrate_change);
+    assert!(!hevc.ten_bit, "no 10-bit input format is emulated");
+    assert_eq!(h264.max_bframes, caps.max_bframes);
     assert_eq!(caps.driver_api, "11.1");
     assert_eq!(caps.gpu_uuid, EMU_UUID);
     assert!(
@@ -213,4 +229,44 @@ fn the_cache_lives_in_the_users_cache_folder() {
     let file = dir.path().join("nvencode").join("nvenc-caps.json");
     let text = std::fs::read_to_string(&file).expect("cache file in XDG_CACHE_HOME");
     assert!(text.contains(EMU_UUID), "{text}");
+}
+
+/// A GPU whose NVENC lists H.264 only (`NVENC_EMU_CODECS=h264`, as Kepler and the first Maxwell
+/// had no HEVC): the report says so and has no HEVC caps; no HEVC cap was asked for (the
+/// emulator answers such a query with an error, which the report would show as a failed call).
+#[test]
+fn a_gpu_without_hevc_reports_h264_only() {
+    let (caps, report, stdout, _) =
+        probe_in_child(EmuDriver::new().env("NVENC_EMU_CODECS", "h264"));
+    let caps = caps.unwrap_or_else(|| panic!("no report:\n{stdout}"));
+    assert!(caps.h264 && !caps.hevc);
+    assert_eq!(caps.codecs(), [nvencode::Codec::H264]);
+    assert!(caps.codec_caps(nvencode::Codec::Hevc).is_none());
+    assert!(caps.codec_caps(nvencode::Codec::H264).is_some());
+    report.assert_clean();
+}
+
+/// A cache file of the previous format (1: written before HEVC was probed, saying `hevc: false`
+/// for every GPU) is not believed: the GPU is probed again and HEVC found.
+#[test]
+fn a_cache_file_of_the_previous_format_is_probed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("caps.json");
+    let (first, report, ..) = probe_in_child(with_cache(EmuDriver::new(), &file));
+    assert!(first.unwrap().hevc);
+    assert_eq!(sessions_opened(&report), 1);
+    // The same entry as format 1 wrote it: no HEVC, no per-codec caps.
+    let mut old: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    old["format"] = 1.into();
+    for entry in old["entries"].as_array_mut().unwrap() {
+        entry["hevc"] = false.into();
+        let map = entry.as_object_mut().unwrap();
+        map.remove("h264_caps");
+        map.remove("hevc_caps");
+    }
+    std::fs::write(&file, old.to_string()).unwrap();
+    let (second, report, ..) = probe_in_child(with_cache(EmuDriver::new(), &file));
+    assert_eq!(sessions_opened(&report), 1, "the old file was believed");
+    assert!(second.unwrap().hevc);
 }

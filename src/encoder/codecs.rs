@@ -115,7 +115,6 @@ pub const fn ffmpeg_software(codec: Codec) -> FfmpegFamily {
 /// NVENC's `encodeGUID` for `codec` (`nvEncodeAPI.h`, "Encode Codec GUIDS supported by the
 /// NvEncodeAPI interface").
 #[must_use]
-#[allow(dead_code)] // read by the NVENC session once it encodes HEVC
 pub(crate) fn nvenc_codec_guid(codec: Codec) -> nvenc_sys::GUID {
     match codec {
         Codec::H264 => nvenc_sys::NV_ENC_CODEC_H264_GUID,
@@ -123,10 +122,18 @@ pub(crate) fn nvenc_codec_guid(codec: Codec) -> nvenc_sys::GUID {
     }
 }
 
+/// The C name of [`nvenc_codec_guid`]'s GUID, for errors that say which codec the GPU lacks.
+#[must_use]
+pub(crate) const fn nvenc_codec_guid_name(codec: Codec) -> &'static str {
+    match codec {
+        Codec::H264 => "NV_ENC_CODEC_H264_GUID (nvEncGetEncodeGUIDs)",
+        Codec::Hevc => "NV_ENC_CODEC_HEVC_GUID (nvEncGetEncodeGUIDs)",
+    }
+}
+
 /// NVENC's `profileGUID` for `codec` with 8-bit input, `high_444` for 4:4:4 input (H.264 only;
 /// HEVC 4:4:4 is the Format Range Extensions profile, which this crate does not ask for).
 #[must_use]
-#[allow(dead_code)] // read by the NVENC session once it encodes HEVC
 pub(crate) fn nvenc_profile_guid(codec: Codec, high_444: bool) -> nvenc_sys::GUID {
     match (codec, high_444) {
         (Codec::H264, false) => nvenc_sys::NV_ENC_H264_PROFILE_HIGH_GUID,

@@ -40,7 +40,7 @@ pub(crate) struct RawEncoder {
 
 mod params;
 use params::IoStream;
-pub(crate) use params::{h264_config, InitParams};
+pub(crate) use params::{h264_config, hevc_config, InitParams};
 
 pub(crate) use calls::{Blocking, CallError, LateEnd, PicParams, SessionPtr, Unblocked};
 

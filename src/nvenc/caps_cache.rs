@@ -18,8 +18,10 @@ use super::caps::NvencCaps;
 /// Environment variable: the cache file's path, or `off` for no cache.
 pub const ENV: &str = "NVENC_CAPS_CACHE";
 
-/// The file's layout version; a file of another version is ignored.
-const FORMAT: u32 = 1;
+/// The file's layout version; a file of another version is ignored. 2: per-codec caps
+/// (`h264_caps`, `hevc_caps`) and `hevc` probed (version 1 files said `hevc: false` for every
+/// GPU, which must not be believed).
+const FORMAT: u32 = 2;
 
 /// What identifies a GPU and driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +194,15 @@ mod tests {
             max_height: 4096,
             max_bframes: 4,
             lookahead: true,
+            h264_caps: Some(crate::nvenc::CodecCaps {
+                max_width: 4096,
+                max_height: 4096,
+                max_bframes: 4,
+                lookahead: true,
+                dyn_bitrate_change: true,
+                ..Default::default()
+            }),
+            hevc_caps: None,
             engines: 1,
             driver_api: "11.1".into(),
             gpu_uuid: "GPU-6e76656e-632d-656d-752d-6770752d3030".into(),

@@ -225,13 +225,7 @@ impl NvencEncoder {
         progress.at("nvEncOpenEncodeSessionEx");
         let raw = RawEncoder::open(library, &context).map_err(Error::Nvenc)?;
         progress.at("nvEncGetEncodeGUIDs");
-        if !init::offers_h264(&raw).map_err(Error::Nvenc)? {
-            return Err(Error::NvencCapability {
-                cap: "H.264 encode GUID",
-                value: 0,
-                required: 1,
-            });
-        }
+        init::require_codec(&raw, config.codec)?;
         progress.at("nvEncGetEncodeCaps");
         let mut plan = init::plan(config, options, &raw)?;
         progress.at("nvEncInitializeEncoder");
@@ -378,10 +372,11 @@ impl NvencEncoder {
             .is_some_and(|s| s.raw.hung().is_some())
     }
 
-    /// Whether the GPU reports a capability as supported (non-zero).
+    /// Whether the GPU reports a capability as supported (non-zero) for the session's codec.
     fn has_cap(&mut self, cap: sys::NV_ENC_CAPS) -> Result<bool, Error> {
+        let codec = crate::encoder::codecs::nvenc_codec_guid(self.config.codec);
         let session = self.session()?;
-        match session.raw.cap_bounded(sys::NV_ENC_CODEC_H264_GUID, cap) {
+        match session.raw.cap_bounded(codec, cap) {
             Ok(value) => Ok(value != 0),
             Err(CallError::Failed(e)) => Err(Error::Nvenc(e)),
             Err(hung) => Err(self.fail(hung)),

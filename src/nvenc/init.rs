@@ -1,45 +1,49 @@
 //! The initialize parameters of an NVENC session: a pure function of the configuration, the
 //! NVENC options and what the driver reports ([`Driver`]: caps, input formats, the preset's
 //! config), so it is tested without a driver. Also the checks every session starts with (the
-//! H.264 encode GUID), shared with `probe.rs`.
+//! codec's encode GUID), shared with `probe.rs`.
 
 use nvenc_sys as sys;
 
-use super::api::{h264_config, InitParams, RawEncoder};
+use super::api::{h264_config, hevc_config, InitParams, RawEncoder};
 use super::options::{NvencOptions, NvencPreset, NvencTuning};
 use super::NvencError;
+use crate::encoder::codecs;
 use crate::encoder::mapping::{self, NvencRc, NvencRcMode};
-use crate::encoder::{EncoderConfig, PixelFormat};
+use crate::encoder::{Codec, EncoderConfig, PixelFormat};
 use crate::error::{ConfigError, Error};
 use crate::ring_buffer::{required_slots, EncoderDepth};
 
-/// What a session reports that the initialize parameters depend on (for H.264).
+/// What a session reports that the initialize parameters depend on, per codec (every
+/// `NV_ENC_CAPS_*`, input format list and preset config is asked for one codec GUID).
 pub(crate) trait Driver {
     /// `nvEncGetEncodeCaps`.
-    fn cap(&self, cap: sys::NV_ENC_CAPS) -> Result<i32, NvencError>;
+    fn cap(&self, codec: Codec, cap: sys::NV_ENC_CAPS) -> Result<i32, NvencError>;
     /// `nvEncGetInputFormats`.
-    fn input_formats(&self) -> Result<Vec<sys::NV_ENC_BUFFER_FORMAT>, NvencError>;
-    /// `nvEncGetEncodePresetConfigEx`: the driver's config for a preset and tuning.
+    fn input_formats(&self, codec: Codec) -> Result<Vec<sys::NV_ENC_BUFFER_FORMAT>, NvencError>;
+    /// `nvEncGetEncodePresetConfigEx`: the driver's config for a codec, preset and tuning.
     fn preset_config(
         &self,
+        codec: Codec,
         preset: sys::GUID,
         tuning: sys::NV_ENC_TUNING_INFO,
     ) -> Result<sys::NV_ENC_CONFIG, NvencError>;
 }
 
 impl Driver for RawEncoder {
-    fn cap(&self, cap: sys::NV_ENC_CAPS) -> Result<i32, NvencError> {
-        RawEncoder::cap(self, sys::NV_ENC_CODEC_H264_GUID, cap)
+    fn cap(&self, codec: Codec, cap: sys::NV_ENC_CAPS) -> Result<i32, NvencError> {
+        RawEncoder::cap(self, codecs::nvenc_codec_guid(codec), cap)
     }
-    fn input_formats(&self) -> Result<Vec<sys::NV_ENC_BUFFER_FORMAT>, NvencError> {
-        RawEncoder::input_formats(self, sys::NV_ENC_CODEC_H264_GUID)
+    fn input_formats(&self, codec: Codec) -> Result<Vec<sys::NV_ENC_BUFFER_FORMAT>, NvencError> {
+        RawEncoder::input_formats(self, codecs::nvenc_codec_guid(codec))
     }
     fn preset_config(
         &self,
+        codec: Codec,
         preset: sys::GUID,
         tuning: sys::NV_ENC_TUNING_INFO,
     ) -> Result<sys::NV_ENC_CONFIG, NvencError> {
-        RawEncoder::preset_config(self, sys::NV_ENC_CODEC_H264_GUID, preset, tuning)
+        RawEncoder::preset_config(self, codecs::nvenc_codec_guid(codec), preset, tuning)
             .map(|c| c.presetCfg)
     }
 }
@@ -48,10 +52,35 @@ pub(crate) fn guid_eq(a: &sys::GUID, b: &sys::GUID) -> bool {
     a.Data1 == b.Data1 && a.Data2 == b.Data2 && a.Data3 == b.Data3 && a.Data4 == b.Data4
 }
 
-/// Whether the session offers H.264 encoding (`nvEncGetEncodeGUIDs`).
-pub(crate) fn offers_h264(raw: &RawEncoder) -> Result<bool, NvencError> {
-    let codec = sys::NV_ENC_CODEC_H264_GUID;
-    Ok(raw.encode_guids()?.iter().any(|g| guid_eq(g, &codec)))
+/// The codecs the session offers (`nvEncGetEncodeGUIDs`, asked once), in
+/// [`Codec::ALL`] order.
+pub(crate) fn offered(raw: &RawEncoder) -> Result<Vec<Codec>, NvencError> {
+    let listed = raw.encode_guids()?;
+    Ok(Codec::ALL
+        .iter()
+        .copied()
+        .filter(|&c| {
+            let guid = codecs::nvenc_codec_guid(c);
+            listed.iter().any(|g| guid_eq(g, &guid))
+        })
+        .collect())
+}
+
+/// `Ok` where the session offers `codec`, else [`Error::NvencCapability`] naming the codec's
+/// GUID (a GPU whose NVENC has no HEVC, as Kepler and the first Maxwell had none).
+///
+/// # Errors
+/// As above; [`Error::Nvenc`] when the query fails.
+pub(crate) fn require_codec(raw: &RawEncoder, codec: Codec) -> Result<(), Error> {
+    if offered(raw).map_err(Error::Nvenc)?.contains(&codec) {
+        Ok(())
+    } else {
+        Err(Error::NvencCapability {
+            cap: codecs::nvenc_codec_guid_name(codec),
+            value: 0,
+            required: 1,
+        })
+    }
 }
 
 /// What a session is initialized with, and the sizes that follow from it.
@@ -125,7 +154,8 @@ pub(crate) fn plan(
         PixelFormat::Nv12 => sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_NV12,
         _ => sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_IYUV,
     };
-    let formats = driver.input_formats().map_err(Error::Nvenc)?;
+    let codec = config.codec;
+    let formats = driver.input_formats(codec).map_err(Error::Nvenc)?;
     if !formats.contains(&format) {
         return Err(Error::NvencCapability {
             cap: "input format (nvEncGetInputFormats)",
@@ -133,7 +163,12 @@ pub(crate) fn plan(
             required: 1,
         });
     }
-    let cap = |c, name| driver.cap(c).map(|v| (name, v)).map_err(Error::Nvenc);
+    let cap = |c, name| {
+        driver
+            .cap(codec, c)
+            .map(|v| (name, v))
+            .map_err(Error::Nvenc)
+    };
     // (cap, its name, the size it bounds, whether it is a maximum)
     let limits = [
         (
@@ -178,34 +213,41 @@ pub(crate) fn plan(
     }
 
     let mut enc = driver
-        .preset_config(preset.guid(), tuning.raw())
+        .preset_config(codec, preset.guid(), tuning.raw())
         .map_err(Error::Nvenc)?;
     enc.gopLength = config.gop_size;
-    if let Some(b) = crate::encoder::mapping::bframes(config) {
+    let asked = crate::encoder::mapping::bframes(config);
+    if let Some(b) = asked {
         enc.frameIntervalP = b as i32 + 1;
     }
-    let frame_interval_p = enc.frameIntervalP.max(1) as u32;
-    if frame_interval_p > 1 {
+    if enc.frameIntervalP > 1 {
+        // The codec's own cap: HEVC B-frames came with Turing, H.264 ones long before.
         let (name, max_b) = cap(
             sys::NV_ENC_CAPS::NV_ENC_CAPS_NUM_MAX_BFRAMES,
             "NV_ENC_CAPS_NUM_MAX_BFRAMES",
         )?;
-        require_at_least(name, max_b, frame_interval_p - 1)?;
+        let wanted = enc.frameIntervalP - 1;
+        if asked.is_none() && wanted > max_b {
+            // B-frames the preset chose, not the configuration: as many as the GPU has.
+            tracing::warn!(
+                codec = %codec, preset_bframes = wanted, max_bframes = max_b,
+                "the preset's B-frames exceed NV_ENC_CAPS_NUM_MAX_BFRAMES; using the GPU's maximum"
+            );
+            enc.frameIntervalP = max_b.max(0) + 1;
+        }
+        require_at_least(name, max_b, (enc.frameIntervalP - 1).max(0) as u32)?;
     }
+    let frame_interval_p = enc.frameIntervalP.max(1) as u32;
     apply_rate_control(&mut enc, &mapping::nvenc(config));
     // No lookahead: it would need more surfaces in flight and is what other wrappers found
     // to lose frames and deadlock at end of stream when the ring was sized without it.
     enc.rcParams.set_enableLookahead(0);
     enc.rcParams.lookaheadDepth = 0;
     let lossless = tuning == NvencTuning::Lossless;
-    let h264 = h264_config(&mut enc);
-    h264.idrPeriod = config.gop_size;
-    h264.set_repeatSPSPPS(1);
     if lossless {
-        // The header's recipe for lossless (nvEncodeAPI.h 11.1, qpPrimeYZeroTransformBypassFlag):
-        // transform bypass, constant QP 0, High 4:4:4 Predictive; a quality target would
-        // make the stream lossy again.
-        h264.set_qpPrimeYZeroTransformBypassFlag(1);
+        // Constant QP 0 (nvEncodeAPI.h 11.1, qpPrimeYZeroTransformBypassFlag, for H.264; HEVC's
+        // lossless tuning is the same rate control): a quality target would make the stream
+        // lossy again.
         enc.rcParams.rateControlMode = sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CONSTQP;
         enc.rcParams.targetQuality = 0;
         enc.rcParams.constQP = sys::NV_ENC_QP {
@@ -213,12 +255,35 @@ pub(crate) fn plan(
             qpInterB: 0,
             qpIntra: 0,
         };
-        enc.profileGUID = sys::NV_ENC_H264_PROFILE_HIGH_444_GUID;
+    }
+    match codec {
+        Codec::H264 => {
+            let h264 = h264_config(&mut enc);
+            h264.idrPeriod = config.gop_size;
+            h264.set_repeatSPSPPS(1);
+            if lossless {
+                // The rest of the header's recipe: transform bypass, High 4:4:4 Predictive.
+                h264.set_qpPrimeYZeroTransformBypassFlag(1);
+                enc.profileGUID = codecs::nvenc_profile_guid(codec, true);
+            }
+        }
+        Codec::Hevc => {
+            enc.profileGUID = codecs::nvenc_profile_guid(codec, false);
+            let hevc = hevc_config(&mut enc);
+            hevc.idrPeriod = config.gop_size;
+            // VPS, SPS and PPS on every IDR (nvEncodeAPI.h 11.1, NV_ENC_CONFIG_HEVC), as for
+            // H.264: a late joiner decodes from the next IDR.
+            hevc.set_repeatSPSPPS(1);
+            hevc.set_disableSPSPPS(0);
+            // 8-bit 4:2:0 input, Main profile (lines 1533-1534 of the 11.1 header).
+            hevc.set_chromaFormatIDC(1);
+            hevc.set_pixelBitDepthMinus8(0);
+        }
     }
 
     let params = sys::NV_ENC_INITIALIZE_PARAMS {
         version: sys::NV_ENC_INITIALIZE_PARAMS_VER,
-        encodeGUID: sys::NV_ENC_CODEC_H264_GUID,
+        encodeGUID: codecs::nvenc_codec_guid(codec),
         presetGUID: preset.guid(),
         encodeWidth: width,
         encodeHeight: height,
@@ -246,7 +311,7 @@ pub(crate) fn plan(
         lookahead: 0,
         extra_output_delay: extra_output_delay + 1,
     });
-    log_initialize(&params, &enc, preset, tuning);
+    log_initialize(codec, &params, &enc, preset, tuning);
     Ok(Plan {
         init: InitParams {
             params,
@@ -264,6 +329,7 @@ pub(crate) fn plan(
 /// What the driver is given, in one line at `debug` (`RUST_LOG=nvencode=debug`), read from the
 /// structs themselves so it cannot drift from them.
 fn log_initialize(
+    codec: Codec,
     params: &sys::NV_ENC_INITIALIZE_PARAMS,
     enc: &sys::NV_ENC_CONFIG,
     preset: NvencPreset,
@@ -287,9 +353,10 @@ fn log_initialize(
         NvencTuning::Lossless => "lossless",
     };
     tracing::debug!(
-        "NVENC initialize: codec H.264, preset {}, tuning {tuning}, rate control {mode} \
+        "NVENC initialize: codec {}, preset {}, tuning {tuning}, rate control {mode} \
          (average {} bit/s, max {} bit/s, VBV {} bit, initial delay {} bit, target quality {}, \
          QP {}), GOP {}, B-frames {}, {}x{} at {}/{} fps",
+        codec.display_name(),
         preset.to_string().to_uppercase(),
         rc.averageBitRate,
         rc.maxBitRate,
@@ -339,6 +406,7 @@ mod tests {
         max_width: i32,
         max_bframes: i32,
         lossless: i32,
+        hevc: bool,
         formats: Vec<sys::NV_ENC_BUFFER_FORMAT>,
     }
 
@@ -348,6 +416,7 @@ mod tests {
                 max_width: 4096,
                 max_bframes: 4,
                 lossless: 1,
+                hevc: true,
                 formats: vec![
                     sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_NV12,
                     sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_IYUV,
@@ -357,7 +426,14 @@ mod tests {
     }
 
     impl Driver for Fake {
-        fn cap(&self, cap: sys::NV_ENC_CAPS) -> Result<i32, NvencError> {
+        fn cap(&self, codec: Codec, cap: sys::NV_ENC_CAPS) -> Result<i32, NvencError> {
+            if codec == Codec::Hevc && !self.hevc {
+                return Err(NvencError::new(
+                    "nvEncGetEncodeCaps",
+                    sys::NVENCSTATUS::NV_ENC_ERR_INVALID_PARAM,
+                    String::new(),
+                ));
+            }
             Ok(match cap {
                 sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MAX => self.max_width,
                 sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MAX => 4096,
@@ -368,11 +444,12 @@ mod tests {
                 _ => 0,
             })
         }
-        fn input_formats(&self) -> Result<Vec<sys::NV_ENC_BUFFER_FORMAT>, NvencError> {
+        fn input_formats(&self, _: Codec) -> Result<Vec<sys::NV_ENC_BUFFER_FORMAT>, NvencError> {
             Ok(self.formats.clone())
         }
         fn preset_config(
             &self,
+            _: Codec,
             _: sys::GUID,
             _: sys::NV_ENC_TUNING_INFO,
         ) -> Result<sys::NV_ENC_CONFIG, NvencError> {
@@ -498,5 +575,111 @@ mod tests {
             super::plan(&config, &options, &without),
             Err(Error::NvencCapability { .. })
         ));
+    }
+
+    #[test]
+    fn hevc_gets_its_codec_guid_main_profile_and_hevc_config() {
+        let config = EncoderConfig::new(640, 360)
+            .with_codec(Codec::Hevc)
+            .with_bframes(Some(2))
+            .with_gop_size(48);
+        let mut plan = plan(&config, &NvencOptions::default(), &Fake::default()).unwrap();
+        assert!(guid_eq(
+            &plan.init.params.encodeGUID,
+            &sys::NV_ENC_CODEC_HEVC_GUID
+        ));
+        assert!(guid_eq(
+            &plan.init.config.profileGUID,
+            &sys::NV_ENC_HEVC_PROFILE_MAIN_GUID
+        ));
+        assert_eq!(plan.init.config.frameIntervalP, 3);
+        assert_eq!(plan.init.config.gopLength, 48);
+        let hevc = hevc_config(&mut plan.init.config);
+        assert_eq!(hevc.idrPeriod, 48);
+        assert_eq!(hevc.repeatSPSPPS(), 1);
+        assert_eq!(hevc.chromaFormatIDC(), 1);
+        assert_eq!(hevc.pixelBitDepthMinus8(), 0);
+        // H.264 keeps its own GUID.
+        let h264 = plan_h264();
+        assert!(guid_eq(
+            &h264.init.params.encodeGUID,
+            &sys::NV_ENC_CODEC_H264_GUID
+        ));
+    }
+
+    fn plan_h264() -> Plan {
+        plan(
+            &EncoderConfig::new(640, 360),
+            &NvencOptions::default(),
+            &Fake::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn hevc_caps_are_asked_for_hevc() {
+        // A GPU that answers H.264's caps but not HEVC's: the HEVC plan fails on the query, the
+        // H.264 one does not.
+        let no_hevc = Fake {
+            hevc: false,
+            ..Fake::default()
+        };
+        let config = EncoderConfig::new(640, 360).with_codec(Codec::Hevc);
+        assert!(matches!(
+            plan(&config, &NvencOptions::default(), &no_hevc),
+            Err(Error::Nvenc(_))
+        ));
+        assert!(plan(
+            &EncoderConfig::new(640, 360),
+            &NvencOptions::default(),
+            &no_hevc
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn the_presets_b_frames_are_clamped_to_the_cap_and_asked_ones_are_refused() {
+        // A GPU whose HEVC has no B-frames (before Turing) and a preset that asks for two.
+        struct PresetWithB(Fake);
+        impl Driver for PresetWithB {
+            fn cap(&self, codec: Codec, cap: sys::NV_ENC_CAPS) -> Result<i32, NvencError> {
+                self.0.cap(codec, cap)
+            }
+            fn input_formats(
+                &self,
+                codec: Codec,
+            ) -> Result<Vec<sys::NV_ENC_BUFFER_FORMAT>, NvencError> {
+                self.0.input_formats(codec)
+            }
+            fn preset_config(
+                &self,
+                codec: Codec,
+                preset: sys::GUID,
+                tuning: sys::NV_ENC_TUNING_INFO,
+            ) -> Result<sys::NV_ENC_CONFIG, NvencError> {
+                let mut c = self.0.preset_config(codec, preset, tuning)?;
+                c.frameIntervalP = 3;
+                Ok(c)
+            }
+        }
+        let gpu = PresetWithB(Fake {
+            max_bframes: 0,
+            ..Fake::default()
+        });
+        let auto = EncoderConfig::new(640, 360).with_codec(Codec::Hevc);
+        let plan = plan(&auto, &NvencOptions::default(), &gpu).unwrap();
+        assert_eq!(plan.frame_interval_p, 1, "clamped to the GPU's 0 B-frames");
+        let asked = auto.with_bframes(Some(2));
+        match super::plan(&asked, &NvencOptions::default(), &gpu) {
+            Err(Error::NvencCapability {
+                cap,
+                value,
+                required,
+            }) => {
+                assert_eq!(cap, "NV_ENC_CAPS_NUM_MAX_BFRAMES");
+                assert_eq!((value, required), (0, 2));
+            }
+            other => panic!("expected a capability error, got {other:?}"),
+        }
     }
 }

@@ -7,6 +7,13 @@
 //! run time, so [`open`] says precisely why NVENC cannot be used on a machine (no driver, driver
 //! too old, no CUDA device, a GPU without an encode engine, a session limit).
 //!
+//! Both codecs of [`EncoderConfig::codec`](crate::EncoderConfig::codec) go through the same
+//! session: H.264 (the preset's profile; High 4:4:4 Predictive for lossless) and HEVC (Main,
+//! 8-bit 4:2:0, VPS, SPS and PPS on every IDR). Every capability, input format and preset
+//! configuration is asked for the configured codec's GUID; a GPU whose NVENC does not list the
+//! codec (HEVC before the second Maxwell generation) is an [`Error::NvencCapability`] naming
+//! that GUID.
+//!
 //! Layers: `api` is the only code that calls through the driver's function table, taking the
 //! crate's CUDA types ([`crate::cuda`]); `init` computes a session's initialize parameters (a
 //! pure function of the configuration and what the GPU reports); `session` owns a session's
@@ -66,7 +73,7 @@ mod session;
 mod staged;
 mod watchdog;
 
-pub use caps::NvencCaps;
+pub use caps::{CodecCaps, NvencCaps};
 pub use encoder::NvencEncoder;
 pub use error::{NvencError, NvencErrorKind};
 pub use options::{NvencOptions, NvencPreset, NvencTuning};

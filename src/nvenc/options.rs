@@ -10,7 +10,7 @@
 //! | other tunes, or none | high-quality tuning (unless [`NvencOptions::tuning`] is set) |
 //! | `crf` c | constant-quality VBR: `targetQuality = round(c)` clamped to 1..=51, no bitrate cap (NVENC has no CRF; its quality scale is the same 0-51 QP-like scale, and 0 would mean "automatic") |
 //! | `rate_control` CBR / VBR / constant QP | `NV_ENC_PARAMS_RC_CBR` / `VBR` / `CONSTQP` with `averageBitRate`, `maxBitRate`, `vbvBufferSize`, `vbvInitialDelay`, `constQP`: see `src/encoder/mapping.rs` and the README's table |
-//! | `gop_size` | `gopLength` and the H.264 `idrPeriod`: every keyframe is an IDR |
+//! | `gop_size` | `gopLength` and the codec's `idrPeriod` (H.264 or HEVC config): every keyframe is an IDR |
 //! | `bframes` | `frameIntervalP = bframes + 1`; `None` keeps the preset's |
 //! | `threads` | ignored (hardware) |
 //!
@@ -112,7 +112,8 @@ pub enum NvencTuning {
     LowLatency,
     /// Ultra-low latency (`ull`): no reordering, smallest delay.
     UltraLowLatency,
-    /// Lossless (`lossless`), where the GPU supports it.
+    /// Lossless (`lossless`), where the GPU supports it for the codec: constant QP 0, and for
+    /// H.264 transform bypass with High 4:4:4 Predictive (HEVC stays Main).
     Lossless,
 }
 

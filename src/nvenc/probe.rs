@@ -13,7 +13,8 @@ use std::sync::{Mutex, OnceLock};
 use nvenc_sys as sys;
 
 use super::api::RawEncoder;
-use super::caps::NvencCaps;
+use super::caps::{CodecCaps, NvencCaps};
+use crate::encoder::{codecs, Codec};
 use crate::error::Error;
 
 type Cache = Mutex<HashMap<(usize, String), NvencCaps>>;
@@ -80,25 +81,38 @@ fn probe_here(device: usize, progress: &super::bounded::Progress) -> Result<Nven
     // The session keeps the context retained until it is destroyed.
     progress.at("nvEncOpenEncodeSessionEx");
     let raw = RawEncoder::open(library, &context)?;
+    progress.at("nvEncGetEncodeGUIDs");
+    let offered = super::init::offered(&raw)?;
+    let (h264, hevc) = (
+        offered.contains(&Codec::H264),
+        offered.contains(&Codec::Hevc),
+    );
     progress.at("nvEncGetEncodeCaps");
-    let codec = sys::NV_ENC_CODEC_H264_GUID;
-    let h264 = super::init::offers_h264(&raw)?;
-    let cap = |c| {
-        if h264 {
-            raw.cap(codec, c).unwrap_or(0)
-        } else {
-            0
-        }
-    };
+    // Every cap is asked for one codec's GUID; a codec the engine does not list is not asked.
+    let h264_caps = h264.then(|| codec_caps(&raw, Codec::H264));
+    let hevc_caps = hevc.then(|| codec_caps(&raw, Codec::Hevc));
+    let h264_or_default = h264_caps.clone().unwrap_or_default();
+    let engines = [(h264, Codec::H264), (hevc, Codec::Hevc)]
+        .into_iter()
+        .find(|(listed, _)| *listed)
+        .map_or(0, |(_, c)| {
+            raw.cap(
+                codecs::nvenc_codec_guid(c),
+                sys::NV_ENC_CAPS::NV_ENC_CAPS_NUM_ENCODER_ENGINES,
+            )
+            .unwrap_or(0)
+        });
     let caps = NvencCaps {
         device,
         h264,
-        hevc: false,
-        max_width: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MAX),
-        max_height: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MAX),
-        max_bframes: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_NUM_MAX_BFRAMES),
-        lookahead: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_SUPPORT_LOOKAHEAD) != 0,
-        engines: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_NUM_ENCODER_ENGINES),
+        hevc,
+        max_width: h264_or_default.max_width,
+        max_height: h264_or_default.max_height,
+        max_bframes: h264_or_default.max_bframes,
+        lookahead: h264_or_default.lookahead,
+        h264_caps,
+        hevc_caps,
+        engines,
         driver_api: key.1.clone(),
         gpu_uuid: disk_key
             .as_ref()
@@ -118,4 +132,20 @@ fn probe_here(device: usize, progress: &super::bounded::Progress) -> Result<Nven
         c.insert(key, caps.clone());
     }
     Ok(caps)
+}
+
+/// The caps of `codec` the crate reads (a query that fails reads as 0: not supported).
+fn codec_caps(raw: &RawEncoder, codec: Codec) -> CodecCaps {
+    let guid = codecs::nvenc_codec_guid(codec);
+    let cap = |c| raw.cap(guid, c).unwrap_or(0);
+    CodecCaps {
+        max_width: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_WIDTH_MAX),
+        max_height: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_HEIGHT_MAX),
+        max_bframes: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_NUM_MAX_BFRAMES),
+        lookahead: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_SUPPORT_LOOKAHEAD) != 0,
+        dyn_bitrate_change: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_SUPPORT_DYN_BITRATE_CHANGE) != 0,
+        dyn_rcmode_change: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_SUPPORT_DYN_RCMODE_CHANGE) != 0,
+        lossless: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE) != 0,
+        ten_bit: cap(sys::NV_ENC_CAPS::NV_ENC_CAPS_SUPPORT_10BIT_ENCODE) != 0,
+    }
 }

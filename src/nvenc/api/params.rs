@@ -1,5 +1,5 @@
 //! What a session keeps for the driver: its init params and config, the boxed IO stream handle,
-//! and the H.264 member of the config union.
+//! and the codec members (H.264, HEVC) of the config union.
 
 use nvenc_sys as sys;
 
@@ -45,10 +45,22 @@ impl std::fmt::Debug for InitParams {
 // another thread by moving them.
 unsafe impl Send for InitParams {}
 
-/// The H.264 member of an NVENC config's codec union.
+/// The H.264 member of an NVENC config's codec union: the one the driver reads when
+/// `encodeGUID` is H.264's (`init::plan` writes it only then).
 pub(crate) fn h264_config(config: &mut sys::NV_ENC_CONFIG) -> &mut sys::NV_ENC_CONFIG_H264 {
-    // SAFETY: every member of the codec-config union is plain integers and bit fields, so any
-    // bytes are a valid `NV_ENC_CONFIG_H264`; H.264 is the only codec this crate opens, so this
-    // is the member the driver reads.
+    // SAFETY: every member of the codec-config union is plain integers, enums of `u32`
+    // newtypes and bit fields, with no invalid bit patterns (bindgen's enums here are
+    // `#[repr(transparent)]` newtypes, not Rust enums), and the union is zero-initialized by
+    // `Default`, so its bytes are a valid `NV_ENC_CONFIG_H264` whichever member was written
+    // last.
     unsafe { &mut config.encodeCodecConfig.h264Config }
+}
+
+/// The HEVC member of an NVENC config's codec union: the one the driver reads when
+/// `encodeGUID` is HEVC's (`init::plan` writes it only then).
+pub(crate) fn hevc_config(config: &mut sys::NV_ENC_CONFIG) -> &mut sys::NV_ENC_CONFIG_HEVC {
+    // SAFETY: as for `h264_config`: every member of the union is plain integers, `u32`
+    // newtype enums and bit fields, with no invalid bit patterns, so its bytes are a valid
+    // `NV_ENC_CONFIG_HEVC` whichever member was written last.
+    unsafe { &mut config.encodeCodecConfig.hevcConfig }
 }

@@ -89,6 +89,31 @@ pub unsafe extern "C" fn cuStreamSynchronize(s: *mut c_void) -> i32 {
     })
 }
 
+/// `cuStreamGetCtx` (public since CUDA 9.2): the context a stream belongs to. A live stream
+/// answers its own context; the NULL stream, `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD`
+/// belong to the calling thread's current context (`CUDA_ERROR_INVALID_CONTEXT` without one).
+/// Errors as the other stream calls: a handle that is not a live stream is
+/// `CUDA_ERROR_INVALID_HANDLE`, a NULL out pointer `CUDA_ERROR_INVALID_VALUE`.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCtx(s: *mut c_void, pctx: *mut *mut c_void) -> i32 {
+    entry!("cuStreamGetCtx", {
+        let st = state();
+        if let Err(e) = check_stream("cuStreamGetCtx", &st, s) {
+            return e;
+        }
+        let ctx = match st.streams.get(&(s as u64)) {
+            Some(stream) => stream.ctx,
+            None => match need_ctx("cuStreamGetCtx", &st) {
+                Ok(c) => c,
+                Err(e) => return e,
+            },
+        };
+        drop(st);
+        out!("cuStreamGetCtx", pctx, ctx as *mut c_void);
+        SUCCESS
+    })
+}
+
 /// `cuStreamQuery`: always complete.
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamQuery(s: *mut c_void) -> i32 {

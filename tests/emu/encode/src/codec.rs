@@ -1,6 +1,7 @@
-//! The encoders behind the emulated session: libx264 (real, decodable H.264) or a fast stub.
-//! This module holds the stream logic (NVENC's frame types, the B-frame replay); the libx264
-//! handle it drives is [`X264`].
+//! The encoders behind the emulated session: libx264 (real, decodable H.264), libx265 (real,
+//! decodable HEVC) or a fast stub. This module holds the stream logic (NVENC's frame types, the
+//! B-frame replay), the same for both codecs; the encoder handles it drives are [`X264`] and
+//! [`X265`], behind [`Coder`].
 
 use std::ffi::c_int;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use x264_sys as x;
 
 use crate::x264::X264;
+use crate::x265::X265;
 
 /// Picture types as NVENC reports them (`NV_ENC_PIC_TYPE`).
 pub const PIC_P: u32 = 0;
@@ -39,6 +41,16 @@ pub enum Rc {
 }
 
 impl Rc {
+    /// A short form for the emulator's report, without spaces: `cqp:23`, `crf:18`,
+    /// `abr:2000/4000` (average/maximum kbit/s).
+    pub fn short(&self) -> String {
+        match *self {
+            Rc::Cqp(qp) => format!("cqp:{qp}"),
+            Rc::Crf(q) => format!("crf:{q}"),
+            Rc::Abr { kbps, max_kbps, .. } => format!("abr:{kbps}/{max_kbps}"),
+        }
+    }
+
     /// Whether `other` only changes values x264 can change in place (`x264_encoder_reconfig`
     /// copies the bit rate and VBV, or the CRF, but never the method, the QP or the filler flag,
     /// and cannot turn a VBV on).
@@ -62,9 +74,30 @@ impl Rc {
     }
 }
 
+/// The codec a session encodes (`NV_ENC_INITIALIZE_PARAMS::encodeGUID`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// `NV_ENC_CODEC_H264_GUID`: libx264.
+    H264,
+    /// `NV_ENC_CODEC_HEVC_GUID`: libx265.
+    Hevc,
+}
+
+impl Codec {
+    /// The name the emulator's report uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::H264 => "h264",
+            Codec::Hevc => "hevc",
+        }
+    }
+}
+
 /// What the encoder is opened with (from the initialize params).
 #[derive(Debug, Clone)]
 pub struct Params {
+    /// Which codec, hence which library.
+    pub codec: Codec,
     /// Coded width.
     pub width: u32,
     /// Coded height.
@@ -79,12 +112,79 @@ pub struct Params {
     pub idr_period: Option<u32>,
     /// Rate control.
     pub rc: Rc,
-    /// x264 profile name (`baseline`, `main`, `high`), if the client chose one.
+    /// x264 profile name (`baseline`, `main`, `high`) or x265 profile name (`main`), if the
+    /// client chose one.
     pub profile: Option<&'static str>,
     /// CABAC (`true`) or CAVLC entropy coding.
     pub cabac: bool,
-    /// `level_idc` the client asked for (41 for 4.1), if any.
+    /// The level the client asked for, in NVENC's numbering (`NV_ENC_LEVEL_H264_41` = 41,
+    /// `NV_ENC_LEVEL_HEVC_41` = 123), if any.
     pub level: Option<u32>,
+}
+
+/// One libx264 or libx265 encoder, as the stream logic drives it.
+#[derive(Debug)]
+pub enum Coder {
+    /// H.264.
+    X264(X264),
+    /// HEVC.
+    X265(X265),
+}
+
+impl Coder {
+    /// Opens the encoder of `p.codec`.
+    pub fn open(p: &Params) -> Result<Self, String> {
+        match p.codec {
+            Codec::H264 => X264::open(p).map(Coder::X264),
+            Codec::Hevc => X265::open(p).map(Coder::X265),
+        }
+    }
+
+    /// The parameter sets (SPS/PPS; VPS/SPS/PPS for HEVC), Annex B.
+    pub fn headers(&self) -> &[u8] {
+        match self {
+            Coder::X264(e) => e.headers(),
+            Coder::X265(e) => e.headers(),
+        }
+    }
+
+    /// Changes the rate control in place.
+    pub fn reconfigure(&mut self, rc: &Rc) -> Result<(), String> {
+        match self {
+            Coder::X264(e) => e.reconfigure(rc),
+            Coder::X265(e) => e.reconfigure(rc),
+        }
+    }
+
+    /// Pictures the encoder still holds.
+    pub fn delayed(&self) -> usize {
+        match self {
+            Coder::X264(e) => e.delayed(),
+            Coder::X265(e) => e.delayed(),
+        }
+    }
+
+    /// Feeds one picture with its NVENC picture type, or drains one with `None`: (NAL units
+    /// without parameter sets, NVENC picture type, serial) of the picture emitted, if any.
+    #[allow(clippy::type_complexity)]
+    pub fn encode(
+        &mut self,
+        pic: Option<(&Picture<'_>, u64, u32)>,
+    ) -> Result<Option<(Vec<u8>, u32, u64)>, String> {
+        match self {
+            Coder::X264(e) => e.encode(pic.map(|(p, s, t)| (p, s, x264_type(t)))),
+            Coder::X265(e) => e.encode(pic),
+        }
+    }
+}
+
+fn x264_type(pic_type: u32) -> c_int {
+    (match pic_type {
+        PIC_IDR => x::X264_TYPE_IDR,
+        PIC_B => x::X264_TYPE_B,
+        PIC_I => x::X264_TYPE_I,
+        _ => x::X264_TYPE_P,
+    }) as c_int
 }
 
 /// One input picture: planes inside `data` as (offset, stride), with an x264 colour space.
@@ -133,13 +233,13 @@ impl Held {
     }
 }
 
-/// How [`X264Stream`] produces its pictures.
+/// How [`CodedStream`] produces its pictures.
 #[derive(Debug)]
 enum Mode {
     /// One libx264 encoder fed as pictures arrive. It holds `bframes` pictures longer than NVENC
     /// would (its frame-type decision waits for later input); a client that keeps outputs
     /// unlocked for a while (FFmpeg by default) never notices.
-    Live(X264),
+    Live(Coder),
     /// A client locked an output that the live encoder had not produced: each time outputs are
     /// needed, a fresh encoder re-encodes the kept pictures from their GOP's IDR up to the last
     /// anchor and is drained. libx264 is deterministic for the same input and frame types, so a
@@ -149,7 +249,7 @@ enum Mode {
     /// The fallback where a replay cannot reproduce what was handed out (a rate control that
     /// carries state across GOPs, or a GOP past [`REPLAY_LIMIT_BYTES`]): a fresh encoder without
     /// B-frames, starting with an IDR and new SPS/PPS.
-    ZeroLag(X264),
+    ZeroLag(Coder),
 }
 
 /// The most pixel data kept for replays (then [`Mode::ZeroLag`] takes over).
@@ -162,7 +262,7 @@ const REPLAY_LIMIT_BYTES: usize = 256 << 20;
 /// to the session's NVENC pattern, so x264's stream has NVENC's structure, and a client that
 /// locks each output as soon as it may still gets real B-frames (see [`Mode`]).
 #[derive(Debug)]
-pub struct X264Stream {
+pub struct CodedStream {
     params: Params,
     mode: Mode,
     headers: Arc<Vec<u8>>,
@@ -172,8 +272,12 @@ pub struct X264Stream {
     history_bytes: usize,
     /// Whether `history` holds every such picture (false once it overflowed).
     history_complete: bool,
-    /// Coded pictures handed out, in decode order.
+    /// The decode index (serial) of the next picture to hand out: the first serial fed plus the
+    /// pictures handed out since.
     emitted: u64,
+    /// Whether a picture was fed yet: the first one's serial is where `emitted` starts (an
+    /// encoder reopened mid-session starts at that session's next serial, not 0).
+    started: bool,
     /// Decode index (= serial) of `history[0]`, an IDR: every picture before it decodes before it.
     base: u64,
     /// (serial, digest) of the pictures handed out since `base`, in decode order, to check
@@ -190,19 +294,10 @@ fn digest(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-fn x264_type(pic_type: u32) -> c_int {
-    (match pic_type {
-        PIC_IDR => x::X264_TYPE_IDR,
-        PIC_B => x::X264_TYPE_B,
-        PIC_I => x::X264_TYPE_I,
-        _ => x::X264_TYPE_P,
-    }) as c_int
-}
-
-impl X264Stream {
+impl CodedStream {
     /// Opens the first encoder.
     pub fn open(params: &Params) -> Result<Self, String> {
-        let enc = X264::open(params)?;
+        let enc = Coder::open(params)?;
         Ok(Self {
             headers: Arc::new(enc.headers().to_vec()),
             params: params.clone(),
@@ -212,6 +307,7 @@ impl X264Stream {
             history_bytes: 0,
             history_complete: true,
             emitted: 0,
+            started: false,
             base: 0,
             handed: Vec::new(),
             idr_next: false,
@@ -286,6 +382,10 @@ impl X264Stream {
         pic_type: u32,
     ) -> Result<Vec<Coded>, String> {
         let mut out = Vec::new();
+        if !self.started {
+            self.started = true;
+            self.emitted = serial;
+        }
         if self.params.bframes > 0 && self.history_complete {
             if self.history.is_empty() {
                 self.base = serial;
@@ -309,14 +409,14 @@ impl X264Stream {
             }
         }
         let c = match &mut self.mode {
-            Mode::Live(enc) => enc.encode(Some((pic, serial, x264_type(pic_type))))?,
+            Mode::Live(enc) => enc.encode(Some((pic, serial, pic_type)))?,
             Mode::ZeroLag(enc) => {
                 let t = if pic_type == PIC_IDR || std::mem::take(&mut self.idr_next) {
                     PIC_IDR
                 } else {
                     PIC_P
                 };
-                enc.encode(Some((pic, serial, x264_type(t))))?
+                enc.encode(Some((pic, serial, t)))?
             }
             Mode::Replay => None,
         };
@@ -399,11 +499,11 @@ impl X264Stream {
     /// for the pictures already handed out is the same bytes, and hands out the rest. `None` when
     /// the check fails.
     fn replay(&mut self, end: usize) -> Result<Option<Vec<Coded>>, String> {
-        let mut enc = X264::open(&self.params)?;
+        let mut enc = Coder::open(&self.params)?;
         let mut coded = Vec::new();
         for h in &self.history[..end] {
             let pic = h.picture();
-            if let Some(c) = enc.encode(Some((&pic, h.serial, x264_type(h.pic_type))))? {
+            if let Some(c) = enc.encode(Some((&pic, h.serial, h.pic_type)))? {
                 coded.push(c);
             }
         }
@@ -445,7 +545,7 @@ impl X264Stream {
         let mut out: Vec<Coded> = raw.into_iter().map(|c| self.wrap(c)).collect();
         let mut p = self.params.clone();
         p.bframes = 0;
-        let mut enc = X264::open(&p)?;
+        let mut enc = Coder::open(&p)?;
         self.headers = Arc::new(enc.headers().to_vec());
         self.first = true;
         self.idr_next = true;
@@ -459,7 +559,7 @@ impl X264Stream {
                 PIC_P
             };
             let pic = h.picture();
-            if let Some(c) = enc.encode(Some((&pic, h.serial, x264_type(t))))? {
+            if let Some(c) = enc.encode(Some((&pic, h.serial, t)))? {
                 coded.push(c);
             }
         }

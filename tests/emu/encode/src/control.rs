@@ -9,12 +9,13 @@ use nvenc_sys::NVENCSTATUS;
 
 use crate::codec::{self, Coded};
 use crate::encode::{assign, flush};
+use crate::fail::Fail;
 use crate::fail::{
     arg, check_version, f, put, v, zero_ptr, zero_u32, INVALID_CALL, INVALID_PARAM, INVALID_PTR, R,
     ST_SUCCESS, UNIMPLEMENTED,
 };
 use crate::init::{need_init, open_engine, validate_init};
-use crate::state::{dyn_rate, run, Engine, G};
+use crate::state::{dyn_rate, run, Engine, Init, Session, EMU, G};
 
 pub(crate) unsafe extern "C" fn nvEncGetEncodeStats(
     enc: *mut c_void,
@@ -76,7 +77,7 @@ pub(crate) unsafe extern "C" fn nvEncGetSequenceParams(
         // SAFETY: the client's struct (API contract).
         let p = unsafe { arg(p, "sequenceParamPayload") }?;
         let hdr = match s.engine.as_ref() {
-            Some(Engine::X264(x)) => x.headers().to_vec(),
+            Some(Engine::Coded(x)) => x.headers().to_vec(),
             _ => codec::FAST_HEADERS.to_vec(),
         };
         write_headers(&hdr, p)
@@ -96,11 +97,45 @@ pub(crate) unsafe extern "C" fn nvEncGetSequenceParamEx(
         let p = unsafe { arg(p, "sequenceParamPayload") }?;
         let init = validate_init(ip)?;
         let hdr = match open_engine(&init)? {
-            Engine::X264(x) => x.headers().to_vec(),
+            Engine::Coded(x) => x.headers().to_vec(),
             Engine::Fast => codec::FAST_HEADERS.to_vec(),
         };
         write_headers(&hdr, p)
     })
+}
+
+/// Finishes what the session's encoder holds (every pending output gets its picture), then
+/// starts a new one for `init`: the next picture is an IDR with new parameter sets.
+fn reopen(s: &mut Session, init: &Init) -> Result<(), Fail> {
+    flush(s)?;
+    let produced: Vec<Coded> = Vec::new();
+    assign(s, produced);
+    if s.queue.iter().any(|q| q.coded.is_none()) {
+        return Err(f(
+            NVENCSTATUS::NV_ENC_ERR_GENERIC,
+            "pending outputs without pictures at reset",
+        ));
+    }
+    s.engine = Some(open_engine(init)?);
+    s.serial = s.serial.max(1);
+    s.since_idr = u64::MAX / 2;
+    s.headers_sent = false;
+    s.reopen_pending = false;
+    Ok(())
+}
+
+/// A reopen deferred by a rate-control mode change with B-frames in flight, done once no
+/// picture waits for an anchor any more; called before each new submission.
+pub(crate) fn reopen_deferred(s: &mut Session) -> Result<(), Fail> {
+    if !s.reopen_pending || s.queue.iter().any(|q| !q.ready) {
+        return Ok(());
+    }
+    let Some(init) = s.init.take() else {
+        return Ok(());
+    };
+    let done = reopen(s, &init);
+    s.init = Some(init);
+    done
 }
 
 pub(crate) unsafe extern "C" fn nvEncReconfigureEncoder(
@@ -133,6 +168,19 @@ pub(crate) unsafe extern "C" fn nvEncReconfigureEncoder(
                 ),
             ));
         }
+        if new.codec != old.codec {
+            // A reconfiguration continues the session's stream; a configuration incompatible with
+            // it fails (nvEncodeAPI.h 11.1 lines 1726-1737), and another codec is the most
+            // incompatible there is.
+            return Err(v(
+                INVALID_PARAM,
+                format!(
+                    "encodeGUID cannot change in a reconfiguration ({} to {})",
+                    old.codec.name(),
+                    new.codec.name()
+                ),
+            ));
+        }
         if new.interval != old.interval {
             return Err(v(
                 INVALID_PARAM,
@@ -159,33 +207,38 @@ pub(crate) unsafe extern "C" fn nvEncReconfigureEncoder(
             || new.width != old.width
             || new.height != old.height
             || !old.params.rc.reconfigurable_to(&new.params.rc);
-        if needs_new_engine {
-            if s.queue.iter().any(|q| !q.ready) {
+        let client_reset = p.resetEncoder() != 0
+            || p.forceIDR() != 0
+            || new.width != old.width
+            || new.height != old.height;
+        if needs_new_engine && s.queue.iter().any(|q| !q.ready) {
+            if client_reset {
                 return Err(v(
                     INVALID_CALL,
                     "encoder reset while B-frames are buffered (flush with EOS first)",
                 ));
             }
-            // Finish what the old encoder holds, then start over with an IDR.
-            flush(s)?;
-            let produced: Vec<Coded> = Vec::new();
-            assign(s, produced);
-            if s.queue.iter().any(|q| q.coded.is_none()) {
-                return Err(f(
-                    NVENCSTATUS::NV_ENC_ERR_GENERIC,
-                    "pending outputs without pictures at reset",
-                ));
-            }
-            s.engine = Some(open_engine(&new)?);
-            s.serial = s.serial.max(1);
-            s.since_idr = u64::MAX / 2;
-            s.headers_sent = false;
+            // A dynamic rate-control mode change (SUPPORT_DYN_RCMODE_CHANGE) while B-frames
+            // wait for their anchor: the GPU applies it from the next picture. The software
+            // encoder can neither change its method in place nor be reopened while it holds
+            // those pictures, so it is reopened at the first submission after they are out
+            // (`reopen_deferred`), with an IDR the real driver would not emit.
+            s.reopen_pending = true;
+        } else if needs_new_engine {
+            reopen(s, &new)?;
         } else if rc_in_place {
-            if let Some(Engine::X264(x)) = s.engine.as_mut() {
+            if let Some(Engine::Coded(x)) = s.engine.as_mut() {
                 x.reconfigure(new.params.rc)
                     .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?;
             }
         }
+        EMU.line(&format!(
+            "session_reconfigure handle={enc:p} codec={} rc={} reset={} force_idr={}",
+            new.codec.name(),
+            new.params.rc.short(),
+            p.resetEncoder(),
+            p.forceIDR()
+        ));
         let mut new = new;
         new.max_width = keep_max.0;
         new.max_height = keep_max.1;
@@ -194,13 +247,59 @@ pub(crate) unsafe extern "C" fn nvEncReconfigureEncoder(
     })
 }
 
+/// `nvEncSetIOCudaStreams`: each argument points at a `CUstream` (nvEncodeAPI.h 11.1 lines
+/// 2816-2824), which the driver reads: a NULL pointer is `NV_ENC_ERR_INVALID_PTR` (one of the
+/// statuses the header lists for this call, lines 2826-2835). The stream it names must be the
+/// NULL stream, `CU_STREAM_LEGACY` / `CU_STREAM_PER_THREAD`, or a live stream of the session's
+/// own context (`cuStreamGetCtx`): NVENC's pre- and post-processing runs on it in that context,
+/// so anything else is `NV_ENC_ERR_INVALID_PARAM`.
 pub(crate) unsafe extern "C" fn nvEncSetIOCudaStreams(
     enc: *mut c_void,
-    _i: nv::NV_ENC_CUSTREAM_PTR,
-    _o: nv::NV_ENC_CUSTREAM_PTR,
+    input: nv::NV_ENC_CUSTREAM_PTR,
+    output: nv::NV_ENC_CUSTREAM_PTR,
 ) -> NVENCSTATUS {
     run("nvEncSetIOCudaStreams", enc, |g| {
-        need_init(g.sess(enc)?)?;
+        let cuda = g.cuda.clone();
+        let s = g.sess(enc)?;
+        need_init(s)?;
+        for (name, ptr) in [("inputStream", input), ("outputStream", output)] {
+            if ptr.is_null() {
+                return Err(v(
+                    INVALID_PTR,
+                    format!(
+                        "{name} is NULL; it must point at a CUstream (NULL for the default stream)"
+                    ),
+                ));
+            }
+            // SAFETY: a non-null NV_ENC_CUSTREAM_PTR points at a CUstream (API contract).
+            let stream = unsafe { ptr.cast::<*mut c_void>().read() } as u64;
+            // The NULL stream (0), CU_STREAM_LEGACY (1), CU_STREAM_PER_THREAD (2): the
+            // context's own.
+            if stream <= 2 {
+                continue;
+            }
+            let Some(owner) = cuda.as_ref().and_then(|c| c.stream_ctx(s.ctx, stream)) else {
+                continue;
+            };
+            match owner {
+                Ok(c) if c == s.ctx => {}
+                Ok(c) => {
+                    return Err(v(
+                        INVALID_PARAM,
+                        format!(
+                            "{name} {stream:#x} belongs to context {c:#x}, not the session's {:#x}",
+                            s.ctx
+                        ),
+                    ))
+                }
+                Err(e) => {
+                    return Err(v(
+                        INVALID_PARAM,
+                        format!("{name} {stream:#x} is not a live CUDA stream ({e})"),
+                    ))
+                }
+            }
+        }
         Ok(ST_SUCCESS)
     })
 }

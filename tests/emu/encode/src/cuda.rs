@@ -15,6 +15,8 @@ pub struct Cuda {
     dtoh: unsafe extern "C" fn(*mut c_void, u64, usize) -> c_int,
     attr: unsafe extern "C" fn(*mut c_void, c_int, u64) -> c_int,
     get_device: unsafe extern "C" fn(*mut c_int) -> c_int,
+    /// `cuStreamGetCtx` (CUDA 9.2 and later; `None` on an older driver, which cannot say).
+    stream_ctx: Option<unsafe extern "C" fn(*mut c_void, *mut *mut c_void) -> c_int>,
 }
 
 const ATTR_RANGE_START_ADDR: c_int = 11;
@@ -37,6 +39,8 @@ impl Cuda {
         let dtoh = sym!(b"cuMemcpyDtoH_v2\0");
         let attr = sym!(b"cuPointerGetAttribute\0");
         let get_device = sym!(b"cuCtxGetDevice\0");
+        // SAFETY: as `sym!`: the C signature of cuStreamGetCtx.
+        let stream_ctx = unsafe { lib.get(b"cuStreamGetCtx\0") }.ok().map(|f| *f);
         Ok(Self {
             _lib: lib,
             push,
@@ -44,7 +48,25 @@ impl Cuda {
             dtoh,
             attr,
             get_device,
+            stream_ctx,
         })
+    }
+
+    /// The context `stream` belongs to, asked with `ctx` current (`cuStreamGetCtx`); `None`
+    /// where the driver predates that call.
+    pub fn stream_ctx(&self, ctx: u64, stream: u64) -> Option<Result<u64, String>> {
+        let get = self.stream_ctx?;
+        Some(self.with_ctx(ctx, || {
+            let mut owner: *mut c_void = std::ptr::null_mut();
+            // SAFETY: cuStreamGetCtx validates the stream handle; the out-pointer is a valid,
+            // writable local.
+            let rc = unsafe { get(stream as *mut c_void, &mut owner) };
+            if rc == 0 {
+                Ok(owner as u64)
+            } else {
+                Err(format!("cuStreamGetCtx returned {rc}"))
+            }
+        }))
     }
 
     /// Runs `f` with `ctx` pushed as the current context.

@@ -74,6 +74,8 @@ pub(crate) unsafe extern "C" fn nvEncEncodePicture(
                 "completionEvent must be NULL in synchronous mode",
             ));
         }
+        need_init(s)?;
+        crate::control::reopen_deferred(s)?;
         let init = need_init(s)?;
         let flags = p.encodePicFlags;
         let eos = flags & nv::NV_ENC_PIC_FLAGS::NV_ENC_PIC_FLAG_EOS.0 != 0;
@@ -237,7 +239,7 @@ pub(crate) unsafe extern "C" fn nvEncEncodePicture(
                     }
                 }
             }
-            Engine::X264(_) => {
+            Engine::Coded(_) => {
                 let (data, fmt, pitch, h) = read_input(cuda.as_deref(), s, input)?;
                 let (planes, _) = fmt.layout(pitch as usize, h as usize);
                 let pic = Picture {
@@ -245,7 +247,7 @@ pub(crate) unsafe extern "C" fn nvEncEncodePicture(
                     csp: fmt.csp(),
                     planes,
                 };
-                if let Some(Engine::X264(x)) = s.engine.as_mut() {
+                if let Some(Engine::Coded(x)) = s.engine.as_mut() {
                     produced.extend(
                         x.encode(&pic, serial, display_type)
                             .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?,
@@ -299,7 +301,7 @@ pub(crate) fn fast_coded(pic_type: u32, serial: u64) -> Coded {
     }
 }
 
-/// EOS: everything pending becomes ready; x264 is drained.
+/// EOS: everything pending becomes ready; the encoder (x264 or x265) is drained.
 pub(crate) fn flush(s: &mut Session) -> Result<(), Fail> {
     let mut produced = Vec::new();
     match s.engine.as_mut() {
@@ -308,7 +310,7 @@ pub(crate) fn flush(s: &mut Session) -> Result<(), Fail> {
                 produced.push(fast_coded(codec::PIC_P, b));
             }
         }
-        Some(Engine::X264(x)) => {
+        Some(Engine::Coded(x)) => {
             produced = x
                 .finish()
                 .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))?;
@@ -388,10 +390,10 @@ pub(crate) unsafe extern "C" fn nvEncLockBitstream(
                 "locking an output whose frame returned NV_ENC_ERR_NEED_MORE_INPUT before a later submission returned NV_ENC_SUCCESS (nvEncodeAPI.h 11.1, NV_ENC_ERR_NEED_MORE_INPUT: a client in synchronous mode cannot lock it)",
             ));
         }
-        // Make sure x264 has coded the picture for this output: a client may lock it as soon
+        // Make sure the encoder (x264 or x265) has coded the picture for this output: a client may lock it as soon
         // as a submission returned NV_ENC_SUCCESS, before libx264's own delay let it out.
         if s.queue[0].coded.is_none() {
-            let Some(Engine::X264(x)) = s.engine.as_mut() else {
+            let Some(Engine::Coded(x)) = s.engine.as_mut() else {
                 return Err(f(
                     NVENCSTATUS::NV_ENC_ERR_GENERIC,
                     "no coded picture for a ready output",
@@ -404,7 +406,7 @@ pub(crate) unsafe extern "C" fn nvEncLockBitstream(
             if s.queue[0].coded.is_none() {
                 return Err(f(
                     NVENCSTATUS::NV_ENC_ERR_GENERIC,
-                    "x264 produced no picture for a ready output",
+                    "the encoder produced no picture for a ready output",
                 ));
             }
         }

@@ -8,12 +8,13 @@ use std::ffi::{c_void, CString};
 use nvenc_sys as nv;
 use nvenc_sys::NVENCSTATUS;
 
-use crate::codec::{self, Rc, X264Stream};
+use crate::codec::{self, Codec, CodedStream, Rc};
 use crate::cuda;
 use crate::fail::{
     arg, check_version, f, guid_eq, v, zero_ptr, zero_u32, Fail, INVALID_CALL, INVALID_PARAM,
     INVALID_PTR, INVALID_VERSION, NOT_INIT, ST_SUCCESS, UNIMPLEMENTED,
 };
+use crate::hevc;
 use crate::max_api;
 use crate::queries::{
     check_codec, check_lossless, preset_config, preset_index, unknown_preset, TUNING_HQ,
@@ -182,6 +183,7 @@ pub(crate) unsafe extern "C" fn nvEncOpenEncodeSessionEx(
                 fast_pending: Vec::new(),
                 headers_sent: false,
                 force_headers: false,
+                reopen_pending: false,
                 last_error: CString::default(),
                 last_stats: None,
             },
@@ -211,7 +213,11 @@ pub(crate) fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fa
             "NV_ENC_INITIALIZE_PARAMS.reservedBitFields must be 0",
         ));
     }
-    check_codec(&p.encodeGUID)?;
+    let codec = check_codec(&p.encodeGUID).map_err(|mut e| {
+        // Initializing with a codec nvEncGetEncodeGUIDs does not list is the client's error.
+        e.violation = true;
+        e
+    })?;
     let (preset, implied) =
         preset_index(&p.presetGUID).ok_or_else(|| unknown_preset("presetGUID", &p.presetGUID))?;
     let tuning = match (p.tuningInfo.0, implied) {
@@ -248,7 +254,7 @@ pub(crate) fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fa
         return Err(v(INVALID_PARAM, format!("maxEncodeWidth/Height {mw}x{mh} must be 0 or between {w}x{h} and {WIDTH_MAX}x{HEIGHT_MAX}")));
     }
     let config = if p.encodeConfig.is_null() {
-        preset_config(preset, tuning)
+        preset_config(codec, preset, tuning)
     } else {
         // SAFETY: non-null encodeConfig points at the client's NV_ENC_CONFIG (API contract).
         let c = unsafe { &*p.encodeConfig };
@@ -256,10 +262,12 @@ pub(crate) fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fa
         zero_u32(&c.reserved, "NV_ENC_CONFIG.reserved")?;
         zero_ptr(&c.reserved2, "NV_ENC_CONFIG.reserved2")?;
         zero_u32(&c.rcParams.reserved, "NV_ENC_RC_PARAMS.reserved")?;
-        // SAFETY: the H.264 member of the union, as selected by encodeGUID (checked above).
-        let h264 = unsafe { &c.encodeCodecConfig.h264Config };
-        zero_u32(&h264.reserved1, "NV_ENC_CONFIG_H264.reserved1")?;
-        zero_ptr(&h264.reserved2, "NV_ENC_CONFIG_H264.reserved2")?;
+        if codec == Codec::H264 {
+            // SAFETY: the H.264 member of the union, as selected by encodeGUID (checked above).
+            let h264 = unsafe { &c.encodeCodecConfig.h264Config };
+            zero_u32(&h264.reserved1, "NV_ENC_CONFIG_H264.reserved1")?;
+            zero_ptr(&h264.reserved2, "NV_ENC_CONFIG_H264.reserved2")?;
+        }
         *c
     };
     if config.frameIntervalP < 0 || config.frameIntervalP as u32 > MAX_BFRAMES + 1 {
@@ -284,20 +292,13 @@ pub(crate) fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fa
             "monoChromeEncoding is not supported (SUPPORT_MONOCHROME = 0)",
         ));
     }
-    // SAFETY: the H.264 member of the union (encodeGUID is H.264).
-    let h264 = unsafe { &config.encodeCodecConfig.h264Config };
-    if h264.chromaFormatIDC > 1 {
-        return Err(v(
-            INVALID_PARAM,
-            format!(
-                "chromaFormatIDC {} needs YUV444 (SUPPORT_YUV444_ENCODE = 0)",
-                h264.chromaFormatIDC
-            ),
-        ));
-    }
-    // Lossless is asked for by the tuning (or a legacy lossless preset) or by the transform
+    let fields = match codec {
+        Codec::H264 => h264_fields(&config)?,
+        Codec::Hevc => hevc_fields(&config)?,
+    };
+    // Lossless is asked for by the tuning (or a legacy lossless preset) or by H.264's transform
     // bypass flag (nvEncodeAPI.h 11.1 line 1433).
-    let lossless = tuning == TUNING_LOSSLESS || h264.qpPrimeYZeroTransformBypassFlag() != 0;
+    let lossless = tuning == TUNING_LOSSLESS || fields.transform_bypass;
     if lossless {
         check_lossless("NV_ENC_INITIALIZE_PARAMS")?;
     }
@@ -310,8 +311,8 @@ pub(crate) fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fa
         ));
     }
     let gop = config.gopLength;
-    let idr = if h264.idrPeriod != 0 {
-        h264.idrPeriod
+    let idr = if fields.idr_period != 0 {
+        fields.idr_period
     } else {
         gop
     };
@@ -345,7 +346,7 @@ pub(crate) fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fa
             vbv_init,
             // API.h: enableFillerDataInsertion "will take effect only when one of the CBR rate
             // control modes ... is in use" (frame rate non-zero is checked above).
-            filler: cbr && h264.enableFillerDataInsertion() != 0,
+            filler: cbr && fields.filler,
         }
     } else {
         Rc::Crf(23.0)
@@ -356,15 +357,6 @@ pub(crate) fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fa
         && rc.constQP.qpInterP == 0
         && rc.constQP.qpIntra == 0;
     let rcm = if lossless && cqp0 { Rc::Cqp(0) } else { rcm };
-    let profile = if guid_eq(&config.profileGUID, &nv::NV_ENC_H264_PROFILE_BASELINE_GUID) {
-        Some("baseline")
-    } else if guid_eq(&config.profileGUID, &nv::NV_ENC_H264_PROFILE_MAIN_GUID) {
-        Some("main")
-    } else if guid_eq(&config.profileGUID, &nv::NV_ENC_H264_PROFILE_HIGH_GUID) {
-        Some("high")
-    } else {
-        None
-    };
     let params = codec::Params {
         width: w,
         height: h,
@@ -373,16 +365,10 @@ pub(crate) fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fa
         bframes: interval - 1,
         idr_period,
         rc: rcm,
-        profile,
-        // NV_ENC_CONFIG_H264::entropyCodingMode: CAVLC where asked for (FFmpeg `-coder cavlc`)
-        // or where the profile has no CABAC (Baseline); otherwise CABAC, as NVENC codes Main
-        // and High.
-        cabac: h264.entropyCodingMode
-            != nv::NV_ENC_H264_ENTROPY_CODING_MODE::NV_ENC_H264_ENTROPY_CODING_MODE_CAVLC
-            && profile != Some("baseline"),
-        // NV_ENC_CONFIG_H264::level (NV_ENC_LEVEL_H264_41 = 41, as x264 numbers them); 0 is
-        // autoselect.
-        level: (h264.level != 0).then_some(h264.level),
+        codec,
+        profile: fields.profile,
+        cabac: fields.cabac,
+        level: fields.level,
     };
     Ok(Init {
         preset,
@@ -394,8 +380,76 @@ pub(crate) fn validate_init(p: &nv::NV_ENC_INITIALIZE_PARAMS) -> Result<Init, Fa
         ptd,
         interval,
         idr_period,
-        repeat_sps_pps: h264.repeatSPSPPS() != 0,
+        repeat_sps_pps: fields.repeat_sps_pps,
+        codec,
+        hevc: fields.hevc,
         params,
+    })
+}
+
+/// What initialization takes from the codec member of the config union.
+struct Fields {
+    idr_period: u32,
+    repeat_sps_pps: bool,
+    filler: bool,
+    transform_bypass: bool,
+    profile: Option<&'static str>,
+    cabac: bool,
+    level: Option<u32>,
+    hevc: Option<hevc::Fields>,
+}
+
+fn h264_fields(config: &nv::NV_ENC_CONFIG) -> Result<Fields, Fail> {
+    // SAFETY: the H.264 member of the union (encodeGUID is H.264).
+    let h264 = unsafe { &config.encodeCodecConfig.h264Config };
+    if h264.chromaFormatIDC > 1 {
+        return Err(v(
+            INVALID_PARAM,
+            format!(
+                "chromaFormatIDC {} needs YUV444 (SUPPORT_YUV444_ENCODE = 0)",
+                h264.chromaFormatIDC
+            ),
+        ));
+    }
+    let profile = if guid_eq(&config.profileGUID, &nv::NV_ENC_H264_PROFILE_BASELINE_GUID) {
+        Some("baseline")
+    } else if guid_eq(&config.profileGUID, &nv::NV_ENC_H264_PROFILE_MAIN_GUID) {
+        Some("main")
+    } else if guid_eq(&config.profileGUID, &nv::NV_ENC_H264_PROFILE_HIGH_GUID) {
+        Some("high")
+    } else {
+        None
+    };
+    Ok(Fields {
+        idr_period: h264.idrPeriod,
+        repeat_sps_pps: h264.repeatSPSPPS() != 0,
+        filler: h264.enableFillerDataInsertion() != 0,
+        transform_bypass: h264.qpPrimeYZeroTransformBypassFlag() != 0,
+        profile,
+        // NV_ENC_CONFIG_H264::entropyCodingMode: CAVLC where asked for (FFmpeg `-coder cavlc`)
+        // or where the profile has no CABAC (Baseline); otherwise CABAC, as NVENC codes Main
+        // and High.
+        cabac: h264.entropyCodingMode
+            != nv::NV_ENC_H264_ENTROPY_CODING_MODE::NV_ENC_H264_ENTROPY_CODING_MODE_CAVLC
+            && profile != Some("baseline"),
+        // NV_ENC_CONFIG_H264::level (NV_ENC_LEVEL_H264_41 = 41, as x264 numbers them); 0 is
+        // autoselect.
+        level: (h264.level != 0).then_some(h264.level),
+        hevc: None,
+    })
+}
+
+fn hevc_fields(config: &nv::NV_ENC_CONFIG) -> Result<Fields, Fail> {
+    let h = hevc::validate(config, config.frameIntervalP)?;
+    Ok(Fields {
+        idr_period: h.idr_period,
+        repeat_sps_pps: h.repeat_sps_pps,
+        filler: h.filler,
+        transform_bypass: false,
+        profile: Some(h.profile),
+        cabac: true,
+        level: h.level,
+        hevc: Some(h),
     })
 }
 
@@ -403,8 +457,8 @@ pub(crate) fn open_engine(init: &Init) -> Result<Engine, Fail> {
     if fast_mode() {
         Ok(Engine::Fast)
     } else {
-        X264Stream::open(&init.params)
-            .map(|x| Engine::X264(Box::new(x)))
+        CodedStream::open(&init.params)
+            .map(|x| Engine::Coded(Box::new(x)))
             .map_err(|e| f(NVENCSTATUS::NV_ENC_ERR_GENERIC, e))
     }
 }
@@ -433,12 +487,25 @@ pub(crate) unsafe extern "C" fn nvEncInitializeEncoder(
             4 => "lossless".to_owned(),
             other => other.to_string(),
         };
+        let idr = init
+            .idr_period
+            .map_or("infinite".to_owned(), |k| k.to_string());
+        let hevc = init.hevc.as_ref().map_or(String::new(), |h| {
+            format!(
+                " tier={} max_dpb={} b_ref_mode={}",
+                h.tier, h.max_dpb, h.use_b_as_ref
+            )
+        });
         EMU.line(&format!(
-            "session_init handle={enc:p} preset=P{} tuning={tuning} size={}x{} frame_interval_p={}",
+            "session_init handle={enc:p} preset=P{} tuning={tuning} size={}x{} frame_interval_p={} codec={} profile={} idr_period={idr} repeat_sps_pps={} rc={}{hevc}",
             init.preset + 1,
             init.width,
             init.height,
-            init.interval
+            init.interval,
+            init.codec.name(),
+            init.params.profile.unwrap_or("auto"),
+            u8::from(init.repeat_sps_pps),
+            init.params.rc.short(),
         ));
         s.init = Some(init);
         Ok(ST_SUCCESS)

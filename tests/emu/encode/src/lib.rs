@@ -1,5 +1,5 @@
-//! A software stand-in for NVIDIA's `libnvidia-encode` (NVENC API 11.1, H.264 only), for tests on
-//! machines without NVENC.
+//! A software stand-in for NVIDIA's `libnvidia-encode` (NVENC API 11.1, H.264 and HEVC), for
+//! tests on machines without NVENC.
 //!
 //! **Test infrastructure, not product.** Tests copy this cdylib into a fresh folder as
 //! `libnvidia-encode.so.1` (next to the emulated `libcuda.so.1`) and start a child process with
@@ -21,24 +21,34 @@
 //! weighted prediction, intra refresh, constrained encoding and dynamic slices are reported as
 //! supported so clients can enable them); those features are accepted but not reproduced by the
 //! software encoder. YUV 4:4:4, 10-bit, LTR, async and ME-only are reported unsupported; lossless
-//! is reported unsupported unless `NVENC_EMU_LOSSLESS=1`, and then coded losslessly (x264 at QP 0).
+//! is reported unsupported unless `NVENC_EMU_LOSSLESS=1`, and then coded losslessly (x264 at QP 0,
+//! x265 in its lossless mode). HEVC has the same sizes and rate control, like a Turing or later
+//! GPU: B-frames (4), the middle B-frame as reference, SAO; it lists the Main, Main10 and FREXT
+//! profiles, but with 8-bit 4:2:0 input formats only it reports 10-bit and 4:4:4 unsupported and
+//! refuses Main10 and FREXT at initialization (module `hevc`).
 //!
 //! Pixels are read through the CUDA driver API (`dlopen("libcuda.so.1")`: context push,
 //! `cuMemcpyDtoH_v2`, `cuPointerGetAttribute`), so this library also runs on top of a *real*
-//! libcuda. They are encoded by libx264 (one thread, fixed B-frame pattern, no lookahead) into a
-//! real, decodable H.264 stream; every output buffer receives the next picture x264 emits in
+//! libcuda. They are encoded by libx264 (H.264) or libx265 (HEVC; both one thread, fixed B-frame
+//! pattern, no lookahead beyond the B-frames) into a real, decodable stream; every output buffer receives the next picture x264 emits in
 //! decode order, with the picture type and timestamp of the picture it carries. Frame types are
 //! forced to NVENC's pattern (IDR, then anchors every `frameIntervalP` pictures with B-pictures
 //! between), so the stream has NVENC's structure. x264 holds `frameIntervalP - 1` pictures longer
 //! than NVENC would; a client that keeps outputs unlocked for a while (FFmpeg by default) never
 //! notices. A client that locks an output as soon as a submission returned `NV_ENC_SUCCESS`
 //! (which the header allows) gets it all the same: the emulator re-encodes the GOP so far with a
-//! fresh x264 and drains it (x264 is deterministic, so the replay reproduces what was already
-//! handed out; that is checked byte for byte), and the stream keeps its B-frames. Only where a
+//! fresh encoder and drains it (both encoders are deterministic, so the replay reproduces what
+//! was already handed out; that is checked byte for byte), and the stream keeps its B-frames. Only where a
 //! replay could not reproduce it (a rate control that carries state across GOPs, after a first
 //! GOP read back lazily) does the stream continue with a fresh x264 without B-frames, starting
 //! with an IDR that carries new SPS/PPS; the stream stays valid either way, and each output's type
 //! and timestamp are those of the picture it actually carries.
+//! libx265 holds more pictures than libx264 (its lookahead must be longer than the B-frame run,
+//! and its frame encoder hands each picture back one call late), so with HEVC B-frames a client
+//! that reads outputs back a few frames late (this crate's default of 3) is served by replays of
+//! the GOP so far, whose cost grows with the square of the GOP length: tests with HEVC B-frames
+//! keep their GOPs short (tens of frames). Without B-frames libx265 runs with its zero-latency
+//! tuning and needs no replay.
 //! `NVENC_EMU_FAST=1` skips reading and encoding: every output is a fixed 20-byte access unit, and
 //! the order and types follow NVENC's pattern exactly (anchor first, then its B-pictures).
 //!
@@ -49,6 +59,11 @@
 //! (initialize once, before buffers and encoding); sizes within the reported caps; listed presets
 //! only (P1..P7 and the header's deprecated presets, mapped to a P preset and tuning); lossless
 //! only where the lossless cap is 1; `enableEncodeAsync = 0`; `frameIntervalP - 1` within `NUM_MAX_BFRAMES`;
+//! HEVC's `NV_ENC_CONFIG_HEVC` rules (chroma format, bit depth and profile against the caps,
+//! level and tier values, CU sizes, slice mode, DPB size, LTR, B-frame references, reference
+//! counts, reserved fields: module `hevc`, each with its header line); the codec never changes in
+//! a reconfiguration; `nvEncSetIOCudaStreams` pointers non-NULL and their streams the NULL stream
+//! or live streams of the session's context (asked with `cuStreamGetCtx`);
 //! registered CUDA memory is a live device allocation with `pitch >= width`, pitch a multiple of
 //! 4 and `pitch * rows` inside the allocation; only registered resources are mapped, only mapped
 //! ones unmapped, none unregistered while mapped; encode input mapped (or an unlocked input
@@ -68,8 +83,9 @@
 //! | `NVENC_EMU_NO_DEVICE` | `1`: open fails with `NV_ENC_ERR_NO_ENCODE_DEVICE`; `unsupported`: `NV_ENC_ERR_UNSUPPORTED_DEVICE` |
 //! | `NVENC_EMU_LOSSLESS` | `1`: `NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE` is 1 and lossless tuning is accepted (default 0: refused) |
 //! | `NVENC_EMU_FAST` | `1`: no pixel read-back and no encoding (overhead benchmarks) |
+//! | `NVENC_EMU_CODECS` | codecs `nvEncGetEncodeGUIDs` lists, comma-separated (`h264`: a GPU without HEVC); default `h264,hevc` |
 //! | `NVENC_EMU_NO_DYN_RATE` | `1`: a GPU without `SUPPORT_DYN_BITRATE_CHANGE` / `SUPPORT_DYN_RCMODE_CHANGE`: a rate change needs `resetEncoder` |
-//! | `NVENC_EMU_REPORT` | report file: violations, faults, session open/close, `encode live_handles ...` |
+//! | `NVENC_EMU_REPORT` | report file: violations, faults, session open/close, `session_init` (preset, tuning, size, `frame_interval_p`, codec, profile, `idr_period`, `repeat_sps_pps`, rate control; HEVC's tier, DPB size, B-frame reference mode), `session_reconfigure` (codec, rate control, reset, forced IDR), `encode live_handles ...` |
 //!
 //! Control functions for in-process use: [`nvenc_emu_violations`], [`nvenc_emu_live_handles`].
 //!
@@ -79,8 +95,9 @@
 //! initialization), `buffers` (input and bitstream buffers), `resources` (registration and
 //! mapping), `encode` (encoding and output locking), `control` (stats, sequence parameters,
 //! reconfiguration, last error, IO streams). `state` holds the sessions and the `run` wrapper,
-//! `fail` the shared argument checks, `codec` the x264-backed stream (NVENC's frame types and
-//! the B-frame replay), `x264` the libx264 handle, and `cuda` the driver API calls that read
+//! `fail` the shared argument checks, `codec` the x264/x265-backed stream (NVENC's frame types and
+//! the B-frame replay), `x264` and `x265` the library handles, `hevc` HEVC's profiles, caps,
+//! preset defaults and rules, and `cuda` the driver API calls that read
 //! input pixels. This file holds the two exports and the function list.
 
 // The exported functions are C entry points with NVENC's signatures; their safety contract is
@@ -95,11 +112,13 @@ mod control;
 mod cuda;
 mod encode;
 mod fail;
+mod hevc;
 mod init;
 mod queries;
 mod resources;
 mod state;
 mod x264;
+mod x265;
 
 use nvenc_emu_common::lock;
 use nvenc_sys as nv;

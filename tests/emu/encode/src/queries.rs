@@ -6,6 +6,7 @@ use std::ffi::{c_int, c_void};
 use nvenc_sys as nv;
 use nvenc_sys::{GUID, NVENCSTATUS};
 
+use crate::codec::Codec;
 use crate::fail::{
     arg, check_version, f, guid_eq, guid_str, put, v, zero_ptr, zero_u32, Fail, INVALID_PARAM,
     INVALID_PTR, R, ST_SUCCESS,
@@ -141,22 +142,58 @@ pub(crate) fn check_lossless(what: &str) -> Result<(), Fail> {
     }
 }
 
-pub(crate) fn check_codec(g: &GUID) -> Result<(), Fail> {
-    if guid_eq(g, &nv::NV_ENC_CODEC_H264_GUID) {
-        Ok(())
-    } else if guid_eq(g, &nv::NV_ENC_CODEC_HEVC_GUID) {
-        // Every NVENC GPU since Maxwell GM206 encodes HEVC, so a client may well ask about it
-        // before (or instead of) listing the codecs: a normal query, answered with an error
-        // because the emulator only encodes H.264, and not recorded as a violation.
-        Err(f(
+/// The codecs the emulated GPU lists, in `nvEncGetEncodeGUIDs` order: H.264 and HEVC (every
+/// NVENC GPU since Maxwell GM206 encodes HEVC), unless `NVENC_EMU_CODECS` names fewer
+/// (`h264`: a GPU without HEVC, as the first Maxwell and Kepler were).
+pub(crate) fn listed_codecs() -> Vec<Codec> {
+    let all = [Codec::H264, Codec::Hevc];
+    match std::env::var("NVENC_EMU_CODECS") {
+        Ok(list) => all
+            .into_iter()
+            .filter(|c| {
+                list.split(',')
+                    .any(|n| n.trim().eq_ignore_ascii_case(c.name()))
+            })
+            .collect(),
+        Err(_) => all.to_vec(),
+    }
+}
+
+fn codec_guid(c: Codec) -> GUID {
+    match c {
+        Codec::H264 => nv::NV_ENC_CODEC_H264_GUID,
+        Codec::Hevc => nv::NV_ENC_CODEC_HEVC_GUID,
+    }
+}
+
+/// The codec a GUID names, if this GPU lists it. A query about a codec the GPU does not list is
+/// answered with `NV_ENC_ERR_INVALID_PARAM` (a client may well ask before listing the codecs:
+/// not a violation); an unknown GUID is one.
+pub(crate) fn check_codec(g: &GUID) -> Result<Codec, Fail> {
+    let known = [Codec::H264, Codec::Hevc]
+        .into_iter()
+        .find(|&c| guid_eq(g, &codec_guid(c)));
+    match known {
+        Some(c) if listed_codecs().contains(&c) => Ok(c),
+        Some(c) => Err(f(
             INVALID_PARAM,
-            "HEVC is not offered by this emulated device (only H.264 is listed by nvEncGetEncodeGUIDs)",
-        ))
-    } else {
-        Err(v(
+            format!(
+                "{} is not offered by this emulated device (NVENC_EMU_CODECS; nvEncGetEncodeGUIDs does not list it)",
+                c.name()
+            ),
+        )),
+        None => Err(v(
             INVALID_PARAM,
             format!("unknown codec GUID {}", guid_str(g)),
-        ))
+        )),
+    }
+}
+
+/// The profile GUIDs listed for a codec.
+pub(crate) fn profiles(c: Codec) -> &'static [GUID] {
+    match c {
+        Codec::H264 => &PROFILES,
+        Codec::Hevc => &crate::hevc::PROFILES,
     }
 }
 
@@ -167,7 +204,7 @@ pub(crate) unsafe extern "C" fn nvEncGetEncodeGUIDCount(
     run("nvEncGetEncodeGUIDCount", enc, |g| {
         g.sess(enc)?;
         // SAFETY: out-pointer per the API.
-        unsafe { put(n, 1, "encodeGUIDCount") }?;
+        unsafe { put(n, listed_codecs().len() as u32, "encodeGUIDCount") }?;
         Ok(ST_SUCCESS)
     })
 }
@@ -208,7 +245,9 @@ pub(crate) unsafe extern "C" fn nvEncGetEncodeGUIDs(
     run("nvEncGetEncodeGUIDs", enc, |g| {
         g.sess(enc)?;
         // SAFETY: the client's array and count pointers (API contract).
-        unsafe { fill(&[nv::NV_ENC_CODEC_H264_GUID], guids, size, count) }
+        let listed: Vec<GUID> = listed_codecs().into_iter().map(codec_guid).collect();
+        // SAFETY: the client's array and count pointers (API contract).
+        unsafe { fill(&listed, guids, size, count) }
     })
 }
 
@@ -219,9 +258,9 @@ pub(crate) unsafe extern "C" fn nvEncGetEncodeProfileGUIDCount(
 ) -> NVENCSTATUS {
     run("nvEncGetEncodeProfileGUIDCount", enc, |g| {
         g.sess(enc)?;
-        check_codec(&codec)?;
+        let c = check_codec(&codec)?;
         // SAFETY: out-pointer per the API.
-        unsafe { put(n, PROFILES.len() as u32, "encodeProfileGUIDCount") }?;
+        unsafe { put(n, profiles(c).len() as u32, "encodeProfileGUIDCount") }?;
         Ok(ST_SUCCESS)
     })
 }
@@ -235,9 +274,9 @@ pub(crate) unsafe extern "C" fn nvEncGetEncodeProfileGUIDs(
 ) -> NVENCSTATUS {
     run("nvEncGetEncodeProfileGUIDs", enc, |g| {
         g.sess(enc)?;
-        check_codec(&codec)?;
+        let c = check_codec(&codec)?;
         // SAFETY: the client's array and count pointers (API contract).
-        unsafe { fill(&PROFILES, guids, size, count) }
+        unsafe { fill(profiles(c), guids, size, count) }
     })
 }
 
@@ -270,7 +309,14 @@ pub(crate) unsafe extern "C" fn nvEncGetInputFormats(
     })
 }
 
-pub(crate) fn cap_value(cap: u32) -> Option<c_int> {
+/// `nvEncGetEncodeCaps` of `cap` for `codec`: H.264's table, with HEVC's own answers first
+/// (`hevc::cap_value`).
+pub(crate) fn cap_value(codec: Codec, cap: u32) -> Option<c_int> {
+    if codec == Codec::Hevc {
+        if let Some(v) = crate::hevc::cap_value(cap) {
+            return Some(v);
+        }
+    }
     Some(match cap {
         0 => MAX_BFRAMES as c_int,                             // NUM_MAX_BFRAMES
         1 => 0x7,                                              // SUPPORTED_RATECONTROL_MODES
@@ -334,12 +380,12 @@ pub(crate) unsafe extern "C" fn nvEncGetEncodeCaps(
 ) -> NVENCSTATUS {
     run("nvEncGetEncodeCaps", enc, |g| {
         g.sess(enc)?;
-        check_codec(&codec)?;
+        let codec = check_codec(&codec)?;
         // SAFETY: the client's caps struct (API contract).
         let p = unsafe { arg(p, "capsParam") }?;
         check_version(p.version, nv::NV_ENC_CAPS_PARAM_VER, "NV_ENC_CAPS_PARAM")?;
         zero_u32(&p.reserved, "NV_ENC_CAPS_PARAM.reserved")?;
-        let c = cap_value(p.capsToQuery.0)
+        let c = cap_value(codec, p.capsToQuery.0)
             .ok_or_else(|| v(INVALID_PARAM, format!("unknown cap {}", p.capsToQuery.0)))?;
         // SAFETY: out-pointer per the API.
         unsafe { put(val, c, "capsVal") }?;
@@ -376,8 +422,8 @@ pub(crate) unsafe extern "C" fn nvEncGetEncodePresetGUIDs(
     })
 }
 
-/// The NV_ENC_CONFIG a preset and tuning give.
-pub(crate) fn preset_config(preset: usize, tuning: u32) -> nv::NV_ENC_CONFIG {
+/// The NV_ENC_CONFIG a preset and tuning give for `codec`.
+pub(crate) fn preset_config(codec: Codec, preset: usize, tuning: u32) -> nv::NV_ENC_CONFIG {
     // SAFETY: NV_ENC_CONFIG is a plain C struct (integers, GUIDs, unions of such, NULL pointers)
     // for which all-zero bytes are valid; the API itself asks clients to zero it.
     let mut c: nv::NV_ENC_CONFIG = unsafe { std::mem::zeroed() };
@@ -403,6 +449,10 @@ pub(crate) fn preset_config(preset: usize, tuning: u32) -> nv::NV_ENC_CONFIG {
         qpInterB: 31,
         qpIntra: 25,
     };
+    if codec == Codec::Hevc {
+        crate::hevc::preset_defaults(&mut c, tuning == TUNING_LOSSLESS);
+        return c;
+    }
     // SAFETY: writing the H.264 member of the codec-config union of a zeroed struct.
     let h = unsafe { &mut c.encodeCodecConfig.h264Config };
     h.idrPeriod = c.gopLength;
@@ -432,7 +482,7 @@ pub(crate) fn preset_common(
     p: *mut nv::NV_ENC_PRESET_CONFIG,
 ) -> R {
     g.sess(enc)?;
-    check_codec(codec)?;
+    let codec = check_codec(codec)?;
     let (idx, implied) = preset_index(preset).ok_or_else(|| unknown_preset("preset", preset))?;
     // A legacy preset carries its tuning; nvEncGetEncodePresetConfig (no tuning argument) gives
     // P presets their high-quality configuration.
@@ -464,7 +514,7 @@ pub(crate) fn preset_common(
     )?;
     zero_u32(&p.reserved1, "NV_ENC_PRESET_CONFIG.reserved1")?;
     zero_ptr(&p.reserved2, "NV_ENC_PRESET_CONFIG.reserved2")?;
-    p.presetCfg = preset_config(idx, tuning);
+    p.presetCfg = preset_config(codec, idx, tuning);
     Ok(ST_SUCCESS)
 }
 

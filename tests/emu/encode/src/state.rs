@@ -10,7 +10,7 @@ use nvenc_emu_common::{guard, lock, Emu};
 use nvenc_sys as nv;
 use nvenc_sys::NVENCSTATUS;
 
-use crate::codec::{self, Coded, X264Stream};
+use crate::codec::{self, Coded, CodedStream};
 use crate::cuda;
 use crate::fail::{st, v, Fail, INVALID_PARAM, INVALID_PTR, R};
 
@@ -163,12 +163,16 @@ pub(crate) struct Init {
     pub(crate) interval: u32,
     pub(crate) idr_period: Option<u32>,
     pub(crate) repeat_sps_pps: bool,
+    /// The codec (`encodeGUID`).
+    pub(crate) codec: codec::Codec,
+    /// What an HEVC session's `NV_ENC_CONFIG_HEVC` asked for (`None` for H.264).
+    pub(crate) hevc: Option<crate::hevc::Fields>,
     pub(crate) params: codec::Params,
 }
 
 #[derive(Debug)]
 pub(crate) enum Engine {
-    X264(Box<X264Stream>),
+    Coded(Box<CodedStream>),
     Fast,
 }
 
@@ -193,6 +197,9 @@ pub(crate) struct Session {
     pub(crate) fast_pending: Vec<u64>,
     pub(crate) headers_sent: bool,
     pub(crate) force_headers: bool,
+    /// A rate-control mode change arrived while B-frames waited for their anchor: the encoder
+    /// is reopened at the next submission after they are out (`control::reopen_deferred`).
+    pub(crate) reopen_pending: bool,
     pub(crate) last_error: CString,
     pub(crate) last_stats: Option<(u32, u32)>,
 }

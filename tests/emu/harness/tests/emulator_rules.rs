@@ -206,6 +206,36 @@ fn encode_with_b_frames_from_cuda_memory() {
     assert_decodes_to_client_frames(&out_path, 30);
 }
 
+/// HEVC through the same client and path (libx265 behind the emulated NVENC): NVENC's
+/// NEED_MORE_INPUT pattern, outputs locked the moment the header allows (libx265 holds more
+/// pictures than that, so the emulator replays the GOP to hand them out), one IDR, B-pictures,
+/// and a stream that decodes to every frame.
+#[test]
+fn hevc_with_b_frames_from_cuda_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("b.hevc");
+    let emu = EmuDriver::new();
+    let (out, stdout, report) = run(
+        &emu,
+        &["encode", out_path.to_str().unwrap(), "30", "3", "hevc"],
+    );
+    assert_ok(&out, &report);
+    report.assert_clean();
+    assert!(report
+        .lines
+        .iter()
+        .any(|l| l.starts_with("encode session_init") && l.contains("codec=hevc")));
+    let log = stdout.lines().find_map(|l| l.strip_prefix("log ")).unwrap();
+    let signals: String = log.split(' ').filter(|t| *t == "S" || *t == "N").collect();
+    assert_eq!(signals, "SNNSNNSNNSNNSNNSNNSNNSNNSNNSNN");
+    let locked: Vec<&str> = log.split(' ').filter(|t| t.contains(':')).collect();
+    assert_eq!(&locked[..4], ["0:3", "3000:0", "1000:1", "2000:1"]);
+    let types = |t: &str| locked.iter().filter(|l| l.ends_with(t)).count();
+    assert_eq!(types(":3"), 1, "one IDR only: {locked:?}");
+    assert!(types(":1") >= 18, "B-frames: {locked:?}");
+    assert_decodes_to_client_frames(&out_path, 30);
+}
+
 /// The same over several GOPs (IDR every 30 frames): each GOP keeps its B-frames and has exactly
 /// one IDR, and the stream decodes to every frame.
 #[test]
@@ -291,13 +321,117 @@ fn legacy_presets_are_listed_and_accepted() {
 }
 
 /// NVENC GPUs since Maxwell GM206 encode HEVC, so asking for HEVC's profiles is a normal query:
-/// the emulator (H.264 only) answers with an error and records no violation.
+/// answered on the emulated GPU (Turing-like, HEVC listed), and on one without HEVC
+/// (`NVENC_EMU_CODECS=h264`) answered with an error and recorded as no violation.
 #[test]
 fn hevc_profile_query_is_not_a_violation() {
     let (out, stdout, report) = run(&EmuDriver::new().lossless(), &["queries"]);
     assert_ok(&out, &report);
+    assert!(stdout.contains("hevc profiles 0\n"), "{stdout}");
+    report.assert_clean();
+    let emu = EmuDriver::new().lossless().env("NVENC_EMU_CODECS", "h264");
+    let (out, stdout, report) = run(&emu, &["queries"]);
+    assert_ok(&out, &report);
     assert!(stdout.contains("hevc profiles 8\n"), "{stdout}");
     report.assert_clean();
+}
+
+/// HEVC on the emulated GPU: both codecs listed, HEVC's profiles (Main, Main10, FREXT) and
+/// caps (B-frames, middle B-frame references, SAO; no 10-bit input), the preset's
+/// `NV_ENC_CONFIG_HEVC` (IDR period = GOP, 4:2:0, 8-bit); every rule of `NV_ENC_CONFIG_HEVC` the
+/// emulator enforces refuses its breach with the driver's status (the client checks each) and
+/// records it; a valid configuration with FFmpeg's fields is accepted; another codec in a
+/// reconfiguration is refused.
+#[test]
+fn hevc_rules_are_enforced_and_recorded() {
+    let (out, stdout, report) = run(&EmuDriver::new(), &["hevc-rules"]);
+    assert_ok(&out, &report);
+    for line in [
+        "codecs 2 hevc true",
+        "hevc profiles 3 max_bframes 4 b_ref_mode 2 10bit 0 sao 1",
+        "hevc preset idr_period 250 gop 250 chroma 1 depth 0",
+        "ok hevc init valid: NV_ENC_SUCCESS",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing:\n{stdout}");
+    }
+    let expect = [
+        "chromaFormatIDC 2",
+        "chromaFormatIDC 3 (4:4:4) needs NV_ENC_CAPS_SUPPORT_YUV444_ENCODE",
+        "pixelBitDepthMinus8 2 (10-bit) needs NV_ENC_CAPS_SUPPORT_10BIT_ENCODE",
+        "pixelBitDepthMinus8 1",
+        "profile Main10",
+        "is not an HEVC profile",
+        "level 42",
+        "tier 2",
+        "maxCUSize 4",
+        "sliceMode 4",
+        "maxNumRefFramesInDPB 17",
+        "LTRs are not supported with B-frames",
+        "useBFramesAsRef 1",
+        "NV_ENC_CONFIG_HEVC.reserved1[5]",
+        "needs 5 B-frames",
+    ];
+    let init = report.violations_of("nvEncInitializeEncoder");
+    for text in expect {
+        assert!(
+            init.iter().any(|v| v.reason.contains(text)),
+            "no violation mentioning {text:?}; got:\n{}",
+            report.lines.join("\n")
+        );
+    }
+    assert!(report
+        .violations_of("nvEncReconfigureEncoder")
+        .iter()
+        .any(|v| v.reason.contains("encodeGUID cannot change")));
+    assert_eq!(
+        report.violations.len(),
+        expect.len() + 1,
+        "{:#?}",
+        report.violations
+    );
+    assert!(report.leaks().is_empty(), "{:?}", report.leaks());
+}
+
+/// `cuStreamGetCtx` answers a live stream's context, and the current context for the NULL
+/// stream; a handle that is not a stream is `CUDA_ERROR_INVALID_HANDLE` (400) and a NULL out
+/// pointer `CUDA_ERROR_INVALID_VALUE` (1), both recorded, as for the other stream calls.
+/// `nvEncSetIOCudaStreams` reads the `CUstream` each argument points at: a NULL pointer is
+/// `NV_ENC_ERR_INVALID_PTR`, a handle that is not a live stream of the session's context
+/// (none at all, another context's, a destroyed one) `NV_ENC_ERR_INVALID_PARAM`; the session's
+/// own stream and the NULL stream are accepted. Each refusal is recorded (a stream that is not
+/// one is recorded by CUDA's `cuStreamGetCtx` too, which the emulated NVENC asks).
+#[test]
+fn io_streams_are_checked_and_cu_stream_get_ctx_answers() {
+    let (out, stdout, report) = run(&EmuDriver::new(), &["io-streams"]);
+    assert_ok(&out, &report);
+    for line in [
+        "stream_ctx own 0 true",
+        "stream_ctx null_stream 0 true",
+        "stream_ctx bogus 400",
+        "stream_ctx null_out 1",
+        "ok io streams: the session's stream: NV_ENC_SUCCESS",
+        "ok io streams: the NULL stream: NV_ENC_SUCCESS",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing:\n{stdout}");
+    }
+    let io = report.violations_of("nvEncSetIOCudaStreams");
+    for text in [
+        "inputStream is NULL",
+        "outputStream 0xdead0000 is not a live CUDA stream",
+        "belongs to context",
+        "is not a live CUDA stream (cuStreamGetCtx returned 400)",
+    ] {
+        assert!(
+            io.iter().any(|v| v.reason.contains(text)),
+            "no nvEncSetIOCudaStreams violation mentioning {text:?}:\n{}",
+            report.lines.join("\n")
+        );
+    }
+    assert_eq!(io.len(), 4, "{io:#?}");
+    // The client's own two bad calls, and the emulated NVENC's two look-ups of bad handles.
+    assert_eq!(report.violations_of("cuStreamGetCtx").len(), 4);
+    assert_eq!(report.violations.len(), 8, "{:#?}", report.violations);
+    assert!(report.leaks().is_empty(), "{:?}", report.leaks());
 }
 
 /// `NV_ENC_CAPS_SUPPORT_LOSSLESS_ENCODE` is switchable; lossless tuning is refused (and recorded:

@@ -1,9 +1,11 @@
 //! Calibrates the emulated driver pair against a client nobody here wrote: Debian's
-//! `ffmpeg -c:v h264_nvenc`, which dlopens `libcuda.so.1` and `libnvidia-encode.so.1`.
+//! `ffmpeg -c:v h264_nvenc` and `-c:v hevc_nvenc`, which dlopen `libcuda.so.1` and
+//! `libnvidia-encode.so.1`.
 //!
 //! Each variant must exit 0 with no violation and no leaked handle, and its output must decode to
 //! all 60 frames with a PSNR against the source of at least [`MIN_AVG_PSNR`] dB on average and
-//! [`MIN_FRAME_PSNR`] dB for every frame. Measured values on testsrc2 640x360 are 42.5-53.5 dB. A
+//! [`MIN_FRAME_PSNR`] dB for every frame. Measured values on testsrc2 640x360 are 42.5-53.5 dB
+//! (H.264), 48.0-49.3 dB (HEVC: libx265 behind `hevc_nvenc`, minimum and average). A
 //! wrong pitch, swapped chroma planes or frames out of order drop to about 20 dB (a one-frame
 //! misalignment measured 21 dB), so the thresholds separate correct from broken with a wide
 //! margin and still leave room for x264 builds that code slightly differently.
@@ -50,6 +52,16 @@ fn calibrate(name: &str, pre_input: &[&str], encode: &[&str]) {
 
 /// As [`calibrate`], writing `file` (the extension picks the container); returns the folder.
 fn calibrate_into(file: &str, pre_input: &[&str], encode: &[&str]) -> Option<tempfile::TempDir> {
+    calibrate_with("h264_nvenc", file, pre_input, encode)
+}
+
+/// As [`calibrate_into`], with FFmpeg's `encoder` (`h264_nvenc`, `hevc_nvenc`).
+fn calibrate_with(
+    encoder: &str,
+    file: &str,
+    pre_input: &[&str],
+    encode: &[&str],
+) -> Option<tempfile::TempDir> {
     let name = file;
     if !ffmpeg_with_nvenc() {
         return None;
@@ -69,7 +81,7 @@ fn calibrate_into(file: &str, pre_input: &[&str], encode: &[&str]) -> Option<tem
             "-frames:v",
             &FRAMES.to_string(),
         ])
-        .args(["-c:v", "h264_nvenc"])
+        .args(["-c:v", encoder])
         .args(encode)
         .arg(&out)
         .output()
@@ -411,4 +423,68 @@ fn ffmpeg_option_sweep() {
         };
         check(&dir.path().join(&file));
     }
+}
+
+// ---- hevc_nvenc: the emulator's HEVC (libx265) as FFmpeg drives it ----
+
+/// FFmpeg's `hevc_nvenc` with `args`, into `file`; checks as [`calibrate`] does (no violation,
+/// no leak, 60 frames, PSNR floors), and that the stream is HEVC Main with or without B-frames.
+fn calibrate_hevc(file: &str, args: &[&str], b_frames: bool) {
+    let Some(dir) = calibrate_with("hevc_nvenc", file, &[], args) else {
+        return;
+    };
+    let path = dir.path().join(file);
+    let stream = probe_stream(&path);
+    assert_eq!(stream.profile, "Main", "{file}");
+    let b = count_type(&path, "B");
+    if b_frames {
+        assert!(b > 0 && stream.has_b_frames > 0, "{file}: no B-frames");
+    } else {
+        assert_eq!(b, 0, "{file}: B-frames");
+        assert_eq!(stream.has_b_frames, 0, "{file}");
+    }
+    assert_eq!(keyframes(&path).first(), Some(&0), "{file}: no IDR first");
+}
+
+#[test]
+fn ffmpeg_hevc_with_b_frames() {
+    calibrate_hevc("hevc_bf3.hevc", &["-preset", "p4", "-bf", "3"], true);
+}
+
+#[test]
+fn ffmpeg_hevc_without_b_frames() {
+    calibrate_hevc("hevc_bf0.hevc", &["-preset", "p4", "-bf", "0"], false);
+}
+
+/// FFmpeg's low-latency recipe: every output is locked as soon as its submission returned,
+/// with and without B-frames (with them, the emulator replays the GOP so far to hand out what
+/// libx265 still holds).
+#[test]
+fn ffmpeg_hevc_zero_latency_no_delay() {
+    calibrate_hevc(
+        "hevc_zl.hevc",
+        &["-bf", "0", "-zerolatency", "1", "-delay", "0"],
+        false,
+    );
+    calibrate_hevc(
+        "hevc_zl_bf3.hevc",
+        &["-bf", "3", "-zerolatency", "1", "-delay", "0"],
+        true,
+    );
+}
+
+/// A GOP and a global header (MP4: VPS/SPS/PPS out of band, `disableSPSPPS`), B-frames as
+/// reference in the middle mode (the emulated GPU's HEVC cap).
+#[test]
+fn ffmpeg_hevc_mp4_gop_and_b_ref_middle() {
+    let Some(dir) = calibrate_with(
+        "hevc_nvenc",
+        "hevc.mp4",
+        &[],
+        &["-bf", "2", "-b_ref_mode", "middle", "-g", "20"],
+    ) else {
+        return;
+    };
+    let path = dir.path().join("hevc.mp4");
+    assert_eq!(keyframes(&path), [0, 20, 40]);
 }

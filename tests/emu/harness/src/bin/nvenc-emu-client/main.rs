@@ -4,9 +4,11 @@
 //! itself and exits non-zero on the first unexpected one; the test then checks the emulator's
 //! report. Test infrastructure, not product.
 //!
-//! Scenarios: `load`, `sessions N`, `misuse`, `pitches`, `queries`, `symbols`,
-//! `encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]` (`pitch0`: every
-//! `NV_ENC_PIC_PARAMS::inputPitch` 0; `pitchw`: `inputWidth`; by default the allocation's pitch).
+//! Scenarios: `load`, `sessions N`, `misuse`, `pitches`, `queries`, `symbols`, `hevc-rules`,
+//! `io-streams` (the last two in `hevc.rs`),
+//! `encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw] [hevc]` (`pitch0`: every
+//! `NV_ENC_PIC_PARAMS::inputPitch` 0; `pitchw`: `inputWidth`; by default the allocation's pitch;
+//! `hevc`: HEVC instead of H.264).
 
 // A test client talking to C APIs: the unsafe blocks are FFI calls whose contracts are NVENC's
 // and CUDA's; each still carries a SAFETY note.
@@ -18,6 +20,8 @@ use std::process::ExitCode;
 
 use nvenc_sys as nv;
 use nvenc_sys::NVENCSTATUS as S;
+
+mod hevc;
 
 /// The CUDA driver entry points this client needs.
 struct Cu {
@@ -31,6 +35,9 @@ struct Cu {
     alloc: unsafe extern "C" fn(*mut u64, usize) -> c_int,
     free: unsafe extern "C" fn(u64) -> c_int,
     htod: unsafe extern "C" fn(u64, *const c_void, usize) -> c_int,
+    stream_create: unsafe extern "C" fn(*mut *mut c_void, c_uint) -> c_int,
+    stream_destroy: unsafe extern "C" fn(*mut c_void) -> c_int,
+    stream_get_ctx: unsafe extern "C" fn(*mut c_void, *mut *mut c_void) -> c_int,
 }
 
 impl Cu {
@@ -53,6 +60,9 @@ impl Cu {
             alloc: sym!(b"cuMemAlloc_v2\0"),
             free: sym!(b"cuMemFree_v2\0"),
             htod: sym!(b"cuMemcpyHtoD_v2\0"),
+            stream_create: sym!(b"cuStreamCreate\0"),
+            stream_destroy: sym!(b"cuStreamDestroy_v2\0"),
+            stream_get_ctx: sym!(b"cuStreamGetCtx\0"),
             _lib: lib,
         })
     }
@@ -897,7 +907,13 @@ fn scenario_pitches() -> Result<(), String> {
 /// `interval + 3` surfaces, checks NVENC's NEED_MORE_INPUT pattern and writes the stream to `out`.
 /// The first failing call ends the encode and everything made so far is torn down in order
 /// (`stop-on-error` on the command line then makes that exit status 0, for the fault tests).
-fn scenario_encode(path: &str, frames: u64, interval: u32, pitch_mode: &str) -> Result<(), String> {
+fn scenario_encode(
+    path: &str,
+    frames: u64,
+    interval: u32,
+    pitch_mode: &str,
+    hevc: bool,
+) -> Result<(), String> {
     let lib = lib()?;
     let cu = Cu::open()?;
     let ctx = cu.context()?;
@@ -912,8 +928,18 @@ fn scenario_encode(path: &str, frames: u64, interval: u32, pitch_mode: &str) -> 
     let (st, s) = open(&lib, ctx);
     let result = (|| -> Result<(), String> {
         expect("open", st, S::NV_ENC_SUCCESS)?;
-        let mut cfg = s.preset()?;
-        let mut ip = init_params(&mut cfg, w, h, interval as i32);
+        let mut cfg = if hevc {
+            hevc::hevc_preset(&s)?
+        } else {
+            s.preset()?
+        };
+        let mut ip = if hevc {
+            let mut ip = hevc::hevc_init(&mut cfg, w, h, interval as i32);
+            ip.encodeConfig = &mut cfg;
+            ip
+        } else {
+            init_params(&mut cfg, w, h, interval as i32)
+        };
         // SAFETY: live session, valid struct.
         let st = unsafe { (s.f.initialize_encoder)(s.enc, &mut ip) };
         expect("init", st, S::NV_ENC_SUCCESS)?;
@@ -1037,6 +1063,8 @@ fn main() -> ExitCode {
         Some("pitches") => scenario_pitches(),
         Some("queries") => scenario_queries(),
         Some("symbols") => scenario_symbols(),
+        Some("hevc-rules") => hevc::scenario_hevc_rules(),
+        Some("io-streams") => hevc::scenario_io_streams(),
         Some("encode") => {
             let flags = args.get(4..).unwrap_or_default();
             let stop_on_error = flags.iter().any(|a| a == "stop-on-error");
@@ -1044,11 +1072,13 @@ fn main() -> ExitCode {
                 .iter()
                 .find(|a| a.starts_with("pitch"))
                 .map_or("", String::as_str);
+            let hevc = flags.iter().any(|a| a == "hevc");
             match scenario_encode(
                 args.get(1).map_or("out.h264", String::as_str),
                 args.get(2).and_then(|n| n.parse().ok()).unwrap_or(30),
                 args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
                 pitch_mode,
+                hevc,
             ) {
                 Err(e) if stop_on_error => {
                     println!("stopped: {e}");
@@ -1057,7 +1087,7 @@ fn main() -> ExitCode {
                 r => r,
             }
         }
-        _ => Err("usage: nvenc-emu-client load | sessions N | misuse | pitches | queries | symbols | encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw]".into()),
+        _ => Err("usage: nvenc-emu-client load | sessions N | misuse | pitches | queries | symbols | hevc-rules | io-streams | encode OUT FRAMES INTERVAL [stop-on-error] [pitch0 | pitchw] [hevc]".into()),
     };
     let _ = std::io::stdout().flush();
     match r {
