@@ -608,3 +608,27 @@ fn a_mode_change_with_b_frames_in_flight_is_accepted() {
         .iter()
         .all(|l| l.contains("rc=abr:3000/6000") && l.contains("reset=0")));
 }
+
+fn open_nvenc_hevc(config: &EncoderConfig) -> Result<Box<dyn VideoEncoder>, Error> {
+    assert_child();
+    Ok(Box::new(NvencEncoder::new(config)?))
+}
+
+contract_tests!(
+    mod contract_hevc,
+    Hevc,
+    open_nvenc_hevc,
+    #[ignore = "child half: runs against the emulated driver from hevc_contract_suite"]
+);
+
+/// The HEVC contract suite against the emulated NVENC, in one child; the report stays clean.
+#[test]
+fn hevc_contract_suite() {
+    let emu = EmuDriver::new();
+    let mut cmd = emu.command(std::env::current_exe().expect("test binary"));
+    cmd.args(["--ignored", "--test-threads", "1", "contract_hevc::"]);
+    let (ok, text) = common::run_bounded(cmd, Duration::from_secs(900), "HEVC contract suite");
+    assert!(ok, "{text}");
+    assert!(text.contains("10 passed"), "{text}");
+    emu.report().assert_clean();
+}

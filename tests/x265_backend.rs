@@ -437,3 +437,37 @@ fn the_backend_table_opens_x265_for_hevc() {
     let chunks = common::encode_all(encoder.as_mut(), &input);
     common::assert_accounting(&chunks, 5);
 }
+
+/// The fallback chain for an HEVC stream on a machine without NVENC: x264, before x265 in the
+/// backend order, is passed over with the reason (it cannot encode HEVC) instead of ending the
+/// search with a configuration error, and x265 encodes the stream. Checked against the chain
+/// without its codec filter, which failed here with "x264 cannot encode hevc".
+#[test]
+fn the_fallback_chain_passes_over_encoders_without_the_codec() {
+    if !common::without_nvidia_driver("the_fallback_chain_passes_over_encoders_without_the_codec") {
+        return;
+    }
+    let config = EncoderConfig::new(320, 240).with_codec(nvencode::Codec::Hevc);
+    let mut chain = nvencode::FallbackEncoder::new(&config, None).expect("a chain for HEVC");
+    assert_eq!(chain.current_kind(), nvencode::EncoderKind::X265);
+    let rejected: Vec<String> = chain
+        .rejected()
+        .iter()
+        .map(|(kind, e)| format!("{kind}: {e}"))
+        .collect();
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r.contains("x264 cannot encode hevc")),
+        "{rejected:?}"
+    );
+    let input = common::clip(&config, 10);
+    let chunks = common::encode_all(&mut chain, &input);
+    common::assert_accounting(&chunks, 10);
+    let decoded = common::decode(
+        nvencode::Codec::Hevc,
+        &common::concat(&chunks),
+        config.resolution,
+    );
+    assert_eq!(decoded.len(), 10);
+}
