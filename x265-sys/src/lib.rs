@@ -3,7 +3,7 @@
 //!
 //! This crate exists for `nvencode`'s in-process HEVC backend (its `x265` feature) and for the
 //! project's emulated NVENC driver; it has no safe API. Every entry point other than
-//! [`x265_api_get`] is reached through the returned `x265_api` table, as `x265.h` recommends.
+//! `x265_api_get` is reached through the returned `x265_api` table, as `x265.h` recommends.
 //!
 //! libx265 is GPL-2.0-or-later: a program that links it is bound by that licence.
 //!
