@@ -34,6 +34,17 @@ pub fn write_clip(path: &Path, frames: u64) -> Result<(), Box<dyn std::error::Er
     Ok(())
 }
 
+/// The environment variable that tells a child which codec to encode (`h264`, `hevc`).
+pub const CODEC_ENV: &str = "NVENC_BENCH_CODEC_CHILD";
+
+/// The codec a child encodes: [`CODEC_ENV`], H.264 when unset.
+pub fn bench_codec() -> Result<nvencode::Codec, Box<dyn std::error::Error>> {
+    match std::env::var(CODEC_ENV) {
+        Ok(name) => Ok(name.parse()?),
+        Err(_) => Ok(nvencode::Codec::H264),
+    }
+}
+
 /// The child's work: encodes the raw 1080p file with the direct backend, frame by frame from
 /// disk, and checks that every frame came out.
 pub fn encode_file(
@@ -41,7 +52,7 @@ pub fn encode_file(
     frames: u64,
     options: &NvencOptions,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let config = EncoderConfig::new(1920, 1080);
+    let config = EncoderConfig::new(1920, 1080).with_codec(bench_codec()?);
     let mut encoder = NvencEncoder::with_options(&config, options)?;
     let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
     let mut frame = vec![0u8; config.validate()?];
@@ -70,7 +81,7 @@ pub fn encode_file_through_stage(
     options: &NvencOptions,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use nvencode::pipeline::{EncodePipeline, PipelineOptions, SlotMemory};
-    let config = EncoderConfig::new(1920, 1080);
+    let config = EncoderConfig::new(1920, 1080).with_codec(bench_codec()?);
     let encoder = NvencEncoder::with_options(&config, options)?;
     let stage = PipelineOptions::default().with_slot_memory(SlotMemory::Pinned);
     let (mut producer, output) = EncodePipeline::with_encoder(Box::new(encoder), stage)?.split();
