@@ -9,7 +9,7 @@
 //!
 //! | codec | NVENC codec / profile GUID | FFmpeg encoders | in process | MPEG-TS `stream_type` |
 //! |---|---|---|---|---|
-//! | H.264 | `NV_ENC_CODEC_H264_GUID` / High (`NV_ENC_H264_PROFILE_HIGH_GUID`, High 4:4:4 for 4:4:4 input) | `h264_nvenc`, `h264_qsv`, `h264_videotoolbox`, `h264_vaapi`, `libx264` | x264 | `0x1B` |
+//! | H.264 | `NV_ENC_CODEC_H264_GUID` / the preset's (High 4:4:4 Predictive, `NV_ENC_H264_PROFILE_HIGH_444_GUID`, for lossless) | `h264_nvenc`, `h264_qsv`, `h264_videotoolbox`, `h264_vaapi`, `libx264` | x264 | `0x1B` |
 //! | HEVC | `NV_ENC_CODEC_HEVC_GUID` / Main (`NV_ENC_HEVC_PROFILE_MAIN_GUID`) | `hevc_nvenc`, `hevc_qsv`, `hevc_videotoolbox`, `hevc_vaapi`, `libx265` | x265 | `0x24` |
 
 use super::config::{Codec, ConfigError};
@@ -131,14 +131,15 @@ pub(crate) const fn nvenc_codec_guid_name(codec: Codec) -> &'static str {
     }
 }
 
-/// NVENC's `profileGUID` for `codec` with 8-bit input, `high_444` for 4:4:4 input (H.264 only;
-/// HEVC 4:4:4 is the Format Range Extensions profile, which this crate does not ask for).
+/// NVENC's `profileGUID` for `codec`, `high_444` for H.264's lossless 4:4:4 recipe, or `None`
+/// to keep the one the preset configuration chose (H.264 otherwise). HEVC is always Main: 8-bit
+/// 4:2:0 (4:4:4 would be the Format Range Extensions profile, which this crate does not ask for).
 #[must_use]
-pub(crate) fn nvenc_profile_guid(codec: Codec, high_444: bool) -> nvenc_sys::GUID {
+pub(crate) fn nvenc_profile_guid(codec: Codec, high_444: bool) -> Option<nvenc_sys::GUID> {
     match (codec, high_444) {
-        (Codec::H264, false) => nvenc_sys::NV_ENC_H264_PROFILE_HIGH_GUID,
-        (Codec::H264, true) => nvenc_sys::NV_ENC_H264_PROFILE_HIGH_444_GUID,
-        (Codec::Hevc, _) => nvenc_sys::NV_ENC_HEVC_PROFILE_MAIN_GUID,
+        (Codec::H264, false) => None,
+        (Codec::H264, true) => Some(nvenc_sys::NV_ENC_H264_PROFILE_HIGH_444_GUID),
+        (Codec::Hevc, _) => Some(nvenc_sys::NV_ENC_HEVC_PROFILE_MAIN_GUID),
     }
 }
 

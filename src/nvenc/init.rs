@@ -264,11 +264,15 @@ pub(crate) fn plan(
             if lossless {
                 // The rest of the header's recipe: transform bypass, High 4:4:4 Predictive.
                 h264.set_qpPrimeYZeroTransformBypassFlag(1);
-                enc.profileGUID = codecs::nvenc_profile_guid(codec, true);
+                if let Some(profile) = codecs::nvenc_profile_guid(codec, true) {
+                    enc.profileGUID = profile;
+                }
             }
         }
         Codec::Hevc => {
-            enc.profileGUID = codecs::nvenc_profile_guid(codec, false);
+            if let Some(profile) = codecs::nvenc_profile_guid(codec, false) {
+                enc.profileGUID = profile;
+            }
             let hevc = hevc_config(&mut enc);
             hevc.idrPeriod = config.gop_size;
             // VPS, SPS and PPS on every IDR (nvEncodeAPI.h 11.1, NV_ENC_CONFIG_HEVC), as for
