@@ -21,8 +21,9 @@
 //! PIPE_BENCH_LATENCY_FRAMES, default 300; PIPE_BENCH_THREADS, default 2;
 //! PIPE_BENCH_JITTER_THREADS for the jitter runs, default PIPE_BENCH_THREADS but at most the cores
 //! less one, so the source has a core; PIPE_BENCH_ROUNDS, default 7; PIPE_BENCH_JITTER_TRIES,
-//! default 4: a jitter run during which a canary thread was held back more than 2 intervals is
-//! run again, up to that many times in all, and the table says how many were). Each section prints
+//! default 4: a jitter run during which a canary thread was held back more than 2 intervals, or
+//! whose encoder was more than 2% slower than measured before the runs, is run again, up to that
+//! many times in all, and the table says how many were). Each section prints
 //! the machine's load average: figures taken while other work runs are skewed.
 
 use std::io::Read;
