@@ -12,6 +12,8 @@
 //! | H.264 | `NV_ENC_CODEC_H264_GUID` / the preset's (High 4:4:4 Predictive, `NV_ENC_H264_PROFILE_HIGH_444_GUID`, for lossless) | `h264_nvenc`, `h264_qsv`, `h264_videotoolbox`, `h264_vaapi`, `libx264` | x264 | `0x1B` |
 //! | HEVC | `NV_ENC_CODEC_HEVC_GUID` / Main (`NV_ENC_HEVC_PROFILE_MAIN_GUID`) | `hevc_nvenc`, `hevc_qsv`, `hevc_videotoolbox`, `hevc_vaapi`, `libx265` | x265 | `0x24` |
 
+use std::str::FromStr;
+
 use super::config::{Codec, ConfigError};
 use super::kind::{EncoderKind, FfmpegFamily};
 
@@ -150,6 +152,34 @@ pub(crate) const fn ts_stream_type(codec: Codec) -> u8 {
     match codec {
         Codec::H264 => 0x1B,
         Codec::Hevc => 0x24,
+    }
+}
+
+/// Parsing lives here rather than beside [`EncoderKind`] because it reads FFmpeg's encoder names,
+/// which are this module's.
+impl FromStr for EncoderKind {
+    type Err = ConfigError;
+
+    /// A name of [`EncoderKind::NAMES`], or FFmpeg's name of one of its encoders (`h264_qsv`,
+    /// `hevc_qsv`, `libx265`, …), case-insensitive.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.to_ascii_lowercase();
+        let kind = match lower.as_str() {
+            "nvenc" => Some(EncoderKind::Nvenc),
+            "x264" => Some(EncoderKind::X264),
+            "x265" => Some(EncoderKind::X265),
+            "ffmpeg-nvenc" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Nvenc)),
+            "qsv" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Qsv)),
+            "videotoolbox" => Some(EncoderKind::Ffmpeg(FfmpegFamily::VideoToolbox)),
+            "vaapi" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Vaapi)),
+            "ffmpeg-x264" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Libx264)),
+            "ffmpeg-x265" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Libx265)),
+            other => ffmpeg_family_of(other).map(|(family, _)| EncoderKind::Ffmpeg(family)),
+        };
+        kind.ok_or_else(|| ConfigError::UnknownEncoder {
+            name: s.to_owned(),
+            valid: Self::NAMES,
+        })
     }
 }
 

@@ -2,9 +2,6 @@
 //! codecs each one encodes, and under which name, is [`super::codecs`]'s.
 
 use std::fmt;
-use std::str::FromStr;
-
-use super::config::ConfigError;
 
 /// The encoder backends this crate knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,7 +45,8 @@ pub enum FfmpegFamily {
 pub type FfmpegH264Encoder = FfmpegFamily;
 
 impl EncoderKind {
-    /// Every name [`FromStr`] accepts.
+    /// Every name [`FromStr`](std::str::FromStr) accepts (besides FFmpeg's encoder names: see
+    /// [`super::codecs`], where the parsing is, since it reads the names of FFmpeg's encoders).
     pub const NAMES: &'static [&'static str] = &[
         "nvenc",
         "x264",
@@ -81,32 +79,5 @@ impl EncoderKind {
 impl fmt::Display for EncoderKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-impl FromStr for EncoderKind {
-    type Err = ConfigError;
-
-    /// A name of [`EncoderKind::NAMES`], or FFmpeg's name of one of its encoders (`h264_qsv`,
-    /// `hevc_qsv`, `libx265`, …), case-insensitive.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let lower = s.to_ascii_lowercase();
-        let kind = match lower.as_str() {
-            "nvenc" => Some(EncoderKind::Nvenc),
-            "x264" => Some(EncoderKind::X264),
-            "x265" => Some(EncoderKind::X265),
-            "ffmpeg-nvenc" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Nvenc)),
-            "qsv" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Qsv)),
-            "videotoolbox" => Some(EncoderKind::Ffmpeg(FfmpegFamily::VideoToolbox)),
-            "vaapi" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Vaapi)),
-            "ffmpeg-x264" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Libx264)),
-            "ffmpeg-x265" => Some(EncoderKind::Ffmpeg(FfmpegFamily::Libx265)),
-            other => super::codecs::ffmpeg_family_of(other)
-                .map(|(family, _)| EncoderKind::Ffmpeg(family)),
-        };
-        kind.ok_or_else(|| ConfigError::UnknownEncoder {
-            name: s.to_owned(),
-            valid: Self::NAMES,
-        })
     }
 }
