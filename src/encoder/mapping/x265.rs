@@ -8,33 +8,19 @@
 //! GOP as `keyframeMax`, the B-frames from [`super::bframes`], and the thread count as the size of
 //! x265's thread pool.
 
-use super::{bframes, kbit, x265_tune};
-use crate::encoder::{EncoderConfig, RateControl};
+use super::{bframes, x265_tune};
+use crate::encoder::EncoderConfig;
 
-/// x265's rate-control method (`rc.rateControlMode`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// x265's rate-control method (`rc.rateControlMode`): x264's methods under the same names
+/// (`X265_RC_CRF` with `rc.rfConstant`, `X265_RC_ABR` with `rc.bitrate` and the VBV,
+/// `X265_RC_CQP` with `rc.qp`), so one mapping serves both.
 #[cfg_attr(not(feature = "x265"), allow(dead_code))] // read by the x265 backend
-pub(crate) enum X265Method {
-    /// `X265_RC_CRF` with `rc.rfConstant`.
-    Crf(f32),
-    /// `X265_RC_ABR` with `rc.bitrate` and the VBV.
-    Abr,
-    /// `X265_RC_CQP` with `rc.qp`.
-    Cqp(u8),
-}
+pub(crate) type X265Method = super::X264Method;
 
-/// x265's `param.rc` fields for a configuration.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// x265's `param.rc` fields for a configuration (`rc.bitrate`, `rc.vbvMaxBitrate` in kbit/s,
+/// `rc.vbvBufferSize` in kbit): x264's, the same values under x265's field names.
 #[cfg_attr(not(feature = "x265"), allow(dead_code))] // read by the x265 backend
-pub(crate) struct X265Rc {
-    pub(crate) method: X265Method,
-    /// `rc.bitrate`, kbit/s (0 unless ABR).
-    pub(crate) bitrate_kbps: u32,
-    /// `rc.vbvMaxBitrate`, kbit/s (0: no VBV).
-    pub(crate) vbv_max_kbps: u32,
-    /// `rc.vbvBufferSize`, kbit (0: no VBV).
-    pub(crate) vbv_buffer_kbit: u32,
-}
+pub(crate) type X265Rc = super::X264Rc;
 
 /// Everything the x265 backend takes from an [`EncoderConfig`] besides the picture format.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,40 +57,11 @@ pub(crate) fn x265_params(config: &EncoderConfig) -> X265Params {
     }
 }
 
-/// The rate-control part of [`x265_params`], also what a reconfiguration sets.
+/// The rate-control part of [`x265_params`], also what a reconfiguration sets: x264's mapping
+/// ([`super::x264`]), since x265 takes the same methods, rates and VBV in the same units.
 #[cfg_attr(not(feature = "x265"), allow(dead_code))] // read by the x265 backend
 pub(crate) fn x265_rc(config: &EncoderConfig) -> X265Rc {
-    let rc = config.rate_control;
-    let vbv = rc.vbv_buffer_bits().map_or(0, kbit);
-    let none = X265Rc {
-        method: X265Method::Crf(config.crf),
-        bitrate_kbps: 0,
-        vbv_max_kbps: 0,
-        vbv_buffer_kbit: 0,
-    };
-    match rc {
-        RateControl::Cbr { bitrate, .. } => X265Rc {
-            method: X265Method::Abr,
-            bitrate_kbps: kbit(bitrate.bps()),
-            vbv_max_kbps: kbit(bitrate.bps()),
-            vbv_buffer_kbit: vbv,
-        },
-        RateControl::Vbr {
-            bitrate,
-            max_bitrate,
-            ..
-        } => X265Rc {
-            method: X265Method::Abr,
-            bitrate_kbps: kbit(bitrate.bps()),
-            vbv_max_kbps: kbit(max_bitrate.bps()),
-            vbv_buffer_kbit: vbv,
-        },
-        RateControl::ConstantQp { qp } => X265Rc {
-            method: X265Method::Cqp(qp),
-            ..none
-        },
-        _ => none,
-    }
+    super::x264(config)
 }
 
 /// The x265 column of the README's mapping table, cell by cell: the `EncoderConfig` cell (the
@@ -146,7 +103,7 @@ pub(crate) const README_X265_ROWS: &[[&str; 2]] = &[
 mod tests {
     use super::super::{README_NEUTRAL_ROWS, README_ROWS};
     use super::*;
-    use crate::encoder::{Bitrate, Preset, Tune};
+    use crate::encoder::{Bitrate, Preset, RateControl, Tune};
 
     /// Each x265 row belongs to a row of the README table (same first cell, same order).
     #[test]
