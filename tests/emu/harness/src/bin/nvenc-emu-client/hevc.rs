@@ -11,23 +11,7 @@ use super::{expect, init_params, lib, open, Cu, Session};
 
 /// The HEVC preset configuration (P4, high quality).
 pub(super) fn hevc_preset(s: &Session) -> Result<nv::NV_ENC_CONFIG, String> {
-    let mut pc = nv::NV_ENC_PRESET_CONFIG {
-        version: nv::NV_ENC_PRESET_CONFIG_VER,
-        ..Default::default()
-    };
-    pc.presetCfg.version = nv::NV_ENC_CONFIG_VER;
-    // SAFETY: live session, versioned zeroed struct.
-    let st = unsafe {
-        (s.f.get_encode_preset_config_ex)(
-            s.enc,
-            nv::NV_ENC_CODEC_HEVC_GUID,
-            nv::NV_ENC_PRESET_P4_GUID,
-            nv::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_HIGH_QUALITY,
-            &mut pc,
-        )
-    };
-    expect("hevc preset config", st, S::NV_ENC_SUCCESS)?;
-    Ok(pc.presetCfg)
+    s.preset_for(nv::NV_ENC_CODEC_HEVC_GUID)
 }
 
 fn hevc(cfg: &mut nv::NV_ENC_CONFIG) -> &mut nv::NV_ENC_CONFIG_HEVC {

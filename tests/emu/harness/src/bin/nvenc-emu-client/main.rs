@@ -149,7 +149,13 @@ fn init_params(
 }
 
 impl Session {
+    /// The H.264 preset configuration (P4, high quality).
     fn preset(&self) -> Result<nv::NV_ENC_CONFIG, String> {
+        self.preset_for(nv::NV_ENC_CODEC_H264_GUID)
+    }
+
+    /// `codec`'s preset configuration (P4, high quality).
+    fn preset_for(&self, codec: nv::GUID) -> Result<nv::NV_ENC_CONFIG, String> {
         let mut pc = nv::NV_ENC_PRESET_CONFIG {
             version: nv::NV_ENC_PRESET_CONFIG_VER,
             ..Default::default()
@@ -159,7 +165,7 @@ impl Session {
         let st = unsafe {
             (self.f.get_encode_preset_config_ex)(
                 self.enc,
-                nv::NV_ENC_CODEC_H264_GUID,
+                codec,
                 nv::NV_ENC_PRESET_P4_GUID,
                 nv::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_HIGH_QUALITY,
                 &mut pc,
